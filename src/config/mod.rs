@@ -1,0 +1,258 @@
+//! `Config`: the validated, typed form of the TOML file, and how to load it.
+//!
+//! Loading is two-phase: `raw` mirrors the file with serde (unknown keys
+//! refused), then `validate` checks meaning and collects every problem, each
+//! with the file, the key path and what is wrong. Key paths index arrays from
+//! 0: `view[1].metrics[2].field` is the third metric of the second view.
+
+mod raw;
+mod validate;
+
+use crate::aggregate::ViewSpec;
+use crate::event::Schema;
+use serde::Serialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where the master dataset, snapshots and the lock file live (relative to
+    /// the working directory when not absolute).
+    pub data_dir: PathBuf,
+    /// The event format.
+    pub event: EventConfig,
+    /// Where events come from.
+    pub sources: Vec<SourceConfig>,
+    /// The speed layer.
+    pub speed: SpeedConfig,
+    /// The batch layer.
+    pub batch: BatchConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// The master dataset.
+    pub master: MasterConfig,
+    /// The views, in config order.
+    pub views: Vec<Arc<ViewSpec>>,
+    /// The fields the views use, compiled into slots.
+    #[serde(skip)]
+    pub schema: Arc<Schema>,
+}
+
+/// `[event]`: how events are read.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventConfig {
+    /// Field holding the event id; duplicates (same id) are counted once by the batch layer.
+    pub id: Option<String>,
+    /// Field holding the event time (RFC 3339 or epoch milliseconds); absent means ingest time.
+    pub time: Option<String>,
+    /// Larger messages are rejected as `too_large`. Default 65536.
+    pub max_bytes: usize,
+}
+
+/// One `[[source]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceConfig {
+    /// Unique name, used in logs, metrics and the status API.
+    pub name: String,
+    /// What kind of source, with its settings.
+    pub kind: SourceKind,
+}
+
+/// The kinds of source.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A RabbitMQ queue.
+    Rabbitmq(RabbitmqSource),
+}
+
+/// `type = "rabbitmq"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RabbitmqSource {
+    /// AMQP URI of the broker (`amqp://` or `amqps://`).
+    #[serde(skip)]
+    pub uri: String,
+    /// Durable queue consumed; declared when missing.
+    pub queue: String,
+    /// Unacknowledged deliveries the broker may send ahead (1..=65535). More
+    /// gives throughput, and costs memory while batches wait to become durable.
+    /// Default 2000.
+    pub prefetch: u16,
+    /// Where rejected messages go, with the reason in a header; default `<queue>.dead`.
+    pub dead_letter_queue: String,
+}
+
+/// `[speed]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedConfig {
+    /// Number of speed actors; each key is owned by exactly one (1..=256). Default 4.
+    pub partitions: u16,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchConfig {
+    /// How often a new epoch starts and a recompute runs (at least 1s). Default 60s.
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpConfig {
+    /// Address the API listens on. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Environment variable holding a bearer token; when set, every route but
+    /// the health checks requires it.
+    pub auth_token_env: Option<String>,
+}
+
+/// `[master]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MasterConfig {
+    /// A segment file is closed and a new one started past this size
+    /// (1 MiB ..= 4 GiB). Default 64 MiB.
+    pub segment_max_bytes: u64,
+}
+
+fn serialize_duration<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*duration))
+}
+
+/// Formats a duration in the largest unit that divides it: `90s`, `5m`, `1d`.
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: String,
+    /// The key path, arrays indexed from 0: `view[1].metrics[2].field`.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+    /// The line, when the TOML parser knows it.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.problem)
+    }
+}
+
+/// Every problem found in a config file; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// Every problem found, or the read error, each naming the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigErrors(vec![ConfigError { file: file.clone(), key: String::new(), problem: format!("cannot read: {err}"), line: None }])
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Validates config text; `file` names it in errors. `${VAR}` references
+    /// are taken from the process environment.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        validate::parse(text, file, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::parse`], with `${VAR}` references taken from `env`.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn parse_with_env(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        validate::parse(text, file, env)
+    }
+
+    /// The view named `name`.
+    pub fn view(&self, name: &str) -> Option<&Arc<ViewSpec>> {
+        self.views.iter().find(|view| view.name == name)
+    }
+}
+
+/// Parses a duration with one unit: `500ms`, `30s`, `5m`, `1h`, `7d`.
+///
+/// # Errors
+/// A phrase saying what is wrong.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let expected = || format!("{text:?} is not a duration: expected a whole number and a unit (ms, s, m, h, d), e.g. \"60s\"");
+    let amount: u64 = digits.parse().map_err(|_| expected())?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(expected()),
+    };
+    amount.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_one_unit() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "s", "10", "1.5s", "5 minutes", "-1s", "1w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_format_in_their_largest_unit() {
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,187 @@
+//! `RawConfig`: the serde mirror of the TOML file, before any meaning is checked.
+//!
+//! Every struct refuses unknown keys. Strings are kept as written (durations,
+//! aggregations, addresses) so that `validate` can report every problem at once
+//! instead of stopping at the first one serde meets.
+
+use serde::Deserialize;
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub data_dir: Option<String>,
+    #[serde(default)]
+    pub event: RawEvent,
+    #[serde(default)]
+    pub source: Vec<RawSource>,
+    #[serde(default)]
+    pub speed: RawSpeed,
+    #[serde(default)]
+    pub batch: RawBatch,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub master: RawMaster,
+    #[serde(default)]
+    pub view: Vec<RawView>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEvent {
+    pub id: Option<String>,
+    pub time: Option<String>,
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub uri: Option<String>,
+    pub queue: Option<String>,
+    pub prefetch: Option<u64>,
+    pub dead_letter_queue: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSpeed {
+    pub partitions: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatch {
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub listen: Option<String>,
+    pub auth_token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMaster {
+    pub segment_max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawView {
+    pub name: Option<String>,
+    pub key: Option<Vec<String>>,
+    pub bucket: Option<String>,
+    pub retention: Option<String>,
+    pub metrics: Option<Vec<RawMetric>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetric {
+    pub name: Option<String>,
+    pub agg: Option<String>,
+    pub field: Option<String>,
+    pub q: Option<f64>,
+}
+
+impl RawConfig {
+    /// Replaces `${VAR}` in every string with the environment variable's value,
+    /// reporting each variable that is not set at the key where it appears.
+    pub fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<(String, String)>) {
+        let mut expand = |value: &mut Option<String>, key: String| {
+            if let Some(text) = value.as_mut() {
+                match expand_vars(text, env) {
+                    Ok(expanded) => *text = expanded,
+                    Err(problem) => problems.push((key, problem)),
+                }
+            }
+        };
+        expand(&mut self.data_dir, "data_dir".into());
+        expand(&mut self.event.id, "event.id".into());
+        expand(&mut self.event.time, "event.time".into());
+        for (i, source) in self.source.iter_mut().enumerate() {
+            expand(&mut source.name, format!("source[{i}].name"));
+            expand(&mut source.kind, format!("source[{i}].type"));
+            expand(&mut source.uri, format!("source[{i}].uri"));
+            expand(&mut source.queue, format!("source[{i}].queue"));
+            expand(&mut source.dead_letter_queue, format!("source[{i}].dead_letter_queue"));
+        }
+        expand(&mut self.batch.interval, "batch.interval".into());
+        expand(&mut self.http.listen, "http.listen".into());
+        expand(&mut self.http.auth_token_env, "http.auth_token_env".into());
+        for (i, view) in self.view.iter_mut().enumerate() {
+            expand(&mut view.name, format!("view[{i}].name"));
+            expand(&mut view.bucket, format!("view[{i}].bucket"));
+            expand(&mut view.retention, format!("view[{i}].retention"));
+            for (k, field) in view.key.iter_mut().flatten().enumerate() {
+                let mut wrapped = Some(std::mem::take(field));
+                expand(&mut wrapped, format!("view[{i}].key[{k}]"));
+                *field = wrapped.unwrap_or_default();
+            }
+            for (m, metric) in view.metrics.iter_mut().flatten().enumerate() {
+                expand(&mut metric.name, format!("view[{i}].metrics[{m}].name"));
+                expand(&mut metric.agg, format!("view[{i}].metrics[{m}].agg"));
+                expand(&mut metric.field, format!("view[{i}].metrics[{m}].field"));
+            }
+        }
+    }
+}
+
+/// Expands `${NAME}` references; `$` followed by anything else stays as written.
+fn expand_vars(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !text.contains("${") {
+        return Ok(text.to_owned());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed \"${{\" in {text:?}"));
+        };
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(format!("empty variable name in {text:?}"));
+        }
+        match env(name) {
+            Some(value) => out.push_str(&value),
+            None => return Err(format!("environment variable {name:?} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_vars;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "HOST").then(|| "rabbit".to_owned())
+    }
+
+    #[test]
+    fn expands_known_variables_and_keeps_plain_dollars() {
+        assert_eq!(expand_vars("amqp://${HOST}:5672/$x", &env).as_deref(), Ok("amqp://rabbit:5672/$x"));
+    }
+
+    #[test]
+    fn names_the_missing_variable() {
+        let err = expand_vars("${NOPE}", &env).unwrap_err();
+        assert!(err.contains("\"NOPE\""), "{err}");
+    }
+
+    #[test]
+    fn refuses_an_unclosed_reference() {
+        assert!(expand_vars("${HOST", &env).is_err());
+    }
+}

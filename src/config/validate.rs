@@ -1,0 +1,361 @@
+//! `RawConfig` to `Config`: checks the meaning of every setting and collects
+//! every problem before returning, so one `tandem check` shows them all.
+
+use super::raw::{RawConfig, RawMetric, RawSource, RawView};
+use super::{
+    BatchConfig, Config, ConfigError, ConfigErrors, EventConfig, HttpConfig, MasterConfig, RabbitmqSource, SourceConfig,
+    SourceKind, SpeedConfig, parse_duration,
+};
+use crate::aggregate::{Agg, MetricSpec, ViewSpec};
+use crate::event::{Need, Schema};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_MAX_BYTES: u64 = 65_536;
+const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_PREFETCH: u64 = 2_000;
+const DEFAULT_PARTITIONS: u64 = 4;
+const MAX_PARTITIONS: u64 = 256;
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const MIN_SEGMENT_BYTES: u64 = 1024 * 1024;
+const MAX_SEGMENT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+const MIN_BUCKET: Duration = Duration::from_secs(1);
+const MAX_BUCKET: Duration = Duration::from_secs(86_400);
+
+/// Problems collected so far.
+struct Problems<'a> {
+    file: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
+        self.list.push(ConfigError { file: self.file.to_owned(), key: key.into(), problem: problem.into(), line: None });
+    }
+
+    /// `value`, or a "missing" problem at `key`.
+    fn required<T>(&mut self, value: Option<T>, key: &str) -> Option<T> {
+        if value.is_none() {
+            self.push(key, "is required");
+        }
+        value
+    }
+
+    /// A name used in URLs, metric labels and logs.
+    fn name(&mut self, value: Option<String>, key: &str) -> Option<String> {
+        let name = self.required(value, key)?;
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            self.push(key, format!("{name:?} is not a valid name: use letters, digits, '_' and '-'"));
+            return None;
+        }
+        Some(name)
+    }
+
+    /// A JSON member name.
+    fn field(&mut self, value: Option<String>, key: &str) -> Option<String> {
+        let field = value?;
+        if field.is_empty() {
+            self.push(key, "a field name cannot be empty");
+            return None;
+        }
+        Some(field)
+    }
+
+    fn duration(&mut self, value: Option<&str>, key: &str, min: Duration, max: Duration) -> Option<Duration> {
+        let duration = match parse_duration(value?) {
+            Ok(duration) => duration,
+            Err(problem) => {
+                self.push(key, problem);
+                return None;
+            }
+        };
+        if duration < min || duration > max {
+            let (min, max) = (super::format_duration(min), super::format_duration(max));
+            self.push(key, format!("{} is out of range: must lie within {min}..={max}", super::format_duration(duration)));
+            return None;
+        }
+        Some(duration)
+    }
+
+    fn range(&mut self, value: u64, key: &str, min: u64, max: u64) -> Option<u64> {
+        if value < min || value > max {
+            self.push(key, format!("{value} is out of range: must lie within {min}..={max}"));
+            return None;
+        }
+        Some(value)
+    }
+}
+
+pub(super) fn parse(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut raw = deserialize(text, file).map_err(|error| ConfigErrors(vec![*error]))?;
+    let mut problems = Problems { file, list: Vec::new() };
+    let mut env_problems = Vec::new();
+    raw.expand_env(env, &mut env_problems);
+    for (key, problem) in env_problems {
+        problems.push(key, problem);
+    }
+    let config = validate(raw, &mut problems);
+    match config {
+        Some(config) if problems.list.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(problems.list)),
+    }
+}
+
+/// Phase one: the TOML syntax and the shape of every table, with the key path.
+fn deserialize(text: &str, file: &str) -> Result<RawConfig, Box<ConfigError>> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|err| {
+        Box::new(ConfigError { file: file.to_owned(), key: String::new(), problem: err.message().to_owned(), line: line_of(err.span()) })
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let key = if key == "." { String::new() } else { key };
+        Box::new(ConfigError { file: file.to_owned(), key, problem: inner.message().to_owned(), line: line_of(inner.span()) })
+    })
+}
+
+/// Phase two: the meaning of every setting.
+fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
+    let data_dir = match raw.data_dir {
+        Some(dir) if dir.trim().is_empty() => {
+            problems.push("data_dir", "cannot be empty");
+            None
+        }
+        dir => problems.required(dir, "data_dir"),
+    };
+
+    let id = problems.field(raw.event.id, "event.id");
+    let time = problems.field(raw.event.time, "event.time");
+    let max_bytes = problems.range(raw.event.max_bytes.unwrap_or(DEFAULT_MAX_BYTES), "event.max_bytes", 1, MAX_MAX_BYTES);
+
+    let mut source_names = HashSet::new();
+    let mut sources = Vec::new();
+    for (i, source) in raw.source.into_iter().enumerate() {
+        if let Some(source) = validate_source(source, i, problems) {
+            if !source_names.insert(source.name.clone()) {
+                problems.push(format!("source[{i}].name"), format!("{:?} is already the name of another source", source.name));
+            }
+            sources.push(source);
+        }
+    }
+
+    let partitions = problems.range(raw.speed.partitions.unwrap_or(DEFAULT_PARTITIONS), "speed.partitions", 1, MAX_PARTITIONS);
+    let interval = match raw.batch.interval.as_deref() {
+        Some(text) => problems.duration(Some(text), "batch.interval", Duration::from_secs(1), Duration::from_secs(7 * 86_400)),
+        None => Some(DEFAULT_INTERVAL),
+    };
+    let listen = raw.http.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = match listen.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push("http.listen", format!("{listen:?} is not an address: expected IP:PORT, e.g. \"127.0.0.1:8080\""));
+            None
+        }
+    };
+    let auth_token_env = problems.field(raw.http.auth_token_env, "http.auth_token_env");
+    let segment_max_bytes = problems.range(
+        raw.master.segment_max_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES),
+        "master.segment_max_bytes",
+        MIN_SEGMENT_BYTES,
+        MAX_SEGMENT_BYTES,
+    );
+
+    let mut schema = Schema::new(id.as_deref(), time.as_deref(), max_bytes.unwrap_or(1) as usize);
+    if raw.view.is_empty() {
+        problems.push("view", "at least one [[view]] is required");
+    }
+    let mut view_names = HashSet::new();
+    let mut views = Vec::new();
+    for (i, view) in raw.view.into_iter().enumerate() {
+        if let Some(view) = validate_view(view, i, &mut schema, problems) {
+            if !view_names.insert(view.name.clone()) {
+                problems.push(format!("view[{i}].name"), format!("{:?} is already the name of another view", view.name));
+            }
+            views.push(Arc::new(view));
+        }
+    }
+
+    Some(Config {
+        data_dir: data_dir?.into(),
+        event: EventConfig { id, time, max_bytes: max_bytes? as usize },
+        sources,
+        speed: SpeedConfig { partitions: partitions? as u16 },
+        batch: BatchConfig { interval: interval? },
+        http: HttpConfig { listen: listen?, auth_token_env },
+        master: MasterConfig { segment_max_bytes: segment_max_bytes? },
+        views,
+        schema: Arc::new(schema),
+    })
+}
+
+fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Option<SourceConfig> {
+    let at = |key: &str| format!("source[{i}].{key}");
+    let name = problems.name(raw.name, &at("name"));
+    let kind = problems.required(raw.kind, &at("type"))?;
+    match kind.as_str() {
+        "rabbitmq" => {
+            let uri = problems.required(raw.uri, &at("uri"));
+            if let Some(uri) = &uri
+                && let Err(problem) = uri.parse::<lapin::uri::AMQPUri>()
+            {
+                problems.push(at("uri"), format!("not an AMQP URI: {problem}"));
+            }
+            let queue = problems.required(raw.queue, &at("queue"));
+            let queue = queue.filter(|queue| queue_name(queue, &at("queue"), problems));
+            let prefetch = problems.range(raw.prefetch.unwrap_or(DEFAULT_PREFETCH), &at("prefetch"), 1, u64::from(u16::MAX));
+            let dead_letter_queue = match (raw.dead_letter_queue, &queue) {
+                (Some(dlq), _) => Some(dlq).filter(|dlq| queue_name(dlq, &at("dead_letter_queue"), problems)),
+                (None, Some(queue)) => Some(format!("{queue}.dead")),
+                (None, None) => None,
+            };
+            if let (Some(queue), Some(dlq)) = (&queue, &dead_letter_queue)
+                && queue == dlq
+            {
+                problems.push(at("dead_letter_queue"), "must differ from the queue it serves");
+            }
+            Some(SourceConfig {
+                name: name?,
+                kind: SourceKind::Rabbitmq(RabbitmqSource {
+                    uri: uri?,
+                    queue: queue?,
+                    prefetch: prefetch? as u16,
+                    dead_letter_queue: dead_letter_queue?,
+                }),
+            })
+        }
+        other => {
+            problems.push(at("type"), format!("unknown source type {other:?}: expected \"rabbitmq\""));
+            None
+        }
+    }
+}
+
+fn queue_name(queue: &str, key: &str, problems: &mut Problems<'_>) -> bool {
+    if queue.is_empty() || queue.len() > 255 {
+        problems.push(key, "a queue name must be 1 to 255 bytes long");
+        return false;
+    }
+    true
+}
+
+fn validate_view(raw: RawView, i: usize, schema: &mut Schema, problems: &mut Problems<'_>) -> Option<ViewSpec> {
+    let at = |key: &str| format!("view[{i}].{key}");
+    let name = problems.name(raw.name, &at("name"));
+    let key = problems.required(raw.key, &at("key"));
+    let mut key_slots = Vec::new();
+    if let Some(key) = &key {
+        if key.is_empty() {
+            problems.push(at("key"), "needs at least one field");
+        }
+        let mut seen = HashSet::new();
+        for (k, field) in key.iter().enumerate() {
+            if field.is_empty() {
+                problems.push(at(&format!("key[{k}]")), "a field name cannot be empty");
+            } else if !seen.insert(field) {
+                problems.push(at(&format!("key[{k}]")), format!("field {field:?} appears twice in the key"));
+            } else {
+                key_slots.push(schema.slot(field, Need::Scalar, true));
+            }
+        }
+    }
+    let bucket = problems.required(raw.bucket, &at("bucket"));
+    let bucket = problems.duration(bucket.as_deref(), &at("bucket"), MIN_BUCKET, MAX_BUCKET);
+    if let Some(bucket) = bucket
+        && bucket.as_millis() % 1000 != 0
+    {
+        problems.push(at("bucket"), "must be a whole number of seconds");
+    }
+    let retention = match raw.retention.as_deref() {
+        Some(text) => {
+            let retention = problems.duration(Some(text), &at("retention"), MIN_BUCKET, Duration::from_secs(100 * 365 * 86_400));
+            if let (Some(retention), Some(bucket)) = (retention, bucket)
+                && retention < bucket
+            {
+                problems.push(at("retention"), "must be at least one bucket long");
+            }
+            retention.map(Some)
+        }
+        None => Some(None),
+    };
+    let raw_metrics = problems.required(raw.metrics, &at("metrics"));
+    let mut metrics = Vec::new();
+    let mut metric_names = HashSet::new();
+    if let Some(raw_metrics) = raw_metrics {
+        if raw_metrics.is_empty() {
+            problems.push(at("metrics"), "needs at least one metric");
+        }
+        for (m, metric) in raw_metrics.into_iter().enumerate() {
+            if let Some(metric) = validate_metric(metric, &at(&format!("metrics[{m}]")), schema, problems) {
+                if !metric_names.insert(metric.name.clone()) {
+                    problems.push(at(&format!("metrics[{m}].name")), format!("{:?} is already the name of another metric of this view", metric.name));
+                }
+                metrics.push(metric);
+            }
+        }
+    }
+    Some(ViewSpec {
+        name: name?,
+        key: key?,
+        key_slots,
+        bucket_ms: bucket?.as_millis() as i64,
+        retention_ms: retention?.map(|retention| retention.as_millis() as i64),
+        metrics,
+    })
+}
+
+fn validate_metric(raw: RawMetric, at: &str, schema: &mut Schema, problems: &mut Problems<'_>) -> Option<MetricSpec> {
+    let key = |name: &str| format!("{at}.{name}");
+    let name = problems.name(raw.name, &key("name"));
+    let agg_name = problems.required(raw.agg, &key("agg"))?;
+    let agg = match agg_name.as_str() {
+        "count" => Agg::Count,
+        "sum" => Agg::Sum,
+        "min" => Agg::Min,
+        "max" => Agg::Max,
+        "mean" => Agg::Mean,
+        "distinct" => Agg::Distinct,
+        "quantile" => match raw.q {
+            Some(q) if (0.0..=1.0).contains(&q) => Agg::Quantile { q },
+            Some(q) => {
+                problems.push(key("q"), format!("{q} is out of range: a quantile lies within 0..=1"));
+                return None;
+            }
+            None => {
+                problems.push(key("q"), "is required for agg \"quantile\" (e.g. q = 0.95)");
+                return None;
+            }
+        },
+        other => {
+            problems.push(key("agg"), format!("unknown aggregation {other:?}: expected one of {}", Agg::NAMES.join(", ")));
+            return None;
+        }
+    };
+    if raw.q.is_some() && !matches!(agg, Agg::Quantile { .. }) {
+        problems.push(key("q"), format!("only agg \"quantile\" takes q, not {:?}", agg.name()));
+    }
+    let field = problems.field(raw.field, &key("field"));
+    let slot = match (&agg, &field) {
+        (Agg::Count, Some(_)) => {
+            problems.push(key("field"), "agg \"count\" counts events and takes no field");
+            return None;
+        }
+        (Agg::Count, None) => None,
+        (agg, None) => {
+            problems.push(key("field"), format!("is required for agg {:?}", agg.name()));
+            return None;
+        }
+        (agg, Some(field)) => {
+            let need = if agg.needs_number() { Need::Number } else { Need::Scalar };
+            Some(schema.slot(field, need, !agg.needs_number()))
+        }
+    };
+    Some(MetricSpec { name: name?, agg, field, slot })
+}

@@ -1,0 +1,106 @@
+//! `tandem inspect --data DIR`: segments, sealed epochs and snapshots, with a
+//! CRC check of every record. Exits 1 when anything is damaged.
+
+use anyhow::Context as _;
+use std::path::Path;
+use std::process::ExitCode;
+use tandem::store::{self, DataPaths};
+
+pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(data.is_dir(), "{} is not a directory", data.display());
+    let paths = DataPaths::new(data);
+    let mut damaged = 0usize;
+    println!("data_dir {}", data.display());
+
+    let segments = store::list_segments(&paths).context("cannot list segments")?;
+    let mut records_total = 0u64;
+    let mut log_end = None;
+    println!("segments {}", segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let newest = i + 1 == segments.len();
+        let mut epochs = (u64::MAX, 0u64);
+        let scanned = store::scan_segment(segment, None, |header, _| {
+            epochs = (epochs.0.min(header.epoch.0), epochs.1.max(header.epoch.0));
+        });
+        let name = segment.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        match scanned {
+            Ok(outcome) => {
+                records_total += outcome.records;
+                let epochs = if outcome.records == 0 { "-".to_owned() } else { format!("{}..={}", epochs.0, epochs.1) };
+                let status = match outcome.torn {
+                    None => "ok".to_owned(),
+                    Some(offset) if newest => format!("torn tail at offset {offset} ({} bytes, cut at next start)", segment.len - offset),
+                    Some(offset) => {
+                        damaged += 1;
+                        format!("DAMAGED: ends inside a record at offset {offset}")
+                    }
+                };
+                println!(
+                    "  {name}  {} bytes  {} records  seq {}..{}  epochs {epochs}  {status}",
+                    segment.len,
+                    outcome.records,
+                    segment.first_seq,
+                    segment.first_seq.0 + outcome.records
+                );
+                if newest {
+                    log_end = Some(store::LogPosition { segment: segment.index, offset: outcome.end });
+                }
+            }
+            Err(err) => {
+                damaged += 1;
+                println!("  {name}  {} bytes  DAMAGED: {err}", segment.len);
+            }
+        }
+    }
+    println!("records  {records_total}");
+
+    match store::read_epochs(&paths) {
+        Ok(epochs) => {
+            println!("sealed epochs {}", epochs.len());
+            if let Some(last) = epochs.last() {
+                println!("  newest: epoch {} at {} (seq {}), sealed at {}", last.epoch, last.end, last.next_seq, format_ms(last.sealed_at_ms));
+                if let Some(end) = log_end
+                    && last.end > end
+                {
+                    damaged += 1;
+                    println!("  DAMAGED: epoch {} is sealed at {} but the log ends at {end}", last.epoch, last.end);
+                }
+            }
+        }
+        Err(err) => {
+            damaged += 1;
+            println!("sealed epochs DAMAGED: {err}");
+        }
+    }
+
+    let snapshots = store::list_snapshots(&paths).context("cannot list snapshots")?;
+    println!("snapshots {}", snapshots.len());
+    for (i, (_, path)) in snapshots.iter().enumerate() {
+        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        match store::verify_snapshot(path) {
+            Ok(meta) => println!(
+                "  {name}  epoch {}  {} records  {} bytes  created {}  ok{}",
+                meta.epoch,
+                meta.records,
+                meta.payload_bytes,
+                format_ms(meta.created_ms),
+                if i == 0 { "  (newest)" } else { "" }
+            ),
+            Err(err) => {
+                damaged += 1;
+                println!("  {name}  DAMAGED: {err}");
+            }
+        }
+    }
+
+    if damaged > 0 {
+        println!("result: {damaged} damaged item{}", if damaged == 1 { "" } else { "s" });
+        return Ok(ExitCode::from(super::EXIT_FAILURE));
+    }
+    println!("result: ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}

@@ -1,0 +1,202 @@
+//! Snapshots: one file per batch run under `snapshots/`, written atomically
+//! (temporary file, fsync, rename, fsync the directory), the newest two kept.
+//!
+//! Layout: a 56-byte header (`TNDMSNAP`, format version, epoch, records covered,
+//! creation time, payload length, payload crc32c, header crc32c), then the
+//! payload in postcard. A damaged snapshot is refused with the reason and the
+//! next older one is used.
+
+use super::paths::{self, DataPaths};
+use super::{Error, Result, sync_dir};
+use crate::event::Epoch;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"TNDMSNAP";
+/// The payload format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 56;
+/// Snapshots kept after a new one is written.
+pub const KEEP: usize = 2;
+
+/// What a snapshot's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SnapshotMeta {
+    /// The newest epoch the snapshot covers.
+    pub epoch: Epoch,
+    /// Records of the master dataset it was computed from.
+    pub records: u64,
+    /// When it was written, epoch milliseconds.
+    pub created_ms: i64,
+    /// Payload size in bytes.
+    pub payload_bytes: u64,
+}
+
+impl SnapshotMeta {
+    fn encode(&self, payload_crc: u32) -> [u8; HEADER_BYTES] {
+        let mut out = [0u8; HEADER_BYTES];
+        out[0..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[16..24].copy_from_slice(&self.epoch.0.to_le_bytes());
+        out[24..32].copy_from_slice(&self.records.to_le_bytes());
+        out[32..40].copy_from_slice(&self.created_ms.to_le_bytes());
+        out[40..48].copy_from_slice(&self.payload_bytes.to_le_bytes());
+        out[48..52].copy_from_slice(&payload_crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&out[..52]);
+        out[52..56].copy_from_slice(&header_crc.to_le_bytes());
+        out
+    }
+
+    /// The header and the payload crc it promises.
+    fn decode(path: &Path, bytes: &[u8; HEADER_BYTES]) -> Result<(SnapshotMeta, u32)> {
+        let bad = |problem: String| Error::BadSnapshot { path: path.to_owned(), problem };
+        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(le)
+        };
+        if &bytes[0..8] != MAGIC {
+            return Err(bad("not a tandem snapshot (bad magic)".into()));
+        }
+        if crc32c::crc32c(&bytes[..52]) != u32_at(52) {
+            return Err(bad("header crc mismatch".into()));
+        }
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(bad(format!("format version {version}, this build reads version {FORMAT_VERSION}")));
+        }
+        let meta = SnapshotMeta {
+            epoch: Epoch(u64_at(16)),
+            records: u64_at(24),
+            created_ms: u64_at(32) as i64,
+            payload_bytes: u64_at(40),
+        };
+        Ok((meta, u32_at(48)))
+    }
+}
+
+/// A snapshot loaded from disk.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// Its header.
+    pub meta: SnapshotMeta,
+    /// Its payload.
+    pub data: T,
+    /// Its file.
+    pub path: PathBuf,
+    /// Newer snapshots that were refused, with why.
+    pub refused: Vec<Error>,
+}
+
+/// Writes the snapshot of `meta.epoch` atomically, then keeps only the newest [`KEEP`].
+///
+/// # Errors
+/// I/O or encoding errors; a failed write leaves the older snapshots in place.
+pub fn write_snapshot<T: Serialize>(paths: &DataPaths, epoch: Epoch, records: u64, created_ms: i64, data: &T) -> Result<SnapshotMeta> {
+    let dir = paths.snapshots_dir();
+    fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
+    let payload = postcard::to_stdvec(data).map_err(|source| Error::Encode { path: paths.snapshot(epoch), source })?;
+    let meta = SnapshotMeta { epoch, records, created_ms, payload_bytes: payload.len() as u64 };
+    let header = meta.encode(crc32c::crc32c(&payload));
+    let tmp = paths.snapshot_tmp(epoch);
+    let path = paths.snapshot(epoch);
+    let mut file = File::create(&tmp).map_err(|source| Error::io("create", &tmp, source))?;
+    file.write_all(&header)
+        .and_then(|()| file.write_all(&payload))
+        .and_then(|()| file.sync_all())
+        .map_err(|source| Error::io("write", &tmp, source))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(|source| Error::io("rename", &tmp, source))?;
+    sync_dir(&dir)?;
+    for (_, old) in list_snapshots(paths)?.into_iter().skip(KEEP) {
+        fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
+    }
+    Ok(meta)
+}
+
+/// The snapshot files, newest first. Leftover temporary files are ignored.
+///
+/// # Errors
+/// I/O errors listing the directory.
+pub fn list_snapshots(paths: &DataPaths) -> Result<Vec<(Epoch, PathBuf)>> {
+    let dir = paths.snapshots_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::io("list", &dir, source)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::io("list", &dir, source))?;
+        if let Some(epoch) = entry.file_name().to_str().and_then(paths::parse_snapshot_name) {
+            found.push((epoch, entry.path()));
+        }
+    }
+    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    Ok(found)
+}
+
+/// Reads and checks one snapshot's header and payload.
+///
+/// # Errors
+/// I/O errors, a damaged header or payload, or a payload this build cannot decode.
+pub fn read_snapshot<T: DeserializeOwned>(path: &Path) -> Result<(SnapshotMeta, T)> {
+    let (meta, payload) = read_checked(path)?;
+    let data = postcard::from_bytes(&payload)
+        .map_err(|err| Error::BadSnapshot { path: path.to_owned(), problem: format!("payload does not decode: {err}") })?;
+    Ok((meta, data))
+}
+
+/// Checks one snapshot's header and payload checksum without decoding it.
+///
+/// # Errors
+/// As [`read_snapshot`].
+pub fn verify_snapshot(path: &Path) -> Result<SnapshotMeta> {
+    read_checked(path).map(|(meta, _)| meta)
+}
+
+fn read_checked(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
+    let mut file = File::open(path).map_err(|source| Error::io("open", path, source))?;
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact(&mut header).map_err(|err| match err.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::BadSnapshot { path: path.to_owned(), problem: "shorter than its header".into() },
+        _ => Error::io("read", path, err),
+    })?;
+    let (meta, payload_crc) = SnapshotMeta::decode(path, &header)?;
+    let mut payload = Vec::with_capacity(meta.payload_bytes.min(1 << 30) as usize);
+    file.read_to_end(&mut payload).map_err(|source| Error::io("read", path, source))?;
+    if payload.len() as u64 != meta.payload_bytes {
+        let problem = format!("payload is {} bytes, the header says {}", payload.len(), meta.payload_bytes);
+        return Err(Error::BadSnapshot { path: path.to_owned(), problem });
+    }
+    if crc32c::crc32c(&payload) != payload_crc {
+        return Err(Error::BadSnapshot { path: path.to_owned(), problem: "payload crc mismatch".into() });
+    }
+    Ok((meta, payload))
+}
+
+/// Loads the newest snapshot that reads back whole, refusing (and reporting)
+/// damaged newer ones. `None` when there is no usable snapshot.
+///
+/// # Errors
+/// I/O errors listing the directory.
+pub fn load_newest<T: DeserializeOwned>(paths: &DataPaths) -> Result<Option<Loaded<T>>> {
+    let mut refused = Vec::new();
+    for (_, path) in list_snapshots(paths)? {
+        match read_snapshot(&path) {
+            Ok((meta, data)) => return Ok(Some(Loaded { meta, data, path, refused })),
+            Err(err) => {
+                tracing::error!(error = %err, "refused a snapshot; trying an older one");
+                refused.push(err);
+            }
+        }
+    }
+    if !refused.is_empty() {
+        tracing::error!(refused = refused.len(), "no usable snapshot: the next batch run recomputes from the master dataset");
+    }
+    Ok(None)
+}

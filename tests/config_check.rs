@@ -1,0 +1,122 @@
+//! `tandem check`: every shipped config passes; each kind of mistake exits 2
+//! and names the file, the key path and the problem.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tandem_check(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem")).args(["check", "--config"]).arg(config).output().expect("run tandem")
+}
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml")
+}
+
+/// Writes the shipped config with `edit` applied and runs `tandem check` on it.
+fn check_edited(edit: impl Fn(String) -> String) -> (i32, String) {
+    let text = std::fs::read_to_string(shipped()).expect("read shipped config");
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit must change the config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edited.toml");
+    std::fs::write(&path, edited).expect("write config");
+    let out = tandem_check(&path);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_shipped_config_passes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("list config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            let out = tandem_check(&path);
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn the_plan_lists_sources_views_metrics_and_buckets() {
+    let out = tandem_check(&shipped());
+    assert_eq!(out.status.code(), Some(0));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "orders  rabbitmq  queue=orders prefetch=2000 dead_letter_queue=orders.dead",
+        "sales_by_product  key=[product_id]  bucket=1m  retention=7d",
+        "sales_by_category  key=[category]  bucket=5m",
+        "sales_by_country  key=[country]  bucket=1h",
+        "p95_amount       quantile(amount, q=0.95)",
+        "buyers           distinct(user_id)",
+    ] {
+        assert!(plan.contains(expected), "plan lacks {expected:?}:\n{plan}");
+    }
+}
+
+#[test]
+fn an_unknown_key_is_refused_by_name() {
+    let (code, err) = check_edited(|text| text.replace("[speed]\n", "[speed]\npartitons = 4\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("edited.toml"), "{err}");
+    assert!(err.contains("speed.partitons: unknown field `partitons`"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_is_refused_by_key() {
+    let (code, err) = check_edited(|text| text.replace("interval = \"60s\"", "interval = \"sixty\""));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("edited.toml: batch.interval: \"sixty\" is not a duration"), "{err}");
+}
+
+#[test]
+fn an_unknown_agg_is_refused_by_key() {
+    let (code, err) = check_edited(|text| text.replacen("agg = \"mean\"", "agg = \"median\"", 1));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("view[0].metrics[4].agg: unknown aggregation \"median\""), "{err}");
+}
+
+#[test]
+fn a_quantile_without_q_is_refused_by_key() {
+    let (code, err) = check_edited(|text| text.replacen(", q = 0.95 }", " }", 1));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("view[0].metrics[3].q: is required for agg \"quantile\""), "{err}");
+}
+
+#[test]
+fn a_metric_without_a_field_is_refused_by_key() {
+    let (code, err) = check_edited(|text| text.replacen("agg = \"sum\",      field = \"qty\"", "agg = \"sum\"", 1));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("view[1].metrics[2].field: is required for agg \"sum\""), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let (code, err) = check_edited(|text| {
+        text.replace("interval = \"60s\"", "interval = \"1x\"")
+            .replacen("bucket = \"1m\"", "bucket = \"2d\"", 1)
+            .replace("partitions = 4", "partitions = 0")
+            .replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"")
+    });
+    assert_eq!(code, 2, "{err}");
+    for key in ["batch.interval", "view[0].bucket", "speed.partitions", "http.listen"] {
+        assert!(err.contains(&format!("edited.toml: {key}: ")), "no error for {key}:\n{err}");
+    }
+    assert!(err.contains("4 problems"), "{err}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_named() {
+    let (code, err) = check_edited(|text| text.replace("amqp://guest:guest@", "amqp://${TANDEM_TEST_SURELY_UNSET}@"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("source[0].uri: environment variable \"TANDEM_TEST_SURELY_UNSET\" is not set"), "{err}");
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_line() {
+    let (code, err) = check_edited(|text| text.replace("[speed]", "[speed"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("edited.toml:"), "{err}");
+}

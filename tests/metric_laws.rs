@@ -1,0 +1,144 @@
+//! The metric monoid laws, for every aggregation: merge is associative and
+//! commutative, the empty state is its identity, and the state of a whole
+//! stream reads the same as the merge of the states of any split of it.
+//! Streams are long enough to push distinct and quantile past their exact
+//! forms into their sketches.
+
+use proptest::prelude::*;
+use tandem::aggregate::{Agg, Distinct, Input, MetricState, MetricValue, Quantiles};
+use tandem::event::hash_text;
+
+const AGGS: [Agg; 8] = [
+    Agg::Count,
+    Agg::Sum,
+    Agg::Min,
+    Agg::Max,
+    Agg::Mean,
+    Agg::Distinct,
+    Agg::Quantile { q: 0.5 },
+    Agg::Quantile { q: 0.95 },
+];
+
+/// What a user can observe of a state: its value, and for quantiles the whole distribution.
+fn observe(state: &MetricState, agg: &Agg) -> Vec<MetricValue> {
+    match agg {
+        Agg::Quantile { .. } => [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]
+            .iter()
+            .map(|q| state.value(&Agg::Quantile { q: *q }))
+            .collect(),
+        agg => vec![state.value(agg)],
+    }
+}
+
+fn input(agg: &Agg, value: u32) -> Input {
+    match agg {
+        Agg::Count => Input::Event,
+        // Few enough distinct texts that streams repeat values.
+        Agg::Distinct => Input::Hash(hash_text(&format!("u-{}", value % 3000))),
+        // Amounts in cents, positive and negative, some zero.
+        _ => Input::Number((i64::from(value % 2_000_001) - 1_000_000) as f64 / 100.0),
+    }
+}
+
+fn build(agg: &Agg, values: &[u32]) -> MetricState {
+    let mut state = MetricState::empty(agg);
+    for value in values {
+        state.update(input(agg, *value));
+    }
+    state
+}
+
+fn merged(_agg: &Agg, a: &MetricState, b: &MetricState) -> MetricState {
+    let mut out = a.clone();
+    out.merge(b);
+    out
+}
+
+fn stream() -> impl Strategy<Value = Vec<u32>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u32>(), 0..40),
+        proptest::collection::vec(any::<u32>(), 100..1400),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn merge_is_commutative(a in stream(), b in stream()) {
+        for agg in &AGGS {
+            let (sa, sb) = (build(agg, &a), build(agg, &b));
+            prop_assert_eq!(observe(&merged(agg, &sa, &sb), agg), observe(&merged(agg, &sb, &sa), agg), "{:?}", agg);
+        }
+    }
+
+    #[test]
+    fn merge_is_associative(a in stream(), b in stream(), c in stream()) {
+        for agg in &AGGS {
+            let (sa, sb, sc) = (build(agg, &a), build(agg, &b), build(agg, &c));
+            let left = merged(agg, &merged(agg, &sa, &sb), &sc);
+            let right = merged(agg, &sa, &merged(agg, &sb, &sc));
+            prop_assert_eq!(observe(&left, agg), observe(&right, agg), "{:?}", agg);
+        }
+    }
+
+    #[test]
+    fn empty_is_the_identity(a in stream()) {
+        for agg in &AGGS {
+            let state = build(agg, &a);
+            let empty = MetricState::empty(agg);
+            prop_assert_eq!(observe(&merged(agg, &state, &empty), agg), observe(&state, agg), "{:?}", agg);
+            prop_assert_eq!(observe(&merged(agg, &empty, &state), agg), observe(&state, agg), "{:?}", agg);
+        }
+    }
+
+    #[test]
+    fn a_whole_stream_equals_the_merge_of_any_split(values in stream(), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(values.len() + 1)).collect();
+        cuts.sort_unstable();
+        for agg in &AGGS {
+            let whole = build(agg, &values);
+            let mut parts = MetricState::empty(agg);
+            let mut start = 0;
+            for end in cuts.iter().copied().chain([values.len()]) {
+                parts.merge(&build(agg, &values[start..end]));
+                start = end;
+            }
+            prop_assert_eq!(observe(&parts, agg), observe(&whole, agg), "{:?}", agg);
+            if values.len() >= 1000 {
+                // Long streams exercise the sketches, not only the exact forms.
+                let sketched = match &whole {
+                    MetricState::Distinct(distinct) => matches!(distinct, Distinct::Sketch(_)),
+                    MetricState::Quantile(quantiles) => matches!(quantiles, Quantiles::Sketch(_)),
+                    _ => true,
+                };
+                prop_assert!(sketched, "{:?} stayed exact over {} values", agg, values.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn update_equals_merge_with_a_singleton() {
+    for agg in &AGGS {
+        let values: Vec<u32> = (0..700).map(|i| i * 7919).collect();
+        let mut by_update = MetricState::empty(agg);
+        let mut by_merge = MetricState::empty(agg);
+        for value in &values {
+            by_update.update(input(agg, *value));
+            by_merge.merge(&build(agg, &[*value]));
+        }
+        assert_eq!(observe(&by_update, agg), observe(&by_merge, agg), "{agg:?}");
+    }
+}
+
+#[test]
+fn sums_are_exact_in_cents() {
+    let values: Vec<f64> = (0..100_000).map(|i| f64::from(i % 9973) / 100.0 + 0.01).collect();
+    let mut state = MetricState::empty(&Agg::Sum);
+    for value in &values {
+        state.update(Input::Number(*value));
+    }
+    let cents: i64 = (0..100_000).map(|i| i64::from(i % 9973) + 1).sum();
+    assert_eq!(state.value(&Agg::Sum), MetricValue::Number(Some(cents as f64 / 100.0)));
+}

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tandem_check(config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem")).args(["check", "--config"]).arg(config).output().expect("run tandem")
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tandem")
 }
 
 fn shipped() -> PathBuf {
@@ -21,7 +25,10 @@ fn check_edited(edit: impl Fn(String) -> String) -> (i32, String) {
     let path = dir.path().join("edited.toml");
     std::fs::write(&path, edited).expect("write config");
     let out = tandem_check(&path);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -32,7 +39,12 @@ fn every_shipped_config_passes() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|ext| ext == "toml") {
             let out = tandem_check(&path);
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             checked += 1;
         }
     }
@@ -61,35 +73,53 @@ fn an_unknown_key_is_refused_by_name() {
     let (code, err) = check_edited(|text| text.replace("[speed]\n", "[speed]\npartitons = 4\n"));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("edited.toml"), "{err}");
-    assert!(err.contains("speed.partitons: unknown field `partitons`"), "{err}");
+    assert!(
+        err.contains("speed.partitons: unknown field `partitons`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_bad_duration_is_refused_by_key() {
-    let (code, err) = check_edited(|text| text.replace("interval = \"60s\"", "interval = \"sixty\""));
+    let (code, err) =
+        check_edited(|text| text.replace("interval = \"60s\"", "interval = \"sixty\""));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("edited.toml: batch.interval: \"sixty\" is not a duration"), "{err}");
+    assert!(
+        err.contains("edited.toml: batch.interval: \"sixty\" is not a duration"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_unknown_agg_is_refused_by_key() {
     let (code, err) = check_edited(|text| text.replacen("agg = \"mean\"", "agg = \"median\"", 1));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("view[0].metrics[4].agg: unknown aggregation \"median\""), "{err}");
+    assert!(
+        err.contains("view[0].metrics[4].agg: unknown aggregation \"median\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_quantile_without_q_is_refused_by_key() {
     let (code, err) = check_edited(|text| text.replacen(", q = 0.95 }", " }", 1));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("view[0].metrics[3].q: is required for agg \"quantile\""), "{err}");
+    assert!(
+        err.contains("view[0].metrics[3].q: is required for agg \"quantile\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_metric_without_a_field_is_refused_by_key() {
-    let (code, err) = check_edited(|text| text.replacen("agg = \"sum\",      field = \"qty\"", "agg = \"sum\"", 1));
+    let (code, err) = check_edited(|text| {
+        text.replacen("agg = \"sum\",      field = \"qty\"", "agg = \"sum\"", 1)
+    });
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("view[1].metrics[2].field: is required for agg \"sum\""), "{err}");
+    assert!(
+        err.contains("view[1].metrics[2].field: is required for agg \"sum\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -101,17 +131,30 @@ fn every_problem_is_reported_at_once() {
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"")
     });
     assert_eq!(code, 2, "{err}");
-    for key in ["batch.interval", "view[0].bucket", "speed.partitions", "http.listen"] {
-        assert!(err.contains(&format!("edited.toml: {key}: ")), "no error for {key}:\n{err}");
+    for key in [
+        "batch.interval",
+        "view[0].bucket",
+        "speed.partitions",
+        "http.listen",
+    ] {
+        assert!(
+            err.contains(&format!("edited.toml: {key}: ")),
+            "no error for {key}:\n{err}"
+        );
     }
     assert!(err.contains("4 problems"), "{err}");
 }
 
 #[test]
 fn a_missing_environment_variable_is_named() {
-    let (code, err) = check_edited(|text| text.replace("amqp://guest:guest@", "amqp://${TANDEM_TEST_SURELY_UNSET}@"));
+    let (code, err) = check_edited(|text| {
+        text.replace("amqp://guest:guest@", "amqp://${TANDEM_TEST_SURELY_UNSET}@")
+    });
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("source[0].uri: environment variable \"TANDEM_TEST_SURELY_UNSET\" is not set"), "{err}");
+    assert!(
+        err.contains("source[0].uri: environment variable \"TANDEM_TEST_SURELY_UNSET\" is not set"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! exact up to 128 values and within 1% relative error beyond, up to a
 //! million values.
 
-use tandem::aggregate::{Agg, DISTINCT_EXACT_LIMIT, Input, MetricState, MetricValue, QUANTILE_EXACT_LIMIT};
+use tandem::aggregate::{
+    Agg, DISTINCT_EXACT_LIMIT, Input, MetricState, MetricValue, QUANTILE_EXACT_LIMIT,
+};
 use tandem::event::hash_text;
 
 fn distinct_of(n: usize) -> u64 {
@@ -32,7 +34,11 @@ fn distinct_is_within_two_percent_beyond() {
     for n in [DISTINCT_EXACT_LIMIT + 1, 2_000, 20_000, 200_000, 1_000_000] {
         let estimate = distinct_of(n) as f64;
         let error = (estimate - n as f64).abs() / n as f64;
-        assert!(error <= 0.02, "n = {n}: estimate {estimate}, error {:.3}%", error * 100.0);
+        assert!(
+            error <= 0.02,
+            "n = {n}: estimate {estimate}, error {:.3}%",
+            error * 100.0
+        );
     }
 }
 
@@ -60,9 +66,15 @@ fn check_quantiles(values: &[f64], tolerance: f64) {
             state.update(Input::Number(*value));
         }
         let exact = sorted[(q * (sorted.len() - 1) as f64) as usize];
-        let MetricValue::Number(Some(estimate)) = state.value(&agg) else { panic!("no quantile") };
+        let MetricValue::Number(Some(estimate)) = state.value(&agg) else {
+            panic!("no quantile")
+        };
         let error = (estimate - exact).abs() / exact.abs();
-        assert!(error <= tolerance, "n = {}, q = {q}: exact {exact}, estimate {estimate}", values.len());
+        assert!(
+            error <= tolerance,
+            "n = {}, q = {q}: exact {exact}, estimate {estimate}",
+            values.len()
+        );
     }
 }
 

@@ -134,11 +134,16 @@ fn update_equals_merge_with_a_singleton() {
 
 #[test]
 fn sums_are_exact_in_cents() {
-    let values: Vec<f64> = (0..100_000).map(|i| f64::from(i % 9973) / 100.0 + 0.01).collect();
+    let values: Vec<f64> = (0..100_000)
+        .map(|i| f64::from(i % 9973) / 100.0 + 0.01)
+        .collect();
     let mut state = MetricState::empty(&Agg::Sum);
     for value in &values {
         state.update(Input::Number(*value));
     }
     let cents: i64 = (0..100_000).map(|i| i64::from(i % 9973) + 1).sum();
-    assert_eq!(state.value(&Agg::Sum), MetricValue::Number(Some(cents as f64 / 100.0)));
+    assert_eq!(
+        state.value(&Agg::Sum),
+        MetricValue::Number(Some(cents as f64 / 100.0))
+    );
 }

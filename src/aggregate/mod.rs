@@ -39,7 +39,8 @@ pub enum Agg {
 
 impl Agg {
     /// The config names of every aggregation.
-    pub const NAMES: [&'static str; 7] = ["count", "sum", "min", "max", "mean", "distinct", "quantile"];
+    pub const NAMES: [&'static str; 7] =
+        ["count", "sum", "min", "max", "mean", "distinct", "quantile"];
 
     /// The config name.
     pub fn name(&self) -> &'static str {
@@ -56,7 +57,10 @@ impl Agg {
 
     /// Whether the aggregation reads a field that must be a number.
     pub fn needs_number(&self) -> bool {
-        matches!(self, Agg::Sum | Agg::Min | Agg::Max | Agg::Mean | Agg::Quantile { .. })
+        matches!(
+            self,
+            Agg::Sum | Agg::Min | Agg::Max | Agg::Mean | Agg::Quantile { .. }
+        )
     }
 }
 
@@ -115,7 +119,10 @@ impl ViewSpec {
 
     /// Fresh states for one group, one per metric.
     pub fn empty_states(&self) -> Box<[MetricState]> {
-        self.metrics.iter().map(|metric| MetricState::empty(&metric.agg)).collect()
+        self.metrics
+            .iter()
+            .map(|metric| MetricState::empty(&metric.agg))
+            .collect()
     }
 }
 
@@ -150,7 +157,10 @@ impl Micros {
 
     /// From a count of millionths.
     pub fn from_i128(value: i128) -> Micros {
-        Micros { lo: value as u64, hi: (value >> 64) as i64 }
+        Micros {
+            lo: value as u64,
+            hi: (value >> 64) as i64,
+        }
     }
 
     /// The count of millionths.
@@ -201,7 +211,10 @@ impl MetricState {
             Agg::Sum => MetricState::Sum(Micros::default()),
             Agg::Min => MetricState::Min(f64::INFINITY),
             Agg::Max => MetricState::Max(f64::NEG_INFINITY),
-            Agg::Mean => MetricState::Mean { sum: Micros::default(), count: 0 },
+            Agg::Mean => MetricState::Mean {
+                sum: Micros::default(),
+                count: 0,
+            },
             Agg::Distinct => MetricState::Distinct(Distinct::default()),
             Agg::Quantile { .. } => MetricState::Quantile(Quantiles::default()),
         }
@@ -233,7 +246,13 @@ impl MetricState {
             (MetricState::Sum(a), MetricState::Sum(b)) => a.add(*b),
             (MetricState::Min(a), MetricState::Min(b)) => *a = a.min(*b),
             (MetricState::Max(a), MetricState::Max(b)) => *a = a.max(*b),
-            (MetricState::Mean { sum, count }, MetricState::Mean { sum: other_sum, count: other_count }) => {
+            (
+                MetricState::Mean { sum, count },
+                MetricState::Mean {
+                    sum: other_sum,
+                    count: other_count,
+                },
+            ) => {
                 sum.add(*other_sum);
                 *count += other_count;
             }
@@ -250,9 +269,9 @@ impl MetricState {
             MetricState::Sum(sum) => MetricValue::Number(Some(sum.to_f64())),
             MetricState::Min(min) => MetricValue::Number(min.is_finite().then_some(*min)),
             MetricState::Max(max) => MetricValue::Number(max.is_finite().then_some(*max)),
-            MetricState::Mean { sum, count } => {
-                MetricValue::Number((*count > 0).then(|| (sum.as_i128() as f64 / 1e6) / *count as f64))
-            }
+            MetricState::Mean { sum, count } => MetricValue::Number(
+                (*count > 0).then(|| (sum.as_i128() as f64 / 1e6) / *count as f64),
+            ),
             MetricState::Distinct(distinct) => MetricValue::Int(distinct.count()),
             MetricState::Quantile(quantiles) => match agg {
                 Agg::Quantile { q } => MetricValue::Number(quantiles.quantile(*q)),
@@ -300,7 +319,11 @@ mod tests {
 
     #[test]
     fn a_state_stays_small() {
-        assert!(std::mem::size_of::<MetricState>() <= 32, "{}", std::mem::size_of::<MetricState>());
+        assert!(
+            std::mem::size_of::<MetricState>() <= 32,
+            "{}",
+            std::mem::size_of::<MetricState>()
+        );
     }
 
     #[test]

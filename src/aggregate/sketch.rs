@@ -78,7 +78,9 @@ impl Default for Distinct {
 }
 
 fn new_hll() -> Box<Hll> {
-    Box::new(HyperLogLogPlus::new(HLL_PRECISION, PassThrough).expect("precision 14 lies within 4..=18"))
+    Box::new(
+        HyperLogLogPlus::new(HLL_PRECISION, PassThrough).expect("precision 14 lies within 4..=18"),
+    )
 }
 
 impl Distinct {
@@ -86,7 +88,9 @@ impl Distinct {
     pub fn insert(&mut self, hash: u64) {
         match self {
             Distinct::Exact(values) => {
-                let Err(at) = values.binary_search(&hash) else { return };
+                let Err(at) = values.binary_search(&hash) else {
+                    return;
+                };
                 if values.len() < DISTINCT_EXACT_LIMIT {
                     *values = insert_at(values, at, hash);
                 } else {
@@ -129,7 +133,8 @@ impl Distinct {
                 *self = Distinct::Sketch(hll);
             }
             (Distinct::Sketch(hll), Distinct::Sketch(theirs)) => {
-                hll.merge(theirs).expect("every sketch has the same precision");
+                hll.merge(theirs)
+                    .expect("every sketch has the same precision");
             }
         }
     }
@@ -169,7 +174,11 @@ impl Default for Quantiles {
 }
 
 fn new_ddsketch<'a>(values: impl IntoIterator<Item = &'a f64>) -> Box<DDSketch> {
-    let mut sketch = Box::new(DDSketch::new(DdConfig::new(DDSKETCH_ALPHA, DDSKETCH_MAX_BINS, DDSKETCH_MIN_VALUE)));
+    let mut sketch = Box::new(DDSketch::new(DdConfig::new(
+        DDSKETCH_ALPHA,
+        DDSKETCH_MAX_BINS,
+        DDSKETCH_MIN_VALUE,
+    )));
     for value in values {
         sketch.add(*value);
     }
@@ -184,7 +193,9 @@ impl Quantiles {
                 let at = values.partition_point(|v| v.total_cmp(&value).is_le());
                 *values = insert_at(values, at, value);
             }
-            Quantiles::Exact(values) => *self = Quantiles::Sketch(new_ddsketch(values.iter().chain([&value]))),
+            Quantiles::Exact(values) => {
+                *self = Quantiles::Sketch(new_ddsketch(values.iter().chain([&value])))
+            }
             Quantiles::Sketch(sketch) => sketch.add(value),
         }
     }
@@ -194,7 +205,8 @@ impl Quantiles {
         match (&mut *self, other) {
             (Quantiles::Exact(mine), Quantiles::Exact(theirs)) => {
                 if mine.len() + theirs.len() <= QUANTILE_EXACT_LIMIT {
-                    *mine = sorted_union(mine, theirs, |a, b| a.total_cmp(b), false).into_boxed_slice();
+                    *mine =
+                        sorted_union(mine, theirs, |a, b| a.total_cmp(b), false).into_boxed_slice();
                 } else {
                     *self = Quantiles::Sketch(new_ddsketch(mine.iter().chain(theirs.iter())));
                 }
@@ -212,7 +224,9 @@ impl Quantiles {
                 *self = Quantiles::Sketch(sketch);
             }
             (Quantiles::Sketch(sketch), Quantiles::Sketch(theirs)) => {
-                sketch.merge(theirs).expect("every sketch has the same configuration");
+                sketch
+                    .merge(theirs)
+                    .expect("every sketch has the same configuration");
             }
         }
     }
@@ -239,7 +253,12 @@ fn insert_at<T: Copy>(values: &[T], at: usize, value: T) -> Box<[T]> {
 }
 
 /// Merges two sorted slices; `dedup` drops values present in both.
-fn sorted_union<T: Copy>(a: &[T], b: &[T], cmp: impl Fn(&T, &T) -> std::cmp::Ordering, dedup: bool) -> Vec<T> {
+fn sorted_union<T: Copy>(
+    a: &[T],
+    b: &[T],
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
+    dedup: bool,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {

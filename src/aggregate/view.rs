@@ -55,8 +55,14 @@ impl ViewState {
                 key
             }
         };
-        let group = GroupKey { key, bucket: spec.bucket_of(event.event_ms) };
-        let states = self.groups.entry(group).or_insert_with(|| spec.empty_states());
+        let group = GroupKey {
+            key,
+            bucket: spec.bucket_of(event.event_ms),
+        };
+        let states = self
+            .groups
+            .entry(group)
+            .or_insert_with(|| spec.empty_states());
         for (state, metric) in states.iter_mut().zip(&spec.metrics) {
             state.update(metric.input(event));
         }
@@ -66,7 +72,10 @@ impl ViewState {
     pub fn merge(&mut self, other: &ViewState) {
         for (group, states) in &other.groups {
             let key = self.intern(&other.keys[group.key as usize]);
-            let mine = GroupKey { key, bucket: group.bucket };
+            let mine = GroupKey {
+                key,
+                bucket: group.bucket,
+            };
             match self.groups.get_mut(&mine) {
                 Some(existing) => {
                     for (state, theirs) in existing.iter_mut().zip(states.iter()) {
@@ -112,13 +121,17 @@ impl ViewState {
 
     /// Every group and its states, in no particular order.
     pub fn groups(&self) -> impl Iterator<Item = (GroupKey, &[MetricState])> {
-        self.groups.iter().map(|(group, states)| (*group, &**states))
+        self.groups
+            .iter()
+            .map(|(group, states)| (*group, &**states))
     }
 
     /// The states of one group.
     pub fn group(&self, key: &str, bucket: i64) -> Option<&[MetricState]> {
         let key = self.key_index(key)?;
-        self.groups.get(&GroupKey { key, bucket }).map(|states| &**states)
+        self.groups
+            .get(&GroupKey { key, bucket })
+            .map(|states| &**states)
     }
 
     fn intern(&mut self, key: &str) -> u32 {

@@ -119,15 +119,23 @@ pub struct MasterConfig {
     pub segment_max_bytes: u64,
 }
 
-fn serialize_duration<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_duration(*duration))
 }
 
 /// Formats a duration in the largest unit that divides it: `90s`, `5m`, `1d`.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -184,7 +192,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|err| {
-            ConfigErrors(vec![ConfigError { file: file.clone(), key: String::new(), problem: format!("cannot read: {err}"), line: None }])
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                key: String::new(),
+                problem: format!("cannot read: {err}"),
+                line: None,
+            }])
         })?;
         Config::parse(&text, &file)
     }
@@ -202,7 +215,11 @@ impl Config {
     ///
     /// # Errors
     /// Every problem found.
-    pub fn parse_with_env(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    pub fn parse_with_env(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
         validate::parse(text, file, env)
     }
 
@@ -218,9 +235,15 @@ impl Config {
 /// A phrase saying what is wrong.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let expected = || format!("{text:?} is not a duration: expected a whole number and a unit (ms, s, m, h, d), e.g. \"60s\"");
+    let expected = || {
+        format!(
+            "{text:?} is not a duration: expected a whole number and a unit (ms, s, m, h, d), e.g. \"60s\""
+        )
+    };
     let amount: u64 = digits.parse().map_err(|_| expected())?;
     let unit_ms = match unit {
         "ms" => 1,
@@ -230,7 +253,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(expected()),
     };
-    amount.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+    amount
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]

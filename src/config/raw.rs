@@ -94,7 +94,11 @@ pub(crate) struct RawMetric {
 impl RawConfig {
     /// Replaces `${VAR}` in every string with the environment variable's value,
     /// reporting each variable that is not set at the key where it appears.
-    pub fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<(String, String)>) {
+    pub fn expand_env(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        problems: &mut Vec<(String, String)>,
+    ) {
         let mut expand = |value: &mut Option<String>, key: String| {
             if let Some(text) = value.as_mut() {
                 match expand_vars(text, env) {
@@ -111,7 +115,10 @@ impl RawConfig {
             expand(&mut source.kind, format!("source[{i}].type"));
             expand(&mut source.uri, format!("source[{i}].uri"));
             expand(&mut source.queue, format!("source[{i}].queue"));
-            expand(&mut source.dead_letter_queue, format!("source[{i}].dead_letter_queue"));
+            expand(
+                &mut source.dead_letter_queue,
+                format!("source[{i}].dead_letter_queue"),
+            );
         }
         expand(&mut self.batch.interval, "batch.interval".into());
         expand(&mut self.http.listen, "http.listen".into());
@@ -171,7 +178,10 @@ mod tests {
 
     #[test]
     fn expands_known_variables_and_keeps_plain_dollars() {
-        assert_eq!(expand_vars("amqp://${HOST}:5672/$x", &env).as_deref(), Ok("amqp://rabbit:5672/$x"));
+        assert_eq!(
+            expand_vars("amqp://${HOST}:5672/$x", &env).as_deref(),
+            Ok("amqp://rabbit:5672/$x")
+        );
     }
 
     #[test]

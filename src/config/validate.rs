@@ -3,8 +3,8 @@
 
 use super::raw::{RawConfig, RawMetric, RawSource, RawView};
 use super::{
-    BatchConfig, Config, ConfigError, ConfigErrors, EventConfig, HttpConfig, MasterConfig, RabbitmqSource, SourceConfig,
-    SourceKind, SpeedConfig, parse_duration,
+    BatchConfig, Config, ConfigError, ConfigErrors, EventConfig, HttpConfig, MasterConfig,
+    RabbitmqSource, SourceConfig, SourceKind, SpeedConfig, parse_duration,
 };
 use crate::aggregate::{Agg, MetricSpec, ViewSpec};
 use crate::event::{Need, Schema};
@@ -34,7 +34,12 @@ struct Problems<'a> {
 
 impl Problems<'_> {
     fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
-        self.list.push(ConfigError { file: self.file.to_owned(), key: key.into(), problem: problem.into(), line: None });
+        self.list.push(ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            problem: problem.into(),
+            line: None,
+        });
     }
 
     /// `value`, or a "missing" problem at `key`.
@@ -48,9 +53,15 @@ impl Problems<'_> {
     /// A name used in URLs, metric labels and logs.
     fn name(&mut self, value: Option<String>, key: &str) -> Option<String> {
         let name = self.required(value, key)?;
-        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
-            self.push(key, format!("{name:?} is not a valid name: use letters, digits, '_' and '-'"));
+            self.push(
+                key,
+                format!("{name:?} is not a valid name: use letters, digits, '_' and '-'"),
+            );
             return None;
         }
         Some(name)
@@ -66,7 +77,13 @@ impl Problems<'_> {
         Some(field)
     }
 
-    fn duration(&mut self, value: Option<&str>, key: &str, min: Duration, max: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        value: Option<&str>,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
         let duration = match parse_duration(value?) {
             Ok(duration) => duration,
             Err(problem) => {
@@ -76,7 +93,13 @@ impl Problems<'_> {
         };
         if duration < min || duration > max {
             let (min, max) = (super::format_duration(min), super::format_duration(max));
-            self.push(key, format!("{} is out of range: must lie within {min}..={max}", super::format_duration(duration)));
+            self.push(
+                key,
+                format!(
+                    "{} is out of range: must lie within {min}..={max}",
+                    super::format_duration(duration)
+                ),
+            );
             return None;
         }
         Some(duration)
@@ -84,16 +107,26 @@ impl Problems<'_> {
 
     fn range(&mut self, value: u64, key: &str, min: u64, max: u64) -> Option<u64> {
         if value < min || value > max {
-            self.push(key, format!("{value} is out of range: must lie within {min}..={max}"));
+            self.push(
+                key,
+                format!("{value} is out of range: must lie within {min}..={max}"),
+            );
             return None;
         }
         Some(value)
     }
 }
 
-pub(super) fn parse(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub(super) fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     let mut raw = deserialize(text, file).map_err(|error| ConfigErrors(vec![*error]))?;
-    let mut problems = Problems { file, list: Vec::new() };
+    let mut problems = Problems {
+        file,
+        list: Vec::new(),
+    };
     let mut env_problems = Vec::new();
     raw.expand_env(env, &mut env_problems);
     for (key, problem) in env_problems {
@@ -112,13 +145,23 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, Box<ConfigError>> {
         span.map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
     };
     let deserializer = toml::Deserializer::parse(text).map_err(|err| {
-        Box::new(ConfigError { file: file.to_owned(), key: String::new(), problem: err.message().to_owned(), line: line_of(err.span()) })
+        Box::new(ConfigError {
+            file: file.to_owned(),
+            key: String::new(),
+            problem: err.message().to_owned(),
+            line: line_of(err.span()),
+        })
     })?;
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let key = err.path().to_string();
         let inner = err.into_inner();
         let key = if key == "." { String::new() } else { key };
-        Box::new(ConfigError { file: file.to_owned(), key, problem: inner.message().to_owned(), line: line_of(inner.span()) })
+        Box::new(ConfigError {
+            file: file.to_owned(),
+            key,
+            problem: inner.message().to_owned(),
+            line: line_of(inner.span()),
+        })
     })
 }
 
@@ -134,41 +177,68 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
 
     let id = problems.field(raw.event.id, "event.id");
     let time = problems.field(raw.event.time, "event.time");
-    let max_bytes = problems.range(raw.event.max_bytes.unwrap_or(DEFAULT_MAX_BYTES), "event.max_bytes", 1, MAX_MAX_BYTES);
+    let max_bytes = problems.range(
+        raw.event.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+        "event.max_bytes",
+        1,
+        MAX_MAX_BYTES,
+    );
 
     let mut source_names = HashSet::new();
     let mut sources = Vec::new();
     for (i, source) in raw.source.into_iter().enumerate() {
         if let Some(source) = validate_source(source, i, problems) {
             if !source_names.insert(source.name.clone()) {
-                problems.push(format!("source[{i}].name"), format!("{:?} is already the name of another source", source.name));
+                problems.push(
+                    format!("source[{i}].name"),
+                    format!("{:?} is already the name of another source", source.name),
+                );
             }
             sources.push(source);
         }
     }
 
-    let partitions = problems.range(raw.speed.partitions.unwrap_or(DEFAULT_PARTITIONS), "speed.partitions", 1, MAX_PARTITIONS);
+    let partitions = problems.range(
+        raw.speed.partitions.unwrap_or(DEFAULT_PARTITIONS),
+        "speed.partitions",
+        1,
+        MAX_PARTITIONS,
+    );
     let interval = match raw.batch.interval.as_deref() {
-        Some(text) => problems.duration(Some(text), "batch.interval", Duration::from_secs(1), Duration::from_secs(7 * 86_400)),
+        Some(text) => problems.duration(
+            Some(text),
+            "batch.interval",
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 86_400),
+        ),
         None => Some(DEFAULT_INTERVAL),
     };
     let listen = raw.http.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = match listen.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
         Err(_) => {
-            problems.push("http.listen", format!("{listen:?} is not an address: expected IP:PORT, e.g. \"127.0.0.1:8080\""));
+            problems.push(
+                "http.listen",
+                format!("{listen:?} is not an address: expected IP:PORT, e.g. \"127.0.0.1:8080\""),
+            );
             None
         }
     };
     let auth_token_env = problems.field(raw.http.auth_token_env, "http.auth_token_env");
     let segment_max_bytes = problems.range(
-        raw.master.segment_max_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES),
+        raw.master
+            .segment_max_bytes
+            .unwrap_or(DEFAULT_SEGMENT_BYTES),
         "master.segment_max_bytes",
         MIN_SEGMENT_BYTES,
         MAX_SEGMENT_BYTES,
     );
 
-    let mut schema = Schema::new(id.as_deref(), time.as_deref(), max_bytes.unwrap_or(1) as usize);
+    let mut schema = Schema::new(
+        id.as_deref(),
+        time.as_deref(),
+        max_bytes.unwrap_or(1) as usize,
+    );
     if raw.view.is_empty() {
         problems.push("view", "at least one [[view]] is required");
     }
@@ -177,7 +247,10 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
     for (i, view) in raw.view.into_iter().enumerate() {
         if let Some(view) = validate_view(view, i, &mut schema, problems) {
             if !view_names.insert(view.name.clone()) {
-                problems.push(format!("view[{i}].name"), format!("{:?} is already the name of another view", view.name));
+                problems.push(
+                    format!("view[{i}].name"),
+                    format!("{:?} is already the name of another view", view.name),
+                );
             }
             views.push(Arc::new(view));
         }
@@ -185,12 +258,25 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
 
     Some(Config {
         data_dir: data_dir?.into(),
-        event: EventConfig { id, time, max_bytes: max_bytes? as usize },
+        event: EventConfig {
+            id,
+            time,
+            max_bytes: max_bytes? as usize,
+        },
         sources,
-        speed: SpeedConfig { partitions: partitions? as u16 },
-        batch: BatchConfig { interval: interval? },
-        http: HttpConfig { listen: listen?, auth_token_env },
-        master: MasterConfig { segment_max_bytes: segment_max_bytes? },
+        speed: SpeedConfig {
+            partitions: partitions? as u16,
+        },
+        batch: BatchConfig {
+            interval: interval?,
+        },
+        http: HttpConfig {
+            listen: listen?,
+            auth_token_env,
+        },
+        master: MasterConfig {
+            segment_max_bytes: segment_max_bytes?,
+        },
         views,
         schema: Arc::new(schema),
     })
@@ -210,16 +296,26 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
             }
             let queue = problems.required(raw.queue, &at("queue"));
             let queue = queue.filter(|queue| queue_name(queue, &at("queue"), problems));
-            let prefetch = problems.range(raw.prefetch.unwrap_or(DEFAULT_PREFETCH), &at("prefetch"), 1, u64::from(u16::MAX));
+            let prefetch = problems.range(
+                raw.prefetch.unwrap_or(DEFAULT_PREFETCH),
+                &at("prefetch"),
+                1,
+                u64::from(u16::MAX),
+            );
             let dead_letter_queue = match (raw.dead_letter_queue, &queue) {
-                (Some(dlq), _) => Some(dlq).filter(|dlq| queue_name(dlq, &at("dead_letter_queue"), problems)),
+                (Some(dlq), _) => {
+                    Some(dlq).filter(|dlq| queue_name(dlq, &at("dead_letter_queue"), problems))
+                }
                 (None, Some(queue)) => Some(format!("{queue}.dead")),
                 (None, None) => None,
             };
             if let (Some(queue), Some(dlq)) = (&queue, &dead_letter_queue)
                 && queue == dlq
             {
-                problems.push(at("dead_letter_queue"), "must differ from the queue it serves");
+                problems.push(
+                    at("dead_letter_queue"),
+                    "must differ from the queue it serves",
+                );
             }
             Some(SourceConfig {
                 name: name?,
@@ -232,7 +328,10 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
             })
         }
         other => {
-            problems.push(at("type"), format!("unknown source type {other:?}: expected \"rabbitmq\""));
+            problems.push(
+                at("type"),
+                format!("unknown source type {other:?}: expected \"rabbitmq\""),
+            );
             None
         }
     }
@@ -246,7 +345,12 @@ fn queue_name(queue: &str, key: &str, problems: &mut Problems<'_>) -> bool {
     true
 }
 
-fn validate_view(raw: RawView, i: usize, schema: &mut Schema, problems: &mut Problems<'_>) -> Option<ViewSpec> {
+fn validate_view(
+    raw: RawView,
+    i: usize,
+    schema: &mut Schema,
+    problems: &mut Problems<'_>,
+) -> Option<ViewSpec> {
     let at = |key: &str| format!("view[{i}].{key}");
     let name = problems.name(raw.name, &at("name"));
     let key = problems.required(raw.key, &at("key"));
@@ -260,7 +364,10 @@ fn validate_view(raw: RawView, i: usize, schema: &mut Schema, problems: &mut Pro
             if field.is_empty() {
                 problems.push(at(&format!("key[{k}]")), "a field name cannot be empty");
             } else if !seen.insert(field) {
-                problems.push(at(&format!("key[{k}]")), format!("field {field:?} appears twice in the key"));
+                problems.push(
+                    at(&format!("key[{k}]")),
+                    format!("field {field:?} appears twice in the key"),
+                );
             } else {
                 key_slots.push(schema.slot(field, Need::Scalar, true));
             }
@@ -275,7 +382,12 @@ fn validate_view(raw: RawView, i: usize, schema: &mut Schema, problems: &mut Pro
     }
     let retention = match raw.retention.as_deref() {
         Some(text) => {
-            let retention = problems.duration(Some(text), &at("retention"), MIN_BUCKET, Duration::from_secs(100 * 365 * 86_400));
+            let retention = problems.duration(
+                Some(text),
+                &at("retention"),
+                MIN_BUCKET,
+                Duration::from_secs(100 * 365 * 86_400),
+            );
             if let (Some(retention), Some(bucket)) = (retention, bucket)
                 && retention < bucket
             {
@@ -293,9 +405,17 @@ fn validate_view(raw: RawView, i: usize, schema: &mut Schema, problems: &mut Pro
             problems.push(at("metrics"), "needs at least one metric");
         }
         for (m, metric) in raw_metrics.into_iter().enumerate() {
-            if let Some(metric) = validate_metric(metric, &at(&format!("metrics[{m}]")), schema, problems) {
+            if let Some(metric) =
+                validate_metric(metric, &at(&format!("metrics[{m}]")), schema, problems)
+            {
                 if !metric_names.insert(metric.name.clone()) {
-                    problems.push(at(&format!("metrics[{m}].name")), format!("{:?} is already the name of another metric of this view", metric.name));
+                    problems.push(
+                        at(&format!("metrics[{m}].name")),
+                        format!(
+                            "{:?} is already the name of another metric of this view",
+                            metric.name
+                        ),
+                    );
                 }
                 metrics.push(metric);
             }
@@ -311,7 +431,12 @@ fn validate_view(raw: RawView, i: usize, schema: &mut Schema, problems: &mut Pro
     })
 }
 
-fn validate_metric(raw: RawMetric, at: &str, schema: &mut Schema, problems: &mut Problems<'_>) -> Option<MetricSpec> {
+fn validate_metric(
+    raw: RawMetric,
+    at: &str,
+    schema: &mut Schema,
+    problems: &mut Problems<'_>,
+) -> Option<MetricSpec> {
     let key = |name: &str| format!("{at}.{name}");
     let name = problems.name(raw.name, &key("name"));
     let agg_name = problems.required(raw.agg, &key("agg"))?;
@@ -325,7 +450,10 @@ fn validate_metric(raw: RawMetric, at: &str, schema: &mut Schema, problems: &mut
         "quantile" => match raw.q {
             Some(q) if (0.0..=1.0).contains(&q) => Agg::Quantile { q },
             Some(q) => {
-                problems.push(key("q"), format!("{q} is out of range: a quantile lies within 0..=1"));
+                problems.push(
+                    key("q"),
+                    format!("{q} is out of range: a quantile lies within 0..=1"),
+                );
                 return None;
             }
             None => {
@@ -334,28 +462,52 @@ fn validate_metric(raw: RawMetric, at: &str, schema: &mut Schema, problems: &mut
             }
         },
         other => {
-            problems.push(key("agg"), format!("unknown aggregation {other:?}: expected one of {}", Agg::NAMES.join(", ")));
+            problems.push(
+                key("agg"),
+                format!(
+                    "unknown aggregation {other:?}: expected one of {}",
+                    Agg::NAMES.join(", ")
+                ),
+            );
             return None;
         }
     };
     if raw.q.is_some() && !matches!(agg, Agg::Quantile { .. }) {
-        problems.push(key("q"), format!("only agg \"quantile\" takes q, not {:?}", agg.name()));
+        problems.push(
+            key("q"),
+            format!("only agg \"quantile\" takes q, not {:?}", agg.name()),
+        );
     }
     let field = problems.field(raw.field, &key("field"));
     let slot = match (&agg, &field) {
         (Agg::Count, Some(_)) => {
-            problems.push(key("field"), "agg \"count\" counts events and takes no field");
+            problems.push(
+                key("field"),
+                "agg \"count\" counts events and takes no field",
+            );
             return None;
         }
         (Agg::Count, None) => None,
         (agg, None) => {
-            problems.push(key("field"), format!("is required for agg {:?}", agg.name()));
+            problems.push(
+                key("field"),
+                format!("is required for agg {:?}", agg.name()),
+            );
             return None;
         }
         (agg, Some(field)) => {
-            let need = if agg.needs_number() { Need::Number } else { Need::Scalar };
+            let need = if agg.needs_number() {
+                Need::Number
+            } else {
+                Need::Scalar
+            };
             Some(schema.slot(field, need, !agg.needs_number()))
         }
     };
-    Some(MetricSpec { name: name?, agg, field, slot })
+    Some(MetricSpec {
+        name: name?,
+        agg,
+        field,
+        slot,
+    })
 }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A span of ingestion; every accepted event carries the epoch current at its source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 
@@ -33,7 +35,9 @@ impl fmt::Display for Epoch {
 }
 
 /// Position of a record in the master dataset, counted from 0 over all segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -81,7 +85,12 @@ pub struct Schema {
 impl Schema {
     /// A schema with the given id and time fields and no other field yet.
     pub fn new(id: Option<&str>, time: Option<&str>, max_bytes: usize) -> Schema {
-        let mut schema = Schema { fields: Vec::new(), id: None, time: time.map(str::to_owned), max_bytes };
+        let mut schema = Schema {
+            fields: Vec::new(),
+            id: None,
+            time: time.map(str::to_owned),
+            max_bytes,
+        };
         schema.id = id.map(|name| schema.slot(name, Need::Scalar, true));
         schema
     }
@@ -94,7 +103,11 @@ impl Schema {
             field.text |= text;
             return index;
         }
-        self.fields.push(FieldSpec { name: name.to_owned(), need, text });
+        self.fields.push(FieldSpec {
+            name: name.to_owned(),
+            need,
+            text,
+        });
         self.fields.len() - 1
     }
 

@@ -94,15 +94,25 @@ impl Schema {
         let n_fields = self.fields.len();
         let mut capture = Capture {
             kinds: vec![Kind::Missing; n_fields],
-            slots: vec![Slot { num: 0.0, start: 0, len: 0 }; n_fields],
+            slots: vec![
+                Slot {
+                    num: 0.0,
+                    start: 0,
+                    len: 0
+                };
+                n_fields
+            ],
             text: String::with_capacity(64),
             time: Time::Missing,
         };
         let mut de = serde_json::Deserializer::from_str(body);
-        EventSeed { schema: self, capture: &mut capture }
-            .deserialize(&mut de)
-            .and_then(|()| de.end())
-            .map_err(|_| Reject::whole(Reason::InvalidJson))?;
+        EventSeed {
+            schema: self,
+            capture: &mut capture,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|_| Reject::whole(Reason::InvalidJson))?;
         self.check(capture, ingest_ms)
     }
 
@@ -128,7 +138,12 @@ impl Schema {
             Time::Bad => return Err(Reject::at(Reason::BadTime, TIME_FIELD)),
             Time::Missing => ingest_ms,
         };
-        let mut event = ParsedEvent { event_ms, id_hash: None, slots: capture.slots, text: capture.text };
+        let mut event = ParsedEvent {
+            event_ms,
+            id_hash: None,
+            slots: capture.slots,
+            text: capture.text,
+        };
         if let Some(slot) = self.id {
             let hash = super::hash_text(event.text(slot));
             event.id_hash = Some(NonZeroU64::new(hash).unwrap_or(NonZeroU64::MIN));
@@ -171,13 +186,21 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(member) = map.next_key_seed(KeySeed { schema: self.schema })? {
+        while let Some(member) = map.next_key_seed(KeySeed {
+            schema: self.schema,
+        })? {
             if member.slot.is_none() && !member.is_time {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let text = member.slot.is_some_and(|slot| self.schema.fields[slot].text);
-            let seed = ValueSeed { text, is_time: member.is_time, capture: &mut *self.capture };
+            let text = member
+                .slot
+                .is_some_and(|slot| self.schema.fields[slot].text);
+            let seed = ValueSeed {
+                text,
+                is_time: member.is_time,
+                capture: &mut *self.capture,
+            };
             let value = map.next_value_seed(seed)?;
             if let Some(slot) = member.slot {
                 self.capture.kinds[slot] = value.kind;
@@ -237,7 +260,15 @@ impl ValueSeed<'_> {
             write(&mut self.capture.text);
         }
         let len = self.capture.text.len() - start;
-        Value { kind, slot: Slot { num, start: start as u32, len: len as u32 }, time }
+        Value {
+            kind,
+            slot: Slot {
+                num,
+                start: start as u32,
+                len: len as u32,
+            },
+            time,
+        }
     }
 }
 
@@ -257,7 +288,10 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Value, E> {
-        let time = match self.is_time.then(|| chrono::DateTime::parse_from_rfc3339(text)) {
+        let time = match self
+            .is_time
+            .then(|| chrono::DateTime::parse_from_rfc3339(text))
+        {
             Some(Ok(at)) => time_from_ms(at.timestamp_millis()),
             _ => Time::Bad,
         };
@@ -270,16 +304,30 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
-        Ok(self.value(Kind::Num, n as f64, |buf| push_display(buf, n), time_from_ms(n)))
+        Ok(self.value(
+            Kind::Num,
+            n as f64,
+            |buf| push_display(buf, n),
+            time_from_ms(n),
+        ))
     }
 
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
-        let time = if n.fract() == 0.0 && n.abs() <= MAX_EVENT_MS as f64 { Time::Ms(n as i64) } else { Time::Bad };
+        let time = if n.fract() == 0.0 && n.abs() <= MAX_EVENT_MS as f64 {
+            Time::Ms(n as i64)
+        } else {
+            Time::Bad
+        };
         Ok(self.value(Kind::Num, n, |buf| push_number(buf, n), time))
     }
 
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
-        Ok(self.value(Kind::Bool, 0.0, |buf| buf.push_str(if b { "true" } else { "false" }), Time::Bad))
+        Ok(self.value(
+            Kind::Bool,
+            0.0,
+            |buf| buf.push_str(if b { "true" } else { "false" }),
+            Time::Bad,
+        ))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
@@ -298,12 +346,15 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 }
 
 fn time_from_ms(ms: i64) -> Time {
-    if ms.abs() <= MAX_EVENT_MS { Time::Ms(ms) } else { Time::Bad }
+    if ms.abs() <= MAX_EVENT_MS {
+        Time::Ms(ms)
+    } else {
+        Time::Bad
+    }
 }
 
 fn push_display(buf: &mut String, value: impl fmt::Display) {
-    // Writing to a String cannot fail.
-    let _ = write!(buf, "{value}");
+    write!(buf, "{value}").expect("writing to a String cannot fail");
 }
 
 /// Canonical text of a JSON number: integral values without a fraction, others
@@ -314,7 +365,7 @@ pub(crate) fn push_number(buf: &mut String, n: f64) {
     } else if n.abs() < 1e16 {
         push_display(buf, n);
     } else {
-        let _ = write!(buf, "{n:?}");
+        write!(buf, "{n:?}").expect("writing to a String cannot fail");
     }
 }
 
@@ -335,7 +386,10 @@ mod tests {
     fn reject(body: &str) -> (Reason, Option<String>) {
         let schema = schema();
         let err = schema.parse(body.as_bytes(), 0).expect_err(body);
-        (err.reason, err.field.map(|field| schema.field_name(field).to_owned()))
+        (
+            err.reason,
+            err.field.map(|field| schema.field_name(field).to_owned()),
+        )
     }
 
     #[test]
@@ -352,9 +406,24 @@ mod tests {
     #[test]
     fn numeric_and_string_keys_are_the_same_key() {
         let schema = schema();
-        let a = schema.parse(br#"{"order_id":1,"ts":0,"product_id":42,"user_id":"u","amount":1}"#, 0).unwrap();
-        let b = schema.parse(br#"{"order_id":"1","ts":0,"product_id":"42","user_id":"u","amount":1}"#, 0).unwrap();
-        let c = schema.parse(br#"{"order_id":1.0,"ts":0,"product_id":42.0,"user_id":"u","amount":1}"#, 0).unwrap();
+        let a = schema
+            .parse(
+                br#"{"order_id":1,"ts":0,"product_id":42,"user_id":"u","amount":1}"#,
+                0,
+            )
+            .unwrap();
+        let b = schema
+            .parse(
+                br#"{"order_id":"1","ts":0,"product_id":"42","user_id":"u","amount":1}"#,
+                0,
+            )
+            .unwrap();
+        let c = schema
+            .parse(
+                br#"{"order_id":1.0,"ts":0,"product_id":42.0,"user_id":"u","amount":1}"#,
+                0,
+            )
+            .unwrap();
         assert_eq!(a.text(1), "42");
         assert_eq!(a.text(1), b.text(1));
         assert_eq!(a.text(1), c.text(1));
@@ -363,7 +432,12 @@ mod tests {
 
     #[test]
     fn epoch_milliseconds_are_an_event_time() {
-        let event = schema().parse(br#"{"order_id":1,"ts":1795514400123,"product_id":1,"user_id":1,"amount":1}"#, 0).unwrap();
+        let event = schema()
+            .parse(
+                br#"{"order_id":1,"ts":1795514400123,"product_id":1,"user_id":1,"amount":1}"#,
+                0,
+            )
+            .unwrap();
         assert_eq!(event.event_ms, 1_795_514_400_123);
     }
 
@@ -379,22 +453,54 @@ mod tests {
         let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000));
         assert_eq!(reject(&big), (Reason::TooLarge, None));
         let schema = schema();
-        assert_eq!(schema.parse(b"{\"a\":\"\xff\"}", 0).unwrap_err().reason, Reason::NotUtf8);
+        assert_eq!(
+            schema.parse(b"{\"a\":\"\xff\"}", 0).unwrap_err().reason,
+            Reason::NotUtf8
+        );
         assert_eq!(reject(r#"{"order_id":"o-1","#), (Reason::InvalidJson, None));
         assert_eq!(reject(r#"[1,2,"#), (Reason::InvalidJson, None));
         assert_eq!(reject(r#"{"a":1} trailing"#), (Reason::InvalidJson, None));
         assert_eq!(reject("[1,2,3]"), (Reason::NotAnObject, None));
         assert_eq!(reject("\"text\""), (Reason::NotAnObject, None));
-        assert_eq!(reject(&GOOD.replace("\"product_id\":\"p-7\",", "")), (Reason::MissingField, Some("product_id".into())));
-        assert_eq!(reject(&GOOD.replace("\"ts\":\"2026-11-24T10:00:00.123Z\",", "")), (Reason::MissingField, Some("ts".into())));
-        assert_eq!(reject(&GOOD.replace("23.45", "\"twelve\"")), (Reason::WrongType, Some("amount".into())));
-        assert_eq!(reject(&GOOD.replace("\"p-7\"", "null")), (Reason::WrongType, Some("product_id".into())));
-        assert_eq!(reject(&GOOD.replace("\"p-7\"", "{\"x\":[1]}")), (Reason::WrongType, Some("product_id".into())));
-        assert_eq!(reject(&GOOD.replace("2026-11-24T10:00:00.123Z", "yesterday")), (Reason::BadTime, Some("ts".into())));
-        assert_eq!(reject(&GOOD.replace("2026-11-24T10:00:00.123Z", "2026-11-24T10:00:00")), (Reason::BadTime, Some("ts".into())));
-        assert_eq!(reject(&GOOD.replace("\"2026-11-24T10:00:00.123Z\"", "1.5")), (Reason::BadTime, Some("ts".into())));
+        assert_eq!(
+            reject(&GOOD.replace("\"product_id\":\"p-7\",", "")),
+            (Reason::MissingField, Some("product_id".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("\"ts\":\"2026-11-24T10:00:00.123Z\",", "")),
+            (Reason::MissingField, Some("ts".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("23.45", "\"twelve\"")),
+            (Reason::WrongType, Some("amount".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("\"p-7\"", "null")),
+            (Reason::WrongType, Some("product_id".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("\"p-7\"", "{\"x\":[1]}")),
+            (Reason::WrongType, Some("product_id".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("2026-11-24T10:00:00.123Z", "yesterday")),
+            (Reason::BadTime, Some("ts".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("2026-11-24T10:00:00.123Z", "2026-11-24T10:00:00")),
+            (Reason::BadTime, Some("ts".into()))
+        );
+        assert_eq!(
+            reject(&GOOD.replace("\"2026-11-24T10:00:00.123Z\"", "1.5")),
+            (Reason::BadTime, Some("ts".into()))
+        );
         // A missing field is reported before a wrong type elsewhere.
-        let both = GOOD.replace("23.45", "\"x\"").replace("\"user_id\":\"u-1\",", "");
-        assert_eq!(reject(&both), (Reason::MissingField, Some("user_id".into())));
+        let both = GOOD
+            .replace("23.45", "\"x\"")
+            .replace("\"user_id\":\"u-1\",", "");
+        assert_eq!(
+            reject(&both),
+            (Reason::MissingField, Some("user_id".into()))
+        );
     }
 }

@@ -70,11 +70,17 @@ pub struct Reject {
 
 impl Reject {
     pub(crate) const fn whole(reason: Reason) -> Self {
-        Reject { reason, field: None }
+        Reject {
+            reason,
+            field: None,
+        }
     }
 
     pub(crate) const fn at(reason: Reason, field: FieldId) -> Self {
-        Reject { reason, field: Some(field) }
+        Reject {
+            reason,
+            field: Some(field),
+        }
     }
 }
 

@@ -44,7 +44,10 @@ impl SealedEpoch {
         let segment = bytes[8..12].try_into().ok().map(u32::from_le_bytes)?;
         Some(SealedEpoch {
             epoch: Epoch(u64_at(0)?),
-            end: LogPosition { segment, offset: u64_at(12)? },
+            end: LogPosition {
+                segment,
+                offset: u64_at(12)?,
+            },
             next_seq: Seq(u64_at(20)?),
             sealed_at_ms: u64_at(28)? as i64,
         })
@@ -69,13 +72,26 @@ impl EpochIndex {
         fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
         let path = paths.epochs();
         let (entries, valid_len) = read_entries(&path)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|source| Error::io("open", &path, source))?;
-        let len = file.metadata().map_err(|source| Error::io("stat", &path, source))?.len();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::io("open", &path, source))?;
+        let len = file
+            .metadata()
+            .map_err(|source| Error::io("stat", &path, source))?
+            .len();
         if len > valid_len {
-            file.set_len(valid_len).and_then(|()| file.sync_all()).map_err(|source| Error::io("truncate", &path, source))?;
+            file.set_len(valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|source| Error::io("truncate", &path, source))?;
             tracing::warn!(file = %path.display(), offset = valid_len, "cut a torn entry from the epoch index");
         }
-        Ok(EpochIndex { file, path, entries })
+        Ok(EpochIndex {
+            file,
+            path,
+            entries,
+        })
     }
 
     /// Records that `sealed.epoch` is sealed; durable when this returns.
@@ -86,11 +102,18 @@ impl EpochIndex {
         if let Some(last) = self.entries.last()
             && (sealed.epoch <= last.epoch || sealed.end < last.end)
         {
-            return Err(Error::EpochOutOfOrder { path: self.path.clone(), last: last.epoch, found: sealed.epoch });
+            return Err(Error::EpochOutOfOrder {
+                path: self.path.clone(),
+                last: last.epoch,
+                found: sealed.epoch,
+            });
         }
         let mut buf = Vec::with_capacity(record::FRAME_BYTES + ENTRY_BYTES);
         record::encode_frame(&mut buf, &sealed.encode());
-        self.file.write_all(&buf).and_then(|()| self.file.sync_data()).map_err(|source| Error::io("append to", &self.path, source))?;
+        self.file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| Error::io("append to", &self.path, source))?;
         self.entries.push(sealed);
         Ok(())
     }
@@ -119,7 +142,8 @@ fn read_entries(path: &std::path::Path) -> Result<(Vec<SealedEpoch>, u64)> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut file) => {
-            file.read_to_end(&mut bytes).map_err(|source| Error::io("read", path, source))?;
+            file.read_to_end(&mut bytes)
+                .map_err(|source| Error::io("read", path, source))?;
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(source) => return Err(Error::io("open", path, source)),
@@ -127,14 +151,22 @@ fn read_entries(path: &std::path::Path) -> Result<(Vec<SealedEpoch>, u64)> {
     let mut entries: Vec<SealedEpoch> = Vec::new();
     let mut offset = 0usize;
     while offset < bytes.len() {
-        let corrupt = |what: String| Error::CorruptEpochs { path: path.to_owned(), offset: offset as u64, what };
+        let corrupt = |what: String| Error::CorruptEpochs {
+            path: path.to_owned(),
+            offset: offset as u64,
+            what,
+        };
         match record::decode_frame(&bytes[offset..]) {
             Frame::Whole { payload, size } => {
-                let entry = SealedEpoch::decode(payload).ok_or_else(|| corrupt("entry of the wrong size".into()))?;
+                let entry = SealedEpoch::decode(payload)
+                    .ok_or_else(|| corrupt("entry of the wrong size".into()))?;
                 if let Some(last) = entries.last()
                     && entry.epoch <= last.epoch
                 {
-                    return Err(corrupt(format!("epoch {} after epoch {}", entry.epoch, last.epoch)));
+                    return Err(corrupt(format!(
+                        "epoch {} after epoch {}",
+                        entry.epoch, last.epoch
+                    )));
                 }
                 entries.push(entry);
                 offset += size;

@@ -28,7 +28,9 @@ impl DataDirLock {
             .map_err(|source| Error::io("open", &path, source))?;
         match file.try_lock() {
             Ok(()) => Ok(DataDirLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: root.to_owned() }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+                path: root.to_owned(),
+            }),
             Err(std::fs::TryLockError::Error(source)) => Err(Error::io("lock", &path, source)),
         }
     }

@@ -17,10 +17,13 @@ pub use lock::DataDirLock;
 pub use paths::DataPaths;
 pub use record::{Corruption, RecordHeader};
 pub use segment::{
-    Appended, LogPosition, MasterLog, NewRecord, Recovery, SEGMENT_HEADER_BYTES, ScanOutcome, SegmentInfo, list_segments,
-    scan_log, scan_segment,
+    Appended, LogPosition, MasterLog, NewRecord, Recovery, SEGMENT_HEADER_BYTES, ScanOutcome,
+    SegmentInfo, list_segments, scan_log, scan_segment,
 };
-pub use snapshot::{FORMAT_VERSION, KEEP, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot, verify_snapshot, write_snapshot};
+pub use snapshot::{
+    FORMAT_VERSION, KEEP, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot,
+    verify_snapshot, write_snapshot,
+};
 
 use crate::event::{Epoch, Seq};
 use std::path::{Path, PathBuf};
@@ -157,11 +160,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Error {
-        Error::Io { op, path: path.to_owned(), source }
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
 /// Fsyncs a directory, so that a rename or a new file in it is durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(|source| Error::io("fsync", dir, source))
+    std::fs::File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| Error::io("fsync", dir, source))
 }

@@ -34,12 +34,15 @@ impl DataPaths {
 
     /// `master/segment-0000000042.log`.
     pub fn segment(&self, index: u32) -> PathBuf {
-        self.master_dir().join(format!("{SEGMENT_PREFIX}{index:010}{SEGMENT_SUFFIX}"))
+        self.master_dir()
+            .join(format!("{SEGMENT_PREFIX}{index:010}{SEGMENT_SUFFIX}"))
     }
 
     /// The temporary name a segment is prepared under before it appears.
     pub fn segment_tmp(&self, index: u32) -> PathBuf {
-        self.master_dir().join(format!("{SEGMENT_PREFIX}{index:010}{SEGMENT_SUFFIX}{TMP_SUFFIX}"))
+        self.master_dir().join(format!(
+            "{SEGMENT_PREFIX}{index:010}{SEGMENT_SUFFIX}{TMP_SUFFIX}"
+        ))
     }
 
     /// `master/epochs`: the sealed epochs and their log positions.
@@ -54,12 +57,16 @@ impl DataPaths {
 
     /// `snapshots/snapshot-00000000000000000042.snap`.
     pub fn snapshot(&self, epoch: Epoch) -> PathBuf {
-        self.snapshots_dir().join(format!("{SNAPSHOT_PREFIX}{:020}{SNAPSHOT_SUFFIX}", epoch.0))
+        self.snapshots_dir()
+            .join(format!("{SNAPSHOT_PREFIX}{:020}{SNAPSHOT_SUFFIX}", epoch.0))
     }
 
     /// The temporary name a snapshot is written under before the rename.
     pub fn snapshot_tmp(&self, epoch: Epoch) -> PathBuf {
-        self.snapshots_dir().join(format!("{SNAPSHOT_PREFIX}{:020}{SNAPSHOT_SUFFIX}{TMP_SUFFIX}", epoch.0))
+        self.snapshots_dir().join(format!(
+            "{SNAPSHOT_PREFIX}{:020}{SNAPSHOT_SUFFIX}{TMP_SUFFIX}",
+            epoch.0
+        ))
     }
 
     /// `LOCK`: held by the running daemon.
@@ -70,12 +77,19 @@ impl DataPaths {
 
 /// The index of a segment file name, or `None` for any other name.
 pub fn parse_segment_name(name: &str) -> Option<u32> {
-    name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?.parse().ok()
+    name.strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?
+        .parse()
+        .ok()
 }
 
 /// The epoch of a snapshot file name, or `None` for any other name.
 pub fn parse_snapshot_name(name: &str) -> Option<Epoch> {
-    name.strip_prefix(SNAPSHOT_PREFIX)?.strip_suffix(SNAPSHOT_SUFFIX)?.parse().ok().map(Epoch)
+    name.strip_prefix(SNAPSHOT_PREFIX)?
+        .strip_suffix(SNAPSHOT_SUFFIX)?
+        .parse()
+        .ok()
+        .map(Epoch)
 }
 
 /// Whether a name is a leftover temporary file.

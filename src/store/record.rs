@@ -147,7 +147,9 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, raw: &[u8]) {
 
 /// Splits a segment record's payload into its header and raw event bytes.
 pub fn split_record(payload: &[u8]) -> Result<(RecordHeader, &[u8]), Corruption> {
-    let (header, raw) = payload.split_at_checked(HEADER_BYTES).ok_or(Corruption::ShortRecord)?;
+    let (header, raw) = payload
+        .split_at_checked(HEADER_BYTES)
+        .ok_or(Corruption::ShortRecord)?;
     let header: &[u8; HEADER_BYTES] = header.try_into().map_err(|_| Corruption::ShortRecord)?;
     Ok((RecordHeader::decode(header), raw))
 }
@@ -158,7 +160,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(seq: u64) -> RecordHeader {
-        RecordHeader { seq: Seq(seq), epoch: Epoch(3), ingest_ms: -5, event_ms: 1_700_000_000_000, id_hash: u64::MAX }
+        RecordHeader {
+            seq: Seq(seq),
+            epoch: Epoch(3),
+            ingest_ms: -5,
+            event_ms: 1_700_000_000_000,
+            id_hash: u64::MAX,
+        }
     }
 
     proptest! {
@@ -188,7 +196,8 @@ mod tests {
             encode_record(&mut buf, &header(1), &raw);
             let bit = bit.index(buf.len() * 8);
             buf[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(!matches!(decode_frame(&buf), Frame::Whole { .. }));
+            let whole = matches!(decode_frame(&buf), Frame::Whole { .. });
+            prop_assert!(!whole, "flipped bit {} went unseen", bit);
         }
     }
 }

@@ -23,7 +23,9 @@ pub const SEGMENT_HEADER_BYTES: u64 = 16;
 const SCAN_CHUNK: usize = 1 << 20;
 
 /// A place in the log: a segment and a byte offset in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct LogPosition {
     /// Segment index.
     pub segment: u32,
@@ -119,11 +121,20 @@ impl MasterLog {
                     }
                     None => 0,
                 };
-                (last.index, last.first_seq, torn_bytes, scan.records, scan.end)
+                (
+                    last.index,
+                    last.first_seq,
+                    torn_bytes,
+                    scan.records,
+                    scan.end,
+                )
             }
         };
         let path = paths.segment(segment);
-        let file = OpenOptions::new().append(true).open(&path).map_err(|source| Error::io("open", &path, source))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::io("open", &path, source))?;
         let next_seq = Seq(first_seq.0 + records);
         let log = MasterLog {
             paths: paths.clone(),
@@ -135,7 +146,12 @@ impl MasterLog {
             poisoned: false,
             buf: Vec::with_capacity(1 << 20),
         };
-        let recovery = Recovery { segments: segments.len().max(1), next_seq, torn_bytes, end: log.end() };
+        let recovery = Recovery {
+            segments: segments.len().max(1),
+            next_seq,
+            torn_bytes,
+            end: log.end(),
+        };
         Ok((log, recovery))
     }
 
@@ -143,9 +159,14 @@ impl MasterLog {
     ///
     /// # Errors
     /// I/O errors. The batch is then not in the log: a partial write is cut back.
-    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = NewRecord<'a>>) -> Result<Appended> {
+    pub fn append<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = NewRecord<'a>>,
+    ) -> Result<Appended> {
         if self.poisoned {
-            return Err(Error::Poisoned { path: self.paths.segment(self.segment) });
+            return Err(Error::Poisoned {
+                path: self.paths.segment(self.segment),
+            });
         }
         if self.offset >= self.max_bytes {
             self.roll()?;
@@ -165,20 +186,34 @@ impl MasterLog {
             seq += 1;
         }
         if !self.buf.is_empty() {
-            let written = self.file.write_all(&self.buf).and_then(|()| self.file.sync_data());
+            let written = self
+                .file
+                .write_all(&self.buf)
+                .and_then(|()| self.file.sync_data());
             if let Err(source) = written {
                 self.roll_back();
-                return Err(Error::io("append to", &self.paths.segment(self.segment), source));
+                return Err(Error::io(
+                    "append to",
+                    &self.paths.segment(self.segment),
+                    source,
+                ));
             }
             self.offset += self.buf.len() as u64;
             self.next_seq = Seq(seq);
         }
-        Ok(Appended { first_seq, next_seq: self.next_seq, end: self.end() })
+        Ok(Appended {
+            first_seq,
+            next_seq: self.next_seq,
+            end: self.end(),
+        })
     }
 
     /// The durable end of the log.
     pub fn end(&self) -> LogPosition {
-        LogPosition { segment: self.segment, offset: self.offset }
+        LogPosition {
+            segment: self.segment,
+            offset: self.offset,
+        }
     }
 
     /// Seq the next record will get.
@@ -189,7 +224,10 @@ impl MasterLog {
     /// Cuts a failed write back to the durable size.
     fn roll_back(&mut self) {
         let path = self.paths.segment(self.segment);
-        let cut = self.file.set_len(self.offset).and_then(|()| self.file.sync_data());
+        let cut = self
+            .file
+            .set_len(self.offset)
+            .and_then(|()| self.file.sync_data());
         if let Err(err) = cut {
             tracing::error!(segment = %path.display(), error = %err, "cannot cut back a failed write; appends stop until restart");
             self.poisoned = true;
@@ -200,7 +238,10 @@ impl MasterLog {
         let next = self.segment + 1;
         create_segment(&self.paths, next, self.next_seq)?;
         let path = self.paths.segment(next);
-        self.file = OpenOptions::new().append(true).open(&path).map_err(|source| Error::io("open", &path, source))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::io("open", &path, source))?;
         self.segment = next;
         self.offset = SEGMENT_HEADER_BYTES;
         Ok(())
@@ -215,14 +256,21 @@ fn create_segment(paths: &DataPaths, index: u32, first_seq: Seq) -> Result<()> {
     header.extend_from_slice(SEGMENT_MAGIC);
     header.extend_from_slice(&first_seq.0.to_le_bytes());
     let mut file = File::create(&tmp).map_err(|source| Error::io("create", &tmp, source))?;
-    file.write_all(&header).and_then(|()| file.sync_all()).map_err(|source| Error::io("write", &tmp, source))?;
+    file.write_all(&header)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| Error::io("write", &tmp, source))?;
     fs::rename(&tmp, &path).map_err(|source| Error::io("rename", &tmp, source))?;
     sync_dir(&paths.master_dir())
 }
 
 fn cut_tail(path: &Path, at: u64) -> Result<()> {
-    let file = OpenOptions::new().write(true).open(path).map_err(|source| Error::io("open", path, source))?;
-    file.set_len(at).and_then(|()| file.sync_all()).map_err(|source| Error::io("truncate", path, source))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| Error::io("open", path, source))?;
+    file.set_len(at)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| Error::io("truncate", path, source))?;
     tracing::warn!(segment = %path.display(), offset = at, "cut a torn tail from the newest segment");
     Ok(())
 }
@@ -262,7 +310,11 @@ pub fn list_segments(paths: &DataPaths) -> Result<Vec<SegmentInfo>> {
         Ok(entries) => {
             for entry in entries {
                 let entry = entry.map_err(|source| Error::io("list", &dir, source))?;
-                if let Some(index) = entry.file_name().to_str().and_then(paths::parse_segment_name) {
+                if let Some(index) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(paths::parse_segment_name)
+                {
                     indexes.push(index);
                 }
             }
@@ -273,9 +325,13 @@ pub fn list_segments(paths: &DataPaths) -> Result<Vec<SegmentInfo>> {
     indexes.sort_unstable();
     let mut segments = Vec::with_capacity(indexes.len());
     for (position, index) in indexes.into_iter().enumerate() {
-        let expected = segments.first().map_or(index, |first: &SegmentInfo| first.index + position as u32);
+        let expected = segments
+            .first()
+            .map_or(index, |first: &SegmentInfo| first.index + position as u32);
         if index != expected {
-            return Err(Error::MissingSegment { path: paths.segment(expected) });
+            return Err(Error::MissingSegment {
+                path: paths.segment(expected),
+            });
         }
         segments.push(read_segment_info(index, paths.segment(index))?);
     }
@@ -284,18 +340,33 @@ pub fn list_segments(paths: &DataPaths) -> Result<Vec<SegmentInfo>> {
 
 fn read_segment_info(index: u32, path: PathBuf) -> Result<SegmentInfo> {
     let mut file = File::open(&path).map_err(|source| Error::io("open", &path, source))?;
-    let len = file.metadata().map_err(|source| Error::io("stat", &path, source))?.len();
+    let len = file
+        .metadata()
+        .map_err(|source| Error::io("stat", &path, source))?
+        .len();
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
     if len < SEGMENT_HEADER_BYTES {
-        return Err(Error::BadSegmentHeader { path, problem: "shorter than its header" });
+        return Err(Error::BadSegmentHeader {
+            path,
+            problem: "shorter than its header",
+        });
     }
-    file.read_exact(&mut header).map_err(|source| Error::io("read", &path, source))?;
+    file.read_exact(&mut header)
+        .map_err(|source| Error::io("read", &path, source))?;
     if &header[..8] != SEGMENT_MAGIC {
-        return Err(Error::BadSegmentHeader { path, problem: "not a tandem segment (bad magic)" });
+        return Err(Error::BadSegmentHeader {
+            path,
+            problem: "not a tandem segment (bad magic)",
+        });
     }
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&header[8..]);
-    Ok(SegmentInfo { index, path, first_seq: Seq(u64::from_le_bytes(seq)), len })
+    Ok(SegmentInfo {
+        index,
+        path,
+        first_seq: Seq(u64::from_le_bytes(seq)),
+        len,
+    })
 }
 
 /// What a scan of one segment saw.
@@ -325,12 +396,20 @@ pub fn scan_segment(
 ) -> Result<ScanOutcome> {
     let path = &info.path;
     let mut file = File::open(path).map_err(|source| Error::io("open", path, source))?;
-    let file_len = file.metadata().map_err(|source| Error::io("stat", path, source))?.len();
+    let file_len = file
+        .metadata()
+        .map_err(|source| Error::io("stat", path, source))?
+        .len();
     let limit = end.unwrap_or(file_len);
     if limit > file_len {
-        return Err(Error::ShortSegment { path: path.clone(), len: file_len, expected: limit });
+        return Err(Error::ShortSegment {
+            path: path.clone(),
+            len: file_len,
+            expected: limit,
+        });
     }
-    file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES)).map_err(|source| Error::io("seek", path, source))?;
+    file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES))
+        .map_err(|source| Error::io("seek", path, source))?;
     let mut buf = vec![0u8; SCAN_CHUNK];
     let (mut start, mut filled) = (0usize, 0usize);
     let mut offset = SEGMENT_HEADER_BYTES;
@@ -340,14 +419,26 @@ pub fn scan_segment(
         while offset < limit {
             match record::decode_frame(&buf[start..filled]) {
                 Frame::Whole { payload, size } => {
-                    let corrupt = |what| Error::CorruptRecord { segment: path.clone(), offset, what };
+                    let corrupt = |what| Error::CorruptRecord {
+                        segment: path.clone(),
+                        offset,
+                        what,
+                    };
                     if offset + size as u64 > limit {
-                        return Err(Error::NotARecordBoundary { path: path.clone(), offset: limit });
+                        return Err(Error::NotARecordBoundary {
+                            path: path.clone(),
+                            offset: limit,
+                        });
                     }
                     let (header, raw) = record::split_record(payload).map_err(corrupt)?;
                     let expected = Seq(info.first_seq.0 + records);
                     if header.seq != expected {
-                        return Err(Error::SeqOutOfOrder { segment: path.clone(), offset, expected, found: header.seq });
+                        return Err(Error::SeqOutOfOrder {
+                            segment: path.clone(),
+                            offset,
+                            expected,
+                            found: header.seq,
+                        });
                     }
                     on_record(&header, raw);
                     records += 1;
@@ -361,14 +452,26 @@ pub fn scan_segment(
                 Frame::Corrupt(what) => {
                     let frame_len = frame_size(&buf[start..filled]);
                     return match is_torn(path, offset, file_len, what, frame_len)? {
-                        true => Ok(ScanOutcome { records, end: offset, torn: Some(offset) }),
-                        false => Err(Error::CorruptRecord { segment: path.clone(), offset, what }),
+                        true => Ok(ScanOutcome {
+                            records,
+                            end: offset,
+                            torn: Some(offset),
+                        }),
+                        false => Err(Error::CorruptRecord {
+                            segment: path.clone(),
+                            offset,
+                            what,
+                        }),
                     };
                 }
             }
         }
         if offset >= limit {
-            return Ok(ScanOutcome { records, end: offset, torn: None });
+            return Ok(ScanOutcome {
+                records,
+                end: offset,
+                torn: None,
+            });
         }
         buf.copy_within(start..filled, 0);
         filled -= start;
@@ -378,10 +481,16 @@ pub fn scan_segment(
         {
             buf.resize(need, 0);
         }
-        let n = file.read(&mut buf[filled..]).map_err(|source| Error::io("read", path, source))?;
+        let n = file
+            .read(&mut buf[filled..])
+            .map_err(|source| Error::io("read", path, source))?;
         if n == 0 {
             // The file ends inside a record.
-            return Ok(ScanOutcome { records, end: offset, torn: Some(offset) });
+            return Ok(ScanOutcome {
+                records,
+                end: offset,
+                torn: Some(offset),
+            });
         }
         filled += n;
     }
@@ -390,21 +499,33 @@ pub fn scan_segment(
 /// The frame size claimed by a (possibly damaged) frame header.
 fn frame_size(buf: &[u8]) -> Option<u64> {
     let len = buf.get(..4)?;
-    Some(record::FRAME_BYTES as u64 + u64::from(u32::from_le_bytes([len[0], len[1], len[2], len[3]])))
+    Some(
+        record::FRAME_BYTES as u64
+            + u64::from(u32::from_le_bytes([len[0], len[1], len[2], len[3]])),
+    )
 }
 
 /// Whether damage at `offset` is a torn write rather than corruption: either
 /// only zeros follow (blocks allocated but never written), or the damaged
 /// record is exactly the last thing in the file.
-fn is_torn(path: &Path, offset: u64, file_len: u64, what: Corruption, frame_len: Option<u64>) -> Result<bool> {
+fn is_torn(
+    path: &Path,
+    offset: u64,
+    file_len: u64,
+    what: Corruption,
+    frame_len: Option<u64>,
+) -> Result<bool> {
     if what == Corruption::Crc && frame_len.is_some_and(|len| offset + len == file_len) {
         return Ok(true);
     }
     let mut file = File::open(path).map_err(|source| Error::io("open", path, source))?;
-    file.seek(SeekFrom::Start(offset)).map_err(|source| Error::io("seek", path, source))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|source| Error::io("seek", path, source))?;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = file.read(&mut chunk).map_err(|source| Error::io("read", path, source))?;
+        let n = file
+            .read(&mut chunk)
+            .map_err(|source| Error::io("read", path, source))?;
         if n == 0 {
             return Ok(true);
         }
@@ -418,13 +539,23 @@ fn is_torn(path: &Path, offset: u64, file_len: u64, what: Corruption, frame_len:
 ///
 /// # Errors
 /// As [`scan_segment`]; a torn tail before `end` is an error too.
-pub fn scan_log(paths: &DataPaths, end: LogPosition, mut on_record: impl FnMut(&RecordHeader, &[u8])) -> Result<u64> {
+pub fn scan_log(
+    paths: &DataPaths,
+    end: LogPosition,
+    mut on_record: impl FnMut(&RecordHeader, &[u8]),
+) -> Result<u64> {
     let mut records = 0;
-    for segment in list_segments(paths)?.iter().filter(|segment| segment.index <= end.segment) {
+    for segment in list_segments(paths)?
+        .iter()
+        .filter(|segment| segment.index <= end.segment)
+    {
         let limit = (segment.index == end.segment).then_some(end.offset);
         let outcome = scan_segment(segment, limit, &mut on_record)?;
         if let Some(offset) = outcome.torn {
-            return Err(Error::TornSegment { path: segment.path.clone(), offset });
+            return Err(Error::TornSegment {
+                path: segment.path.clone(),
+                offset,
+            });
         }
         records += outcome.records;
     }

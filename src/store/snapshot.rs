@@ -52,8 +52,12 @@ impl SnapshotMeta {
 
     /// The header and the payload crc it promises.
     fn decode(path: &Path, bytes: &[u8; HEADER_BYTES]) -> Result<(SnapshotMeta, u32)> {
-        let bad = |problem: String| Error::BadSnapshot { path: path.to_owned(), problem };
-        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let bad = |problem: String| Error::BadSnapshot {
+            path: path.to_owned(),
+            problem,
+        };
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let u64_at = |i: usize| {
             let mut le = [0u8; 8];
             le.copy_from_slice(&bytes[i..i + 8]);
@@ -67,7 +71,9 @@ impl SnapshotMeta {
         }
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(bad(format!("format version {version}, this build reads version {FORMAT_VERSION}")));
+            return Err(bad(format!(
+                "format version {version}, this build reads version {FORMAT_VERSION}"
+            )));
         }
         let meta = SnapshotMeta {
             epoch: Epoch(u64_at(16)),
@@ -96,11 +102,25 @@ pub struct Loaded<T> {
 ///
 /// # Errors
 /// I/O or encoding errors; a failed write leaves the older snapshots in place.
-pub fn write_snapshot<T: Serialize>(paths: &DataPaths, epoch: Epoch, records: u64, created_ms: i64, data: &T) -> Result<SnapshotMeta> {
+pub fn write_snapshot<T: Serialize>(
+    paths: &DataPaths,
+    epoch: Epoch,
+    records: u64,
+    created_ms: i64,
+    data: &T,
+) -> Result<SnapshotMeta> {
     let dir = paths.snapshots_dir();
     fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
-    let payload = postcard::to_stdvec(data).map_err(|source| Error::Encode { path: paths.snapshot(epoch), source })?;
-    let meta = SnapshotMeta { epoch, records, created_ms, payload_bytes: payload.len() as u64 };
+    let payload = postcard::to_stdvec(data).map_err(|source| Error::Encode {
+        path: paths.snapshot(epoch),
+        source,
+    })?;
+    let meta = SnapshotMeta {
+        epoch,
+        records,
+        created_ms,
+        payload_bytes: payload.len() as u64,
+    };
     let header = meta.encode(crc32c::crc32c(&payload));
     let tmp = paths.snapshot_tmp(epoch);
     let path = paths.snapshot(epoch);
@@ -132,11 +152,15 @@ pub fn list_snapshots(paths: &DataPaths) -> Result<Vec<(Epoch, PathBuf)>> {
     let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| Error::io("list", &dir, source))?;
-        if let Some(epoch) = entry.file_name().to_str().and_then(paths::parse_snapshot_name) {
+        if let Some(epoch) = entry
+            .file_name()
+            .to_str()
+            .and_then(paths::parse_snapshot_name)
+        {
             found.push((epoch, entry.path()));
         }
     }
-    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    found.sort_unstable_by_key(|(epoch, _)| std::cmp::Reverse(*epoch));
     Ok(found)
 }
 
@@ -146,8 +170,10 @@ pub fn list_snapshots(paths: &DataPaths) -> Result<Vec<(Epoch, PathBuf)>> {
 /// I/O errors, a damaged header or payload, or a payload this build cannot decode.
 pub fn read_snapshot<T: DeserializeOwned>(path: &Path) -> Result<(SnapshotMeta, T)> {
     let (meta, payload) = read_checked(path)?;
-    let data = postcard::from_bytes(&payload)
-        .map_err(|err| Error::BadSnapshot { path: path.to_owned(), problem: format!("payload does not decode: {err}") })?;
+    let data = postcard::from_bytes(&payload).map_err(|err| Error::BadSnapshot {
+        path: path.to_owned(),
+        problem: format!("payload does not decode: {err}"),
+    })?;
     Ok((meta, data))
 }
 
@@ -162,19 +188,34 @@ pub fn verify_snapshot(path: &Path) -> Result<SnapshotMeta> {
 fn read_checked(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
     let mut file = File::open(path).map_err(|source| Error::io("open", path, source))?;
     let mut header = [0u8; HEADER_BYTES];
-    file.read_exact(&mut header).map_err(|err| match err.kind() {
-        std::io::ErrorKind::UnexpectedEof => Error::BadSnapshot { path: path.to_owned(), problem: "shorter than its header".into() },
-        _ => Error::io("read", path, err),
-    })?;
+    file.read_exact(&mut header)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::BadSnapshot {
+                path: path.to_owned(),
+                problem: "shorter than its header".into(),
+            },
+            _ => Error::io("read", path, err),
+        })?;
     let (meta, payload_crc) = SnapshotMeta::decode(path, &header)?;
     let mut payload = Vec::with_capacity(meta.payload_bytes.min(1 << 30) as usize);
-    file.read_to_end(&mut payload).map_err(|source| Error::io("read", path, source))?;
+    file.read_to_end(&mut payload)
+        .map_err(|source| Error::io("read", path, source))?;
     if payload.len() as u64 != meta.payload_bytes {
-        let problem = format!("payload is {} bytes, the header says {}", payload.len(), meta.payload_bytes);
-        return Err(Error::BadSnapshot { path: path.to_owned(), problem });
+        let problem = format!(
+            "payload is {} bytes, the header says {}",
+            payload.len(),
+            meta.payload_bytes
+        );
+        return Err(Error::BadSnapshot {
+            path: path.to_owned(),
+            problem,
+        });
     }
     if crc32c::crc32c(&payload) != payload_crc {
-        return Err(Error::BadSnapshot { path: path.to_owned(), problem: "payload crc mismatch".into() });
+        return Err(Error::BadSnapshot {
+            path: path.to_owned(),
+            problem: "payload crc mismatch".into(),
+        });
     }
     Ok((meta, payload))
 }
@@ -188,7 +229,14 @@ pub fn load_newest<T: DeserializeOwned>(paths: &DataPaths) -> Result<Option<Load
     let mut refused = Vec::new();
     for (_, path) in list_snapshots(paths)? {
         match read_snapshot(&path) {
-            Ok((meta, data)) => return Ok(Some(Loaded { meta, data, path, refused })),
+            Ok((meta, data)) => {
+                return Ok(Some(Loaded {
+                    meta,
+                    data,
+                    path,
+                    refused,
+                }));
+            }
             Err(err) => {
                 tracing::error!(error = %err, "refused a snapshot; trying an older one");
                 refused.push(err);
@@ -196,7 +244,10 @@ pub fn load_newest<T: DeserializeOwned>(paths: &DataPaths) -> Result<Option<Load
         }
     }
     if !refused.is_empty() {
-        tracing::error!(refused = refused.len(), "no usable snapshot: the next batch run recomputes from the master dataset");
+        tracing::error!(
+            refused = refused.len(),
+            "no usable snapshot: the next batch run recomputes from the master dataset"
+        );
     }
     Ok(None)
 }

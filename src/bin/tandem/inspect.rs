@@ -22,14 +22,25 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
         let scanned = store::scan_segment(segment, None, |header, _| {
             epochs = (epochs.0.min(header.epoch.0), epochs.1.max(header.epoch.0));
         });
-        let name = segment.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = segment
+            .path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match scanned {
             Ok(outcome) => {
                 records_total += outcome.records;
-                let epochs = if outcome.records == 0 { "-".to_owned() } else { format!("{}..={}", epochs.0, epochs.1) };
+                let epochs = if outcome.records == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{}..={}", epochs.0, epochs.1)
+                };
                 let status = match outcome.torn {
                     None => "ok".to_owned(),
-                    Some(offset) if newest => format!("torn tail at offset {offset} ({} bytes, cut at next start)", segment.len - offset),
+                    Some(offset) if newest => format!(
+                        "torn tail at offset {offset} ({} bytes, cut at next start)",
+                        segment.len - offset
+                    ),
                     Some(offset) => {
                         damaged += 1;
                         format!("DAMAGED: ends inside a record at offset {offset}")
@@ -43,7 +54,10 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
                     segment.first_seq.0 + outcome.records
                 );
                 if newest {
-                    log_end = Some(store::LogPosition { segment: segment.index, offset: outcome.end });
+                    log_end = Some(store::LogPosition {
+                        segment: segment.index,
+                        offset: outcome.end,
+                    });
                 }
             }
             Err(err) => {
@@ -58,12 +72,21 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
         Ok(epochs) => {
             println!("sealed epochs {}", epochs.len());
             if let Some(last) = epochs.last() {
-                println!("  newest: epoch {} at {} (seq {}), sealed at {}", last.epoch, last.end, last.next_seq, format_ms(last.sealed_at_ms));
+                println!(
+                    "  newest: epoch {} at {} (seq {}), sealed at {}",
+                    last.epoch,
+                    last.end,
+                    last.next_seq,
+                    format_ms(last.sealed_at_ms)
+                );
                 if let Some(end) = log_end
                     && last.end > end
                 {
                     damaged += 1;
-                    println!("  DAMAGED: epoch {} is sealed at {} but the log ends at {end}", last.epoch, last.end);
+                    println!(
+                        "  DAMAGED: epoch {} is sealed at {} but the log ends at {end}",
+                        last.epoch, last.end
+                    );
                 }
             }
         }
@@ -76,7 +99,10 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     let snapshots = store::list_snapshots(&paths).context("cannot list snapshots")?;
     println!("snapshots {}", snapshots.len());
     for (i, (_, path)) in snapshots.iter().enumerate() {
-        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match store::verify_snapshot(path) {
             Ok(meta) => println!(
                 "  {name}  epoch {}  {} records  {} bytes  created {}  ok{}",
@@ -94,7 +120,10 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     }
 
     if damaged > 0 {
-        println!("result: {damaged} damaged item{}", if damaged == 1 { "" } else { "s" });
+        println!(
+            "result: {damaged} damaged item{}",
+            if damaged == 1 { "" } else { "s" }
+        );
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }
     println!("result: ok");
@@ -102,5 +131,8 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn format_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }

@@ -9,7 +9,7 @@ mod sketch;
 mod view;
 
 pub use sketch::{DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles};
-pub use view::{GroupKey, ViewState};
+pub use view::{KeyGroups, ViewState};
 
 use crate::event::{ParsedEvent, hash_text};
 use serde::{Deserialize, Serialize};

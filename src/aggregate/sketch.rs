@@ -65,7 +65,9 @@ type Hll = HyperLogLogPlus<u64, PassThrough>;
 /// Distinct count state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Distinct {
-    /// Sorted, unique value hashes; exact.
+    /// Exactly one value hash, held inline: most groups see few values.
+    One(u64),
+    /// Sorted, unique value hashes; exact. Empty when no value was seen.
     Exact(Box<[u64]>),
     /// HyperLogLog++ once past [`DISTINCT_EXACT_LIMIT`].
     Sketch(Box<Hll>),
@@ -77,64 +79,76 @@ impl Default for Distinct {
     }
 }
 
-fn new_hll() -> Box<Hll> {
-    Box::new(
+fn new_hll<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<Hll> {
+    let mut hll = Box::new(
         HyperLogLogPlus::new(HLL_PRECISION, PassThrough).expect("precision 14 lies within 4..=18"),
-    )
+    );
+    for hash in hashes {
+        hll.insert(hash);
+    }
+    hll
 }
 
 impl Distinct {
+    /// The exact values, unless this is a sketch.
+    fn exact(&self) -> Option<&[u64]> {
+        match self {
+            Distinct::One(hash) => Some(std::slice::from_ref(hash)),
+            Distinct::Exact(hashes) => Some(hashes),
+            Distinct::Sketch(_) => None,
+        }
+    }
+
+    /// The smallest form holding these sorted, unique hashes.
+    fn from_sorted(hashes: Vec<u64>) -> Distinct {
+        match hashes.as_slice() {
+            [one] => Distinct::One(*one),
+            _ if hashes.len() <= DISTINCT_EXACT_LIMIT => Distinct::Exact(hashes.into_boxed_slice()),
+            _ => Distinct::Sketch(new_hll(&hashes)),
+        }
+    }
+
     /// Adds one value hash.
     pub fn insert(&mut self, hash: u64) {
-        match self {
-            Distinct::Exact(values) => {
-                let Err(at) = values.binary_search(&hash) else {
-                    return;
-                };
-                if values.len() < DISTINCT_EXACT_LIMIT {
-                    *values = insert_at(values, at, hash);
-                } else {
-                    let mut hll = new_hll();
-                    for value in values.iter().chain([&hash]) {
-                        hll.insert(value);
-                    }
-                    *self = Distinct::Sketch(hll);
+        match self.exact() {
+            Some(hashes) => {
+                if let Err(at) = hashes.binary_search(&hash) {
+                    *self = Distinct::from_sorted(insert_at(hashes, at, hash));
                 }
             }
-            Distinct::Sketch(hll) => hll.insert(&hash),
+            None => {
+                if let Distinct::Sketch(hll) = self {
+                    hll.insert(&hash);
+                }
+            }
         }
     }
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Distinct) {
-        match (&mut *self, other) {
-            (Distinct::Exact(mine), Distinct::Exact(theirs)) => {
-                let union = sorted_union(mine, theirs, |a, b| a.cmp(b), true);
-                if union.len() <= DISTINCT_EXACT_LIMIT {
-                    *mine = union.into_boxed_slice();
-                } else {
-                    let mut hll = new_hll();
-                    for value in &union {
-                        hll.insert(value);
+        match (self.exact(), other.exact()) {
+            (Some(mine), Some(theirs)) => {
+                *self = Distinct::from_sorted(sorted_union(mine, theirs, u64::cmp, true))
+            }
+            (Some(mine), None) => {
+                if let Distinct::Sketch(theirs) = other {
+                    let mut hll = theirs.clone();
+                    for hash in mine {
+                        hll.insert(hash);
                     }
                     *self = Distinct::Sketch(hll);
                 }
             }
-            (Distinct::Sketch(hll), Distinct::Exact(theirs)) => {
-                for value in theirs.iter() {
-                    hll.insert(value);
+            (None, theirs) => {
+                if let Distinct::Sketch(hll) = self {
+                    match (theirs, other) {
+                        (Some(theirs), _) => theirs.iter().for_each(|hash| hll.insert(hash)),
+                        (None, Distinct::Sketch(sketch)) => hll
+                            .merge(sketch)
+                            .expect("every sketch has the same precision"),
+                        (None, _) => {}
+                    }
                 }
-            }
-            (Distinct::Exact(mine), Distinct::Sketch(theirs)) => {
-                let mut hll = theirs.clone();
-                for value in mine.iter() {
-                    hll.insert(value);
-                }
-                *self = Distinct::Sketch(hll);
-            }
-            (Distinct::Sketch(hll), Distinct::Sketch(theirs)) => {
-                hll.merge(theirs)
-                    .expect("every sketch has the same precision");
             }
         }
     }
@@ -142,9 +156,11 @@ impl Distinct {
     /// The number of distinct values: exact while small, estimated beyond.
     pub fn count(&self) -> u64 {
         match self {
-            Distinct::Exact(values) => values.len() as u64,
-            // `count` needs `&mut` only to fold its insert buffer; a copy keeps reads shared.
-            Distinct::Sketch(hll) => hll.as_ref().clone().count().round() as u64,
+            Distinct::Sketch(hll) => {
+                // `count` needs `&mut` only to fold its insert buffer; a copy keeps reads shared.
+                hll.as_ref().clone().count().round() as u64
+            }
+            exact => exact.exact().map_or(0, |hashes| hashes.len() as u64),
         }
     }
 }
@@ -152,7 +168,9 @@ impl Distinct {
 /// Quantile state.
 #[derive(Clone, Serialize, Deserialize)]
 pub enum Quantiles {
-    /// Sorted values; exact.
+    /// Exactly one value, held inline.
+    One(f64),
+    /// Sorted values; exact. Empty when no value was seen.
     Exact(Box<[f64]>),
     /// DDSketch once past [`QUANTILE_EXACT_LIMIT`].
     Sketch(Box<DDSketch>),
@@ -161,6 +179,7 @@ pub enum Quantiles {
 impl std::fmt::Debug for Quantiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Quantiles::One(value) => f.debug_tuple("One").field(value).finish(),
             Quantiles::Exact(values) => f.debug_tuple("Exact").field(values).finish(),
             Quantiles::Sketch(sketch) => write!(f, "Sketch({} values)", sketch.count()),
         }
@@ -186,70 +205,88 @@ fn new_ddsketch<'a>(values: impl IntoIterator<Item = &'a f64>) -> Box<DDSketch> 
 }
 
 impl Quantiles {
+    /// The exact values, unless this is a sketch.
+    fn exact(&self) -> Option<&[f64]> {
+        match self {
+            Quantiles::One(value) => Some(std::slice::from_ref(value)),
+            Quantiles::Exact(values) => Some(values),
+            Quantiles::Sketch(_) => None,
+        }
+    }
+
+    /// The smallest form holding these sorted values.
+    fn from_sorted(values: Vec<f64>) -> Quantiles {
+        match values.as_slice() {
+            [one] => Quantiles::One(*one),
+            _ if values.len() <= QUANTILE_EXACT_LIMIT => {
+                Quantiles::Exact(values.into_boxed_slice())
+            }
+            _ => Quantiles::Sketch(new_ddsketch(&values)),
+        }
+    }
+
     /// Adds one value.
     pub fn insert(&mut self, value: f64) {
-        match self {
-            Quantiles::Exact(values) if values.len() < QUANTILE_EXACT_LIMIT => {
+        match self.exact() {
+            Some(values) => {
                 let at = values.partition_point(|v| v.total_cmp(&value).is_le());
-                *values = insert_at(values, at, value);
+                *self = Quantiles::from_sorted(insert_at(values, at, value));
             }
-            Quantiles::Exact(values) => {
-                *self = Quantiles::Sketch(new_ddsketch(values.iter().chain([&value])))
+            None => {
+                if let Quantiles::Sketch(sketch) = self {
+                    sketch.add(value);
+                }
             }
-            Quantiles::Sketch(sketch) => sketch.add(value),
         }
     }
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Quantiles) {
-        match (&mut *self, other) {
-            (Quantiles::Exact(mine), Quantiles::Exact(theirs)) => {
-                if mine.len() + theirs.len() <= QUANTILE_EXACT_LIMIT {
-                    *mine =
-                        sorted_union(mine, theirs, |a, b| a.total_cmp(b), false).into_boxed_slice();
-                } else {
-                    *self = Quantiles::Sketch(new_ddsketch(mine.iter().chain(theirs.iter())));
+        match (self.exact(), other.exact()) {
+            (Some(mine), Some(theirs)) => {
+                *self = Quantiles::from_sorted(sorted_union(mine, theirs, f64::total_cmp, false));
+            }
+            (Some(mine), None) => {
+                if let Quantiles::Sketch(theirs) = other {
+                    let mut sketch = theirs.clone();
+                    mine.iter().for_each(|value| sketch.add(*value));
+                    *self = Quantiles::Sketch(sketch);
                 }
             }
-            (Quantiles::Sketch(sketch), Quantiles::Exact(theirs)) => {
-                for value in theirs.iter() {
-                    sketch.add(*value);
+            (None, theirs) => {
+                if let Quantiles::Sketch(sketch) = self {
+                    match (theirs, other) {
+                        (Some(theirs), _) => theirs.iter().for_each(|value| sketch.add(*value)),
+                        (None, Quantiles::Sketch(other)) => sketch
+                            .merge(other)
+                            .expect("every sketch has the same configuration"),
+                        (None, _) => {}
+                    }
                 }
-            }
-            (Quantiles::Exact(mine), Quantiles::Sketch(theirs)) => {
-                let mut sketch = theirs.clone();
-                for value in mine.iter() {
-                    sketch.add(*value);
-                }
-                *self = Quantiles::Sketch(sketch);
-            }
-            (Quantiles::Sketch(sketch), Quantiles::Sketch(theirs)) => {
-                sketch
-                    .merge(theirs)
-                    .expect("every sketch has the same configuration");
             }
         }
     }
 
     /// The value at rank `floor(q * (n - 1))`, as DDSketch defines it; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
+        let q = q.clamp(0.0, 1.0);
         match self {
-            Quantiles::Exact(values) if values.is_empty() => None,
-            Quantiles::Exact(values) => {
-                let rank = (q.clamp(0.0, 1.0) * (values.len() - 1) as f64) as usize;
-                Some(values[rank])
+            Quantiles::Sketch(sketch) => sketch.quantile(q).ok().flatten(),
+            exact => {
+                let values = exact.exact()?;
+                let rank = (q * values.len().checked_sub(1)? as f64) as usize;
+                values.get(rank).copied()
             }
-            Quantiles::Sketch(sketch) => sketch.quantile(q.clamp(0.0, 1.0)).ok().flatten(),
         }
     }
 }
 
-fn insert_at<T: Copy>(values: &[T], at: usize, value: T) -> Box<[T]> {
+fn insert_at<T: Copy>(values: &[T], at: usize, value: T) -> Vec<T> {
     let mut grown = Vec::with_capacity(values.len() + 1);
     grown.extend_from_slice(&values[..at]);
     grown.push(value);
     grown.extend_from_slice(&values[at..]);
-    grown.into_boxed_slice()
+    grown
 }
 
 /// Merges two sorted slices; `dedup` drops values present in both.

@@ -1,31 +1,79 @@
 //! `ViewState`: the metric states of one view, per (key, bucket) group.
 //!
-//! Keys are interned: a group names its key by a `u32` index, so the key text
-//! is stored once however many buckets it has. Both layers build the same
-//! structure; merging two states of one view is the monoid `merge`, group by group.
+//! Keys are interned once; each key holds its buckets in ascending order with
+//! their states stored flat (`n_metrics` states per bucket, no box per group),
+//! so a group costs its states and a bucket start, and a key's series is
+//! already sorted. Both layers build the same structure; merging two states of
+//! one view is the monoid `merge`, group by group.
 
 use super::{MetricState, ViewSpec};
 use crate::event::ParsedEvent;
-use indexmap::IndexSet;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
-/// A group: an interned key and a bucket start (epoch milliseconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct GroupKey {
-    /// Index into the view's interned keys.
-    pub key: u32,
-    /// Start of the bucket.
-    pub bucket: i64,
+/// The groups of one key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyGroups {
+    /// Bucket starts, ascending and unique.
+    buckets: Vec<i64>,
+    /// `buckets.len() * n_metrics` states: bucket `i` owns `states[i * n..(i + 1) * n]`.
+    states: Vec<MetricState>,
+}
+
+impl KeyGroups {
+    /// The states of the bucket starting at `bucket`, created empty if new.
+    fn entry(&mut self, spec: &ViewSpec, bucket: i64) -> &mut [MetricState] {
+        let n = spec.metrics.len();
+        let at = self.buckets.partition_point(|start| *start < bucket);
+        if self.buckets.get(at) != Some(&bucket) {
+            grow_gently(&mut self.buckets, 1);
+            grow_gently(&mut self.states, n);
+            self.buckets.insert(at, bucket);
+            let empty = spec
+                .metrics
+                .iter()
+                .map(|metric| MetricState::empty(&metric.agg));
+            self.states.splice(at * n..at * n, empty);
+        }
+        &mut self.states[at * n..(at + 1) * n]
+    }
+
+    /// Every (bucket start, states) in ascending bucket order.
+    pub fn iter(&self, n_metrics: usize) -> impl Iterator<Item = (i64, &[MetricState])> {
+        self.buckets
+            .iter()
+            .copied()
+            .zip(self.states.chunks_exact(n_metrics.max(1)))
+    }
+
+    /// Number of buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether the key has no bucket.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Reserves room for `more` elements, growing by a quarter instead of doubling:
+/// most keys have a few dozen buckets, and doubling would leave a third of
+/// their memory unused on average.
+fn grow_gently<T>(vec: &mut Vec<T>, more: usize) {
+    if vec.len() + more > vec.capacity() {
+        vec.reserve_exact(more.max(vec.len() / 4));
+    }
 }
 
 /// All groups of one view.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ViewState {
-    /// Interned key texts; a key's index never changes while the state lives.
-    keys: IndexSet<Box<str>, FxBuildHasher>,
-    /// Per group, one state per metric of the spec, in spec order.
-    groups: FxHashMap<GroupKey, Box<[MetricState]>>,
+    /// Per key text, its groups; a key's index never changes while the state lives.
+    keys: IndexMap<Box<str>, KeyGroups, FxBuildHasher>,
+    /// Number of (key, bucket) groups.
+    groups: usize,
     /// Scratch buffer for composite keys, reused across events.
     #[serde(skip)]
     scratch: String,
@@ -39,7 +87,7 @@ impl ViewState {
 
     /// Applies one event to its group.
     pub fn apply(&mut self, spec: &ViewSpec, event: &ParsedEvent) {
-        let key = match spec.key_slots.as_slice() {
+        let index = match spec.key_slots.as_slice() {
             [slot] => self.intern(event.text(*slot)),
             slots => {
                 let mut scratch = std::mem::take(&mut self.scratch);
@@ -50,58 +98,59 @@ impl ViewState {
                     }
                     scratch.push_str(event.text(*slot));
                 }
-                let key = self.intern(&scratch);
+                let index = self.intern(&scratch);
                 self.scratch = scratch;
-                key
+                index
             }
         };
-        let group = GroupKey {
-            key,
-            bucket: spec.bucket_of(event.event_ms),
-        };
-        let states = self
-            .groups
-            .entry(group)
-            .or_insert_with(|| spec.empty_states());
+        let groups = &mut self.keys[index];
+        let before = groups.len();
+        let states = groups.entry(spec, spec.bucket_of(event.event_ms));
         for (state, metric) in states.iter_mut().zip(&spec.metrics) {
             state.update(metric.input(event));
         }
+        self.groups += groups.len() - before;
     }
 
     /// Merges every group of `other` (a state of the same view) into this one.
-    pub fn merge(&mut self, other: &ViewState) {
-        for (group, states) in &other.groups {
-            let key = self.intern(&other.keys[group.key as usize]);
-            let mine = GroupKey {
-                key,
-                bucket: group.bucket,
-            };
-            match self.groups.get_mut(&mine) {
-                Some(existing) => {
-                    for (state, theirs) in existing.iter_mut().zip(states.iter()) {
-                        state.merge(theirs);
-                    }
-                }
-                None => {
-                    self.groups.insert(mine, states.clone());
+    pub fn merge(&mut self, spec: &ViewSpec, other: &ViewState) {
+        let n = spec.metrics.len();
+        for (key, theirs) in &other.keys {
+            let index = self.intern(key);
+            let mine = &mut self.keys[index];
+            let before = mine.len();
+            for (bucket, states) in theirs.iter(n) {
+                for (state, other) in mine.entry(spec, bucket).iter_mut().zip(states) {
+                    state.merge(other);
                 }
             }
+            self.groups += mine.len() - before;
         }
     }
 
     /// Drops every group whose bucket starts before `bucket_start`.
-    pub fn retain_from(&mut self, bucket_start: i64) {
-        self.groups.retain(|group, _| group.bucket >= bucket_start);
+    pub fn retain_from(&mut self, spec: &ViewSpec, bucket_start: i64) {
+        let n = spec.metrics.len();
+        for groups in self.keys.values_mut() {
+            let cut = groups
+                .buckets
+                .partition_point(|start| *start < bucket_start);
+            if cut > 0 {
+                groups.buckets.drain(..cut);
+                groups.states.drain(..cut * n);
+                self.groups -= cut;
+            }
+        }
     }
 
     /// Number of (key, bucket) groups.
     pub fn len(&self) -> usize {
-        self.groups.len()
+        self.groups
     }
 
     /// Whether no event has been applied.
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.groups == 0
     }
 
     /// Number of distinct keys seen.
@@ -109,35 +158,125 @@ impl ViewState {
         self.keys.len()
     }
 
-    /// The interned index of `key`, if it has been seen.
-    pub fn key_index(&self, key: &str) -> Option<u32> {
-        self.keys.get_index_of(key).map(|index| index as u32)
+    /// The groups of one key, if it has been seen.
+    pub fn key(&self, key: &str) -> Option<&KeyGroups> {
+        self.keys.get(key)
     }
 
-    /// The text of an interned key.
-    pub fn key_text(&self, index: u32) -> &str {
-        &self.keys[index as usize]
-    }
-
-    /// Every group and its states, in no particular order.
-    pub fn groups(&self) -> impl Iterator<Item = (GroupKey, &[MetricState])> {
-        self.groups
-            .iter()
-            .map(|(group, states)| (*group, &**states))
+    /// Every key and its groups, in the order keys were first seen.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &KeyGroups)> {
+        self.keys.iter().map(|(key, groups)| (&**key, groups))
     }
 
     /// The states of one group.
-    pub fn group(&self, key: &str, bucket: i64) -> Option<&[MetricState]> {
-        let key = self.key_index(key)?;
-        self.groups
-            .get(&GroupKey { key, bucket })
-            .map(|states| &**states)
+    pub fn group(&self, spec: &ViewSpec, key: &str, bucket: i64) -> Option<&[MetricState]> {
+        let groups = self.keys.get(key)?;
+        let at = groups.buckets.binary_search(&bucket).ok()?;
+        let n = spec.metrics.len();
+        Some(&groups.states[at * n..(at + 1) * n])
     }
 
-    fn intern(&mut self, key: &str) -> u32 {
+    fn intern(&mut self, key: &str) -> usize {
         match self.keys.get_index_of(key) {
-            Some(index) => index as u32,
-            None => self.keys.insert_full(key.into()).0 as u32,
+            Some(index) => index,
+            None => self.keys.insert_full(key.into(), KeyGroups::default()).0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+        data_dir = "d"
+        [event]
+        id = "id"
+        time = "ts"
+        [[view]]
+        name = "by_pair"
+        key = ["product", "country"]
+        bucket = "1m"
+        metrics = [{ name = "n", agg = "count" }, { name = "revenue", agg = "sum", field = "amount" }]
+    "#;
+
+    fn event(
+        config: &Config,
+        id: u32,
+        product: &str,
+        country: &str,
+        ts_ms: i64,
+        amount: f64,
+    ) -> ParsedEvent {
+        let raw = format!(
+            r#"{{"id":{id},"product":"{product}","country":"{country}","ts":{ts_ms},"amount":{amount}}}"#
+        );
+        config.schema.parse(raw.as_bytes(), 0).expect("valid event")
+    }
+
+    fn read(state: &ViewState, spec: &ViewSpec, key: &str, bucket: i64) -> Option<(u64, f64)> {
+        let states = state.group(spec, key, bucket)?;
+        let count = match states[0].value(&spec.metrics[0].agg) {
+            super::super::MetricValue::Int(n) => n,
+            other => panic!("count is an integer: {other:?}"),
+        };
+        let sum = states[1].value(&spec.metrics[1].agg).as_f64()?;
+        Some((count, sum))
+    }
+
+    #[test]
+    fn composite_keys_late_events_and_merge() {
+        let config = Config::parse(CONFIG, "test.toml").expect("config");
+        let spec = &config.views[0];
+        let events = [
+            event(&config, 1, "p1", "DE", 120_000, 1.5),
+            event(&config, 2, "p1", "DE", 130_000, 2.25),
+            event(&config, 3, "p1", "FR", 130_000, 4.0),
+            event(&config, 4, "p2", "DE", 300_000, 8.0),
+            // Late: arrives last, belongs to the first minute.
+            event(&config, 5, "p1", "DE", 5_000, 16.0),
+        ];
+        let mut whole = ViewState::new();
+        for event in &events {
+            whole.apply(spec, event);
+        }
+        assert_eq!(whole.len(), 4);
+        assert_eq!(whole.key_count(), 3);
+        assert_eq!(read(&whole, spec, "p1|DE", 120_000), Some((2, 3.75)));
+        assert_eq!(read(&whole, spec, "p1|DE", 0), Some((1, 16.0)));
+        assert_eq!(read(&whole, spec, "p1|FR", 120_000), Some((1, 4.0)));
+        assert_eq!(read(&whole, spec, "p2|DE", 300_000), Some((1, 8.0)));
+        let buckets: Vec<i64> = whole
+            .key("p1|DE")
+            .expect("key")
+            .iter(2)
+            .map(|(bucket, _)| bucket)
+            .collect();
+        assert_eq!(buckets, [0, 120_000], "a key's buckets are in order");
+
+        let (mut left, mut right) = (ViewState::new(), ViewState::new());
+        for (i, event) in events.iter().enumerate() {
+            if i % 2 == 0 {
+                left.apply(spec, event)
+            } else {
+                right.apply(spec, event)
+            }
+        }
+        left.merge(spec, &right);
+        assert_eq!(left.len(), whole.len());
+        for (key, groups) in whole.keys() {
+            for (bucket, _) in groups.iter(2) {
+                assert_eq!(
+                    read(&left, spec, key, bucket),
+                    read(&whole, spec, key, bucket),
+                    "{key} {bucket}"
+                );
+            }
+        }
+
+        whole.retain_from(spec, 120_000);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(read(&whole, spec, "p1|DE", 0), None);
     }
 }

@@ -18,7 +18,15 @@ pub struct Slot {
     num: f64,
     start: u32,
     len: u32,
+    kind: Kind,
 }
+
+const EMPTY_SLOT: Slot = Slot {
+    num: 0.0,
+    start: 0,
+    len: 0,
+    kind: Kind::Missing,
+};
 
 /// The fields of one accepted event that the views use.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +74,6 @@ enum Time {
 }
 
 struct Capture {
-    kinds: Vec<Kind>,
     slots: Vec<Slot>,
     text: String,
     time: Time,
@@ -93,15 +100,7 @@ impl Schema {
         }
         let n_fields = self.fields.len();
         let mut capture = Capture {
-            kinds: vec![Kind::Missing; n_fields],
-            slots: vec![
-                Slot {
-                    num: 0.0,
-                    start: 0,
-                    len: 0
-                };
-                n_fields
-            ],
+            slots: vec![EMPTY_SLOT; n_fields],
             text: String::with_capacity(64),
             time: Time::Missing,
         };
@@ -118,16 +117,20 @@ impl Schema {
 
     fn check(&self, capture: Capture, ingest_ms: i64) -> Result<ParsedEvent, Reject> {
         let field_id = |slot: usize| FieldId(slot as u16);
-        if let Some(slot) = capture.kinds.iter().position(|kind| *kind == Kind::Missing) {
+        if let Some(slot) = capture
+            .slots
+            .iter()
+            .position(|slot| slot.kind == Kind::Missing)
+        {
             return Err(Reject::at(Reason::MissingField, field_id(slot)));
         }
         if self.time.is_some() && capture.time == Time::Missing {
             return Err(Reject::at(Reason::MissingField, TIME_FIELD));
         }
-        for (slot, (spec, kind)) in self.fields.iter().zip(&capture.kinds).enumerate() {
+        for (slot, (spec, captured)) in self.fields.iter().zip(&capture.slots).enumerate() {
             let fits = match spec.need {
-                Need::Number => *kind == Kind::Num,
-                Need::Scalar => matches!(kind, Kind::Str | Kind::Num | Kind::Bool),
+                Need::Number => captured.kind == Kind::Num,
+                Need::Scalar => matches!(captured.kind, Kind::Str | Kind::Num | Kind::Bool),
             };
             if !fits {
                 return Err(Reject::at(Reason::WrongType, field_id(slot)));
@@ -203,7 +206,6 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             };
             let value = map.next_value_seed(seed)?;
             if let Some(slot) = member.slot {
-                self.capture.kinds[slot] = value.kind;
                 self.capture.slots[slot] = value.slot;
             }
             if member.is_time {
@@ -240,7 +242,6 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 
 /// A captured member value; `time` is its reading as an event time.
 struct Value {
-    kind: Kind,
     slot: Slot,
     time: Time,
 }
@@ -260,15 +261,13 @@ impl ValueSeed<'_> {
             write(&mut self.capture.text);
         }
         let len = self.capture.text.len() - start;
-        Value {
+        let slot = Slot {
+            num,
+            start: start as u32,
+            len: len as u32,
             kind,
-            slot: Slot {
-                num,
-                start: start as u32,
-                len: len as u32,
-            },
-            time,
-        }
+        };
+        Value { slot, time }
     }
 }
 

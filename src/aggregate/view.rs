@@ -58,12 +58,12 @@ impl KeyGroups {
     }
 }
 
-/// Reserves room for `more` elements, growing by a quarter instead of doubling:
-/// most keys have a few dozen buckets, and doubling would leave a third of
-/// their memory unused on average.
-fn grow_gently<T>(vec: &mut Vec<T>, more: usize) {
-    if vec.len() + more > vec.capacity() {
-        vec.reserve_exact(more.max(vec.len() / 4));
+/// Reserves room for `unit` more elements, growing by a quarter (at least two
+/// units) instead of doubling: most keys have a few dozen buckets, and doubling
+/// would leave a third of their memory unused on average.
+fn grow_gently<T>(vec: &mut Vec<T>, unit: usize) {
+    if vec.len() + unit > vec.capacity() {
+        vec.reserve_exact((2 * unit).max(vec.len() / 4));
     }
 }
 

@@ -10,11 +10,23 @@
 //! - [`aggregate`]: metric states (count, sum, min, max, mean, distinct, quantile)
 //!   and view states, written once and used by every layer.
 //! - [`store`]: the master dataset (segments, sealed epochs) and snapshots on disk.
+//! - [`actors`]: the running system: sources, recorder, speed partitions,
+//!   supervisor, recompute and serving; [`start`] returns a [`Handle`].
 #![warn(clippy::unwrap_used)]
 
+pub mod actors;
 pub mod aggregate;
 pub mod config;
 pub mod event;
 pub mod store;
 
+pub use actors::serving::{Answer, Layer, Query, Question};
+pub use actors::{Handle, Options, start};
 pub use config::Config;
+
+/// Wall-clock time, epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}

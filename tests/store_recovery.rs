@@ -226,6 +226,7 @@ fn sealed_epochs_are_durable_in_order_and_a_torn_entry_is_cut() {
     let seal = |epoch: u64, offset: u64| SealedEpoch {
         epoch: Epoch(epoch),
         end: LogPosition { segment: 0, offset },
+        later_from: Seq(epoch * 5),
         next_seq: Seq(epoch * 10),
         sealed_at_ms: 1_700_000_000_000 + epoch as i64,
     };

@@ -5,9 +5,11 @@
 //! one event, `merge` of two states, and `value` to read it. Sums are kept
 //! exact in integer micro-units, so merging in any order gives the same bits.
 
+mod query;
 mod sketch;
 mod view;
 
+pub use query::{Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange};
 pub use sketch::{DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles};
 pub use view::{KeyGroups, ViewState};
 
@@ -115,6 +117,32 @@ impl ViewSpec {
     #[inline]
     pub fn bucket_of(&self, event_ms: i64) -> i64 {
         event_ms.div_euclid(self.bucket_ms) * self.bucket_ms
+    }
+
+    /// The key text of `event` in this view: the key field's text, or for a
+    /// composite key the texts joined with `|` (built in `scratch`).
+    pub fn key_text<'a>(&self, event: &'a ParsedEvent, scratch: &'a mut String) -> &'a str {
+        match self.key_slots.as_slice() {
+            [slot] => event.text(*slot),
+            slots => {
+                scratch.clear();
+                for (i, slot) in slots.iter().enumerate() {
+                    if i > 0 {
+                        scratch.push('|');
+                    }
+                    scratch.push_str(event.text(*slot));
+                }
+                scratch
+            }
+        }
+    }
+
+    /// The first bucket start kept under the view's retention at wall-clock
+    /// time `now_ms`, if it has one: buckets starting earlier have ended longer
+    /// ago than the retention.
+    pub fn retention_cutoff(&self, now_ms: i64) -> Option<i64> {
+        self.retention_ms
+            .map(|retention| self.bucket_of(now_ms - retention))
     }
 
     /// Fresh states for one group, one per metric.

@@ -87,22 +87,9 @@ impl ViewState {
 
     /// Applies one event to its group.
     pub fn apply(&mut self, spec: &ViewSpec, event: &ParsedEvent) {
-        let index = match spec.key_slots.as_slice() {
-            [slot] => self.intern(event.text(*slot)),
-            slots => {
-                let mut scratch = std::mem::take(&mut self.scratch);
-                scratch.clear();
-                for (i, slot) in slots.iter().enumerate() {
-                    if i > 0 {
-                        scratch.push('|');
-                    }
-                    scratch.push_str(event.text(*slot));
-                }
-                let index = self.intern(&scratch);
-                self.scratch = scratch;
-                index
-            }
-        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let index = self.intern(spec.key_text(event, &mut scratch));
+        self.scratch = scratch;
         let groups = &mut self.keys[index];
         let before = groups.len();
         let states = groups.entry(spec, spec.bucket_of(event.event_ms));

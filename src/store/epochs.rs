@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 
-const ENTRY_BYTES: usize = 36;
+const ENTRY_BYTES: usize = 48;
 
 /// One sealed epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -19,6 +19,10 @@ pub struct SealedEpoch {
     pub epoch: Epoch,
     /// The log's durable end when it was sealed.
     pub end: LogPosition,
+    /// Every record with a lower seq has an epoch <= `epoch`: it is where the
+    /// first source passed this epoch's barrier. Records of later epochs come
+    /// at or after it (and may come before `end`).
+    pub later_from: Seq,
     /// Records in the log before `end`.
     pub next_seq: Seq,
     /// Wall-clock time of the seal, epoch milliseconds.
@@ -33,6 +37,7 @@ impl SealedEpoch {
         out[12..20].copy_from_slice(&self.end.offset.to_le_bytes());
         out[20..28].copy_from_slice(&self.next_seq.0.to_le_bytes());
         out[28..36].copy_from_slice(&self.sealed_at_ms.to_le_bytes());
+        out[36..44].copy_from_slice(&self.later_from.0.to_le_bytes());
         out
     }
 
@@ -50,6 +55,7 @@ impl SealedEpoch {
             },
             next_seq: Seq(u64_at(20)?),
             sealed_at_ms: u64_at(28)? as i64,
+            later_from: Seq(u64_at(36)?),
         })
     }
 }

@@ -90,10 +90,12 @@ pub struct MasterLog {
     /// Durable size of the newest segment: everything before it is fsynced.
     offset: u64,
     next_seq: Seq,
+    /// Seq the next staged record will get; equals `next_seq` when nothing is staged.
+    staged_seq: Seq,
     /// Set when a failed write could not be rolled back; appends then refuse
     /// until the log is reopened (and its tail checked again).
     poisoned: bool,
-    /// Encoding buffer, reused across batches.
+    /// Staged records, encoded, not yet written; reused across batches.
     buf: Vec<u8>,
 }
 
@@ -143,6 +145,7 @@ impl MasterLog {
             segment,
             offset,
             next_seq,
+            staged_seq: next_seq,
             poisoned: false,
             buf: Vec::with_capacity(1 << 20),
         };
@@ -163,6 +166,62 @@ impl MasterLog {
         &mut self,
         records: impl IntoIterator<Item = NewRecord<'a>>,
     ) -> Result<Appended> {
+        self.stage(records);
+        self.commit()
+    }
+
+    /// Encodes records after those already staged, without writing them; they
+    /// get their seqs now and become durable with the next [`MasterLog::commit`].
+    /// Returns the seqs given, `first..next`.
+    pub fn stage<'a>(&mut self, records: impl IntoIterator<Item = NewRecord<'a>>) -> (Seq, Seq) {
+        let first = self.staged_seq;
+        for new in records {
+            let header = RecordHeader {
+                seq: self.staged_seq,
+                epoch: new.epoch,
+                ingest_ms: new.ingest_ms,
+                event_ms: new.event_ms,
+                id_hash: new.id_hash,
+            };
+            record::encode_record(&mut self.buf, &header, new.raw);
+            self.staged_seq = Seq(self.staged_seq.0 + 1);
+        }
+        (first, self.staged_seq)
+    }
+
+    /// Writes every staged record and fsyncs once (group commit).
+    ///
+    /// # Errors
+    /// I/O errors. Every staged record is then dropped, none is in the log,
+    /// and their seqs are given again.
+    pub fn commit(&mut self) -> Result<Appended> {
+        let first_seq = self.next_seq;
+        if self.buf.is_empty() {
+            return Ok(Appended {
+                first_seq,
+                next_seq: first_seq,
+                end: self.end(),
+            });
+        }
+        let written = self.write_staged();
+        self.buf.clear();
+        match written {
+            Ok(()) => {
+                self.next_seq = self.staged_seq;
+                Ok(Appended {
+                    first_seq,
+                    next_seq: self.next_seq,
+                    end: self.end(),
+                })
+            }
+            Err(err) => {
+                self.staged_seq = self.next_seq;
+                Err(err)
+            }
+        }
+    }
+
+    fn write_staged(&mut self) -> Result<()> {
         if self.poisoned {
             return Err(Error::Poisoned {
                 path: self.paths.segment(self.segment),
@@ -171,41 +230,20 @@ impl MasterLog {
         if self.offset >= self.max_bytes {
             self.roll()?;
         }
-        self.buf.clear();
-        let first_seq = self.next_seq;
-        let mut seq = first_seq.0;
-        for new in records {
-            let header = RecordHeader {
-                seq: Seq(seq),
-                epoch: new.epoch,
-                ingest_ms: new.ingest_ms,
-                event_ms: new.event_ms,
-                id_hash: new.id_hash,
-            };
-            record::encode_record(&mut self.buf, &header, new.raw);
-            seq += 1;
+        let written = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(source) = written {
+            self.roll_back();
+            return Err(Error::io(
+                "append to",
+                &self.paths.segment(self.segment),
+                source,
+            ));
         }
-        if !self.buf.is_empty() {
-            let written = self
-                .file
-                .write_all(&self.buf)
-                .and_then(|()| self.file.sync_data());
-            if let Err(source) = written {
-                self.roll_back();
-                return Err(Error::io(
-                    "append to",
-                    &self.paths.segment(self.segment),
-                    source,
-                ));
-            }
-            self.offset += self.buf.len() as u64;
-            self.next_seq = Seq(seq);
-        }
-        Ok(Appended {
-            first_seq,
-            next_seq: self.next_seq,
-            end: self.end(),
-        })
+        self.offset += self.buf.len() as u64;
+        Ok(())
     }
 
     /// The durable end of the log.
@@ -216,9 +254,14 @@ impl MasterLog {
         }
     }
 
-    /// Seq the next record will get.
+    /// Seq the next durable record will get.
     pub fn next_seq(&self) -> Seq {
         self.next_seq
+    }
+
+    /// Seq the next staged record will get.
+    pub fn staged_seq(&self) -> Seq {
+        self.staged_seq
     }
 
     /// Cuts a failed write back to the durable size.

@@ -1,0 +1,417 @@
+//! The running system: [`start`] recovers the data_dir, replays the speed
+//! layer, wires the actors and returns a [`Handle`].
+//!
+//! Actors: `recorder` (single writer, own thread), `speed` (key partitions),
+//! `supervisor` (epochs and batch runs), `recompute` (a batch run, blocking),
+//! `serving` (merged answers); `source` holds the source tasks.
+
+pub mod recompute;
+pub mod recorder;
+pub mod serving;
+pub mod source;
+pub mod speed;
+pub mod supervisor;
+
+use crate::config::{Config, SourceKind};
+use crate::event::{Epoch, Seq};
+use crate::store::{self, DataDirLock, DataPaths, EpochIndex, MasterLog};
+use actix::{Actor, Addr, Arbiter, AsyncContext};
+use recompute::{Batch, SnapshotData};
+use recorder::Recorder;
+use serving::{Answer, Ask, BatchQuery, Query, QueryError, Serving};
+use source::{IngestRequest, Ingested, NotDurable, Pipeline, SourceHandle, SourceStats};
+use speed::{SpeedPartition, SpeedState, partition_of};
+use std::sync::Arc;
+use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
+use tokio::sync::{mpsc, oneshot};
+
+/// In-process ingest calls queued before callers wait.
+const INGEST_QUEUE: usize = 4_096;
+
+/// Why the system did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data_dir could not be opened or recovered.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Recovery was interrupted.
+    #[error("start-up was interrupted")]
+    Interrupted,
+}
+
+/// Why an in-process ingest did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The event could not be made durable.
+    #[error(transparent)]
+    NotDurable(#[from] NotDurable),
+    /// The system is stopping.
+    #[error("tandem is stopping")]
+    Stopped,
+}
+
+/// How to run the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Start a new epoch every `batch.interval` (off for tests that drive epochs themselves).
+    pub epoch_timer: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { epoch_timer: true }
+    }
+}
+
+/// What start-up found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Startup {
+    /// Records in the master dataset.
+    pub records: Seq,
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<Epoch>,
+    /// Records replayed into the speed layer.
+    pub replayed: u64,
+    /// The open epoch.
+    pub epoch: Epoch,
+    /// How long recovery took, milliseconds.
+    pub took_ms: u64,
+}
+
+/// The running system.
+pub struct Handle {
+    config: Arc<Config>,
+    serving: Addr<Serving>,
+    supervisor: Addr<Supervisor>,
+    partitions: Vec<Addr<SpeedPartition>>,
+    sources: Vec<SourceHandle>,
+    ingest: mpsc::Sender<IngestRequest>,
+    recorder_thread: Arbiter,
+    startup: Startup,
+    /// Held while the system runs: one process per data_dir.
+    _lock: DataDirLock,
+}
+
+impl Handle {
+    /// Ingests one message through the in-process source; resolves once it is
+    /// durable and visible to queries, or with its rejection.
+    ///
+    /// # Errors
+    /// The event could not be made durable, or the system is stopping.
+    pub async fn ingest(&self, raw: Vec<u8>) -> Result<Ingested, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.ingest
+            .send(IngestRequest { raw, reply })
+            .await
+            .map_err(|_| IngestError::Stopped)?;
+        Ok(rx.await.map_err(|_| IngestError::Stopped)??)
+    }
+
+    /// Answers a query.
+    ///
+    /// # Errors
+    /// An unknown view or metric, a bad parameter, or a stopping system.
+    pub async fn query(&self, query: Query) -> Result<Answer, QueryError> {
+        self.serving
+            .send(Ask(query))
+            .await
+            .map_err(|_| QueryError::Stopped)?
+    }
+
+    /// Starts a new epoch; answers the epoch being finished.
+    ///
+    /// # Errors
+    /// The system is stopping.
+    pub async fn start_epoch(&self) -> Result<Epoch, QueryError> {
+        self.supervisor
+            .send(StartEpoch)
+            .await
+            .map_err(|_| QueryError::Stopped)
+    }
+
+    /// Starts a new epoch and waits until a snapshot covering it is served;
+    /// answers the epoch covered.
+    ///
+    /// # Errors
+    /// The batch run failed, or the system is stopping.
+    pub async fn recompute_now(&self) -> Result<Epoch, RecomputeFailed> {
+        let stopped = |epoch| RecomputeFailed {
+            epoch,
+            reason: "tandem is stopping".into(),
+        };
+        let epoch = self
+            .supervisor
+            .send(StartEpoch)
+            .await
+            .map_err(|_| stopped(Epoch(0)))?;
+        let (reply, rx) = oneshot::channel();
+        self.supervisor
+            .send(WaitServed(epoch, reply))
+            .await
+            .map_err(|_| stopped(epoch))?;
+        rx.await.map_err(|_| stopped(epoch))?
+    }
+
+    /// The batch runs' state.
+    ///
+    /// # Errors
+    /// The system is stopping.
+    pub async fn runs(&self) -> Result<RunStatus, QueryError> {
+        self.supervisor
+            .send(RunQuery)
+            .await
+            .map_err(|_| QueryError::Stopped)
+    }
+
+    /// The batch currently served.
+    ///
+    /// # Errors
+    /// The system is stopping.
+    pub async fn batch(&self) -> Result<Arc<Batch>, QueryError> {
+        self.serving
+            .send(BatchQuery)
+            .await
+            .map_err(|_| QueryError::Stopped)
+    }
+
+    /// The sources, with their counters.
+    pub fn sources(&self) -> &[SourceHandle] {
+        &self.sources
+    }
+
+    /// The speed partitions.
+    pub fn partitions(&self) -> &[Addr<SpeedPartition>] {
+        &self.partitions
+    }
+
+    /// The config the system runs.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// What start-up found.
+    pub fn startup(&self) -> Startup {
+        self.startup
+    }
+
+    /// Stops the recorder's thread; in-flight batches finish first.
+    pub fn stop(self) {
+        self.recorder_thread.stop();
+    }
+}
+
+/// What recovery hands the actors.
+struct Recovered {
+    log: MasterLog,
+    epochs: EpochIndex,
+    batch: Batch,
+    /// False when a configured view was missing from the snapshot.
+    complete: bool,
+    partitions: Vec<SpeedState>,
+    startup: Startup,
+}
+
+/// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
+/// replays the records after it into fresh speed states. Blocking.
+fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error> {
+    let started = std::time::Instant::now();
+    let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
+    let epochs = EpochIndex::open(paths)?;
+    let last_sealed = epochs.last().copied();
+    let views: Arc<[_]> = config.views.iter().cloned().collect();
+    let (batch, complete) = match store::load_newest::<SnapshotData>(paths)? {
+        Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {
+            Batch::from_snapshot(&views, loaded.meta, loaded.data)
+        }
+        Some(loaded) => {
+            tracing::error!(
+                snapshot = %loaded.path.display(),
+                epoch = %loaded.meta.epoch,
+                "snapshot is newer than every sealed epoch; ignoring it and recomputing"
+            );
+            (Batch::default(), false)
+        }
+        None => (Batch::default(), last_sealed.is_none()),
+    };
+    let n = usize::from(config.speed.partitions);
+    let mut partitions: Vec<SpeedState> = (0..n)
+        .map(|_| SpeedState::new(Arc::clone(&views)))
+        .collect();
+    let mut newest_epoch = last_sealed
+        .map_or(Epoch(0), |sealed| sealed.epoch)
+        .max(batch.epoch.unwrap_or(Epoch(0)));
+    let mut replayed = 0u64;
+    let from = Seq(batch.later_from);
+    let mut scratch = String::new();
+    let segments = store::list_segments(paths)?;
+    for (i, segment) in segments.iter().enumerate() {
+        if segments
+            .get(i + 1)
+            .is_some_and(|next| next.first_seq <= from)
+        {
+            continue;
+        }
+        store::scan_segment(segment, None, |header, raw| {
+            if header.seq < from || batch.epoch.is_some_and(|covered| header.epoch <= covered) {
+                return;
+            }
+            newest_epoch = newest_epoch.max(header.epoch);
+            let Ok(event) = config.schema.parse(raw, header.ingest_ms) else {
+                return;
+            };
+            replayed += 1;
+            for (view, spec) in config.views.iter().enumerate() {
+                let key = spec.key_text(&event, &mut scratch);
+                partitions[partition_of(key, n)].apply(header.epoch, view, &event);
+            }
+        })?;
+    }
+    let startup = Startup {
+        records: recovery.next_seq,
+        snapshot: batch.epoch,
+        replayed,
+        epoch: newest_epoch.next(),
+        took_ms: started.elapsed().as_millis() as u64,
+    };
+    Ok(Recovered {
+        log,
+        epochs,
+        batch,
+        complete,
+        partitions,
+        startup,
+    })
+}
+
+/// Starts the whole system inside the current actix system: recovers the
+/// data_dir, replays the speed layer, and returns once queries see everything
+/// that was durable before.
+///
+/// # Errors
+/// The data_dir is locked by another process, or cannot be recovered.
+pub async fn start(config: Config, options: Options) -> Result<Handle, StartError> {
+    let config = Arc::new(config);
+    let paths = DataPaths::new(&config.data_dir);
+    let lock = DataDirLock::acquire(&paths)?;
+    let recovered = {
+        let (paths, config) = (paths.clone(), Arc::clone(&config));
+        tokio::task::spawn_blocking(move || recover(&paths, &config))
+            .await
+            .map_err(|_| StartError::Interrupted)??
+    };
+    let Recovered {
+        log,
+        epochs,
+        batch,
+        complete,
+        partitions,
+        startup,
+    } = recovered;
+    tracing::info!(
+        records = startup.records.0,
+        snapshot = ?startup.snapshot,
+        replayed = startup.replayed,
+        epoch = %startup.epoch,
+        took_ms = startup.took_ms,
+        "recovered"
+    );
+    let last_sealed = epochs.last().copied();
+    let served = if complete { batch.epoch } else { None };
+    let views: Arc<[_]> = config.views.iter().cloned().collect();
+
+    let partitions: Vec<Addr<SpeedPartition>> = partitions
+        .into_iter()
+        .enumerate()
+        .map(|(index, state)| SpeedPartition::new(index, state).start())
+        .collect();
+    let partition_addrs: Arc<[Addr<SpeedPartition>]> = partitions.iter().cloned().collect();
+    let serving = Serving::new(
+        Arc::clone(&views),
+        Arc::new(batch),
+        Arc::clone(&partition_addrs),
+    )
+    .start();
+
+    // Sources: the in-process feed is source 0, then the configured ones.
+    let mut handles = Vec::with_capacity(config.sources.len() + 1);
+    let mut controls = Vec::with_capacity(config.sources.len() + 1);
+    let (handle, control) =
+        SourceHandle::new("in_process".into(), None, Arc::new(SourceStats::default()));
+    handles.push(handle);
+    controls.push(control);
+    for source in &config.sources {
+        let SourceKind::Rabbitmq(rabbit) = &source.kind;
+        let (handle, control) = SourceHandle::new(
+            source.name.clone(),
+            Some(rabbit.queue.clone()),
+            Arc::new(SourceStats::default()),
+        );
+        handles.push(handle);
+        controls.push(control);
+    }
+
+    let supervisor_ctx = actix::Context::<Supervisor>::new();
+    let supervisor_addr = supervisor_ctx.address();
+    let recorder_thread = Arbiter::new();
+    let sealed_to = supervisor_addr.clone().recipient();
+    let n_sources = handles.len();
+    let recorder = Recorder::start_in_arbiter(&recorder_thread.handle(), move |_| {
+        Recorder::new(log, epochs, n_sources, sealed_to)
+    });
+    let interval = options.epoch_timer.then_some(config.batch.interval);
+    let supervisor = Supervisor::new(
+        paths,
+        Arc::clone(&config),
+        startup.epoch,
+        handles.clone(),
+        serving.clone(),
+        last_sealed,
+        served,
+        interval,
+    );
+    let supervisor = supervisor_ctx.run(supervisor);
+
+    let speed_recipients: Arc<[_]> = partitions
+        .iter()
+        .map(|addr| addr.clone().recipient())
+        .collect();
+    let pipeline = |index: usize| Pipeline {
+        index,
+        schema: Arc::clone(&config.schema),
+        views: Arc::clone(&views),
+        partitions: Arc::clone(&speed_recipients),
+        recorder: recorder.clone(),
+        stats: Arc::clone(&handles[index].stats),
+    };
+    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
+    let mut controls = controls.into_iter();
+    if let Some(control) = controls.next() {
+        actix::spawn(source::run_in_process(
+            pipeline(0),
+            control,
+            ingest_rx,
+            startup.epoch,
+        ));
+    }
+    for ((index, source), control) in config.sources.iter().enumerate().zip(controls) {
+        let SourceKind::Rabbitmq(rabbit) = &source.kind;
+        actix::spawn(source::run_rabbitmq(
+            pipeline(index + 1),
+            control,
+            rabbit.clone(),
+            startup.epoch,
+        ));
+    }
+
+    Ok(Handle {
+        config,
+        serving,
+        supervisor,
+        partitions,
+        sources: handles,
+        ingest: ingest_tx,
+        recorder_thread,
+        startup,
+        _lock: lock,
+    })
+}

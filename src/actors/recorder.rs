@@ -1,0 +1,223 @@
+//! The Recorder: the single writer of the master dataset. It runs alone on its
+//! own arbiter thread, so an fsync stalls nothing else.
+//!
+//! In: `Append` (a source's batch, with a reply channel), `Barrier` (a source
+//! has sent everything of an epoch). Out: `Durable` replies, and `Sealed` to
+//! the supervisor once every source has passed an epoch's barrier.
+//!
+//! Group commit: `Append` only stages records; the first one schedules a
+//! `Flush` with `ctx.notify`, which actix runs after every message already in
+//! the mailbox, so concurrent batches share one write and one fsync.
+
+use crate::event::{Epoch, Seq};
+use crate::store::{self, EpochIndex, LogPosition, MasterLog, NewRecord, SealedEpoch};
+use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The reply to an `Append`.
+pub type DurableReply = oneshot::Sender<Result<Durable, Arc<store::Error>>>;
+
+/// One event as the master dataset keeps it.
+#[derive(Debug, Clone)]
+pub struct RecordIn {
+    /// The message as received.
+    pub raw: Vec<u8>,
+    /// Arrival, epoch milliseconds.
+    pub ingest_ms: i64,
+    /// Event time, epoch milliseconds.
+    pub event_ms: i64,
+    /// Hash of the event id, 0 for none.
+    pub id_hash: u64,
+}
+
+/// Where a batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// Seqs given to the batch: `first..next`.
+    pub first: Seq,
+    /// One past the last seq of the batch.
+    pub next: Seq,
+}
+
+/// A source's batch of valid events of one epoch; the reply comes once it is fsynced.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Append {
+    /// Index of the sending source.
+    pub source: usize,
+    /// The epoch of every event in the batch.
+    pub epoch: Epoch,
+    /// The events.
+    pub records: Vec<RecordIn>,
+    /// Where the outcome goes; dropped unanswered only if the recorder stops.
+    pub reply: DurableReply,
+}
+
+/// Source `source` has sent every event of epochs <= `epoch`.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Barrier {
+    /// Index of the sending source.
+    pub source: usize,
+    /// The epoch finished.
+    pub epoch: Epoch,
+}
+
+/// Every record of epochs <= `sealed.epoch` is durable before `sealed.end`.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Sealed(pub SealedEpoch);
+
+/// Writes and fsyncs everything staged (sent to self).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// The recorder's state.
+pub struct Recorder {
+    log: MasterLog,
+    epochs: EpochIndex,
+    /// Per source, the newest epoch whose barrier it has sent.
+    barriers: Vec<Option<Epoch>>,
+    /// The newest epoch some source has passed, and for each epoch between the
+    /// last sealed one and it, the seq at which the first source passed it.
+    first_passed: Vec<(Epoch, Seq)>,
+    /// Replies waiting for the next flush.
+    waiting: Vec<(DurableReply, Durable)>,
+    flush_scheduled: bool,
+    /// Told of every seal.
+    sealed_to: Recipient<Sealed>,
+}
+
+impl Recorder {
+    /// A recorder over an opened log and epoch index, for `n_sources` sources.
+    pub fn new(
+        log: MasterLog,
+        epochs: EpochIndex,
+        n_sources: usize,
+        sealed_to: Recipient<Sealed>,
+    ) -> Recorder {
+        Recorder {
+            log,
+            epochs,
+            barriers: vec![None; n_sources],
+            first_passed: Vec::new(),
+            waiting: Vec::new(),
+            flush_scheduled: false,
+            sealed_to,
+        }
+    }
+
+    fn flush(&mut self) -> Result<LogPosition, Arc<store::Error>> {
+        self.flush_scheduled = false;
+        let outcome = self.log.commit().map_err(Arc::new);
+        if let Err(err) = &outcome {
+            tracing::error!(error = %err, batches = self.waiting.len(), "group commit failed; the batches are not acknowledged");
+        }
+        for (reply, durable) in self.waiting.drain(..) {
+            // A source that gave up waiting has nothing left to ack.
+            reply
+                .send(outcome.as_ref().map(|_| durable).map_err(Arc::clone))
+                .ok();
+        }
+        outcome.map(|appended| appended.end)
+    }
+
+    /// The newest epoch every source has passed.
+    fn aligned(&self) -> Option<Epoch> {
+        self.barriers.iter().copied().min().flatten()
+    }
+}
+
+impl Actor for Recorder {
+    /// Every message comes by `do_send`, which ignores the mailbox capacity:
+    /// batches are bounded by the sources' prefetch windows instead.
+    type Context = Context<Self>;
+}
+
+impl Handler<Append> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: Append, ctx: &mut Self::Context) {
+        let epoch = msg.epoch;
+        let (first, next) = self.log.stage(msg.records.iter().map(|record| NewRecord {
+            epoch,
+            ingest_ms: record.ingest_ms,
+            event_ms: record.event_ms,
+            id_hash: record.id_hash,
+            raw: &record.raw,
+        }));
+        self.waiting.push((msg.reply, Durable { first, next }));
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+}
+
+impl Handler<Flush> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        if self.flush_scheduled {
+            // Errors were sent to every waiting source.
+            self.flush().ok();
+        }
+    }
+}
+
+impl Handler<Barrier> for Recorder {
+    type Result = ();
+
+    #[tracing::instrument(skip_all, fields(source = msg.source, epoch = %msg.epoch))]
+    fn handle(&mut self, msg: Barrier, _: &mut Self::Context) {
+        let Some(slot) = self.barriers.get_mut(msg.source) else {
+            tracing::error!("barrier from an unknown source");
+            return;
+        };
+        if slot.is_some_and(|passed| passed >= msg.epoch) {
+            return;
+        }
+        *slot = Some(msg.epoch);
+        // Everything staged so far came before this barrier; what this source
+        // sends next belongs to a later epoch.
+        let passed_at = self.log.staged_seq();
+        let newest = self.first_passed.last().map(|(epoch, _)| *epoch);
+        if newest.is_none_or(|newest| msg.epoch > newest) {
+            self.first_passed.push((msg.epoch, passed_at));
+        }
+        let Some(aligned) = self.aligned() else {
+            return;
+        };
+        let last_sealed = self.epochs.last().map(|sealed| sealed.epoch);
+        if last_sealed.is_some_and(|last| aligned <= last) {
+            return;
+        }
+        let end = match self.flush() {
+            Ok(end) => end,
+            // Not sealed: the next barrier tries again.
+            Err(_) => return,
+        };
+        let later_from = self
+            .first_passed
+            .iter()
+            .find(|(epoch, _)| *epoch >= aligned)
+            .map_or(passed_at, |(_, seq)| *seq);
+        self.first_passed.retain(|(epoch, _)| *epoch > aligned);
+        let sealed = SealedEpoch {
+            epoch: aligned,
+            end,
+            next_seq: self.log.next_seq(),
+            later_from,
+            sealed_at_ms: crate::now_ms(),
+        };
+        match self.epochs.seal(sealed) {
+            Ok(()) => {
+                tracing::debug!(end = %end, "sealed");
+                self.sealed_to.do_send(Sealed(sealed));
+            }
+            Err(err) => tracing::error!(error = %err, "cannot record a sealed epoch"),
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Sources: where events come in. Each source is a task with a control
+//! channel (barriers) and one shared pipeline: parse once, send valid events
+//! as one batch to the Recorder, and once the batch is durable send them, by
+//! key, to the speed partitions; only then acknowledge (ack the delivery, or
+//! answer the in-process caller). Rejected messages are dead-lettered with
+//! their reason (RabbitMQ) or answered with it (in process).
+//!
+//! Sources are tasks, not actors: a lapin consumer is a stream with its own
+//! reconnect loop, and the control channel lets barriers through while the
+//! broker is away, so a dead broker never stalls sealing.
+
+use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
+use super::speed::{Apply, partition_of};
+use crate::aggregate::ViewSpec;
+use crate::config::RabbitmqSource;
+use crate::event::{Epoch, ParsedEvent, Reject, Schema};
+use crate::store;
+use actix::{Addr, Recipient};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most events in one batch.
+const MAX_BATCH: usize = 2_000;
+/// Header carrying a dead letter's rejection reason.
+pub const REASON_HEADER: &str = "x-tandem-reason";
+/// Header carrying the field a dead letter's rejection names.
+pub const FIELD_HEADER: &str = "x-tandem-field";
+/// Reconnect delays: doubling from the first to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Control messages to a source.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    /// Finish epoch `.0`: send its barrier after every event of it.
+    Barrier(Epoch),
+}
+
+/// Counters of one source, shared with the status API.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Valid deliveries made durable (redeliveries included).
+    pub accepted: AtomicU64,
+    /// Rejected deliveries, per reason, in [`crate::event::Reason::ALL`] order.
+    pub rejected: [AtomicU64; 7],
+    /// Whether the source is connected to its broker (always true in process).
+    pub connected: AtomicBool,
+}
+
+impl SourceStats {
+    fn count_reject(&self, reject: &Reject) {
+        let index = crate::event::Reason::ALL
+            .iter()
+            .position(|reason| *reason == reject.reason)
+            .unwrap_or(0);
+        self.rejected[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What every source shares: where valid events go.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// This source's index among the recorder's sources.
+    pub index: usize,
+    /// The compiled event schema.
+    pub schema: Arc<Schema>,
+    /// The views, in config order.
+    pub views: Arc<[Arc<ViewSpec>]>,
+    /// The speed partitions.
+    pub partitions: Arc<[Recipient<Apply>]>,
+    /// The single writer.
+    pub recorder: Addr<Recorder>,
+    /// This source's counters.
+    pub stats: Arc<SourceStats>,
+}
+
+/// A batch on its way to being durable.
+pub struct Pending {
+    reply: Option<oneshot::Receiver<Result<Durable, Arc<store::Error>>>>,
+    epoch: Epoch,
+    events: Vec<Arc<ParsedEvent>>,
+}
+
+/// Why a batch did not become durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotDurable {
+    /// The recorder could not write it.
+    #[error("the master dataset refused the batch")]
+    Store(#[source] Arc<store::Error>),
+    /// The recorder stopped before answering.
+    #[error("the recorder stopped")]
+    Stopped,
+}
+
+impl Pipeline {
+    /// Sends a batch of valid events of `epoch` to the recorder.
+    pub fn send(&self, epoch: Epoch, batch: Vec<(Vec<u8>, i64, ParsedEvent)>) -> Pending {
+        if batch.is_empty() {
+            return Pending {
+                reply: None,
+                epoch,
+                events: Vec::new(),
+            };
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for (raw, ingest_ms, event) in batch {
+            records.push(RecordIn {
+                raw,
+                ingest_ms,
+                event_ms: event.event_ms,
+                id_hash: event.id_hash.map_or(0, std::num::NonZeroU64::get),
+            });
+            events.push(Arc::new(event));
+        }
+        let (reply, rx) = oneshot::channel();
+        // `do_send` enqueues now: this batch precedes this source's next barrier.
+        self.recorder.do_send(Append {
+            source: self.index,
+            epoch,
+            records,
+            reply,
+        });
+        Pending {
+            reply: Some(rx),
+            epoch,
+            events,
+        }
+    }
+
+    /// Sends this source's barrier for `epoch`, after everything it sent before.
+    pub fn barrier(&self, epoch: Epoch) {
+        self.recorder.do_send(Barrier {
+            source: self.index,
+            epoch,
+        });
+    }
+
+    /// Waits until a batch is durable, then hands its events to the speed layer.
+    ///
+    /// # Errors
+    /// The batch is not durable: it must not be acknowledged.
+    pub async fn durable(&self, mut pending: Pending) -> Result<usize, NotDurable> {
+        let outcome = match pending.reply.take() {
+            Some(reply) => reply.await,
+            None => return Ok(0),
+        };
+        self.finish(pending, outcome)
+    }
+
+    /// Hands a batch's events to the speed layer once the recorder says it is durable.
+    fn finish(
+        &self,
+        pending: Pending,
+        outcome: Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>,
+    ) -> Result<usize, NotDurable> {
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(NotDurable::Store(err)),
+            Err(_) => return Err(NotDurable::Stopped),
+        }
+        let n = pending.events.len();
+        self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+        let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
+            vec![Vec::new(); self.partitions.len()];
+        let mut scratch = String::new();
+        for event in pending.events {
+            for (view, spec) in self.views.iter().enumerate() {
+                let key = spec.key_text(&event, &mut scratch);
+                routed[partition_of(key, self.partitions.len())].push((view, Arc::clone(&event)));
+            }
+        }
+        for (partition, events) in self.partitions.iter().zip(routed) {
+            if !events.is_empty() {
+                partition.do_send(Apply {
+                    epoch: pending.epoch,
+                    events,
+                });
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Waits for the oldest batch in flight; `None` when there is none.
+async fn oldest_durable(
+    in_flight: &mut VecDeque<InFlight>,
+) -> Option<Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>> {
+    let oldest = in_flight.front_mut()?;
+    Some(match oldest.pending.reply.as_mut() {
+        Some(reply) => reply.await,
+        // A batch of dead letters only: nothing to wait for.
+        None => Ok(Ok(Durable {
+            first: crate::event::Seq(0),
+            next: crate::event::Seq(0),
+        })),
+    })
+}
+
+/// The control side of a running source.
+#[derive(Debug, Clone)]
+pub struct SourceHandle {
+    /// The source's name.
+    pub name: String,
+    /// The queue it consumes, if any.
+    pub queue: Option<String>,
+    /// Its counters.
+    pub stats: Arc<SourceStats>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl SourceHandle {
+    /// A handle and the receiving end of its control channel.
+    pub fn new(
+        name: String,
+        queue: Option<String>,
+        stats: Arc<SourceStats>,
+    ) -> (SourceHandle, mpsc::UnboundedReceiver<Control>) {
+        let (control, rx) = mpsc::unbounded_channel();
+        (
+            SourceHandle {
+                name,
+                queue,
+                stats,
+                control,
+            },
+            rx,
+        )
+    }
+
+    /// Asks the source to finish `epoch`. False if the source has stopped.
+    pub fn barrier(&self, epoch: Epoch) -> bool {
+        self.control.send(Control::Barrier(epoch)).is_ok()
+    }
+}
+
+/// One in-process ingest call.
+pub struct IngestRequest {
+    /// The message.
+    pub raw: Vec<u8>,
+    /// The outcome, once durable (or rejected).
+    pub reply: oneshot::Sender<Result<Ingested, NotDurable>>,
+}
+
+/// The outcome of an in-process ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Valid and durable.
+    Durable,
+    /// Rejected, with the reason.
+    Rejected(Reject),
+}
+
+/// Runs the in-process source until its ingest channel closes.
+pub async fn run_in_process(
+    pipeline: Pipeline,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    mut ingest: mpsc::Receiver<IngestRequest>,
+    mut epoch: Epoch,
+) {
+    pipeline.stats.connected.store(true, Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            biased;
+            ctrl = control.recv() => match ctrl {
+                Some(Control::Barrier(finished)) => {
+                    // Every batch is sent as soon as it is read, so nothing of
+                    // `finished` is held back here.
+                    pipeline.barrier(finished);
+                    epoch = epoch.max(finished.next());
+                }
+                None => return,
+            },
+            request = ingest.recv() => {
+                let Some(first) = request else { return };
+                let mut requests = vec![first];
+                while requests.len() < MAX_BATCH {
+                    match ingest.try_recv() {
+                        Ok(request) => requests.push(request),
+                        Err(_) => break,
+                    }
+                }
+                let ingest_ms = crate::now_ms();
+                let mut batch = Vec::with_capacity(requests.len());
+                let mut replies = Vec::with_capacity(requests.len());
+                for request in requests {
+                    match pipeline.schema.parse(&request.raw, ingest_ms) {
+                        Ok(event) => {
+                            batch.push((request.raw, ingest_ms, event));
+                            replies.push(request.reply);
+                        }
+                        Err(reject) => {
+                            pipeline.stats.count_reject(&reject);
+                            // The caller may have stopped waiting.
+                            request.reply.send(Ok(Ingested::Rejected(reject))).ok();
+                        }
+                    }
+                }
+                let pending = pipeline.send(epoch, batch);
+                let pipeline = pipeline.clone();
+                tokio::spawn(async move {
+                    let outcome = pipeline.durable(pending).await.map(|_| Ingested::Durable);
+                    for reply in replies {
+                        reply.send(outcome.clone()).ok();
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Runs a RabbitMQ source forever: consume, batch, make durable, ack; reconnect with backoff.
+pub async fn run_rabbitmq(
+    pipeline: Pipeline,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    config: RabbitmqSource,
+    mut epoch: Epoch,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let outcome = session(&pipeline, &mut control, &config, &mut epoch, &mut backoff).await;
+        pipeline.stats.connected.store(false, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(source = pipeline.index, queue = %config.queue, error = %err, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected")
+            }
+        }
+        // Keep passing barriers while the broker is away.
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                ctrl = control.recv() => match ctrl {
+                    Some(Control::Barrier(finished)) => {
+                        pipeline.barrier(finished);
+                        epoch = epoch.max(finished.next());
+                    }
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("amqp")]
+    Amqp(#[from] lapin::Error),
+    #[error("the consumer was cancelled")]
+    Cancelled,
+    #[error("dead-letter publish was not confirmed")]
+    DeadLetterNacked,
+    #[error(transparent)]
+    NotDurable(#[from] NotDurable),
+}
+
+/// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is durable.
+struct InFlight {
+    pending: Pending,
+    last_tag: u64,
+}
+
+async fn session(
+    pipeline: &Pipeline,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    config: &RabbitmqSource,
+    epoch: &mut Epoch,
+    backoff: &mut Duration,
+) -> Result<(), SessionError> {
+    let connection = Connection::connect(&config.uri, ConnectionProperties::default()).await?;
+    let consume = connection.create_channel().await?;
+    let dead = connection.create_channel().await?;
+    consume
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    for queue in [&config.queue, &config.dead_letter_queue] {
+        consume
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    dead.confirm_select(ConfirmSelectOptions::default()).await?;
+    let tag = format!("tandem-{}", pipeline.index);
+    let mut consumer = consume
+        .basic_consume(
+            config.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    pipeline.stats.connected.store(true, Ordering::Relaxed);
+    *backoff = BACKOFF_FIRST;
+    tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source connected");
+
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            ctrl = control.recv() => match ctrl {
+                Some(Control::Barrier(finished)) => {
+                    pipeline.barrier(finished);
+                    *epoch = (*epoch).max(finished.next());
+                }
+                None => return Ok(()),
+            },
+            Some(outcome) = oldest_durable(&mut in_flight) => {
+                let Some(mut oldest) = in_flight.pop_front() else { continue };
+                oldest.pending.reply = None;
+                pipeline.finish(oldest.pending, outcome)?;
+                // Acks every delivery up to the batch's last, dead letters included:
+                // each was either made durable or dead-lettered with a confirm.
+                consume.basic_ack(oldest.last_tag, BasicAckOptions { multiple: true }).await?;
+            },
+            delivery = consumer.next() => {
+                let first = match delivery {
+                    Some(delivery) => delivery?,
+                    None => return Err(SessionError::Cancelled),
+                };
+                let mut deliveries = vec![first];
+                while deliveries.len() < MAX_BATCH {
+                    match consumer.next().now_or_never() {
+                        Some(Some(delivery)) => deliveries.push(delivery?),
+                        Some(None) => return Err(SessionError::Cancelled),
+                        None => break,
+                    }
+                }
+                let last_tag = deliveries.last().map_or(0, |delivery| delivery.delivery_tag);
+                let ingest_ms = crate::now_ms();
+                let mut batch = Vec::with_capacity(deliveries.len());
+                let mut confirms = Vec::new();
+                for delivery in deliveries {
+                    match pipeline.schema.parse(&delivery.data, ingest_ms) {
+                        Ok(event) => batch.push((delivery.data, ingest_ms, event)),
+                        Err(reject) => {
+                            pipeline.stats.count_reject(&reject);
+                            let mut headers = FieldTable::default();
+                            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reject.reason.as_str())));
+                            if let Some(field) = reject.field {
+                                headers.insert(FIELD_HEADER.into(), AMQPValue::LongString(LongString::from(pipeline.schema.field_name(field))));
+                            }
+                            let properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
+                            let confirm = dead
+                                .basic_publish("".into(), config.dead_letter_queue.as_str().into(), BasicPublishOptions::default(), &delivery.data, properties)
+                                .await?;
+                            confirms.push(confirm);
+                        }
+                    }
+                }
+                for confirm in confirms {
+                    if !confirm.await?.is_ack() {
+                        return Err(SessionError::DeadLetterNacked);
+                    }
+                }
+                let pending = pipeline.send(*epoch, batch);
+                in_flight.push_back(InFlight { pending, last_tag });
+            },
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! A speed partition: live aggregates of the keys whose hash maps to it, per
+//! epoch, so that the epochs a snapshot covers can be dropped exactly.
+//!
+//! In: `Apply` (events of one epoch, after they are durable), `SpeedQuery`
+//! (the partial of a query over epochs after B), `Expire` (drop epochs <= B).
+//! Every message is sent with `do_send` and carries its own reply channel, so
+//! each is enqueued when it is sent and the mailbox order is the send order.
+
+use crate::aggregate::{Partial, QueryKind, TimeRange, ViewSpec, ViewState};
+use crate::event::{Epoch, ParsedEvent, hash_text};
+use actix::{Actor, Context, Handler, Message};
+use rustc_hash::FxHashSet;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Ids remembered per partition and view to drop redeliveries.
+const RECENT_IDS: usize = 65_536;
+
+/// The partition owning `key` of a view: every key has exactly one owner.
+pub fn partition_of(key: &str, partitions: usize) -> usize {
+    (hash_text(key) % partitions.max(1) as u64) as usize
+}
+
+/// Durable events of one epoch for this partition: (view index, event).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Apply {
+    /// Their epoch.
+    pub epoch: Epoch,
+    /// The events, each with the view whose key routed it here.
+    pub events: Vec<(usize, Arc<ParsedEvent>)>,
+}
+
+/// The partial of a query over this partition's epochs after `after`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SpeedQuery {
+    /// Epochs up to this one are in the batch layer's snapshot.
+    pub after: Option<Epoch>,
+    /// Index of the view.
+    pub view: usize,
+    /// What is asked.
+    pub kind: Arc<QueryKind>,
+    /// Which buckets count.
+    pub range: TimeRange,
+    /// Where the partial goes, with the epochs it covers.
+    pub reply: oneshot::Sender<(Partial, Vec<Epoch>)>,
+}
+
+/// Drops every epoch <= `upto`: a snapshot now covers them.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Expire {
+    /// The snapshot's epoch.
+    pub upto: Epoch,
+}
+
+/// The sizes of this partition's state.
+#[derive(Message)]
+#[rtype(result = "SpeedSize")]
+pub struct SizeQuery;
+
+/// How much state a partition holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeedSize {
+    /// Epochs held.
+    pub epochs: usize,
+    /// (key, bucket) groups over all epochs and views.
+    pub groups: usize,
+}
+
+/// A bounded set of recently seen ids, oldest forgotten first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    order: VecDeque<u64>,
+    seen: FxHashSet<u64>,
+}
+
+impl RecentIds {
+    /// Whether `id` is new; remembers it.
+    fn first_time(&mut self, id: u64) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RECENT_IDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
+}
+
+/// A partition's state, without the actor: per epoch, one `ViewState` per view.
+#[derive(Debug)]
+pub struct SpeedState {
+    views: Arc<[Arc<ViewSpec>]>,
+    /// Epochs after the newest snapshot only (after `Expire`).
+    epochs: BTreeMap<Epoch, Vec<ViewState>>,
+    /// The newest epoch expired: events of it or older are in the snapshot.
+    expired: Option<Epoch>,
+    /// Per view, recent ids, so a redelivery is not counted twice.
+    recent: Vec<RecentIds>,
+}
+
+impl SpeedState {
+    /// An empty partition for these views.
+    pub fn new(views: Arc<[Arc<ViewSpec>]>) -> SpeedState {
+        let recent = views.iter().map(|_| RecentIds::default()).collect();
+        SpeedState {
+            views,
+            epochs: BTreeMap::new(),
+            expired: None,
+            recent,
+        }
+    }
+
+    /// Applies one event of `epoch` to view `view`. Events of an expired epoch
+    /// are ignored: the snapshot that expired it already counts them.
+    pub fn apply(&mut self, epoch: Epoch, view: usize, event: &ParsedEvent) {
+        if self.expired.is_some_and(|expired| epoch <= expired) {
+            return;
+        }
+        if let Some(id) = event.id_hash
+            && !self.recent[view].first_time(id.get())
+        {
+            return;
+        }
+        let n_views = self.views.len();
+        let states = self
+            .epochs
+            .entry(epoch)
+            .or_insert_with(|| vec![ViewState::new(); n_views]);
+        states[view].apply(&self.views[view], event);
+    }
+
+    /// The partial of a query over epochs after `after`, and those epochs.
+    pub fn partial(
+        &self,
+        after: Option<Epoch>,
+        view: usize,
+        kind: &QueryKind,
+        range: TimeRange,
+    ) -> (Partial, Vec<Epoch>) {
+        let spec = &self.views[view];
+        let mut partial = Partial::empty(spec, kind);
+        let mut epochs = Vec::new();
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        for (epoch, states) in self.epochs.range((from, std::ops::Bound::Unbounded)) {
+            partial.merge(&states[view].partial(spec, kind, range));
+            epochs.push(*epoch);
+        }
+        (partial, epochs)
+    }
+
+    /// Drops every epoch <= `upto`.
+    pub fn expire(&mut self, upto: Epoch) {
+        self.epochs.retain(|epoch, _| *epoch > upto);
+        self.expired = Some(self.expired.map_or(upto, |expired| expired.max(upto)));
+    }
+
+    /// Epochs and groups held.
+    pub fn size(&self) -> SpeedSize {
+        SpeedSize {
+            epochs: self.epochs.len(),
+            groups: self
+                .epochs
+                .values()
+                .flat_map(|states| states.iter().map(ViewState::len))
+                .sum(),
+        }
+    }
+}
+
+/// The actor around one [`SpeedState`].
+pub struct SpeedPartition {
+    /// Keys hashing to this partition only.
+    state: SpeedState,
+    index: usize,
+}
+
+impl SpeedPartition {
+    /// The actor for partition `index`, starting from `state`.
+    pub fn new(index: usize, state: SpeedState) -> SpeedPartition {
+        SpeedPartition { state, index }
+    }
+}
+
+impl Actor for SpeedPartition {
+    type Context = Context<Self>;
+
+    /// Every message comes by `do_send`, which ignores the mailbox capacity
+    /// and enqueues at call time, so mailbox order is send order; ingest is
+    /// bounded by the sources' prefetch windows instead.
+    fn started(&mut self, _: &mut Self::Context) {
+        tracing::debug!(partition = self.index, "speed partition started");
+    }
+}
+
+impl Handler<Apply> for SpeedPartition {
+    type Result = ();
+
+    fn handle(&mut self, msg: Apply, _: &mut Self::Context) {
+        for (view, event) in &msg.events {
+            self.state.apply(msg.epoch, *view, event);
+        }
+    }
+}
+
+impl Handler<SpeedQuery> for SpeedPartition {
+    type Result = ();
+
+    fn handle(&mut self, msg: SpeedQuery, _: &mut Self::Context) {
+        let answer = self
+            .state
+            .partial(msg.after, msg.view, &msg.kind, msg.range);
+        // The asker may have given up (its request was dropped).
+        msg.reply.send(answer).ok();
+    }
+}
+
+impl Handler<Expire> for SpeedPartition {
+    type Result = ();
+
+    #[tracing::instrument(skip_all, fields(partition = self.index, upto = %msg.upto))]
+    fn handle(&mut self, msg: Expire, _: &mut Self::Context) {
+        self.state.expire(msg.upto);
+    }
+}
+
+impl Handler<SizeQuery> for SpeedPartition {
+    type Result = actix::MessageResult<SizeQuery>;
+
+    fn handle(&mut self, _: SizeQuery, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.state.size())
+    }
+}

@@ -1,0 +1,276 @@
+//! The supervisor: the epoch clock and the batch runs.
+//!
+//! In: `StartEpoch` (from its timer, or on demand), `Sealed` (from the
+//! Recorder), `WaitServed`. Out: barriers to every source, a recompute when an
+//! epoch is sealed, `SnapshotReady` to Serving. One batch run at a time:
+//! seals that arrive during a run coalesce into one run for the newest.
+
+use super::recompute::{Batch, recompute};
+use super::recorder::Sealed;
+use super::serving::{Serving, SnapshotReady};
+use super::source::SourceHandle;
+use crate::config::Config;
+use crate::event::Epoch;
+use crate::store::{DataPaths, SealedEpoch};
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Starts a new epoch: every source finishes the current one with a barrier.
+/// Answers the epoch being finished.
+#[derive(Message)]
+#[rtype(result = "Epoch")]
+pub struct StartEpoch;
+
+/// Answers once a snapshot covering `.0` is being served (or a run for it failed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaitServed(
+    pub Epoch,
+    pub oneshot::Sender<Result<Epoch, RecomputeFailed>>,
+);
+
+/// The state of the batch runs (for status).
+#[derive(Message)]
+#[rtype(result = "RunStatus")]
+pub struct RunQuery;
+
+/// A batch run failed; the next sealed epoch tries again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch run for epoch {epoch} failed: {reason}")]
+pub struct RecomputeFailed {
+    /// The epoch the run was for.
+    pub epoch: Epoch,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// The batch runs' state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStatus {
+    /// The open epoch.
+    pub epoch: Epoch,
+    /// Whether a run is going on.
+    pub running: bool,
+    /// The newest sealed epoch.
+    pub sealed: Option<Epoch>,
+    /// The newest epoch served by a snapshot.
+    pub served: Option<Epoch>,
+    /// Runs that failed since start.
+    pub failures: u64,
+}
+
+/// A finished run (sent to self).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunFinished(SealedEpoch, Result<Batch, RecomputeFailed>);
+
+/// The supervisor's state.
+pub struct Supervisor {
+    paths: DataPaths,
+    config: Arc<Config>,
+    /// The open epoch: sources stamp new events with it.
+    epoch: Epoch,
+    sources: Vec<SourceHandle>,
+    serving: Addr<Serving>,
+    running: bool,
+    /// The newest sealed epoch no run has covered yet.
+    pending: Option<SealedEpoch>,
+    sealed: Option<Epoch>,
+    served: Option<Epoch>,
+    waiters: Vec<(Epoch, oneshot::Sender<Result<Epoch, RecomputeFailed>>)>,
+    failures: Arc<AtomicU64>,
+    /// When set, a new epoch starts this often.
+    interval: Option<Duration>,
+}
+
+impl Supervisor {
+    /// A supervisor whose open epoch is `epoch`, with the newest seal and
+    /// snapshot found at start. A seal newer than the snapshot is recomputed at once.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor wires the whole system once"
+    )]
+    pub fn new(
+        paths: DataPaths,
+        config: Arc<Config>,
+        epoch: Epoch,
+        sources: Vec<SourceHandle>,
+        serving: Addr<Serving>,
+        last_sealed: Option<SealedEpoch>,
+        served: Option<Epoch>,
+        interval: Option<Duration>,
+    ) -> Supervisor {
+        let pending =
+            last_sealed.filter(|sealed| served.is_none_or(|served| sealed.epoch > served));
+        Supervisor {
+            paths,
+            config,
+            epoch,
+            sources,
+            serving,
+            running: false,
+            pending,
+            sealed: last_sealed.map(|sealed| sealed.epoch),
+            served,
+            waiters: Vec::new(),
+            failures: Arc::new(AtomicU64::new(0)),
+            interval,
+        }
+    }
+
+    fn start_epoch(&mut self) -> Epoch {
+        let finished = self.epoch;
+        self.epoch = finished.next();
+        for source in &self.sources {
+            if !source.barrier(finished) {
+                tracing::error!(source = %source.name, "source stopped; epochs can no longer be sealed");
+            }
+        }
+        finished
+    }
+
+    fn maybe_run(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            return;
+        }
+        let Some(sealed) = self.pending.take() else {
+            return;
+        };
+        self.running = true;
+        let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
+        tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started");
+        let run = async move {
+            let outcome =
+                tokio::task::spawn_blocking(move || recompute(&paths, &config, sealed)).await;
+            let outcome = match outcome {
+                Ok(Ok(batch)) => Ok(batch),
+                Ok(Err(err)) => Err(RecomputeFailed {
+                    epoch: sealed.epoch,
+                    reason: format!("{err:#}"),
+                }),
+                Err(join) => Err(RecomputeFailed {
+                    epoch: sealed.epoch,
+                    reason: format!("the run panicked: {join}"),
+                }),
+            };
+            RunFinished(sealed, outcome)
+        };
+        ctx.spawn(
+            run.into_actor(self)
+                .map(|finished, _, ctx| ctx.notify(finished)),
+        );
+    }
+
+    fn answer_waiters(&mut self, upto: Epoch, outcome: &Result<Epoch, RecomputeFailed>) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .waiters
+            .drain(..)
+            .partition(|(epoch, _)| *epoch <= upto);
+        self.waiters = waiting;
+        for (_, reply) in ready {
+            // The waiter may have given up.
+            reply.send(outcome.clone()).ok();
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(interval) = self.interval {
+            ctx.run_interval(interval, |act, _| {
+                act.start_epoch();
+            });
+        }
+        self.maybe_run(ctx);
+    }
+}
+
+impl Handler<StartEpoch> for Supervisor {
+    type Result = MessageResult<StartEpoch>;
+
+    #[tracing::instrument(skip_all)]
+    fn handle(&mut self, _: StartEpoch, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.start_epoch())
+    }
+}
+
+impl Handler<Sealed> for Supervisor {
+    type Result = ();
+
+    #[tracing::instrument(skip_all, fields(epoch = %msg.0.epoch))]
+    fn handle(&mut self, msg: Sealed, ctx: &mut Self::Context) {
+        let sealed = msg.0;
+        self.sealed = Some(sealed.epoch);
+        if self
+            .pending
+            .is_none_or(|pending| sealed.epoch > pending.epoch)
+        {
+            self.pending = Some(sealed);
+        }
+        self.maybe_run(ctx);
+    }
+}
+
+impl Handler<RunFinished> for Supervisor {
+    type Result = ();
+
+    #[tracing::instrument(skip_all, fields(epoch = %msg.0.epoch))]
+    fn handle(&mut self, msg: RunFinished, ctx: &mut Self::Context) {
+        let RunFinished(sealed, outcome) = msg;
+        self.running = false;
+        match outcome {
+            Ok(batch) => {
+                tracing::info!(
+                    took_ms = batch.took_ms,
+                    counted = batch.stats.counted,
+                    duplicates = batch.stats.duplicates,
+                    "batch run finished"
+                );
+                // Serving swaps before any waiter hears of it: whatever a waiter
+                // asks next is enqueued behind this.
+                self.serving.do_send(SnapshotReady(Arc::new(batch)));
+                self.served = Some(sealed.epoch);
+                self.answer_waiters(sealed.epoch, &Ok(sealed.epoch));
+            }
+            Err(failed) => {
+                tracing::error!(error = %failed, "batch run failed");
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.answer_waiters(sealed.epoch, &Err(failed));
+            }
+        }
+        self.maybe_run(ctx);
+    }
+}
+
+impl Handler<WaitServed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, WaitServed(epoch, reply): WaitServed, _: &mut Self::Context) {
+        if self.served.is_some_and(|served| served >= epoch) {
+            reply.send(Ok(self.served.unwrap_or(epoch))).ok();
+        } else {
+            self.waiters.push((epoch, reply));
+        }
+    }
+}
+
+impl Handler<RunQuery> for Supervisor {
+    type Result = MessageResult<RunQuery>;
+
+    fn handle(&mut self, _: RunQuery, _: &mut Self::Context) -> Self::Result {
+        MessageResult(RunStatus {
+            epoch: self.epoch,
+            running: self.running,
+            sealed: self.sealed,
+            served: self.served,
+            failures: self.failures.load(Ordering::Relaxed),
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! Queries over a view, written once for every layer: each layer turns its
+//! states into a [`Partial`] for the query, partials merge (the monoid again),
+//! and the merged partial is finished into the answer.
+
+use super::{MetricState, MetricValue, ViewSpec, ViewState};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use std::collections::BTreeMap;
+
+/// Buckets counted: those whose start lies in `[from, to)`; either end may be open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// Inclusive lower bound on a bucket's start, epoch milliseconds.
+    pub from: Option<i64>,
+    /// Exclusive upper bound on a bucket's start, epoch milliseconds.
+    pub to: Option<i64>,
+}
+
+impl TimeRange {
+    /// Every bucket.
+    pub const ALL: TimeRange = TimeRange {
+        from: None,
+        to: None,
+    };
+
+    /// Whether the bucket starting at `bucket` counts.
+    pub fn contains(&self, bucket: i64) -> bool {
+        self.from.is_none_or(|from| bucket >= from) && self.to.is_none_or(|to| bucket < to)
+    }
+
+    /// The narrower of this range and "from `from` on".
+    pub fn at_least(self, from: Option<i64>) -> TimeRange {
+        match (self.from, from) {
+            (Some(mine), Some(other)) => TimeRange {
+                from: Some(mine.max(other)),
+                ..self
+            },
+            (None, Some(other)) => TimeRange {
+                from: Some(other),
+                ..self
+            },
+            (_, None) => self,
+        }
+    }
+}
+
+/// What a query asks of one view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryKind {
+    /// One key's metrics over the range.
+    Key(String),
+    /// All keys' metrics together over the range.
+    Totals,
+    /// The `n` keys with the highest value of metric `metric` (an index into the view's metrics).
+    Top {
+        /// Index of the ranking metric.
+        metric: usize,
+        /// How many keys.
+        n: usize,
+    },
+    /// Per-bucket metrics of one key, or of all keys together.
+    Series(Option<String>),
+}
+
+/// One layer's contribution to a query; partials of the same query merge.
+#[derive(Debug, Clone)]
+pub enum Partial {
+    /// For `Key` and `Totals`: one state per metric.
+    States(Box<[MetricState]>),
+    /// For `Top`: states per key.
+    PerKey(FxHashMap<String, Box<[MetricState]>>),
+    /// For `Series`: states per bucket start.
+    PerBucket(BTreeMap<i64, Box<[MetricState]>>),
+}
+
+fn merge_into(target: &mut [MetricState], other: &[MetricState]) {
+    for (state, theirs) in target.iter_mut().zip(other) {
+        state.merge(theirs);
+    }
+}
+
+impl Partial {
+    /// The empty partial of a query (what a layer with no data answers).
+    pub fn empty(spec: &ViewSpec, kind: &QueryKind) -> Partial {
+        match kind {
+            QueryKind::Key(_) | QueryKind::Totals => Partial::States(spec.empty_states()),
+            QueryKind::Top { .. } => Partial::PerKey(FxHashMap::default()),
+            QueryKind::Series(_) => Partial::PerBucket(BTreeMap::new()),
+        }
+    }
+
+    /// Adds another layer's partial of the same query.
+    pub fn merge(&mut self, other: &Partial) {
+        match (self, other) {
+            (Partial::States(mine), Partial::States(theirs)) => merge_into(mine, theirs),
+            (Partial::PerKey(mine), Partial::PerKey(theirs)) => {
+                for (key, states) in theirs {
+                    match mine.get_mut(key) {
+                        Some(existing) => merge_into(existing, states),
+                        None => {
+                            mine.insert(key.clone(), states.clone());
+                        }
+                    }
+                }
+            }
+            (Partial::PerBucket(mine), Partial::PerBucket(theirs)) => {
+                for (bucket, states) in theirs {
+                    match mine.get_mut(bucket) {
+                        Some(existing) => merge_into(existing, states),
+                        None => {
+                            mine.insert(*bucket, states.clone());
+                        }
+                    }
+                }
+            }
+            (mine, theirs) => debug_assert!(
+                false,
+                "partials of different queries: {mine:?} and {theirs:?}"
+            ),
+        }
+    }
+
+    /// The answer to the query.
+    pub fn finish(self, spec: &ViewSpec, kind: &QueryKind) -> Body {
+        match (self, kind) {
+            (Partial::States(states), _) => Body::Metrics(Metrics::read(spec, &states)),
+            (Partial::PerKey(per_key), QueryKind::Top { metric, n }) => {
+                let agg = &spec.metrics[*metric].agg;
+                let mut ranked: Vec<(String, Option<f64>, Box<[MetricState]>)> = per_key
+                    .into_iter()
+                    .map(|(key, states)| {
+                        let rank = states[*metric].value(agg).as_f64();
+                        (key, rank, states)
+                    })
+                    .collect();
+                // Highest first, undefined values last, ties by key.
+                ranked.sort_by(|a, b| {
+                    let by_value = match (a.1, b.1) {
+                        (Some(x), Some(y)) => y.total_cmp(&x),
+                        (Some(_), None) => std::cmp::Ordering::Less,
+                        (None, Some(_)) => std::cmp::Ordering::Greater,
+                        (None, None) => std::cmp::Ordering::Equal,
+                    };
+                    by_value.then_with(|| a.0.cmp(&b.0))
+                });
+                ranked.truncate(*n);
+                Body::Top(
+                    ranked
+                        .into_iter()
+                        .map(|(key, _, states)| Item {
+                            key,
+                            metrics: Metrics::read(spec, &states),
+                        })
+                        .collect(),
+                )
+            }
+            (Partial::PerBucket(per_bucket), _) => Body::Series(
+                per_bucket
+                    .into_iter()
+                    .map(|(start, states)| Bucket {
+                        start,
+                        metrics: Metrics::read(spec, &states),
+                    })
+                    .collect(),
+            ),
+            (Partial::PerKey(_), _) => Body::Top(Vec::new()),
+        }
+    }
+}
+
+impl ViewState {
+    /// This state's partial of a query, counting buckets in `range`.
+    pub fn partial(&self, spec: &ViewSpec, kind: &QueryKind, range: TimeRange) -> Partial {
+        let n = spec.metrics.len();
+        let mut partial = Partial::empty(spec, kind);
+        match (kind, &mut partial) {
+            (QueryKind::Key(key), Partial::States(states)) => {
+                if let Some(groups) = self.key(key) {
+                    for (_, bucket_states) in
+                        groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
+                    {
+                        merge_into(states, bucket_states);
+                    }
+                }
+            }
+            (QueryKind::Totals, Partial::States(states)) => {
+                for (_, groups) in self.keys() {
+                    for (_, bucket_states) in
+                        groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
+                    {
+                        merge_into(states, bucket_states);
+                    }
+                }
+            }
+            (QueryKind::Top { .. }, Partial::PerKey(per_key)) => {
+                for (key, groups) in self.keys() {
+                    let mut states: Option<Box<[MetricState]>> = None;
+                    for (_, bucket_states) in
+                        groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
+                    {
+                        merge_into(
+                            states.get_or_insert_with(|| spec.empty_states()),
+                            bucket_states,
+                        );
+                    }
+                    if let Some(states) = states {
+                        per_key.insert(key.to_owned(), states);
+                    }
+                }
+            }
+            (QueryKind::Series(key), Partial::PerBucket(per_bucket)) => {
+                let mut add = |groups: &super::KeyGroups| {
+                    for (bucket, bucket_states) in
+                        groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
+                    {
+                        merge_into(
+                            per_bucket
+                                .entry(bucket)
+                                .or_insert_with(|| spec.empty_states()),
+                            bucket_states,
+                        );
+                    }
+                };
+                match key {
+                    Some(key) => self.key(key).into_iter().for_each(&mut add),
+                    None => self.keys().for_each(|(_, groups)| add(groups)),
+                }
+            }
+            _ => unreachable!("Partial::empty gives the partial of the query's kind"),
+        }
+        partial
+    }
+}
+
+/// Metric values by name, in the view's metric order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics(pub Vec<(String, MetricValue)>);
+
+impl Metrics {
+    fn read(spec: &ViewSpec, states: &[MetricState]) -> Metrics {
+        Metrics(
+            spec.metrics
+                .iter()
+                .zip(states)
+                .map(|(metric, state)| (metric.name.clone(), state.value(&metric.agg)))
+                .collect(),
+        )
+    }
+
+    /// The value of the metric named `name`.
+    pub fn get(&self, name: &str) -> Option<MetricValue> {
+        self.0
+            .iter()
+            .find(|(metric, _)| metric == name)
+            .map(|(_, value)| *value)
+    }
+}
+
+impl Serialize for Metrics {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// One key of a top-N answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    /// The key.
+    pub key: String,
+    /// Its metrics.
+    pub metrics: Metrics,
+}
+
+/// One bucket of a series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Bucket start, epoch milliseconds.
+    pub start: i64,
+    /// Its metrics.
+    pub metrics: Metrics,
+}
+
+/// A finished answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// Key and totals queries.
+    Metrics(Metrics),
+    /// Top-N: highest first, ties by key.
+    Top(Vec<Item>),
+    /// Series: ascending bucket start, empty buckets left out.
+    Series(Vec<Bucket>),
+}

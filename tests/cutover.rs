@@ -1,0 +1,380 @@
+//! The exact cutover, as a property of the actor API: for random interleavings
+//! of ingest, epoch barriers, batch runs and queries, every query (key, totals,
+//! top, series) equals a from-scratch computation over everything ingested so
+//! far. With duplicates and malformed events mixed in, the answers after a
+//! batch run equal an oracle that counts each id once and drops the malformed.
+//!
+//! The oracle is written here, naively, over plain maps. Groups stay small, so
+//! distinct and quantile are exact and compared exactly.
+
+mod common;
+
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use tandem::aggregate::{Body, MetricValue, TimeRange};
+use tandem::{Layer, Options, Query, Question};
+
+const CONFIG: &str = r#"
+data_dir = "unused"
+[event]
+id = "id"
+time = "ts"
+[[view]]
+name = "by_product"
+key = ["product"]
+bucket = "1m"
+metrics = [
+  { name = "orders", agg = "count" },
+  { name = "revenue", agg = "sum", field = "amount" },
+  { name = "buyers", agg = "distinct", field = "user" },
+  { name = "median", agg = "quantile", field = "amount", q = 0.5 },
+  { name = "largest", agg = "max", field = "amount" },
+]
+[[view]]
+name = "by_pair"
+key = ["country", "product"]
+bucket = "5m"
+metrics = [
+  { name = "orders", agg = "count" },
+  { name = "revenue", agg = "sum", field = "amount" },
+]
+"#;
+
+const PRODUCTS: [&str; 4] = ["p0", "p1", "p2", "p3"];
+const COUNTRIES: [&str; 2] = ["DE", "FR"];
+
+/// One generated order.
+#[derive(Debug, Clone)]
+struct Order {
+    id: u32,
+    product: usize,
+    country: usize,
+    user: u32,
+    cents: i64,
+    /// Minutes after the start of the stream (0..20: late events are simply early ones).
+    minute: i64,
+}
+
+impl Order {
+    fn json(&self) -> String {
+        format!(
+            r#"{{"id":"o-{}","ts":{},"product":"{}","country":"{}","user":"u-{}","amount":{}.{:02}}}"#,
+            self.id,
+            1_795_500_000_000 + self.minute * 60_000 + i64::from(self.id % 60) * 1000,
+            PRODUCTS[self.product],
+            COUNTRIES[self.country],
+            self.user,
+            self.cents / 100,
+            self.cents % 100
+        )
+    }
+
+    fn ts(&self) -> i64 {
+        1_795_500_000_000 + self.minute * 60_000 + i64::from(self.id % 60) * 1000
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Ingest(Order),
+    Duplicate(usize),
+    Malformed(u8),
+    StartEpoch,
+    Recompute,
+}
+
+fn order() -> impl Strategy<Value = Order> {
+    (0..4usize, 0..2usize, 0..6u32, 1..50_000i64, 0..20i64).prop_map(
+        |(product, country, user, cents, minute)| Order {
+            id: 0,
+            product,
+            country,
+            user,
+            cents,
+            minute,
+        },
+    )
+}
+
+fn ops(with_bad: bool) -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        6 => order().prop_map(Op::Ingest),
+        1 => Just(Op::StartEpoch),
+        1 => Just(Op::Recompute),
+        (if with_bad { 2 } else { 0 }) => any::<usize>().prop_map(Op::Duplicate),
+        (if with_bad { 1 } else { 0 }) => any::<u8>().prop_map(Op::Malformed),
+    ];
+    proptest::collection::vec(op, 1..40)
+}
+
+/// The oracle: every accepted order, each id once.
+#[derive(Default)]
+struct Oracle {
+    orders: Vec<Order>,
+}
+
+impl Oracle {
+    fn key_of(&self, view: &str, order: &Order) -> String {
+        match view {
+            "by_product" => PRODUCTS[order.product].to_owned(),
+            _ => format!("{}|{}", COUNTRIES[order.country], PRODUCTS[order.product]),
+        }
+    }
+
+    fn bucket_ms(view: &str) -> i64 {
+        if view == "by_product" {
+            60_000
+        } else {
+            300_000
+        }
+    }
+
+    /// Metrics of a set of orders, as the view names them.
+    fn metrics(view: &str, orders: &[&Order]) -> BTreeMap<String, MetricValue> {
+        let mut out = BTreeMap::new();
+        out.insert("orders".to_owned(), MetricValue::Int(orders.len() as u64));
+        let cents: i64 = orders.iter().map(|order| order.cents).sum();
+        out.insert(
+            "revenue".to_owned(),
+            MetricValue::Number(Some(cents as f64 / 100.0)),
+        );
+        if view == "by_product" {
+            let users: BTreeSet<u32> = orders.iter().map(|order| order.user).collect();
+            out.insert("buyers".to_owned(), MetricValue::Int(users.len() as u64));
+            let mut amounts: Vec<i64> = orders.iter().map(|order| order.cents).collect();
+            amounts.sort_unstable();
+            let median = amounts
+                .get(((amounts.len().max(1) - 1) as f64 * 0.5) as usize)
+                .map(|cents| *cents as f64 / 100.0);
+            out.insert("median".to_owned(), MetricValue::Number(median));
+            out.insert(
+                "largest".to_owned(),
+                MetricValue::Number(amounts.last().map(|cents| *cents as f64 / 100.0)),
+            );
+        }
+        out
+    }
+
+    fn answer(&self, view: &str, question: &Question) -> Body {
+        let all: Vec<&Order> = self.orders.iter().collect();
+        let of_key = |key: &str| {
+            all.iter()
+                .copied()
+                .filter(|order| self.key_of(view, order) == key)
+                .collect::<Vec<_>>()
+        };
+        let to_metrics = |metrics: BTreeMap<String, MetricValue>| {
+            tandem::aggregate::Metrics(metrics.into_iter().collect())
+        };
+        match question {
+            Question::Key(key) => Body::Metrics(to_metrics(Self::metrics(view, &of_key(key)))),
+            Question::Totals => Body::Metrics(to_metrics(Self::metrics(view, &all))),
+            Question::Top { metric, n } => {
+                let keys: BTreeSet<String> =
+                    all.iter().map(|order| self.key_of(view, order)).collect();
+                let mut items: Vec<(String, BTreeMap<String, MetricValue>)> = keys
+                    .into_iter()
+                    .map(|key| (key.clone(), Self::metrics(view, &of_key(&key))))
+                    .collect();
+                items.sort_by(|a, b| {
+                    let (x, y) = (a.1[metric].as_f64(), b.1[metric].as_f64());
+                    y.partial_cmp(&x)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then_with(|| a.0.cmp(&b.0))
+                });
+                items.truncate(*n);
+                Body::Top(
+                    items
+                        .into_iter()
+                        .map(|(key, metrics)| tandem::aggregate::Item {
+                            key,
+                            metrics: to_metrics(metrics),
+                        })
+                        .collect(),
+                )
+            }
+            Question::Series(key) => {
+                let orders = match key {
+                    Some(key) => of_key(key),
+                    None => all.clone(),
+                };
+                let mut buckets: BTreeMap<i64, Vec<&Order>> = BTreeMap::new();
+                for order in orders {
+                    let width = Self::bucket_ms(view);
+                    buckets
+                        .entry(order.ts().div_euclid(width) * width)
+                        .or_default()
+                        .push(order);
+                }
+                Body::Series(
+                    buckets
+                        .into_iter()
+                        .map(|(start, orders)| tandem::aggregate::Bucket {
+                            start,
+                            metrics: to_metrics(Self::metrics(view, &orders)),
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// Sorts an answer's metrics by name, so answers compare independently of metric order.
+fn normalise(body: Body) -> Body {
+    let sort = |mut metrics: tandem::aggregate::Metrics| {
+        metrics.0.sort_by(|a, b| a.0.cmp(&b.0));
+        metrics
+    };
+    match body {
+        Body::Metrics(metrics) => Body::Metrics(sort(metrics)),
+        Body::Top(items) => Body::Top(
+            items
+                .into_iter()
+                .map(|item| tandem::aggregate::Item {
+                    key: item.key,
+                    metrics: sort(item.metrics),
+                })
+                .collect(),
+        ),
+        Body::Series(buckets) => Body::Series(
+            buckets
+                .into_iter()
+                .map(|bucket| tandem::aggregate::Bucket {
+                    start: bucket.start,
+                    metrics: sort(bucket.metrics),
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn questions() -> Vec<(&'static str, Question)> {
+    let mut out = vec![
+        ("by_product", Question::Totals),
+        (
+            "by_product",
+            Question::Top {
+                metric: "revenue".into(),
+                n: 3,
+            },
+        ),
+        ("by_product", Question::Series(None)),
+        ("by_product", Question::Series(Some("p1".into()))),
+        ("by_pair", Question::Totals),
+        (
+            "by_pair",
+            Question::Top {
+                metric: "orders".into(),
+                n: 2,
+            },
+        ),
+        ("by_pair", Question::Key("DE|p0".into())),
+    ];
+    out.extend(
+        PRODUCTS
+            .iter()
+            .map(|product| ("by_product", Question::Key((*product).to_owned()))),
+    );
+    out
+}
+
+async fn check_all(
+    handle: &tandem::Handle,
+    oracle: &Oracle,
+    context: &str,
+) -> Result<(), TestCaseError> {
+    for (view, question) in questions() {
+        let answer = handle
+            .query(Query {
+                view: view.into(),
+                question: question.clone(),
+                range: TimeRange::ALL,
+                layer: Layer::Merged,
+            })
+            .await
+            .map_err(|err| TestCaseError::fail(format!("{context}: {view} {question:?}: {err}")))?;
+        let expected = normalise(oracle.answer(view, &question));
+        prop_assert_eq!(
+            normalise(answer.body),
+            expected,
+            "{}: {} {:?}",
+            context,
+            view,
+            question
+        );
+    }
+    Ok(())
+}
+
+fn run(ops: Vec<Op>, check_every_ingest: bool) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().map_err(|err| TestCaseError::fail(err.to_string()))?;
+    let config = common::config(CONFIG, dir.path());
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(config, Options { epoch_timer: false }).await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+        let mut oracle = Oracle::default();
+        let mut sent: Vec<String> = Vec::new();
+        let mut next_id = 0;
+        for (step, op) in ops.into_iter().enumerate() {
+            let context = format!("step {step} ({op:?})");
+            match op {
+                Op::Ingest(mut order) => {
+                    order.id = next_id;
+                    next_id += 1;
+                    let json = order.json();
+                    let outcome = handle.ingest(json.clone().into_bytes()).await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+                    prop_assert_eq!(outcome, tandem::actors::source::Ingested::Durable);
+                    oracle.orders.push(order);
+                    sent.push(json);
+                    if check_every_ingest {
+                        check_all(&handle, &oracle, &context).await?;
+                    }
+                }
+                Op::Duplicate(which) if !sent.is_empty() => {
+                    let json = sent[which % sent.len()].clone();
+                    handle.ingest(json.into_bytes()).await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+                }
+                Op::Duplicate(_) => {}
+                Op::Malformed(kind) => {
+                    let bad = match kind % 4 {
+                        0 => r#"{"id":"x","ts":1,"product":"p0","country":"DE","user":"u"}"#.to_owned(),
+                        1 => r#"{"id":"x","ts":"yesterday","product":"p0","country":"DE","user":"u","amount":1}"#.to_owned(),
+                        2 => "[1,2,3]".to_owned(),
+                        _ => r#"{"id":"x","ts":1,"product":"#.to_owned(),
+                    };
+                    let outcome = handle.ingest(bad.into_bytes()).await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+                    prop_assert!(matches!(outcome, tandem::actors::source::Ingested::Rejected(_)), "{:?}", outcome);
+                }
+                Op::StartEpoch => {
+                    handle.start_epoch().await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+                }
+                Op::Recompute => {
+                    handle.recompute_now().await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+                    check_all(&handle, &oracle, &context).await?;
+                }
+            }
+        }
+        handle.recompute_now().await.map_err(|err| TestCaseError::fail(err.to_string()))?;
+        check_all(&handle, &oracle, "after the last batch run").await?;
+        // Once a batch run has covered everything, the batch layer alone is the whole answer.
+        let totals = handle.query(Query { layer: Layer::Batch, ..Query::new("by_product", Question::Totals) }).await;
+        let expected = normalise(oracle.answer("by_product", &Question::Totals));
+        prop_assert_eq!(totals.map(|answer| normalise(answer.body)).map_err(|err| err.to_string()), Ok(expected));
+        handle.stop();
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn every_query_equals_the_oracle_after_every_ingest(ops in ops(false)) {
+        run(ops, true)?;
+    }
+
+    #[test]
+    fn duplicates_count_once_and_malformed_never_after_a_batch_run(ops in ops(true)) {
+        run(ops, false)?;
+    }
+}

@@ -360,7 +360,7 @@ fn run(ops: Vec<Op>, check_every_ingest: bool) -> Result<(), TestCaseError> {
         let totals = handle.query(Query { layer: Layer::Batch, ..Query::new("by_product", Question::Totals) }).await;
         let expected = normalise(oracle.answer("by_product", &Question::Totals));
         prop_assert_eq!(totals.map(|answer| normalise(answer.body)).map_err(|err| err.to_string()), Ok(expected));
-        handle.stop();
+        handle.stop().await;
         Ok(())
     })
 }

@@ -194,9 +194,21 @@ impl Handle {
         self.startup
     }
 
-    /// Stops the recorder's thread; in-flight batches finish first.
-    pub fn stop(self) {
-        self.recorder_thread.stop();
+    /// Stops the recorder (a batch being written finishes first) and waits for
+    /// its thread to end; then releases the data_dir.
+    pub async fn stop(self) {
+        let Handle {
+            recorder_thread,
+            _lock: lock,
+            ..
+        } = self;
+        recorder_thread.stop();
+        // Joining blocks, so it waits off the async threads.
+        let joined = tokio::task::spawn_blocking(move || recorder_thread.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("the recorder thread ended abnormally");
+        }
+        drop(lock);
     }
 }
 

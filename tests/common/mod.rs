@@ -76,3 +76,123 @@ pub async fn eventually<T, S: std::fmt::Debug>(
         }
     }
 }
+
+/// Publishes every line to `queue` (declared durable), persistent, and waits for all confirms.
+pub async fn publish(queue: &str, lines: &[&[u8]]) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for chunk in lines.chunks(1_000) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for line in chunk {
+            let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        line,
+                        properties,
+                    )
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for confirm in confirms {
+            assert!(
+                confirm.await.expect("confirm").is_ack(),
+                "the broker refused a message"
+            );
+        }
+    }
+    connection.close(200, "done".into()).await.ok();
+}
+
+/// Messages ready in `queue` (not counting those delivered and unacked).
+pub async fn ready_count(queue: &str) -> u32 {
+    use lapin::options::QueueDeclareOptions;
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+        .expect("passive declare");
+    connection.close(200, "done".into()).await.ok();
+    queue.message_count()
+}
+
+/// Takes every message from `queue`: (body, headers as strings).
+pub async fn drain(queue: &str) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+    {
+        let mut headers = std::collections::BTreeMap::new();
+        if let Some(table) = message.delivery.properties.headers() {
+            for (key, value) in table.inner() {
+                if let lapin::types::AMQPValue::LongString(text) = value {
+                    headers.insert(
+                        key.to_string(),
+                        String::from_utf8_lossy(text.as_bytes()).into_owned(),
+                    );
+                }
+            }
+        }
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        out.push((message.delivery.data.clone(), headers));
+    }
+    connection.close(200, "done".into()).await.ok();
+    out
+}
+
+/// Deletes queues a test declared.
+pub async fn delete_queues(queues: &[&str]) {
+    use lapin::options::QueueDeleteOptions;
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    for queue in queues {
+        channel
+            .queue_delete((*queue).into(), QueueDeleteOptions::default())
+            .await
+            .ok();
+    }
+    connection.close(200, "done".into()).await.ok();
+}

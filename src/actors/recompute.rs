@@ -270,7 +270,9 @@ fn read_survivors(
     workers: &[SyncSender<WorkBatch>],
     stats: &mut BatchStats,
 ) -> Result<(), store::Error> {
-    let mut seen: FxHashSet<u64> = FxHashSet::default();
+    // Sized for every record up front: growing a set of millions rehashes it several times.
+    let mut seen: FxHashSet<u64> =
+        FxHashSet::with_capacity_and_hasher(sealed.next_seq.0 as usize, Default::default());
     let mut batch = WorkBatch::new();
     let mut next_worker = 0;
     let mut send = |batch: WorkBatch| {

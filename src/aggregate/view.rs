@@ -25,7 +25,12 @@ impl KeyGroups {
     /// The states of the bucket starting at `bucket`, created empty if new.
     fn entry(&mut self, spec: &ViewSpec, bucket: i64) -> &mut [MetricState] {
         let n = spec.metrics.len();
-        let at = self.buckets.partition_point(|start| *start < bucket);
+        // Events mostly arrive in time order: try the newest bucket first.
+        let at = match self.buckets.last() {
+            Some(last) if *last == bucket => self.buckets.len() - 1,
+            Some(last) if *last < bucket => self.buckets.len(),
+            _ => self.buckets.partition_point(|start| *start < bucket),
+        };
         if self.buckets.get(at) != Some(&bucket) {
             grow_gently(&mut self.buckets, 1);
             grow_gently(&mut self.states, n);

@@ -2,7 +2,10 @@
 //! views of `config/tandem.toml` from the master dataset, and its peak memory.
 //!
 //!     python3 ../shared/bench/gen_events.py --events 5000000 --seed 7 > /tmp/ev5m.jsonl
-//!     cargo run --release --example recompute -- /tmp/ev5m.jsonl [RUNS]
+//!     cargo run --release --example recompute -- /tmp/ev5m.jsonl [RUNS] [VIEW]
+//!
+//! With VIEW, only that view is rebuilt (`sales_by_product` is the view that
+//! `../shared/bench/duckdb_batch.py` computes, for a like-for-like comparison).
 //!
 //! Loads the file into a master dataset in a temporary data_dir (not timed),
 //! seals it, then runs the batch run RUNS times (default 3) and prints each
@@ -25,10 +28,16 @@ fn status_kb(field: &str) -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let events = args.next().ok_or("usage: recompute EVENTS.jsonl [RUNS]")?;
+    let events = args.next().ok_or("usage: recompute EVENTS.jsonl [RUNS] [VIEW]")?;
     let runs: usize = args.next().map_or(Ok(3), |runs| runs.parse())?;
     let mut config =
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"))?;
+    if let Some(view) = args.next() {
+        config.views.retain(|spec| spec.name == view);
+        if config.views.is_empty() {
+            return Err(format!("no view {view:?} in config/tandem.toml").into());
+        }
+    }
     let dir = tempfile::tempdir_in(
         std::env::var_os("TANDEM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into),
     )?;

@@ -28,7 +28,9 @@ fn status_kb(field: &str) -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let events = args.next().ok_or("usage: recompute EVENTS.jsonl [RUNS] [VIEW]")?;
+    let events = args
+        .next()
+        .ok_or("usage: recompute EVENTS.jsonl [RUNS] [VIEW]")?;
     let runs: usize = args.next().map_or(Ok(3), |runs| runs.parse())?;
     let mut config =
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"))?;

@@ -367,8 +367,16 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let recorder_thread = Arbiter::new();
     let sealed_to = supervisor_addr.clone().recipient();
     let n_sources = handles.len();
-    let recorder = Recorder::start_in_arbiter(&recorder_thread.handle(), move |_| {
-        Recorder::new(log, epochs, n_sources, sealed_to)
+    let (recorder_paths, segment_max_bytes) = (paths.clone(), config.master.segment_max_bytes);
+    let recorder = actix::Supervisor::start_in_arbiter(&recorder_thread.handle(), move |_| {
+        Recorder::new(
+            recorder_paths,
+            segment_max_bytes,
+            log,
+            epochs,
+            n_sources,
+            sealed_to,
+        )
     });
     let interval = options.epoch_timer.then_some(config.batch.interval);
     let supervisor = Supervisor::new(

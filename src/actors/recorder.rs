@@ -8,10 +8,13 @@
 //! Group commit: `Append` only stages records; the first one schedules a
 //! `Flush` with `ctx.notify`, which actix runs after every message already in
 //! the mailbox, so concurrent batches share one write and one fsync.
+//!
+//! It runs under `actix::Supervisor`: when a failed write cannot be cut back,
+//! it stops, and the restart opens the log again (cutting the torn tail).
 
 use crate::event::{Epoch, Seq};
-use crate::store::{self, EpochIndex, LogPosition, MasterLog, NewRecord, SealedEpoch};
-use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient};
+use crate::store::{self, DataPaths, EpochIndex, LogPosition, MasterLog, NewRecord, SealedEpoch};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, Supervised};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -76,6 +79,9 @@ struct Flush;
 
 /// The recorder's state.
 pub struct Recorder {
+    /// Where the log lives, to open it again after a restart.
+    paths: DataPaths,
+    segment_max_bytes: u64,
     log: MasterLog,
     epochs: EpochIndex,
     /// Per source, the newest epoch whose barrier it has sent.
@@ -93,12 +99,16 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder over an opened log and epoch index, for `n_sources` sources.
     pub fn new(
+        paths: DataPaths,
+        segment_max_bytes: u64,
         log: MasterLog,
         epochs: EpochIndex,
         n_sources: usize,
         sealed_to: Recipient<Sealed>,
     ) -> Recorder {
         Recorder {
+            paths,
+            segment_max_bytes,
             log,
             epochs,
             barriers: vec![None; n_sources],
@@ -109,7 +119,7 @@ impl Recorder {
         }
     }
 
-    fn flush(&mut self) -> Result<LogPosition, Arc<store::Error>> {
+    fn flush(&mut self, ctx: &mut Context<Self>) -> Result<LogPosition, Arc<store::Error>> {
         self.flush_scheduled = false;
         let outcome = self.log.commit().map_err(Arc::new);
         if let Err(err) = &outcome {
@@ -120,6 +130,12 @@ impl Recorder {
             reply
                 .send(outcome.as_ref().map(|_| durable).map_err(Arc::clone))
                 .ok();
+        }
+        if self.log.is_poisoned() {
+            tracing::error!(
+                "the master dataset refuses appends; restarting the recorder to open it again"
+            );
+            ctx.stop();
         }
         outcome.map(|appended| appended.end)
     }
@@ -134,6 +150,28 @@ impl Actor for Recorder {
     /// Every message comes by `do_send`, which ignores the mailbox capacity:
     /// batches are bounded by the sources' prefetch windows instead.
     type Context = Context<Self>;
+}
+
+impl Supervised for Recorder {
+    /// Opens the log again; barriers and seals seen so far are kept. If the log
+    /// cannot be opened, the old one stays and refuses appends, and the next
+    /// failed batch tries again.
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.flush_scheduled = false;
+        match MasterLog::open(&self.paths, self.segment_max_bytes) {
+            Ok((log, recovery)) => {
+                tracing::warn!(
+                    records = recovery.next_seq.0,
+                    torn_bytes = recovery.torn_bytes,
+                    "recorder restarted"
+                );
+                self.log = log;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "recorder restart cannot open the master dataset")
+            }
+        }
+    }
 }
 
 impl Handler<Append> for Recorder {
@@ -159,10 +197,10 @@ impl Handler<Append> for Recorder {
 impl Handler<Flush> for Recorder {
     type Result = ();
 
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
         if self.flush_scheduled {
             // Errors were sent to every waiting source.
-            self.flush().ok();
+            self.flush(ctx).ok();
         }
     }
 }
@@ -171,7 +209,7 @@ impl Handler<Barrier> for Recorder {
     type Result = ();
 
     #[tracing::instrument(skip_all, fields(source = msg.source, epoch = %msg.epoch))]
-    fn handle(&mut self, msg: Barrier, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Barrier, ctx: &mut Self::Context) {
         let Some(slot) = self.barriers.get_mut(msg.source) else {
             tracing::error!("barrier from an unknown source");
             return;
@@ -194,7 +232,7 @@ impl Handler<Barrier> for Recorder {
         if last_sealed.is_some_and(|last| aligned <= last) {
             return;
         }
-        let end = match self.flush() {
+        let end = match self.flush(ctx) {
             Ok(end) => end,
             // Not sealed: the next barrier tries again.
             Err(_) => return,

@@ -259,6 +259,12 @@ impl MasterLog {
         self.next_seq
     }
 
+    /// Whether a failed write could not be cut back: the log then refuses
+    /// appends until it is opened again.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// Seq the next staged record will get.
     pub fn staged_seq(&self) -> Seq {
         self.staged_seq

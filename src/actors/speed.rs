@@ -237,3 +237,63 @@ impl Handler<SizeQuery> for SpeedPartition {
         actix::MessageResult(self.state.size())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Body, MetricValue};
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+        data_dir = "d"
+        [event]
+        id = "id"
+        [[view]]
+        name = "v"
+        key = ["k"]
+        bucket = "1m"
+        metrics = [{ name = "n", agg = "count" }]
+    "#;
+
+    fn totals(state: &SpeedState, after: Option<Epoch>) -> (u64, Vec<Epoch>) {
+        let (partial, epochs) = state.partial(after, 0, &QueryKind::Totals, TimeRange::ALL);
+        let Body::Metrics(metrics) = partial.finish(&state.views[0], &QueryKind::Totals) else {
+            panic!("totals are metrics")
+        };
+        let Some(MetricValue::Int(n)) = metrics.get("n") else {
+            panic!("a count")
+        };
+        (n, epochs)
+    }
+
+    #[test]
+    fn epochs_are_kept_apart_expired_and_never_reopened() {
+        let config = Config::parse(CONFIG, "test.toml").expect("config");
+        let mut state = SpeedState::new(config.views.iter().cloned().collect());
+        let event = |id: u32| {
+            config
+                .schema
+                .parse(format!(r#"{{"id":{id},"k":"a"}}"#).as_bytes(), 0)
+                .expect("event")
+        };
+        state.apply(Epoch(1), 0, &event(1));
+        state.apply(Epoch(2), 0, &event(2));
+        state.apply(Epoch(2), 0, &event(2)); // a redelivery
+        state.apply(Epoch(3), 0, &event(3));
+        assert_eq!(
+            totals(&state, None),
+            (3, vec![Epoch(1), Epoch(2), Epoch(3)])
+        );
+        assert_eq!(
+            totals(&state, Some(Epoch(1))),
+            (2, vec![Epoch(2), Epoch(3)])
+        );
+
+        state.expire(Epoch(2));
+        assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
+        assert_eq!(state.size().epochs, 1);
+        // A late event of an expired epoch is already in the snapshot.
+        state.apply(Epoch(2), 0, &event(4));
+        assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
+    }
+}

@@ -18,6 +18,8 @@ pub mod actors;
 pub mod aggregate;
 pub mod config;
 pub mod event;
+pub mod http;
+pub mod metrics;
 pub mod store;
 
 pub use actors::serving::{Answer, Layer, Query, Question};

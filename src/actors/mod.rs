@@ -14,6 +14,7 @@ pub mod supervisor;
 
 use crate::config::{Config, SourceKind};
 use crate::event::{Epoch, Seq};
+use crate::metrics::{Metrics, Shared};
 use crate::store::{self, DataDirLock, DataPaths, EpochIndex, MasterLog};
 use actix::{Actor, Addr, Arbiter, AsyncContext};
 use recompute::{Batch, SnapshotData};
@@ -86,10 +87,13 @@ pub struct Handle {
     partitions: Vec<Addr<SpeedPartition>>,
     sources: Vec<SourceHandle>,
     ingest: mpsc::Sender<IngestRequest>,
-    recorder_thread: Arbiter,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     startup: Startup,
-    /// Held while the system runs: one process per data_dir.
-    _lock: DataDirLock,
+    /// The recorder's thread; taken on shutdown.
+    recorder_thread: std::sync::Mutex<Option<Arbiter>>,
+    /// Held while the system runs (one process per data_dir); released on shutdown.
+    lock: std::sync::Mutex<Option<DataDirLock>>,
 }
 
 impl Handle {
@@ -135,21 +139,30 @@ impl Handle {
     /// # Errors
     /// The batch run failed, or the system is stopping.
     pub async fn recompute_now(&self) -> Result<Epoch, RecomputeFailed> {
-        let stopped = |epoch| RecomputeFailed {
-            epoch,
-            reason: "tandem is stopping".into(),
-        };
         let epoch = self
             .supervisor
             .send(StartEpoch)
             .await
-            .map_err(|_| stopped(Epoch(0)))?;
+            .map_err(|_| stopping(Epoch(0)))?;
+        self.wait_served(epoch).await
+    }
+
+    /// Waits until a snapshot covering `epoch` is served; answers the epoch it covers.
+    ///
+    /// # Errors
+    /// The batch run for it failed, or the system is stopping.
+    pub async fn wait_served(&self, epoch: Epoch) -> Result<Epoch, RecomputeFailed> {
         let (reply, rx) = oneshot::channel();
         self.supervisor
             .send(WaitServed(epoch, reply))
             .await
-            .map_err(|_| stopped(epoch))?;
-        rx.await.map_err(|_| stopped(epoch))?
+            .map_err(|_| stopping(epoch))?;
+        rx.await.map_err(|_| stopping(epoch))?
+    }
+
+    /// Rejections since the data_dir was created, in `Reason::ALL` order.
+    pub fn rejected_total(&self) -> Vec<u64> {
+        self.shared.rejected_total(&self.sources)
     }
 
     /// The batch runs' state.
@@ -194,21 +207,58 @@ impl Handle {
         self.startup
     }
 
-    /// Stops the recorder (a batch being written finishes first) and waits for
-    /// its thread to end; then releases the data_dir.
-    pub async fn stop(self) {
-        let Handle {
-            recorder_thread,
-            _lock: lock,
-            ..
-        } = self;
-        recorder_thread.stop();
-        // Joining blocks, so it waits off the async threads.
-        let joined = tokio::task::spawn_blocking(move || recorder_thread.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("the recorder thread ended abnormally");
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Values the actors publish (durable records, speed groups, runs).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops gracefully: every source stops consuming and finishes its batches
+    /// in flight (durable, then acknowledged); then the recorder stops and its
+    /// thread ends; then the data_dir is released. Safe to call more than once.
+    pub async fn shutdown(&self) {
+        futures_util::future::join_all(self.sources.iter().map(SourceHandle::stop)).await;
+        let (paths, counters) = (
+            DataPaths::new(&self.config.data_dir),
+            self.shared.counters(&self.sources),
+        );
+        match tokio::task::spawn_blocking(move || store::save_counters(&paths, &counters)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "cannot save the counters"),
+            Err(_) => tracing::error!("saving the counters was interrupted"),
         }
-        drop(lock);
+        let thread = self
+            .recorder_thread
+            .lock()
+            .map(|mut thread| thread.take())
+            .unwrap_or(None);
+        if let Some(thread) = thread {
+            thread.stop();
+            // Joining blocks, so it waits off the async threads.
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the recorder thread ended abnormally");
+            }
+        }
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
+
+    /// [`Handle::shutdown`], consuming the handle.
+    pub async fn stop(self) {
+        self.shutdown().await;
+    }
+}
+
+fn stopping(epoch: Epoch) -> RecomputeFailed {
+    RecomputeFailed {
+        epoch,
+        reason: "tandem is stopping".into(),
     }
 }
 
@@ -221,6 +271,7 @@ struct Recovered {
     complete: bool,
     partitions: Vec<SpeedState>,
     startup: Startup,
+    counters: store::Counters,
 }
 
 /// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
@@ -285,7 +336,9 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         epoch: newest_epoch.next(),
         took_ms: started.elapsed().as_millis() as u64,
     };
+    let counters = store::load_counters(paths)?;
     Ok(Recovered {
+        counters,
         log,
         epochs,
         batch,
@@ -312,6 +365,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
             .map_err(|_| StartError::Interrupted)??
     };
     let Recovered {
+        counters,
         log,
         epochs,
         batch,
@@ -330,17 +384,19 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let last_sealed = epochs.last().copied();
     let served = if complete { batch.epoch } else { None };
     let views: Arc<[_]> = config.views.iter().cloned().collect();
+    let shared = Arc::new(Shared::new(partitions.len(), &counters));
 
     let partitions: Vec<Addr<SpeedPartition>> = partitions
         .into_iter()
         .enumerate()
-        .map(|(index, state)| SpeedPartition::new(index, state).start())
+        .map(|(index, state)| SpeedPartition::new(index, state, Arc::clone(&shared)).start())
         .collect();
     let partition_addrs: Arc<[Addr<SpeedPartition>]> = partitions.iter().cloned().collect();
     let serving = Serving::new(
         Arc::clone(&views),
         Arc::new(batch),
         Arc::clone(&partition_addrs),
+        Arc::clone(&shared),
     )
     .start();
 
@@ -361,6 +417,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         handles.push(handle);
         controls.push(control);
     }
+    let metrics = Arc::new(Metrics::new(handles.clone(), Arc::clone(&shared)));
 
     let supervisor_ctx = actix::Context::<Supervisor>::new();
     let supervisor_addr = supervisor_ctx.address();
@@ -368,6 +425,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let sealed_to = supervisor_addr.clone().recipient();
     let n_sources = handles.len();
     let (recorder_paths, segment_max_bytes) = (paths.clone(), config.master.segment_max_bytes);
+    let (recorder_shared, durable_write) = (Arc::clone(&shared), metrics.durable_write.clone());
     let recorder = actix::Supervisor::start_in_arbiter(&recorder_thread.handle(), move |_| {
         Recorder::new(
             recorder_paths,
@@ -376,6 +434,8 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
             epochs,
             n_sources,
             sealed_to,
+            recorder_shared,
+            durable_write,
         )
     });
     let interval = options.epoch_timer.then_some(config.batch.interval);
@@ -388,6 +448,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         last_sealed,
         served,
         interval,
+        Arc::clone(&shared),
     );
     let supervisor = supervisor_ctx.run(supervisor);
 
@@ -430,8 +491,10 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         partitions,
         sources: handles,
         ingest: ingest_tx,
-        recorder_thread,
+        metrics,
+        shared,
         startup,
-        _lock: lock,
+        recorder_thread: std::sync::Mutex::new(Some(recorder_thread)),
+        lock: std::sync::Mutex::new(Some(lock)),
     })
 }

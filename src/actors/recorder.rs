@@ -13,9 +13,12 @@
 //! it stops, and the restart opens the log again (cutting the torn tail).
 
 use crate::event::{Epoch, Seq};
+use crate::metrics::Shared;
 use crate::store::{self, DataPaths, EpochIndex, LogPosition, MasterLog, NewRecord, SealedEpoch};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, Supervised};
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 /// The reply to an `Append`.
@@ -94,10 +97,17 @@ pub struct Recorder {
     flush_scheduled: bool,
     /// Told of every seal.
     sealed_to: Recipient<Sealed>,
+    /// Published for scrapes: records durable.
+    shared: Arc<Shared>,
+    /// Observed per group commit.
+    durable_write: Histogram,
+    /// When the first record of the next commit was staged.
+    staged_since: Option<std::time::Instant>,
 }
 
 impl Recorder {
     /// A recorder over an opened log and epoch index, for `n_sources` sources.
+    #[expect(clippy::too_many_arguments, reason = "built once, by `start`, from what recovery opened")]
     pub fn new(
         paths: DataPaths,
         segment_max_bytes: u64,
@@ -105,7 +115,12 @@ impl Recorder {
         epochs: EpochIndex,
         n_sources: usize,
         sealed_to: Recipient<Sealed>,
+        shared: Arc<Shared>,
+        durable_write: Histogram,
     ) -> Recorder {
+        shared
+            .durable_records
+            .store(log.next_seq().0, Ordering::Relaxed);
         Recorder {
             paths,
             segment_max_bytes,
@@ -116,12 +131,21 @@ impl Recorder {
             waiting: Vec::new(),
             flush_scheduled: false,
             sealed_to,
+            shared,
+            durable_write,
+            staged_since: None,
         }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) -> Result<LogPosition, Arc<store::Error>> {
         self.flush_scheduled = false;
         let outcome = self.log.commit().map_err(Arc::new);
+        if let Some(since) = self.staged_since.take() {
+            self.durable_write.observe(since.elapsed().as_secs_f64());
+        }
+        self.shared
+            .durable_records
+            .store(self.log.next_seq().0, Ordering::Relaxed);
         if let Err(err) = &outcome {
             tracing::error!(error = %err, batches = self.waiting.len(), "group commit failed; the batches are not acknowledged");
         }
@@ -187,6 +211,8 @@ impl Handler<Append> for Recorder {
             raw: &record.raw,
         }));
         self.waiting.push((msg.reply, Durable { first, next }));
+        self.staged_since
+            .get_or_insert_with(std::time::Instant::now);
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(Flush);

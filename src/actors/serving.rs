@@ -144,6 +144,8 @@ pub struct BatchQuery;
 /// The serving actor.
 pub struct Serving {
     views: Arc<[Arc<ViewSpec>]>,
+    /// Where the served snapshot's age is published.
+    shared: Arc<crate::metrics::Shared>,
     /// Covers epochs <= its epoch; swapped whole, never changed in place.
     batch: Arc<Batch>,
     partitions: Arc<[Addr<SpeedPartition>]>,
@@ -155,9 +157,15 @@ impl Serving {
         views: Arc<[Arc<ViewSpec>]>,
         batch: Arc<Batch>,
         partitions: Arc<[Addr<SpeedPartition>]>,
+        shared: Arc<crate::metrics::Shared>,
     ) -> Serving {
+        let created = batch.meta.map_or(0, |meta| meta.created_ms);
+        shared
+            .snapshot_created_ms
+            .store(created, std::sync::atomic::Ordering::Relaxed);
         Serving {
             views,
+            shared,
             batch,
             partitions,
         }
@@ -287,6 +295,10 @@ impl Handler<SnapshotReady> for Serving {
     #[tracing::instrument(skip_all, fields(epoch = ?msg.0.epoch))]
     fn handle(&mut self, msg: SnapshotReady, _: &mut Self::Context) {
         self.batch = msg.0;
+        let created = self.batch.meta.map_or(0, |meta| meta.created_ms);
+        self.shared
+            .snapshot_created_ms
+            .store(created, std::sync::atomic::Ordering::Relaxed);
         // Swap first, expire second: queries enqueued before this point still
         // get the epochs between the old and the new snapshot from the speed layer.
         if let Some(epoch) = self.batch.epoch {

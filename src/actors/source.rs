@@ -18,7 +18,7 @@ use crate::store;
 use actix::{Addr, Recipient};
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -40,10 +40,13 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Control messages to a source.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Control {
     /// Finish epoch `.0`: send its barrier after every event of it.
     Barrier(Epoch),
+    /// Stop consuming, finish the batches in flight (durable, then acked), and
+    /// answer once done.
+    Stop(oneshot::Sender<()>),
 }
 
 /// Counters of one source, shared with the status API.
@@ -242,6 +245,16 @@ impl SourceHandle {
     pub fn barrier(&self, epoch: Epoch) -> bool {
         self.control.send(Control::Barrier(epoch)).is_ok()
     }
+
+    /// Stops the source: it stops consuming and returns once every batch it
+    /// had in flight is durable and acknowledged.
+    pub async fn stop(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.control.send(Control::Stop(done)).is_ok() {
+            // A source that ended meanwhile has nothing in flight.
+            finished.await.ok();
+        }
+    }
 }
 
 /// One in-process ingest call.
@@ -278,6 +291,11 @@ pub async fn run_in_process(
                     // `finished` is held back here.
                     pipeline.barrier(finished);
                     epoch = epoch.max(finished.next());
+                }
+                Some(Control::Stop(done)) => {
+                    // Batches sent so far finish in their own tasks.
+                    done.send(()).ok();
+                    return;
                 }
                 None => return,
             },
@@ -346,6 +364,10 @@ pub async fn run_rabbitmq(
                     Some(Control::Barrier(finished)) => {
                         pipeline.barrier(finished);
                         epoch = epoch.max(finished.next());
+                    }
+                    Some(Control::Stop(done)) => {
+                        done.send(()).ok();
+                        return;
                     }
                     None => return,
                 },
@@ -418,6 +440,20 @@ async fn session(
                 Some(Control::Barrier(finished)) => {
                     pipeline.barrier(finished);
                     *epoch = (*epoch).max(finished.next());
+                }
+                Some(Control::Stop(done)) => {
+                    // No new deliveries; finish (make durable and ack) what is in flight.
+                    consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+                    while let Some(outcome) = oldest_durable(&mut in_flight).await {
+                        let Some(mut oldest) = in_flight.pop_front() else { break };
+                        oldest.pending.reply = None;
+                        pipeline.finish(oldest.pending, outcome)?;
+                        consume.basic_ack(oldest.last_tag, BasicAckOptions { multiple: true }).await?;
+                    }
+                    connection.close(200, "tandem is stopping".into()).await.ok();
+                    tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source stopped");
+                    done.send(()).ok();
+                    return Ok(());
                 }
                 None => return Ok(()),
             },

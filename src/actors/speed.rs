@@ -161,6 +161,14 @@ impl SpeedState {
         self.expired = Some(self.expired.map_or(upto, |expired| expired.max(upto)));
     }
 
+    /// (key, bucket) groups held, over all epochs and views.
+    pub fn groups(&self) -> usize {
+        self.epochs
+            .values()
+            .flat_map(|states| states.iter().map(ViewState::len))
+            .sum()
+    }
+
     /// Epochs and groups held.
     pub fn size(&self) -> SpeedSize {
         SpeedSize {
@@ -179,12 +187,31 @@ pub struct SpeedPartition {
     /// Keys hashing to this partition only.
     state: SpeedState,
     index: usize,
+    /// Where this partition publishes its group count for scrapes.
+    shared: Arc<crate::metrics::Shared>,
 }
 
 impl SpeedPartition {
     /// The actor for partition `index`, starting from `state`.
-    pub fn new(index: usize, state: SpeedState) -> SpeedPartition {
-        SpeedPartition { state, index }
+    pub fn new(
+        index: usize,
+        state: SpeedState,
+        shared: Arc<crate::metrics::Shared>,
+    ) -> SpeedPartition {
+        SpeedPartition {
+            state,
+            index,
+            shared,
+        }
+    }
+
+    fn publish_size(&self) {
+        if let Some(groups) = self.shared.speed_groups.get(self.index) {
+            groups.store(
+                self.state.groups() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -206,6 +233,7 @@ impl Handler<Apply> for SpeedPartition {
         for (view, event) in &msg.events {
             self.state.apply(msg.epoch, *view, event);
         }
+        self.publish_size();
     }
 }
 
@@ -227,6 +255,7 @@ impl Handler<Expire> for SpeedPartition {
     #[tracing::instrument(skip_all, fields(partition = self.index, upto = %msg.upto))]
     fn handle(&mut self, msg: Expire, _: &mut Self::Context) {
         self.state.expire(msg.upto);
+        self.publish_size();
     }
 }
 

@@ -11,12 +11,13 @@ use super::serving::{Serving, SnapshotReady};
 use super::source::SourceHandle;
 use crate::config::Config;
 use crate::event::Epoch;
+use crate::metrics::Shared;
 use crate::store::{DataPaths, SealedEpoch};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -83,7 +84,8 @@ pub struct Supervisor {
     sealed: Option<Epoch>,
     served: Option<Epoch>,
     waiters: Vec<(Epoch, oneshot::Sender<Result<Epoch, RecomputeFailed>>)>,
-    failures: Arc<AtomicU64>,
+    /// Run durations, rates and failures, published for scrapes.
+    shared: Arc<Shared>,
     /// When set, a new epoch starts this often.
     interval: Option<Duration>,
 }
@@ -104,6 +106,7 @@ impl Supervisor {
         last_sealed: Option<SealedEpoch>,
         served: Option<Epoch>,
         interval: Option<Duration>,
+        shared: Arc<Shared>,
     ) -> Supervisor {
         let pending =
             last_sealed.filter(|sealed| served.is_none_or(|served| sealed.epoch > served));
@@ -118,7 +121,7 @@ impl Supervisor {
             sealed: last_sealed.map(|sealed| sealed.epoch),
             served,
             waiters: Vec::new(),
-            failures: Arc::new(AtomicU64::new(0)),
+            shared,
             interval,
         }
     }
@@ -207,6 +210,18 @@ impl Handler<Sealed> for Supervisor {
     #[tracing::instrument(skip_all, fields(epoch = %msg.0.epoch))]
     fn handle(&mut self, msg: Sealed, ctx: &mut Self::Context) {
         let sealed = msg.0;
+        let (paths, counters) = (self.paths.clone(), self.shared.counters(&self.sources));
+        actix::spawn(async move {
+            match tokio::task::spawn_blocking(move || {
+                crate::store::save_counters(&paths, &counters)
+            })
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "cannot save the counters"),
+                Err(_) => tracing::error!("saving the counters was interrupted"),
+            }
+        });
         self.sealed = Some(sealed.epoch);
         if self
             .pending
@@ -235,13 +250,21 @@ impl Handler<RunFinished> for Supervisor {
                 );
                 // Serving swaps before any waiter hears of it: whatever a waiter
                 // asks next is enqueued behind this.
+                self.shared
+                    .recompute_ms
+                    .store(batch.took_ms.max(1), Ordering::Relaxed);
+                self.shared
+                    .recompute_records
+                    .store(batch.stats.records, Ordering::Relaxed);
                 self.serving.do_send(SnapshotReady(Arc::new(batch)));
                 self.served = Some(sealed.epoch);
                 self.answer_waiters(sealed.epoch, &Ok(sealed.epoch));
             }
             Err(failed) => {
                 tracing::error!(error = %failed, "batch run failed");
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .recompute_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 self.answer_waiters(sealed.epoch, &Err(failed));
             }
         }
@@ -270,7 +293,7 @@ impl Handler<RunQuery> for Supervisor {
             running: self.running,
             sealed: self.sealed,
             served: self.served,
-            failures: self.failures.load(Ordering::Relaxed),
+            failures: self.shared.recompute_failures.load(Ordering::Relaxed),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, newest two kept.
 //! - `LOCK`: held by the running daemon.
 
+mod counters;
 mod epochs;
 mod lock;
 mod paths;
@@ -12,6 +13,7 @@ mod record;
 mod segment;
 mod snapshot;
 
+pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, read_epochs};
 pub use lock::DataDirLock;
 pub use paths::DataPaths;
@@ -149,6 +151,14 @@ pub enum Error {
     Poisoned {
         /// The newest segment.
         path: PathBuf,
+    },
+    /// The counters file is damaged.
+    #[error("{}: {problem}", path.display())]
+    BadCounters {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
     },
     /// Another process holds the data_dir.
     #[error("data_dir {} is in use by another tandem process", path.display())]

@@ -69,6 +69,11 @@ impl DataPaths {
         ))
     }
 
+    /// `counters.json`: totals not kept in the master dataset.
+    pub fn counters(&self) -> PathBuf {
+        self.root.join("counters.json")
+    }
+
     /// `LOCK`: held by the running daemon.
     pub fn lock(&self) -> PathBuf {
         self.root.join("LOCK")

@@ -13,19 +13,22 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             print_plan(&config, path);
             Ok(ExitCode::SUCCESS)
         }
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("error: {error}");
-            }
-            let n = errors.0.len();
-            eprintln!(
-                "{}: {n} problem{}",
-                path.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            Ok(ExitCode::from(super::EXIT_USAGE))
-        }
+        Err(errors) => Ok(report(path, &errors)),
     }
+}
+
+/// Prints every config error, one a line, and answers the exit code for a bad config.
+pub fn report(path: &Path, errors: &tandem::config::ConfigErrors) -> ExitCode {
+    for error in &errors.0 {
+        eprintln!("error: {error}");
+    }
+    let n = errors.0.len();
+    eprintln!(
+        "{}: {n} problem{}",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::from(super::EXIT_USAGE)
 }
 
 /// Prints the plan a config describes, as the operator reads it.

@@ -1,0 +1,60 @@
+//! `tandem run --config FILE`: the daemon. Recovers the data_dir, serves the
+//! HTTP API, and on SIGINT or SIGTERM stops consuming, lets the batches in
+//! flight become durable and acknowledged, stops the HTTP server and exits 0.
+
+use anyhow::Context as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tandem::http::ApiState;
+use tandem::{Config, Options};
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => return Ok(super::check::report(path, &errors)),
+    };
+    let token = config
+        .http
+        .auth_token_env
+        .as_ref()
+        .and_then(|var| std::env::var(var).ok())
+        .filter(|token| !token.is_empty());
+    if let (Some(var), None) = (&config.http.auth_token_env, &token) {
+        tracing::warn!(variable = %var, "http.auth_token_env names a variable that is not set: the API is open");
+    }
+    let listen = config.http.listen;
+    actix::System::new().block_on(async move {
+        let started = std::time::Instant::now();
+        let handle = Arc::new(tandem::start(config, Options::default()).await.context("cannot start")?);
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = ApiState { handle: Arc::clone(&handle), token, ready: Arc::clone(&ready) };
+        let server = tandem::http::serve(state, listen).with_context(|| format!("cannot listen on {listen}"))?;
+        let server_handle = server.handle();
+        let serving = actix::spawn(server);
+        ready.store(true, Ordering::Release);
+        tracing::info!(%listen, took_ms = started.elapsed().as_millis() as u64, "tandem is serving");
+
+        let signal = shutdown_signal().await.context("cannot listen for signals")?;
+        let stopping = std::time::Instant::now();
+        tracing::info!(signal, "stopping: finishing the batches in flight");
+        ready.store(false, Ordering::Release);
+        handle.shutdown().await;
+        server_handle.stop(true).await;
+        serving.await.ok();
+        tracing::info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Waits for SIGINT or SIGTERM; answers which.
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}

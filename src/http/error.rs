@@ -1,0 +1,51 @@
+//! `ApiError`: every failure an HTTP caller can see, as a status and
+//! `{"error": "..."}`. A caller's mistake is a 4xx, never a 5xx.
+
+use crate::actors::serving::QueryError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+/// An HTTP API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A parameter is malformed or out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such view, metric or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// A missing or wrong bearer token.
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    /// The system is stopping, or a batch run failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<QueryError> for ApiError {
+    fn from(err: QueryError) -> ApiError {
+        match err {
+            QueryError::UnknownView(_) | QueryError::UnknownMetric { .. } => {
+                ApiError::NotFound(err.to_string())
+            }
+            QueryError::BadN(_) | QueryError::EmptyRange => ApiError::BadRequest(err.to_string()),
+            QueryError::Stopped => ApiError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}

@@ -1,0 +1,326 @@
+//! One handler per endpoint: parse the parameters, ask the system, answer JSON.
+
+use super::{ApiError, ApiState};
+use crate::actors::serving::{Answer, AsOf, Layer, MAX_TOP, Query, Question};
+use crate::aggregate::{Body, TimeRange};
+use crate::config::format_duration;
+use actix_web::{HttpResponse, web};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+type Params = web::Query<HashMap<String, String>>;
+
+/// Registers every route.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/views", web::get().to(views))
+        .route("/v1/views/{view}/keys/{key}", web::get().to(key))
+        .route("/v1/views/{view}/totals", web::get().to(totals))
+        .route("/v1/views/{view}/top", web::get().to(top))
+        .route("/v1/views/{view}/series", web::get().to(series))
+        .route("/v1/recompute", web::post().to(recompute))
+        .route("/v1/status", web::get().to(status))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
+        }));
+}
+
+/// Refuses parameters a route does not take, naming them.
+fn only(params: &Params, allowed: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = params
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !allowed.contains(name))
+        .collect();
+    unknown.sort_unstable();
+    match unknown.first() {
+        Some(name) => Err(ApiError::BadRequest(format!(
+            "unknown parameter {name:?}; this route takes {}",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `from`/`to`: RFC 3339 or epoch milliseconds.
+fn time(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(text) = params.get(name) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| Some(at.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "{name}: {text:?} is neither RFC 3339 nor epoch milliseconds"
+            ))
+        })
+}
+
+fn range_and_layer(params: &Params) -> Result<(TimeRange, Layer), ApiError> {
+    let range = TimeRange {
+        from: time(params, "from")?,
+        to: time(params, "to")?,
+    };
+    let layer = match params.get("layer").map(String::as_str) {
+        None | Some("merged") => Layer::Merged,
+        Some("batch") => Layer::Batch,
+        Some("speed") => Layer::Speed,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "layer: {other:?} is not one of merged, batch, speed"
+            )));
+        }
+    };
+    Ok((range, layer))
+}
+
+fn rfc3339(ms: i64) -> Value {
+    chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |at| {
+        Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    })
+}
+
+fn as_of(as_of: &AsOf) -> Value {
+    json!({
+        "batch_epoch": as_of.batch_epoch,
+        "batch_at": as_of.batch_at.map_or(Value::Null, rfc3339),
+        "speed_epochs": as_of.speed_epochs,
+    })
+}
+
+async fn ask(state: &ApiState, query: Query, kind: &'static str) -> Result<Answer, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = state.handle.query(query).await?;
+    state
+        .handle
+        .metrics()
+        .query
+        .get_or_create(&vec![("kind", kind)])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(answer)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "live" }))
+}
+
+async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+    if state.ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "starting" }))
+    }
+}
+
+async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let text = state
+        .handle
+        .metrics()
+        .render()
+        .map_err(|_| ApiError::Unavailable("cannot render metrics".into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
+async fn views(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
+    only(&params, &[])?;
+    let views: Vec<Value> = state
+        .handle
+        .config()
+        .views
+        .iter()
+        .map(|view| {
+            json!({
+                "name": view.name,
+                "key": view.key,
+                "bucket": format_duration(Duration::from_millis(view.bucket_ms as u64)),
+                "retention": view.retention_ms.map(|ms| format_duration(Duration::from_millis(ms as u64))),
+                "metrics": view.metrics,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "views": views })))
+}
+
+async fn key(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    params: Params,
+) -> Result<HttpResponse, ApiError> {
+    only(&params, &["from", "to", "layer"])?;
+    let (view, key) = path.into_inner();
+    let (range, layer) = range_and_layer(&params)?;
+    let answer = ask(
+        &state,
+        Query {
+            view,
+            question: Question::Key(key.clone()),
+            range,
+            layer,
+        },
+        "key",
+    )
+    .await?;
+    let Body::Metrics(metrics) = &answer.body else {
+        return Err(ApiError::Unavailable("unexpected answer".into()));
+    };
+    Ok(HttpResponse::Ok().json(json!({ "view": answer.view, "key": key, "metrics": metrics, "as_of": as_of(&answer.as_of) })))
+}
+
+async fn totals(
+    state: web::Data<ApiState>,
+    view: web::Path<String>,
+    params: Params,
+) -> Result<HttpResponse, ApiError> {
+    only(&params, &["from", "to", "layer"])?;
+    let (range, layer) = range_and_layer(&params)?;
+    let answer = ask(
+        &state,
+        Query {
+            view: view.into_inner(),
+            question: Question::Totals,
+            range,
+            layer,
+        },
+        "totals",
+    )
+    .await?;
+    let Body::Metrics(metrics) = &answer.body else {
+        return Err(ApiError::Unavailable("unexpected answer".into()));
+    };
+    Ok(HttpResponse::Ok()
+        .json(json!({ "view": answer.view, "metrics": metrics, "as_of": as_of(&answer.as_of) })))
+}
+
+async fn top(
+    state: web::Data<ApiState>,
+    view: web::Path<String>,
+    params: Params,
+) -> Result<HttpResponse, ApiError> {
+    only(&params, &["metric", "n", "from", "to", "layer"])?;
+    let (range, layer) = range_and_layer(&params)?;
+    let metric = params
+        .get("metric")
+        .cloned()
+        .ok_or_else(|| ApiError::BadRequest("metric: required (the metric to rank by)".into()))?;
+    let n = match params.get("n") {
+        None => 10,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_TOP).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "n: {text:?} is not a whole number within 1..={MAX_TOP}"
+                ))
+            })?,
+    };
+    let answer = ask(
+        &state,
+        Query {
+            view: view.into_inner(),
+            question: Question::Top {
+                metric: metric.clone(),
+                n,
+            },
+            range,
+            layer,
+        },
+        "top",
+    )
+    .await?;
+    let Body::Top(items) = &answer.body else {
+        return Err(ApiError::Unavailable("unexpected answer".into()));
+    };
+    Ok(HttpResponse::Ok().json(json!({ "view": answer.view, "metric": metric, "items": items, "as_of": as_of(&answer.as_of) })))
+}
+
+async fn series(
+    state: web::Data<ApiState>,
+    view: web::Path<String>,
+    params: Params,
+) -> Result<HttpResponse, ApiError> {
+    only(&params, &["key", "from", "to", "layer"])?;
+    let (range, layer) = range_and_layer(&params)?;
+    let key = params.get("key").cloned();
+    let answer = ask(
+        &state,
+        Query {
+            view: view.into_inner(),
+            question: Question::Series(key.clone()),
+            range,
+            layer,
+        },
+        "series",
+    )
+    .await?;
+    let Body::Series(buckets) = &answer.body else {
+        return Err(ApiError::Unavailable("unexpected answer".into()));
+    };
+    let buckets: Vec<Value> = buckets
+        .iter()
+        .map(|bucket| json!({ "start": rfc3339(bucket.start), "metrics": bucket.metrics }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "view": answer.view, "key": key, "buckets": buckets, "as_of": as_of(&answer.as_of) })))
+}
+
+async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
+    only(&params, &["wait"])?;
+    let wait = match params.get("wait").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "wait: {other:?} is not true or false"
+            )));
+        }
+    };
+    if !wait {
+        let epoch = state.handle.start_epoch().await?;
+        return Ok(HttpResponse::Accepted().json(json!({ "epoch": epoch })));
+    }
+    let failed =
+        |err: crate::actors::supervisor::RecomputeFailed| ApiError::Unavailable(err.to_string());
+    let epoch = state.handle.start_epoch().await?;
+    let covered = state.handle.wait_served(epoch).await.map_err(failed)?;
+    Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "batch_epoch": covered })))
+}
+
+async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
+    only(&params, &[])?;
+    let handle = &state.handle;
+    let runs = handle.runs().await?;
+    let batch = handle.batch().await?;
+    let rejected: serde_json::Map<String, Value> = crate::event::Reason::ALL
+        .iter()
+        .zip(handle.rejected_total())
+        .map(|(reason, count)| (reason.as_str().to_owned(), json!(count)))
+        .collect();
+    let sources: Vec<Value> = handle
+        .sources()
+        .iter()
+        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed) }))
+        .collect();
+    let snapshot = batch.meta.map_or(Value::Null, |meta| {
+        json!({ "epoch": meta.epoch, "events": batch.stats.counted, "created_at": rfc3339(meta.created_ms), "took_ms": batch.took_ms })
+    });
+    Ok(HttpResponse::Ok().json(json!({
+        "epoch": runs.epoch,
+        "batch_epoch": batch.epoch,
+        "recompute_running": runs.running,
+        "snapshot": snapshot,
+        "events_accepted": handle.shared().durable_records.load(Ordering::Relaxed),
+        "events_rejected": rejected,
+        "duplicates_dropped": batch.stats.duplicates,
+        "sources": sources,
+    })))
+}

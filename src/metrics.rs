@@ -1,0 +1,270 @@
+//! Prometheus metrics: names, and where each value comes from.
+//!
+//! Counters the actors keep as atomics (per source: accepted, rejected by
+//! reason, connected; per speed partition: groups; the served snapshot) are
+//! read at scrape time by [`Live`]; latencies are histograms observed where
+//! they happen. Label values come from closed sets: source names, reject
+//! reasons, view names, routes and status codes; never a key or an event id.
+
+use crate::actors::source::SourceHandle;
+use crate::event::Reason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Values the actors publish for scrapes; each has one writer, named per field.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Records durable in the master dataset (writer: the recorder).
+    pub durable_records: AtomicU64,
+    /// Per speed partition, its (key, bucket) groups (writer: that partition).
+    pub speed_groups: Vec<AtomicU64>,
+    /// Creation time of the served snapshot, epoch ms, 0 for none (writer: serving).
+    pub snapshot_created_ms: AtomicI64,
+    /// Duration of the last batch run, ms (writer: the supervisor).
+    pub recompute_ms: AtomicU64,
+    /// Records the last batch run read (writer: the supervisor).
+    pub recompute_records: AtomicU64,
+    /// Batch runs that failed (writer: the supervisor).
+    pub recompute_failures: AtomicU64,
+    /// Rejections before this process started, in `Reason::ALL` order (set once at start).
+    pub rejected_before: Vec<u64>,
+}
+
+impl Shared {
+    /// Shared values for `partitions` speed partitions, with the rejection
+    /// totals persisted by earlier runs.
+    pub fn new(partitions: usize, counters: &crate::store::Counters) -> Shared {
+        let rejected_before = Reason::ALL
+            .iter()
+            .map(|reason| counters.rejected.get(reason.as_str()).copied().unwrap_or(0))
+            .collect();
+        Shared {
+            speed_groups: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            rejected_before,
+            ..Shared::default()
+        }
+    }
+
+    /// Rejections since the data_dir was created, in `Reason::ALL` order.
+    pub fn rejected_total(&self, sources: &[SourceHandle]) -> Vec<u64> {
+        let mut totals = self.rejected_before.clone();
+        totals.resize(Reason::ALL.len(), 0);
+        for source in sources {
+            for (total, count) in totals.iter_mut().zip(&source.stats.rejected) {
+                *total += count.load(Ordering::Relaxed);
+            }
+        }
+        totals
+    }
+
+    /// The totals to persist.
+    pub fn counters(&self, sources: &[SourceHandle]) -> crate::store::Counters {
+        let rejected = Reason::ALL
+            .iter()
+            .map(|reason| reason.as_str().to_owned())
+            .zip(self.rejected_total(sources))
+            .collect();
+        crate::store::Counters { rejected }
+    }
+}
+
+/// The registry and the metrics observed in place.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Time from staging a group commit to its fsync.
+    pub durable_write: Histogram,
+    /// Query latency, by query kind.
+    pub query: Family<Vec<(&'static str, &'static str)>, Histogram>,
+    /// HTTP requests, by route and status.
+    pub http: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 10 µs .. ~5 s.
+    exponential_buckets(1e-5, 2.5, 15)
+}
+
+impl Metrics {
+    /// The metrics of a system with these sources and shared values.
+    pub fn new(sources: Vec<SourceHandle>, shared: Arc<Shared>) -> Metrics {
+        let mut registry = Registry::default();
+        let durable_write = Histogram::new(latency_buckets());
+        registry.register(
+            "tandem_durable_write_seconds",
+            "Time to make a group commit durable (write and fsync)",
+            durable_write.clone(),
+        );
+        let query =
+            Family::<Vec<(&'static str, &'static str)>, Histogram>::new_with_constructor(|| {
+                Histogram::new(latency_buckets())
+            });
+        registry.register(
+            "tandem_query_seconds",
+            "Query latency, by kind",
+            query.clone(),
+        );
+        let http = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "tandem_http_requests",
+            "HTTP requests, by route and status",
+            http.clone(),
+        );
+        registry.register_collector(Box::new(Live { sources, shared }));
+        Metrics {
+            registry,
+            durable_write,
+            query,
+            http,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    ///
+    /// # Errors
+    /// Only if formatting fails, which writing to a String does not.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the actors' atomics at scrape time.
+#[derive(Debug)]
+struct Live {
+    sources: Vec<SourceHandle>,
+    shared: Arc<Shared>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = encoder.encode_descriptor(
+                "tandem_events",
+                "Valid events made durable, by source (redeliveries included)",
+                None,
+                MetricType::Counter,
+            )?;
+            for source in &self.sources {
+                let labels = [("source", source.name.as_str())];
+                ConstCounter::new(source.stats.accepted.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "tandem_events_rejected",
+                "Rejected messages, by source and reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for source in &self.sources {
+                for (reason, count) in Reason::ALL.iter().zip(&source.stats.rejected) {
+                    let labels = [
+                        ("source", source.name.as_str()),
+                        ("reason", reason.as_str()),
+                    ];
+                    ConstCounter::new(count.load(Ordering::Relaxed))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "tandem_source_connected",
+                "1 when the source is connected to its broker",
+                None,
+                MetricType::Gauge,
+            )?;
+            for source in &self.sources {
+                let labels = [("source", source.name.as_str())];
+                let connected = i64::from(source.stats.connected.load(Ordering::Relaxed));
+                ConstGauge::new(connected).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let shared = &self.shared;
+        counter(
+            &mut encoder,
+            "tandem_master_records",
+            "Records in the master dataset",
+            shared.durable_records.load(Ordering::Relaxed),
+        )?;
+        let groups: u64 = shared
+            .speed_groups
+            .iter()
+            .map(|groups| groups.load(Ordering::Relaxed))
+            .sum();
+        gauge(
+            &mut encoder,
+            "tandem_speed_groups",
+            "(key, bucket) groups held by the speed layer",
+            groups as f64,
+        )?;
+        let created = shared.snapshot_created_ms.load(Ordering::Relaxed);
+        let age = if created > 0 {
+            (crate::now_ms() - created) as f64 / 1e3
+        } else {
+            -1.0
+        };
+        gauge(
+            &mut encoder,
+            "tandem_snapshot_age_seconds",
+            "Age of the served snapshot (-1: none yet)",
+            age,
+        )?;
+        let ms = shared.recompute_ms.load(Ordering::Relaxed);
+        gauge(
+            &mut encoder,
+            "tandem_recompute_duration_seconds",
+            "Duration of the last batch run",
+            ms as f64 / 1e3,
+        )?;
+        let rate = if ms > 0 {
+            shared.recompute_records.load(Ordering::Relaxed) as f64 * 1e3 / ms as f64
+        } else {
+            0.0
+        };
+        gauge(
+            &mut encoder,
+            "tandem_recompute_records_per_second",
+            "Rate of the last batch run",
+            rate,
+        )?;
+        counter(
+            &mut encoder,
+            "tandem_recompute_failures",
+            "Batch runs that failed",
+            shared.recompute_failures.load(Ordering::Relaxed),
+        )?;
+        Ok(())
+    }
+}

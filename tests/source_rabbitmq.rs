@@ -7,7 +7,7 @@
 mod common;
 
 use common::workload;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tandem::aggregate::{Body, MetricValue};
 use tandem::{Handle, Layer, Options, Query, Question};
@@ -34,64 +34,6 @@ metrics = [{{ name = "orders", agg = "count" }}, {{ name = "revenue", agg = "sum
 "#,
         common::amqp_uri()
     )
-}
-
-/// What the test expects, computed from the lines alone.
-#[derive(Default)]
-struct Expected {
-    /// Per product: (orders, revenue in cents), each order id once.
-    products: BTreeMap<String, (u64, i64)>,
-    /// Every malformed line with the reason it must be dead-lettered with.
-    dead: Vec<(Vec<u8>, String)>,
-}
-
-/// The generator writes times as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn looks_like_time(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 24
-        && bytes[4] == b'-'
-        && bytes[10] == b'T'
-        && bytes[19] == b'.'
-        && bytes[23] == b'Z'
-}
-
-fn expected(lines: &[&[u8]]) -> Expected {
-    let mut out = Expected::default();
-    let mut ids = HashSet::new();
-    for line in lines {
-        let reason = match serde_json::from_slice::<serde_json::Value>(line) {
-            Err(_) => Some("invalid_json"),
-            Ok(serde_json::Value::Object(object)) => {
-                let text = |name: &str| object.get(name).and_then(|value| value.as_str());
-                if ["order_id", "ts", "product_id", "amount"]
-                    .iter()
-                    .any(|field| !object.contains_key(*field))
-                {
-                    Some("missing_field")
-                } else if !object["amount"].is_number() {
-                    Some("wrong_type")
-                } else if !text("ts").is_some_and(looks_like_time) {
-                    Some("bad_time")
-                } else {
-                    let id = text("order_id").unwrap_or_default().to_owned();
-                    if ids.insert(id) {
-                        let product = text("product_id").unwrap_or_default().to_owned();
-                        let cents =
-                            (object["amount"].as_f64().unwrap_or_default() * 100.0).round() as i64;
-                        let entry = out.products.entry(product).or_default();
-                        entry.0 += 1;
-                        entry.1 += cents;
-                    }
-                    None
-                }
-            }
-            Ok(_) => Some("not_an_object"),
-        };
-        if let Some(reason) = reason {
-            out.dead.push((line.to_vec(), reason.to_owned()));
-        }
-    }
-    out
 }
 
 /// Every product's (orders, revenue in cents) as tandem answers, from `layer`.
@@ -149,7 +91,7 @@ fn counts_match_the_oracle_and_dead_letters_carry_their_reason() {
         "0.04",
     ]);
     let lines = workload::lines(&jsonl);
-    let expect = expected(&lines);
+    let expect = common::expected(&lines);
     assert!(expect.dead.len() > 50, "the workload has malformed lines");
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, dead) = (common::unique_queue("orders"), common::unique_queue("dead"));
@@ -223,7 +165,7 @@ fn a_restart_in_the_middle_of_the_stream_loses_nothing_and_counts_nothing_twice(
         "0.02",
     ]);
     let lines = workload::lines(&jsonl);
-    let expect = expected(&lines);
+    let expect = common::expected(&lines);
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, dead) = (common::unique_queue("orders"), common::unique_queue("dead"));
     let text = config_text(&queue, &dead);

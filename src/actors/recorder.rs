@@ -107,7 +107,10 @@ pub struct Recorder {
 
 impl Recorder {
     /// A recorder over an opened log and epoch index, for `n_sources` sources.
-    #[expect(clippy::too_many_arguments, reason = "built once, by `start`, from what recovery opened")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "built once, by `start`, from what recovery opened"
+    )]
     pub fn new(
         paths: DataPaths,
         segment_max_bytes: u64,

@@ -196,3 +196,177 @@ pub async fn delete_queues(queues: &[&str]) {
     }
     connection.close(200, "done".into()).await.ok();
 }
+
+/// A `tandem run` child process, killed when dropped.
+pub struct Daemon {
+    /// The process.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Where its logs go.
+    pub log: std::path::PathBuf,
+}
+
+/// A free loopback port (bound and released; another process could take it in between).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+impl Daemon {
+    /// Starts `tandem run` on the config text (its `listen` replaced by a free
+    /// port, its data_dir by `dir`), with `env` set, and waits until it is ready.
+    pub fn start(config: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+        let port = free_port();
+        let text = config
+            .replace("LISTEN", &format!("127.0.0.1:{port}"))
+            .replace("DATA_DIR", &dir.join("data").display().to_string());
+        let path = dir.join("tandem.toml");
+        std::fs::write(&path, text).expect("write config");
+        let log = dir.join(format!("run-{port}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start tandem run");
+        let daemon = Daemon {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if ureq::get(&format!("{}/readyz", daemon.base)).call().is_ok() {
+                return daemon;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tandem run did not become ready:\n{}",
+                daemon.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit; answers the exit code and how long it took.
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let code = self.child.wait().expect("wait").code();
+        (code, started.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Runs `tandem publish` on a file and checks it succeeded.
+pub fn tandem_publish(queue: &str, file: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["publish", "--uri", &amqp_uri(), "--queue", queue])
+        .arg(file)
+        .output()
+        .expect("run tandem publish");
+    assert!(
+        out.status.success(),
+        "tandem publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// GET (or POST) a path; answers the status and the JSON body.
+pub fn http(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = ureq::request(method, url);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => panic!("{method} {url}: {err}"),
+    };
+    let status = response.status();
+    let text = response.into_string().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// The reference order stream's expected outcome, computed from the lines alone
+/// with serde_json: per product each order id once, and every malformed line with
+/// the reason it must be rejected with (for configs reading order_id, ts,
+/// product_id and amount).
+#[derive(Default, Debug)]
+pub struct Expected {
+    /// Per product: (orders, revenue in cents), each order id once.
+    pub products: std::collections::BTreeMap<String, (u64, i64)>,
+    /// Every malformed line with the reason it must be dead-lettered with.
+    pub dead: Vec<(Vec<u8>, String)>,
+}
+
+/// The generator writes times as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn looks_like_time(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 24
+        && bytes[4] == b'-'
+        && bytes[10] == b'T'
+        && bytes[19] == b'.'
+        && bytes[23] == b'Z'
+}
+
+pub fn expected(lines: &[&[u8]]) -> Expected {
+    let mut out = Expected::default();
+    let mut ids = std::collections::HashSet::new();
+    for line in lines {
+        let reason = match serde_json::from_slice::<serde_json::Value>(line) {
+            Err(_) => Some("invalid_json"),
+            Ok(serde_json::Value::Object(object)) => {
+                let text = |name: &str| object.get(name).and_then(|value| value.as_str());
+                if ["order_id", "ts", "product_id", "amount"]
+                    .iter()
+                    .any(|field| !object.contains_key(*field))
+                {
+                    Some("missing_field")
+                } else if !object["amount"].is_number() {
+                    Some("wrong_type")
+                } else if !text("ts").is_some_and(looks_like_time) {
+                    Some("bad_time")
+                } else {
+                    let id = text("order_id").unwrap_or_default().to_owned();
+                    if ids.insert(id) {
+                        let product = text("product_id").unwrap_or_default().to_owned();
+                        let cents =
+                            (object["amount"].as_f64().unwrap_or_default() * 100.0).round() as i64;
+                        let entry = out.products.entry(product).or_default();
+                        entry.0 += 1;
+                        entry.1 += cents;
+                    }
+                    None
+                }
+            }
+            Ok(_) => Some("not_an_object"),
+        };
+        if let Some(reason) = reason {
+            out.dead.push((line.to_vec(), reason.to_owned()));
+        }
+    }
+    out
+}

@@ -376,6 +376,7 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         "tandem_events_total{source=\"orders\"}",
         "tandem_events_rejected_total",
         "tandem_durable_write_seconds",
+        "tandem_ack_lag_seconds",
         "tandem_http_requests_total",
         "tandem_query_seconds",
         "tandem_snapshot_age_seconds",

@@ -461,8 +461,9 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         schema: Arc::clone(&config.schema),
         views: Arc::clone(&views),
         partitions: Arc::clone(&speed_recipients),
-        recorder: recorder.clone(),
+                recorder: recorder.clone(),
         stats: Arc::clone(&handles[index].stats),
+        ack_lag: metrics.ack_lag.clone(),
     };
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
     let mut controls = controls.into_iter();

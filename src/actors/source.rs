@@ -83,12 +83,16 @@ pub struct Pipeline {
     pub partitions: Arc<[Recipient<Apply>]>,
     /// The single writer.
     pub recorder: Addr<Recorder>,
-    /// This source's counters.
+        /// This source's counters.
     pub stats: Arc<SourceStats>,
+    /// Observed when a batch is acknowledged.
+    pub ack_lag: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// A batch on its way to being durable.
 pub struct Pending {
+    /// When the batch arrived.
+    received: std::time::Instant,
     reply: Option<oneshot::Receiver<Result<Durable, Arc<store::Error>>>>,
     epoch: Epoch,
     events: Vec<Arc<ParsedEvent>>,
@@ -109,11 +113,7 @@ impl Pipeline {
     /// Sends a batch of valid events of `epoch` to the recorder.
     pub fn send(&self, epoch: Epoch, batch: Vec<(Vec<u8>, i64, ParsedEvent)>) -> Pending {
         if batch.is_empty() {
-            return Pending {
-                reply: None,
-                epoch,
-                events: Vec::new(),
-            };
+                        return Pending { received: std::time::Instant::now(), reply: None, epoch, events: Vec::new() };
         }
         let mut records = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
@@ -134,11 +134,7 @@ impl Pipeline {
             records,
             reply,
         });
-        Pending {
-            reply: Some(rx),
-            epoch,
-            events,
-        }
+                Pending { received: std::time::Instant::now(), reply: Some(rx), epoch, events }
     }
 
     /// Sends this source's barrier for `epoch`, after everything it sent before.
@@ -172,8 +168,9 @@ impl Pipeline {
             Ok(Err(err)) => return Err(NotDurable::Store(err)),
             Err(_) => return Err(NotDurable::Stopped),
         }
-        let n = pending.events.len();
+                let n = pending.events.len();
         self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+        self.ack_lag.observe(pending.received.elapsed().as_secs_f64());
         let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
             vec![Vec::new(); self.partitions.len()];
         let mut scratch = String::new();

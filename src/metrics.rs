@@ -80,7 +80,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-        /// Time from staging a group commit to its fsync.
+    /// Time from staging a group commit to its fsync.
     pub durable_write: Histogram,
     /// Time from a batch's arrival to its acknowledgement (ack, or the in-process reply).
     pub ack_lag: Histogram,
@@ -100,9 +100,17 @@ impl Metrics {
     pub fn new(sources: Vec<SourceHandle>, shared: Arc<Shared>) -> Metrics {
         let mut registry = Registry::default();
         let durable_write = Histogram::new(latency_buckets());
-                registry.register("tandem_durable_write_seconds", "Time to make a group commit durable (write and fsync)", durable_write.clone());
+        registry.register(
+            "tandem_durable_write_seconds",
+            "Time to make a group commit durable (write and fsync)",
+            durable_write.clone(),
+        );
         let ack_lag = Histogram::new(latency_buckets());
-        registry.register("tandem_ack_lag_seconds", "Time from a batch's arrival to its acknowledgement", ack_lag.clone());
+        registry.register(
+            "tandem_ack_lag_seconds",
+            "Time from a batch's arrival to its acknowledgement",
+            ack_lag.clone(),
+        );
         let query =
             Family::<Vec<(&'static str, &'static str)>, Histogram>::new_with_constructor(|| {
                 Histogram::new(latency_buckets())
@@ -119,7 +127,13 @@ impl Metrics {
             http.clone(),
         );
         registry.register_collector(Box::new(Live { sources, shared }));
-                Metrics { registry, durable_write, ack_lag, query, http }
+        Metrics {
+            registry,
+            durable_write,
+            ack_lag,
+            query,
+            http,
+        }
     }
 
     /// The Prometheus text exposition.

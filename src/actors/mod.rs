@@ -461,7 +461,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         schema: Arc::clone(&config.schema),
         views: Arc::clone(&views),
         partitions: Arc::clone(&speed_recipients),
-                recorder: recorder.clone(),
+        recorder: recorder.clone(),
         stats: Arc::clone(&handles[index].stats),
         ack_lag: metrics.ack_lag.clone(),
     };

@@ -83,10 +83,18 @@ pub struct Pipeline {
     pub partitions: Arc<[Recipient<Apply>]>,
     /// The single writer.
     pub recorder: Addr<Recorder>,
-        /// This source's counters.
+    /// This source's counters.
     pub stats: Arc<SourceStats>,
     /// Observed when a batch is acknowledged.
     pub ack_lag: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// What a source does after a control message.
+enum Next {
+    /// Go on.
+    Go,
+    /// Stop; answer the sender, if any, once stopped.
+    Stop(Option<oneshot::Sender<()>>),
 }
 
 /// A batch on its way to being durable.
@@ -113,7 +121,12 @@ impl Pipeline {
     /// Sends a batch of valid events of `epoch` to the recorder.
     pub fn send(&self, epoch: Epoch, batch: Vec<(Vec<u8>, i64, ParsedEvent)>) -> Pending {
         if batch.is_empty() {
-                        return Pending { received: std::time::Instant::now(), reply: None, epoch, events: Vec::new() };
+            return Pending {
+                received: std::time::Instant::now(),
+                reply: None,
+                epoch,
+                events: Vec::new(),
+            };
         }
         let mut records = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
@@ -134,7 +147,12 @@ impl Pipeline {
             records,
             reply,
         });
-                Pending { received: std::time::Instant::now(), reply: Some(rx), epoch, events }
+        Pending {
+            received: std::time::Instant::now(),
+            reply: Some(rx),
+            epoch,
+            events,
+        }
     }
 
     /// Sends this source's barrier for `epoch`, after everything it sent before.
@@ -143,6 +161,22 @@ impl Pipeline {
             source: self.index,
             epoch,
         });
+    }
+
+    /// Handles a control message: a barrier is passed on at once (every batch
+    /// is sent as soon as it is read, so nothing of the finished epoch is held
+    /// back) and new events get the next epoch; a stop, or a closed control
+    /// channel, is handed back to the caller.
+    fn control(&self, control: Option<Control>, epoch: &mut Epoch) -> Next {
+        match control {
+            Some(Control::Barrier(finished)) => {
+                self.barrier(finished);
+                *epoch = (*epoch).max(finished.next());
+                Next::Go
+            }
+            Some(Control::Stop(done)) => Next::Stop(Some(done)),
+            None => Next::Stop(None),
+        }
     }
 
     /// Waits until a batch is durable, then hands its events to the speed layer.
@@ -168,9 +202,10 @@ impl Pipeline {
             Ok(Err(err)) => return Err(NotDurable::Store(err)),
             Err(_) => return Err(NotDurable::Stopped),
         }
-                let n = pending.events.len();
+        let n = pending.events.len();
         self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
-        self.ack_lag.observe(pending.received.elapsed().as_secs_f64());
+        self.ack_lag
+            .observe(pending.received.elapsed().as_secs_f64());
         let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
             vec![Vec::new(); self.partitions.len()];
         let mut scratch = String::new();
@@ -282,20 +317,15 @@ pub async fn run_in_process(
     loop {
         tokio::select! {
             biased;
-            ctrl = control.recv() => match ctrl {
-                Some(Control::Barrier(finished)) => {
-                    // Every batch is sent as soon as it is read, so nothing of
-                    // `finished` is held back here.
-                    pipeline.barrier(finished);
-                    epoch = epoch.max(finished.next());
-                }
-                Some(Control::Stop(done)) => {
+                        ctrl = control.recv() => {
+                if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
                     // Batches sent so far finish in their own tasks.
-                    done.send(()).ok();
+                    if let Some(done) = done {
+                        done.send(()).ok();
+                    }
                     return;
                 }
-                None => return,
-            },
+            }
             request = ingest.recv() => {
                 let Some(first) = request else { return };
                 let mut requests = vec![first];
@@ -357,17 +387,14 @@ pub async fn run_rabbitmq(
         loop {
             tokio::select! {
                 () = &mut wait => break,
-                ctrl = control.recv() => match ctrl {
-                    Some(Control::Barrier(finished)) => {
-                        pipeline.barrier(finished);
-                        epoch = epoch.max(finished.next());
-                    }
-                    Some(Control::Stop(done)) => {
+                                ctrl = control.recv() => {
+                    if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
+                        if let Some(done) = done {
                         done.send(()).ok();
+                    }
                         return;
                     }
-                    None => return,
-                },
+                }
             }
         }
         backoff = (backoff * 2).min(BACKOFF_CAP);
@@ -391,6 +418,26 @@ enum SessionError {
 struct InFlight {
     pending: Pending,
     last_tag: u64,
+}
+
+/// Hands the oldest batch in flight to the speed layer once durable, then
+/// acks every delivery up to its last, dead letters included: each was either
+/// made durable or dead-lettered with a confirm.
+async fn ack_oldest(
+    pipeline: &Pipeline,
+    consume: &lapin::Channel,
+    in_flight: &mut VecDeque<InFlight>,
+    outcome: Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>,
+) -> Result<(), SessionError> {
+    let Some(mut oldest) = in_flight.pop_front() else {
+        return Ok(());
+    };
+    oldest.pending.reply = None;
+    pipeline.finish(oldest.pending, outcome)?;
+    consume
+        .basic_ack(oldest.last_tag, BasicAckOptions { multiple: true })
+        .await?;
+    Ok(())
 }
 
 async fn session(
@@ -433,34 +480,25 @@ async fn session(
     loop {
         tokio::select! {
             biased;
-            ctrl = control.recv() => match ctrl {
-                Some(Control::Barrier(finished)) => {
-                    pipeline.barrier(finished);
-                    *epoch = (*epoch).max(finished.next());
-                }
-                Some(Control::Stop(done)) => {
+                        ctrl = control.recv() => match pipeline.control(ctrl, epoch) {
+                Next::Go => {}
+                Next::Stop(done) => {
                     // No new deliveries; finish (make durable and ack) what is in flight.
                     consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
-                    while let Some(outcome) = oldest_durable(&mut in_flight).await {
-                        let Some(mut oldest) = in_flight.pop_front() else { break };
-                        oldest.pending.reply = None;
-                        pipeline.finish(oldest.pending, outcome)?;
-                        consume.basic_ack(oldest.last_tag, BasicAckOptions { multiple: true }).await?;
+                                        while let Some(outcome) = oldest_durable(&mut in_flight).await {
+                        ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
                     }
                     connection.close(200, "tandem is stopping".into()).await.ok();
                     tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source stopped");
-                    done.send(()).ok();
+                    if let Some(done) = done {
+                        done.send(()).ok();
+                    }
                     return Ok(());
                 }
-                None => return Ok(()),
+
             },
-            Some(outcome) = oldest_durable(&mut in_flight) => {
-                let Some(mut oldest) = in_flight.pop_front() else { continue };
-                oldest.pending.reply = None;
-                pipeline.finish(oldest.pending, outcome)?;
-                // Acks every delivery up to the batch's last, dead letters included:
-                // each was either made durable or dead-lettered with a confirm.
-                consume.basic_ack(oldest.last_tag, BasicAckOptions { multiple: true }).await?;
+                        Some(outcome) = oldest_durable(&mut in_flight) => {
+                ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
             },
             delivery = consumer.next() => {
                 let first = match delivery {

@@ -77,51 +77,13 @@ pub async fn eventually<T, S: std::fmt::Debug>(
     }
 }
 
-/// Publishes every line to `queue` (declared durable), persistent, and waits for all confirms.
+/// Publishes every line to `queue` with `tandem publish` (declared durable,
+/// persistent messages, every confirm awaited).
 pub async fn publish(queue: &str, lines: &[&[u8]]) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-    let connection =
-        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    for chunk in lines.chunks(1_000) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for line in chunk {
-            let properties = lapin::BasicProperties::default().with_delivery_mode(2);
-            confirms.push(
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        line,
-                        properties,
-                    )
-                    .await
-                    .expect("publish"),
-            );
-        }
-        for confirm in confirms {
-            assert!(
-                confirm.await.expect("confirm").is_ack(),
-                "the broker refused a message"
-            );
-        }
-    }
-    connection.close(200, "done".into()).await.ok();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("lines.jsonl");
+    std::fs::write(&file, lines.join(&b'\n')).expect("write lines");
+    tandem_publish(queue, &file);
 }
 
 /// Messages ready in `queue` (not counting those delivered and unacked).

@@ -56,20 +56,6 @@ pub struct Expire {
     pub upto: Epoch,
 }
 
-/// The sizes of this partition's state.
-#[derive(Message)]
-#[rtype(result = "SpeedSize")]
-pub struct SizeQuery;
-
-/// How much state a partition holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpeedSize {
-    /// Epochs held.
-    pub epochs: usize,
-    /// (key, bucket) groups over all epochs and views.
-    pub groups: usize,
-}
-
 /// A bounded set of recently seen ids, oldest forgotten first.
 #[derive(Debug, Default)]
 struct RecentIds {
@@ -168,18 +154,6 @@ impl SpeedState {
             .flat_map(|states| states.iter().map(ViewState::len))
             .sum()
     }
-
-    /// Epochs and groups held.
-    pub fn size(&self) -> SpeedSize {
-        SpeedSize {
-            epochs: self.epochs.len(),
-            groups: self
-                .epochs
-                .values()
-                .flat_map(|states| states.iter().map(ViewState::len))
-                .sum(),
-        }
-    }
 }
 
 /// The actor around one [`SpeedState`].
@@ -259,14 +233,6 @@ impl Handler<Expire> for SpeedPartition {
     }
 }
 
-impl Handler<SizeQuery> for SpeedPartition {
-    type Result = actix::MessageResult<SizeQuery>;
-
-    fn handle(&mut self, _: SizeQuery, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(self.state.size())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +286,7 @@ mod tests {
 
         state.expire(Epoch(2));
         assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
-        assert_eq!(state.size().epochs, 1);
+        assert_eq!(state.epochs.len(), 1);
         // A late event of an expired epoch is already in the snapshot.
         state.apply(Epoch(2), 0, &event(4));
         assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));

@@ -163,3 +163,26 @@ fn a_toml_syntax_error_names_the_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("edited.toml:"), "{err}");
 }
+
+#[test]
+fn http_source_settings_are_checked_by_type() {
+    let http =
+        "[[source]]\nname = \"push\"\ntype = \"http\"\nmax_events = 0\nqueue = \"q\"\n\n[speed]\n";
+    let (code, err) = check_edited(|text| text.replace("[speed]\n", http));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("source[1].max_events"), "{err}");
+    assert!(
+        err.contains("source[1].queue: is not a setting of a source of type \"http\""),
+        "{err}"
+    );
+    let (code, err) = check_edited(|text| text.replace("prefetch = 2000", "max_events = 10"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("source[0].max_events: is not a setting of a source of type \"rabbitmq\""),
+        "{err}"
+    );
+    let two = "[[source]]\nname = \"a\"\ntype = \"http\"\n\n[[source]]\nname = \"b\"\ntype = \"http\"\n\n[speed]\n";
+    let (code, err) = check_edited(|text| text.replace("[speed]\n", two));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at most one source of type \"http\""), "{err}");
+}

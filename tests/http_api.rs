@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Daemon, http};
+use common::{Daemon, http, orders as count, revenue_cents as cents};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -20,13 +20,7 @@ data_dir = "DATA_DIR"
 [event]
 id = "order_id"
 time = "ts"
-[[source]]
-name = "orders"
-type = "rabbitmq"
-uri = "{}"
-queue = "{queue}"
-dead_letter_queue = "{dead}"
-[batch]
+{source}[batch]
 interval = "1h"
 [http]
 listen = "LISTEN"
@@ -47,26 +41,12 @@ key = ["country", "product_id"]
 bucket = "1h"
 metrics = [{{ name = "orders", agg = "count" }}]
 "#,
-        common::amqp_uri()
+        source = common::rabbitmq_source(queue, dead)
     )
 }
 
 fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
     http("GET", &format!("{}{path}", daemon.base), Some(TOKEN))
-}
-
-fn count(body: &Value) -> u64 {
-    body["metrics"]["orders"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no integer orders in {body}"))
-}
-
-fn cents(body: &Value) -> i64 {
-    (body["metrics"]["revenue"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no revenue in {body}"))
-        * 100.0)
-        .round() as i64
 }
 
 fn broker_up() -> bool {

@@ -19,20 +19,14 @@ data_dir = "unused"
 [event]
 id = "order_id"
 time = "ts"
-[[source]]
-name = "orders"
-type = "rabbitmq"
-uri = "{}"
-queue = "{queue}"
-dead_letter_queue = "{dead}"
-prefetch = 500
+{source}prefetch = 500
 [[view]]
 name = "by_product"
 key = ["product_id"]
 bucket = "1m"
 metrics = [{{ name = "orders", agg = "count" }}, {{ name = "revenue", agg = "sum", field = "amount" }}]
 "#,
-        common::amqp_uri()
+        source = common::rabbitmq_source(queue, dead)
     )
 }
 

@@ -12,7 +12,7 @@ pub mod source;
 pub mod speed;
 pub mod supervisor;
 
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, HttpSource, SourceKind};
 use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
 use crate::store::{self, DataDirLock, DataPaths, EpochIndex, MasterLog};
@@ -20,14 +20,50 @@ use actix::{Actor, Addr, Arbiter, AsyncContext};
 use recompute::{Batch, SnapshotData};
 use recorder::Recorder;
 use serving::{Answer, Ask, BatchQuery, Query, QueryError, Serving};
-use source::{IngestRequest, Ingested, NotDurable, Pipeline, SourceHandle, SourceStats};
+use source::{
+    IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle, SourceStats,
+};
 use speed::{SpeedPartition, SpeedState, partition_of};
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
 use tokio::sync::{mpsc, oneshot};
 
-/// In-process ingest calls queued before callers wait.
+/// Pushes (in-process calls, HTTP requests) queued before callers wait.
 const INGEST_QUEUE: usize = 4_096;
+
+/// The sending side of a push source.
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    sender: mpsc::Sender<IngestRequest>,
+}
+
+impl Pusher {
+    /// Pushes messages; resolves once every valid one is durable and visible
+    /// to queries, with the rejections by index.
+    ///
+    /// # Errors
+    /// The valid messages could not be made durable (none of them counts), or
+    /// the system is stopping.
+    pub async fn push(&self, messages: Vec<Vec<u8>>) -> Result<PushOutcome, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender
+            .send(IngestRequest { messages, reply })
+            .await
+            .map_err(|_| IngestError::Stopped)?;
+        Ok(rx.await.map_err(|_| IngestError::Stopped)??)
+    }
+}
+
+/// The HTTP push source, when the config has one.
+#[derive(Debug, Clone)]
+pub struct HttpPush {
+    /// Its name.
+    pub name: String,
+    /// Its limits.
+    pub limits: HttpSource,
+    /// Where pushed events go.
+    pub pusher: Pusher,
+}
 
 /// Why the system did not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +122,8 @@ pub struct Handle {
     supervisor: Addr<Supervisor>,
     partitions: Vec<Addr<SpeedPartition>>,
     sources: Vec<SourceHandle>,
-    ingest: mpsc::Sender<IngestRequest>,
+    ingest: Pusher,
+    http_push: Option<HttpPush>,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     startup: Startup,
@@ -103,12 +140,25 @@ impl Handle {
     /// # Errors
     /// The event could not be made durable, or the system is stopping.
     pub async fn ingest(&self, raw: Vec<u8>) -> Result<Ingested, IngestError> {
-        let (reply, rx) = oneshot::channel();
-        self.ingest
-            .send(IngestRequest { raw, reply })
-            .await
-            .map_err(|_| IngestError::Stopped)?;
-        Ok(rx.await.map_err(|_| IngestError::Stopped)??)
+        let outcome = self.ingest.push(vec![raw]).await?;
+        Ok(match outcome.rejected.into_iter().next() {
+            Some((_, reject)) => Ingested::Rejected(reject),
+            None => Ingested::Durable,
+        })
+    }
+
+    /// Ingests messages through the in-process source in one push; resolves
+    /// once every valid one is durable, with the rejections by index.
+    ///
+    /// # Errors
+    /// The valid messages could not be made durable, or the system is stopping.
+    pub async fn ingest_many(&self, messages: Vec<Vec<u8>>) -> Result<PushOutcome, IngestError> {
+        self.ingest.push(messages).await
+    }
+
+    /// The HTTP push source, if the config has one.
+    pub fn http_push(&self) -> Option<&HttpPush> {
+        self.http_push.as_ref()
     }
 
     /// Answers a query.
@@ -402,18 +452,17 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
 
     // Sources: the in-process feed is source 0, then the configured ones.
     let mut handles = Vec::with_capacity(config.sources.len() + 1);
-    let mut controls = Vec::with_capacity(config.sources.len() + 1);
-    let (handle, control) =
+    let mut controls = Vec::with_capacity(config.sources.len());
+    let (handle, in_process_control) =
         SourceHandle::new("in_process".into(), None, Arc::new(SourceStats::default()));
     handles.push(handle);
-    controls.push(control);
     for source in &config.sources {
-        let SourceKind::Rabbitmq(rabbit) = &source.kind;
-        let (handle, control) = SourceHandle::new(
-            source.name.clone(),
-            Some(rabbit.queue.clone()),
-            Arc::new(SourceStats::default()),
-        );
+        let queue = match &source.kind {
+            SourceKind::Rabbitmq(rabbit) => Some(rabbit.queue.clone()),
+            SourceKind::Http(_) => None,
+        };
+        let (handle, control) =
+            SourceHandle::new(source.name.clone(), queue, Arc::new(SourceStats::default()));
         handles.push(handle);
         controls.push(control);
     }
@@ -465,24 +514,36 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         stats: Arc::clone(&handles[index].stats),
         ack_lag: metrics.ack_lag.clone(),
     };
-    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
-    let mut controls = controls.into_iter();
-    if let Some(control) = controls.next() {
-        actix::spawn(source::run_in_process(
-            pipeline(0),
+    let push_source = |index: usize, control| {
+        let (sender, receiver) = mpsc::channel(INGEST_QUEUE);
+        actix::spawn(source::run_push(
+            pipeline(index),
             control,
-            ingest_rx,
+            receiver,
             startup.epoch,
         ));
-    }
+        Pusher { sender }
+    };
+    let ingest = push_source(0, in_process_control);
+    let mut http_push = None;
     for ((index, source), control) in config.sources.iter().enumerate().zip(controls) {
-        let SourceKind::Rabbitmq(rabbit) = &source.kind;
-        actix::spawn(source::run_rabbitmq(
-            pipeline(index + 1),
-            control,
-            rabbit.clone(),
-            startup.epoch,
-        ));
+        match &source.kind {
+            SourceKind::Rabbitmq(rabbit) => {
+                actix::spawn(source::run_rabbitmq(
+                    pipeline(index + 1),
+                    control,
+                    rabbit.clone(),
+                    startup.epoch,
+                ));
+            }
+            SourceKind::Http(limits) => {
+                http_push = Some(HttpPush {
+                    name: source.name.clone(),
+                    limits: limits.clone(),
+                    pusher: push_source(index + 1, control),
+                });
+            }
+        }
     }
 
     Ok(Handle {
@@ -491,7 +552,8 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         supervisor,
         partitions,
         sources: handles,
-        ingest: ingest_tx,
+        ingest,
+        http_push,
         metrics,
         shared,
         startup,

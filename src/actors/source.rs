@@ -289,12 +289,21 @@ impl SourceHandle {
     }
 }
 
-/// One in-process ingest call.
+/// One push of messages: an in-process ingest call, or one HTTP request.
 pub struct IngestRequest {
-    /// The message.
-    pub raw: Vec<u8>,
-    /// The outcome, once durable (or rejected).
-    pub reply: oneshot::Sender<Result<Ingested, NotDurable>>,
+    /// The messages, in order.
+    pub messages: Vec<Vec<u8>>,
+    /// The outcome, once every valid message is durable.
+    pub reply: oneshot::Sender<Result<PushOutcome, NotDurable>>,
+}
+
+/// The outcome of one push once its valid messages are durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Messages made durable.
+    pub accepted: usize,
+    /// Rejected messages: their index in the push and why.
+    pub rejected: Vec<(usize, Reject)>,
 }
 
 /// The outcome of an in-process ingest.
@@ -306,8 +315,10 @@ pub enum Ingested {
     Rejected(Reject),
 }
 
-/// Runs the in-process source until its ingest channel closes.
-pub async fn run_in_process(
+/// Runs a push source (the in-process feed or the HTTP source) until its
+/// ingest channel closes. Pushes that queue up together share one batch, up to
+/// [`MAX_BATCH`] messages; each is answered once its batch is durable.
+pub async fn run_push(
     pipeline: Pipeline,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut ingest: mpsc::Receiver<IngestRequest>,
@@ -317,7 +328,7 @@ pub async fn run_in_process(
     loop {
         tokio::select! {
             biased;
-                        ctrl = control.recv() => {
+            ctrl = control.recv() => {
                 if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
                     // Batches sent so far finish in their own tasks.
                     if let Some(done) = done {
@@ -328,35 +339,43 @@ pub async fn run_in_process(
             }
             request = ingest.recv() => {
                 let Some(first) = request else { return };
+                let mut messages = first.messages.len();
                 let mut requests = vec![first];
-                while requests.len() < MAX_BATCH {
+                while messages < MAX_BATCH {
                     match ingest.try_recv() {
-                        Ok(request) => requests.push(request),
+                        Ok(request) => {
+                            messages += request.messages.len();
+                            requests.push(request);
+                        }
                         Err(_) => break,
                     }
                 }
                 let ingest_ms = crate::now_ms();
-                let mut batch = Vec::with_capacity(requests.len());
-                let mut replies = Vec::with_capacity(requests.len());
+                let mut batch = Vec::with_capacity(messages);
+                let mut outcomes = Vec::with_capacity(requests.len());
                 for request in requests {
-                    match pipeline.schema.parse(&request.raw, ingest_ms) {
-                        Ok(event) => {
-                            batch.push((request.raw, ingest_ms, event));
-                            replies.push(request.reply);
-                        }
-                        Err(reject) => {
-                            pipeline.stats.count_reject(&reject);
-                            // The caller may have stopped waiting.
-                            request.reply.send(Ok(Ingested::Rejected(reject))).ok();
+                    let mut outcome = PushOutcome::default();
+                    for (index, raw) in request.messages.into_iter().enumerate() {
+                        match pipeline.schema.parse(&raw, ingest_ms) {
+                            Ok(event) => {
+                                batch.push((raw, ingest_ms, event));
+                                outcome.accepted += 1;
+                            }
+                            Err(reject) => {
+                                pipeline.stats.count_reject(&reject);
+                                outcome.rejected.push((index, reject));
+                            }
                         }
                     }
+                    outcomes.push((outcome, request.reply));
                 }
                 let pending = pipeline.send(epoch, batch);
                 let pipeline = pipeline.clone();
                 tokio::spawn(async move {
-                    let outcome = pipeline.durable(pending).await.map(|_| Ingested::Durable);
-                    for reply in replies {
-                        reply.send(outcome.clone()).ok();
+                    let durable = pipeline.durable(pending).await;
+                    for (outcome, reply) in outcomes {
+                        // The caller may have stopped waiting.
+                        reply.send(durable.clone().map(|_| outcome)).ok();
                     }
                 });
             }

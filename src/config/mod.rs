@@ -68,6 +68,17 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// A RabbitMQ queue.
     Rabbitmq(RabbitmqSource),
+    /// Events pushed to `POST /v1/events` on the HTTP listener.
+    Http(HttpSource),
+}
+
+/// `type = "http"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpSource {
+    /// Largest request body accepted, bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Most events in one request. Default 10000.
+    pub max_events: usize,
 }
 
 /// `type = "rabbitmq"`.

@@ -45,6 +45,8 @@ pub(crate) struct RawSource {
     pub queue: Option<String>,
     pub prefetch: Option<u64>,
     pub dead_letter_queue: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub max_events: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,8 +3,8 @@
 
 use super::raw::{RawConfig, RawMetric, RawSource, RawView};
 use super::{
-    BatchConfig, Config, ConfigError, ConfigErrors, EventConfig, HttpConfig, MasterConfig,
-    RabbitmqSource, SourceConfig, SourceKind, SpeedConfig, parse_duration,
+    BatchConfig, Config, ConfigError, ConfigErrors, EventConfig, HttpConfig, HttpSource,
+    MasterConfig, RabbitmqSource, SourceConfig, SourceKind, SpeedConfig, parse_duration,
 };
 use crate::aggregate::{Agg, MetricSpec, ViewSpec};
 use crate::event::{Need, Schema};
@@ -16,6 +16,10 @@ use std::time::Duration;
 const DEFAULT_MAX_BYTES: u64 = 65_536;
 const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_PREFETCH: u64 = 2_000;
+const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+const DEFAULT_MAX_EVENTS: u64 = 10_000;
+const MAX_MAX_EVENTS: u64 = 1_000_000;
 const DEFAULT_PARTITIONS: u64 = 4;
 const MAX_PARTITIONS: u64 = 256;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -197,6 +201,17 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
             sources.push(source);
         }
     }
+    if sources
+        .iter()
+        .filter(|source| matches!(source.kind, SourceKind::Http(_)))
+        .count()
+        > 1
+    {
+        problems.push(
+            "source",
+            "at most one source of type \"http\": every http source would share POST /v1/events",
+        );
+    }
 
     let partitions = problems.range(
         raw.speed.partitions.unwrap_or(DEFAULT_PARTITIONS),
@@ -286,8 +301,25 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
     let at = |key: &str| format!("source[{i}].{key}");
     let name = problems.name(raw.name, &at("name"));
     let kind = problems.required(raw.kind, &at("type"))?;
+    let mut not_for = |kind: &str, settings: &[(&str, bool)]| {
+        for (key, set) in settings {
+            if *set {
+                problems.push(
+                    at(key),
+                    format!("is not a setting of a source of type {kind:?}"),
+                );
+            }
+        }
+    };
     match kind.as_str() {
         "rabbitmq" => {
+            not_for(
+                "rabbitmq",
+                &[
+                    ("max_body_bytes", raw.max_body_bytes.is_some()),
+                    ("max_events", raw.max_events.is_some()),
+                ],
+            );
             let uri = problems.required(raw.uri, &at("uri"));
             if let Some(uri) = &uri
                 && let Err(problem) = uri.parse::<lapin::uri::AMQPUri>()
@@ -327,10 +359,40 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
                 }),
             })
         }
+        "http" => {
+            not_for(
+                "http",
+                &[
+                    ("uri", raw.uri.is_some()),
+                    ("queue", raw.queue.is_some()),
+                    ("prefetch", raw.prefetch.is_some()),
+                    ("dead_letter_queue", raw.dead_letter_queue.is_some()),
+                ],
+            );
+            let max_body_bytes = problems.range(
+                raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                &at("max_body_bytes"),
+                1,
+                MAX_MAX_BODY_BYTES,
+            );
+            let max_events = problems.range(
+                raw.max_events.unwrap_or(DEFAULT_MAX_EVENTS),
+                &at("max_events"),
+                1,
+                MAX_MAX_EVENTS,
+            );
+            Some(SourceConfig {
+                name: name?,
+                kind: SourceKind::Http(HttpSource {
+                    max_body_bytes: max_body_bytes? as usize,
+                    max_events: max_events? as usize,
+                }),
+            })
+        }
         other => {
             problems.push(
                 at("type"),
-                format!("unknown source type {other:?}: expected \"rabbitmq\""),
+                format!("unknown source type {other:?}: expected \"rabbitmq\" or \"http\""),
             );
             None
         }

@@ -14,6 +14,12 @@ pub enum ApiError {
     /// No such view, metric or route.
     #[error("{0}")]
     NotFound(String),
+    /// A request body over a configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A request body in a format the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// A missing or wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -39,6 +45,8 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

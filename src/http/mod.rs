@@ -2,6 +2,7 @@
 //! It holds the system's handle (addresses), never state of its own.
 
 mod error;
+mod push;
 mod routes;
 
 pub use error::ApiError;

@@ -23,6 +23,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/v1/views/{view}/totals", web::get().to(totals))
         .route("/v1/views/{view}/top", web::get().to(top))
         .route("/v1/views/{view}/series", web::get().to(series))
+        .route("/v1/events", web::post().to(super::push::events))
         .route("/v1/recompute", web::post().to(recompute))
         .route("/v1/status", web::get().to(status))
         .default_service(web::to(|| async {
@@ -308,7 +309,7 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
     let sources: Vec<Value> = handle
         .sources()
         .iter()
-        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed) }))
+        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed), "accepted": source.stats.accepted.load(Ordering::Relaxed) }))
         .collect();
     let snapshot = batch.meta.map_or(Value::Null, |meta| {
         json!({ "epoch": meta.epoch, "events": batch.stats.counted, "created_at": rfc3339(meta.created_ms), "took_ms": batch.took_ms })

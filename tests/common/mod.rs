@@ -21,6 +21,30 @@ pub fn amqp_uri() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// A `[[source]]` named "orders" reading `queue` on the test broker.
+pub fn rabbitmq_source(queue: &str, dead: &str) -> String {
+    format!(
+        "[[source]]\nname = \"orders\"\ntype = \"rabbitmq\"\nuri = \"{}\"\nqueue = \"{queue}\"\ndead_letter_queue = \"{dead}\"\n",
+        amqp_uri()
+    )
+}
+
+/// The `orders` count metric of a key or totals answer.
+pub fn orders(body: &serde_json::Value) -> u64 {
+    body["metrics"]["orders"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer orders in {body}"))
+}
+
+/// The `revenue` sum metric of a key or totals answer, in cents.
+pub fn revenue_cents(body: &serde_json::Value) -> i64 {
+    (body["metrics"]["revenue"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no revenue in {body}"))
+        * 100.0)
+        .round() as i64
+}
+
 /// A queue name no other test uses.
 pub fn unique_queue(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,6 +243,12 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the process with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
     /// Sends SIGTERM and waits for the exit; answers the exit code and how long it took.
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {
         let started = Instant::now();
@@ -259,7 +289,17 @@ pub fn http(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::V
     if let Some(token) = token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
-    let response = match request.call() {
+    answer(request.call(), method, url)
+}
+
+/// A response's status and JSON body (a string when it is not JSON); a 4xx
+/// or 5xx is an answer too.
+fn answer(
+    result: Result<ureq::Response, ureq::Error>,
+    method: &str,
+    url: &str,
+) -> (u16, serde_json::Value) {
+    let response = match result {
         Ok(response) => response,
         Err(ureq::Error::Status(_, response)) => response,
         Err(err) => panic!("{method} {url}: {err}"),
@@ -270,6 +310,20 @@ pub fn http(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::V
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
+}
+
+/// POSTs a body with a content type; answers the status and the JSON body.
+pub fn post(
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let mut request = ureq::post(url).set("Content-Type", content_type);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    answer(request.send_bytes(body), "POST", url)
 }
 
 /// The reference order stream's expected outcome, computed from the lines alone

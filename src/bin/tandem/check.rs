@@ -55,6 +55,12 @@ fn print_plan(config: &Config, path: &Path) {
                     source.name, rabbit.queue, rabbit.prefetch, rabbit.dead_letter_queue
                 );
             }
+            SourceKind::Http(http) => {
+                println!(
+                    "  {}  http  POST /v1/events  max_body_bytes={} max_events={}",
+                    source.name, http.max_body_bytes, http.max_events
+                );
+            }
         }
     }
     println!("speed     {} partitions", config.speed.partitions);

@@ -31,14 +31,27 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
-    /// Publish a JSONL file to a RabbitMQ queue, one persistent message a line, with confirms.
+    /// Publish a JSONL file, one event a line: to a RabbitMQ queue as persistent
+    /// messages with confirms, or with --http to a daemon's HTTP source in batches.
     Publish {
         /// AMQP URI of the broker.
         #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
         uri: String,
         /// The queue (declared durable if missing).
-        #[arg(long)]
-        queue: String,
+        #[arg(long, required_unless_present = "http", conflicts_with = "http")]
+        queue: Option<String>,
+        /// Post to a daemon's HTTP source instead: its base URL (e.g. http://127.0.0.1:8080).
+        #[arg(long, value_name = "URL")]
+        http: Option<String>,
+        /// Events per HTTP request.
+        #[arg(long, default_value_t = 1000, requires = "http", value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// HTTP requests in flight at once.
+        #[arg(long, default_value_t = 4, requires = "http", value_parser = clap::value_parser!(u32).range(1..=64))]
+        concurrency: u32,
+        /// Environment variable holding the bearer token, sent when set.
+        #[arg(long, default_value = "TANDEM_TOKEN", requires = "http")]
+        token_env: String,
         /// The file, or - for standard input.
         file: PathBuf,
     },
@@ -88,7 +101,27 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run { config, .. } => run::run(&config),
-        Command::Publish { uri, queue, file } => publish::run(&uri, &queue, &file),
+        Command::Publish {
+            uri,
+            queue,
+            http,
+            batch,
+            concurrency,
+            token_env,
+            file,
+        } => match (http, queue) {
+            (Some(url), _) => publish::run_http(
+                &url,
+                &publish::HttpOptions {
+                    batch: batch as usize,
+                    concurrency: concurrency as usize,
+                    token: std::env::var(&token_env).ok(),
+                },
+                &file,
+            ),
+            (None, Some(queue)) => publish::run(&uri, &queue, &file),
+            (None, None) => Err(anyhow::anyhow!("give --queue, or --http")),
+        },
         Command::Check { config } => check::run(&config),
         Command::Inspect { data } => inspect::run(&data),
     };

@@ -1,0 +1,454 @@
+//! The HTTP push source on the real binary: `POST /v1/events` answers each
+//! request once its accepted events are durable, names every rejected line
+//! with its reason, and feeds both layers exactly like a RabbitMQ source;
+//! the two kinds of source together add up; a SIGKILL with requests in flight
+//! loses no request that got its 200.
+
+mod common;
+
+use common::{Daemon, http, orders as count, post, revenue_cents as cents};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NDJSON: &str = "application/x-ndjson";
+
+fn config(sources: &str) -> String {
+    format!(
+        r#"
+data_dir = "DATA_DIR"
+[event]
+id = "order_id"
+time = "ts"
+{sources}
+[batch]
+interval = "1h"
+[http]
+listen = "LISTEN"
+[[view]]
+name = "by_product"
+key = ["product_id"]
+bucket = "1m"
+metrics = [
+  {{ name = "orders", agg = "count" }},
+  {{ name = "revenue", agg = "sum", field = "amount" }},
+]
+"#
+    )
+}
+
+const HTTP_SOURCE: &str = r#"
+[[source]]
+name = "push"
+type = "http"
+max_body_bytes = 1048576
+max_events = 2000
+"#;
+
+/// Recomputes until the batch layer holds `orders` orders (a RabbitMQ source
+/// may still be draining), then checks every product against the oracle in
+/// the batch layer and the merged answer.
+fn assert_every_product(daemon: &Daemon, expect: &common::Expected) {
+    let orders: u64 = expect.products.values().map(|(orders, _)| orders).sum();
+    let started = Instant::now();
+    loop {
+        let (code, body) = http(
+            "POST",
+            &format!("{}/v1/recompute?wait=true", daemon.base),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        let (_, batch) = http(
+            "GET",
+            &format!("{}/v1/views/by_product/totals?layer=batch", daemon.base),
+            None,
+        );
+        if count(&batch) >= orders {
+            assert_eq!(count(&batch), orders, "counted twice:\n{}", daemon.logs());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the batch layer holds {} of {orders} orders:\n{}",
+            count(&batch),
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (product, expected) in &expect.products {
+        for layer in ["batch", "merged"] {
+            let (code, body) = http(
+                "GET",
+                &format!(
+                    "{}/v1/views/by_product/keys/{product}?layer={layer}",
+                    daemon.base
+                ),
+                None,
+            );
+            assert_eq!(code, 200, "{body}");
+            assert_eq!((count(&body), cents(&body)), *expected, "{product} {layer}");
+        }
+    }
+}
+
+#[test]
+fn pushed_events_are_answered_per_line_and_every_key_matches_the_oracle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jsonl = common::workload::generate(&[
+        "--events",
+        "6000",
+        "--seed",
+        "31",
+        "--products",
+        "120",
+        "--dup-frac",
+        "0.05",
+        "--bad-frac",
+        "0.05",
+        "--late-frac",
+        "0.05",
+    ]);
+    let lines = common::workload::lines(&jsonl);
+    let expect = common::expected(&lines);
+    assert!(expect.dead.len() > 100, "the stream has malformed lines");
+    let daemon = Daemon::start(&config(HTTP_SOURCE), dir.path(), &[]);
+    let url = format!("{}/v1/events", daemon.base);
+
+    // Batches of 500 lines, alternately as NDJSON and as a JSON array of the
+    // lines that are JSON at all: every rejection is named where it was sent.
+    let mut accepted = 0u64;
+    for (n, chunk) in lines.chunks(500).enumerate() {
+        let (code, answer, sent, position) = if n % 2 == 0 {
+            // A blank line and CRLF endings are allowed and do not shift the numbering.
+            let mut body = b"\r\n".to_vec();
+            body.extend(chunk.join(&b"\r\n"[..]));
+            let (code, answer) = post(&url, None, NDJSON, &body);
+            (code, answer, chunk.to_vec(), "line")
+        } else {
+            let json: Vec<&[u8]> = chunk
+                .iter()
+                .copied()
+                .filter(|line| serde_json::from_slice::<Value>(line).is_ok())
+                .collect();
+            let body = [b"[".as_slice(), &json.join(&b","[..]), b"]"].concat();
+            let (code, answer) = post(&url, None, "application/json", &body);
+            (code, answer, json, "index")
+        };
+        assert_eq!(code, 200, "{answer}");
+        let rejected = answer["rejected"].as_array().expect("rejected list");
+        let expected_dead = common::expected(&sent).dead;
+        let got: Vec<(usize, String)> = rejected
+            .iter()
+            .map(|entry| {
+                let at = entry[position].as_u64().expect("position") as usize;
+                (at, entry["reason"].as_str().expect("reason").to_owned())
+            })
+            .collect();
+        let want: Vec<(usize, String)> = sent
+            .iter()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                expected_dead
+                    .iter()
+                    .find(|(dead, _)| dead == line)
+                    .map(|(_, reason)| {
+                        // Lines count from 1 and the body starts with a blank one.
+                        let at = if position == "line" { i + 2 } else { i };
+                        (at, reason.clone())
+                    })
+            })
+            .collect();
+        assert_eq!(got, want, "request {n}");
+        for entry in rejected {
+            if matches!(
+                entry["reason"].as_str(),
+                Some("missing_field" | "wrong_type" | "bad_time")
+            ) {
+                assert!(entry["field"].is_string(), "{entry} names its field");
+            }
+        }
+        assert_eq!(
+            answer["accepted"].as_u64(),
+            Some((sent.len() - want.len()) as u64)
+        );
+        accepted += answer["accepted"].as_u64().unwrap_or(0);
+    }
+
+    // Counted in status like dead letters, and visible at once in the speed layer.
+    let (_, status) = http("GET", &format!("{}/v1/status", daemon.base), None);
+    assert_eq!(
+        status["events_accepted"].as_u64(),
+        Some(accepted),
+        "{status}"
+    );
+    let push = status["sources"]
+        .as_array()
+        .and_then(|sources| sources.iter().find(|source| source["name"] == "push"))
+        .unwrap_or_else(|| panic!("no push source in {status}"));
+    assert_eq!(push["accepted"].as_u64(), Some(accepted));
+    let (_, speed) = http(
+        "GET",
+        &format!("{}/v1/views/by_product/totals?layer=speed", daemon.base),
+        None,
+    );
+    let unique: u64 = expect.products.values().map(|(orders, _)| orders).sum();
+    // The speed layer drops the duplicates it still remembers; the batch layer all.
+    assert!(
+        (unique..=accepted).contains(&count(&speed)),
+        "speed holds {} of {unique} orders ({accepted} accepted)",
+        count(&speed)
+    );
+    assert_every_product(&daemon, &expect);
+
+    // A caller's mistakes are 4xx with a clear message, and cost nothing else.
+    let (code, body) = post(&url, None, "application/json", b"[{\"a\":1},");
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("JSON array")),
+        "{body}"
+    );
+    let (code, body) = post(&url, None, "application/x-www-form-urlencoded", b"a=1");
+    assert_eq!(code, 415);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("application/x-ndjson")),
+        "{body}"
+    );
+    let many = b"{}\n".repeat(2001);
+    let (code, body) = post(&url, None, NDJSON, &many);
+    assert_eq!(code, 413);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_events")),
+        "{body}"
+    );
+    let huge = vec![b' '; 1_048_577];
+    let (code, body) = post(&url, None, NDJSON, &huge);
+    assert_eq!(code, 413);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_body_bytes")),
+        "{body}"
+    );
+    let (code, _) = post(&format!("{url}?x=1"), None, NDJSON, b"{}");
+    assert_eq!(code, 400);
+    let (code, body) = post(&url, None, NDJSON, b"");
+    assert_eq!((code, body), (200, json!({"accepted": 0, "rejected": []})));
+    assert_every_product(&daemon, &expect);
+}
+
+#[test]
+fn without_an_http_source_the_route_is_not_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&config(""), dir.path(), &[]);
+    let (code, body) = post(&format!("{}/v1/events", daemon.base), None, NDJSON, b"{}");
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("type \"http\"")),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_rabbitmq_and_an_http_source_feed_one_daemon_exactly() {
+    if !actix::System::new().block_on(common::broker_available()) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generate = |seed: &str| {
+        common::workload::generate(&[
+            "--events",
+            "8000",
+            "--seed",
+            seed,
+            "--products",
+            "150",
+            "--dup-frac",
+            "0.03",
+            "--bad-frac",
+            "0.02",
+        ])
+    };
+    let rabbit_jsonl = generate("41");
+    // The second stream's order ids get their own prefix, so the two streams
+    // share no id and their sum is the oracle.
+    let http_jsonl = String::from_utf8(generate("42"))
+        .expect("utf-8")
+        .replace("\"order_id\":\"o-", "\"order_id\":\"h-")
+        .into_bytes();
+    let (rabbit_file, http_file) = (
+        dir.path().join("rabbit.jsonl"),
+        dir.path().join("http.jsonl"),
+    );
+    std::fs::write(&rabbit_file, &rabbit_jsonl).expect("write");
+    std::fs::write(&http_file, &http_jsonl).expect("write");
+    let mut all = common::workload::lines(&rabbit_jsonl);
+    all.extend(common::workload::lines(&http_jsonl));
+    let expect = common::expected(&all);
+
+    let (queue, dead) = (
+        common::unique_queue("mixed"),
+        common::unique_queue("mixed-dead"),
+    );
+    let sources = format!("{HTTP_SOURCE}\n{}", common::rabbitmq_source(&queue, &dead));
+    let daemon = Daemon::start(&config(&sources), dir.path(), &[]);
+    // Both streams at once, with epochs sealed while they run.
+    let base = daemon.base.clone();
+    let http_publisher = std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["publish", "--batch", "250", "--http", &base])
+            .arg(&http_file)
+            .output()
+            .expect("run tandem publish --http")
+    });
+    let rabbit_queue = queue.clone();
+    let rabbit_publisher =
+        std::thread::spawn(move || common::tandem_publish(&rabbit_queue, &rabbit_file));
+    for _ in 0..3 {
+        let (code, body) = http("POST", &format!("{}/v1/recompute", daemon.base), None);
+        assert_eq!(code, 202, "{body}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let out = http_publisher.join().expect("http publisher");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let http_dead = common::expected(&common::workload::lines(&http_jsonl))
+        .dead
+        .len();
+    assert!(
+        stdout.contains(&format!("{http_dead} rejected")),
+        "publish --http reports the rejections: {stdout}"
+    );
+    rabbit_publisher.join().expect("rabbitmq publisher");
+    assert_every_product(&daemon, &expect);
+    drop(daemon);
+    actix::System::new().block_on(common::delete_queues(&[&queue, &dead]));
+}
+
+/// Events of request `request`: `size` orders of product `r-<request>`.
+fn request_body(request: usize, size: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in 0..size {
+        body.extend(
+            format!(
+                r#"{{"order_id":"k-{request}-{i}","ts":"2026-11-24T10:00:00.000Z","product_id":"r-{request}","amount":1.25}}"#
+            )
+            .bytes(),
+        );
+        body.push(b'\n');
+    }
+    body
+}
+
+#[test]
+fn sigkill_with_requests_in_flight_loses_no_answered_request() {
+    const SIZE: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(HTTP_SOURCE);
+    let mut daemon = Daemon::start(&text, dir.path(), &[]);
+    let url = format!("{}/v1/events", daemon.base);
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters: Vec<_> = (0..4)
+        .map(|poster| {
+            let (url, answered, stop) = (url.clone(), Arc::clone(&answered), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut sent = Vec::new();
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let request = n * 4 + poster;
+                    sent.push(request);
+                    let body = request_body(request, SIZE);
+                    // A killed daemon breaks the connection: that request has no answer.
+                    match ureq::post(&url)
+                        .set("Content-Type", NDJSON)
+                        .send_bytes(&body)
+                    {
+                        Ok(response) if response.status() == 200 => {
+                            answered.lock().expect("lock").push(request);
+                        }
+                        _ => break,
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while answered.lock().expect("lock").len() < 40 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "requests are not answered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.kill();
+    stop.store(true, Ordering::Relaxed);
+    let sent: Vec<usize> = posters
+        .into_iter()
+        .flat_map(|poster| poster.join().expect("poster"))
+        .collect();
+    let answered = answered.lock().expect("lock").clone();
+    assert!(
+        sent.len() > answered.len(),
+        "requests were in flight at the kill"
+    );
+
+    let daemon = Daemon::start(&text, dir.path(), &[]);
+    let counts = |layer: &str| -> BTreeMap<usize, u64> {
+        sent.iter()
+            .map(|request| {
+                let (code, body) = http(
+                    "GET",
+                    &format!(
+                        "{}/v1/views/by_product/keys/r-{request}?layer={layer}",
+                        daemon.base
+                    ),
+                    None,
+                );
+                assert_eq!(code, 200, "{body}");
+                (*request, count(&body))
+            })
+            .collect()
+    };
+    let before = counts("merged");
+    let (code, body) = http(
+        "POST",
+        &format!("{}/v1/recompute?wait=true", daemon.base),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let after = counts("batch");
+    for request in &sent {
+        if answered.contains(request) {
+            assert_eq!(
+                after[request], SIZE as u64,
+                "answered request {request} is whole"
+            );
+            assert_eq!(
+                before[request], SIZE as u64,
+                "and was served before the recompute"
+            );
+        } else {
+            assert!(
+                after[request] <= SIZE as u64,
+                "request {request} counted twice"
+            );
+        }
+    }
+}

@@ -1,0 +1,929 @@
+//! The end-to-end benchmark: every path of tandem on this machine, each figure
+//! next to the reference it can be compared with, measured in the same run.
+//!
+//!     cargo build --release && cargo run --release --example bench
+//!     cargo run --release --example bench -- --runs 3 --only recompute,restart
+//!     cargo run --example bench -- --quick        # small sizes, under a minute
+//!
+//! Uses the three views of `config/tandem.toml`, events from
+//! `../shared/bench/gen_events.py` (seed 7), its own temporary data_dirs (under
+//! `$TANDEM_BENCH_DIR` or the system temp dir) and its own RabbitMQ queues
+//! (`$TANDEM_BENCH_AMQP_URI`, default the local broker), deleted afterwards.
+//! `http_ingest` runs the `tandem` binary built next to this example.
+//!
+//! Prints `bench: NAME VALUE UNIT` for every figure of every run, then a table
+//! of the medians. Figures (`--only` takes the group names):
+//! - `ingest`: `inprocess_ingest_eps`, events/s through the actor API into
+//!   both layers, durable;
+//! - `rabbitmq`: `rabbitmq_ingest_eps` (consumed, durable, acked from a
+//!   pre-filled durable queue), `rabbitmq_bare_eps` (a bare lapin consumer
+//!   that only acks, on an equally filled queue), `rabbitmq_ratio`;
+//! - `http_ingest`: `http_ingest_eps`, posted in batches of 1,000 through
+//!   `tandem publish --http`;
+//! - `query`: p50/p99 of key, top-10 and totals queries, in process and over
+//!   HTTP, while ingest runs at half the measured maximum rate;
+//! - `freshness`: from the publish of a marked event to RabbitMQ to the first
+//!   query that sees it;
+//! - `recompute`: `recompute_eps` and `recompute_peak_rss_mb` of a full batch
+//!   run (in a child process, so the peak is the run's own), and
+//!   `duckdb_recompute_eps` for the by-product view when `duckdb` is installed
+//!   for python3;
+//! - `restart`: `restart_s`, from process start to ready on a data_dir whose
+//!   snapshot covers all but the last tenth of the events.
+
+#[path = "../tests/common/workload.rs"]
+mod workload;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tandem::event::Epoch;
+use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
+use tandem::{Config, Handle, Layer, Options, Query, Question};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// How many of everything.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    ingest: usize,
+    rabbitmq: usize,
+    http: usize,
+    queries: usize,
+    freshness: usize,
+    recompute: usize,
+}
+
+const FULL: Sizes = Sizes {
+    ingest: 2_000_000,
+    rabbitmq: 300_000,
+    http: 1_000_000,
+    queries: 5_000,
+    freshness: 200,
+    recompute: 10_000_000,
+};
+
+const QUICK: Sizes = Sizes {
+    ingest: 10_000,
+    rabbitmq: 5_000,
+    http: 5_000,
+    queries: 30,
+    freshness: 10,
+    recompute: 30_000,
+};
+
+const GROUPS: [&str; 7] = [
+    "ingest",
+    "rabbitmq",
+    "http_ingest",
+    "query",
+    "freshness",
+    "recompute",
+    "restart",
+];
+
+/// Events per push in process, and per HTTP request.
+const CHUNK: usize = 1_000;
+
+struct Args {
+    sizes: Sizes,
+    runs: usize,
+    only: Vec<String>,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let mut args = std::env::args().skip(1);
+    let mut parsed = Args {
+        sizes: FULL,
+        runs: 3,
+        only: GROUPS.iter().map(|group| (*group).to_owned()).collect(),
+        dir: std::env::var_os("TANDEM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into),
+    };
+    let mut runs = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => parsed.sizes = QUICK,
+            "--runs" => runs = Some(args.next().ok_or("--runs needs a number")?.parse()?),
+            "--only" => {
+                let only = args.next().ok_or("--only needs group names")?;
+                parsed.only = only.split(',').map(str::to_owned).collect();
+                if let Some(unknown) = parsed
+                    .only
+                    .iter()
+                    .find(|group| !GROUPS.contains(&group.as_str()))
+                {
+                    return Err(format!(
+                        "unknown group {unknown:?}: expected some of {}",
+                        GROUPS.join(",")
+                    )
+                    .into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}: usage: bench [--quick] [--runs N] [--only {}]",
+                    GROUPS.join(",")
+                )
+                .into());
+            }
+        }
+    }
+    parsed.runs = runs.unwrap_or(if parsed.sizes.ingest == QUICK.ingest {
+        1
+    } else {
+        3
+    });
+    Ok(parsed)
+}
+
+/// The figures of every run.
+#[derive(Default)]
+struct Results {
+    figures: BTreeMap<String, (Vec<f64>, &'static str)>,
+    order: Vec<String>,
+}
+
+impl Results {
+    fn record(&mut self, name: &str, value: f64, unit: &'static str) {
+        println!("bench: {name} {value:.3} {unit}");
+        if !self.figures.contains_key(name) {
+            self.order.push(name.to_owned());
+        }
+        self.figures
+            .entry(name.to_owned())
+            .or_insert_with(|| (Vec::new(), unit))
+            .0
+            .push(value);
+    }
+
+    fn table(&self) {
+        println!();
+        println!("{:<34} {:>14} {:<9} runs", "figure", "median", "unit");
+        for name in &self.order {
+            let (values, unit) = &self.figures[name];
+            let shown: Vec<String> = values.iter().map(|value| format!("{value:.1}")).collect();
+            println!(
+                "{name:<34} {:>14.1} {unit:<9} {}",
+                median(values),
+                shown.join(", ")
+            );
+        }
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples.get(index).copied().unwrap_or(f64::NAN)
+}
+
+/// The shipped config text with its `[[source]]` replaced by `source`.
+fn config_text(source: &str) -> Result<String, BoxError> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"))?;
+    let start = text
+        .find("[[source]]")
+        .ok_or("config/tandem.toml has no [[source]]")?;
+    let end = text
+        .find("[speed]")
+        .ok_or("config/tandem.toml has no [speed]")?;
+    Ok(format!("{}{source}\n{}", &text[..start], &text[end..]))
+}
+
+fn config(source: &str, data_dir: &Path) -> Result<Config, BoxError> {
+    let mut config = Config::parse(&config_text(source)?, "bench.toml")?;
+    config.data_dir = data_dir.to_path_buf();
+    Ok(config)
+}
+
+fn amqp_uri() -> String {
+    std::env::var("TANDEM_BENCH_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn rabbitmq_source(queue: &str) -> String {
+    format!(
+        "[[source]]\nname = \"orders\"\ntype = \"rabbitmq\"\nuri = \"{}\"\nqueue = \"{queue}\"\nprefetch = 2000\n",
+        amqp_uri()
+    )
+}
+
+/// Events from the reference generator, seed 7.
+fn events(n: usize) -> Vec<Vec<u8>> {
+    let jsonl = workload::generate(&["--events", &n.to_string(), "--seed", "7"]);
+    workload::lines(&jsonl)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn accepted(handle: &Handle) -> u64 {
+    handle
+        .sources()
+        .iter()
+        .map(|source| source.stats.accepted.load(Ordering::Relaxed))
+        .sum()
+}
+
+async fn wait_accepted(handle: &Handle, n: u64, what: &str) -> Result<(), BoxError> {
+    let started = Instant::now();
+    while accepted(handle) < n {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(
+                format!("{what}: {} of {n} accepted after 10 min", accepted(handle)).into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Pushes every event through the in-process source, `CHUNK` a push, eight
+/// pushes in flight; answers events/s.
+async fn push_all(handle: &Arc<Handle>, events: &[Vec<u8>]) -> Result<f64, BoxError> {
+    let started = Instant::now();
+    let chunks: Vec<Vec<Vec<u8>>> = events.chunks(CHUNK).map(<[Vec<u8>]>::to_vec).collect();
+    let mut pushes = futures_util::stream::iter(chunks.into_iter().map(|chunk| {
+        let handle = Arc::clone(handle);
+        async move { handle.ingest_many(chunk).await }
+    }))
+    .buffer_unordered(8);
+    while let Some(outcome) = pushes.next().await {
+        outcome?;
+    }
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn bench_ingest(
+    results: &mut Results,
+    dir: &Path,
+    events: &[Vec<u8>],
+) -> Result<f64, BoxError> {
+    let data = tempfile::tempdir_in(dir)?;
+    let handle =
+        Arc::new(tandem::start(config("", data.path())?, Options { epoch_timer: false }).await?);
+    let eps = push_all(&handle, events).await?;
+    results.record("inprocess_ingest_eps", eps, "events/s");
+    handle.shutdown().await;
+    Ok(eps)
+}
+
+/// Fills `queue` (durable, persistent messages) with every event, with confirms.
+async fn fill(queue: &str, events: &[Vec<u8>]) -> Result<(), BoxError> {
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    for chunk in events.chunks(2_000) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        event,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            confirm.await?;
+        }
+    }
+    connection.close(200, "filled".into()).await.ok();
+    Ok(())
+}
+
+async fn delete(queues: &[&str]) {
+    if let Ok(connection) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await
+    {
+        if let Ok(channel) = connection.create_channel().await {
+            for queue in queues {
+                channel
+                    .queue_delete((*queue).into(), QueueDeleteOptions::default())
+                    .await
+                    .ok();
+            }
+        }
+        connection.close(200, "done".into()).await.ok();
+    }
+}
+
+/// A bare consumer: prefetch 2000, acks (multiple) every 1000 deliveries;
+/// answers messages/s once `n` are acked.
+async fn bare_consume(queue: &str, n: usize) -> Result<f64, BoxError> {
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(2_000, BasicQosOptions::default()).await?;
+    let started = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut seen = 0usize;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        seen += 1;
+        if seen.is_multiple_of(1_000) || seen == n {
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        if seen == n {
+            break;
+        }
+    }
+    let eps = n as f64 / started.elapsed().as_secs_f64();
+    connection.close(200, "done".into()).await.ok();
+    Ok(eps)
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "tandem-bench.{prefix}.{}.{}",
+        std::process::id(),
+        tandem::now_ms()
+    )
+}
+
+async fn bench_rabbitmq(
+    results: &mut Results,
+    dir: &Path,
+    events: &[Vec<u8>],
+) -> Result<(), BoxError> {
+    let (queue, bare) = (unique("ingest"), unique("bare"));
+    let dead = format!("{queue}.dead");
+    let outcome = async {
+        fill(&queue, events).await?;
+        fill(&bare, events).await?;
+        let bare_eps = bare_consume(&bare, events.len()).await?;
+        let data = tempfile::tempdir_in(dir)?;
+        let started = Instant::now();
+        let handle = tandem::start(
+            config(&rabbitmq_source(&queue), data.path())?,
+            Options { epoch_timer: false },
+        )
+        .await?;
+        wait_accepted(&handle, events.len() as u64, "rabbitmq ingest").await?;
+        let eps = events.len() as f64 / started.elapsed().as_secs_f64();
+        handle.shutdown().await;
+        results.record("rabbitmq_ingest_eps", eps, "events/s");
+        results.record("rabbitmq_bare_eps", bare_eps, "events/s");
+        results.record("rabbitmq_ratio", eps / bare_eps, "ratio");
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    delete(&[&queue, &bare, &dead]).await;
+    outcome
+}
+
+/// The `tandem` binary built next to this example.
+fn tandem_binary() -> Result<PathBuf, BoxError> {
+    let exe = std::env::current_exe()?;
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tandem"))
+        .ok_or("cannot locate the target directory")?;
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(format!(
+            "{} is missing: build it first (cargo build, with --release for a release run)",
+            binary.display()
+        )
+        .into())
+    }
+}
+
+fn free_addr() -> Result<std::net::SocketAddr, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Starts the HTTP API for `handle` on a free port; answers its base URL.
+fn serve(handle: &Arc<Handle>) -> Result<(String, actix_web::dev::ServerHandle), BoxError> {
+    let addr = free_addr()?;
+    let state = tandem::http::ApiState {
+        handle: Arc::clone(handle),
+        token: None,
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    let server = tandem::http::serve(state, addr)?;
+    let stop = server.handle();
+    actix::spawn(server);
+    Ok((format!("http://{addr}"), stop))
+}
+
+async fn bench_http_ingest(
+    results: &mut Results,
+    dir: &Path,
+    events: &[Vec<u8>],
+) -> Result<(), BoxError> {
+    let binary = tandem_binary()?;
+    let data = tempfile::tempdir_in(dir)?;
+    let file = data.path().join("events.jsonl");
+    std::fs::write(&file, events.join(&b'\n'))?;
+    let source = "[[source]]\nname = \"push\"\ntype = \"http\"\n";
+    let handle = Arc::new(
+        tandem::start(
+            config(source, &data.path().join("data"))?,
+            Options { epoch_timer: false },
+        )
+        .await?,
+    );
+    let (base, server) = serve(&handle)?;
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args(["publish", "--batch", &CHUNK.to_string(), "--http", &base])
+            .arg(&file)
+            .output()
+    })
+    .await??;
+    let took = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "tandem publish --http failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let posted = accepted(&handle);
+    if posted != events.len() as u64 {
+        return Err(format!("{posted} of {} events accepted", events.len()).into());
+    }
+    results.record("http_ingest_eps", events.len() as f64 / took, "events/s");
+    server.stop(true).await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// The three query kinds, for product `key`.
+fn questions(key: &str) -> [(&'static str, Question); 3] {
+    [
+        ("key", Question::Key(key.to_owned())),
+        (
+            "top10",
+            Question::Top {
+                metric: "revenue".into(),
+                n: 10,
+            },
+        ),
+        ("totals", Question::Totals),
+    ]
+}
+
+fn http_path(kind: &str, key: &str) -> String {
+    match kind {
+        "key" => format!("/v1/views/sales_by_product/keys/{key}"),
+        "top10" => "/v1/views/sales_by_product/top?metric=revenue&n=10".to_owned(),
+        _ => "/v1/views/sales_by_product/totals".to_owned(),
+    }
+}
+
+fn product(i: usize) -> String {
+    // The generator's products are p-00000..; the first thousand are the hot ones.
+    format!("p-{:05}", (i * 7919) % 1_000)
+}
+
+async fn bench_query(
+    results: &mut Results,
+    dir: &Path,
+    events: &[Vec<u8>],
+    max_eps: f64,
+    n: usize,
+) -> Result<(), BoxError> {
+    let data = tempfile::tempdir_in(dir)?;
+    let handle =
+        Arc::new(tandem::start(config("", data.path())?, Options { epoch_timer: false }).await?);
+    // Half the events are in the batch layer, and the rest streams in at half
+    // the measured maximum rate while the queries run.
+    let (old, new) = events.split_at(events.len() / 2);
+    push_all(&handle, old).await?;
+    handle.recompute_now().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (handle, stop) = (Arc::clone(&handle), Arc::clone(&stop));
+        let chunks: Vec<Vec<Vec<u8>>> = new.chunks(CHUNK).map(<[Vec<u8>]>::to_vec).collect();
+        let every = Duration::from_secs_f64(CHUNK as f64 / (max_eps / 2.0));
+        actix::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            for chunk in chunks.into_iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                ticks.tick().await;
+                let handle = Arc::clone(&handle);
+                actix::spawn(async move { handle.ingest_many(chunk).await.ok() });
+            }
+        })
+    };
+    let (base, server) = serve(&handle)?;
+    for (kind, _) in questions("") {
+        let mut inprocess = Vec::with_capacity(n);
+        for i in 0..n {
+            let question = questions(&product(i))
+                .into_iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, question)| question)
+                .ok_or("no such kind")?;
+            let query = Query {
+                layer: Layer::Merged,
+                ..Query::new("sales_by_product", question)
+            };
+            let started = Instant::now();
+            handle.query(query).await?;
+            inprocess.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        let base = base.clone();
+        let mut over_http = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
+            let agent = ureq::AgentBuilder::new().build();
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n {
+                let url = format!("{base}{}", http_path(kind, &product(i)));
+                let started = Instant::now();
+                let body = agent
+                    .get(&url)
+                    .call()
+                    .map_err(|err| err.to_string())?
+                    .into_string()
+                    .map_err(|err| err.to_string())?;
+                samples.push(started.elapsed().as_secs_f64() * 1e6);
+                std::hint::black_box(body);
+            }
+            Ok(samples)
+        })
+        .await??;
+        for (path, samples) in [("inprocess", &mut inprocess), ("http", &mut over_http)] {
+            results.record(
+                &format!("query_{kind}_{path}_p50_us"),
+                percentile(samples, 0.5),
+                "us",
+            );
+            results.record(
+                &format!("query_{kind}_{path}_p99_us"),
+                percentile(samples, 0.99),
+                "us",
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    feeder.await.ok();
+    server.stop(true).await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn bench_freshness(results: &mut Results, dir: &Path, n: usize) -> Result<(), BoxError> {
+    let queue = unique("fresh");
+    let dead = format!("{queue}.dead");
+    let outcome = async {
+        let data = tempfile::tempdir_in(dir)?;
+        let handle = tandem::start(config(&rabbitmq_source(&queue), data.path())?, Options { epoch_timer: false }).await?;
+        let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = format!("fresh-{i}");
+            let event = format!(
+                r#"{{"order_id":"fresh-{i}","ts":{},"product_id":"{key}","category":"c-000","user_id":"u-1","amount":1.5,"qty":1,"country":"DE"}}"#,
+                tandem::now_ms()
+            );
+            let started = Instant::now();
+            channel
+                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), event.as_bytes(), BasicProperties::default().with_delivery_mode(2))
+                .await?;
+            loop {
+                let answer = handle.query(Query::new("sales_by_product", Question::Key(key.clone()))).await?;
+                if let tandem::aggregate::Body::Metrics(metrics) = &answer.body
+                    && metrics.get("orders") == Some(tandem::aggregate::MetricValue::Int(1))
+                {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("event {key} not seen after 30 s").into());
+                }
+                tokio::task::yield_now().await;
+            }
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        results.record("freshness_p50_ms", percentile(&mut samples, 0.5), "ms");
+        results.record("freshness_p99_ms", percentile(&mut samples, 0.99), "ms");
+        connection.close(200, "done".into()).await.ok();
+        handle.shutdown().await;
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    delete(&[&queue, &dead]).await;
+    outcome
+}
+
+/// A master dataset of `n` generated events: the first nine tenths in epoch 1,
+/// the rest in epoch 2, both sealed. Answers the two seals and the JSONL file.
+fn build_master(dir: &Path, n: usize) -> Result<(SealedEpoch, SealedEpoch, PathBuf), BoxError> {
+    let config = config("", dir)?;
+    let paths = DataPaths::new(dir);
+    let file = dir.join("events.jsonl");
+    let out = std::fs::File::create(&file)?;
+    let status = Command::new("python3")
+        .arg(workload::generator())
+        .args(["--events", &n.to_string(), "--seed", "7"])
+        .stdout(out)
+        .status()?;
+    if !status.success() {
+        return Err("gen_events.py failed".into());
+    }
+    let (mut log, _) = MasterLog::open(&paths, config.master.segment_max_bytes)?;
+    let mut epochs = EpochIndex::open(&paths)?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
+    let mut batch: Vec<(Vec<u8>, i64, u64)> = Vec::with_capacity(10_000);
+    let mut epoch = Epoch(1);
+    let mut seals = Vec::new();
+    let first_part = n * 9 / 10;
+    let flush = |log: &mut MasterLog, batch: &mut Vec<(Vec<u8>, i64, u64)>, epoch: Epoch| {
+        let appended = log.append(batch.iter().map(|(raw, event_ms, id_hash)| NewRecord {
+            epoch,
+            ingest_ms: *event_ms,
+            event_ms: *event_ms,
+            id_hash: *id_hash,
+            raw,
+        }));
+        batch.clear();
+        appended
+    };
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        if i == first_part {
+            flush(&mut log, &mut batch, epoch)?;
+            seals.push(SealedEpoch {
+                epoch,
+                end: log.end(),
+                next_seq: log.next_seq(),
+                later_from: log.next_seq(),
+                sealed_at_ms: tandem::now_ms(),
+            });
+            epochs.seal(seals[0])?;
+            epoch = epoch.next();
+        }
+        let Ok(event) = config.schema.parse(&line, 0) else {
+            continue;
+        };
+        batch.push((line, event.event_ms, event.id_hash.map_or(0, |id| id.get())));
+        if batch.len() == 10_000 {
+            flush(&mut log, &mut batch, epoch)?;
+        }
+    }
+    flush(&mut log, &mut batch, epoch)?;
+    seals.push(SealedEpoch {
+        epoch,
+        end: log.end(),
+        next_seq: log.next_seq(),
+        later_from: log.next_seq(),
+        sealed_at_ms: tandem::now_ms(),
+    });
+    epochs.seal(seals[1])?;
+    Ok((seals[0], seals[1], file))
+}
+
+/// Runs this program as a child (`--child KIND DIR`) and returns its stdout.
+fn child(kind: &str, dir: &Path) -> Result<(String, f64), BoxError> {
+    let started = Instant::now();
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--child", kind])
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let took = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("the {kind} child failed").into());
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), took))
+}
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The children: a full batch run over epoch 2 (prints seconds and peak RSS),
+/// a snapshot over epoch 1 only, or a start that prints once ready.
+fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
+    let config = config("", dir)?;
+    let paths = DataPaths::new(dir);
+    let epochs = EpochIndex::open(&paths)?;
+    match kind {
+        "recompute" | "snapshot" => {
+            let sealed = *(if kind == "recompute" {
+                epochs.last()
+            } else {
+                epochs.entries().first()
+            })
+            .ok_or("no sealed epoch")?;
+            let started = Instant::now();
+            let batch = tandem::actors::recompute::recompute(&paths, &config, sealed)?;
+            println!(
+                "{} {} {}",
+                started.elapsed().as_secs_f64(),
+                status_kb("VmHWM:"),
+                batch.stats.counted
+            );
+        }
+        _ => {
+            actix::System::new().block_on(async {
+                let handle = tandem::start(config, Options { epoch_timer: false }).await?;
+                println!("ready {}", handle.startup().replayed);
+                handle.shutdown().await;
+                Ok::<_, BoxError>(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn bench_recompute(
+    results: &mut Results,
+    master: &Path,
+    file: &Path,
+    records: u64,
+) -> Result<(), BoxError> {
+    let (out, _) = child("recompute", master)?;
+    // The restart figure wants the snapshot of epoch 1 only.
+    for (epoch, path) in tandem::store::list_snapshots(&DataPaths::new(master))? {
+        if epoch > Epoch(1) {
+            std::fs::remove_file(path)?;
+        }
+    }
+    let fields: Vec<f64> = out
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let [seconds, peak_kb, _] = fields[..] else {
+        return Err(format!("unexpected recompute output {out:?}").into());
+    };
+    results.record("recompute_eps", records as f64 / seconds, "events/s");
+    results.record("recompute_peak_rss_mb", peak_kb / 1024.0, "MiB");
+    match Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/duckdb_batch.py"))
+        .arg(file)
+        .arg("1")
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let eps = text
+                .lines()
+                .find_map(|line| line.strip_prefix("anchor: duckdb_recompute_eps "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse::<f64>().ok());
+            match eps {
+                Some(eps) => results.record("duckdb_recompute_eps", eps, "events/s"),
+                None => println!("duckdb: unexpected output {text:?}"),
+            }
+        }
+        _ => println!("duckdb: not run (python3 -c 'import duckdb' fails; pip install duckdb)"),
+    }
+    Ok(())
+}
+
+fn bench_restart(results: &mut Results, master: &Path, tail: u64) -> Result<(), BoxError> {
+    let (out, took) = child("start", master)?;
+    let replayed: u64 = out
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("unexpected start output {out:?}"))?;
+    if replayed != tail {
+        return Err(format!(
+            "the restart replayed {replayed} records, not the {tail} after the snapshot"
+        )
+        .into());
+    }
+    results.record("restart_s", took, "s");
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("--child") {
+        let kind = raw.next().ok_or("--child needs a kind")?;
+        let dir = raw.next().ok_or("--child needs a dir")?;
+        return run_child(&kind, Path::new(&dir));
+    }
+    let args = parse_args()?;
+    let sizes = args.sizes;
+    let wants = |group: &str| args.only.iter().any(|want| want == group);
+    println!("sizes: {sizes:?}; {} run(s)", args.runs);
+    let mut results = Results::default();
+    let needs_events = ["ingest", "rabbitmq", "http_ingest", "query"]
+        .iter()
+        .any(|group| wants(group));
+    let events = if needs_events {
+        events(sizes.ingest.max(sizes.rabbitmq).max(sizes.http))
+    } else {
+        Vec::new()
+    };
+    let master = if wants("recompute") || wants("restart") {
+        let dir = tempfile::tempdir_in(&args.dir)?;
+        let started = Instant::now();
+        let (first, sealed, file) = build_master(dir.path(), sizes.recompute)?;
+        child("snapshot", dir.path())?;
+        println!(
+            "master dataset: {} records ({} after the snapshot) built in {:.1} s",
+            sealed.next_seq.0,
+            sealed.next_seq.0 - first.next_seq.0,
+            started.elapsed().as_secs_f64()
+        );
+        Some((dir, first, sealed, file))
+    } else {
+        None
+    };
+    let system = actix::System::new();
+    for run in 1..=args.runs {
+        println!("run {run} of {}", args.runs);
+        let mut max_eps = 0.0;
+        if wants("ingest") || wants("query") {
+            max_eps = system.block_on(bench_ingest(
+                &mut results,
+                &args.dir,
+                &events[..sizes.ingest],
+            ))?;
+        }
+        if wants("rabbitmq") {
+            system.block_on(bench_rabbitmq(
+                &mut results,
+                &args.dir,
+                &events[..sizes.rabbitmq],
+            ))?;
+        }
+        if wants("http_ingest") {
+            system.block_on(bench_http_ingest(
+                &mut results,
+                &args.dir,
+                &events[..sizes.http],
+            ))?;
+        }
+        if wants("query") {
+            system.block_on(bench_query(
+                &mut results,
+                &args.dir,
+                &events[..sizes.ingest],
+                max_eps,
+                sizes.queries,
+            ))?;
+        }
+        if wants("freshness") {
+            system.block_on(bench_freshness(&mut results, &args.dir, sizes.freshness))?;
+        }
+        if let Some((dir, first, sealed, file)) = &master {
+            if wants("recompute") {
+                bench_recompute(&mut results, dir.path(), file, sealed.next_seq.0)?;
+            }
+            if wants("restart") {
+                bench_restart(
+                    &mut results,
+                    dir.path(),
+                    sealed.next_seq.0 - first.next_seq.0,
+                )?;
+            }
+        }
+    }
+    results.table();
+    Ok(())
+}

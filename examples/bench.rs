@@ -31,6 +31,9 @@
 //! - `restart`: `restart_s`, from process start to ready on a data_dir whose
 //!   snapshot covers all but the last tenth of the events.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/workload.rs"]
 mod workload;
 
@@ -69,7 +72,7 @@ const FULL: Sizes = Sizes {
     ingest: 2_000_000,
     rabbitmq: 300_000,
     http: 1_000_000,
-    queries: 5_000,
+    queries: 1_000,
     freshness: 200,
     recompute: 10_000_000,
 };
@@ -95,6 +98,8 @@ const GROUPS: [&str; 7] = [
 
 /// Events per push in process, and per HTTP request.
 const CHUNK: usize = 1_000;
+/// Pushes in flight at once in process.
+const IN_FLIGHT: usize = 32;
 
 struct Args {
     sizes: Sizes,
@@ -226,13 +231,22 @@ fn rabbitmq_source(queue: &str) -> String {
     )
 }
 
-/// Events from the reference generator, seed 7.
-fn events(n: usize) -> Vec<Vec<u8>> {
-    let jsonl = workload::generate(&["--events", &n.to_string(), "--seed", "7"]);
-    workload::lines(&jsonl)
+/// Events from the reference generator, seed 7, kept in `dir` for the next
+/// run (the generator is deterministic, and slow at millions of events).
+fn events(dir: &Path, n: usize) -> Result<Vec<Vec<u8>>, BoxError> {
+    let cached = dir.join(format!("tandem-bench-events-{n}-seed7.jsonl"));
+    let jsonl = match std::fs::read(&cached) {
+        Ok(jsonl) => jsonl,
+        Err(_) => {
+            let jsonl = workload::generate(&["--events", &n.to_string(), "--seed", "7"]);
+            std::fs::write(&cached, &jsonl)?;
+            jsonl
+        }
+    };
+    Ok(workload::lines(&jsonl)
         .into_iter()
         .map(<[u8]>::to_vec)
-        .collect()
+        .collect())
 }
 
 fn accepted(handle: &Handle) -> u64 {
@@ -265,7 +279,7 @@ async fn push_all(handle: &Arc<Handle>, events: &[Vec<u8>]) -> Result<f64, BoxEr
         let handle = Arc::clone(handle);
         async move { handle.ingest_many(chunk).await }
     }))
-    .buffer_unordered(8);
+    .buffer_unordered(IN_FLIGHT);
     while let Some(outcome) = pushes.next().await {
         outcome?;
     }
@@ -855,7 +869,7 @@ fn main() -> Result<(), BoxError> {
         .iter()
         .any(|group| wants(group));
     let events = if needs_events {
-        events(sizes.ingest.max(sizes.rabbitmq).max(sizes.http))
+        events(&args.dir, sizes.ingest.max(sizes.rabbitmq).max(sizes.http))?
     } else {
         Vec::new()
     };

@@ -23,7 +23,7 @@ use serving::{Answer, Ask, BatchQuery, Query, QueryError, Serving};
 use source::{
     IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle, SourceStats,
 };
-use speed::{SpeedPartition, SpeedState, partition_of};
+use speed::{RecentIds, SpeedPartition, SpeedState, partition_of};
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
 use tokio::sync::{mpsc, oneshot};
@@ -129,6 +129,8 @@ pub struct Handle {
     startup: Startup,
     /// The recorder's thread; taken on shutdown.
     recorder_thread: std::sync::Mutex<Option<Arbiter>>,
+    /// The speed partitions' threads; taken on shutdown.
+    speed_threads: std::sync::Mutex<Vec<Arbiter>>,
     /// Held while the system runs (one process per data_dir); released on shutdown.
     lock: std::sync::Mutex<Option<DataDirLock>>,
 }
@@ -281,17 +283,27 @@ impl Handle {
             Ok(Err(err)) => tracing::error!(error = %err, "cannot save the counters"),
             Err(_) => tracing::error!("saving the counters was interrupted"),
         }
-        let thread = self
+        let recorder = self
             .recorder_thread
             .lock()
             .map(|mut thread| thread.take())
             .unwrap_or(None);
-        if let Some(thread) = thread {
+        let speed = self
+            .speed_threads
+            .lock()
+            .map(|mut threads| std::mem::take(&mut *threads))
+            .unwrap_or_default();
+        // The recorder first: its last answers may still route events to the speed layer.
+        for (what, thread) in recorder
+            .into_iter()
+            .map(|thread| ("recorder", thread))
+            .chain(speed.into_iter().map(|thread| ("speed", thread)))
+        {
             thread.stop();
             // Joining blocks, so it waits off the async threads.
             let joined = tokio::task::spawn_blocking(move || thread.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
-                tracing::error!("the recorder thread ended abnormally");
+                tracing::error!(thread = what, "a thread ended abnormally");
             }
         }
         if let Ok(mut lock) = self.lock.lock() {
@@ -322,6 +334,8 @@ struct Recovered {
     partitions: Vec<SpeedState>,
     startup: Startup,
     counters: store::Counters,
+    /// The ids replayed lately, so the sources go on dropping their redeliveries.
+    recent: RecentIds,
 }
 
 /// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
@@ -356,6 +370,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let mut replayed = 0u64;
     let from = Seq(batch.later_from);
     let mut scratch = String::new();
+    let mut recent = RecentIds::default();
     let segments = store::list_segments(paths)?;
     for (i, segment) in segments.iter().enumerate() {
         if segments
@@ -373,6 +388,9 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                 return;
             };
             replayed += 1;
+            if event.id_hash.is_some_and(|id| !recent.first_time(id.get())) {
+                return;
+            }
             for (view, spec) in config.views.iter().enumerate() {
                 let key = spec.key_text(&event, &mut scratch);
                 partitions[partition_of(key, n)].apply(header.epoch, view, &event);
@@ -388,6 +406,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     };
     let counters = store::load_counters(paths)?;
     Ok(Recovered {
+        recent,
         counters,
         log,
         epochs,
@@ -415,6 +434,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
             .map_err(|_| StartError::Interrupted)??
     };
     let Recovered {
+        recent,
         counters,
         log,
         epochs,
@@ -436,10 +456,23 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let views: Arc<[_]> = config.views.iter().cloned().collect();
     let shared = Arc::new(Shared::new(partitions.len(), &counters));
 
+    // The speed partitions run on threads of their own, one per core (at most
+    // one per partition), so applying events runs beside parsing and serving.
+    let n_threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(partitions.len())
+        .max(1);
+    let speed_threads: Vec<Arbiter> = (0..n_threads).map(|_| Arbiter::new()).collect();
     let partitions: Vec<Addr<SpeedPartition>> = partitions
         .into_iter()
         .enumerate()
-        .map(|(index, state)| SpeedPartition::new(index, state, Arc::clone(&shared)).start())
+        .map(|(index, state)| {
+            let shared = Arc::clone(&shared);
+            SpeedPartition::start_in_arbiter(
+                &speed_threads[index % n_threads].handle(),
+                move |_| SpeedPartition::new(index, state, shared),
+            )
+        })
         .collect();
     let partition_addrs: Arc<[Addr<SpeedPartition>]> = partitions.iter().cloned().collect();
     let serving = Serving::new(
@@ -505,6 +538,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         .iter()
         .map(|addr| addr.clone().recipient())
         .collect();
+    let recent = Arc::new(std::sync::Mutex::new(recent));
     let pipeline = |index: usize| Pipeline {
         index,
         schema: Arc::clone(&config.schema),
@@ -513,6 +547,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         recorder: recorder.clone(),
         stats: Arc::clone(&handles[index].stats),
         ack_lag: metrics.ack_lag.clone(),
+        recent: Arc::clone(&recent),
     };
     let push_source = |index: usize, control| {
         let (sender, receiver) = mpsc::channel(INGEST_QUEUE);
@@ -558,6 +593,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         shared,
         startup,
         recorder_thread: std::sync::Mutex::new(Some(recorder_thread)),
+        speed_threads: std::sync::Mutex::new(speed_threads),
         lock: std::sync::Mutex::new(Some(lock)),
     })
 }

@@ -10,7 +10,7 @@
 //! broker is away, so a dead broker never stalls sealing.
 
 use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
-use super::speed::{Apply, partition_of};
+use super::speed::{Apply, RecentIds, partition_of};
 use crate::aggregate::ViewSpec;
 use crate::config::RabbitmqSource;
 use crate::event::{Epoch, ParsedEvent, Reject, Schema};
@@ -87,6 +87,9 @@ pub struct Pipeline {
     pub stats: Arc<SourceStats>,
     /// Observed when a batch is acknowledged.
     pub ack_lag: prometheus_client::metrics::histogram::Histogram,
+    /// Ids seen lately by any source: a redelivery is durable again (the
+    /// batch layer drops it) but is not applied to the speed layer twice.
+    pub recent: Arc<std::sync::Mutex<RecentIds>>,
 }
 
 /// What a source does after a control message.
@@ -209,12 +212,21 @@ impl Pipeline {
         let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
             vec![Vec::new(); self.partitions.len()];
         let mut scratch = String::new();
+        // Uncontended: every source runs on the system thread.
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for event in pending.events {
+            if event.id_hash.is_some_and(|id| !recent.first_time(id.get())) {
+                continue;
+            }
             for (view, spec) in self.views.iter().enumerate() {
                 let key = spec.key_text(&event, &mut scratch);
                 routed[partition_of(key, self.partitions.len())].push((view, Arc::clone(&event)));
             }
         }
+        drop(recent);
         for (partition, events) in self.partitions.iter().zip(routed) {
             if !events.is_empty() {
                 partition.do_send(Apply {

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Ids remembered per partition and view to drop redeliveries.
-const RECENT_IDS: usize = 65_536;
+/// Ids remembered to drop redeliveries from the speed layer.
+const RECENT_IDS: usize = 262_144;
 
 /// The partition owning `key` of a view: every key has exactly one owner.
 pub fn partition_of(key: &str, partitions: usize) -> usize {
@@ -56,16 +56,18 @@ pub struct Expire {
     pub upto: Epoch,
 }
 
-/// A bounded set of recently seen ids, oldest forgotten first.
+/// A bounded set of recently seen ids, oldest forgotten first: the speed
+/// layer's best-effort dedup (the batch layer's is exact). One set serves
+/// every source and view, so each event is looked up once.
 #[derive(Debug, Default)]
-struct RecentIds {
+pub struct RecentIds {
     order: VecDeque<u64>,
     seen: FxHashSet<u64>,
 }
 
 impl RecentIds {
     /// Whether `id` is new; remembers it.
-    fn first_time(&mut self, id: u64) -> bool {
+    pub fn first_time(&mut self, id: u64) -> bool {
         if !self.seen.insert(id) {
             return false;
         }
@@ -87,31 +89,23 @@ pub struct SpeedState {
     epochs: BTreeMap<Epoch, Vec<ViewState>>,
     /// The newest epoch expired: events of it or older are in the snapshot.
     expired: Option<Epoch>,
-    /// Per view, recent ids, so a redelivery is not counted twice.
-    recent: Vec<RecentIds>,
 }
 
 impl SpeedState {
     /// An empty partition for these views.
     pub fn new(views: Arc<[Arc<ViewSpec>]>) -> SpeedState {
-        let recent = views.iter().map(|_| RecentIds::default()).collect();
         SpeedState {
             views,
             epochs: BTreeMap::new(),
             expired: None,
-            recent,
         }
     }
 
     /// Applies one event of `epoch` to view `view`. Events of an expired epoch
-    /// are ignored: the snapshot that expired it already counts them.
+    /// are ignored: the snapshot that expired it already counts them. Callers
+    /// drop the redeliveries they recognise first ([`RecentIds`]).
     pub fn apply(&mut self, epoch: Epoch, view: usize, event: &ParsedEvent) {
         if self.expired.is_some_and(|expired| epoch <= expired) {
-            return;
-        }
-        if let Some(id) = event.id_hash
-            && !self.recent[view].first_time(id.get())
-        {
             return;
         }
         let n_views = self.views.len();
@@ -262,6 +256,18 @@ mod tests {
     }
 
     #[test]
+    fn recent_ids_drop_redeliveries_and_forget_the_oldest() {
+        let mut recent = RecentIds::default();
+        assert!(recent.first_time(1));
+        assert!(!recent.first_time(1), "a redelivery");
+        for id in 2..=RECENT_IDS as u64 + 1 {
+            assert!(recent.first_time(id));
+        }
+        assert!(recent.first_time(1), "forgotten after RECENT_IDS newer ids");
+        assert!(!recent.first_time(RECENT_IDS as u64 + 1));
+    }
+
+    #[test]
     fn epochs_are_kept_apart_expired_and_never_reopened() {
         let config = Config::parse(CONFIG, "test.toml").expect("config");
         let mut state = SpeedState::new(config.views.iter().cloned().collect());
@@ -273,7 +279,6 @@ mod tests {
         };
         state.apply(Epoch(1), 0, &event(1));
         state.apply(Epoch(2), 0, &event(2));
-        state.apply(Epoch(2), 0, &event(2)); // a redelivery
         state.apply(Epoch(3), 0, &event(3));
         assert_eq!(
             totals(&state, None),

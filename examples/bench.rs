@@ -565,6 +565,8 @@ async fn bench_query(
     };
     let (base, server) = serve(&handle)?;
     for (kind, _) in questions("") {
+        // Top and totals read every group of the view: fewer samples of them.
+        let n = if kind == "key" { n } else { (n / 10).max(10) };
         let mut inprocess = Vec::with_capacity(n);
         for i in 0..n {
             let question = questions(&product(i))

@@ -53,26 +53,6 @@ fn broker_up() -> bool {
     actix::System::new().block_on(common::broker_available())
 }
 
-fn wait_handled(daemon: &Daemon, at_least: u64) {
-    let started = std::time::Instant::now();
-    loop {
-        let (_, status) = get(daemon, "/v1/status");
-        let rejected: u64 = status["events_rejected"].as_object().map_or(0, |reasons| {
-            reasons.values().filter_map(Value::as_u64).sum()
-        });
-        let handled = status["events_accepted"].as_u64().unwrap_or(0) + rejected;
-        if handled >= at_least {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "only {handled} of {at_least} handled:\n{}",
-            daemon.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
     if !broker_up() {
@@ -105,7 +85,7 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         &[("TANDEM_TEST_TOKEN", TOKEN)],
     );
     common::tandem_publish(&queue, &file);
-    wait_handled(&daemon, lines.len() as u64);
+    daemon.wait_handled(Some(TOKEN), lines.len() as u64);
 
     // A second daemon on the same data_dir is refused, clearly, and the first keeps running.
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
@@ -404,7 +384,7 @@ fn sigterm_in_the_middle_of_a_publish_loses_nothing_and_counts_nothing_twice() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start tandem publish");
-    wait_handled(&daemon, 3_000);
+    daemon.wait_handled(Some(TOKEN), 3_000);
     let (code, took) = daemon.terminate();
     assert_eq!(code, Some(0), "{}", daemon.logs());
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");

@@ -4,6 +4,7 @@
 mod error;
 mod push;
 mod routes;
+mod ui;
 
 pub use error::ApiError;
 
@@ -40,7 +41,7 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 
 fn authorized(request: &ServiceRequest, token: Option<&str>) -> bool {
     let Some(token) = token else { return true };
-    if matches!(request.path(), "/healthz" | "/readyz") {
+    if matches!(request.path(), "/healthz" | "/readyz") || ui::is_asset(request.path()) {
         return true;
     }
     request
@@ -97,6 +98,7 @@ pub fn serve(state: ApiState, listen: SocketAddr) -> std::io::Result<Server> {
                     Ok::<_, actix_web::Error>(response)
                 }
             })
+            .configure(ui::configure)
             .configure(routes::configure)
     })
     .disable_signals()

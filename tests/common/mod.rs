@@ -243,6 +243,27 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the daemon has handled (accepted or rejected) `at_least` messages.
+    pub fn wait_handled(&self, token: Option<&str>, at_least: u64) {
+        let started = Instant::now();
+        loop {
+            let (_, status) = http("GET", &format!("{}/v1/status", self.base), token);
+            let rejected: u64 = status["events_rejected"].as_object().map_or(0, |reasons| {
+                reasons.values().filter_map(|n| n.as_u64()).sum()
+            });
+            let handled = status["events_accepted"].as_u64().unwrap_or(0) + rejected;
+            if handled >= at_least {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "only {handled} of {at_least} handled:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the process with SIGKILL and waits for it to be gone.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");

@@ -105,7 +105,10 @@ struct Args {
     sizes: Sizes,
     runs: usize,
     only: Vec<String>,
+    /// Where data_dirs go; with `$TANDEM_BENCH_DIR` set, the generated events
+    /// and the master dataset are also kept there for the next run.
     dir: PathBuf,
+    keep: bool,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -115,6 +118,7 @@ fn parse_args() -> Result<Args, BoxError> {
         runs: 3,
         only: GROUPS.iter().map(|group| (*group).to_owned()).collect(),
         dir: std::env::var_os("TANDEM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into),
+        keep: std::env::var_os("TANDEM_BENCH_DIR").is_some(),
     };
     let mut runs = None;
     while let Some(arg) = args.next() {
@@ -232,14 +236,16 @@ fn rabbitmq_source(queue: &str) -> String {
 }
 
 /// Events from the reference generator, seed 7, kept in `dir` for the next
-/// run (the generator is deterministic, and slow at millions of events).
-fn events(dir: &Path, n: usize) -> Result<Vec<Vec<u8>>, BoxError> {
+/// run when `keep` (the generator is deterministic, and slow at millions of events).
+fn events(dir: &Path, keep: bool, n: usize) -> Result<Vec<Vec<u8>>, BoxError> {
     let cached = dir.join(format!("tandem-bench-events-{n}-seed7.jsonl"));
     let jsonl = match std::fs::read(&cached) {
-        Ok(jsonl) => jsonl,
-        Err(_) => {
+        Ok(jsonl) if keep => jsonl,
+        _ => {
             let jsonl = workload::generate(&["--events", &n.to_string(), "--seed", "7"]);
-            std::fs::write(&cached, &jsonl)?;
+            if keep {
+                std::fs::write(&cached, &jsonl)?;
+            }
             jsonl
         }
     };
@@ -667,9 +673,9 @@ async fn bench_freshness(results: &mut Results, dir: &Path, n: usize) -> Result<
     outcome
 }
 
-/// A master dataset of `n` generated events: the first nine tenths in epoch 1,
-/// the rest in epoch 2, both sealed. Answers the two seals and the JSONL file.
-fn build_master(dir: &Path, n: usize) -> Result<(SealedEpoch, SealedEpoch, PathBuf), BoxError> {
+/// A master dataset of `n` generated events in `dir` (and their JSONL file,
+/// `events.jsonl`): the first nine tenths in epoch 1, the rest in epoch 2, both sealed.
+fn build_master(dir: &Path, n: usize) -> Result<(), BoxError> {
     let config = config("", dir)?;
     let paths = DataPaths::new(dir);
     let file = dir.join("events.jsonl");
@@ -731,22 +737,47 @@ fn build_master(dir: &Path, n: usize) -> Result<(SealedEpoch, SealedEpoch, PathB
         sealed_at_ms: tandem::now_ms(),
     });
     epochs.seal(seals[1])?;
-    Ok((seals[0], seals[1], file))
+    Ok(())
 }
 
-/// Runs this program as a child (`--child KIND DIR`) and returns its stdout.
-fn child(kind: &str, dir: &Path) -> Result<(String, f64), BoxError> {
+/// Runs this program as a child (`--child KIND DIR`): answers its first line
+/// of output and the seconds from its start to that line. The child is then
+/// waited for, or killed when `kill` (a started system may have begun a batch
+/// run that would hold the process until it ends).
+fn child(kind: &str, dir: &Path, kill: bool) -> Result<(String, f64), BoxError> {
     let started = Instant::now();
-    let out = Command::new(std::env::current_exe()?)
+    let mut process = Command::new(std::env::current_exe()?)
         .args(["--child", kind])
         .arg(dir)
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()?;
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(stdout) = process.stdout.take() {
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+    }
     let took = started.elapsed().as_secs_f64();
-    if !out.status.success() {
+    if kill {
+        process.kill().ok();
+        process.wait()?;
+    } else if !process.wait()?.success() {
         return Err(format!("the {kind} child failed").into());
     }
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), took))
+    if line.is_empty() {
+        return Err(format!("the {kind} child printed nothing").into());
+    }
+    Ok((line, took))
+}
+
+/// Removes every snapshot but epoch 1's, so that the restart figure always
+/// starts from a snapshot that covers all but the last tenth.
+fn keep_first_snapshot(master: &Path) -> Result<(), BoxError> {
+    for (epoch, path) in tandem::store::list_snapshots(&DataPaths::new(master))? {
+        if epoch > Epoch(1) {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -785,6 +816,7 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
             actix::System::new().block_on(async {
                 let handle = tandem::start(config, Options { epoch_timer: false }).await?;
                 println!("ready {}", handle.startup().replayed);
+                std::io::Write::flush(&mut std::io::stdout())?;
                 handle.shutdown().await;
                 Ok::<_, BoxError>(())
             })?;
@@ -799,13 +831,8 @@ fn bench_recompute(
     file: &Path,
     records: u64,
 ) -> Result<(), BoxError> {
-    let (out, _) = child("recompute", master)?;
-    // The restart figure wants the snapshot of epoch 1 only.
-    for (epoch, path) in tandem::store::list_snapshots(&DataPaths::new(master))? {
-        if epoch > Epoch(1) {
-            std::fs::remove_file(path)?;
-        }
-    }
+    let (out, _) = child("recompute", master, false)?;
+    keep_first_snapshot(master)?;
     let fields: Vec<f64> = out
         .split_whitespace()
         .filter_map(|field| field.parse().ok())
@@ -839,7 +866,8 @@ fn bench_recompute(
 }
 
 fn bench_restart(results: &mut Results, master: &Path, tail: u64) -> Result<(), BoxError> {
-    let (out, took) = child("start", master)?;
+    let (out, took) = child("start", master, true)?;
+    keep_first_snapshot(master)?;
     let replayed: u64 = out
         .trim()
         .strip_prefix("ready ")
@@ -871,22 +899,46 @@ fn main() -> Result<(), BoxError> {
         .iter()
         .any(|group| wants(group));
     let events = if needs_events {
-        events(&args.dir, sizes.ingest.max(sizes.rabbitmq).max(sizes.http))?
+        events(
+            &args.dir,
+            args.keep,
+            sizes.ingest.max(sizes.rabbitmq).max(sizes.http),
+        )?
     } else {
         Vec::new()
     };
     let master = if wants("recompute") || wants("restart") {
-        let dir = tempfile::tempdir_in(&args.dir)?;
+        // Kept in the bench dir for the next run when `keep`, like the events.
+        let scratch = tempfile::tempdir_in(&args.dir)?;
+        let dir = if args.keep {
+            args.dir
+                .join(format!("tandem-bench-master-{}", sizes.recompute))
+        } else {
+            scratch.path().to_path_buf()
+        };
+        let built = dir.join("built");
         let started = Instant::now();
-        let (first, sealed, file) = build_master(dir.path(), sizes.recompute)?;
-        child("snapshot", dir.path())?;
+        let file = dir.join("events.jsonl");
+        if !built.exists() {
+            std::fs::remove_dir_all(&dir).ok();
+            std::fs::create_dir_all(&dir)?;
+            build_master(&dir, sizes.recompute)?;
+            child("snapshot", &dir, false)?;
+            std::fs::write(&built, "")?;
+        }
+        keep_first_snapshot(&dir)?;
+        let seals = EpochIndex::open(&DataPaths::new(&dir))?;
+        let (Some(first), Some(sealed)) = (seals.entries().first().copied(), seals.last().copied())
+        else {
+            return Err(format!("{} has no sealed epochs: remove it", dir.display()).into());
+        };
         println!(
-            "master dataset: {} records ({} after the snapshot) built in {:.1} s",
+            "master dataset: {} records ({} after the snapshot), ready in {:.1} s",
             sealed.next_seq.0,
             sealed.next_seq.0 - first.next_seq.0,
             started.elapsed().as_secs_f64()
         );
-        Some((dir, first, sealed, file))
+        Some((dir, first, sealed, file, scratch))
     } else {
         None
     };
@@ -927,16 +979,12 @@ fn main() -> Result<(), BoxError> {
         if wants("freshness") {
             system.block_on(bench_freshness(&mut results, &args.dir, sizes.freshness))?;
         }
-        if let Some((dir, first, sealed, file)) = &master {
+        if let Some((dir, first, sealed, file, _)) = &master {
             if wants("recompute") {
-                bench_recompute(&mut results, dir.path(), file, sealed.next_seq.0)?;
+                bench_recompute(&mut results, dir, file, sealed.next_seq.0)?;
             }
             if wants("restart") {
-                bench_restart(
-                    &mut results,
-                    dir.path(),
-                    sealed.next_seq.0 - first.next_seq.0,
-                )?;
+                bench_restart(&mut results, dir, sealed.next_seq.0 - first.next_seq.0)?;
             }
         }
     }

@@ -9,7 +9,8 @@
 //! `../shared/bench/gen_events.py` (seed 7), its own temporary data_dirs (under
 //! `$TANDEM_BENCH_DIR` or the system temp dir) and its own RabbitMQ queues
 //! (`$TANDEM_BENCH_AMQP_URI`, default the local broker), deleted afterwards.
-//! `http_ingest` runs the `tandem` binary built next to this example.
+//! `rabbitmq` (to fill its queues) and `http_ingest` run `tandem publish`,
+//! from the `tandem` binary built next to this example.
 //!
 //! Prints `bench: NAME VALUE UNIT` for every figure of every run, then a table
 //! of the medians. Figures (`--only` takes the group names):
@@ -40,7 +41,7 @@ mod workload;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -306,41 +307,41 @@ async fn bench_ingest(
     Ok(eps)
 }
 
-/// Fills `queue` (durable, persistent messages) with every event, with confirms.
-async fn fill(queue: &str, events: &[Vec<u8>]) -> Result<(), BoxError> {
-    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
+/// Writes the events to `dir/events.jsonl`, off the async threads.
+async fn write_events(dir: &Path, events: &[Vec<u8>]) -> Result<PathBuf, BoxError> {
+    let (file, jsonl) = (dir.join("events.jsonl"), events.join(&b'\n'));
+    let path = file.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(path, jsonl)).await??;
+    Ok(file)
+}
+
+/// Runs `tandem publish ARGS FILE` (the binary built next to this example)
+/// off the async threads, and fails with its error output if it fails.
+async fn tandem_publish(args: Vec<String>, file: &Path) -> Result<(), BoxError> {
+    let (binary, file, given) = (tandem_binary()?, file.to_path_buf(), args.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .arg("publish")
+            .args(&given)
+            .arg(&file)
+            .output()
+    })
+    .await??;
+    if !out.status.success() {
+        return Err(format!(
+            "tandem publish {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
         )
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    for chunk in events.chunks(2_000) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for event in chunk {
-            confirms.push(
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        event,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?,
-            );
-        }
-        for confirm in confirms {
-            confirm.await?;
-        }
+        .into());
     }
-    connection.close(200, "filled".into()).await.ok();
     Ok(())
+}
+
+/// Fills `queue` with every event: durable, persistent messages, with confirms.
+async fn fill(queue: &str, file: &Path) -> Result<(), BoxError> {
+    let args = ["--uri", &amqp_uri(), "--queue", queue].map(str::to_owned);
+    tandem_publish(args.to_vec(), file).await
 }
 
 async fn delete(queues: &[&str]) {
@@ -404,9 +405,11 @@ async fn bench_rabbitmq(
 ) -> Result<(), BoxError> {
     let (queue, bare) = (unique("ingest"), unique("bare"));
     let dead = format!("{queue}.dead");
+    let files = tempfile::tempdir_in(dir)?;
     let outcome = async {
-        fill(&queue, events).await?;
-        fill(&bare, events).await?;
+        let file = write_events(files.path(), events).await?;
+        fill(&queue, &file).await?;
+        fill(&bare, &file).await?;
         let bare_eps = bare_consume(&bare, events.len()).await?;
         let data = tempfile::tempdir_in(dir)?;
         let started = Instant::now();
@@ -470,10 +473,8 @@ async fn bench_http_ingest(
     dir: &Path,
     events: &[Vec<u8>],
 ) -> Result<(), BoxError> {
-    let binary = tandem_binary()?;
     let data = tempfile::tempdir_in(dir)?;
-    let file = data.path().join("events.jsonl");
-    std::fs::write(&file, events.join(&b'\n'))?;
+    let file = write_events(data.path(), events).await?;
     let source = "[[source]]\nname = \"push\"\ntype = \"http\"\n";
     let handle = Arc::new(
         tandem::start(
@@ -484,21 +485,9 @@ async fn bench_http_ingest(
     );
     let (base, server) = serve(&handle)?;
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(binary)
-            .args(["publish", "--batch", &CHUNK.to_string(), "--http", &base])
-            .arg(&file)
-            .output()
-    })
-    .await??;
+    let args = ["--batch", &CHUNK.to_string(), "--http", &base].map(str::to_owned);
+    tandem_publish(args.to_vec(), &file).await?;
     let took = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        return Err(format!(
-            "tandem publish --http failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
     let posted = accepted(&handle);
     if posted != events.len() as u64 {
         return Err(format!("{posted} of {} events accepted", events.len()).into());

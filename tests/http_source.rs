@@ -313,10 +313,11 @@ fn a_rabbitmq_and_an_http_source_feed_one_daemon_exactly() {
     let rabbit_queue = queue.clone();
     let rabbit_publisher =
         std::thread::spawn(move || common::tandem_publish(&rabbit_queue, &rabbit_file));
-    for _ in 0..3 {
+    // Epochs end at a quarter, half and three quarters of both streams together.
+    for quarter in 1..=3 {
+        daemon.wait_handled(None, (all.len() * quarter / 4) as u64);
         let (code, body) = http("POST", &format!("{}/v1/recompute", daemon.base), None);
         assert_eq!(code, 202, "{body}");
-        std::thread::sleep(Duration::from_millis(150));
     }
     let out = http_publisher.join().expect("http publisher");
     assert!(

@@ -110,8 +110,10 @@ pub async fn events(
     }
     let framing = framing(&request)?;
     let body = read_body(payload, push.limits.max_body_bytes).await?;
-    let (messages, positions) = split(&body, framing)?;
-    drop(body);
+    // Splitting up to max_body_bytes is CPU work: off the async threads.
+    let (messages, positions) = web::block(move || split(&body, framing))
+        .await
+        .map_err(|_| ApiError::Unavailable("tandem is stopping".into()))??;
     if messages.len() > push.limits.max_events {
         return Err(ApiError::TooLarge(format!(
             "the body holds {} events, more than {} (source max_events); split it",

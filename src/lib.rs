@@ -18,6 +18,7 @@ pub mod actors;
 pub mod aggregate;
 pub mod config;
 pub mod event;
+pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod store;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Values the actors publish for scrapes; each has one writer, named per field.
@@ -36,6 +37,26 @@ pub struct Shared {
     pub recompute_failures: AtomicU64,
     /// Rejections before this process started, in `Reason::ALL` order (set once at start).
     pub rejected_before: Vec<u64>,
+    /// Why the last group commit failed, while writes fail (writer: the recorder).
+    pub store_error: Mutex<Option<String>>,
+    /// Group commits that failed (writer: the recorder).
+    pub store_write_failures: AtomicU64,
+    /// Why the last batch run failed, until one succeeds (writer: the supervisor).
+    pub recompute_error: Mutex<Option<String>>,
+}
+
+/// Sets or clears a shared error text.
+pub fn set_error(slot: &Mutex<Option<String>>, error: Option<String>) {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+}
+
+/// A shared error text.
+pub fn error_of(slot: &Mutex<Option<String>>) -> Option<String> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 impl Shared {
@@ -267,6 +288,22 @@ impl Collector for Live {
             "tandem_recompute_records_per_second",
             "Rate of the last batch run",
             rate,
+        )?;
+        gauge(
+            &mut encoder,
+            "tandem_store_writable",
+            "1 while the master dataset takes writes, 0 while they fail (disk full, say)",
+            if error_of(&shared.store_error).is_some() {
+                0.0
+            } else {
+                1.0
+            },
+        )?;
+        counter(
+            &mut encoder,
+            "tandem_store_write_failures",
+            "Group commits that failed (nothing of them was acknowledged)",
+            shared.store_write_failures.load(Ordering::Relaxed),
         )?;
         counter(
             &mut encoder,

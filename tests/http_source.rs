@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Daemon, http, orders as count, post, revenue_cents as cents};
+use common::{Daemon, http, orders as count, post};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,27 +16,7 @@ use std::time::{Duration, Instant};
 const NDJSON: &str = "application/x-ndjson";
 
 fn config(sources: &str) -> String {
-    format!(
-        r#"
-data_dir = "DATA_DIR"
-[event]
-id = "order_id"
-time = "ts"
-{sources}
-[batch]
-interval = "1h"
-[http]
-listen = "LISTEN"
-[[view]]
-name = "by_product"
-key = ["product_id"]
-bucket = "1m"
-metrics = [
-  {{ name = "orders", agg = "count" }},
-  {{ name = "revenue", agg = "sum", field = "amount" }},
-]
-"#
-    )
+    common::orders_config(sources, "1h")
 }
 
 const HTTP_SOURCE: &str = r#"
@@ -46,52 +26,6 @@ type = "http"
 max_body_bytes = 1048576
 max_events = 2000
 "#;
-
-/// Recomputes until the batch layer holds `orders` orders (a RabbitMQ source
-/// may still be draining), then checks every product against the oracle in
-/// the batch layer and the merged answer.
-fn assert_every_product(daemon: &Daemon, expect: &common::Expected) {
-    let orders: u64 = expect.products.values().map(|(orders, _)| orders).sum();
-    let started = Instant::now();
-    loop {
-        let (code, body) = http(
-            "POST",
-            &format!("{}/v1/recompute?wait=true", daemon.base),
-            None,
-        );
-        assert_eq!(code, 200, "{body}");
-        let (_, batch) = http(
-            "GET",
-            &format!("{}/v1/views/by_product/totals?layer=batch", daemon.base),
-            None,
-        );
-        if count(&batch) >= orders {
-            assert_eq!(count(&batch), orders, "counted twice:\n{}", daemon.logs());
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the batch layer holds {} of {orders} orders:\n{}",
-            count(&batch),
-            daemon.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for (product, expected) in &expect.products {
-        for layer in ["batch", "merged"] {
-            let (code, body) = http(
-                "GET",
-                &format!(
-                    "{}/v1/views/by_product/keys/{product}?layer={layer}",
-                    daemon.base
-                ),
-                None,
-            );
-            assert_eq!(code, 200, "{body}");
-            assert_eq!((count(&body), cents(&body)), *expected, "{product} {layer}");
-        }
-    }
-}
 
 #[test]
 fn pushed_events_are_answered_per_line_and_every_key_matches_the_oracle() {
@@ -200,7 +134,7 @@ fn pushed_events_are_answered_per_line_and_every_key_matches_the_oracle() {
         "speed holds {} of {unique} orders ({accepted} accepted)",
         count(&speed)
     );
-    assert_every_product(&daemon, &expect);
+    common::assert_every_product(&daemon, &expect);
 
     // A caller's mistakes are 4xx with a clear message, and cost nothing else.
     let (code, body) = post(&url, None, "application/json", b"[{\"a\":1},");
@@ -241,7 +175,7 @@ fn pushed_events_are_answered_per_line_and_every_key_matches_the_oracle() {
     assert_eq!(code, 400);
     let (code, body) = post(&url, None, NDJSON, b"");
     assert_eq!((code, body), (200, json!({"accepted": 0, "rejected": []})));
-    assert_every_product(&daemon, &expect);
+    common::assert_every_product(&daemon, &expect);
 }
 
 #[test]
@@ -334,7 +268,7 @@ fn a_rabbitmq_and_an_http_source_feed_one_daemon_exactly() {
         "publish --http reports the rejections: {stdout}"
     );
     rabbit_publisher.join().expect("rabbitmq publisher");
-    assert_every_product(&daemon, &expect);
+    common::assert_every_product(&daemon, &expect);
     drop(daemon);
     actix::System::new().block_on(common::delete_queues(&[&queue, &dead]));
 }

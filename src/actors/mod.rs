@@ -345,6 +345,16 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
     let epochs = EpochIndex::open(paths)?;
     let last_sealed = epochs.last().copied();
+    if let Some(sealed) = last_sealed
+        && sealed.end > log.end()
+    {
+        return Err(store::Error::SealedBeyondLog {
+            path: paths.epochs(),
+            epoch: sealed.epoch,
+            sealed: sealed.end,
+            log_end: log.end(),
+        });
+    }
     let views: Arc<[_]> = config.views.iter().cloned().collect();
     let (batch, complete) = match store::load_newest::<SnapshotData>(paths)? {
         Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {

@@ -201,6 +201,7 @@ pub fn recompute(
         }),
         took_ms,
     };
+    crate::faults::crash_point("recompute.mid_run");
     let meta = store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data)?;
     let views = data.views.into_iter().map(|(_, view)| view.state).collect();
     Ok(Batch {

@@ -149,8 +149,19 @@ impl Recorder {
         self.shared
             .durable_records
             .store(self.log.next_seq().0, Ordering::Relaxed);
-        if let Err(err) = &outcome {
-            tracing::error!(error = %err, batches = self.waiting.len(), "group commit failed; the batches are not acknowledged");
+        match &outcome {
+            Err(err) => {
+                tracing::error!(error = %err, batches = self.waiting.len(), "group commit failed; the batches are not acknowledged");
+                self.shared
+                    .store_write_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::metrics::set_error(&self.shared.store_error, Some(format!("{err:#}")));
+            }
+            Ok(_) if crate::metrics::error_of(&self.shared.store_error).is_some() => {
+                tracing::warn!("the master dataset takes writes again");
+                crate::metrics::set_error(&self.shared.store_error, None);
+            }
+            Ok(_) => {}
         }
         for (reply, durable) in self.waiting.drain(..) {
             // A source that gave up waiting has nothing left to ack.
@@ -281,6 +292,7 @@ impl Handler<Barrier> for Recorder {
         };
         match self.epochs.seal(sealed) {
             Ok(()) => {
+                crate::faults::crash_point("seal.after");
                 tracing::debug!(end = %end, "sealed");
                 self.sealed_to.do_send(Sealed(sealed));
             }

@@ -58,6 +58,8 @@ pub struct SourceStats {
     pub rejected: [AtomicU64; 7],
     /// Whether the source is connected to its broker (always true in process).
     pub connected: AtomicBool,
+    /// Why the source last lost its broker, until it is connected again.
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl SourceStats {
@@ -409,7 +411,9 @@ pub async fn run_rabbitmq(
         match outcome {
             Ok(()) => return,
             Err(err) => {
-                tracing::warn!(source = pipeline.index, queue = %config.queue, error = %err, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected")
+                let error = error_chain(&err);
+                tracing::warn!(source = pipeline.index, queue = %config.queue, error = %error, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected; unacknowledged messages stay in the queue");
+                crate::metrics::set_error(&pipeline.stats.last_error, Some(error));
             }
         }
         // Keep passing barriers while the broker is away.
@@ -430,6 +434,18 @@ pub async fn run_rabbitmq(
         }
         backoff = (backoff * 2).min(BACKOFF_CAP);
     }
+}
+
+/// An error and its causes in one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Why a session ended.
@@ -504,7 +520,7 @@ async fn session(
         )
         .await?;
     pipeline.stats.connected.store(true, Ordering::Relaxed);
-    *backoff = BACKOFF_FIRST;
+    crate::metrics::set_error(&pipeline.stats.last_error, None);
     tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source connected");
 
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -530,6 +546,8 @@ async fn session(
             },
                         Some(outcome) = oldest_durable(&mut in_flight) => {
                 ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
+                // Progress: a session that fails at once (a full disk) backs off, one that worked starts over.
+                *backoff = BACKOFF_FIRST;
             },
             delivery = consumer.next() => {
                 let first = match delivery {

@@ -4,6 +4,7 @@ use super::{ApiError, ApiState};
 use crate::actors::serving::{Answer, AsOf, Layer, MAX_TOP, Query, Question};
 use crate::aggregate::{Body, TimeRange};
 use crate::config::format_duration;
+use crate::metrics::error_of;
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -309,8 +310,10 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
     let sources: Vec<Value> = handle
         .sources()
         .iter()
-        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed), "accepted": source.stats.accepted.load(Ordering::Relaxed) }))
+        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed), "accepted": source.stats.accepted.load(Ordering::Relaxed), "last_error": error_of(&source.stats.last_error) }))
         .collect();
+    let shared = handle.shared();
+    let store_error = error_of(&shared.store_error);
     let snapshot = batch.meta.map_or(Value::Null, |meta| {
         json!({ "epoch": meta.epoch, "events": batch.stats.counted, "created_at": rfc3339(meta.created_ms), "took_ms": batch.took_ms })
     });
@@ -319,9 +322,15 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
         "batch_epoch": batch.epoch,
         "recompute_running": runs.running,
         "snapshot": snapshot,
-        "events_accepted": handle.shared().durable_records.load(Ordering::Relaxed),
+        "events_accepted": shared.durable_records.load(Ordering::Relaxed),
         "events_rejected": rejected,
         "duplicates_dropped": batch.stats.duplicates,
         "sources": sources,
+        "store": {
+            "writable": store_error.is_none(),
+            "error": store_error,
+            "write_failures": shared.store_write_failures.load(Ordering::Relaxed),
+        },
+        "recompute_error": error_of(&shared.recompute_error),
     })))
 }

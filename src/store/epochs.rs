@@ -66,6 +66,8 @@ pub struct EpochIndex {
     file: File,
     path: std::path::PathBuf,
     entries: Vec<SealedEpoch>,
+    /// Bytes of whole entries: a failed append is cut back to here.
+    len: u64,
 }
 
 impl EpochIndex {
@@ -97,6 +99,7 @@ impl EpochIndex {
             file,
             path,
             entries,
+            len: valid_len,
         })
     }
 
@@ -116,10 +119,18 @@ impl EpochIndex {
         }
         let mut buf = Vec::with_capacity(record::FRAME_BYTES + ENTRY_BYTES);
         record::encode_frame(&mut buf, &sealed.encode());
-        self.file
+        let written = self
+            .file
             .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|source| Error::io("append to", &self.path, source))?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(source) = written {
+            // A part of an entry (a full disk) must not stay in front of the next one.
+            if let Err(err) = self.file.set_len(self.len) {
+                tracing::error!(file = %self.path.display(), offset = self.len, error = %err, "cannot cut back a failed epoch entry");
+            }
+            return Err(Error::io("append to", &self.path, source));
+        }
+        self.len += buf.len() as u64;
         self.entries.push(sealed);
         Ok(())
     }

@@ -119,6 +119,19 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// The epoch index seals records the log does not have (an index newer
+    /// than the segments, say after a partial restore).
+    #[error("{} seals epoch {epoch} up to {sealed}, but the master dataset ends at {log_end}: records of sealed epochs are missing; restore master/ from one backup (segments and epochs together), `tandem inspect` shows what is there", path.display())]
+    SealedBeyondLog {
+        /// The index file.
+        path: PathBuf,
+        /// The newest sealed epoch.
+        epoch: Epoch,
+        /// Where the index says it ends.
+        sealed: LogPosition,
+        /// Where the log ends.
+        log_end: LogPosition,
+    },
     /// An epoch was sealed out of order.
     #[error("{}: cannot seal epoch {found} after epoch {last}", path.display())]
     EpochOutOfOrder {

@@ -35,7 +35,7 @@ pub struct LogPosition {
 
 impl std::fmt::Display for LogPosition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.segment, self.offset)
+        write!(f, "segment {} offset {}", self.segment, self.offset)
     }
 }
 
@@ -230,10 +230,16 @@ impl MasterLog {
         if self.offset >= self.max_bytes {
             self.roll()?;
         }
-        let written = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
+        let written = if crate::faults::is_armed("commit.mid_write") {
+            let half = self.buf.len() / 2;
+            self.file.write_all(&self.buf[..half]).and_then(|()| {
+                crate::faults::crash_point("commit.mid_write");
+                self.file.write_all(&self.buf[half..])
+            })
+        } else {
+            self.file.write_all(&self.buf)
+        }
+        .and_then(|()| self.file.sync_data());
         if let Err(source) = written {
             self.roll_back();
             return Err(Error::io(

@@ -111,6 +111,7 @@ pub fn write_snapshot<T: Serialize>(
 ) -> Result<SnapshotMeta> {
     let dir = paths.snapshots_dir();
     fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
+    remove_leftovers(&dir);
     let payload = postcard::to_stdvec(data).map_err(|source| Error::Encode {
         path: paths.snapshot(epoch),
         source,
@@ -125,17 +126,47 @@ pub fn write_snapshot<T: Serialize>(
     let tmp = paths.snapshot_tmp(epoch);
     let path = paths.snapshot(epoch);
     let mut file = File::create(&tmp).map_err(|source| Error::io("create", &tmp, source))?;
-    file.write_all(&header)
-        .and_then(|()| file.write_all(&payload))
-        .and_then(|()| file.sync_all())
-        .map_err(|source| Error::io("write", &tmp, source))?;
+    let half = payload.len() / 2;
+    let written = file
+        .write_all(&header)
+        .and_then(|()| file.write_all(&payload[..half]))
+        .and_then(|()| {
+            crate::faults::crash_point("snapshot.mid_write");
+            file.write_all(&payload[half..])
+        })
+        .and_then(|()| file.sync_all());
     drop(file);
+    if let Err(source) = written {
+        // A full disk must not stay full of a snapshot that will never be used.
+        fs::remove_file(&tmp).ok();
+        return Err(Error::io("write", &tmp, source));
+    }
     fs::rename(&tmp, &path).map_err(|source| Error::io("rename", &tmp, source))?;
     sync_dir(&dir)?;
     for (_, old) in list_snapshots(paths)?.into_iter().skip(KEEP) {
         fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
     }
     Ok(meta)
+}
+
+/// Removes temporary files a crash left half written (only one batch run
+/// writes at a time); they would hold disk space for nothing.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(paths::is_tmp_name) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a half-written snapshot")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a half-written snapshot")
+                }
+            }
+        }
+    }
 }
 
 /// The snapshot files, newest first. Leftover temporary files are ignored.

@@ -205,6 +205,26 @@ impl Daemon {
     /// Starts `tandem run` on the config text (its `listen` replaced by a free
     /// port, its data_dir by `dir`), with `env` set, and waits until it is ready.
     pub fn start(config: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+        let mut daemon = Daemon::spawn(config, dir, env);
+        let started = Instant::now();
+        loop {
+            if ureq::get(&format!("{}/readyz", daemon.base)).call().is_ok() {
+                return daemon;
+            }
+            if let Ok(Some(exit)) = daemon.child.try_wait() {
+                panic!("tandem run exited with {exit}:\n{}", daemon.logs());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tandem run did not become ready:\n{}",
+                daemon.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `tandem run` like [`Daemon::start`], without waiting for it.
+    pub fn spawn(config: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let text = config
             .replace("LISTEN", &format!("127.0.0.1:{port}"))
@@ -219,23 +239,34 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start tandem run");
-        let daemon = Daemon {
+        Daemon {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-        };
+        }
+    }
+
+    /// Waits (up to `deadline`) for the process to exit by itself.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let started = Instant::now();
         loop {
-            if ureq::get(&format!("{}/readyz", daemon.base)).call().is_ok() {
-                return daemon;
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tandem run did not become ready:\n{}",
-                daemon.logs()
+                started.elapsed() < deadline,
+                "tandem run still running after {deadline:?}:\n{}",
+                self.logs()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http("GET", &format!("{}/v1/status", self.base), None);
+        assert_eq!(code, 200, "{body}");
+        body
     }
 
     /// What it logged so far.
@@ -248,10 +279,7 @@ impl Daemon {
         let started = Instant::now();
         loop {
             let (_, status) = http("GET", &format!("{}/v1/status", self.base), token);
-            let rejected: u64 = status["events_rejected"].as_object().map_or(0, |reasons| {
-                reasons.values().filter_map(|n| n.as_u64()).sum()
-            });
-            let handled = status["events_accepted"].as_u64().unwrap_or(0) + rejected;
+            let handled = handled(&status);
             if handled >= at_least {
                 return;
             }
@@ -406,4 +434,178 @@ pub fn expected(lines: &[&[u8]]) -> Expected {
         }
     }
     out
+}
+
+/// A daemon config over the reference order stream: one `by_product` view
+/// (orders, revenue) with ids `order_id`, the given sources and batch interval,
+/// `LISTEN` and `DATA_DIR` to be filled in by [`Daemon::start`].
+pub fn orders_config(sources: &str, batch_interval: &str) -> String {
+    format!(
+        r#"
+data_dir = "DATA_DIR"
+[event]
+id = "order_id"
+time = "ts"
+{sources}
+[batch]
+interval = "{batch_interval}"
+[http]
+listen = "LISTEN"
+[[view]]
+name = "by_product"
+key = ["product_id"]
+bucket = "1m"
+metrics = [
+  {{ name = "orders", agg = "count" }},
+  {{ name = "revenue", agg = "sum", field = "amount" }},
+]
+"#
+    )
+}
+
+/// Recomputes until the batch layer holds every order of the oracle (a
+/// RabbitMQ source may still be draining), then checks every product against
+/// the oracle in the batch layer and the merged answer: nothing lost, nothing
+/// counted twice.
+pub fn assert_every_product(daemon: &Daemon, expect: &Expected) {
+    let orders_expected: u64 = expect.products.values().map(|(orders, _)| orders).sum();
+    let started = Instant::now();
+    loop {
+        let (code, body) = http(
+            "POST",
+            &format!("{}/v1/recompute?wait=true", daemon.base),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        let (_, batch) = http(
+            "GET",
+            &format!("{}/v1/views/by_product/totals?layer=batch", daemon.base),
+            None,
+        );
+        if orders(&batch) >= orders_expected {
+            assert_eq!(
+                orders(&batch),
+                orders_expected,
+                "counted twice:\n{}",
+                daemon.logs()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the batch layer holds {} of {orders_expected} orders:\n{}",
+            orders(&batch),
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (product, expected) in &expect.products {
+        for layer in ["batch", "merged"] {
+            let (code, body) = http(
+                "GET",
+                &format!(
+                    "{}/v1/views/by_product/keys/{product}?layer={layer}",
+                    daemon.base
+                ),
+                None,
+            );
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(
+                (orders(&body), revenue_cents(&body)),
+                *expected,
+                "{product} {layer}"
+            );
+        }
+    }
+}
+
+/// Publishes arbitrary message bodies (empty, huge, binary) to `queue` with
+/// publisher confirms, declaring it durable; persistent messages.
+pub async fn publish_bodies<B: AsRef<[u8]>>(queue: &str, bodies: impl IntoIterator<Item = B>) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let connection =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let mut confirms = std::collections::VecDeque::new();
+    for body in bodies {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_ref(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        confirms.push_back(confirm);
+        if confirms.len() >= 1000
+            && let Some(confirm) = confirms.pop_front()
+        {
+            assert!(confirm.await.expect("confirm").is_ack(), "broker nacked");
+        }
+    }
+    for confirm in confirms {
+        assert!(confirm.await.expect("confirm").is_ack(), "broker nacked");
+    }
+    connection.close(200, "done".into()).await.ok();
+}
+
+/// A process's resident set and its peak, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One sample of a Prometheus text metric without labels (or the first
+/// series of it), from `/metrics`.
+pub fn scrape(base: &str, name: &str) -> Option<f64> {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Whether the test runs in CI, where the long fault tests run reduced.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Events handled (accepted or rejected) per `/v1/status`.
+pub fn handled(status: &serde_json::Value) -> u64 {
+    let rejected: u64 = status["events_rejected"].as_object().map_or(0, |reasons| {
+        reasons.values().filter_map(|n| n.as_u64()).sum()
+    });
+    status["events_accepted"].as_u64().unwrap_or(0) + rejected
 }

@@ -155,9 +155,16 @@ impl Recorder {
                 self.shared
                     .store_write_failures
                     .fetch_add(1, Ordering::Relaxed);
-                crate::metrics::set_error(&self.shared.store_error, Some(format!("{err:#}")));
+                crate::metrics::set_error(
+                    &self.shared.store_error,
+                    Some(crate::error_chain(&**err)),
+                );
             }
-            Ok(_) if crate::metrics::error_of(&self.shared.store_error).is_some() => {
+            // Only a commit that wrote something shows that writes work again.
+            Ok(_)
+                if !self.waiting.is_empty()
+                    && crate::metrics::error_of(&self.shared.store_error).is_some() =>
+            {
                 tracing::warn!("the master dataset takes writes again");
                 crate::metrics::set_error(&self.shared.store_error, None);
             }

@@ -411,7 +411,7 @@ pub async fn run_rabbitmq(
         match outcome {
             Ok(()) => return,
             Err(err) => {
-                let error = error_chain(&err);
+                let error = crate::error_chain(&err);
                 tracing::warn!(source = pipeline.index, queue = %config.queue, error = %error, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected; unacknowledged messages stay in the queue");
                 crate::metrics::set_error(&pipeline.stats.last_error, Some(error));
             }
@@ -434,18 +434,6 @@ pub async fn run_rabbitmq(
         }
         backoff = (backoff * 2).min(BACKOFF_CAP);
     }
-}
-
-/// An error and its causes in one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Why a session ended.

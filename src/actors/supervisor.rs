@@ -154,7 +154,7 @@ impl Supervisor {
                 Ok(Ok(batch)) => Ok(batch),
                 Ok(Err(err)) => Err(RecomputeFailed {
                     epoch: sealed.epoch,
-                    reason: format!("{err:#}"),
+                    reason: crate::error_chain(&err),
                 }),
                 Err(join) => Err(RecomputeFailed {
                     epoch: sealed.epoch,

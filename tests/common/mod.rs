@@ -579,22 +579,17 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// One sample of a Prometheus text metric without labels (or the first
-/// series of it), from `/metrics`.
-pub fn scrape(base: &str, name: &str) -> Option<f64> {
+/// One sample from `/metrics`: `series` is the name with its labels as
+/// exposed, e.g. `tandem_source_connected{source="orders"}`.
+pub fn scrape(base: &str, series: &str) -> Option<f64> {
     let text = ureq::get(&format!("{base}/metrics"))
         .call()
         .ok()?
         .into_string()
         .ok()?;
     text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Whether the test runs in CI, where the long fault tests run reduced.

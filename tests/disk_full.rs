@@ -1,0 +1,197 @@
+//! A full disk: the data_dir is a small tmpfs the test mounts and fills. The
+//! recorder stops acknowledging (the messages stay in RabbitMQ), the daemon
+//! says why in its logs, /v1/status and /metrics, keeps answering queries,
+//! and resumes by itself once space returns, with nothing lost and nothing
+//! counted twice.
+
+mod common;
+
+use common::Daemon;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A tmpfs of `mib` MiB mounted at a path; unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts it, or answers why not (not root, no mount): a failure in CI.
+    fn mount(at: &Path, mib: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(SmallDisk(at.to_owned())),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                    Err(err) => err.to_string(),
+                };
+                assert!(!common::in_ci(), "cannot mount a tmpfs in CI: {why}");
+                eprintln!("skipping: cannot mount a tmpfs: {why}");
+                None
+            }
+        }
+    }
+
+    /// Fills the disk with a ballast file until a write fails for lack of space.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("ballast");
+        let mut file = std::fs::File::create(&path).expect("ballast");
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Err(err) = file.write_all(&chunk) {
+                assert_eq!(err.raw_os_error(), Some(28), "ENOSPC, got {err}");
+                return path;
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status()
+            .ok();
+    }
+}
+
+fn field<'a>(status: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
+    path.iter().fold(status, |value, key| &value[*key])
+}
+
+#[test]
+fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(common::broker_available()) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), 16) else {
+        return;
+    };
+    let queue = common::unique_queue("disk-full");
+    let dead = format!("{queue}.dead");
+    let gen_args = |seed: &'static str| {
+        [
+            "--events",
+            "3000",
+            "--seed",
+            seed,
+            "--products",
+            "50",
+            "--dup-frac",
+            "0.05",
+            "--bad-frac",
+            "0.03",
+        ]
+    };
+    let (before, during) = (
+        common::workload::generate(&gen_args("61")),
+        common::workload::generate(&gen_args("62")),
+    );
+    let (before, during) = (
+        common::workload::lines(&before),
+        common::workload::lines(&during),
+    );
+    let all: Vec<&[u8]> = before.iter().chain(&during).copied().collect();
+    let expect = common::expected(&all);
+    let valid = |lines: &[&[u8]]| (lines.len() - common::expected(lines).dead.len()) as u64;
+
+    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "1s");
+    let daemon = Daemon::start(&config, dir.path(), &[]);
+    runtime.block_on(common::publish(&queue, &before));
+    daemon.wait_handled(None, before.len() as u64);
+    let (code, _) = common::http(
+        "POST",
+        &format!("{}/v1/recompute?wait=true", daemon.base),
+        None,
+    );
+    assert_eq!(code, 200);
+    let durable_before = daemon.status()["events_accepted"].as_u64().unwrap_or(0);
+    assert_eq!(durable_before, valid(&before));
+
+    let orders_before: u64 = common::expected(&before)
+        .products
+        .values()
+        .map(|(orders, _)| orders)
+        .sum();
+    let segment = disk.0.join("master/segment-0000000000.log");
+    let segment_len = || std::fs::metadata(&segment).map_or(0, |meta| meta.len());
+    let ballast = disk.fill();
+    // Only the rest of the log's last allocated page can still take records.
+    let page_end = segment_len().div_ceil(4096) * 4096;
+    let full_at = Instant::now();
+    runtime.block_on(common::publish(&queue, &during));
+    // The recorder says why, in status and metrics.
+    let error = runtime.block_on(common::eventually(
+        Duration::from_secs(60),
+        "the store reports the full disk",
+        async || {
+            let status = daemon.status();
+            let error = field(&status, &["store", "error"])
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            let said = field(&status, &["store", "writable"]) == false
+                && error.contains("No space left on device")
+                && common::scrape(&daemon.base, "tandem_store_writable") == Some(0.0)
+                && common::scrape(&daemon.base, "tandem_store_write_failures_total")
+                    .is_some_and(|n| n >= 1.0);
+            if said { Ok(error) } else { Err(status) }
+        },
+    ));
+    assert!(
+        daemon.logs().contains("group commit failed"),
+        "{}",
+        daemon.logs()
+    );
+    // Nothing more is acknowledged, yet queries are answered meanwhile.
+    for _ in 0..20 {
+        assert!(segment_len() <= page_end, "the log grew past the full disk");
+        let (code, body) = common::http(
+            "GET",
+            &format!("{}/v1/views/by_product/totals", daemon.base),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        assert!(common::orders(&body) >= orders_before, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let unacked = runtime.block_on(common::ready_count(&queue));
+    println!("disk full: store error {error:?}; {unacked} messages ready in the queue");
+
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let freed_at = Instant::now();
+    let want = valid(&all);
+    runtime.block_on(common::eventually(
+        Duration::from_secs(60),
+        "writes resume once space returns",
+        async || {
+            let status = daemon.status();
+            let durable = status["events_accepted"].as_u64().unwrap_or(0);
+            if durable >= want && field(&status, &["store", "writable"]) == true {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    ));
+    let resumed = freed_at.elapsed();
+    assert_eq!(
+        common::scrape(&daemon.base, "tandem_store_writable"),
+        Some(1.0)
+    );
+    common::assert_every_product(&daemon, &expect);
+    println!(
+        "disk full for {} ms; all written {} ms after space returned; lost 0, counted twice 0",
+        freed_at.duration_since(full_at).as_millis(),
+        resumed.as_millis()
+    );
+    drop(daemon);
+    runtime.block_on(common::delete_queues(&[&queue, &dead]));
+}

@@ -182,6 +182,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the files are damaged (rather than unreadable or locked): the
+    /// operator's move is to restore them.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::CorruptRecord { .. }
+                | Error::SeqOutOfOrder { .. }
+                | Error::TornSegment { .. }
+                | Error::ShortSegment { .. }
+                | Error::NotARecordBoundary { .. }
+                | Error::BadSegmentHeader { .. }
+                | Error::MissingSegment { .. }
+                | Error::CorruptEpochs { .. }
+                | Error::BadSnapshot { .. }
+                | Error::BadCounters { .. }
+        )
+    }
+
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Error {
         Error::Io {
             op,

@@ -27,7 +27,15 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let listen = config.http.listen;
     actix::System::new().block_on(async move {
         let started = std::time::Instant::now();
-        let handle = Arc::new(tandem::start(config, Options::default()).await.context("cannot start")?);
+        let data_dir = config.data_dir.clone();
+        let started_up = tandem::start(config, Options::default()).await.map_err(|err| match &err {
+            tandem::actors::StartError::Store(store) if store.is_damage() => anyhow::anyhow!(
+                "{err}; `tandem inspect --data {}` lists the damage; restore the file from a backup or replica",
+                data_dir.display()
+            ),
+            _ => anyhow::Error::new(err),
+        });
+        let handle = Arc::new(started_up.context("cannot start")?);
         let ready = Arc::new(AtomicBool::new(false));
         let state = ApiState { handle: Arc::clone(&handle), token, ready: Arc::clone(&ready) };
         let server = tandem::http::serve(state, listen).with_context(|| format!("cannot listen on {listen}"))?;

@@ -29,14 +29,11 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell an attacker how much of a guessed token was right.
+/// Compares in constant time, so the time taken does not tell an attacker
+/// how much of a guessed token was right (only whether its length was).
 fn same_token(given: &[u8], expected: &[u8]) -> bool {
-    let mut difference = given.len() ^ expected.len();
-    for (i, byte) in expected.iter().enumerate() {
-        difference |= usize::from(byte ^ given.get(i).copied().unwrap_or(0));
-    }
-    difference == 0
+    use subtle::ConstantTimeEq;
+    given.ct_eq(expected).into()
 }
 
 fn authorized(request: &ServiceRequest, token: Option<&str>) -> bool {

@@ -241,19 +241,34 @@ impl Pipeline {
     }
 }
 
-/// Waits for the oldest batch in flight; `None` when there is none.
-async fn oldest_durable(
+/// What the recorder answered for a batch.
+type DurableOutcome = Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>;
+
+/// Waits until the oldest batch in flight can be acknowledged: its dead
+/// letters confirmed by the broker and its valid events answered by the
+/// recorder; `None` when nothing is in flight. Cancel-safe: a confirm is
+/// removed only once it has resolved.
+async fn oldest_ready(
     in_flight: &mut VecDeque<InFlight>,
-) -> Option<Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>> {
+) -> Option<Result<DurableOutcome, SessionError>> {
     let oldest = in_flight.front_mut()?;
-    Some(match oldest.pending.reply.as_mut() {
+    while let Some(confirm) = oldest.confirms.last_mut() {
+        match confirm.await {
+            Ok(confirmation) if confirmation.is_ack() => {
+                oldest.confirms.pop();
+            }
+            Ok(_) => return Some(Err(SessionError::DeadLetterNacked)),
+            Err(err) => return Some(Err(err.into())),
+        }
+    }
+    Some(Ok(match oldest.pending.reply.as_mut() {
         Some(reply) => reply.await,
         // A batch of dead letters only: nothing to wait for.
         None => Ok(Ok(Durable {
             first: crate::event::Seq(0),
             next: crate::event::Seq(0),
         })),
-    })
+    }))
 }
 
 /// The control side of a running source.
@@ -449,9 +464,11 @@ enum SessionError {
     NotDurable(#[from] NotDurable),
 }
 
-/// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is durable.
+/// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is
+/// durable and every dead letter of it is confirmed.
 struct InFlight {
     pending: Pending,
+    confirms: Vec<lapin::PublisherConfirm>,
     last_tag: u64,
 }
 
@@ -462,8 +479,9 @@ async fn ack_oldest(
     pipeline: &Pipeline,
     consume: &lapin::Channel,
     in_flight: &mut VecDeque<InFlight>,
-    outcome: Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>,
+    outcome: Result<DurableOutcome, SessionError>,
 ) -> Result<(), SessionError> {
+    let outcome = outcome?;
     let Some(mut oldest) = in_flight.pop_front() else {
         return Ok(());
     };
@@ -520,7 +538,7 @@ async fn session(
                 Next::Stop(done) => {
                     // No new deliveries; finish (make durable and ack) what is in flight.
                     consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
-                                        while let Some(outcome) = oldest_durable(&mut in_flight).await {
+                                        while let Some(outcome) = oldest_ready(&mut in_flight).await {
                         ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
                     }
                     connection.close(200, "tandem is stopping".into()).await.ok();
@@ -532,7 +550,7 @@ async fn session(
                 }
 
             },
-                        Some(outcome) = oldest_durable(&mut in_flight) => {
+                        Some(outcome) = oldest_ready(&mut in_flight) => {
                 ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
                 // Progress: a session that fails at once (a full disk) backs off, one that worked starts over.
                 *backoff = BACKOFF_FIRST;
@@ -572,13 +590,10 @@ async fn session(
                         }
                     }
                 }
-                for confirm in confirms {
-                    if !confirm.await?.is_ack() {
-                        return Err(SessionError::DeadLetterNacked);
-                    }
-                }
+                // The dead letters' confirms are awaited with the batch's ack,
+                // so the broker's disk does not hold up the next deliveries.
                 let pending = pipeline.send(*epoch, batch);
-                in_flight.push_back(InFlight { pending, last_tag });
+                in_flight.push_back(InFlight { pending, confirms, last_tag });
             },
         }
     }

@@ -276,6 +276,11 @@ impl Daemon {
 
     /// Waits until the daemon has handled (accepted or rejected) `at_least` messages.
     pub fn wait_handled(&self, token: Option<&str>, at_least: u64) {
+        self.wait_handled_within(token, at_least, Duration::from_secs(60));
+    }
+
+    /// Waits until the daemon has handled `at_least` messages, up to `deadline`.
+    pub fn wait_handled_within(&self, token: Option<&str>, at_least: u64, deadline: Duration) {
         let started = Instant::now();
         loop {
             let (_, status) = http("GET", &format!("{}/v1/status", self.base), token);
@@ -284,7 +289,7 @@ impl Daemon {
                 return;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < deadline,
                 "only {handled} of {at_least} handled:\n{}",
                 self.logs()
             );
@@ -401,39 +406,59 @@ pub fn expected(lines: &[&[u8]]) -> Expected {
     let mut out = Expected::default();
     let mut ids = std::collections::HashSet::new();
     for line in lines {
-        let reason = match serde_json::from_slice::<serde_json::Value>(line) {
-            Err(_) => Some("invalid_json"),
-            Ok(serde_json::Value::Object(object)) => {
-                let text = |name: &str| object.get(name).and_then(|value| value.as_str());
-                if ["order_id", "ts", "product_id", "amount"]
-                    .iter()
-                    .any(|field| !object.contains_key(*field))
-                {
-                    Some("missing_field")
-                } else if !object["amount"].is_number() {
-                    Some("wrong_type")
-                } else if !text("ts").is_some_and(looks_like_time) {
-                    Some("bad_time")
-                } else {
-                    let id = text("order_id").unwrap_or_default().to_owned();
-                    if ids.insert(id) {
-                        let product = text("product_id").unwrap_or_default().to_owned();
-                        let cents =
-                            (object["amount"].as_f64().unwrap_or_default() * 100.0).round() as i64;
-                        let entry = out.products.entry(product).or_default();
-                        entry.0 += 1;
-                        entry.1 += cents;
-                    }
-                    None
-                }
-            }
-            Ok(_) => Some("not_an_object"),
+        // The checks in the documented order: size, UTF-8, JSON, shape, fields.
+        let reason = if line.len() > DEFAULT_EVENT_MAX_BYTES {
+            Some("too_large")
+        } else if std::str::from_utf8(line).is_err() {
+            Some("not_utf8")
+        } else {
+            from_json(line, &mut ids, &mut out)
         };
         if let Some(reason) = reason {
             out.dead.push((line.to_vec(), reason.to_owned()));
         }
     }
     out
+}
+
+/// `event.max_bytes` when the config does not set it.
+pub const DEFAULT_EVENT_MAX_BYTES: usize = 65_536;
+
+/// The rejection of a UTF-8 line of at most `event.max_bytes`, if any; a
+/// valid line's order is counted once per id.
+fn from_json(
+    line: &[u8],
+    ids: &mut std::collections::HashSet<String>,
+    out: &mut Expected,
+) -> Option<&'static str> {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Err(_) => Some("invalid_json"),
+        Ok(serde_json::Value::Object(object)) => {
+            let text = |name: &str| object.get(name).and_then(|value| value.as_str());
+            if ["order_id", "ts", "product_id", "amount"]
+                .iter()
+                .any(|field| !object.contains_key(*field))
+            {
+                Some("missing_field")
+            } else if !object["amount"].is_number() {
+                Some("wrong_type")
+            } else if !text("ts").is_some_and(looks_like_time) {
+                Some("bad_time")
+            } else {
+                let id = text("order_id").unwrap_or_default().to_owned();
+                if ids.insert(id) {
+                    let product = text("product_id").unwrap_or_default().to_owned();
+                    let cents =
+                        (object["amount"].as_f64().unwrap_or_default() * 100.0).round() as i64;
+                    let entry = out.products.entry(product).or_default();
+                    entry.0 += 1;
+                    entry.1 += cents;
+                }
+                None
+            }
+        }
+        Ok(_) => Some("not_an_object"),
+    }
 }
 
 /// A daemon config over the reference order stream: one `by_product` view

@@ -1,0 +1,462 @@
+//! tandem under load, through the real broker: a poison flood, a backlog that
+//! waits before the start, and a soak. Each prints what it measured (rates,
+//! the RSS curve, query latency) for RELIABILITY.md and asserts what a user
+//! relies on: exact counts, every bad message dead-lettered with its reason,
+//! queries answered all along, memory that does not grow with the stream.
+//!
+//! Under `CI=true` they run reduced; `TANDEM_LOAD_FULL=1` runs the sizes the
+//! faults call for (200,000 messages, 2,000,000 waiting, 10 minutes), best
+//! with `cargo test --release --test load -- --nocapture`. They take turns so
+//! that one's load does not skew another's figures.
+
+mod common;
+
+use common::Daemon;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static TURN: Mutex<()> = Mutex::new(());
+
+fn full() -> bool {
+    std::env::var("TANDEM_LOAD_FULL").as_deref() == Ok("1")
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let at = ((values.len() as f64 - 1.0) * q).round() as usize;
+    values.get(at).copied().unwrap_or(0.0)
+}
+
+/// What a sampler saw every `every` while a daemon worked.
+#[derive(Default)]
+struct Samples {
+    /// (seconds since start, RSS MiB, key query ms, speed groups).
+    points: Vec<(f64, f64, f64, f64)>,
+    /// Queries that did not answer 200.
+    failed: Vec<String>,
+}
+
+impl Samples {
+    fn peak_rss(&self) -> f64 {
+        self.points.iter().map(|p| p.1).fold(0.0, f64::max)
+    }
+
+    fn latencies(&self) -> Vec<f64> {
+        self.points.iter().map(|p| p.2).collect()
+    }
+
+    /// One line per `stride` samples: the RSS curve.
+    fn curve(&self, stride: usize) -> String {
+        self.points
+            .iter()
+            .step_by(stride.max(1))
+            .map(|(t, rss, ms, groups)| {
+                format!(
+                    "  t={t:>6.1}s rss={rss:>7.1} MiB key_query={ms:>6.2} ms speed_groups={groups}"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Samples RSS, a key query's latency and the speed layer's groups until
+/// `stop` is set.
+fn sample(daemon: &Daemon, every: Duration, stop: &AtomicBool, key: &str) -> Samples {
+    let started = Instant::now();
+    let pid = daemon.child.id();
+    let mut out = Samples::default();
+    let url = format!("{}/v1/views/by_product/keys/{key}", daemon.base);
+    while !stop.load(Ordering::Relaxed) {
+        let asked = Instant::now();
+        let (code, body) = common::http("GET", &url, None);
+        let ms = asked.elapsed().as_secs_f64() * 1e3;
+        if code != 200 {
+            out.failed.push(format!("{code} {body}"));
+        }
+        let groups = common::scrape(&daemon.base, "tandem_speed_groups").unwrap_or(-1.0);
+        let rss = common::rss_kib(pid).0 as f64 / 1024.0;
+        out.points
+            .push((started.elapsed().as_secs_f64(), rss, ms, groups));
+        std::thread::sleep(every);
+    }
+    out
+}
+
+/// The most messages delivered and not yet acknowledged in `queue`, seen by
+/// `rabbitmqctl` until `stop` is set.
+fn max_unacked(queue: &str, stop: &AtomicBool) -> u64 {
+    let mut most = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .expect("rabbitmqctl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            if fields.next() == Some(queue) {
+                most = most.max(fields.next().and_then(|n| n.parse().ok()).unwrap_or(0));
+            }
+        }
+    }
+    most
+}
+
+/// Sets a flag when dropped, so that a sampler stops even when a test panics.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs a daemon on `queue`, which already holds `total` messages; answers
+/// the seconds until all are handled, what the sampler saw meanwhile and the
+/// most messages the daemon held unacknowledged.
+fn drain(config: &str, queue: &str, total: u64, key: &str) -> (f64, Samples, u64, Daemon) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let daemon = Daemon::start(config, dir.path(), &[]);
+    let stop = AtomicBool::new(false);
+    let (elapsed, samples, unacked) = std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        let sampler = scope.spawn(|| sample(&daemon, Duration::from_millis(100), &stop, key));
+        let unacked = scope.spawn(|| max_unacked(queue, &stop));
+        daemon.wait_handled_within(None, total, Duration::from_secs(1800));
+        let elapsed = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        (
+            elapsed,
+            sampler.join().expect("sampler"),
+            unacked.join().expect("unacked"),
+        )
+    });
+    // The data_dir goes with the daemon's dir: keep it alive as long.
+    std::mem::forget(dir);
+    (elapsed, samples, unacked, daemon)
+}
+
+/// The `i`th bad message, with the reason it must be dead-lettered with
+/// (`event.max_bytes` is the default 64 KiB): mostly small ones of every kind
+/// the event rules know, and one in 250 an extreme one (10 MB when `huge`,
+/// 70 kB, nesting 20,000 deep).
+fn poison(i: usize, huge: bool) -> (Vec<u8>, &'static str) {
+    let ts = "2026-11-24T10:00:00.000Z";
+    let deep = |n: usize| "[".repeat(n) + &"]".repeat(n);
+    let kind = if i % 250 == 125 {
+        7 + (i / 250) % 4
+    } else {
+        [0, 1, 2, 3, 4, 5, 6, 11][i % 8]
+    };
+    match kind {
+        0 => (format!("{{\"order_id\":\"bad-{i}\",\"ts\":\"{ts}\",\"amount\":1.5").into_bytes(), "invalid_json"),
+        1 => (format!("{{\"order_id\":\"bad-{i}\",\"ts\":\"{ts}\",\"amount\":1.5}}").into_bytes(), "missing_field"),
+        2 => (format!("{{\"order_id\":\"bad-{i}\",\"ts\":\"{ts}\",\"product_id\":\"p-1\",\"amount\":\"1.5\"}}").into_bytes(), "wrong_type"),
+        3 => (format!("{{\"order_id\":\"bad-{i}\",\"ts\":\"yesterday\",\"product_id\":\"p-1\",\"amount\":1.5}}").into_bytes(), "bad_time"),
+        4 => (format!("[{i}, 2, 3]").into_bytes(), "not_an_object"),
+        5 => (Vec::new(), "invalid_json"),
+        6 => {
+            let mut body = format!("{{\"order_id\":\"bad-{i}\",\"ts\":\"{ts}\",\"product_id\":\"p-").into_bytes();
+            body.extend_from_slice(b"\xff\xfe\"");
+            body.extend_from_slice(b",\"amount\":1.5}");
+            (body, "not_utf8")
+        }
+        7 if huge => {
+            let mut body = format!("{{\"order_id\":\"bad-{i}\",\"pad\":\"").into_bytes();
+            body.resize(10 * 1024 * 1024, b'x');
+            body.extend_from_slice(b"\"}");
+            (body, "too_large")
+        }
+        7 => (vec![b'{'; 70_000], "too_large"),
+        8 => (deep(20_000).into_bytes(), "not_an_object"),
+        9 => (
+            format!("{{\"order_id\":\"bad-{i}\",\"ts\":\"{ts}\",\"amount\":1.5,\"product_id\":{}}}", deep(20_000)).into_bytes(),
+            "wrong_type",
+        ),
+        10 => (format!("{{\"order_id\":\"bad-{i}\",\"x\":{}", "[".repeat(20_000)).into_bytes(), "invalid_json"),
+        _ => (b"\x00\x01\x02 binary \x7f".to_vec(), "invalid_json"),
+    }
+}
+
+#[test]
+fn a_poison_flood_costs_only_its_own_rejections() {
+    let _turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(common::broker_available()) {
+        return;
+    }
+    let total = if full() { 200_000 } else { 40_000 };
+    let valid_jsonl = common::workload::generate(&[
+        "--events",
+        &(total / 2).to_string(),
+        "--seed",
+        "91",
+        "--products",
+        "500",
+    ]);
+    let valid = common::workload::lines(&valid_jsonl);
+    let mut bad = Vec::with_capacity(valid.len());
+    // Four 10 MB messages; the other too-large ones just over the limit.
+    let huge_every = (total / 2 / 4).max(1);
+    for i in 0..valid.len() {
+        bad.push(poison(i, i % huge_every == 125));
+    }
+    let mixed: Vec<&[u8]> = valid
+        .iter()
+        .zip(&bad)
+        .flat_map(|(good, (bad, _))| [*good, bad.as_slice()])
+        .collect();
+    let key = "p-00001";
+
+    let mut rates = BTreeMap::new();
+    let mut peaks = BTreeMap::new();
+    for (run, messages) in [("clean", valid.clone()), ("poisoned", mixed)] {
+        let queue = common::unique_queue(&format!("poison-{run}"));
+        let dead = format!("{queue}.dead");
+        runtime.block_on(common::publish_bodies(&queue, &messages));
+        let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "5s");
+        let (elapsed, samples, _, daemon) = drain(&config, &queue, messages.len() as u64, key);
+        assert!(samples.failed.is_empty(), "{:?}", samples.failed);
+        let rate = valid.len() as f64 / elapsed;
+        println!(
+            "{run}: {} messages, {} valid, {elapsed:.2} s, {rate:.0} valid events/s, peak RSS {:.1} MiB, key query p99 {:.2} ms",
+            messages.len(),
+            valid.len(),
+            samples.peak_rss(),
+            percentile(&mut samples.latencies(), 0.99)
+        );
+        rates.insert(run, rate);
+        peaks.insert(run, samples.peak_rss());
+        common::assert_every_product(&daemon, &common::expected(&valid));
+        let letters = runtime.block_on(common::drain(&dead));
+        if run == "poisoned" {
+            let mut found: Vec<(usize, String)> = letters
+                .iter()
+                .map(|(body, headers)| {
+                    (
+                        body.len(),
+                        headers.get("x-tandem-reason").cloned().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let mut wanted: Vec<(usize, String)> = bad
+                .iter()
+                .map(|(body, reason)| (body.len(), (*reason).to_owned()))
+                .collect();
+            found.sort();
+            wanted.sort();
+            assert_eq!(found.len(), wanted.len(), "dead letters");
+            assert!(found == wanted, "dead letters or reasons differ");
+            let bodies: std::collections::HashSet<&[u8]> =
+                letters.iter().map(|(body, _)| body.as_slice()).collect();
+            assert!(bad.iter().all(|(body, _)| bodies.contains(body.as_slice())));
+        } else {
+            assert!(letters.is_empty());
+        }
+        drop(daemon);
+        runtime.block_on(common::delete_queues(&[&queue, &dead]));
+    }
+    println!(
+        "poison flood: valid events/s {:.0} poisoned vs {:.0} clean (ratio {:.2}); peak RSS {:.1} vs {:.1} MiB",
+        rates["poisoned"],
+        rates["clean"],
+        rates["poisoned"] / rates["clean"],
+        peaks["poisoned"],
+        peaks["clean"]
+    );
+    // Memory: the poison may cost its own messages in flight, nothing that grows.
+    assert!(
+        peaks["poisoned"] < peaks["clean"] * 1.5 + 128.0,
+        "peak RSS {:.1} MiB poisoned vs {:.1} MiB clean",
+        peaks["poisoned"],
+        peaks["clean"]
+    );
+}
+
+#[test]
+fn a_backlog_drains_with_bounded_memory_while_queries_answer() {
+    let _turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(common::broker_available()) {
+        return;
+    }
+    let total: u64 = if full() { 2_000_000 } else { 200_000 };
+    let jsonl = common::workload::generate(&[
+        "--events",
+        &total.to_string(),
+        "--seed",
+        "93",
+        "--products",
+        "1000",
+        "--dup-frac",
+        "0.01",
+        "--late-frac",
+        "0.05",
+    ]);
+    let lines = common::workload::lines(&jsonl);
+    let queue = common::unique_queue("backlog");
+    let dead = format!("{queue}.dead");
+    let file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(file.path(), &jsonl).expect("write");
+    common::tandem_publish(&queue, file.path());
+    assert_eq!(
+        runtime.block_on(common::ready_count(&queue)) as usize,
+        lines.len()
+    );
+    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "5s");
+    let (elapsed, samples, unacked, daemon) = drain(&config, &queue, lines.len() as u64, "p-00001");
+    // The backlog stays in the broker: tandem holds at most its prefetch window.
+    assert!(unacked <= 2_000, "{unacked} messages held unacknowledged");
+    assert!(
+        samples.failed.is_empty(),
+        "queries failed during the drain: {:?}",
+        samples.failed
+    );
+    let mut latencies = samples.latencies();
+    println!(
+        "backlog: {} messages drained in {elapsed:.1} s ({:.0}/s); at most {unacked} unacknowledged; peak RSS {:.1} MiB; key query during the drain p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        lines.len(),
+        lines.len() as f64 / elapsed,
+        samples.peak_rss(),
+        median(&mut latencies),
+        percentile(&mut latencies, 0.99),
+        latencies.iter().copied().fold(0.0, f64::max),
+        latencies.len()
+    );
+    println!("{}", samples.curve(samples.points.len() / 20));
+    common::assert_every_product(&daemon, &common::expected(&lines));
+    drop(daemon);
+    runtime.block_on(common::delete_queues(&[&queue, &dead]));
+}
+
+/// Products in the soak's stream.
+const PRODUCTS: u64 = 2_000;
+
+/// Order events stamped now, with unique ids, as a producer would send them.
+fn live_event(i: u64) -> Vec<u8> {
+    let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    format!(
+        "{{\"order_id\":\"soak-{i}\",\"ts\":\"{ts}\",\"product_id\":\"p-{:05}\",\"amount\":{}.25}}",
+        i % PRODUCTS,
+        i % 97
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_soak_keeps_memory_state_and_latency_flat() {
+    let _turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(common::broker_available()) {
+        return;
+    }
+    // 80% of the measured RabbitMQ ingest rate (BENCHMARKS.md) in full; a
+    // rate a debug build keeps up with otherwise.
+    let (rate, span) = if full() {
+        (21_000u64, Duration::from_secs(600))
+    } else {
+        (2_000, Duration::from_secs(60))
+    };
+    let queue = common::unique_queue("soak");
+    let dead = format!("{queue}.dead");
+    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "30s");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&config, dir.path(), &[]);
+    let stop = AtomicBool::new(false);
+    let published = std::sync::atomic::AtomicU64::new(0);
+    let samples = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| sample(&daemon, Duration::from_secs(1), &stop, "p-00001"));
+        // Stops the sampler however this ends.
+        let _stop = StopOnDrop(&stop);
+        // Paced in 100 ms steps, each waiting for its confirms.
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while started.elapsed() < span {
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64 + rate / 10;
+            let step: Vec<Vec<u8>> = (sent..due).map(live_event).collect();
+            runtime.block_on(common::publish_bodies(&queue, &step));
+            sent = due;
+            published.store(sent, Ordering::Relaxed);
+            let next = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = next.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        daemon.wait_handled_within(None, sent, Duration::from_secs(600));
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().expect("sampler")
+    });
+    let sent = published.load(Ordering::Relaxed);
+    assert!(samples.failed.is_empty(), "{:?}", samples.failed);
+    // Exact at the end: every event once.
+    let (code, body) = common::http(
+        "POST",
+        &format!("{}/v1/recompute?wait=true", daemon.base),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, totals) = common::http(
+        "GET",
+        &format!("{}/v1/views/by_product/totals", daemon.base),
+        None,
+    );
+    assert_eq!(common::orders(&totals), sent);
+
+    // Flat: the second half's peaks are not above the first half's (after a
+    // warm-up of one batch interval), with room for one batch interval's
+    // events in flight.
+    let n = samples.points.len();
+    let warm = n.min(35);
+    let (first, second) = samples.points[warm..].split_at((n - warm) / 2);
+    let peak = |points: &[(f64, f64, f64, f64)], pick: fn(&(f64, f64, f64, f64)) -> f64| {
+        points.iter().map(pick).fold(0.0, f64::max)
+    };
+    let (rss1, rss2) = (peak(first, |p| p.1), peak(second, |p| p.1));
+    let (groups1, groups2) = (peak(first, |p| p.3), peak(second, |p| p.3));
+    let mut lat1: Vec<f64> = first.iter().map(|p| p.2).collect();
+    let mut lat2: Vec<f64> = second.iter().map(|p| p.2).collect();
+    println!(
+        "soak: {sent} events at {rate}/s for {} s, recompute every 30 s; peak RSS {rss1:.1} then {rss2:.1} MiB; speed groups peak {groups1} then {groups2}; key query p50 {:.2} then {:.2} ms, p99 {:.2} then {:.2} ms",
+        span.as_secs(),
+        median(&mut lat1),
+        median(&mut lat2),
+        percentile(&mut lat1, 0.99),
+        percentile(&mut lat2, 0.99),
+    );
+    println!("{}", samples.curve(n / 30));
+    assert!(
+        rss2 <= rss1 * 1.25 + 16.0,
+        "RSS grew: {rss1:.1} -> {rss2:.1} MiB"
+    );
+    // The speed layer holds only the epochs after the served snapshot: at
+    // most two batch intervals (60 s) of events, so each product in at most
+    // three 1-minute buckets.
+    let in_flight_bound = (PRODUCTS * 3) as f64;
+    assert!(
+        groups1.max(groups2) <= in_flight_bound,
+        "speed state beyond the epochs in flight: {groups1} then {groups2} groups"
+    );
+    drop(daemon);
+    runtime.block_on(common::delete_queues(&[&queue, &dead]));
+}

@@ -187,6 +187,14 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
         Some(1.0)
     );
     common::assert_every_product(&daemon, &expect);
+    // Each malformed message was dead-lettered and counted once, however many
+    // times the valid ones around it came back.
+    let rejected: u64 = daemon.status()["events_rejected"]
+        .as_object()
+        .map_or(0, |reasons| reasons.values().filter_map(|n| n.as_u64()).sum());
+    assert_eq!(rejected, expect.dead.len() as u64);
+    let letters = runtime.block_on(common::drain(&dead));
+    assert_eq!(letters.len(), expect.dead.len(), "dead letters");
     println!(
         "disk full for {} ms; all written {} ms after space returned; lost 0, counted twice 0",
         freed_at.duration_since(full_at).as_millis(),

@@ -469,6 +469,8 @@ enum SessionError {
 struct InFlight {
     pending: Pending,
     confirms: Vec<lapin::PublisherConfirm>,
+    /// The delivery tags of the dead-lettered messages.
+    dead_tags: Vec<u64>,
     last_tag: u64,
 }
 
@@ -486,9 +488,36 @@ async fn ack_oldest(
         return Ok(());
     };
     oldest.pending.reply = None;
-    pipeline.finish(oldest.pending, outcome)?;
+    let InFlight {
+        pending,
+        confirms,
+        dead_tags,
+        last_tag,
+    } = oldest;
+    if let Err(err) = pipeline.finish(pending, outcome) {
+        // The valid events go back to the queue; the dead letters confirmed
+        // in theirs are acked now, so they are not dead-lettered (and counted)
+        // again on every retry while the store fails.
+        let later = in_flight
+            .drain(..)
+            .map(|batch| (batch.confirms, batch.dead_tags));
+        for (confirms, dead_tags) in std::iter::once((confirms, dead_tags)).chain(later) {
+            let mut confirmed = true;
+            for confirm in confirms {
+                confirmed &= confirm.await.is_ok_and(|confirmation| confirmation.is_ack());
+            }
+            if confirmed {
+                for tag in dead_tags {
+                    consume
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await?;
+                }
+            }
+        }
+        return Err(err.into());
+    }
     consume
-        .basic_ack(oldest.last_tag, BasicAckOptions { multiple: true })
+        .basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await?;
     Ok(())
 }
@@ -572,6 +601,7 @@ async fn session(
                 let ingest_ms = crate::now_ms();
                 let mut batch = Vec::with_capacity(deliveries.len());
                 let mut confirms = Vec::new();
+                let mut dead_tags = Vec::new();
                 for delivery in deliveries {
                     match pipeline.schema.parse(&delivery.data, ingest_ms) {
                         Ok(event) => batch.push((delivery.data, ingest_ms, event)),
@@ -587,13 +617,14 @@ async fn session(
                                 .basic_publish("".into(), config.dead_letter_queue.as_str().into(), BasicPublishOptions::default(), &delivery.data, properties)
                                 .await?;
                             confirms.push(confirm);
+                            dead_tags.push(delivery.delivery_tag);
                         }
                     }
                 }
                 // The dead letters' confirms are awaited with the batch's ack,
                 // so the broker's disk does not hold up the next deliveries.
                 let pending = pipeline.send(*epoch, batch);
-                in_flight.push_back(InFlight { pending, confirms, last_tag });
+                in_flight.push_back(InFlight { pending, confirms, dead_tags, last_tag });
             },
         }
     }

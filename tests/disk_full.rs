@@ -191,7 +191,9 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
     // times the valid ones around it came back.
     let rejected: u64 = daemon.status()["events_rejected"]
         .as_object()
-        .map_or(0, |reasons| reasons.values().filter_map(|n| n.as_u64()).sum());
+        .map_or(0, |reasons| {
+            reasons.values().filter_map(|n| n.as_u64()).sum()
+        });
     assert_eq!(rejected, expect.dead.len() as u64);
     let letters = runtime.block_on(common::drain(&dead));
     assert_eq!(letters.len(), expect.dead.len(), "dead letters");

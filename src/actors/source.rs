@@ -451,6 +451,25 @@ pub async fn run_rabbitmq(
     }
 }
 
+/// A dead letter's properties: persistent, with the reason (and the field)
+/// in headers.
+fn dead_letter_properties(schema: &Schema, reject: &Reject) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reject.reason.as_str())),
+    );
+    if let Some(field) = reject.field {
+        headers.insert(
+            FIELD_HEADER.into(),
+            AMQPValue::LongString(LongString::from(schema.field_name(field))),
+        );
+    }
+    BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -504,7 +523,9 @@ async fn ack_oldest(
         for (confirms, dead_tags) in std::iter::once((confirms, dead_tags)).chain(later) {
             let mut confirmed = true;
             for confirm in confirms {
-                confirmed &= confirm.await.is_ok_and(|confirmation| confirmation.is_ack());
+                confirmed &= confirm
+                    .await
+                    .is_ok_and(|confirmation| confirmation.is_ack());
             }
             if confirmed {
                 for tag in dead_tags {
@@ -531,7 +552,7 @@ async fn session(
 ) -> Result<(), SessionError> {
     let connection = Connection::connect(&config.uri, ConnectionProperties::default()).await?;
     let consume = connection.create_channel().await?;
-    let dead = connection.create_channel().await?;
+    let dead_letters = connection.create_channel().await?;
     consume
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
@@ -544,7 +565,9 @@ async fn session(
             )
             .await?;
     }
-    dead.confirm_select(ConfirmSelectOptions::default()).await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let tag = format!("tandem-{}", pipeline.index);
     let mut consumer = consume
         .basic_consume(
@@ -600,27 +623,23 @@ async fn session(
                 let last_tag = deliveries.last().map_or(0, |delivery| delivery.delivery_tag);
                 let ingest_ms = crate::now_ms();
                 let mut batch = Vec::with_capacity(deliveries.len());
-                let mut confirms = Vec::new();
-                let mut dead_tags = Vec::new();
+                let mut dead = Vec::new();
                 for delivery in deliveries {
                     match pipeline.schema.parse(&delivery.data, ingest_ms) {
                         Ok(event) => batch.push((delivery.data, ingest_ms, event)),
                         Err(reject) => {
                             pipeline.stats.count_reject(&reject);
-                            let mut headers = FieldTable::default();
-                            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reject.reason.as_str())));
-                            if let Some(field) = reject.field {
-                                headers.insert(FIELD_HEADER.into(), AMQPValue::LongString(LongString::from(pipeline.schema.field_name(field))));
-                            }
-                            let properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
-                            let confirm = dead
-                                .basic_publish("".into(), config.dead_letter_queue.as_str().into(), BasicPublishOptions::default(), &delivery.data, properties)
-                                .await?;
-                            confirms.push(confirm);
-                            dead_tags.push(delivery.delivery_tag);
+                            dead.push((delivery.delivery_tag, delivery.data, reject));
                         }
                     }
                 }
+                // Every dead letter of the batch is handed to the connection at
+                // once: one write for all, not a round trip each.
+                let confirms = futures_util::future::try_join_all(dead.iter().map(|(_, data, reject)| {
+                    dead_letters.basic_publish("".into(), config.dead_letter_queue.as_str().into(), BasicPublishOptions::default(), data, dead_letter_properties(&pipeline.schema, reject))
+                }))
+                .await?;
+                let dead_tags = dead.into_iter().map(|(tag, _, _)| tag).collect();
                 // The dead letters' confirms are awaited with the batch's ack,
                 // so the broker's disk does not hold up the next deliveries.
                 let pending = pipeline.send(*epoch, batch);

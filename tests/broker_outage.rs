@@ -126,6 +126,7 @@ fn a_broker_restart_costs_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = common::unique_queue("outage");
     let dead = format!("{queue}.dead");
+    let _queues = common::Queues::new(&[&queue, &dead]);
     let (first, second) = workload();
     let (first, second) = (
         common::workload::lines(&first),
@@ -156,7 +157,6 @@ fn a_broker_restart_costs_nothing() {
         "broker restart: reconnected {} ms after the broker was back; lost 0, counted twice 0",
         reconnect.as_millis()
     );
-    runtime.block_on(common::delete_queues(&[&queue, &dead]));
 }
 
 #[test]
@@ -171,6 +171,7 @@ fn a_broker_down_at_start_is_waited_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = common::unique_queue("outage-start");
     let dead = format!("{queue}.dead");
+    let _queues = common::Queues::new(&[&queue, &dead]);
     let (jsonl, _) = workload();
     let lines = common::workload::lines(&jsonl);
     let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "1s");
@@ -188,5 +189,4 @@ fn a_broker_down_at_start_is_waited_for() {
     runtime.block_on(common::publish(&queue, &lines));
     daemon.wait_handled(None, lines.len() as u64);
     common::assert_every_product(&daemon, &common::expected(&lines));
-    runtime.block_on(common::delete_queues(&[&queue, &dead]));
 }

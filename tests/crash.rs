@@ -41,6 +41,7 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = common::unique_queue("crash");
     let dead = format!("{queue}.dead");
+    let _queues = common::Queues::new(&[&queue, &dead]);
     let jsonl = workload(events);
     let lines = common::workload::lines(&jsonl);
     let expect = common::expected(&lines);
@@ -114,7 +115,6 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
         left,
         restart.as_millis()
     );
-    common::delete_queues(&[&queue, &dead]).await;
 }
 
 /// Every malformed message reached the dead-letter queue with its reason (a

@@ -76,6 +76,7 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
     };
     let queue = common::unique_queue("disk-full");
     let dead = format!("{queue}.dead");
+    let _queues = common::Queues::new(&[&queue, &dead]);
     let gen_args = |seed: &'static str| {
         [
             "--events",
@@ -203,5 +204,4 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
         resumed.as_millis()
     );
     drop(daemon);
-    runtime.block_on(common::delete_queues(&[&queue, &dead]));
 }

@@ -127,8 +127,14 @@ impl Drop for StopOnDrop<'_> {
 
 /// Runs a daemon on `queue`, which already holds `total` messages; answers
 /// the seconds until all are handled, what the sampler saw meanwhile and the
-/// most messages the daemon held unacknowledged.
-fn drain(config: &str, queue: &str, total: u64, key: &str) -> (f64, Samples, u64, Daemon) {
+/// most messages the daemon held unacknowledged; and the daemon with its
+/// directory (which goes when the caller drops it).
+fn drain(
+    config: &str,
+    queue: &str,
+    total: u64,
+    key: &str,
+) -> (f64, Samples, u64, Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
     let daemon = Daemon::start(config, dir.path(), &[]);
@@ -146,9 +152,7 @@ fn drain(config: &str, queue: &str, total: u64, key: &str) -> (f64, Samples, u64
             unacked.join().expect("unacked"),
         )
     });
-    // The data_dir goes with the daemon's dir: keep it alive as long.
-    std::mem::forget(dir);
-    (elapsed, samples, unacked, daemon)
+    (elapsed, samples, unacked, daemon, dir)
 }
 
 /// The `i`th bad message, with the reason it must be dead-lettered with
@@ -230,9 +234,11 @@ fn a_poison_flood_costs_only_its_own_rejections() {
     for (run, messages) in [("clean", valid.clone()), ("poisoned", mixed)] {
         let queue = common::unique_queue(&format!("poison-{run}"));
         let dead = format!("{queue}.dead");
+        let _queues = common::Queues::new(&[&queue, &dead]);
         runtime.block_on(common::publish_bodies(&queue, &messages));
         let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "5s");
-        let (elapsed, samples, _, daemon) = drain(&config, &queue, messages.len() as u64, key);
+        let (elapsed, samples, _, daemon, _dir) =
+            drain(&config, &queue, messages.len() as u64, key);
         assert!(samples.failed.is_empty(), "{:?}", samples.failed);
         let rate = valid.len() as f64 / elapsed;
         println!(
@@ -271,7 +277,6 @@ fn a_poison_flood_costs_only_its_own_rejections() {
             assert!(letters.is_empty());
         }
         drop(daemon);
-        runtime.block_on(common::delete_queues(&[&queue, &dead]));
     }
     println!(
         "poison flood: valid events/s {:.0} poisoned vs {:.0} clean (ratio {:.2}); peak RSS {:.1} vs {:.1} MiB",
@@ -352,6 +357,7 @@ fn a_backlog_drains_with_bounded_memory_while_queries_answer() {
     let lines = common::workload::lines(&jsonl);
     let queue = common::unique_queue("backlog");
     let dead = format!("{queue}.dead");
+    let _queues = common::Queues::new(&[&queue, &dead]);
     let file = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(file.path(), &jsonl).expect("write");
     common::tandem_publish(&queue, file.path());
@@ -360,7 +366,8 @@ fn a_backlog_drains_with_bounded_memory_while_queries_answer() {
         lines.len()
     );
     let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "5s");
-    let (elapsed, samples, unacked, daemon) = drain(&config, &queue, lines.len() as u64, "p-00001");
+    let (elapsed, samples, unacked, daemon, _dir) =
+        drain(&config, &queue, lines.len() as u64, "p-00001");
     // The backlog stays in the broker: tandem holds at most its prefetch window.
     assert!(unacked <= 2_000, "{unacked} messages held unacknowledged");
     assert!(
@@ -382,7 +389,6 @@ fn a_backlog_drains_with_bounded_memory_while_queries_answer() {
     println!("{}", samples.curve(samples.points.len() / 20));
     common::assert_every_product(&daemon, &common::expected(&lines));
     drop(daemon);
-    runtime.block_on(common::delete_queues(&[&queue, &dead]));
 }
 
 /// Products in the soak's stream.
@@ -417,6 +423,7 @@ fn a_soak_keeps_memory_state_and_latency_flat() {
     };
     let queue = common::unique_queue("soak");
     let dead = format!("{queue}.dead");
+    let _queues = common::Queues::new(&[&queue, &dead]);
     let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "30s");
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&config, dir.path(), &[]);
@@ -500,5 +507,4 @@ fn a_soak_keeps_memory_state_and_latency_flat() {
         "speed state beyond the epochs in flight: {groups1} then {groups2} groups"
     );
     drop(daemon);
-    runtime.block_on(common::delete_queues(&[&queue, &dead]));
 }

@@ -629,3 +629,29 @@ pub fn handled(status: &serde_json::Value) -> u64 {
     });
     status["events_accepted"].as_u64().unwrap_or(0) + rejected
 }
+
+/// Queues a test declared, deleted when this is dropped: also when the test
+/// fails, so that nothing is left behind on the broker.
+pub struct Queues(Vec<String>);
+
+impl Queues {
+    /// Takes charge of `names`.
+    pub fn new(names: &[&str]) -> Queues {
+        Queues(names.iter().map(|name| (*name).to_owned()).collect())
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        // A runtime of its own, on a thread of its own: the test may be async.
+        std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Runtime::new() {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                runtime.block_on(delete_queues(&names));
+            }
+        })
+        .join()
+        .ok();
+    }
+}

@@ -186,3 +186,20 @@ fn http_source_settings_are_checked_by_type() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("at most one source of type \"http\""), "{err}");
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_an_error() {
+    // `tandem check | head -1`: the pipe closes before the plan is printed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["check", "--config"])
+        .arg(shipped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tandem check");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -10,7 +10,7 @@ use tandem::event::Need;
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => {
-            print_plan(&config, path);
+            print_plan(&config, path)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => Ok(report(path, &errors)),
@@ -32,11 +32,11 @@ pub fn report(path: &Path, errors: &tandem::config::ConfigErrors) -> ExitCode {
 }
 
 /// Prints the plan a config describes, as the operator reads it.
-fn print_plan(config: &Config, path: &Path) {
+fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
     let duration = |ms: i64| format_duration(std::time::Duration::from_millis(ms as u64));
-    println!("{}: ok", path.display());
-    println!("data_dir  {}", config.data_dir.display());
-    println!(
+    say!("{}: ok", path.display());
+    say!("data_dir  {}", config.data_dir.display());
+    say!(
         "event     id={} time={} max_bytes={}",
         config.event.id.as_deref().unwrap_or("(none: no dedup)"),
         config
@@ -46,26 +46,31 @@ fn print_plan(config: &Config, path: &Path) {
             .unwrap_or("(none: ingest time)"),
         config.event.max_bytes
     );
-    println!("sources   {}", config.sources.len());
+    say!("sources   {}", config.sources.len());
     for source in &config.sources {
         match &source.kind {
             SourceKind::Rabbitmq(rabbit) => {
-                println!(
+                say!(
                     "  {}  rabbitmq  queue={} prefetch={} dead_letter_queue={}",
-                    source.name, rabbit.queue, rabbit.prefetch, rabbit.dead_letter_queue
+                    source.name,
+                    rabbit.queue,
+                    rabbit.prefetch,
+                    rabbit.dead_letter_queue
                 );
             }
             SourceKind::Http(http) => {
-                println!(
+                say!(
                     "  {}  http  POST /v1/events  max_body_bytes={} max_events={}",
-                    source.name, http.max_body_bytes, http.max_events
+                    source.name,
+                    http.max_body_bytes,
+                    http.max_events
                 );
             }
         }
     }
-    println!("speed     {} partitions", config.speed.partitions);
-    println!("batch     every {}", format_duration(config.batch.interval));
-    println!(
+    say!("speed     {} partitions", config.speed.partitions);
+    say!("batch     every {}", format_duration(config.batch.interval));
+    say!(
         "http      {}{}",
         config.http.listen,
         config
@@ -75,17 +80,17 @@ fn print_plan(config: &Config, path: &Path) {
             .map(|var| format!(" (bearer token from ${var})"))
             .unwrap_or_default()
     );
-    println!(
+    say!(
         "master    segments of {} bytes",
         config.master.segment_max_bytes
     );
-    println!("views     {}", config.views.len());
+    say!("views     {}", config.views.len());
     for view in &config.views {
         let retention = view
             .retention_ms
             .map(|ms| format!("  retention={}", duration(ms)))
             .unwrap_or_default();
-        println!(
+        say!(
             "  {}  key=[{}]  bucket={}{retention}",
             view.name,
             view.key.join(", "),
@@ -97,7 +102,7 @@ fn print_plan(config: &Config, path: &Path) {
                 (agg, Some(field)) => format!("{}({field})", agg.name()),
                 (agg, None) => agg.name().to_owned(),
             };
-            println!("    {:<16} {what}", metric.name);
+            say!("    {:<16} {what}", metric.name);
         }
     }
     let fields: Vec<String> = config
@@ -109,5 +114,6 @@ fn print_plan(config: &Config, path: &Path) {
             Need::Scalar => field.name.clone(),
         })
         .collect();
-    println!("fields    {}", fields.join(", "));
+    say!("fields    {}", fields.join(", "));
+    Ok(())
 }

@@ -10,12 +10,12 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(data.is_dir(), "{} is not a directory", data.display());
     let paths = DataPaths::new(data);
     let mut damaged = 0usize;
-    println!("data_dir {}", data.display());
+    say!("data_dir {}", data.display());
 
     let segments = store::list_segments(&paths).context("cannot list segments")?;
     let mut records_total = 0u64;
     let mut log_end = None;
-    println!("segments {}", segments.len());
+    say!("segments {}", segments.len());
     for (i, segment) in segments.iter().enumerate() {
         let newest = i + 1 == segments.len();
         let mut epochs = (u64::MAX, 0u64);
@@ -46,7 +46,7 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
                         format!("DAMAGED: ends inside a record at offset {offset}")
                     }
                 };
-                println!(
+                say!(
                     "  {name}  {} bytes  {} records  seq {}..{}  epochs {epochs}  {status}",
                     segment.len,
                     outcome.records,
@@ -62,17 +62,17 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
             }
             Err(err) => {
                 damaged += 1;
-                println!("  {name}  {} bytes  DAMAGED: {err}", segment.len);
+                say!("  {name}  {} bytes  DAMAGED: {err}", segment.len);
             }
         }
     }
-    println!("records  {records_total}");
+    say!("records  {records_total}");
 
     match store::read_epochs(&paths) {
         Ok(epochs) => {
-            println!("sealed epochs {}", epochs.len());
+            say!("sealed epochs {}", epochs.len());
             if let Some(last) = epochs.last() {
-                println!(
+                say!(
                     "  newest: epoch {} at {} (seq {}), sealed at {}",
                     last.epoch,
                     last.end,
@@ -83,28 +83,29 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
                     && last.end > end
                 {
                     damaged += 1;
-                    println!(
+                    say!(
                         "  DAMAGED: epoch {} is sealed at {} but the log ends at {end}",
-                        last.epoch, last.end
+                        last.epoch,
+                        last.end
                     );
                 }
             }
         }
         Err(err) => {
             damaged += 1;
-            println!("sealed epochs DAMAGED: {err}");
+            say!("sealed epochs DAMAGED: {err}");
         }
     }
 
     let snapshots = store::list_snapshots(&paths).context("cannot list snapshots")?;
-    println!("snapshots {}", snapshots.len());
+    say!("snapshots {}", snapshots.len());
     for (i, (_, path)) in snapshots.iter().enumerate() {
         let name = path
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
         match store::verify_snapshot(path) {
-            Ok(meta) => println!(
+            Ok(meta) => say!(
                 "  {name}  epoch {}  {} records  {} bytes  created {}  ok{}",
                 meta.epoch,
                 meta.records,
@@ -114,19 +115,19 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
             ),
             Err(err) => {
                 damaged += 1;
-                println!("  {name}  DAMAGED: {err}");
+                say!("  {name}  DAMAGED: {err}");
             }
         }
     }
 
     if damaged > 0 {
-        println!(
+        say!(
             "result: {damaged} damaged item{}",
             if damaged == 1 { "" } else { "s" }
         );
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }
-    println!("result: ok");
+    say!("result: ok");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,15 @@
 //! for a bad config or bad arguments, 1 for a runtime failure.
 #![warn(clippy::unwrap_used)]
 
+/// `println!` that hands a write error (a closed pipe: `tandem inspect | head`)
+/// to the caller instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod check;
 mod inspect;
 mod publish;
@@ -132,6 +141,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing is wrong.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|err| err.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_FAILURE)

@@ -142,9 +142,7 @@ pub fn run(uri: &str, queue: &str, file: &Path) -> anyhow::Result<ExitCode> {
         input.progress.finish_and_clear();
         connection.close(200, "done".into()).await.ok();
         let (seconds, per_second) = rate(sent, started);
-        println!(
-            "published {sent} messages to {queue} in {seconds:.2} s ({per_second:.0} messages/s)"
-        );
+        say!("published {sent} messages to {queue} in {seconds:.2} s ({per_second:.0} messages/s)");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -331,7 +329,7 @@ pub fn run_http(base: &str, options: &HttpOptions, file: &Path) -> anyhow::Resul
         .map_err(|_| anyhow::anyhow!("a poster failed"))?;
     let (seconds, per_second) = rate(sent, started);
     let rejected: u64 = tally.rejected.values().sum();
-    println!(
+    say!(
         "posted {sent} events to {url} in {seconds:.2} s ({per_second:.0} events/s): {} accepted, {rejected} rejected",
         tally.accepted
     );

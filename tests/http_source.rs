@@ -387,3 +387,63 @@ fn sigkill_with_requests_in_flight_loses_no_answered_request() {
         }
     }
 }
+
+#[test]
+fn an_idle_timer_tick_seals_nothing_and_runs_no_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::orders_config(HTTP_SOURCE, "1s");
+    let daemon = Daemon::start(&config, dir.path(), &[]);
+    let url = format!("{}/v1/events", daemon.base);
+    let jsonl = common::workload::generate(&["--events", "101", "--seed", "37"]);
+    let lines = common::workload::lines(&jsonl);
+    let counted = |lines: &[&[u8]]| -> u64 {
+        common::expected(lines)
+            .products
+            .values()
+            .map(|(orders, _)| orders)
+            .sum()
+    };
+    let (first, all) = (counted(&lines[..100]), counted(&lines[..101]));
+    assert!(all > first, "the last line is a new order");
+    let (code, body) = post(&url, None, NDJSON, &lines[..100].join(&b'\n'));
+    assert_eq!(code, 200, "{body}");
+    // The timer seals the epoch and a batch run takes it in.
+    let settled = |status: &Value| {
+        status["snapshot"]["events"] == first && status["recompute_running"] == false
+    };
+    let started = Instant::now();
+    let mut status = daemon.status();
+    while !settled(&status) {
+        assert!(started.elapsed() < Duration::from_secs(30), "{status}");
+        std::thread::sleep(Duration::from_millis(20));
+        status = daemon.status();
+    }
+    // Three idle ticks: no epoch, no batch run.
+    let (epoch, created) = (
+        status["epoch"].clone(),
+        status["snapshot"]["created_at"].clone(),
+    );
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_millis(3500) {
+        let now = daemon.status();
+        assert_eq!(
+            (&now["epoch"], &now["snapshot"]["created_at"]),
+            (&epoch, &created),
+            "{now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One more event: the next tick seals it and the batch layer has it.
+    let (code, body) = post(&url, None, NDJSON, lines[100]);
+    assert_eq!(code, 200, "{body}");
+    let started = Instant::now();
+    loop {
+        let now = daemon.status();
+        if now["snapshot"]["events"] == all {
+            assert!(now["epoch"].as_u64() > epoch.as_u64(), "{now}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{now}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

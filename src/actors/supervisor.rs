@@ -88,6 +88,9 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     /// When set, a new epoch starts this often.
     interval: Option<Duration>,
+    /// Messages handled (made durable or rejected) when the timer last
+    /// started an epoch: an idle tick seals nothing and runs no batch.
+    handled_at_tick: u64,
 }
 
 impl Supervisor {
@@ -123,7 +126,18 @@ impl Supervisor {
             waiters: Vec::new(),
             shared,
             interval,
+            handled_at_tick: 0,
         }
+    }
+
+    /// Messages handled so far: records made durable and rejections.
+    fn handled(&self) -> u64 {
+        self.shared.durable_records.load(Ordering::Relaxed)
+            + self
+                .shared
+                .rejected_total(&self.sources)
+                .iter()
+                .sum::<u64>()
     }
 
     fn start_epoch(&mut self) -> Epoch {
@@ -187,8 +201,15 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(interval) = self.interval {
+            self.handled_at_tick = self.handled();
             ctx.run_interval(interval, |act, _| {
-                act.start_epoch();
+                // Nothing came in since the last tick: the epoch that would be
+                // finished is empty, and a batch run would recompute the same view.
+                let handled = act.handled();
+                if handled != act.handled_at_tick {
+                    act.handled_at_tick = handled;
+                    act.start_epoch();
+                }
             });
         }
         self.maybe_run(ctx);

@@ -38,25 +38,34 @@ pub struct Shared {
     /// Rejections before this process started, in `Reason::ALL` order (set once at start).
     pub rejected_before: Vec<u64>,
     /// Why the last group commit failed, while writes fail (writer: the recorder).
-    pub store_error: Mutex<Option<String>>,
+    pub store_error: ErrorText,
     /// Group commits that failed (writer: the recorder).
     pub store_write_failures: AtomicU64,
     /// Why the last batch run failed, until one succeeds (writer: the supervisor).
-    pub recompute_error: Mutex<Option<String>>,
+    pub recompute_error: ErrorText,
 }
 
-/// Sets or clears a shared error text.
-pub fn set_error(slot: &Mutex<Option<String>>, error: Option<String>) {
-    *slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
-}
+/// An error text shown while its condition lasts: one writer sets and clears
+/// it, status and scrapes read it.
+#[derive(Debug, Default)]
+pub struct ErrorText(Mutex<Option<String>>);
 
-/// A shared error text.
-pub fn error_of(slot: &Mutex<Option<String>>) -> Option<String> {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
+impl ErrorText {
+    /// Sets (`Some`) or clears (`None`) the text.
+    pub fn set(&self, error: Option<String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    /// The text, while set.
+    pub fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Shared {
@@ -293,7 +302,7 @@ impl Collector for Live {
             &mut encoder,
             "tandem_store_writable",
             "1 while the master dataset takes writes, 0 while they fail (disk full, say)",
-            if error_of(&shared.store_error).is_some() {
+            if shared.store_error.get().is_some() {
                 0.0
             } else {
                 1.0

@@ -71,35 +71,27 @@ fn workload() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// The source's entry in /v1/status, once `connected` is as wanted.
-fn source_once(daemon: &Daemon, connected: bool) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
+fn source_once(daemon: &mut Daemon, connected: bool) -> serde_json::Value {
+    let what = format!("the source reports connected={connected}");
+    daemon.until(Duration::from_secs(60), &what, |daemon| {
         let status = daemon.status();
         let source = status["sources"]
             .as_array()
             .and_then(|sources| sources.iter().find(|source| source["name"] == "orders"))
             .cloned()
             .unwrap_or_default();
-        if source["connected"] == connected
-            && common::scrape(&daemon.base, "tandem_source_connected{source=\"orders\"}")
-                == Some(f64::from(u8::from(connected)))
-        {
-            return source;
+        let metric = common::scrape(&daemon.base, "tandem_source_connected{source=\"orders\"}");
+        if source["connected"] == connected && metric == Some(f64::from(u8::from(connected))) {
+            Ok(source)
+        } else {
+            Err(source)
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "source never became connected={connected}: {source}\n{}",
-            daemon.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
-/// For `span`, the daemon keeps answering: ready, status, and a key query.
+/// For `span` (the outage), the daemon keeps answering: ready, and a query.
 fn keeps_answering(daemon: &Daemon, span: Duration) {
-    let started = Instant::now();
-    let mut answers = 0u32;
-    while started.elapsed() < span {
+    let answers = common::holds_for(span, || {
         let (ready, _) = common::http("GET", &format!("{}/readyz", daemon.base), None);
         assert_eq!(ready, 200, "not ready while the broker is away");
         let (code, body) = common::http(
@@ -108,9 +100,7 @@ fn keeps_answering(daemon: &Daemon, span: Duration) {
             None,
         );
         assert_eq!(code, 200, "{body}");
-        answers += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     assert!(answers > 10, "only {answers} answers in {span:?}");
 }
 
@@ -119,26 +109,20 @@ fn a_broker_restart_costs_nothing() {
     let _turn = BROKER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if !runtime.block_on(common::broker_available()) {
+    let Some(case) = common::broker_case("outage", "1s") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = common::unique_queue("outage");
-    let dead = format!("{queue}.dead");
-    let _queues = common::Queues::new(&[&queue, &dead]);
+    };
     let (first, second) = workload();
     let (first, second) = (
         common::workload::lines(&first),
         common::workload::lines(&second),
     );
-    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "1s");
-    let daemon = Daemon::start(&config, dir.path(), &[]);
-    runtime.block_on(common::publish(&queue, &first));
+    let mut daemon = Daemon::start(&case.config, case.dir.path(), &[]);
+    case.runtime.block_on(common::publish(&case.queue, &first));
     daemon.wait_handled(None, first.len() as u64);
 
     let outage = Outage::begin();
-    let source = source_once(&daemon, false);
+    let source = source_once(&mut daemon, false);
     assert!(
         source["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "no reason given: {source}"
@@ -146,10 +130,10 @@ fn a_broker_restart_costs_nothing() {
     keeps_answering(&daemon, Duration::from_secs(10));
     outage.end();
     let back = Instant::now();
-    source_once(&daemon, true);
+    source_once(&mut daemon, true);
     let reconnect = back.elapsed();
 
-    runtime.block_on(common::publish(&queue, &second));
+    case.runtime.block_on(common::publish(&case.queue, &second));
     let all: Vec<&[u8]> = first.iter().chain(&second).copied().collect();
     daemon.wait_handled(None, all.len() as u64);
     common::assert_every_product(&daemon, &common::expected(&all));
@@ -164,29 +148,23 @@ fn a_broker_down_at_start_is_waited_for() {
     let _turn = BROKER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if !runtime.block_on(common::broker_available()) {
+    let Some(case) = common::broker_case("outage-start", "1s") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = common::unique_queue("outage-start");
-    let dead = format!("{queue}.dead");
-    let _queues = common::Queues::new(&[&queue, &dead]);
+    };
     let (jsonl, _) = workload();
     let lines = common::workload::lines(&jsonl);
-    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "1s");
 
     let outage = Outage::begin();
-    let daemon = Daemon::start(&config, dir.path(), &[]);
-    let source = source_once(&daemon, false);
+    let mut daemon = Daemon::start(&case.config, case.dir.path(), &[]);
+    let source = source_once(&mut daemon, false);
     assert!(
         source["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "no reason given: {source}"
     );
     keeps_answering(&daemon, Duration::from_secs(3));
     outage.end();
-    source_once(&daemon, true);
-    runtime.block_on(common::publish(&queue, &lines));
+    source_once(&mut daemon, true);
+    case.runtime.block_on(common::publish(&case.queue, &lines));
     daemon.wait_handled(None, lines.len() as u64);
     common::assert_every_product(&daemon, &common::expected(&lines));
 }

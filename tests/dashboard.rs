@@ -13,7 +13,7 @@ mod common;
 use common::{Daemon, http, orders, revenue_cents};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "dashboard-token";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -48,14 +48,12 @@ impl Driver {
             .spawn()
             .expect("start chromedriver");
         let url = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while ureq::get(&format!("{url}/status")).call().is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::poll_until(Duration::from_secs(20), "chromedriver answers", || {
+            ureq::get(&format!("{url}/status"))
+                .call()
+                .map(drop)
+                .map_err(|err| err.to_string())
+        });
         Driver { child, url }
     }
 }
@@ -86,17 +84,11 @@ async fn browser(driver: &Driver) -> Client {
 
 /// Polls the page until `probe` answers `Some`, or fails naming `what`.
 async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the page never showed {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("the page shows {what}");
+    common::eventually(Duration::from_secs(30), &what, async || {
+        probe().await.ok_or("not yet")
+    })
+    .await
 }
 
 async fn attribute(client: &Client, css: &str, name: &str) -> Option<String> {

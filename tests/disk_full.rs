@@ -66,17 +66,13 @@ fn field<'a>(status: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Va
 
 #[test]
 fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if !runtime.block_on(common::broker_available()) {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), 16) else {
+    let Some(case) = common::broker_case("disk-full", "1s") else {
         return;
     };
-    let queue = common::unique_queue("disk-full");
-    let dead = format!("{queue}.dead");
-    let _queues = common::Queues::new(&[&queue, &dead]);
+    let Some(disk) = SmallDisk::mount(&case.dir.path().join("data"), 16) else {
+        return;
+    };
+    let (runtime, queue, dead) = (&case.runtime, &case.queue, &case.dead);
     let gen_args = |seed: &'static str| {
         [
             "--events",
@@ -103,9 +99,8 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
     let expect = common::expected(&all);
     let valid = |lines: &[&[u8]]| (lines.len() - common::expected(lines).dead.len()) as u64;
 
-    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "1s");
-    let daemon = Daemon::start(&config, dir.path(), &[]);
-    runtime.block_on(common::publish(&queue, &before));
+    let daemon = Daemon::start(&case.config, case.dir.path(), &[]);
+    runtime.block_on(common::publish(queue, &before));
     daemon.wait_handled(None, before.len() as u64);
     let (code, _) = common::http(
         "POST",
@@ -127,12 +122,12 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
     // Only the rest of the log's last allocated page can still take records.
     let page_end = segment_len().div_ceil(4096) * 4096;
     let full_at = Instant::now();
-    runtime.block_on(common::publish(&queue, &during));
+    runtime.block_on(common::publish(queue, &during));
     // The recorder says why, in status and metrics.
-    let error = runtime.block_on(common::eventually(
+    let error = common::poll_until(
         Duration::from_secs(60),
         "the store reports the full disk",
-        async || {
+        || {
             let status = daemon.status();
             let error = field(&status, &["store", "error"])
                 .as_str()
@@ -145,14 +140,21 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
                     .is_some_and(|n| n >= 1.0);
             if said { Ok(error) } else { Err(status) }
         },
-    ));
+    );
     assert!(
         daemon.logs().contains("group commit failed"),
         "{}",
         daemon.logs()
     );
-    // Nothing more is acknowledged, yet queries are answered meanwhile.
-    for _ in 0..20 {
+    // Nothing more is acknowledged while the source retries (two more failed
+    // commits), yet queries are answered meanwhile.
+    let failures = |daemon: &Daemon| {
+        field(&daemon.status(), &["store", "write_failures"])
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let retried_from = failures(&daemon);
+    common::poll_until(Duration::from_secs(60), "two more failed retries", || {
         assert!(segment_len() <= page_end, "the log grew past the full disk");
         let (code, body) = common::http(
             "GET",
@@ -161,18 +163,23 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
         );
         assert_eq!(code, 200, "{body}");
         assert!(common::orders(&body) >= orders_before, "{body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let unacked = runtime.block_on(common::ready_count(&queue));
+        let failed = failures(&daemon);
+        if failed >= retried_from + 2 {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    });
+    let unacked = runtime.block_on(common::ready_count(queue));
     println!("disk full: store error {error:?}; {unacked} messages ready in the queue");
 
     std::fs::remove_file(&ballast).expect("remove ballast");
     let freed_at = Instant::now();
     let want = valid(&all);
-    runtime.block_on(common::eventually(
+    common::poll_until(
         Duration::from_secs(60),
         "writes resume once space returns",
-        async || {
+        || {
             let status = daemon.status();
             let durable = status["events_accepted"].as_u64().unwrap_or(0);
             if durable >= want && field(&status, &["store", "writable"]) == true {
@@ -181,7 +188,7 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
                 Err(status)
             }
         },
-    ));
+    );
     let resumed = freed_at.elapsed();
     assert_eq!(
         common::scrape(&daemon.base, "tandem_store_writable"),
@@ -196,7 +203,7 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
             reasons.values().filter_map(|n| n.as_u64()).sum()
         });
     assert_eq!(rejected, expect.dead.len() as u64);
-    let letters = runtime.block_on(common::drain(&dead));
+    let letters = runtime.block_on(common::drain(dead));
     assert_eq!(letters.len(), expect.dead.len(), "dead letters");
     println!(
         "disk full for {} ms; all written {} ms after space returned; lost 0, counted twice 0",

@@ -392,30 +392,29 @@ fn sigterm_in_the_middle_of_a_publish_loses_nothing_and_counts_nothing_twice() {
 
     let daemon = Daemon::start(&text, dir.path(), &env);
     assert!(publisher.wait().expect("publisher").success());
-    let started = std::time::Instant::now();
-    loop {
-        let (code, body) = http(
-            "POST",
-            &format!("{}/v1/recompute?wait=true", daemon.base),
-            Some(TOKEN),
-        );
-        assert_eq!(code, 200, "{body}");
-        let (_, batch) = get(&daemon, "/v1/views/by_product/totals?layer=batch");
-        if count(&batch) >= total_orders {
-            assert_eq!(
-                (count(&batch), cents(&batch)),
-                (total_orders, total_cents),
-                "nothing lost, nothing twice"
+    let batch = common::poll_until(
+        Duration::from_secs(60),
+        "the batch layer has every order",
+        || {
+            let (code, body) = http(
+                "POST",
+                &format!("{}/v1/recompute?wait=true", daemon.base),
+                Some(TOKEN),
             );
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "batch layer has {} of {total_orders}",
-            count(&batch)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            assert_eq!(code, 200, "{body}");
+            let (_, batch) = get(&daemon, "/v1/views/by_product/totals?layer=batch");
+            if count(&batch) >= total_orders {
+                Ok(batch)
+            } else {
+                Err(count(&batch))
+            }
+        },
+    );
+    assert_eq!(
+        (count(&batch), cents(&batch)),
+        (total_orders, total_cents),
+        "nothing lost, nothing twice"
+    );
     for (product, expected) in expect.products.iter().take(50) {
         let (_, body) = get(
             &daemon,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -324,14 +324,14 @@ fn sigkill_with_requests_in_flight_loses_no_answered_request() {
             })
         })
         .collect();
-    let started = Instant::now();
-    while answered.lock().expect("lock").len() < 40 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "requests are not answered"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::poll_until(
+        Duration::from_secs(60),
+        "40 requests answered",
+        || match answered.lock().expect("lock").len() {
+            n if n >= 40 => Ok(()),
+            n => Err(n),
+        },
+    );
     daemon.kill();
     stop.store(true, Ordering::Relaxed);
     let sent: Vec<usize> = posters
@@ -408,42 +408,34 @@ fn an_idle_timer_tick_seals_nothing_and_runs_no_batch() {
     let (code, body) = post(&url, None, NDJSON, &lines[..100].join(&b'\n'));
     assert_eq!(code, 200, "{body}");
     // The timer seals the epoch and a batch run takes it in.
-    let settled = |status: &Value| {
-        status["snapshot"]["events"] == first && status["recompute_running"] == false
-    };
-    let started = Instant::now();
-    let mut status = daemon.status();
-    while !settled(&status) {
-        assert!(started.elapsed() < Duration::from_secs(30), "{status}");
-        std::thread::sleep(Duration::from_millis(20));
-        status = daemon.status();
-    }
+    let status = common::poll_until(Duration::from_secs(30), "the batch run", || {
+        let status = daemon.status();
+        let settled = status["snapshot"]["events"] == first && status["recompute_running"] == false;
+        if settled { Ok(status) } else { Err(status) }
+    });
     // Three idle ticks: no epoch, no batch run.
     let (epoch, created) = (
         status["epoch"].clone(),
         status["snapshot"]["created_at"].clone(),
     );
-    let idle = Instant::now();
-    while idle.elapsed() < Duration::from_millis(3500) {
+    common::holds_for(Duration::from_millis(3500), || {
         let now = daemon.status();
         assert_eq!(
             (&now["epoch"], &now["snapshot"]["created_at"]),
             (&epoch, &created),
             "{now}"
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     // One more event: the next tick seals it and the batch layer has it.
     let (code, body) = post(&url, None, NDJSON, lines[100]);
     assert_eq!(code, 200, "{body}");
-    let started = Instant::now();
-    loop {
+    let now = common::poll_until(Duration::from_secs(30), "the next batch run", || {
         let now = daemon.status();
         if now["snapshot"]["events"] == all {
-            assert!(now["epoch"].as_u64() > epoch.as_u64(), "{now}");
-            break;
+            Ok(now)
+        } else {
+            Err(now)
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "{now}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
+    assert!(now["epoch"].as_u64() > epoch.as_u64(), "{now}");
 }

@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 
 static TURN: Mutex<()> = Mutex::new(());
 
+/// This test's turn: the others wait.
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn full() -> bool {
     std::env::var("TANDEM_LOAD_FULL").as_deref() == Ok("1")
 }
@@ -85,6 +91,7 @@ fn sample(daemon: &Daemon, every: Duration, stop: &AtomicBool, key: &str) -> Sam
         let rss = common::rss_kib(pid).0 as f64 / 1024.0;
         out.points
             .push((started.elapsed().as_secs_f64(), rss, ms, groups));
+        // The sampling period (a timer, not a wait for a condition).
         std::thread::sleep(every);
     }
     out
@@ -125,24 +132,17 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Runs a daemon on `queue`, which already holds `total` messages; answers
-/// the seconds until all are handled, what the sampler saw meanwhile and the
-/// most messages the daemon held unacknowledged; and the daemon with its
-/// directory (which goes when the caller drops it).
-fn drain(
-    config: &str,
-    queue: &str,
-    total: u64,
-    key: &str,
-) -> (f64, Samples, u64, Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Runs a daemon on the case's queue, which already holds `total` messages;
+/// answers the seconds until all are handled, what the sampler saw meanwhile,
+/// the most messages the daemon held unacknowledged, and the daemon.
+fn drain(case: &common::BrokerCase, total: u64, key: &str) -> (f64, Samples, u64, Daemon) {
     let started = Instant::now();
-    let daemon = Daemon::start(config, dir.path(), &[]);
+    let daemon = Daemon::start(&case.config, case.dir.path(), &[]);
     let stop = AtomicBool::new(false);
     let (elapsed, samples, unacked) = std::thread::scope(|scope| {
         let _stop = StopOnDrop(&stop);
         let sampler = scope.spawn(|| sample(&daemon, Duration::from_millis(100), &stop, key));
-        let unacked = scope.spawn(|| max_unacked(queue, &stop));
+        let unacked = scope.spawn(|| max_unacked(&case.queue, &stop));
         daemon.wait_handled_within(None, total, Duration::from_secs(1800));
         let elapsed = started.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
@@ -152,7 +152,7 @@ fn drain(
             unacked.join().expect("unacked"),
         )
     });
-    (elapsed, samples, unacked, daemon, dir)
+    (elapsed, samples, unacked, daemon)
 }
 
 /// The `i`th bad message, with the reason it must be dead-lettered with
@@ -199,13 +199,7 @@ fn poison(i: usize, huge: bool) -> (Vec<u8>, &'static str) {
 
 #[test]
 fn a_poison_flood_costs_only_its_own_rejections() {
-    let _turn = TURN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if !runtime.block_on(common::broker_available()) {
-        return;
-    }
+    let _turn = turn();
     let total = if full() { 200_000 } else { 40_000 };
     let valid_jsonl = common::workload::generate(&[
         "--events",
@@ -232,13 +226,12 @@ fn a_poison_flood_costs_only_its_own_rejections() {
     let mut rates = BTreeMap::new();
     let mut peaks = BTreeMap::new();
     for (run, messages) in [("clean", valid.clone()), ("poisoned", mixed)] {
-        let queue = common::unique_queue(&format!("poison-{run}"));
-        let dead = format!("{queue}.dead");
-        let _queues = common::Queues::new(&[&queue, &dead]);
-        runtime.block_on(common::publish_bodies(&queue, &messages));
-        let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "5s");
-        let (elapsed, samples, _, daemon, _dir) =
-            drain(&config, &queue, messages.len() as u64, key);
+        let Some(case) = common::broker_case(&format!("poison-{run}"), "5s") else {
+            return;
+        };
+        case.runtime
+            .block_on(common::publish_bodies(&case.queue, &messages));
+        let (elapsed, samples, _, daemon) = drain(&case, messages.len() as u64, key);
         assert!(samples.failed.is_empty(), "{:?}", samples.failed);
         let rate = valid.len() as f64 / elapsed;
         println!(
@@ -251,7 +244,7 @@ fn a_poison_flood_costs_only_its_own_rejections() {
         rates.insert(run, rate);
         peaks.insert(run, samples.peak_rss());
         common::assert_every_product(&daemon, &common::expected(&valid));
-        let letters = runtime.block_on(common::drain(&dead));
+        let letters = case.runtime.block_on(common::drain(&case.dead));
         if run == "poisoned" {
             let mut found: Vec<(usize, String)> = letters
                 .iter()
@@ -334,13 +327,10 @@ fn push_rate(lines: &[&[u8]], valid: usize) -> f64 {
 
 #[test]
 fn a_backlog_drains_with_bounded_memory_while_queries_answer() {
-    let _turn = TURN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if !runtime.block_on(common::broker_available()) {
+    let _turn = turn();
+    let Some(case) = common::broker_case("backlog", "5s") else {
         return;
-    }
+    };
     let total: u64 = if full() { 2_000_000 } else { 200_000 };
     let jsonl = common::workload::generate(&[
         "--events",
@@ -355,19 +345,14 @@ fn a_backlog_drains_with_bounded_memory_while_queries_answer() {
         "0.05",
     ]);
     let lines = common::workload::lines(&jsonl);
-    let queue = common::unique_queue("backlog");
-    let dead = format!("{queue}.dead");
-    let _queues = common::Queues::new(&[&queue, &dead]);
     let file = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(file.path(), &jsonl).expect("write");
-    common::tandem_publish(&queue, file.path());
+    common::tandem_publish(&case.queue, file.path());
     assert_eq!(
-        runtime.block_on(common::ready_count(&queue)) as usize,
+        case.runtime.block_on(common::ready_count(&case.queue)) as usize,
         lines.len()
     );
-    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "5s");
-    let (elapsed, samples, unacked, daemon, _dir) =
-        drain(&config, &queue, lines.len() as u64, "p-00001");
+    let (elapsed, samples, unacked, daemon) = drain(&case, lines.len() as u64, "p-00001");
     // The backlog stays in the broker: tandem holds at most its prefetch window.
     assert!(unacked <= 2_000, "{unacked} messages held unacknowledged");
     assert!(
@@ -407,13 +392,10 @@ fn live_event(i: u64) -> Vec<u8> {
 
 #[test]
 fn a_soak_keeps_memory_state_and_latency_flat() {
-    let _turn = TURN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    if !runtime.block_on(common::broker_available()) {
+    let _turn = turn();
+    let Some(case) = common::broker_case("soak", "30s") else {
         return;
-    }
+    };
     // 80% of the measured RabbitMQ ingest rate (BENCHMARKS.md) in full; a
     // rate a debug build keeps up with otherwise.
     let (rate, span) = if full() {
@@ -421,12 +403,7 @@ fn a_soak_keeps_memory_state_and_latency_flat() {
     } else {
         (2_000, Duration::from_secs(60))
     };
-    let queue = common::unique_queue("soak");
-    let dead = format!("{queue}.dead");
-    let _queues = common::Queues::new(&[&queue, &dead]);
-    let config = common::orders_config(&common::rabbitmq_source(&queue, &dead), "30s");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(&config, dir.path(), &[]);
+    let daemon = Daemon::start(&case.config, case.dir.path(), &[]);
     let stop = AtomicBool::new(false);
     let published = std::sync::atomic::AtomicU64::new(0);
     let samples = std::thread::scope(|scope| {
@@ -439,11 +416,13 @@ fn a_soak_keeps_memory_state_and_latency_flat() {
         while started.elapsed() < span {
             let due = (started.elapsed().as_secs_f64() * rate as f64) as u64 + rate / 10;
             let step: Vec<Vec<u8>> = (sent..due).map(live_event).collect();
-            runtime.block_on(common::publish_bodies(&queue, &step));
+            case.runtime
+                .block_on(common::publish_bodies(&case.queue, &step));
             sent = due;
             published.store(sent, Ordering::Relaxed);
             let next = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(wait) = next.checked_sub(started.elapsed()) {
+                // The producer's pace (a timer, not a wait for a condition).
                 std::thread::sleep(wait);
             }
         }

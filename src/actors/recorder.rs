@@ -155,18 +155,14 @@ impl Recorder {
                 self.shared
                     .store_write_failures
                     .fetch_add(1, Ordering::Relaxed);
-                crate::metrics::set_error(
-                    &self.shared.store_error,
-                    Some(crate::error_chain(&**err)),
-                );
+                self.shared
+                    .store_error
+                    .set(Some(crate::error_chain(&**err)));
             }
             // Only a commit that wrote something shows that writes work again.
-            Ok(_)
-                if !self.waiting.is_empty()
-                    && crate::metrics::error_of(&self.shared.store_error).is_some() =>
-            {
+            Ok(_) if !self.waiting.is_empty() && self.shared.store_error.get().is_some() => {
                 tracing::warn!("the master dataset takes writes again");
-                crate::metrics::set_error(&self.shared.store_error, None);
+                self.shared.store_error.set(None);
             }
             Ok(_) => {}
         }

@@ -59,7 +59,7 @@ pub struct SourceStats {
     /// Whether the source is connected to its broker (always true in process).
     pub connected: AtomicBool,
     /// Why the source last lost its broker, until it is connected again.
-    pub last_error: std::sync::Mutex<Option<String>>,
+    pub last_error: crate::metrics::ErrorText,
 }
 
 impl SourceStats {
@@ -428,7 +428,7 @@ pub async fn run_rabbitmq(
             Err(err) => {
                 let error = crate::error_chain(&err);
                 tracing::warn!(source = pipeline.index, queue = %config.queue, error = %error, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected; unacknowledged messages stay in the queue");
-                crate::metrics::set_error(&pipeline.stats.last_error, Some(error));
+                pipeline.stats.last_error.set(Some(error));
             }
         }
         // Keep passing barriers while the broker is away.
@@ -578,7 +578,7 @@ async fn session(
         )
         .await?;
     pipeline.stats.connected.store(true, Ordering::Relaxed);
-    crate::metrics::set_error(&pipeline.stats.last_error, None);
+    pipeline.stats.last_error.set(None);
     tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source connected");
 
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();

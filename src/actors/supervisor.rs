@@ -277,14 +277,14 @@ impl Handler<RunFinished> for Supervisor {
                 self.shared
                     .recompute_records
                     .store(batch.stats.records, Ordering::Relaxed);
-                crate::metrics::set_error(&self.shared.recompute_error, None);
+                self.shared.recompute_error.set(None);
                 self.serving.do_send(SnapshotReady(Arc::new(batch)));
                 self.served = Some(sealed.epoch);
                 self.answer_waiters(sealed.epoch, &Ok(sealed.epoch));
             }
             Err(failed) => {
                 tracing::error!(error = %failed, "batch run failed");
-                crate::metrics::set_error(&self.shared.recompute_error, Some(failed.to_string()));
+                self.shared.recompute_error.set(Some(failed.to_string()));
                 self.shared
                     .recompute_failures
                     .fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,6 @@ use super::{ApiError, ApiState};
 use crate::actors::serving::{Answer, AsOf, Layer, MAX_TOP, Query, Question};
 use crate::aggregate::{Body, TimeRange};
 use crate::config::format_duration;
-use crate::metrics::error_of;
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -310,10 +309,10 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
     let sources: Vec<Value> = handle
         .sources()
         .iter()
-        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed), "accepted": source.stats.accepted.load(Ordering::Relaxed), "last_error": error_of(&source.stats.last_error) }))
+        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed), "accepted": source.stats.accepted.load(Ordering::Relaxed), "last_error": source.stats.last_error.get() }))
         .collect();
     let shared = handle.shared();
-    let store_error = error_of(&shared.store_error);
+    let store_error = shared.store_error.get();
     let snapshot = batch.meta.map_or(Value::Null, |meta| {
         json!({ "epoch": meta.epoch, "events": batch.stats.counted, "created_at": rfc3339(meta.created_ms), "took_ms": batch.took_ms })
     });
@@ -331,6 +330,6 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
             "error": store_error,
             "write_failures": shared.store_write_failures.load(Ordering::Relaxed),
         },
-        "recompute_error": error_of(&shared.recompute_error),
+        "recompute_error": shared.recompute_error.get(),
     })))
 }

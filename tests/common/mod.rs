@@ -82,6 +82,46 @@ pub async fn broker_available() -> bool {
     }
 }
 
+/// How often the polling helpers ask again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Polls `probe` until it answers `Ok`, or answers the last `Err` once
+/// `deadline` has passed. The one blocking poll loop of the tests.
+pub fn poll<T, S>(deadline: Duration, mut probe: impl FnMut() -> Result<T, S>) -> Result<T, S> {
+    let started = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return Ok(value),
+            Err(seen) if started.elapsed() > deadline => return Err(seen),
+            Err(_) => std::thread::sleep(POLL_EVERY),
+        }
+    }
+}
+
+/// [`poll`], failing with `what` and the last value seen.
+pub fn poll_until<T, S: std::fmt::Debug>(
+    deadline: Duration,
+    what: &str,
+    probe: impl FnMut() -> Result<T, S>,
+) -> T {
+    poll(deadline, probe).unwrap_or_else(|seen| {
+        panic!("{what}: not reached within {deadline:?}; last seen: {seen:?}")
+    })
+}
+
+/// Runs `check` over and over for `span` (an observation window: what must
+/// hold all along, or what must not happen); answers how many times it ran.
+pub fn holds_for(span: Duration, mut check: impl FnMut()) -> u32 {
+    let started = Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < span {
+        check();
+        runs += 1;
+        std::thread::sleep(POLL_EVERY);
+    }
+    runs
+}
+
 /// Polls `probe` until it returns `Some`, failing with `what` and the last
 /// value seen once `deadline` has passed.
 pub async fn eventually<T, S: std::fmt::Debug>(
@@ -96,7 +136,7 @@ pub async fn eventually<T, S: std::fmt::Debug>(
             Err(seen) if started.elapsed() > deadline => {
                 panic!("{what}: not reached within {deadline:?}; last seen: {seen:?}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
         }
     }
 }
@@ -206,20 +246,32 @@ impl Daemon {
     /// port, its data_dir by `dir`), with `env` set, and waits until it is ready.
     pub fn start(config: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let mut daemon = Daemon::spawn(config, dir, env);
-        let started = Instant::now();
-        loop {
-            if ureq::get(&format!("{}/readyz", daemon.base)).call().is_ok() {
-                return daemon;
-            }
+        daemon.until(Duration::from_secs(30), "tandem run is ready", |daemon| {
             if let Ok(Some(exit)) = daemon.child.try_wait() {
                 panic!("tandem run exited with {exit}:\n{}", daemon.logs());
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tandem run did not become ready:\n{}",
-                daemon.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            ureq::get(&format!("{}/readyz", daemon.base))
+                .call()
+                .map(drop)
+                .map_err(|err| err.to_string())
+        });
+        daemon
+    }
+
+    /// Polls `probe` on this daemon until it answers `Ok`; past `deadline`,
+    /// fails with `what`, the last value seen and the daemon's logs.
+    pub fn until<T, S: std::fmt::Debug>(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        mut probe: impl FnMut(&mut Daemon) -> Result<T, S>,
+    ) -> T {
+        match poll(deadline, || probe(self)) {
+            Ok(value) => value,
+            Err(seen) => panic!(
+                "{what}: not reached within {deadline:?}; last seen: {seen:?}\n{}",
+                self.logs()
+            ),
         }
     }
 
@@ -248,18 +300,9 @@ impl Daemon {
 
     /// Waits (up to `deadline`) for the process to exit by itself.
     pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < deadline,
-                "tandem run still running after {deadline:?}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.until(deadline, "tandem run exits", |daemon| {
+            daemon.child.try_wait().expect("try_wait").ok_or("running")
+        })
     }
 
     /// `GET /v1/status`.
@@ -281,19 +324,17 @@ impl Daemon {
 
     /// Waits until the daemon has handled `at_least` messages, up to `deadline`.
     pub fn wait_handled_within(&self, token: Option<&str>, at_least: u64, deadline: Duration) {
-        let started = Instant::now();
-        loop {
-            let (_, status) = http("GET", &format!("{}/v1/status", self.base), token);
-            let handled = handled(&status);
+        let url = format!("{}/v1/status", self.base);
+        let outcome = poll(deadline, || {
+            let handled = handled(&http("GET", &url, token).1);
             if handled >= at_least {
-                return;
+                Ok(())
+            } else {
+                Err(handled)
             }
-            assert!(
-                started.elapsed() < deadline,
-                "only {handled} of {at_least} handled:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        });
+        if let Err(handled) = outcome {
+            panic!("only {handled} of {at_least} handled:\n{}", self.logs());
         }
     }
 
@@ -494,8 +535,7 @@ metrics = [
 /// counted twice.
 pub fn assert_every_product(daemon: &Daemon, expect: &Expected) {
     let orders_expected: u64 = expect.products.values().map(|(orders, _)| orders).sum();
-    let started = Instant::now();
-    loop {
+    let outcome = poll(Duration::from_secs(120), || {
         let (code, body) = http(
             "POST",
             &format!("{}/v1/recompute?wait=true", daemon.base),
@@ -508,21 +548,17 @@ pub fn assert_every_product(daemon: &Daemon, expect: &Expected) {
             None,
         );
         if orders(&batch) >= orders_expected {
-            assert_eq!(
-                orders(&batch),
-                orders_expected,
-                "counted twice:\n{}",
-                daemon.logs()
-            );
-            break;
+            Ok(orders(&batch))
+        } else {
+            Err(orders(&batch))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the batch layer holds {} of {orders_expected} orders:\n{}",
-            orders(&batch),
+    });
+    match outcome {
+        Ok(held) => assert_eq!(held, orders_expected, "counted twice:\n{}", daemon.logs()),
+        Err(held) => panic!(
+            "the batch layer holds {held} of {orders_expected} orders:\n{}",
             daemon.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        ),
     }
     for (product, expected) in &expect.products {
         for layer in ["batch", "merged"] {
@@ -654,4 +690,40 @@ impl Drop for Queues {
         .join()
         .ok();
     }
+}
+
+/// What a test of the real binary on the broker starts with: a runtime, a
+/// queue and its dead-letter queue (deleted when this is dropped), a
+/// temporary directory, and the orders config reading the queue.
+pub struct BrokerCase {
+    /// For the async helpers.
+    pub runtime: tokio::runtime::Runtime,
+    /// The queue the daemon consumes.
+    pub queue: String,
+    /// Its dead-letter queue.
+    pub dead: String,
+    /// Where the daemon's config, logs and data_dir go.
+    pub dir: tempfile::TempDir,
+    /// [`orders_config`] with a RabbitMQ source on `queue`.
+    pub config: String,
+    _queues: Queues,
+}
+
+/// A [`BrokerCase`] with queues named after `prefix`; `None` (the test
+/// passes without checking) when the broker is away outside CI.
+pub fn broker_case(prefix: &str, batch_interval: &str) -> Option<BrokerCase> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(broker_available()) {
+        return None;
+    }
+    let queue = unique_queue(prefix);
+    let dead = format!("{queue}.dead");
+    Some(BrokerCase {
+        runtime,
+        config: orders_config(&rabbitmq_source(&queue, &dead), batch_interval),
+        _queues: Queues::new(&[&queue, &dead]),
+        queue,
+        dead,
+        dir: tempfile::tempdir().expect("tempdir"),
+    })
 }

@@ -35,6 +35,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "../tests/common/proc_status.rs"]
+mod proc_status;
 #[path = "../tests/common/workload.rs"]
 mod workload;
 
@@ -769,15 +771,6 @@ fn keep_first_snapshot(master: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The children: a full batch run over epoch 2 (prints seconds and peak RSS),
 /// a snapshot over epoch 1 only, or a start that prints once ready.
 fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
@@ -797,7 +790,7 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
             println!(
                 "{} {} {}",
                 started.elapsed().as_secs_f64(),
-                status_kb("VmHWM:"),
+                proc_status::status_kib(None, "VmHWM:"),
                 batch.stats.counted
             );
         }

@@ -11,20 +11,14 @@
 //! seals it, then runs the batch run RUNS times (default 3) and prints each
 //! run's rate, the median, and the peak resident memory of each run.
 
+#[path = "../tests/common/proc_status.rs"]
+mod proc_status;
+
 use std::io::BufRead;
 use std::path::Path;
 use tandem::Config;
 use tandem::event::{Epoch, Seq};
 use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
-
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -105,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "run {run}: views alone {build:.2} s, {:.0} events/s, peak rss {} MiB",
             sealed.next_seq.0 as f64 / build,
-            status_kb("VmHWM:") / 1024
+            proc_status::status_kib(None, "VmHWM:") / 1024
         );
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
@@ -117,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "run {run}: {took:.2} s, {rate:.0} events/s, counted {} duplicates {}, peak rss {} MiB, snapshot {} MiB",
             batch.stats.counted,
             batch.stats.duplicates,
-            status_kb("VmHWM:") / 1024,
+            proc_status::status_kib(None, "VmHWM:") / 1024,
             batch.meta.map_or(0, |meta| meta.payload_bytes >> 20)
         );
     }

@@ -7,18 +7,16 @@
 //! event to one view of `config/tandem.toml` (default `sales_by_product`), and
 //! prints the groups and the growth of the resident set size per group.
 
+#[path = "../tests/common/proc_status.rs"]
+mod proc_status;
+
 use std::io::BufRead;
 use std::path::Path;
 use tandem::Config;
 use tandem::aggregate::ViewState;
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    proc_status::status_kib(None, "VmRSS:") * 1024
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

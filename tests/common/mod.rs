@@ -2,6 +2,7 @@
 //! unique queue names, the broker address, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod proc_status;
 pub mod workload;
 
 use std::time::{Duration, Instant};
@@ -628,16 +629,10 @@ pub async fn publish_bodies<B: AsRef<[u8]>>(queue: &str, bodies: impl IntoIterat
 
 /// A process's resident set and its peak, in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        proc_status::status_kib(Some(pid), "VmRSS:"),
+        proc_status::status_kib(Some(pid), "VmHWM:"),
+    )
 }
 
 /// One sample from `/metrics`: `series` is the name with its labels as

@@ -239,7 +239,7 @@ fn rabbitmq_source(queue: &str) -> String {
 }
 
 /// Events from the reference generator, seed 7, kept in `dir` for the next
-/// run when `keep` (the generator is deterministic, and slow at millions of events).
+/// run when `keep` (the generator is deterministic).
 fn events(dir: &Path, keep: bool, n: usize) -> Result<Vec<Vec<u8>>, BoxError> {
     let cached = dir.join(format!("tandem-bench-events-{n}-seed7.jsonl"));
     let jsonl = match std::fs::read(&cached) {
@@ -435,12 +435,7 @@ async fn bench_rabbitmq(
 
 /// The `tandem` binary built next to this example.
 fn tandem_binary() -> Result<PathBuf, BoxError> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("tandem"))
-        .ok_or("cannot locate the target directory")?;
+    let binary = workload::tandem_binary();
     if binary.exists() {
         Ok(binary)
     } else {
@@ -671,13 +666,12 @@ fn build_master(dir: &Path, n: usize) -> Result<(), BoxError> {
     let paths = DataPaths::new(dir);
     let file = dir.join("events.jsonl");
     let out = std::fs::File::create(&file)?;
-    let status = Command::new("python3")
-        .arg(workload::generator())
-        .args(["--events", &n.to_string(), "--seed", "7"])
+    let status = Command::new(tandem_binary()?)
+        .args(["generate", "--events", &n.to_string(), "--seed", "7"])
         .stdout(out)
         .status()?;
     if !status.success() {
-        return Err("gen_events.py failed".into());
+        return Err("tandem generate failed".into());
     }
     let (mut log, _) = MasterLog::open(&paths, config.master.segment_max_bytes)?;
     let mut epochs = EpochIndex::open(&paths)?;

@@ -12,6 +12,8 @@
 //! - [`store`]: the master dataset (segments, sealed epochs) and snapshots on disk.
 //! - [`actors`]: the running system: sources, recorder, speed partitions,
 //!   supervisor, recompute and serving; [`start`] returns a [`Handle`].
+//! - [`workload`]: the reference e-commerce order stream (`tandem generate`,
+//!   the `demo` source, the tests and the benchmarks).
 #![warn(clippy::unwrap_used)]
 
 pub mod actors;
@@ -22,6 +24,7 @@ pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod workload;
 
 pub use actors::serving::{Answer, Layer, Query, Question};
 pub use actors::{Handle, Options, start};

@@ -166,14 +166,64 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition in `format`.
     ///
     /// # Errors
     /// Only if formatting fails, which writing to a String does not.
-    pub fn render(&self) -> Result<String, std::fmt::Error> {
+    pub fn render(&self, format: Exposition) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        match format {
+            Exposition::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+            }
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+            }
+        }
         Ok(out)
+    }
+}
+
+/// The text formats `/metrics` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// Prometheus text format 0.0.4: what every scraper and `promtool` reads.
+    Prometheus,
+    /// OpenMetrics 1.0 text, for scrapers that ask for it in `Accept`.
+    OpenMetrics,
+}
+
+impl Exposition {
+    /// The format a scraper asks for in its `Accept` header: OpenMetrics
+    /// when it names it, the Prometheus text format otherwise.
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        let asks_openmetrics = accept.is_some_and(|accept| {
+            accept.split(',').any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let essence = parts.next().unwrap_or("");
+                // `q=0` means "not this one".
+                let refused = parts.any(|param| {
+                    param
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f64>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                essence.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            })
+        });
+        if asks_openmetrics {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Prometheus
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
     }
 }
 
@@ -213,7 +263,7 @@ impl Collector for Live {
                 None,
                 MetricType::Counter,
             )?;
-            for source in &self.sources {
+            for source in self.sources.iter().filter(|source| source.listed()) {
                 let labels = [("source", source.name.as_str())];
                 ConstCounter::new(source.stats.accepted.load(Ordering::Relaxed))
                     .encode(family.encode_family(&labels)?)?;
@@ -226,7 +276,7 @@ impl Collector for Live {
                 None,
                 MetricType::Counter,
             )?;
-            for source in &self.sources {
+            for source in self.sources.iter().filter(|source| source.listed()) {
                 for (reason, count) in Reason::ALL.iter().zip(&source.stats.rejected) {
                     let labels = [
                         ("source", source.name.as_str()),
@@ -244,7 +294,7 @@ impl Collector for Live {
                 None,
                 MetricType::Gauge,
             )?;
-            for source in &self.sources {
+            for source in self.sources.iter().filter(|source| source.listed()) {
                 let labels = [("source", source.name.as_str())];
                 let connected = i64::from(source.stats.connected.load(Ordering::Relaxed));
                 ConstGauge::new(connected).encode(family.encode_family(&labels)?)?;

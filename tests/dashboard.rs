@@ -107,6 +107,20 @@ async fn visible(client: &Client, css: &str) -> bool {
     }
 }
 
+/// Each top-10 row's merged value and its final and provisional parts, read in
+/// one go (the page redraws every second); empty while a part is missing.
+async fn top_split(client: &Client) -> Vec<(f64, f64, f64)> {
+    let rows = client
+        .execute(
+            "return [...document.querySelectorAll('#top tbody tr')]\
+               .map((row) => [row.dataset.value, row.dataset.final, row.dataset.provisional].map(Number))",
+            vec![],
+        )
+        .await
+        .expect("read the top rows");
+    serde_json::from_value(rows).unwrap_or_default()
+}
+
 /// Types `token` into the page's token form and submits it.
 async fn sign_in(client: &Client, token: &str) {
     client
@@ -330,6 +344,14 @@ fn the_dashboard_shows_what_the_api_answers_and_a_recompute_makes_it_final() {
         }
         assert_eq!(seen, expected);
 
+        // Each bar is split as the totals are: all provisional before a batch run.
+        let split = top_split(&client).await;
+        assert_eq!(split.len(), 10, "{split:?}");
+        for (value, final_part, provisional) in &split {
+            assert_eq!(*final_part, 0.0, "{split:?}");
+            assert!((provisional - value).abs() < 1e-6, "{split:?}");
+        }
+
         // Clicking a key charts it.
         let first_key = expected[0].0.clone();
         client
@@ -366,6 +388,22 @@ fn the_dashboard_shows_what_the_api_answers_and_a_recompute_makes_it_final() {
                 .min(120)
         );
 
+        // The time axis: a few labelled ticks, none overlapping the next.
+        let ticks = client
+            .execute(
+                "return [...document.querySelectorAll('#series text.tick')]\
+                   .map((tick) => { const box = tick.getBBox(); return [box.x, box.x + box.width]; })",
+                vec![],
+            )
+            .await
+            .expect("read the ticks");
+        let ticks: Vec<(f64, f64)> = serde_json::from_value(ticks).expect("tick boxes");
+        assert!((1..=6).contains(&ticks.len()), "{ticks:?}");
+        assert!(
+            ticks.windows(2).all(|pair| pair[0].1 < pair[1].0),
+            "{ticks:?}"
+        );
+
         // Recompute from the page: the provisional part becomes final.
         client
             .find(Locator::Css("#recompute"))
@@ -382,6 +420,14 @@ fn the_dashboard_shows_what_the_api_answers_and_a_recompute_makes_it_final() {
         .await;
         let batch = api("/v1/views/sales_by_product/totals?layer=batch");
         assert_eq!(orders(&batch), orders(&merged), "the API agrees: all final");
+        until("the top bars all final", async || {
+            let split = top_split(&client).await;
+            let all_final = split
+                .iter()
+                .all(|(value, final_part, provisional)| *provisional == 0.0 && final_part == value);
+            (split.len() == 10 && all_final).then_some(())
+        })
+        .await;
         let epoch = until("the batch epoch", async || {
             attribute(&client, "#asof", "data-batch-epoch")
                 .await
@@ -393,9 +439,12 @@ fn the_dashboard_shows_what_the_api_answers_and_a_recompute_makes_it_final() {
         // Pipeline health names the source and says it is connected.
         let sources = text(&client, "#sources").await.expect("sources");
         assert!(
-            sources.contains("orders") && sources.contains("connected"),
+            sources.contains("orders") && sources.contains("connected") && sources.contains(&queue),
             "{sources}"
         );
+        // A RabbitMQ source has a dead-letter queue, so the page may say so.
+        let rejected = text(&client, "#rejected-total").await.expect("rejected tile");
+        assert!(rejected.contains("dead-lettered"), "{rejected}");
 
         // Some new events, so the picture shows both parts.
         let more =

@@ -198,7 +198,7 @@ fn a_rabbitmq_and_an_http_source_feed_one_daemon_exactly() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let generate = |seed: &str| {
+    let generate = |seed: &str, id_prefix: &str| {
         common::workload::generate(&[
             "--events",
             "8000",
@@ -210,15 +210,14 @@ fn a_rabbitmq_and_an_http_source_feed_one_daemon_exactly() {
             "0.03",
             "--bad-frac",
             "0.02",
+            "--id-prefix",
+            id_prefix,
         ])
     };
-    let rabbit_jsonl = generate("41");
-    // The second stream's order ids get their own prefix, so the two streams
-    // share no id and their sum is the oracle.
-    let http_jsonl = String::from_utf8(generate("42"))
-        .expect("utf-8")
-        .replace("\"order_id\":\"o-", "\"order_id\":\"h-")
-        .into_bytes();
+    // The two streams' order ids have prefixes of their own, so they share
+    // no id and their sum is the oracle.
+    let rabbit_jsonl = generate("41", "o-");
+    let http_jsonl = generate("42", "h-");
     let (rabbit_file, http_file) = (
         dir.path().join("rabbit.jsonl"),
         dir.path().join("http.jsonl"),

@@ -496,16 +496,25 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     // Sources: the in-process feed is source 0, then the configured ones.
     let mut handles = Vec::with_capacity(config.sources.len() + 1);
     let mut controls = Vec::with_capacity(config.sources.len());
-    let (handle, in_process_control) =
-        SourceHandle::new("in_process".into(), None, Arc::new(SourceStats::default()));
+    let (handle, in_process_control) = SourceHandle::new(
+        source::IN_PROCESS.into(),
+        source::IN_PROCESS,
+        None,
+        Arc::new(SourceStats::default()),
+    );
     handles.push(handle);
     for source in &config.sources {
-        let queue = match &source.kind {
-            SourceKind::Rabbitmq(rabbit) => Some(rabbit.queue.clone()),
-            SourceKind::Http(_) => None,
+        let (queue, demo) = match &source.kind {
+            SourceKind::Rabbitmq(rabbit) => (Some(rabbit.queue.clone()), None),
+            SourceKind::Http(_) => (None, None),
+            SourceKind::Demo(_) => (None, Some(source::demo::DemoStats::default())),
         };
+        let stats = Arc::new(SourceStats {
+            demo,
+            ..SourceStats::default()
+        });
         let (handle, control) =
-            SourceHandle::new(source.name.clone(), queue, Arc::new(SourceStats::default()));
+            SourceHandle::new(source.name.clone(), source.kind.name(), queue, stats);
         handles.push(handle);
         controls.push(control);
     }
@@ -587,6 +596,14 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
                     limits: limits.clone(),
                     pusher: push_source(index + 1, control),
                 });
+            }
+            SourceKind::Demo(demo) => {
+                actix::spawn(source::demo::run_demo(
+                    pipeline(index + 1),
+                    control,
+                    demo.clone(),
+                    startup.epoch,
+                ));
             }
         }
     }

@@ -70,6 +70,42 @@ pub enum SourceKind {
     Rabbitmq(RabbitmqSource),
     /// Events pushed to `POST /v1/events` on the HTTP listener.
     Http(HttpSource),
+    /// Generated orders: the reference e-commerce workload at a steady rate.
+    Demo(DemoSource),
+}
+
+impl SourceKind {
+    /// The `type` of the source, as the config writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKind::Rabbitmq(_) => "rabbitmq",
+            SourceKind::Http(_) => "http",
+            SourceKind::Demo(_) => "demo",
+        }
+    }
+}
+
+/// `type = "demo"`: generates orders of the reference workload
+/// ([`crate::workload`]) into the pipeline, recorded, deduplicated, batched
+/// and served like any other source. Order ids carry the source's start
+/// time, so a restarted demo never repeats an id of an earlier run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DemoSource {
+    /// Events per second (1..=1000000). Default 500.
+    pub rate: u32,
+    /// Seed of the generator. Default 1.
+    pub seed: u64,
+    /// Stop after this many events (duplicates not counted); none: run until stopped.
+    pub events: Option<u64>,
+    /// Share of events whose time lies up to `late_max` in the past. Default 0.02.
+    pub late_frac: f64,
+    /// How late a late event is at most. Default 10m.
+    #[serde(serialize_with = "serialize_duration")]
+    pub late_max: Duration,
+    /// Share of events sent twice. Default 0.005.
+    pub dup_frac: f64,
+    /// Share of events replaced by a malformed line. Default 0.
+    pub bad_frac: f64,
 }
 
 /// `type = "http"`.

@@ -2,18 +2,23 @@
 //!
 //! Every struct refuses unknown keys. Strings are kept as written (durations,
 //! aggregations, addresses) so that `validate` can report every problem at once
-//! instead of stopping at the first one serde meets.
+//! instead of stopping at the first one serde meets. A value of the wrong
+//! type is named in words a user knows ("a whole number", "a list of field
+//! names", "a table"), never by a Rust type.
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use std::fmt;
+use std::marker::PhantomData;
 
 /// The whole file as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a TOML document")]
 pub(crate) struct RawConfig {
     pub data_dir: Option<String>,
     #[serde(default)]
     pub event: RawEvent,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "sources")]
     pub source: Vec<RawSource>,
     #[serde(default)]
     pub speed: RawSpeed,
@@ -23,74 +28,212 @@ pub(crate) struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub master: RawMaster,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "views")]
     pub view: Vec<RawView>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [event]")]
 pub(crate) struct RawEvent {
     pub id: Option<String>,
     pub time: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [[source]]")]
 pub(crate) struct RawSource {
     pub name: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub uri: Option<String>,
     pub queue: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub prefetch: Option<u64>,
     pub dead_letter_queue: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_body_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_events: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    pub rate: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    pub seed: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    pub events: Option<u64>,
+    #[serde(default, deserialize_with = "number")]
+    pub late_frac: Option<f64>,
+    pub late_max: Option<String>,
+    #[serde(default, deserialize_with = "number")]
+    pub dup_frac: Option<f64>,
+    #[serde(default, deserialize_with = "number")]
+    pub bad_frac: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [speed]")]
 pub(crate) struct RawSpeed {
+    #[serde(default, deserialize_with = "whole_number")]
     pub partitions: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [batch]")]
 pub(crate) struct RawBatch {
     pub interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [http]")]
 pub(crate) struct RawHttp {
     pub listen: Option<String>,
     pub auth_token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [master]")]
 pub(crate) struct RawMaster {
+    #[serde(default, deserialize_with = "whole_number")]
     pub segment_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table: [[view]]")]
 pub(crate) struct RawView {
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "field_names")]
     pub key: Option<Vec<String>>,
     pub bucket: Option<String>,
     pub retention: Option<String>,
+    #[serde(default, deserialize_with = "metrics")]
     pub metrics: Option<Vec<RawMetric>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a metric: a table like { name = \"orders\", agg = \"count\" }"
+)]
 pub(crate) struct RawMetric {
     pub name: Option<String>,
     pub agg: Option<String>,
     pub field: Option<String>,
+    #[serde(default, deserialize_with = "number")]
     pub q: Option<f64>,
+}
+
+/// A TOML integer of at least 0.
+struct WholeNumber;
+
+impl Visitor<'_> for WholeNumber {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a whole number")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<u64, E> {
+        Ok(value)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<u64, E> {
+        u64::try_from(value).map_err(|_| {
+            E::invalid_value(
+                de::Unexpected::Signed(value),
+                &"a whole number of at least 0",
+            )
+        })
+    }
+}
+
+/// A TOML integer or float.
+struct Number;
+
+impl Visitor<'_> for Number {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<f64, E> {
+        Ok(value)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<f64, E> {
+        Ok(value as f64)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<f64, E> {
+        Ok(value as f64)
+    }
+}
+
+/// A TOML array, described in the user's words when something else is found.
+struct List<T> {
+    what: &'static str,
+    item: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for List<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+    what: &'static str,
+) -> Result<Vec<T>, D::Error> {
+    deserializer.deserialize_seq(List {
+        what,
+        item: PhantomData,
+    })
+}
+
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    deserializer.deserialize_u64(WholeNumber).map(Some)
+}
+
+fn number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    deserializer.deserialize_f64(Number).map(Some)
+}
+
+fn field_names<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    list(
+        deserializer,
+        "a list of field names, e.g. key = [\"product_id\"]",
+    )
+    .map(Some)
+}
+
+fn metrics<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<RawMetric>>, D::Error> {
+    list(
+        deserializer,
+        "a list of metrics, e.g. metrics = [{ name = \"orders\", agg = \"count\" }]",
+    )
+    .map(Some)
+}
+
+fn sources<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RawSource>, D::Error> {
+    list(deserializer, "a list of [[source]] tables")
+}
+
+fn views<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RawView>, D::Error> {
+    list(deserializer, "a list of [[view]] tables")
 }
 
 impl RawConfig {
@@ -121,6 +264,7 @@ impl RawConfig {
                 &mut source.dead_letter_queue,
                 format!("source[{i}].dead_letter_queue"),
             );
+            expand(&mut source.late_max, format!("source[{i}].late_max"));
         }
         expand(&mut self.batch.interval, "batch.interval".into());
         expand(&mut self.http.listen, "http.listen".into());

@@ -3,8 +3,9 @@
 
 use super::raw::{RawConfig, RawMetric, RawSource, RawView};
 use super::{
-    BatchConfig, Config, ConfigError, ConfigErrors, EventConfig, HttpConfig, HttpSource,
-    MasterConfig, RabbitmqSource, SourceConfig, SourceKind, SpeedConfig, parse_duration,
+    BatchConfig, Config, ConfigError, ConfigErrors, DemoSource, EventConfig, HttpConfig,
+    HttpSource, MasterConfig, RabbitmqSource, SourceConfig, SourceKind, SpeedConfig,
+    parse_duration,
 };
 use crate::aggregate::{Agg, MetricSpec, ViewSpec};
 use crate::event::{Need, Schema};
@@ -20,6 +21,9 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 const DEFAULT_MAX_EVENTS: u64 = 10_000;
 const MAX_MAX_EVENTS: u64 = 1_000_000;
+const DEFAULT_RATE: u64 = 500;
+const MAX_RATE: u64 = 1_000_000;
+const DEFAULT_LATE_MAX: Duration = Duration::from_secs(600);
 const DEFAULT_PARTITIONS: u64 = 4;
 const MAX_PARTITIONS: u64 = 256;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -109,6 +113,19 @@ impl Problems<'_> {
         Some(duration)
     }
 
+    /// A share within 0..=1.
+    fn fraction(&mut self, value: Option<f64>, key: &str, default: f64) -> Option<f64> {
+        let value = value.unwrap_or(default);
+        if !(0.0..=1.0).contains(&value) {
+            self.push(
+                key,
+                format!("{value} is out of range: a share lies within 0..=1"),
+            );
+            return None;
+        }
+        Some(value)
+    }
+
     fn range(&mut self, value: u64, key: &str, min: u64, max: u64) -> Option<u64> {
         if value < min || value > max {
             self.push(
@@ -143,30 +160,52 @@ pub(super) fn parse(
     }
 }
 
-/// Phase one: the TOML syntax and the shape of every table, with the key path.
+/// Phase one: the TOML syntax and the shape of every table, with the key
+/// path, the line and that line's text.
 fn deserialize(text: &str, file: &str) -> Result<RawConfig, Box<ConfigError>> {
-    let line_of = |span: Option<std::ops::Range<usize>>| {
-        span.map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
-    };
-    let deserializer = toml::Deserializer::parse(text).map_err(|err| {
+    let error = |key: String, message: &str, span: Option<std::ops::Range<usize>>| {
+        let start = span.map(|span| span.start.min(text.len()));
+        let line = start.map(|start| text[..start].matches('\n').count() + 1);
+        let shown = start
+            .and_then(|start| text[start..].lines().next().map(|rest| (start, rest)))
+            .map(|(start, rest)| {
+                let begin = text[..start].rfind('\n').map_or(0, |newline| newline + 1);
+                format!("{}{rest}", &text[begin..start])
+            })
+            .map(|whole| whole.trim().to_owned())
+            .filter(|whole| !whole.is_empty());
+        let problem = match shown {
+            Some(whole) => format!("{}, in: {whole}", plain_words(message)),
+            None => plain_words(message),
+        };
         Box::new(ConfigError {
             file: file.to_owned(),
-            key: String::new(),
-            problem: err.message().to_owned(),
-            line: line_of(err.span()),
+            key,
+            problem,
+            line,
         })
-    })?;
+    };
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|err| error(String::new(), err.message(), err.span()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let key = err.path().to_string();
         let inner = err.into_inner();
         let key = if key == "." { String::new() } else { key };
-        Box::new(ConfigError {
-            file: file.to_owned(),
-            key,
-            problem: inner.message().to_owned(),
-            line: line_of(inner.span()),
-        })
+        error(key, inner.message(), inner.span())
     })
+}
+
+/// serde's "invalid type: string \"x\", expected a number" as "expected a
+/// number, found string \"x\"": what the user must write comes first.
+fn plain_words(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.split_once(", expected ")
+        {
+            return format!("expected {expected}, found {found}");
+        }
+    }
+    message.trim().to_owned()
 }
 
 /// Phase two: the meaning of every setting.
@@ -297,29 +336,45 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
     })
 }
 
+/// The `type`s a source can have.
+const SOURCE_TYPES: [&str; 3] = ["rabbitmq", "http", "demo"];
+
 fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Option<SourceConfig> {
     let at = |key: &str| format!("source[{i}].{key}");
     let name = problems.name(raw.name, &at("name"));
     let kind = problems.required(raw.kind, &at("type"))?;
-    let mut not_for = |kind: &str, settings: &[(&str, bool)]| {
-        for (key, set) in settings {
-            if *set {
+    // Which settings each type takes.
+    let settings: [(&str, bool, &[&str]); 13] = [
+        ("uri", raw.uri.is_some(), &["rabbitmq"]),
+        ("queue", raw.queue.is_some(), &["rabbitmq"]),
+        ("prefetch", raw.prefetch.is_some(), &["rabbitmq"]),
+        (
+            "dead_letter_queue",
+            raw.dead_letter_queue.is_some(),
+            &["rabbitmq"],
+        ),
+        ("max_body_bytes", raw.max_body_bytes.is_some(), &["http"]),
+        ("max_events", raw.max_events.is_some(), &["http"]),
+        ("rate", raw.rate.is_some(), &["demo"]),
+        ("seed", raw.seed.is_some(), &["demo"]),
+        ("events", raw.events.is_some(), &["demo"]),
+        ("late_frac", raw.late_frac.is_some(), &["demo"]),
+        ("late_max", raw.late_max.is_some(), &["demo"]),
+        ("dup_frac", raw.dup_frac.is_some(), &["demo"]),
+        ("bad_frac", raw.bad_frac.is_some(), &["demo"]),
+    ];
+    if SOURCE_TYPES.contains(&kind.as_str()) {
+        for (key, set, types) in settings {
+            if set && !types.contains(&kind.as_str()) {
                 problems.push(
                     at(key),
                     format!("is not a setting of a source of type {kind:?}"),
                 );
             }
         }
-    };
+    }
     match kind.as_str() {
         "rabbitmq" => {
-            not_for(
-                "rabbitmq",
-                &[
-                    ("max_body_bytes", raw.max_body_bytes.is_some()),
-                    ("max_events", raw.max_events.is_some()),
-                ],
-            );
             let uri = problems.required(raw.uri, &at("uri"));
             if let Some(uri) = &uri
                 && let Err(problem) = uri.parse::<lapin::uri::AMQPUri>()
@@ -360,15 +415,6 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
             })
         }
         "http" => {
-            not_for(
-                "http",
-                &[
-                    ("uri", raw.uri.is_some()),
-                    ("queue", raw.queue.is_some()),
-                    ("prefetch", raw.prefetch.is_some()),
-                    ("dead_letter_queue", raw.dead_letter_queue.is_some()),
-                ],
-            );
             let max_body_bytes = problems.range(
                 raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
                 &at("max_body_bytes"),
@@ -389,10 +435,48 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
                 }),
             })
         }
+        "demo" => {
+            let rate = problems.range(raw.rate.unwrap_or(DEFAULT_RATE), &at("rate"), 1, MAX_RATE);
+            let events = match raw.events {
+                Some(events) => problems.range(events, &at("events"), 1, u64::MAX).map(Some),
+                None => Some(None),
+            };
+            let late_max = match raw.late_max.as_deref() {
+                Some(text) => problems.duration(
+                    Some(text),
+                    &at("late_max"),
+                    Duration::ZERO,
+                    Duration::from_secs(7 * 86_400),
+                ),
+                None => Some(DEFAULT_LATE_MAX),
+            };
+            let late_frac = problems.fraction(raw.late_frac, &at("late_frac"), 0.02);
+            let dup_frac = problems.fraction(raw.dup_frac, &at("dup_frac"), 0.005);
+            let bad_frac = problems.fraction(raw.bad_frac, &at("bad_frac"), 0.0);
+            Some(SourceConfig {
+                name: name?,
+                kind: SourceKind::Demo(DemoSource {
+                    rate: rate? as u32,
+                    seed: raw.seed.unwrap_or(1),
+                    events: events?,
+                    late_frac: late_frac?,
+                    late_max: late_max?,
+                    dup_frac: dup_frac?,
+                    bad_frac: bad_frac?,
+                }),
+            })
+        }
         other => {
             problems.push(
                 at("type"),
-                format!("unknown source type {other:?}: expected \"rabbitmq\" or \"http\""),
+                format!(
+                    "unknown source type {other:?}: expected one of {}",
+                    SOURCE_TYPES
+                        .iter()
+                        .map(|kind| format!("{kind:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             );
             None
         }

@@ -20,6 +20,12 @@ pub enum ApiError {
     /// A request body in a format the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A known route asked with a method it does not take.
+    #[error("method not allowed: this route takes {allow}")]
+    MethodNotAllowed {
+        /// The methods it takes, for the `Allow` header.
+        allow: &'static str,
+    },
     /// A missing or wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -47,13 +53,17 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.insert_header((actix_web::http::header::ALLOW, *allow));
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }

@@ -55,6 +55,16 @@ fn authorized(request: &ServiceRequest, token: Option<&str>) -> bool {
 /// # Errors
 /// The address cannot be bound.
 pub fn serve(state: ApiState, listen: SocketAddr) -> std::io::Result<Server> {
+    serve_on(state, std::net::TcpListener::bind(listen)?)
+}
+
+/// Starts the HTTP server on a bound listener, so that a caller can bind
+/// before it starts anything else (the daemon does, to refuse a busy port
+/// before it touches the data_dir).
+///
+/// # Errors
+/// The listener cannot be used.
+pub fn serve_on(state: ApiState, listener: std::net::TcpListener) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         let state = state.clone();
@@ -100,7 +110,7 @@ pub fn serve(state: ApiState, listen: SocketAddr) -> std::io::Result<Server> {
     })
     .disable_signals()
     .shutdown_timeout(5)
-    .bind(listen)?
+    .listen(listener)?
     .run();
     Ok(server)
 }

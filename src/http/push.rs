@@ -14,7 +14,7 @@ use serde_json::{Value, json, value::RawValue};
 enum Framing {
     /// One event a line; blank lines are skipped; rejections name the 1-based line.
     Lines,
-    /// A JSON array; rejections name the 0-based index.
+    /// A JSON array, or one JSON object; rejections name the 0-based index.
     Array,
 }
 
@@ -42,7 +42,7 @@ fn framing(request: &HttpRequest) -> Result<Framing, ApiError> {
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type {given:?} is not accepted: send newline-delimited JSON as \
-             application/x-ndjson, or a JSON array of events as application/json"
+             application/x-ndjson, or a JSON array of events (or one event) as application/json"
         )))
     }
 }
@@ -78,9 +78,14 @@ fn split(body: &[u8], framing: Framing) -> Result<(Vec<Vec<u8>>, Vec<usize>), Ap
                 positions.push(index + 1);
             }
         }
+        Framing::Array if body.trim_ascii_start().starts_with(b"{") => {
+            // One JSON object: one event, rejected by index 0 if it is not valid.
+            messages.push(body.trim_ascii().to_vec());
+            positions.push(0);
+        }
         Framing::Array => {
             let events: Vec<&RawValue> = serde_json::from_slice(body).map_err(|err| {
-                ApiError::BadRequest(format!("the body is not a JSON array of events: {err}"))
+                ApiError::BadRequest(format!("the body is neither a JSON array of events nor one event (a JSON object): {err}"))
             })?;
             for (index, event) in events.into_iter().enumerate() {
                 messages.push(event.get().as_bytes().to_vec());

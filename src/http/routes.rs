@@ -4,6 +4,7 @@ use super::{ApiError, ApiState};
 use crate::actors::serving::{Answer, AsOf, Layer, MAX_TOP, Query, Question};
 use crate::aggregate::{Body, TimeRange};
 use crate::config::format_duration;
+use crate::metrics::Exposition;
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -12,23 +13,40 @@ use std::time::Duration;
 
 type Params = web::Query<HashMap<String, String>>;
 
-/// Registers every route.
+/// Registers every route. A known path asked with another method gets 405
+/// and `Allow`; an unknown path 404.
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/v1/views", web::get().to(views))
-        .route("/v1/views/{view}/keys/{key}", web::get().to(key))
-        .route("/v1/views/{view}/totals", web::get().to(totals))
-        .route("/v1/views/{view}/top", web::get().to(top))
-        .route("/v1/views/{view}/series", web::get().to(series))
-        .route("/v1/events", web::post().to(super::push::events))
-        .route("/v1/recompute", web::post().to(recompute))
-        .route("/v1/status", web::get().to(status))
+        .service(get("/healthz").route(web::get().to(healthz)))
+        .service(get("/readyz").route(web::get().to(readyz)))
+        .service(get("/metrics").route(web::get().to(metrics)))
+        .service(get("/v1/views").route(web::get().to(views)))
+        .service(get("/v1/views/{view}/keys/{key}").route(web::get().to(key)))
+        .service(get("/v1/views/{view}/totals").route(web::get().to(totals)))
+        .service(get("/v1/views/{view}/top").route(web::get().to(top)))
+        .service(get("/v1/views/{view}/series").route(web::get().to(series)))
+        .service(post("/v1/events").route(web::post().to(super::push::events)))
+        .service(post("/v1/recompute").route(web::post().to(recompute)))
+        .service(get("/v1/status").route(web::get().to(status)))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
         }));
+}
+
+/// A resource that takes GET only.
+pub(super) fn get(path: &str) -> actix_web::Resource {
+    only_method(path, "GET")
+}
+
+/// A resource that takes POST only.
+fn post(path: &str) -> actix_web::Resource {
+    only_method(path, "POST")
+}
+
+fn only_method(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
+    }))
 }
 
 /// Refuses parameters a route does not take, naming them.
@@ -121,14 +139,22 @@ async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+async fn metrics(
+    state: web::Data<ApiState>,
+    request: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let accept = request
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = Exposition::negotiate(accept);
     let text = state
         .handle
         .metrics()
-        .render()
+        .render(format)
         .map_err(|_| ApiError::Unavailable("cannot render metrics".into()))?;
     Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .content_type(format.content_type())
         .body(text))
 }
 
@@ -309,7 +335,33 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
     let sources: Vec<Value> = handle
         .sources()
         .iter()
-        .map(|source| json!({ "name": source.name, "queue": source.queue, "connected": source.stats.connected.load(Ordering::Relaxed), "accepted": source.stats.accepted.load(Ordering::Relaxed), "last_error": source.stats.last_error.get() }))
+        .filter(|source| source.listed())
+        .map(|source| {
+            let stats = &source.stats;
+            let mut entry = json!({
+                "name": source.name,
+                "type": source.kind,
+                "queue": source.queue,
+                "connected": stats.connected.load(Ordering::Relaxed),
+                "accepted": stats.accepted.load(Ordering::Relaxed),
+                "last_error": stats.last_error.get(),
+            });
+            if let (Some(demo), Value::Object(entry)) = (&stats.demo, &mut entry) {
+                entry.insert(
+                    "generated".into(),
+                    json!(demo.generated.load(Ordering::Relaxed)),
+                );
+                entry.insert(
+                    "duplicates".into(),
+                    json!(demo.duplicates.load(Ordering::Relaxed)),
+                );
+                entry.insert(
+                    "finished".into(),
+                    json!(demo.finished.load(Ordering::Relaxed)),
+                );
+            }
+            entry
+        })
         .collect();
     let shared = handle.shared();
     let store_error = shared.store_error.get();

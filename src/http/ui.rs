@@ -25,17 +25,17 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 /// Registers `/` and `/ui/...`; none of them needs the token (the page asks for it).
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route(
-            "/",
-            web::get().to(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        .service(
+            super::routes::get("/")
+                .route(web::get().to(|| async { asset("text/html; charset=utf-8", INDEX) })),
         )
-        .route(
-            "/ui/app.js",
-            web::get().to(|| async { asset("text/javascript; charset=utf-8", APP) }),
+        .service(
+            super::routes::get("/ui/app.js")
+                .route(web::get().to(|| async { asset("text/javascript; charset=utf-8", APP) })),
         )
-        .route(
-            "/ui/style.css",
-            web::get().to(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        .service(
+            super::routes::get("/ui/style.css")
+                .route(web::get().to(|| async { asset("text/css; charset=utf-8", STYLE) })),
         );
 }
 

@@ -1,33 +1,38 @@
-//! The reference workload: runs `shared/bench/gen_events.py` (or the script
-//! named by `TANDEM_GEN_EVENTS`) and returns its JSONL output. Shared by the
-//! tests and the benchmarks.
+//! The reference workload, from `tandem generate`: the tests and the
+//! benchmarks run the binary with the flags a user would give it. Shared by
+//! the tests, the criterion benches and the end-to-end benchmark.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the generator script is.
-pub fn generator() -> PathBuf {
-    match std::env::var_os("TANDEM_GEN_EVENTS") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen_events.py"),
+/// The `tandem` binary: cargo names it for tests and benches; an example
+/// finds it in the target directory it was built in.
+pub fn tandem_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_tandem") {
+        return PathBuf::from(path);
     }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tandem"))
+        .unwrap_or_default()
 }
 
-/// Runs the generator with `args` (e.g. `["--events", "1000", "--seed", "7"]`).
+/// Runs `tandem generate` with `args` (e.g. `["--events", "1000", "--seed", "7"]`)
+/// and returns its JSON lines.
 ///
 /// # Panics
-/// When the script is missing or fails: a test cannot go on without its workload.
+/// When the binary is missing or fails: a test cannot go on without its workload.
 pub fn generate(args: &[&str]) -> Vec<u8> {
-    let script = generator();
-    let out = Command::new("python3")
-        .arg(&script)
+    let binary = tandem_binary();
+    let out = Command::new(&binary)
+        .arg("generate")
         .args(args)
         .output()
-        .unwrap_or_else(|err| panic!("cannot run python3 {}: {err}", script.display()));
+        .unwrap_or_else(|err| panic!("cannot run {} generate: {err}", binary.display()));
     assert!(
         out.status.success(),
-        "{} {args:?} failed: {}",
-        script.display(),
+        "tandem generate {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout

@@ -66,6 +66,21 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
                     http.max_events
                 );
             }
+            SourceKind::Demo(demo) => {
+                say!(
+                    "  {}  demo  {} events/s seed={}{} late_frac={} late_max={} dup_frac={} bad_frac={}",
+                    source.name,
+                    demo.rate,
+                    demo.seed,
+                    demo.events
+                        .map(|events| format!(" events={events}"))
+                        .unwrap_or_default(),
+                    demo.late_frac,
+                    format_duration(demo.late_max),
+                    demo.dup_frac,
+                    demo.bad_frac
+                );
+            }
         }
     }
     say!("speed     {} partitions", config.speed.partitions);

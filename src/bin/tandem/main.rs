@@ -13,6 +13,7 @@ macro_rules! say {
 }
 
 mod check;
+mod generate;
 mod inspect;
 mod publish;
 mod run;
@@ -75,6 +76,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the reference e-commerce workload as JSON lines: order events with
+    /// late, duplicate and malformed ones on request, the same bytes for the same flags.
+    Generate(generate::Args),
     /// Describe a data_dir: segments, sealed epochs, snapshots, and a CRC check of everything.
     Inspect {
         /// The data_dir.
@@ -101,7 +105,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (format, default_level) = match &cli.command {
         Command::Run { log_format, .. } => (*log_format, "info"),
-        _ => (LogFormat::Text, "warn"),
+        // lapin logs a failed connection itself, at error level; the one
+        // error line that ends the command says it all.
+        _ => (LogFormat::Text, "warn,lapin=off"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_level.into());
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => check::run(&config),
         Command::Inspect { data } => inspect::run(&data),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
@@ -150,7 +157,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // One line; a cause that an error already repeats is said once.
+            eprintln!("error: {}", tandem::error_chain(err.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
     }

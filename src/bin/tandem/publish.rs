@@ -85,6 +85,21 @@ impl Input {
     }
 }
 
+/// `uri` with its password, if any, replaced by `***`: fit for a terminal or a log.
+fn redacted(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
 fn rate(sent: u64, started: std::time::Instant) -> (f64, f64) {
     let seconds = started.elapsed().as_secs_f64();
     (seconds, sent as f64 / seconds.max(1e-9))
@@ -99,7 +114,7 @@ pub fn run(uri: &str, queue: &str, file: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let connection = Connection::connect(uri, ConnectionProperties::default())
             .await
-            .with_context(|| format!("cannot connect to {uri}"))?;
+            .with_context(|| format!("cannot connect to {}", redacted(uri)))?;
         let channel = connection
             .create_channel()
             .await
@@ -225,7 +240,12 @@ fn post(
                 .unwrap_or(text);
             anyhow::bail!("{url} refused lines from {first} with {status}: {error}")
         }
-        Err(err) => Err(err).with_context(|| format!("cannot post lines from {first} to {url}")),
+        Err(err) => {
+            // ureq names the URL in its own text too: say it once.
+            let text = err.to_string();
+            let cause = text.strip_prefix(&format!("{url}: ")).unwrap_or(&text);
+            anyhow::bail!("cannot post lines from {first} to {url}: {cause}")
+        }
     }
 }
 
@@ -241,13 +261,15 @@ pub fn run_http(base: &str, options: &HttpOptions, file: &Path) -> anyhow::Resul
         .build();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (send, receive) = mpsc::sync_channel::<Chunk>(options.concurrency);
+    // Only the posters hold the receiver: once every one of them has stopped
+    // (on an error), sending fails and reading stops instead of blocking.
     let receive = Arc::new(Mutex::new(receive));
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     let outcome = std::thread::scope(|scope| {
         let posters: Vec<_> = (0..options.concurrency)
             .map(|_| {
-                let (agent, url, receive, tally) = (&agent, &url, &receive, &tally);
+                let (agent, url, receive, tally) = (&agent, &url, Arc::clone(&receive), &tally);
                 let token = options.token.as_deref();
                 scope.spawn(move || -> anyhow::Result<()> {
                     loop {
@@ -280,6 +302,7 @@ pub fn run_http(base: &str, options: &HttpOptions, file: &Path) -> anyhow::Resul
                 })
             })
             .collect();
+        drop(receive);
         let mut reading = || -> anyhow::Result<()> {
             let mut chunk = Chunk {
                 body: Vec::new(),

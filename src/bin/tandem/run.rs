@@ -15,6 +15,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(errors) => return Ok(super::check::report(path, &errors)),
     };
+    // Bound before anything else: a busy port is refused in one line, with
+    // no data_dir created and nothing started.
+    let listen = config.http.listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
     let token = config
         .http
         .auth_token_env
@@ -24,7 +29,6 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if let (Some(var), None) = (&config.http.auth_token_env, &token) {
         tracing::warn!(variable = %var, "http.auth_token_env names a variable that is not set: the API is open");
     }
-    let listen = config.http.listen;
     actix::System::new().block_on(async move {
         let started = std::time::Instant::now();
         let data_dir = config.data_dir.clone();
@@ -38,7 +42,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let handle = Arc::new(started_up.context("cannot start")?);
         let ready = Arc::new(AtomicBool::new(false));
         let state = ApiState { handle: Arc::clone(&handle), token, ready: Arc::clone(&ready) };
-        let server = tandem::http::serve(state, listen).with_context(|| format!("cannot listen on {listen}"))?;
+        let server = tandem::http::serve_on(state, listener).with_context(|| format!("cannot listen on {listen}"))?;
         let server_handle = server.handle();
         let serving = actix::spawn(server);
         ready.store(true, Ordering::Release);

@@ -7,7 +7,11 @@
 //!
 //! Sources are tasks, not actors: a lapin consumer is a stream with its own
 //! reconnect loop, and the control channel lets barriers through while the
-//! broker is away, so a dead broker never stalls sealing.
+//! broker is away, so a dead broker never stalls sealing. The kinds: the
+//! in-process feed and the HTTP source ([`run_push`]), RabbitMQ
+//! ([`run_rabbitmq`]) and the demo generator ([`demo::run_demo`]).
+
+pub mod demo;
 
 use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
 use super::speed::{Apply, RecentIds, partition_of};
@@ -30,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most events in one batch.
-const MAX_BATCH: usize = 2_000;
+pub(crate) const MAX_BATCH: usize = 2_000;
 /// Header carrying a dead letter's rejection reason.
 pub const REASON_HEADER: &str = "x-tandem-reason";
 /// Header carrying the field a dead letter's rejection names.
@@ -60,10 +64,12 @@ pub struct SourceStats {
     pub connected: AtomicBool,
     /// Why the source last lost its broker, until it is connected again.
     pub last_error: crate::metrics::ErrorText,
+    /// What a demo source generated; `None` for every other kind.
+    pub demo: Option<demo::DemoStats>,
 }
 
 impl SourceStats {
-    fn count_reject(&self, reject: &Reject) {
+    pub(crate) fn count_reject(&self, reject: &Reject) {
         let index = crate::event::Reason::ALL
             .iter()
             .position(|reason| *reason == reject.reason)
@@ -95,7 +101,7 @@ pub struct Pipeline {
 }
 
 /// What a source does after a control message.
-enum Next {
+pub(crate) enum Next {
     /// Go on.
     Go,
     /// Stop; answer the sender, if any, once stopped.
@@ -172,7 +178,7 @@ impl Pipeline {
     /// is sent as soon as it is read, so nothing of the finished epoch is held
     /// back) and new events get the next epoch; a stop, or a closed control
     /// channel, is handed back to the caller.
-    fn control(&self, control: Option<Control>, epoch: &mut Epoch) -> Next {
+    pub(crate) fn control(&self, control: Option<Control>, epoch: &mut Epoch) -> Next {
         match control {
             Some(Control::Barrier(finished)) => {
                 self.barrier(finished);
@@ -276,6 +282,9 @@ async fn oldest_ready(
 pub struct SourceHandle {
     /// The source's name.
     pub name: String,
+    /// Its type as the config writes it (`rabbitmq`, `http`, `demo`), or
+    /// `in_process` for the actor API's feed.
+    pub kind: &'static str,
     /// The queue it consumes, if any.
     pub queue: Option<String>,
     /// Its counters.
@@ -283,10 +292,14 @@ pub struct SourceHandle {
     control: mpsc::UnboundedSender<Control>,
 }
 
+/// The `kind` of the actor API's feed, which every system has.
+pub const IN_PROCESS: &str = "in_process";
+
 impl SourceHandle {
     /// A handle and the receiving end of its control channel.
     pub fn new(
         name: String,
+        kind: &'static str,
         queue: Option<String>,
         stats: Arc<SourceStats>,
     ) -> (SourceHandle, mpsc::UnboundedReceiver<Control>) {
@@ -294,12 +307,25 @@ impl SourceHandle {
         (
             SourceHandle {
                 name,
+                kind,
                 queue,
                 stats,
                 control,
             },
             rx,
         )
+    }
+
+    /// Whether status pages and metrics list this source: every configured
+    /// one, and the in-process feed once the actor API has used it.
+    pub fn listed(&self) -> bool {
+        self.kind != IN_PROCESS
+            || self.stats.accepted.load(Ordering::Relaxed) > 0
+            || self
+                .stats
+                .rejected
+                .iter()
+                .any(|count| count.load(Ordering::Relaxed) > 0)
     }
 
     /// Asks the source to finish `epoch`. False if the source has stopped.

@@ -158,10 +158,76 @@ fn a_missing_environment_variable_is_named() {
 }
 
 #[test]
-fn a_toml_syntax_error_names_the_line() {
-    let (code, err) = check_edited(|text| text.replace("[speed]", "[speed"));
+fn a_toml_syntax_error_names_the_line_and_shows_its_text() {
+    let (code, err) = check_edited(|text| text.replace("partitions = 4", "partitions 4"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("edited.toml:"), "{err}");
+    let line = std::fs::read_to_string(shipped())
+        .expect("read")
+        .lines()
+        .position(|line| line == "partitions = 4")
+        .expect("the shipped config sets partitions")
+        + 1;
+    assert!(err.contains(&format!("edited.toml:{line}: ")), "{err}");
+    assert!(err.contains("in: partitions 4"), "{err}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_named_in_plain_words() {
+    for (from, to, expected) in [
+        (
+            "partitions = 4",
+            "partitions = \"four\"",
+            "speed.partitions: expected a whole number, found string \"four\", in: partitions = \"four\"",
+        ),
+        (
+            "partitions = 4",
+            "partitions = -4",
+            "speed.partitions: expected a whole number of at least 0, found integer `-4`",
+        ),
+        (
+            "key = [\"product_id\"]",
+            "key = \"product_id\"",
+            "view[0].key: expected a list of field names, e.g. key = [\"product_id\"], found string \"product_id\"",
+        ),
+        (
+            "data_dir = \"data\"",
+            "master = 4\ndata_dir = \"data\"",
+            "master: expected a table: [master], found integer `4`",
+        ),
+        (
+            "q = 0.95",
+            "q = \"high\"",
+            "view[0].metrics[3].q: expected a number, found string \"high\"",
+        ),
+    ] {
+        let (code, err) = check_edited(|text| text.replacen(from, to, 1));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(expected), "{to}: {err}");
+        for rust_words in ["u64", "f64", "sequence", "struct Raw", "Option"] {
+            assert!(!err.contains(rust_words), "{to}: {err}");
+        }
+    }
+}
+
+#[test]
+fn demo_source_settings_are_checked_by_type_and_range() {
+    let demo = "[[source]]\nname = \"gen\"\ntype = \"demo\"\nrate = 0\ndup_frac = 1.5\nqueue = \"q\"\nlate_max = \"soon\"\n\n[speed]\n";
+    let (code, err) = check_edited(|text| text.replace("[speed]\n", demo));
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "source[1].rate: 0 is out of range: must lie within 1..=1000000",
+        "source[1].dup_frac: 1.5 is out of range: a share lies within 0..=1",
+        "source[1].queue: is not a setting of a source of type \"demo\"",
+        "source[1].late_max: \"soon\" is not a duration",
+    ] {
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+    let (code, err) = check_edited(|text| text.replace("prefetch = 2000", "rate = 10"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("source[0].rate: is not a setting of a source of type \"rabbitmq\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //!     cargo run --example bench -- --quick        # small sizes, under a minute
 //!
 //! Uses the three views of `config/tandem.toml`, events from
-//! `../shared/bench/gen_events.py` (seed 7), its own temporary data_dirs (under
+//! `tandem generate` (seed 7), its own temporary data_dirs (under
 //! `$TANDEM_BENCH_DIR` or the system temp dir) and its own RabbitMQ queues
 //! (`$TANDEM_BENCH_AMQP_URI`, default the local broker), deleted afterwards.
 //! `rabbitmq` (to fill its queues) and `http_ingest` run `tandem publish`,
@@ -28,7 +28,7 @@
 //! - `recompute`: `recompute_eps` and `recompute_peak_rss_mb` of a full batch
 //!   run (in a child process, so the peak is the run's own), and
 //!   `duckdb_recompute_eps` for the by-product view when `duckdb` is installed
-//!   for python3;
+//!   for python3 (`bench/duckdb_reference.py`);
 //! - `restart`: `restart_s`, from process start to ready on a data_dir whose
 //!   snapshot covers all but the last tenth of the events.
 
@@ -241,7 +241,7 @@ fn rabbitmq_source(queue: &str) -> String {
 /// Events from the reference generator, seed 7, kept in `dir` for the next
 /// run when `keep` (the generator is deterministic).
 fn events(dir: &Path, keep: bool, n: usize) -> Result<Vec<Vec<u8>>, BoxError> {
-    let cached = dir.join(format!("tandem-bench-events-{n}-seed7.jsonl"));
+    let cached = dir.join(format!("tandem-bench-generate-{n}-seed7.jsonl"));
     let jsonl = match std::fs::read(&cached) {
         Ok(jsonl) if keep => jsonl,
         _ => {
@@ -819,7 +819,7 @@ fn bench_recompute(
     results.record("recompute_eps", records as f64 / seconds, "events/s");
     results.record("recompute_peak_rss_mb", peak_kb / 1024.0, "MiB");
     match Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/duckdb_batch.py"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/duckdb_reference.py"))
         .arg(file)
         .arg("1")
         .output()

@@ -1,11 +1,11 @@
 //! Measures a full batch run: the rate at which a recompute rebuilds the three
 //! views of `config/tandem.toml` from the master dataset, and its peak memory.
 //!
-//!     python3 ../shared/bench/gen_events.py --events 5000000 --seed 7 > /tmp/ev5m.jsonl
+//!     cargo run --release -- generate --events 5000000 --seed 7 > /tmp/ev5m.jsonl
 //!     cargo run --release --example recompute -- /tmp/ev5m.jsonl [RUNS] [VIEW]
 //!
 //! With VIEW, only that view is rebuilt (`sales_by_product` is the view that
-//! `../shared/bench/duckdb_batch.py` computes, for a like-for-like comparison).
+//! `bench/duckdb_reference.py` computes, for a like-for-like comparison).
 //!
 //! Loads the file into a master dataset in a temporary data_dir (not timed),
 //! seals it, then runs the batch run RUNS times (default 3) and prints each

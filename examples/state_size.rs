@@ -1,6 +1,6 @@
 //! Measures the memory a view's state takes per (key, bucket) group.
 //!
-//!     python3 ../shared/bench/gen_events.py --events 5000000 --seed 7 > /tmp/ev5m.jsonl
+//!     cargo run --release -- generate --events 5000000 --seed 7 > /tmp/ev5m.jsonl
 //!     cargo run --release --example state_size -- /tmp/ev5m.jsonl [VIEW]
 //!
 //! Streams the file line by line (the events are not kept), applies every valid

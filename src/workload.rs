@@ -212,7 +212,7 @@ impl Workload {
     /// The writer failed.
     pub fn write(&self, events: u64, out: &mut impl Write) -> std::io::Result<()> {
         let mut generator = self.generator();
-        while generator.events() < events || generator.duplicate_pending() {
+        while !generator.has_emitted(events) {
             let line = generator.next_line();
             out.write_all(&line.bytes)?;
             out.write_all(b"\n")?;
@@ -235,9 +235,9 @@ impl Generator {
         self.next
     }
 
-    /// Whether the next line is the second copy of the last one.
-    pub fn duplicate_pending(&self) -> bool {
-        self.again.is_some()
+    /// Whether the first `events` events and all their copies are out.
+    pub fn has_emitted(&self, events: u64) -> bool {
+        self.next >= events && self.again.is_none()
     }
 
     /// The next line.

@@ -345,8 +345,17 @@ fn the_dashboard_shows_what_the_api_answers_and_a_recompute_makes_it_final() {
         assert_eq!(seen, expected);
 
         // Each bar is split as the totals are: all provisional before a batch run.
-        let split = top_split(&client).await;
-        assert_eq!(split.len(), 10, "{split:?}");
+        let split = until("the top bars split", async || {
+            let split = top_split(&client).await;
+            let complete = split.len() == 10
+                && split
+                    .iter()
+                    .all(|(value, final_part, provisional)| {
+                        value.is_finite() && final_part.is_finite() && provisional.is_finite()
+                    });
+            complete.then_some(split)
+        })
+        .await;
         for (value, final_part, provisional) in &split {
             assert_eq!(*final_part, 0.0, "{split:?}");
             assert!((provisional - value).abs() < 1e-6, "{split:?}");

@@ -300,11 +300,11 @@ fn one_json_object_is_one_event_and_a_wrong_method_gets_405_with_allow() {
     assert_eq!(orders(&key), 1, "{key}");
 
     for (method, path, allow) in [
-        ("DELETE", "/v1/views", "GET"),
+        ("DELETE", "/v1/views", "GET, HEAD"),
         ("GET", "/v1/events", "POST"),
         ("PUT", "/v1/recompute", "POST"),
-        ("POST", "/metrics", "GET"),
-        ("POST", "/", "GET"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("POST", "/", "GET, HEAD"),
     ] {
         let response = match ureq::request(method, &format!("{}{path}", daemon.base)).call() {
             Err(ureq::Error::Status(_, response)) | Ok(response) => response,
@@ -315,4 +315,12 @@ fn one_json_object_is_one_event_and_a_wrong_method_gets_405_with_allow() {
     }
     let (code, _) = http("GET", &format!("{}/v1/nothing", daemon.base), None);
     assert_eq!(code, 404);
+    // A load balancer's HEAD probe: 200 and no body.
+    for path in ["/healthz", "/readyz", "/v1/status"] {
+        let response = ureq::head(&format!("{}{path}", daemon.base))
+            .call()
+            .expect("HEAD");
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert_eq!(response.into_string().expect("body"), "", "HEAD {path}");
+    }
 }

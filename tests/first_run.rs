@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 fn tandem(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
+        // The default log filter, whatever the caller's shell sets.
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

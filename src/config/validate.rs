@@ -23,7 +23,6 @@ const DEFAULT_MAX_EVENTS: u64 = 10_000;
 const MAX_MAX_EVENTS: u64 = 1_000_000;
 const DEFAULT_RATE: u64 = 500;
 const MAX_RATE: u64 = 1_000_000;
-const DEFAULT_LATE_MAX: Duration = Duration::from_secs(600);
 const DEFAULT_PARTITIONS: u64 = 4;
 const MAX_PARTITIONS: u64 = 256;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -196,12 +195,18 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, Box<ConfigError>> {
 }
 
 /// serde's "invalid type: string \"x\", expected a number" as "expected a
-/// number, found string \"x\"": what the user must write comes first.
+/// number, found string \"x\"": what the user must write comes first, and
+/// serde's "sequence" and "map" are TOML's list and table.
 fn plain_words(message: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(prefix)
-            && let Some((found, expected)) = rest.split_once(", expected ")
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
         {
+            let found = match found {
+                "sequence" => "a list",
+                "map" => "a table",
+                other => other,
+            };
             return format!("expected {expected}, found {found}");
         }
     }
@@ -441,6 +446,7 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
                 Some(events) => problems.range(events, &at("events"), 1, u64::MAX).map(Some),
                 None => Some(None),
             };
+            let defaults = crate::workload::Workload::default();
             let late_max = match raw.late_max.as_deref() {
                 Some(text) => problems.duration(
                     Some(text),
@@ -448,16 +454,16 @@ fn validate_source(raw: RawSource, i: usize, problems: &mut Problems<'_>) -> Opt
                     Duration::ZERO,
                     Duration::from_secs(7 * 86_400),
                 ),
-                None => Some(DEFAULT_LATE_MAX),
+                None => Some(Duration::from_millis(defaults.late_max_ms as u64)),
             };
-            let late_frac = problems.fraction(raw.late_frac, &at("late_frac"), 0.02);
-            let dup_frac = problems.fraction(raw.dup_frac, &at("dup_frac"), 0.005);
-            let bad_frac = problems.fraction(raw.bad_frac, &at("bad_frac"), 0.0);
+            let late_frac = problems.fraction(raw.late_frac, &at("late_frac"), defaults.late_frac);
+            let dup_frac = problems.fraction(raw.dup_frac, &at("dup_frac"), defaults.dup_frac);
+            let bad_frac = problems.fraction(raw.bad_frac, &at("bad_frac"), defaults.bad_frac);
             Some(SourceConfig {
                 name: name?,
                 kind: SourceKind::Demo(DemoSource {
                     rate: rate? as u32,
-                    seed: raw.seed.unwrap_or(1),
+                    seed: raw.seed.unwrap_or(defaults.seed),
                     events: events?,
                     late_frac: late_frac?,
                     late_max: late_max?,

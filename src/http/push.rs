@@ -78,18 +78,27 @@ fn split(body: &[u8], framing: Framing) -> Result<(Vec<Vec<u8>>, Vec<usize>), Ap
                 positions.push(index + 1);
             }
         }
-        Framing::Array if body.trim_ascii_start().starts_with(b"{") => {
-            // One JSON object: one event, rejected by index 0 if it is not valid.
-            messages.push(body.trim_ascii().to_vec());
-            positions.push(0);
-        }
         Framing::Array => {
-            let events: Vec<&RawValue> = serde_json::from_slice(body).map_err(|err| {
-                ApiError::BadRequest(format!("the body is neither a JSON array of events nor one event (a JSON object): {err}"))
+            let body: &RawValue = serde_json::from_slice(body).map_err(|err| {
+                ApiError::BadRequest(format!(
+                    "the body is not one JSON value (a JSON array of events, or one event): {err}; \
+                     send newline-delimited JSON as application/x-ndjson"
+                ))
             })?;
-            for (index, event) in events.into_iter().enumerate() {
-                messages.push(event.get().as_bytes().to_vec());
-                positions.push(index);
+            if body.get().starts_with('{') {
+                // One JSON object: one event.
+                messages.push(body.get().as_bytes().to_vec());
+                positions.push(0);
+            } else {
+                let events: Vec<&RawValue> = serde_json::from_str(body.get()).map_err(|err| {
+                    ApiError::BadRequest(format!(
+                        "the body is neither a JSON array of events nor one event (a JSON object): {err}"
+                    ))
+                })?;
+                for (index, event) in events.into_iter().enumerate() {
+                    messages.push(event.get().as_bytes().to_vec());
+                    positions.push(index);
+                }
             }
         }
     }

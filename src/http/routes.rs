@@ -17,25 +17,31 @@ type Params = web::Query<HashMap<String, String>>;
 /// and `Allow`; an unknown path 404.
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(get("/healthz").route(web::get().to(healthz)))
-        .service(get("/readyz").route(web::get().to(readyz)))
-        .service(get("/metrics").route(web::get().to(metrics)))
-        .service(get("/v1/views").route(web::get().to(views)))
-        .service(get("/v1/views/{view}/keys/{key}").route(web::get().to(key)))
-        .service(get("/v1/views/{view}/totals").route(web::get().to(totals)))
-        .service(get("/v1/views/{view}/top").route(web::get().to(top)))
-        .service(get("/v1/views/{view}/series").route(web::get().to(series)))
+        .service(get("/healthz").route(read().to(healthz)))
+        .service(get("/readyz").route(read().to(readyz)))
+        .service(get("/metrics").route(read().to(metrics)))
+        .service(get("/v1/views").route(read().to(views)))
+        .service(get("/v1/views/{view}/keys/{key}").route(read().to(key)))
+        .service(get("/v1/views/{view}/totals").route(read().to(totals)))
+        .service(get("/v1/views/{view}/top").route(read().to(top)))
+        .service(get("/v1/views/{view}/series").route(read().to(series)))
         .service(post("/v1/events").route(web::post().to(super::push::events)))
         .service(post("/v1/recompute").route(web::post().to(recompute)))
-        .service(get("/v1/status").route(web::get().to(status)))
+        .service(get("/v1/status").route(read().to(status)))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
         }));
 }
 
-/// A resource that takes GET only.
+/// A resource that takes GET (and HEAD, which load balancers probe with).
 pub(super) fn get(path: &str) -> actix_web::Resource {
-    only_method(path, "GET")
+    only_method(path, "GET, HEAD")
+}
+
+/// The route of a [`get`] resource: GET or HEAD (actix sends no body for HEAD).
+pub(super) fn read() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 /// A resource that takes POST only.

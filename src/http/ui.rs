@@ -26,16 +26,17 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(
-            super::routes::get("/")
-                .route(web::get().to(|| async { asset("text/html; charset=utf-8", INDEX) })),
+            super::routes::get("/").route(
+                super::routes::read().to(|| async { asset("text/html; charset=utf-8", INDEX) }),
+            ),
         )
+        .service(super::routes::get("/ui/app.js").route(
+            super::routes::read().to(|| async { asset("text/javascript; charset=utf-8", APP) }),
+        ))
         .service(
-            super::routes::get("/ui/app.js")
-                .route(web::get().to(|| async { asset("text/javascript; charset=utf-8", APP) })),
-        )
-        .service(
-            super::routes::get("/ui/style.css")
-                .route(web::get().to(|| async { asset("text/css; charset=utf-8", STYLE) })),
+            super::routes::get("/ui/style.css").route(
+                super::routes::read().to(|| async { asset("text/css; charset=utf-8", STYLE) }),
+            ),
         );
 }
 

@@ -54,9 +54,10 @@ enum State {
     Waiting(Batch, tokio::time::Instant),
 }
 
-/// The generator behind a demo source, started now: order ids carry the
-/// start time, so a restarted demo repeats no id of an earlier run.
-pub fn workload(demo: &DemoSource, start_ms: i64) -> Workload {
+/// The generator behind a demo source started at `start_ms`: order ids
+/// carry the start time and the source's index, so a restarted demo repeats
+/// no id of an earlier run, and two demo sources share none.
+pub fn workload(demo: &DemoSource, source: usize, start_ms: i64) -> Workload {
     Workload {
         seed: demo.seed,
         start_ms,
@@ -65,9 +66,15 @@ pub fn workload(demo: &DemoSource, start_ms: i64) -> Workload {
         late_max_ms: demo.late_max.as_millis() as f64,
         dup_frac: demo.dup_frac,
         bad_frac: demo.bad_frac,
-        id_prefix: format!("o-{start_ms}-"),
+        id_prefix: format!("o-{start_ms}-{source}-"),
         ..Workload::default()
     }
+}
+
+/// Events due by now.
+fn due(demo: &DemoSource, started: Instant) -> u64 {
+    let due = (started.elapsed().as_secs_f64() * f64::from(demo.rate)) as u64;
+    demo.events.map_or(due, |events| due.min(events))
 }
 
 /// The lines due by now, at most [`MAX_BATCH`] events: parsed, rejections
@@ -78,16 +85,14 @@ fn due_lines(
     demo: &DemoSource,
     started: Instant,
 ) -> Batch {
-    let due = (started.elapsed().as_secs_f64() * f64::from(demo.rate)) as u64;
-    let due = demo.events.map_or(due, |events| due.min(events));
-    let until = due.min(generator.events() + MAX_BATCH as u64);
+    let until = due(demo, started).min(generator.events() + MAX_BATCH as u64);
     let mut batch = Batch {
         lines: Vec::new(),
         duplicates: 0,
     };
     let stats = demo_stats(pipeline);
     let ingest_ms = crate::now_ms();
-    while generator.events() < until || generator.duplicate_pending() {
+    while !generator.has_emitted(until) {
         let line = generator.next_line();
         if let Some(stats) = stats {
             stats.generated.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +137,7 @@ pub async fn run_demo(
     mut epoch: Epoch,
 ) {
     let started = Instant::now();
-    let mut generator = workload(&demo, crate::now_ms()).generator();
+    let mut generator = workload(&demo, pipeline.index, crate::now_ms()).generator();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut state = State::Idle;
@@ -143,10 +148,11 @@ pub async fn run_demo(
         seed = demo.seed,
         "demo source started"
     );
+    let exhausted = |generator: &Generator| {
+        demo.events
+            .is_some_and(|events| generator.has_emitted(events))
+    };
     loop {
-        let exhausted = demo
-            .events
-            .is_some_and(|events| generator.events() >= events && !generator.duplicate_pending());
         let idle = matches!(state, State::Idle);
         let retry_at = match &state {
             State::Waiting(_, at) => Some(*at),
@@ -158,8 +164,10 @@ pub async fn run_demo(
                 if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
                     // What is in flight finishes; a refused batch waiting for
                     // its retry was never accepted and is dropped.
-                    if let State::Sending(batch, durability) = state {
-                        finished(&pipeline, &batch, durability.await);
+                    if let State::Sending(batch, durability) = state
+                        && !finished(&pipeline, &batch, durability.await)
+                    {
+                        tracing::warn!(source = pipeline.index, events = batch.lines.len(), "demo stopped; its last batch was not durable and is dropped");
                     }
                     if let Some(done) = done {
                         done.send(()).ok();
@@ -178,6 +186,12 @@ pub async fn run_demo(
                 };
                 if !finished(&pipeline, &batch, outcome) {
                     state = State::Waiting(batch, tokio::time::Instant::now() + RETRY);
+                } else if generator.events() + MAX_BATCH as u64 <= due(&demo, started) {
+                    // Behind by a whole batch (a rate above what ticks
+                    // carry, or a slow disk): the next one goes at once.
+                    let batch = due_lines(&pipeline, &mut generator, &demo, started);
+                    let durability = send(&pipeline, epoch, &batch);
+                    state = State::Sending(batch, durability);
                 }
             }
             () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
@@ -186,7 +200,7 @@ pub async fn run_demo(
                     state = State::Sending(batch, durability);
                 }
             }
-            _ = ticks.tick(), if idle && !exhausted => {
+            _ = ticks.tick(), if idle && !exhausted(&generator) => {
                 let batch = due_lines(&pipeline, &mut generator, &demo, started);
                 if !batch.lines.is_empty() {
                     let durability = send(&pipeline, epoch, &batch);
@@ -194,7 +208,7 @@ pub async fn run_demo(
                 }
             }
         }
-        if exhausted
+        if exhausted(&generator)
             && matches!(state, State::Idle)
             && let Some(stats) = demo_stats(&pipeline)
             && !stats.finished.swap(true, Ordering::Relaxed)
@@ -222,7 +236,7 @@ fn finished(pipeline: &Pipeline, batch: &Batch, outcome: Result<usize, NotDurabl
         }
         Err(err) => {
             let error = crate::error_chain(&err);
-            tracing::warn!(source = pipeline.index, error = %error, events = batch.lines.len(), "demo batch not durable; sending it again");
+            tracing::warn!(source = pipeline.index, error = %error, events = batch.lines.len(), "demo batch not durable");
             pipeline.stats.last_error.set(Some(error));
             false
         }

@@ -364,3 +364,22 @@ pub fn run_http(base: &str, options: &HttpOptions, file: &Path) -> anyhow::Resul
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_password_is_never_shown() {
+        assert_eq!(
+            redacted("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redacted("amqps://user:p@ss@host/vhost?heartbeat=10"),
+            "amqps://user:***@host/vhost?heartbeat=10"
+        );
+        assert_eq!(redacted("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redacted("amqp://user@host/"), "amqp://user@host/");
+    }
+}

@@ -366,7 +366,10 @@ function renderHealth(status) {
   state.previous = { at: now, accepted: status.events_accepted, rejected: { ...rejectedByReason } };
   const snapshot = status.snapshot;
   const tile = (name, value, extra = {}) => el('div', extra, el('div', { class: 'muted small' }, name), el('div', { class: 'value' }, value));
-  const reasons = Object.entries(rejectedRates).map(([reason, n]) => `${reason} ${rate.format(n)}/s`).join(', ');
+  // The total per second, and its reasons (most frequent first) on a small line under it.
+  const rejectedRate = Object.values(rejectedRates).reduce((sum, n) => sum + n, 0);
+  const reasons = Object.entries(rejectedRates).sort((a, b) => b[1] - a[1])
+    .map(([reason, n]) => `${reason} ${rate.format(n)}/s`).join(', ');
   const sources = status.sources || [];
   const queued = sources.filter((source) => source.queue).length;
   // Only a RabbitMQ source (one with a queue) has a dead-letter queue; HTTP answers rejections to the caller.
@@ -376,7 +379,10 @@ function renderHealth(status) {
   $('health').replaceChildren(
     tile('events in', inRate === null ? '–' : `${rate.format(Math.max(inRate, 0))}/s`, { id: 'events-rate' }),
     tile('events accepted', whole.format(status.events_accepted), { id: 'events-accepted' }),
-    tile('rejected / s', reasons || '0', { id: 'rejected-rate' }),
+    el('div', { id: 'rejected-rate' },
+      el('div', { class: 'muted small' }, 'rejected / s'),
+      el('div', { class: 'value' }, `${rate.format(rejectedRate)}/s`),
+      el('div', { class: 'muted small' }, reasons)),
     tile(rejectedName, whole.format(rejected), { id: 'rejected-total' }),
     tile('recompute', status.recompute_running ? 'running' : 'idle', { id: 'recompute-state' }),
     tile('last batch run', snapshot ? `${whole.format(snapshot.took_ms)} ms` : 'none yet', { id: 'last-run' }),

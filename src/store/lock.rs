@@ -19,15 +19,42 @@ impl DataDirLock {
     pub fn acquire(paths: &DataPaths) -> Result<DataDirLock> {
         let root = paths.root();
         std::fs::create_dir_all(root).map_err(|source| Error::io("create", root, source))?;
+        Self::lock(paths, true)?.ok_or_else(|| Error::Locked {
+            path: root.to_owned(),
+        })
+    }
+
+    /// Refuses a data_dir that another process holds, creating nothing: a
+    /// check before anything else starts (the lock itself is [`acquire`]d later).
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process holds it, or an I/O error.
+    ///
+    /// [`acquire`]: DataDirLock::acquire
+    pub fn check_free(paths: &DataPaths) -> Result<()> {
+        if !paths.lock().exists() {
+            return Ok(());
+        }
+        Self::lock(paths, false).map(drop)
+    }
+
+    /// Locks `data_dir/LOCK`, creating the file when `create`; `None` when
+    /// the file does not exist and is not to be created.
+    fn lock(paths: &DataPaths, create: bool) -> Result<Option<DataDirLock>> {
+        let root = paths.root();
         let path = paths.lock();
-        let file = OpenOptions::new()
-            .create(true)
+        let file = match OpenOptions::new()
+            .create(create)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| Error::io("open", &path, source))?;
+        {
+            Ok(file) => file,
+            Err(err) if !create && err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::io("open", &path, source)),
+        };
         match file.try_lock() {
-            Ok(()) => Ok(DataDirLock { _file: file }),
+            Ok(()) => Ok(Some(DataDirLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
                 path: root.to_owned(),
             }),

@@ -15,8 +15,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(errors) => return Ok(super::check::report(path, &errors)),
     };
-    // Bound before anything else: a busy port is refused in one line, with
-    // no data_dir created and nothing started.
+    // Checked before anything else, creating nothing: a data_dir in use by
+    // another daemon, then a busy port, each refused in one line.
+    tandem::store::DataDirLock::check_free(&tandem::store::DataPaths::new(&config.data_dir))
+        .context("cannot start")?;
     let listen = config.http.listen;
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;

@@ -381,16 +381,26 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let from = Seq(batch.later_from);
     let mut scratch = String::new();
     let mut recent = RecentIds::default();
+    // The recent-id window is rebuilt as the running system had it: the ids
+    // of the records just before the replay count too, so a redelivery
+    // replayed here is dropped again when its first copy is in the snapshot.
+    let window_from = Seq(from.0.saturating_sub(speed::RECENT_IDS as u64));
     let segments = store::list_segments(paths)?;
     for (i, segment) in segments.iter().enumerate() {
         if segments
             .get(i + 1)
-            .is_some_and(|next| next.first_seq <= from)
+            .is_some_and(|next| next.first_seq <= window_from)
         {
             continue;
         }
         store::scan_segment(segment, None, |header, raw| {
+            if header.seq < window_from {
+                return;
+            }
             if header.seq < from || batch.epoch.is_some_and(|covered| header.epoch <= covered) {
+                if header.id_hash != 0 {
+                    recent.first_time(header.id_hash);
+                }
                 return;
             }
             newest_epoch = newest_epoch.max(header.epoch);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Ids remembered to drop redeliveries from the speed layer.
-const RECENT_IDS: usize = 262_144;
+pub(crate) const RECENT_IDS: usize = 262_144;
 
 /// The partition owning `key` of a view: every key has exactly one owner.
 pub fn partition_of(key: &str, partitions: usize) -> usize {

@@ -8,29 +8,9 @@
 
 mod common;
 
-use common::{Daemon, http, orders, post};
+use common::{Daemon, demo_config, http, orders, post};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-/// `config/demo.toml` with `LISTEN` and `DATA_DIR` for [`Daemon::start`],
-/// and a number of events to stop after, if given.
-fn demo_config(events: Option<u64>) -> String {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
-        .expect("read config/demo.toml");
-    let mut text = shipped.clone();
-    for (from, to) in [
-        ("\"127.0.0.1:8080\"", "\"LISTEN\""),
-        ("data_dir = \"data-demo\"", "data_dir = \"DATA_DIR\""),
-    ] {
-        assert!(text.contains(from), "config/demo.toml has no {from}");
-        text = text.replace(from, to);
-    }
-    if let Some(events) = events {
-        assert!(text.contains("\nrate = "), "config/demo.toml sets no rate");
-        text = text.replace("\nrate = ", &format!("\nevents = {events}\nrate = "));
-    }
-    text
-}
 
 fn get(daemon: &Daemon, path: &str) -> Value {
     let (code, body) = http("GET", &format!("{}{path}", daemon.base), None);

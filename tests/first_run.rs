@@ -38,13 +38,12 @@ fn a_busy_port_is_one_line_exit_1_and_no_data_dir() {
     let address = taken.local_addr().expect("address").to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
-        .expect("read config/demo.toml");
-    let config = shipped.replace("127.0.0.1:8080", &address).replace(
-        "\"data-demo\"",
-        &format!("{:?}", data_dir.display().to_string()),
-    );
-    assert_ne!(config, shipped);
+    let config = common::demo_config(None)
+        .replace("LISTEN", &address)
+        .replace(
+            "\"DATA_DIR\"",
+            &format!("{:?}", data_dir.display().to_string()),
+        );
     let path = dir.path().join("demo.toml");
     std::fs::write(&path, config).expect("write config");
     let out = tandem(&["run", "--config", path.to_str().expect("utf-8 path")]);

@@ -722,3 +722,23 @@ pub fn broker_case(prefix: &str, batch_interval: &str) -> Option<BrokerCase> {
         dir: tempfile::tempdir().expect("tempdir"),
     })
 }
+
+/// `config/demo.toml` with `LISTEN` and `DATA_DIR` for [`Daemon::start`],
+/// and a number of events to stop after, if given.
+pub fn demo_config(events: Option<u64>) -> String {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+            .expect("read config/demo.toml");
+    for (from, to) in [
+        ("\"127.0.0.1:8080\"", "\"LISTEN\""),
+        ("data_dir = \"data-demo\"", "data_dir = \"DATA_DIR\""),
+    ] {
+        assert!(text.contains(from), "config/demo.toml has no {from}");
+        text = text.replace(from, to);
+    }
+    if let Some(events) = events {
+        assert!(text.contains("\nrate = "), "config/demo.toml sets no rate");
+        text = text.replace("\nrate = ", &format!("\nevents = {events}\nrate = "));
+    }
+    text
+}

@@ -10,7 +10,7 @@
 
 use super::{Control, MAX_BATCH, Next, NotDurable, Pipeline};
 use crate::config::DemoSource;
-use crate::event::Epoch;
+use crate::event::{Epoch, ParsedEvent};
 use crate::workload::{Generator, LineKind, Workload};
 use std::future::Future;
 use std::pin::Pin;
@@ -35,9 +35,10 @@ pub struct DemoStats {
     pub finished: AtomicBool,
 }
 
-/// Valid lines of one batch, kept until durable so a refused batch can be sent again.
+/// Valid lines of one batch, parsed once, kept until durable so a refused
+/// batch can be sent again.
 struct Batch {
-    lines: Vec<Vec<u8>>,
+    lines: Vec<(Vec<u8>, i64, ParsedEvent)>,
     /// How many of `lines` are second copies.
     duplicates: u64,
 }
@@ -98,9 +99,9 @@ fn due_lines(
             stats.generated.fetch_add(1, Ordering::Relaxed);
         }
         match pipeline.schema.parse(&line.bytes, ingest_ms) {
-            Ok(_) => {
+            Ok(event) => {
                 batch.duplicates += u64::from(line.kind == LineKind::Duplicate);
-                batch.lines.push(line.bytes);
+                batch.lines.push((line.bytes, ingest_ms, event));
             }
             Err(reject) => pipeline.stats.count_reject(&reject),
         }
@@ -114,17 +115,7 @@ fn demo_stats(pipeline: &Pipeline) -> Option<&DemoStats> {
 
 /// Sends a batch's lines in `epoch`; resolves once they are durable.
 fn send(pipeline: &Pipeline, epoch: Epoch, batch: &Batch) -> Durability {
-    let ingest_ms = crate::now_ms();
-    let parsed = batch
-        .lines
-        .iter()
-        .filter_map(|raw| {
-            // Parsed once already: the same bytes and schema parse again.
-            let event = pipeline.schema.parse(raw, ingest_ms).ok()?;
-            Some((raw.clone(), ingest_ms, event))
-        })
-        .collect();
-    let pending = pipeline.send(epoch, parsed);
+    let pending = pipeline.send(epoch, batch.lines.clone());
     let pipeline = pipeline.clone();
     Box::pin(async move { pipeline.durable(pending).await })
 }

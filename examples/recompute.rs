@@ -93,7 +93,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
-        let (views, _) = tandem::actors::recompute::build_views(&paths, &config, sealed, workers)?;
+        let (views, _, _) = tandem::actors::recompute::build_views(
+            &paths,
+            &config,
+            sealed,
+            workers,
+            tandem::now_ms(),
+        )?;
         let build = started.elapsed().as_secs_f64();
         drop(views);
         println!(

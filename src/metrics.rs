@@ -43,6 +43,16 @@ pub struct Shared {
     pub store_write_failures: AtomicU64,
     /// Why the last batch run failed, until one succeeds (writer: the supervisor).
     pub recompute_error: ErrorText,
+    /// Batch runs that failed in a row, 0 once one succeeds (writer: the supervisor).
+    pub recompute_failing: AtomicU64,
+    /// When the first of those failed runs ended, epoch ms, 0 while none fails
+    /// (writer: the supervisor).
+    pub recompute_failing_since_ms: AtomicI64,
+    /// Ids the first-copy check holds in memory: those of the records since the
+    /// newest id index (writer: the recorder).
+    pub ids_held: AtomicU64,
+    /// Distinct ids in the newest id index (writer: the recorder).
+    pub ids_indexed: AtomicU64,
 }
 
 /// An error text shown while its condition lasts: one writer sets and clears

@@ -185,7 +185,7 @@ fn a_damaged_snapshot_is_refused_and_an_older_one_used() {
 
 /// A redelivery whose first copy is under the snapshot was dropped by the
 /// speed layer while the daemon ran; replayed after a restart, it is dropped
-/// again (the recent-id window is rebuilt from the records before the replay).
+/// again (the snapshot's id index holds the first copy).
 #[test]
 fn a_redelivery_across_the_snapshot_is_not_counted_again_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -15,7 +15,7 @@ pub mod supervisor;
 use crate::config::{Config, HttpSource, SourceKind};
 use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
-use crate::store::{self, DataDirLock, DataPaths, EpochIndex, MasterLog};
+use crate::store::{self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog};
 use actix::{Actor, Addr, Arbiter, AsyncContext};
 use recompute::{Batch, SnapshotData};
 use recorder::Recorder;
@@ -23,7 +23,7 @@ use serving::{Answer, Ask, BatchQuery, Query, QueryError, Serving};
 use source::{
     IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle, SourceStats,
 };
-use speed::{RecentIds, SpeedPartition, SpeedState, partition_of};
+use speed::{SpeedPartition, SpeedState, partition_of};
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
 use tokio::sync::{mpsc, oneshot};
@@ -107,7 +107,7 @@ pub struct Startup {
     pub records: Seq,
     /// The snapshot loaded, if any.
     pub snapshot: Option<Epoch>,
-    /// Records replayed into the speed layer.
+    /// Records the replay read into the speed layer (repeats of an id included).
     pub replayed: u64,
     /// The open epoch.
     pub epoch: Epoch,
@@ -329,17 +329,21 @@ struct Recovered {
     log: MasterLog,
     epochs: EpochIndex,
     batch: Batch,
-    /// False when a configured view was missing from the snapshot.
-    complete: bool,
     partitions: Vec<SpeedState>,
     startup: Startup,
     counters: store::Counters,
-    /// The ids replayed lately, so the sources go on dropping their redeliveries.
-    recent: RecentIds,
+    /// The first-copy check, up to date with the log.
+    first_copies: FirstCopies,
 }
 
 /// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
 /// replays the records after it into fresh speed states. Blocking.
+///
+/// The replay reads from the snapshot's `later_from`, deciding first copies
+/// as the Recorder did (its id index covers the records before), and applies
+/// the epochs after the snapshot's. A view the snapshot has no state for (new,
+/// or changed) is replayed from the start of the log, all epochs, so its
+/// answers are complete from the speed layer alone until a batch run covers it.
 fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error> {
     let started = std::time::Instant::now();
     let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
@@ -356,7 +360,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         });
     }
     let views: Arc<[_]> = config.views.iter().cloned().collect();
-    let (batch, complete) = match store::load_newest::<SnapshotData>(paths)? {
+    let batch = match store::load_newest::<SnapshotData>(paths)? {
         Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {
             Batch::from_snapshot(&views, loaded.meta, loaded.data)
         }
@@ -366,10 +370,20 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                 epoch = %loaded.meta.epoch,
                 "snapshot is newer than every sealed epoch; ignoring it and recomputing"
             );
-            (Batch::default(), false)
+            Batch::default()
         }
-        None => (Batch::default(), last_sealed.is_none()),
+        None => Batch::default(),
     };
+    let missing: Vec<usize> = (0..views.len())
+        .filter(|view| batch.epoch.is_some() && !batch.has_view(*view))
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|view| views[*view].name.as_str())
+            .collect();
+        tracing::warn!(views = ?names, "the snapshot has no state for these views (new or changed): replaying them from the start of the log until a batch run covers them");
+    }
     let n = usize::from(config.speed.partitions);
     let mut partitions: Vec<SpeedState> = (0..n)
         .map(|_| SpeedState::new(Arc::clone(&views)))
@@ -380,44 +394,34 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let mut replayed = 0u64;
     let from = Seq(batch.later_from);
     let mut scratch = String::new();
-    let mut recent = RecentIds::default();
-    // The recent-id window is rebuilt as the running system had it: the ids
-    // of the records just before the replay count too, so a redelivery
-    // replayed here is dropped again when its first copy is in the snapshot.
-    let window_from = Seq(from.0.saturating_sub(speed::RECENT_IDS as u64));
+    let mut first_copies = FirstCopies::new(Arc::clone(&batch.ids));
+    // Before `from` (read only for missing views) first copies are decided here.
+    let mut prefix_seen = rustc_hash::FxHashSet::<u64>::default();
+    let mut apply = |event: &crate::event::ParsedEvent, epoch: Epoch, only: Option<&[usize]>| {
+        for (view, spec) in config.views.iter().enumerate() {
+            if only.is_some_and(|only| !only.contains(&view)) {
+                continue;
+            }
+            let key = spec.key_text(event, &mut scratch);
+            partitions[partition_of(key, n)].apply(epoch, view, event);
+        }
+    };
     let segments = store::list_segments(paths)?;
     for (i, segment) in segments.iter().enumerate() {
-        if segments
+        let under_snapshot = segments
             .get(i + 1)
-            .is_some_and(|next| next.first_seq <= window_from)
-        {
+            .is_some_and(|next| next.first_seq <= from);
+        if under_snapshot && missing.is_empty() {
             continue;
         }
-        if segments
-            .get(i + 1)
-            .is_some_and(|next| next.first_seq <= from)
-        {
-            // Wholly under the snapshot: only its ids are wanted, and a
-            // damaged segment there must not stop the start (the next batch
-            // run names it); the window is then best effort.
-            let read = store::scan_segment(segment, None, |header, _| {
-                if header.seq >= window_from && header.id_hash != 0 {
-                    recent.first_time(header.id_hash);
-                }
-            });
-            if let Err(err) = read {
-                tracing::warn!(error = %err, "cannot read the ids under the snapshot; a redelivery of one of them may be counted by the speed layer until the next batch run");
-            }
-            continue;
-        }
-        store::scan_segment(segment, None, |header, raw| {
-            if header.seq < window_from {
-                return;
-            }
-            if header.seq < from || batch.epoch.is_some_and(|covered| header.epoch <= covered) {
-                if header.id_hash != 0 {
-                    recent.first_time(header.id_hash);
-                }
+        let read = store::scan_segment(segment, None, |header, raw| {
+            let first = if header.seq < from {
+                header.id_hash == 0 || prefix_seen.insert(header.id_hash)
+            } else {
+                first_copies.first(header.seq, header.id_hash)
+            };
+            let covered = batch.epoch.is_some_and(|covered| header.epoch <= covered);
+            if covered && missing.is_empty() {
                 return;
             }
             newest_epoch = newest_epoch.max(header.epoch);
@@ -425,15 +429,22 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                 return;
             };
             replayed += 1;
-            if event.id_hash.is_some_and(|id| !recent.first_time(id.get())) {
-                return;
+            if first {
+                apply(&event, header.epoch, covered.then_some(missing.as_slice()));
             }
-            for (view, spec) in config.views.iter().enumerate() {
-                let key = spec.key_text(&event, &mut scratch);
-                partitions[partition_of(key, n)].apply(header.epoch, view, &event);
+        });
+        match read {
+            Ok(_) => {}
+            // A damaged segment wholly under the snapshot does not stop the
+            // start (the next batch run names it); the views replayed from the
+            // start lack its records meanwhile.
+            Err(err) if under_snapshot => {
+                tracing::warn!(error = %err, "cannot read a segment under the snapshot; views replayed from the start of the log lack its records until a batch run covers them")
             }
-        })?;
+            Err(err) => return Err(err),
+        }
     }
+    first_copies.commit();
     let startup = Startup {
         records: recovery.next_seq,
         snapshot: batch.epoch,
@@ -443,12 +454,11 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     };
     let counters = store::load_counters(paths)?;
     Ok(Recovered {
-        recent,
+        first_copies,
         counters,
         log,
         epochs,
         batch,
-        complete,
         partitions,
         startup,
     })
@@ -471,12 +481,11 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
             .map_err(|_| StartError::Interrupted)??
     };
     let Recovered {
-        recent,
+        first_copies,
         counters,
         log,
         epochs,
         batch,
-        complete,
         partitions,
         startup,
     } = recovered;
@@ -489,7 +498,13 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         "recovered"
     );
     let last_sealed = epochs.last().copied();
-    let served = if complete { batch.epoch } else { None };
+    // A snapshot missing a view is served, but does not count as covering its
+    // epoch: the supervisor runs the batch for the newest seal at once.
+    let served = if batch.is_complete() {
+        batch.epoch
+    } else {
+        None
+    };
     let views: Arc<[_]> = config.views.iter().cloned().collect();
     let shared = Arc::new(Shared::new(partitions.len(), &counters));
 
@@ -564,6 +579,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
             sealed_to,
             recorder_shared,
             durable_write,
+            first_copies,
         )
     });
     let interval = options.epoch_timer.then_some(config.batch.interval);
@@ -573,6 +589,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         startup.epoch,
         handles.clone(),
         serving.clone(),
+        recorder.clone().recipient(),
         last_sealed,
         served,
         interval,
@@ -584,7 +601,6 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         .iter()
         .map(|addr| addr.clone().recipient())
         .collect();
-    let recent = Arc::new(std::sync::Mutex::new(recent));
     let pipeline = |index: usize| Pipeline {
         index,
         schema: Arc::clone(&config.schema),
@@ -593,7 +609,6 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         recorder: recorder.clone(),
         stats: Arc::clone(&handles[index].stats),
         ack_lag: metrics.ack_lag.clone(),
-        recent: Arc::clone(&recent),
     };
     let push_source = |index: usize, control| {
         let (sender, receiver) = mpsc::channel(INGEST_QUEUE);

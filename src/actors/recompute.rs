@@ -3,15 +3,20 @@
 //! supervisor with `spawn_blocking`, never on an async thread.
 //!
 //! One reader streams the segments in log order (CRC-checking every record),
-//! keeps records of epochs <= the sealed one, and drops duplicates by id: the
-//! first in the log counts. Worker threads parse the survivors with the
-//! current config and apply them to their own view states, which are merged at
-//! the end. Memory is the views, the id set and a few batches in flight.
+//! drops every copy of an id but the first in the log (over all of `[0, end)`,
+//! whatever their epochs, as the Recorder decides for the speed layer), then
+//! keeps the records of epochs <= the sealed one. Worker threads parse the
+//! survivors with the current config and apply them to their own view states
+//! (skipping buckets a view's retention has dropped), which are merged at the
+//! end. Memory is the views, the id set and a few batches in flight. The ids
+//! of the records before `later_from` become the run's [`IdIndex`], stored in
+//! the snapshot: the Recorder's first-copy check for the records after it.
 
 use crate::aggregate::{ViewSpec, ViewState};
 use crate::config::Config;
 use crate::event::Epoch;
-use crate::store::{self, DataPaths, SealedEpoch, SnapshotMeta};
+use crate::event::Seq;
+use crate::store::{self, DataPaths, IdIndex, SealedEpoch, SnapshotMeta};
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -33,6 +38,8 @@ pub struct BatchStats {
     pub duplicates: u64,
     /// Records the current config rejects.
     pub invalid: u64,
+    /// (view, event) pairs not applied: their bucket is past the view's retention.
+    pub expired: u64,
 }
 
 /// One view in a snapshot, with the spec it was built for.
@@ -55,6 +62,8 @@ pub struct SnapshotData {
     pub sealed: Option<SealedEpochData>,
     /// How long the run took, milliseconds.
     pub took_ms: u64,
+    /// The distinct ids of the records before `sealed.later_from`, sorted.
+    pub ids: Vec<u64>,
 }
 
 /// [`SealedEpoch`] as stored in a snapshot.
@@ -83,49 +92,66 @@ pub struct Batch {
     pub took_ms: u64,
     /// Records with a seq below this have an epoch <= `epoch`.
     pub later_from: u64,
+    /// The ids of the records before `later_from`.
+    pub ids: Arc<IdIndex>,
+    /// Per view, true when the snapshot has no state for it (a view added or
+    /// changed since): its answers come from the speed layer alone, which
+    /// then holds every epoch of it.
+    pub missing: Vec<bool>,
 }
 
 impl Batch {
-    /// Views of a loaded snapshot, matched to the configured views by name and spec.
-    /// A view that is new or whose spec changed starts empty, and `complete` is false.
-    pub fn from_snapshot(
-        views: &[Arc<ViewSpec>],
-        meta: SnapshotMeta,
-        data: SnapshotData,
-    ) -> (Batch, bool) {
-        let mut complete = true;
+    /// Views of a loaded snapshot, matched to the configured views by name and
+    /// fingerprint. A view that is new or whose spec changed is `missing`.
+    pub fn from_snapshot(views: &[Arc<ViewSpec>], meta: SnapshotMeta, data: SnapshotData) -> Batch {
         let mut stored = data.views;
+        let mut missing = Vec::with_capacity(views.len());
         let states = views
             .iter()
             .map(|spec| {
                 let fingerprint = spec_fingerprint(spec);
-                match stored
+                let at = stored
                     .iter()
-                    .position(|(name, view)| *name == spec.name && view.spec == fingerprint)
-                {
+                    .position(|(name, view)| *name == spec.name && view.spec == fingerprint);
+                missing.push(at.is_none());
+                match at {
                     Some(at) => stored.swap_remove(at).1.state,
-                    None => {
-                        complete = false;
-                        ViewState::new()
-                    }
+                    None => ViewState::new(),
                 }
             })
             .collect();
         let later_from = data.sealed.map_or(0, |sealed| sealed.later_from);
-        let batch = Batch {
+        Batch {
             epoch: Some(meta.epoch),
             views: states,
             meta: Some(meta),
             stats: data.stats,
             took_ms: data.took_ms,
             later_from,
-        };
-        (batch, complete)
+            ids: Arc::new(IdIndex::from_sorted(Seq(later_from), data.ids)),
+            missing,
+        }
+    }
+
+    /// Whether the batch holds state for view `view` (a batch with no epoch holds none).
+    pub fn has_view(&self, view: usize) -> bool {
+        self.epoch.is_some() && !self.missing.get(view).copied().unwrap_or(false)
+    }
+
+    /// Whether every view has its state here.
+    pub fn is_complete(&self) -> bool {
+        self.epoch.is_some() && !self.missing.contains(&true)
     }
 }
 
+/// What a stored view state must match to be used: the view's spec and how
+/// this build represents its states (the sketches' parameters).
 fn spec_fingerprint(spec: &ViewSpec) -> String {
-    serde_json::to_string(spec).unwrap_or_default()
+    format!(
+        "{}; {}",
+        serde_json::to_string(spec).unwrap_or_default(),
+        crate::aggregate::sketch_parameters()
+    )
 }
 
 /// Why a batch run failed.
@@ -169,14 +195,8 @@ pub fn recompute(
     let workers = std::thread::available_parallelism()
         .map_or(2, usize::from)
         .max(1);
-    let (states, stats) = build_views(paths, config, sealed, workers)?;
     let now = crate::now_ms();
-    let mut states = states;
-    for (state, spec) in states.iter_mut().zip(&config.views) {
-        if let Some(cutoff) = spec.retention_cutoff(now) {
-            state.retain_from(spec, cutoff);
-        }
-    }
+    let (states, stats, ids) = build_views(paths, config, sealed, workers, now)?;
     let took_ms = started.elapsed().as_millis() as u64;
     let data = SnapshotData {
         views: config
@@ -200,21 +220,25 @@ pub fn recompute(
             later_from: sealed.later_from.0,
         }),
         took_ms,
+        ids: ids.ids().to_vec(),
     };
     crate::faults::crash_point("recompute.mid_run");
     let meta = store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data)?;
-    let views = data.views.into_iter().map(|(_, view)| view.state).collect();
+    let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
     Ok(Batch {
         epoch: Some(sealed.epoch),
+        missing: vec![false; views.len()],
         views,
         meta: Some(meta),
         stats,
         took_ms,
         later_from: sealed.later_from.0,
+        ids: Arc::new(ids),
     })
 }
 
-/// The views over epochs <= `sealed.epoch`, built by `workers` threads.
+/// The views over epochs <= `sealed.epoch` as of `now_ms` (for retention),
+/// built by `workers` threads, and the ids of the records before `sealed.later_from`.
 ///
 /// # Errors
 /// The master dataset cannot be read.
@@ -223,28 +247,40 @@ pub fn build_views(
     config: &Config,
     sealed: SealedEpoch,
     workers: usize,
-) -> Result<(Vec<ViewState>, BatchStats), RecomputeError> {
+    now_ms: i64,
+) -> Result<(Vec<ViewState>, BatchStats, IdIndex), RecomputeError> {
     let mut stats = BatchStats::default();
+    // Retention is applied as events are applied, so a run never holds the
+    // groups it would drop at the end.
+    let cutoffs: Vec<Option<i64>> = config
+        .views
+        .iter()
+        .map(|spec| spec.retention_cutoff(now_ms))
+        .collect();
+    let cutoffs = cutoffs.as_slice();
     let results = std::thread::scope(|scope| {
         let mut senders: Vec<SyncSender<WorkBatch>> = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (tx, rx) = sync_channel(QUEUE_DEPTH);
             senders.push(tx);
-            handles.push(scope.spawn(move || work(config, rx)));
+            handles.push(scope.spawn(move || work(config, cutoffs, rx)));
         }
-        let read = read_survivors(paths, sealed, &senders, &mut stats);
+        let presize = config.schema.id_field().is_some();
+        let read = read_survivors(paths, sealed, presize, &senders, &mut stats);
         drop(senders);
         let joined: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
         (read, joined)
     });
     let (read, joined) = results;
-    read?;
+    let ids = read?;
     let mut merged: Option<Vec<ViewState>> = None;
     for outcome in joined {
-        let (states, counted, invalid) = outcome.map_err(|_| RecomputeError::WorkerPanicked)?;
-        stats.counted += counted;
-        stats.invalid += invalid;
+        let done = outcome.map_err(|_| RecomputeError::WorkerPanicked)?;
+        let states = done.states;
+        stats.counted += done.counted;
+        stats.invalid += done.invalid;
+        stats.expired += done.expired;
         match merged.as_mut() {
             None => merged = Some(states),
             Some(merged) => {
@@ -261,19 +297,30 @@ pub fn build_views(
         }
     }
     let views = merged.unwrap_or_else(|| config.views.iter().map(|_| ViewState::new()).collect());
-    Ok((views, stats))
+    Ok((views, stats, ids))
 }
 
-/// The reader: streams records in log order, filters and dedups, feeds the workers.
+/// The reader: streams records in log order, dedups over all of `[0, end)`,
+/// keeps epochs <= the sealed one, feeds the workers; returns the id index of
+/// the records before `later_from`.
 fn read_survivors(
     paths: &DataPaths,
     sealed: SealedEpoch,
+    presize: bool,
     workers: &[SyncSender<WorkBatch>],
     stats: &mut BatchStats,
-) -> Result<(), store::Error> {
-    // Sized for every record up front: growing a set of millions rehashes it several times.
+) -> Result<IdIndex, store::Error> {
+    // With an id field, sized for every record up front: growing a set of
+    // millions rehashes it several times. Without one, old records may still
+    // carry ids, and the set grows only with them.
+    let capacity = if presize {
+        sealed.next_seq.0 as usize
+    } else {
+        0
+    };
     let mut seen: FxHashSet<u64> =
-        FxHashSet::with_capacity_and_hasher(sealed.next_seq.0 as usize, Default::default());
+        FxHashSet::with_capacity_and_hasher(capacity, Default::default());
+    let mut indexed: Vec<u64> = Vec::new();
     let mut batch = WorkBatch::new();
     let mut next_worker = 0;
     let mut send = |batch: WorkBatch| {
@@ -282,12 +329,23 @@ fn read_survivors(
         next_worker += 1;
     };
     store::scan_log(paths, sealed.end, |header, raw| {
-        if header.epoch > sealed.epoch {
-            return;
+        let covered = header.epoch <= sealed.epoch;
+        if covered {
+            stats.records += 1;
         }
-        stats.records += 1;
-        if header.id_hash != 0 && !seen.insert(header.id_hash) {
-            stats.duplicates += 1;
+        // The first copy in log order wins, whatever its epoch: a later copy
+        // of an older epoch is dropped here as the Recorder dropped it for the
+        // speed layer.
+        if header.id_hash != 0 {
+            if !seen.insert(header.id_hash) {
+                stats.duplicates += u64::from(covered);
+                return;
+            }
+            if header.seq < sealed.later_from {
+                indexed.push(header.id_hash);
+            }
+        }
+        if !covered {
             return;
         }
         batch.bytes.extend_from_slice(raw);
@@ -299,27 +357,47 @@ fn read_survivors(
     if !batch.records.is_empty() {
         send(batch);
     }
-    Ok(())
+    drop(seen);
+    Ok(IdIndex::new(sealed.later_from, indexed))
 }
 
-/// A worker: parses and applies every record it is given.
-fn work(config: &Config, batches: Receiver<WorkBatch>) -> (Vec<ViewState>, u64, u64) {
-    let mut states: Vec<ViewState> = config.views.iter().map(|_| ViewState::new()).collect();
-    let (mut counted, mut invalid) = (0u64, 0u64);
+/// What a worker built.
+struct Done {
+    states: Vec<ViewState>,
+    counted: u64,
+    invalid: u64,
+    expired: u64,
+}
+
+/// A worker: parses and applies every record it is given, except to a view
+/// whose retention `cutoffs` (bucket starts) the event's bucket is before.
+fn work(config: &Config, cutoffs: &[Option<i64>], batches: Receiver<WorkBatch>) -> Done {
+    let mut done = Done {
+        states: config.views.iter().map(|_| ViewState::new()).collect(),
+        counted: 0,
+        invalid: 0,
+        expired: 0,
+    };
     for batch in batches {
         let mut start = 0;
         for (end, ingest_ms) in batch.records {
             match config.schema.parse(&batch.bytes[start..end], ingest_ms) {
                 Ok(event) => {
-                    for (state, spec) in states.iter_mut().zip(&config.views) {
-                        state.apply(spec, &event);
+                    for ((state, spec), cutoff) in
+                        done.states.iter_mut().zip(&config.views).zip(cutoffs)
+                    {
+                        if cutoff.is_some_and(|cutoff| spec.bucket_of(event.event_ms) < cutoff) {
+                            done.expired += 1;
+                        } else {
+                            state.apply(spec, &event);
+                        }
                     }
-                    counted += 1;
+                    done.counted += 1;
                 }
-                Err(_) => invalid += 1,
+                Err(_) => done.invalid += 1,
             }
             start = end;
         }
     }
-    (states, counted, invalid)
+    done
 }

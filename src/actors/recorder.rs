@@ -9,12 +9,20 @@
 //! `Flush` with `ctx.notify`, which actix runs after every message already in
 //! the mailbox, so concurrent batches share one write and one fsync.
 //!
+//! It decides which record holds the first copy of its id, in log order, as it
+//! stages them ([`FirstCopies`]): a `Durable` reply names the other copies,
+//! which the speed layer skips, as the batch run does. `IdIndexReady` hands it
+//! each new batch run's id index.
+//!
 //! It runs under `actix::Supervisor`: when a failed write cannot be cut back,
 //! it stops, and the restart opens the log again (cutting the torn tail).
 
 use crate::event::{Epoch, Seq};
 use crate::metrics::Shared;
-use crate::store::{self, DataPaths, EpochIndex, LogPosition, MasterLog, NewRecord, SealedEpoch};
+use crate::store::{
+    self, DataPaths, EpochIndex, FirstCopies, IdIndex, LogPosition, MasterLog, NewRecord,
+    SealedEpoch,
+};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, Supervised};
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
@@ -38,12 +46,15 @@ pub struct RecordIn {
 }
 
 /// Where a batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Durable {
     /// Seqs given to the batch: `first..next`.
     pub first: Seq,
     /// One past the last seq of the batch.
     pub next: Seq,
+    /// Positions in the batch of the records whose id an earlier record of
+    /// the log already has: durable, but not counted again.
+    pub repeats: Vec<u32>,
 }
 
 /// A source's batch of valid events of one epoch; the reply comes once it is fsynced.
@@ -75,6 +86,11 @@ pub struct Barrier {
 #[rtype(result = "()")]
 pub struct Sealed(pub SealedEpoch);
 
+/// A batch run's id index: the ids of every record before its `upto`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IdIndexReady(pub Arc<IdIndex>);
+
 /// Writes and fsyncs everything staged (sent to self).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -103,6 +119,8 @@ pub struct Recorder {
     durable_write: Histogram,
     /// When the first record of the next commit was staged.
     staged_since: Option<std::time::Instant>,
+    /// Which records hold the first copy of their id.
+    first_copies: FirstCopies,
 }
 
 impl Recorder {
@@ -120,6 +138,7 @@ impl Recorder {
         sealed_to: Recipient<Sealed>,
         shared: Arc<Shared>,
         durable_write: Histogram,
+        first_copies: FirstCopies,
     ) -> Recorder {
         shared
             .durable_records
@@ -137,12 +156,27 @@ impl Recorder {
             shared,
             durable_write,
             staged_since: None,
+            first_copies,
         }
+    }
+
+    fn publish_ids(&self) {
+        self.shared
+            .ids_held
+            .store(self.first_copies.held() as u64, Ordering::Relaxed);
+        self.shared
+            .ids_indexed
+            .store(self.first_copies.index().len() as u64, Ordering::Relaxed);
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) -> Result<LogPosition, Arc<store::Error>> {
         self.flush_scheduled = false;
         let outcome = self.log.commit().map_err(Arc::new);
+        match outcome {
+            Ok(_) => self.first_copies.commit(),
+            Err(_) => self.first_copies.rollback(),
+        }
+        self.publish_ids();
         if let Some(since) = self.staged_since.take() {
             self.durable_write.observe(since.elapsed().as_secs_f64());
         }
@@ -199,6 +233,7 @@ impl Supervised for Recorder {
     /// failed batch tries again.
     fn restarting(&mut self, _: &mut Self::Context) {
         self.flush_scheduled = false;
+        self.first_copies.rollback();
         match MasterLog::open(&self.paths, self.segment_max_bytes) {
             Ok((log, recovery)) => {
                 tracing::warn!(
@@ -227,7 +262,23 @@ impl Handler<Append> for Recorder {
             id_hash: record.id_hash,
             raw: &record.raw,
         }));
-        self.waiting.push((msg.reply, Durable { first, next }));
+        let repeats = (0u32..)
+            .zip(&msg.records)
+            .filter(|(i, record)| {
+                !self
+                    .first_copies
+                    .first(Seq(first.0 + u64::from(*i)), record.id_hash)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.waiting.push((
+            msg.reply,
+            Durable {
+                first,
+                next,
+                repeats,
+            },
+        ));
         self.staged_since
             .get_or_insert_with(std::time::Instant::now);
         if !self.flush_scheduled {
@@ -245,6 +296,15 @@ impl Handler<Flush> for Recorder {
             // Errors were sent to every waiting source.
             self.flush(ctx).ok();
         }
+    }
+}
+
+impl Handler<IdIndexReady> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, IdIndexReady(index): IdIndexReady, _: &mut Self::Context) {
+        self.first_copies.advance(index);
+        self.publish_ids();
     }
 }
 

@@ -82,7 +82,8 @@ impl Query {
 /// What an answer is based on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AsOf {
-    /// The snapshot's epoch, if any.
+    /// The snapshot's epoch; `None` when the answer has no batch part (no
+    /// snapshot yet, or one without this view: the speed epochs are then all of it).
     pub batch_epoch: Option<Epoch>,
     /// When the snapshot was written, epoch milliseconds.
     pub batch_at: Option<i64>,
@@ -228,12 +229,15 @@ impl Handler<Ask> for Serving {
         let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
         let kind = Arc::new(kind);
         let batch = Arc::clone(&self.batch);
+        // A view the snapshot has no state for is answered by the speed layer
+        // alone, which holds all its epochs until a batch run covers it.
+        let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
         let mut speed = Vec::new();
         if query.layer != Layer::Batch {
             for partition in self.partitions.iter() {
                 let (reply, rx) = oneshot::channel();
                 partition.do_send(SpeedQuery {
-                    after: batch.epoch,
+                    after: batch_epoch,
                     view,
                     kind: Arc::clone(&kind),
                     range,
@@ -255,8 +259,8 @@ impl Handler<Ask> for Serving {
                 speed_epochs.extend(epochs);
             }
             let as_of = AsOf {
-                batch_epoch: batch.epoch,
-                batch_at: batch.meta.map(|meta| meta.created_ms),
+                batch_epoch,
+                batch_at: batch_epoch.and(batch.meta.map(|meta| meta.created_ms)),
                 speed_epochs: speed_epochs.into_iter().collect(),
             };
             Ok(Answer {
@@ -277,7 +281,7 @@ async fn batch_partial(
     kind: &Arc<QueryKind>,
     range: TimeRange,
 ) -> Result<Partial, QueryError> {
-    let Some(state) = batch.views.get(view) else {
+    let Some(state) = batch.views.get(view).filter(|_| batch.has_view(view)) else {
         return Ok(Partial::empty(spec, kind));
     };
     if let QueryKind::Key(_) = **kind {

@@ -9,13 +9,9 @@
 use crate::aggregate::{Partial, QueryKind, TimeRange, ViewSpec, ViewState};
 use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, Context, Handler, Message};
-use rustc_hash::FxHashSet;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
-
-/// Ids remembered to drop redeliveries from the speed layer.
-pub(crate) const RECENT_IDS: usize = 262_144;
 
 /// The partition owning `key` of a view: every key has exactly one owner.
 pub fn partition_of(key: &str, partitions: usize) -> usize {
@@ -56,31 +52,6 @@ pub struct Expire {
     pub upto: Epoch,
 }
 
-/// A bounded set of recently seen ids, oldest forgotten first: the speed
-/// layer's best-effort dedup (the batch layer's is exact). One set serves
-/// every source and view, so each event is looked up once.
-#[derive(Debug, Default)]
-pub struct RecentIds {
-    order: VecDeque<u64>,
-    seen: FxHashSet<u64>,
-}
-
-impl RecentIds {
-    /// Whether `id` is new; remembers it.
-    pub fn first_time(&mut self, id: u64) -> bool {
-        if !self.seen.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_IDS
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
-        }
-        true
-    }
-}
-
 /// A partition's state, without the actor: per epoch, one `ViewState` per view.
 #[derive(Debug)]
 pub struct SpeedState {
@@ -103,7 +74,7 @@ impl SpeedState {
 
     /// Applies one event of `epoch` to view `view`. Events of an expired epoch
     /// are ignored: the snapshot that expired it already counts them. Callers
-    /// drop the redeliveries they recognise first ([`RecentIds`]).
+    /// pass only first copies of an id (see `store::FirstCopies`).
     pub fn apply(&mut self, epoch: Epoch, view: usize, event: &ParsedEvent) {
         if self.expired.is_some_and(|expired| epoch <= expired) {
             return;
@@ -253,18 +224,6 @@ mod tests {
             panic!("a count")
         };
         (n, epochs)
-    }
-
-    #[test]
-    fn recent_ids_drop_redeliveries_and_forget_the_oldest() {
-        let mut recent = RecentIds::default();
-        assert!(recent.first_time(1));
-        assert!(!recent.first_time(1), "a redelivery");
-        for id in 2..=RECENT_IDS as u64 + 1 {
-            assert!(recent.first_time(id));
-        }
-        assert!(recent.first_time(1), "forgotten after RECENT_IDS newer ids");
-        assert!(!recent.first_time(RECENT_IDS as u64 + 1));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! seals that arrive during a run coalesce into one run for the newest.
 
 use super::recompute::{Batch, recompute};
-use super::recorder::Sealed;
+use super::recorder::{IdIndexReady, Sealed};
 use super::serving::{Serving, SnapshotReady};
 use super::source::SourceHandle;
 use crate::config::Config;
@@ -14,7 +14,8 @@ use crate::event::Epoch;
 use crate::metrics::Shared;
 use crate::store::{DataPaths, SealedEpoch};
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    WrapFuture,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,6 +79,8 @@ pub struct Supervisor {
     epoch: Epoch,
     sources: Vec<SourceHandle>,
     serving: Addr<Serving>,
+    /// The Recorder, told of each run's id index.
+    id_index_to: Recipient<IdIndexReady>,
     running: bool,
     /// The newest sealed epoch no run has covered yet.
     pending: Option<SealedEpoch>,
@@ -106,6 +109,7 @@ impl Supervisor {
         epoch: Epoch,
         sources: Vec<SourceHandle>,
         serving: Addr<Serving>,
+        id_index_to: Recipient<IdIndexReady>,
         last_sealed: Option<SealedEpoch>,
         served: Option<Epoch>,
         interval: Option<Duration>,
@@ -119,6 +123,7 @@ impl Supervisor {
             epoch,
             sources,
             serving,
+            id_index_to,
             running: false,
             pending,
             sealed: last_sealed.map(|sealed| sealed.epoch),
@@ -278,6 +283,12 @@ impl Handler<RunFinished> for Supervisor {
                     .recompute_records
                     .store(batch.stats.records, Ordering::Relaxed);
                 self.shared.recompute_error.set(None);
+                self.shared.recompute_failing.store(0, Ordering::Relaxed);
+                self.shared
+                    .recompute_failing_since_ms
+                    .store(0, Ordering::Relaxed);
+                self.id_index_to
+                    .do_send(IdIndexReady(Arc::clone(&batch.ids)));
                 self.serving.do_send(SnapshotReady(Arc::new(batch)));
                 self.served = Some(sealed.epoch);
                 self.answer_waiters(sealed.epoch, &Ok(sealed.epoch));
@@ -288,6 +299,16 @@ impl Handler<RunFinished> for Supervisor {
                 self.shared
                     .recompute_failures
                     .fetch_add(1, Ordering::Relaxed);
+                if self
+                    .shared
+                    .recompute_failing
+                    .fetch_add(1, Ordering::Relaxed)
+                    == 0
+                {
+                    self.shared
+                        .recompute_failing_since_ms
+                        .store(crate::now_ms(), Ordering::Relaxed);
+                }
                 self.answer_waiters(sealed.epoch, &Err(failed));
             }
         }

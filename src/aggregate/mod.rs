@@ -10,7 +10,10 @@ mod sketch;
 mod view;
 
 pub use query::{Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange};
-pub use sketch::{DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles};
+pub use sketch::{
+    DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles,
+    parameters as sketch_parameters,
+};
 pub use view::{KeyGroups, ViewState};
 
 use crate::event::{ParsedEvent, hash_text};

@@ -24,6 +24,18 @@ const DDSKETCH_MAX_BINS: u32 = 4096;
 /// Values closer to zero than this count as zero in a DDSketch.
 const DDSKETCH_MIN_VALUE: f64 = 1e-9;
 
+/// Everything above that decides how a stored state reads, in one line: a
+/// snapshot's view states are used only by a build with the same parameters
+/// (they are part of a view's fingerprint), so a sketch never meets one it
+/// cannot merge with.
+pub fn parameters() -> String {
+    format!(
+        "distinct: exact to {DISTINCT_EXACT_LIMIT}, then HyperLogLog++ p{HLL_PRECISION}; \
+         quantile: exact to {QUANTILE_EXACT_LIMIT}, then DDSketch alpha {DDSKETCH_ALPHA}, \
+         {DDSKETCH_MAX_BINS} bins, min {DDSKETCH_MIN_VALUE:e}"
+    )
+}
+
 /// Passes a value that is already a 64-bit hash through unchanged.
 ///
 /// Values are hashed once with [`crate::event::hash_text`]; the sketch must
@@ -143,9 +155,13 @@ impl Distinct {
                 if let Distinct::Sketch(hll) = self {
                     match (theirs, other) {
                         (Some(theirs), _) => theirs.iter().for_each(|hash| hll.insert(hash)),
-                        (None, Distinct::Sketch(sketch)) => hll
-                            .merge(sketch)
-                            .expect("every sketch has the same precision"),
+                        (None, Distinct::Sketch(sketch)) => {
+                            // Both come from this build (see `PARAMETERS`); a
+                            // mismatch is a bug, reported, never a crash.
+                            if let Err(err) = hll.merge(sketch) {
+                                tracing::error!(error = %err, "distinct sketches of different precisions; one is left out");
+                            }
+                        }
                         (None, _) => {}
                     }
                 }
@@ -257,9 +273,11 @@ impl Quantiles {
                 if let Quantiles::Sketch(sketch) = self {
                     match (theirs, other) {
                         (Some(theirs), _) => theirs.iter().for_each(|value| sketch.add(*value)),
-                        (None, Quantiles::Sketch(other)) => sketch
-                            .merge(other)
-                            .expect("every sketch has the same configuration"),
+                        (None, Quantiles::Sketch(other)) => {
+                            if let Err(err) = sketch.merge(other) {
+                                tracing::error!(error = %err, "quantile sketches of different configurations; one is left out");
+                            }
+                        }
                         (None, _) => {}
                     }
                 }

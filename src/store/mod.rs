@@ -7,6 +7,7 @@
 
 mod counters;
 mod epochs;
+mod ids;
 mod lock;
 mod paths;
 mod record;
@@ -15,6 +16,7 @@ mod snapshot;
 
 pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, read_epochs};
+pub use ids::{FirstCopies, IdIndex};
 pub use lock::DataDirLock;
 pub use paths::DataPaths;
 pub use record::{Corruption, RecordHeader};

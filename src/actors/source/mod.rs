@@ -14,7 +14,7 @@
 pub mod demo;
 
 use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
-use super::speed::{Apply, RecentIds, partition_of};
+use super::speed::{Apply, partition_of};
 use crate::aggregate::ViewSpec;
 use crate::config::RabbitmqSource;
 use crate::event::{Epoch, ParsedEvent, Reject, Schema};
@@ -95,9 +95,6 @@ pub struct Pipeline {
     pub stats: Arc<SourceStats>,
     /// Observed when a batch is acknowledged.
     pub ack_lag: prometheus_client::metrics::histogram::Histogram,
-    /// Ids seen lately by any source: a redelivery is durable again (the
-    /// batch layer drops it) but is not applied to the speed layer twice.
-    pub recent: Arc<std::sync::Mutex<RecentIds>>,
 }
 
 /// What a source does after a control message.
@@ -208,11 +205,11 @@ impl Pipeline {
         pending: Pending,
         outcome: Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>,
     ) -> Result<usize, NotDurable> {
-        match outcome {
-            Ok(Ok(_)) => {}
+        let durable = match outcome {
+            Ok(Ok(durable)) => durable,
             Ok(Err(err)) => return Err(NotDurable::Store(err)),
             Err(_) => return Err(NotDurable::Stopped),
-        }
+        };
         let n = pending.events.len();
         self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
         self.ack_lag
@@ -220,13 +217,11 @@ impl Pipeline {
         let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
             vec![Vec::new(); self.partitions.len()];
         let mut scratch = String::new();
-        // Uncontended: every source runs on the system thread.
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for event in pending.events {
-            if event.id_hash.is_some_and(|id| !recent.first_time(id.get())) {
+        // A repeat is durable (the master dataset keeps every delivery) but an
+        // earlier record of the log holds its id: neither layer counts it.
+        let mut repeats = durable.repeats.iter().copied().peekable();
+        for (i, event) in (0u32..).zip(pending.events) {
+            if repeats.next_if_eq(&i).is_some() {
                 continue;
             }
             for (view, spec) in self.views.iter().enumerate() {
@@ -234,7 +229,6 @@ impl Pipeline {
                 routed[partition_of(key, self.partitions.len())].push((view, Arc::clone(&event)));
             }
         }
-        drop(recent);
         for (partition, events) in self.partitions.iter().zip(routed) {
             if !events.is_empty() {
                 partition.do_send(Apply {
@@ -270,10 +264,7 @@ async fn oldest_ready(
     Some(Ok(match oldest.pending.reply.as_mut() {
         Some(reply) => reply.await,
         // A batch of dead letters only: nothing to wait for.
-        None => Ok(Ok(Durable {
-            first: crate::event::Seq(0),
-            next: crate::event::Seq(0),
-        })),
+        None => Ok(Ok(Durable::default())),
     }))
 }
 

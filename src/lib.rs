@@ -27,7 +27,7 @@ pub mod store;
 pub mod workload;
 
 pub use actors::serving::{Answer, Layer, Query, Question};
-pub use actors::{Handle, Options, start};
+pub use actors::{Feed, Handle, Options, start};
 pub use config::Config;
 
 /// Wall-clock time, epoch milliseconds.

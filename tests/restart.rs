@@ -66,9 +66,15 @@ async fn read_all(handle: &tandem::Handle) -> Vec<Body> {
 fn first_run(dir: &std::path::Path, lines: &[&[u8]], recompute_after: usize) -> (Vec<Body>, u64) {
     let config = common::config(CONFIG, dir);
     actix::System::new().block_on(async move {
-        let handle = tandem::start(config, Options { epoch_timer: false })
-            .await
-            .expect("start");
+        let handle = tandem::start(
+            config,
+            Options {
+                epoch_timer: false,
+                ..Options::default()
+            },
+        )
+        .await
+        .expect("start");
         for (i, line) in lines.iter().enumerate() {
             handle.ingest(line.to_vec()).await.expect("ingest");
             if i + 1 == recompute_after {
@@ -88,9 +94,15 @@ fn first_run(dir: &std::path::Path, lines: &[&[u8]], recompute_after: usize) -> 
 fn second_run(dir: &std::path::Path) -> (Vec<Body>, tandem::actors::Startup) {
     let config = common::config(CONFIG, dir);
     actix::System::new().block_on(async move {
-        let handle = tandem::start(config, Options { epoch_timer: false })
-            .await
-            .expect("restart");
+        let handle = tandem::start(
+            config,
+            Options {
+                epoch_timer: false,
+                ..Options::default()
+            },
+        )
+        .await
+        .expect("restart");
         let seen = read_all(&handle).await;
         let startup = handle.startup();
         handle.stop().await;
@@ -154,9 +166,15 @@ fn a_damaged_snapshot_is_refused_and_an_older_one_used() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::config(CONFIG, dir.path());
     let before = actix::System::new().block_on(async move {
-        let handle = tandem::start(config, Options { epoch_timer: false })
-            .await
-            .expect("start");
+        let handle = tandem::start(
+            config,
+            Options {
+                epoch_timer: false,
+                ..Options::default()
+            },
+        )
+        .await
+        .expect("start");
         for (i, line) in lines.iter().enumerate() {
             handle.ingest(line.to_vec()).await.expect("ingest");
             if i == 500 || i == 1000 {
@@ -192,9 +210,15 @@ fn a_redelivery_across_the_snapshot_is_not_counted_again_after_a_restart() {
     let config = common::config(CONFIG, dir.path());
     let order = br#"{"order_id":"o-x","ts":"2026-11-24T00:00:00Z","product_id":"p-x","amount":5,"user_id":"u-1","country":"DE"}"#;
     let before = actix::System::new().block_on(async move {
-        let handle = tandem::start(config, Options { epoch_timer: false })
-            .await
-            .expect("start");
+        let handle = tandem::start(
+            config,
+            Options {
+                epoch_timer: false,
+                ..Options::default()
+            },
+        )
+        .await
+        .expect("start");
         let durable = tandem::actors::source::Ingested::Durable;
         assert_eq!(
             handle.ingest(order.to_vec()).await.expect("ingest"),

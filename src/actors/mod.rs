@@ -21,7 +21,8 @@ use recompute::{Batch, SnapshotData};
 use recorder::Recorder;
 use serving::{Answer, Ask, BatchQuery, Query, QueryError, Serving};
 use source::{
-    IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle, SourceStats,
+    EpochHold, IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle,
+    SourceStats,
 };
 use speed::{SpeedPartition, SpeedState, partition_of};
 use std::sync::Arc;
@@ -51,6 +52,30 @@ impl Pusher {
             .await
             .map_err(|_| IngestError::Stopped)?;
         Ok(rx.await.map_err(|_| IngestError::Stopped)??)
+    }
+}
+
+/// An in-process feed: a push source of its own, with its own epoch and barriers.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    pusher: Pusher,
+    source: SourceHandle,
+}
+
+impl Feed {
+    /// Pushes messages; see [`Pusher::push`].
+    ///
+    /// # Errors
+    /// The valid messages could not be made durable, or the system is stopping.
+    pub async fn push(&self, messages: Vec<Vec<u8>>) -> Result<PushOutcome, IngestError> {
+        self.pusher.push(messages).await
+    }
+
+    /// Keeps this feed's current epoch open while the hold lives: what it
+    /// pushes meanwhile stays in that epoch (say, a group of events that must
+    /// reach the batch layer in the same run), and the epoch seals only after.
+    pub fn hold_epoch(&self) -> EpochHold {
+        self.source.hold_epoch()
     }
 }
 
@@ -92,11 +117,16 @@ pub enum IngestError {
 pub struct Options {
     /// Start a new epoch every `batch.interval` (off for tests that drive epochs themselves).
     pub epoch_timer: bool,
+    /// In-process feeds ([`Handle::feed`]), each a source with its own epoch; at least one.
+    pub feeds: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { epoch_timer: true }
+        Options {
+            epoch_timer: true,
+            feeds: 1,
+        }
     }
 }
 
@@ -122,7 +152,8 @@ pub struct Handle {
     supervisor: Addr<Supervisor>,
     partitions: Vec<Addr<SpeedPartition>>,
     sources: Vec<SourceHandle>,
-    ingest: Pusher,
+    /// The in-process feeds; the first is [`Handle::ingest`]'s.
+    feeds: Vec<Feed>,
     http_push: Option<HttpPush>,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
@@ -142,7 +173,7 @@ impl Handle {
     /// # Errors
     /// The event could not be made durable, or the system is stopping.
     pub async fn ingest(&self, raw: Vec<u8>) -> Result<Ingested, IngestError> {
-        let outcome = self.ingest.push(vec![raw]).await?;
+        let outcome = self.feeds[0].push(vec![raw]).await?;
         Ok(match outcome.rejected.into_iter().next() {
             Some((_, reject)) => Ingested::Rejected(reject),
             None => Ingested::Durable,
@@ -155,7 +186,13 @@ impl Handle {
     /// # Errors
     /// The valid messages could not be made durable, or the system is stopping.
     pub async fn ingest_many(&self, messages: Vec<Vec<u8>>) -> Result<PushOutcome, IngestError> {
-        self.ingest.push(messages).await
+        self.feeds[0].push(messages).await
+    }
+
+    /// In-process feed `index` (`0..Options::feeds`); feed 0 is the one
+    /// [`Handle::ingest`] uses.
+    pub fn feed(&self, index: usize) -> Option<&Feed> {
+        self.feeds.get(index)
     }
 
     /// The HTTP push source, if the config has one.
@@ -535,16 +572,26 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     )
     .start();
 
-    // Sources: the in-process feed is source 0, then the configured ones.
-    let mut handles = Vec::with_capacity(config.sources.len() + 1);
+    // Sources: the in-process feeds come first (feed 0 is `Handle::ingest`'s),
+    // then the configured ones.
+    let n_feeds = options.feeds.max(1);
+    let mut handles = Vec::with_capacity(config.sources.len() + n_feeds);
     let mut controls = Vec::with_capacity(config.sources.len());
-    let (handle, in_process_control) = SourceHandle::new(
-        source::IN_PROCESS.into(),
-        source::IN_PROCESS,
-        None,
-        Arc::new(SourceStats::default()),
-    );
-    handles.push(handle);
+    let mut feed_controls = Vec::with_capacity(n_feeds);
+    for feed in 0..n_feeds {
+        let name = match feed {
+            0 => source::IN_PROCESS.to_owned(),
+            _ => format!("{}-{feed}", source::IN_PROCESS),
+        };
+        let (handle, control) = SourceHandle::new(
+            name,
+            source::IN_PROCESS,
+            None,
+            Arc::new(SourceStats::default()),
+        );
+        handles.push(handle);
+        feed_controls.push(control);
+    }
     for source in &config.sources {
         let (queue, demo) = match &source.kind {
             SourceKind::Rabbitmq(rabbit) => (Some(rabbit.queue.clone()), None),
@@ -620,9 +667,17 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         ));
         Pusher { sender }
     };
-    let ingest = push_source(0, in_process_control);
+    let feeds: Vec<Feed> = feed_controls
+        .into_iter()
+        .enumerate()
+        .map(|(index, control)| Feed {
+            pusher: push_source(index, control),
+            source: handles[index].clone(),
+        })
+        .collect();
     let mut http_push = None;
     for ((index, source), control) in config.sources.iter().enumerate().zip(controls) {
+        let index = index + n_feeds - 1;
         match &source.kind {
             SourceKind::Rabbitmq(rabbit) => {
                 actix::spawn(source::run_rabbitmq(
@@ -656,7 +711,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         supervisor,
         partitions,
         sources: handles,
-        ingest,
+        feeds,
         http_push,
         metrics,
         shared,

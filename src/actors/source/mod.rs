@@ -51,6 +51,11 @@ pub enum Control {
     /// Stop consuming, finish the batches in flight (durable, then acked), and
     /// answer once done.
     Stop(oneshot::Sender<()>),
+    /// Keep the current epoch open (push sources only): barriers wait until
+    /// every hold is released.
+    Hold,
+    /// Ends one [`Control::Hold`].
+    Release,
 }
 
 /// Counters of one source, shared with the status API.
@@ -183,6 +188,8 @@ impl Pipeline {
                 Next::Go
             }
             Some(Control::Stop(done)) => Next::Stop(Some(done)),
+            // Only push sources keep an epoch open on request.
+            Some(Control::Hold | Control::Release) => Next::Go,
             None => Next::Stop(None),
         }
     }
@@ -283,7 +290,20 @@ pub struct SourceHandle {
     control: mpsc::UnboundedSender<Control>,
 }
 
-/// The `kind` of the actor API's feed, which every system has.
+/// Keeps a push source's epoch open while it lives; see [`SourceHandle::hold_epoch`].
+#[derive(Debug)]
+pub struct EpochHold {
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Drop for EpochHold {
+    fn drop(&mut self) {
+        // A stopped source holds nothing.
+        self.control.send(Control::Release).ok();
+    }
+}
+
+/// The `kind` of the actor API's feeds, which every system has.
 pub const IN_PROCESS: &str = "in_process";
 
 impl SourceHandle {
@@ -324,6 +344,16 @@ impl SourceHandle {
         self.control.send(Control::Barrier(epoch)).is_ok()
     }
 
+    /// Keeps this source's current epoch open until the returned hold is
+    /// dropped (push sources only; others ignore it): events it takes
+    /// meanwhile all belong to that epoch, and the epoch is sealed only after.
+    pub fn hold_epoch(&self) -> EpochHold {
+        self.control.send(Control::Hold).ok();
+        EpochHold {
+            control: self.control.clone(),
+        }
+    }
+
     /// Stops the source: it stops consuming and returns once every batch it
     /// had in flight is durable and acknowledged.
     pub async fn stop(&self) {
@@ -361,9 +391,12 @@ pub enum Ingested {
     Rejected(Reject),
 }
 
-/// Runs a push source (the in-process feed or the HTTP source) until its
-/// ingest channel closes. Pushes that queue up together share one batch, up to
-/// [`MAX_BATCH`] messages; each is answered once its batch is durable.
+/// Runs a push source (an in-process feed or the HTTP source) until it is
+/// stopped or its ingest channel closes. Pushes that queue up together share
+/// one batch, up to [`MAX_BATCH`] messages; each is answered once its batch is
+/// durable. On a stop it drains: the channel is closed, so a push from then on
+/// fails at once (HTTP answers 503), and every push queued before is made
+/// durable and answered before the stop is acknowledged.
 pub async fn run_push(
     pipeline: Pipeline,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -371,60 +404,92 @@ pub async fn run_push(
     mut epoch: Epoch,
 ) {
     pipeline.stats.connected.store(true, Ordering::Relaxed);
-    loop {
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut holds = 0usize;
+    let mut deferred: Vec<Epoch> = Vec::new();
+    let stopped = loop {
+        while in_flight.try_join_next().is_some() {}
         tokio::select! {
             biased;
-            ctrl = control.recv() => {
-                if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
-                    // Batches sent so far finish in their own tasks.
-                    if let Some(done) = done {
-                        done.send(()).ok();
+            ctrl = control.recv() => match ctrl {
+                Some(Control::Hold) => holds += 1,
+                Some(Control::Release) => {
+                    holds = holds.saturating_sub(1);
+                    if holds == 0 {
+                        for finished in deferred.drain(..) {
+                            pipeline.control(Some(Control::Barrier(finished)), &mut epoch);
+                        }
                     }
-                    return;
                 }
-            }
+                Some(Control::Barrier(finished)) if holds > 0 => deferred.push(finished),
+                ctrl => {
+                    if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
+                        break done;
+                    }
+                }
+            },
             request = ingest.recv() => {
-                let Some(first) = request else { return };
-                let mut messages = first.messages.len();
-                let mut requests = vec![first];
-                while messages < MAX_BATCH {
-                    match ingest.try_recv() {
-                        Ok(request) => {
-                            messages += request.messages.len();
-                            requests.push(request);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let ingest_ms = crate::now_ms();
-                let mut batch = Vec::with_capacity(messages);
-                let mut outcomes = Vec::with_capacity(requests.len());
-                for request in requests {
-                    let mut outcome = PushOutcome::default();
-                    for (index, raw) in request.messages.into_iter().enumerate() {
-                        match pipeline.schema.parse(&raw, ingest_ms) {
-                            Ok(event) => {
-                                batch.push((raw, ingest_ms, event));
-                                outcome.accepted += 1;
-                            }
-                            Err(reject) => {
-                                pipeline.stats.count_reject(&reject);
-                                outcome.rejected.push((index, reject));
-                            }
-                        }
-                    }
-                    outcomes.push((outcome, request.reply));
-                }
-                let pending = pipeline.send(epoch, batch);
-                let pipeline = pipeline.clone();
-                tokio::spawn(async move {
-                    let durable = pipeline.durable(pending).await;
-                    for (outcome, reply) in outcomes {
-                        // The caller may have stopped waiting.
-                        reply.send(durable.clone().map(|_| outcome)).ok();
-                    }
-                });
+                let Some(first) = request else { break None };
+                in_flight.spawn(push_batch(&pipeline, epoch, first, &mut ingest));
             }
+        }
+    };
+    ingest.close();
+    while let Some(first) = ingest.recv().await {
+        in_flight.spawn(push_batch(&pipeline, epoch, first, &mut ingest));
+    }
+    while in_flight.join_next().await.is_some() {}
+    if let Some(done) = stopped {
+        done.send(()).ok();
+    }
+}
+
+/// Parses `first` and the pushes queued behind it (up to [`MAX_BATCH`]
+/// messages), sends the valid events as one batch of `epoch`, and returns the
+/// task that answers each push once the batch is durable.
+fn push_batch(
+    pipeline: &Pipeline,
+    epoch: Epoch,
+    first: IngestRequest,
+    ingest: &mut mpsc::Receiver<IngestRequest>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut messages = first.messages.len();
+    let mut requests = vec![first];
+    while messages < MAX_BATCH {
+        match ingest.try_recv() {
+            Ok(request) => {
+                messages += request.messages.len();
+                requests.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+    let ingest_ms = crate::now_ms();
+    let mut batch = Vec::with_capacity(messages);
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for request in requests {
+        let mut outcome = PushOutcome::default();
+        for (index, raw) in request.messages.into_iter().enumerate() {
+            match pipeline.schema.parse(&raw, ingest_ms) {
+                Ok(event) => {
+                    batch.push((raw, ingest_ms, event));
+                    outcome.accepted += 1;
+                }
+                Err(reject) => {
+                    pipeline.stats.count_reject(&reject);
+                    outcome.rejected.push((index, reject));
+                }
+            }
+        }
+        outcomes.push((outcome, request.reply));
+    }
+    let pending = pipeline.send(epoch, batch);
+    let pipeline = pipeline.clone();
+    async move {
+        let durable = pipeline.durable(pending).await;
+        for (outcome, reply) in outcomes {
+            // The caller may have stopped waiting.
+            reply.send(durable.clone().map(|_| outcome)).ok();
         }
     }
 }

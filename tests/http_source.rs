@@ -2,7 +2,7 @@
 //! request once its accepted events are durable, names every rejected line
 //! with its reason, and feeds both layers exactly like a RabbitMQ source;
 //! the two kinds of source together add up; a SIGKILL with requests in flight
-//! loses no request that got its 200.
+//! loses no request that got its 200; a SIGTERM drains them.
 
 mod common;
 
@@ -287,6 +287,81 @@ fn request_body(request: usize, size: usize) -> Vec<u8> {
     body
 }
 
+/// How one pushed request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    /// 200: its events are durable.
+    Answered,
+    /// 503, with the `Retry-After` header's value.
+    Unavailable(Option<String>),
+    /// Any other status, or no answer at all.
+    Other(String),
+}
+
+/// Four clients pushing requests of `size` events (request `n`'s orders are
+/// all for product `r-n`) until one does not get a 200 or `stop` is set;
+/// answers each request's ending, in order per client.
+fn push_from_four_clients(
+    url: &str,
+    size: usize,
+    stop: &Arc<AtomicBool>,
+    answered: &Arc<Mutex<usize>>,
+) -> Vec<std::thread::JoinHandle<Vec<(usize, Ended)>>> {
+    (0..4)
+        .map(|client| {
+            let (url, stop, answered) = (url.to_owned(), Arc::clone(stop), Arc::clone(answered));
+            std::thread::spawn(move || {
+                let mut ended = Vec::new();
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let request = n * 4 + client;
+                    let outcome = ureq::post(&url)
+                        .set("Content-Type", NDJSON)
+                        .send_bytes(&request_body(request, size));
+                    let end = match outcome {
+                        Ok(response) if response.status() == 200 => {
+                            *answered.lock().expect("lock") += 1;
+                            Ended::Answered
+                        }
+                        Err(ureq::Error::Status(503, response)) => {
+                            Ended::Unavailable(response.header("Retry-After").map(str::to_owned))
+                        }
+                        Ok(response) => Ended::Other(format!("status {}", response.status())),
+                        Err(err) => Ended::Other(err.to_string()),
+                    };
+                    let last = end != Ended::Answered;
+                    ended.push((request, end));
+                    if last {
+                        break;
+                    }
+                }
+                ended
+            })
+        })
+        .collect()
+}
+
+/// Each request's orders in the merged layer of a (restarted) daemon.
+fn counted_per_request(daemon: &Daemon, requests: &[usize], layer: &str) -> BTreeMap<usize, u64> {
+    requests
+        .iter()
+        .map(|request| {
+            let (code, body) = http(
+                "GET",
+                &format!(
+                    "{}/v1/views/by_product/keys/r-{request}?layer={layer}",
+                    daemon.base
+                ),
+                None,
+            );
+            assert_eq!(code, 200, "{body}");
+            (*request, count(&body))
+        })
+        .collect()
+}
+
 #[test]
 fn sigkill_with_requests_in_flight_loses_no_answered_request() {
     const SIZE: usize = 200;
@@ -294,82 +369,40 @@ fn sigkill_with_requests_in_flight_loses_no_answered_request() {
     let text = config(HTTP_SOURCE);
     let mut daemon = Daemon::start(&text, dir.path(), &[]);
     let url = format!("{}/v1/events", daemon.base);
-    let answered = Arc::new(Mutex::new(Vec::new()));
+    let answered = Arc::new(Mutex::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let posters: Vec<_> = (0..4)
-        .map(|poster| {
-            let (url, answered, stop) = (url.clone(), Arc::clone(&answered), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut sent = Vec::new();
-                for n in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let request = n * 4 + poster;
-                    sent.push(request);
-                    let body = request_body(request, SIZE);
-                    // A killed daemon breaks the connection: that request has no answer.
-                    match ureq::post(&url)
-                        .set("Content-Type", NDJSON)
-                        .send_bytes(&body)
-                    {
-                        Ok(response) if response.status() == 200 => {
-                            answered.lock().expect("lock").push(request);
-                        }
-                        _ => break,
-                    }
-                }
-                sent
-            })
-        })
-        .collect();
+    let clients = push_from_four_clients(&url, SIZE, &stop, &answered);
     common::poll_until(
         Duration::from_secs(60),
         "40 requests answered",
-        || match answered.lock().expect("lock").len() {
+        || match *answered.lock().expect("lock") {
             n if n >= 40 => Ok(()),
             n => Err(n),
         },
     );
     daemon.kill();
     stop.store(true, Ordering::Relaxed);
-    let sent: Vec<usize> = posters
+    let ended: Vec<(usize, Ended)> = clients
         .into_iter()
-        .flat_map(|poster| poster.join().expect("poster"))
+        .flat_map(|client| client.join().expect("client"))
         .collect();
-    let answered = answered.lock().expect("lock").clone();
+    let sent: Vec<usize> = ended.iter().map(|(request, _)| *request).collect();
     assert!(
-        sent.len() > answered.len(),
-        "requests were in flight at the kill"
+        ended.iter().any(|(_, end)| matches!(end, Ended::Other(_))),
+        "requests were in flight at the kill: {ended:?}"
     );
 
     let daemon = Daemon::start(&text, dir.path(), &[]);
-    let counts = |layer: &str| -> BTreeMap<usize, u64> {
-        sent.iter()
-            .map(|request| {
-                let (code, body) = http(
-                    "GET",
-                    &format!(
-                        "{}/v1/views/by_product/keys/r-{request}?layer={layer}",
-                        daemon.base
-                    ),
-                    None,
-                );
-                assert_eq!(code, 200, "{body}");
-                (*request, count(&body))
-            })
-            .collect()
-    };
-    let before = counts("merged");
+    let before = counted_per_request(&daemon, &sent, "merged");
     let (code, body) = http(
         "POST",
         &format!("{}/v1/recompute?wait=true", daemon.base),
         None,
     );
     assert_eq!(code, 200, "{body}");
-    let after = counts("batch");
-    for request in &sent {
-        if answered.contains(request) {
+    let after = counted_per_request(&daemon, &sent, "batch");
+    for (request, end) in &ended {
+        if *end == Ended::Answered {
             assert_eq!(
                 after[request], SIZE as u64,
                 "answered request {request} is whole"
@@ -384,6 +417,61 @@ fn sigkill_with_requests_in_flight_loses_no_answered_request() {
                 "request {request} counted twice"
             );
         }
+    }
+}
+
+/// SIGTERM while four clients push: the daemon drains. Every request it
+/// answered 200 is counted after a restart; none is cut off; once the queued
+/// requests are answered, each client's next request gets 503 with
+/// `Retry-After` (during `http.shutdown_grace`), and nothing of it counts.
+#[test]
+fn sigterm_with_four_pushing_clients_answers_every_request() {
+    const SIZE: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(HTTP_SOURCE);
+    let mut daemon = Daemon::start(&text, dir.path(), &[]);
+    let url = format!("{}/v1/events", daemon.base);
+    let answered = Arc::new(Mutex::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = push_from_four_clients(&url, SIZE, &stop, &answered);
+    common::poll_until(
+        Duration::from_secs(60),
+        "40 requests answered",
+        || match *answered.lock().expect("lock") {
+            n if n >= 40 => Ok(()),
+            n => Err(n),
+        },
+    );
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0), "{}", daemon.logs());
+    let per_client: Vec<Vec<(usize, Ended)>> = clients
+        .into_iter()
+        .map(|client| client.join().expect("client"))
+        .collect();
+    for ended in &per_client {
+        let (last, before) = ended.split_last().expect("a client sent a request");
+        assert_eq!(
+            last.1,
+            Ended::Unavailable(Some("5".into())),
+            "a client's first request after the drain gets 503 with Retry-After: {ended:?}"
+        );
+        assert!(
+            before.iter().all(|(_, end)| *end == Ended::Answered),
+            "every earlier request was answered 200: {ended:?}"
+        );
+    }
+
+    let daemon = Daemon::start(&text, dir.path(), &[]);
+    let ended: Vec<(usize, Ended)> = per_client.into_iter().flatten().collect();
+    let sent: Vec<usize> = ended.iter().map(|(request, _)| *request).collect();
+    let merged = counted_per_request(&daemon, &sent, "merged");
+    for (request, end) in &ended {
+        let expected = if *end == Ended::Answered {
+            SIZE as u64
+        } else {
+            0
+        };
+        assert_eq!(merged[request], expected, "request {request} ({end:?})");
     }
 }
 

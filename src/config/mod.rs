@@ -156,6 +156,11 @@ pub struct HttpConfig {
     /// Environment variable holding a bearer token; when set, every route but
     /// the health checks requires it.
     pub auth_token_env: Option<String>,
+    /// On SIGTERM, how long the API goes on answering once the sources have
+    /// drained: a push then gets 503 with `Retry-After` rather than a closed
+    /// port, and a load balancer sees `/readyz` fail. Default 1 s.
+    #[serde(serialize_with = "serialize_duration")]
+    pub shutdown_grace: Duration,
 }
 
 /// `[master]`.

@@ -89,6 +89,7 @@ pub(crate) struct RawBatch {
 pub(crate) struct RawHttp {
     pub listen: Option<String>,
     pub auth_token_env: Option<String>,
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

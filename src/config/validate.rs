@@ -26,6 +26,8 @@ const MAX_RATE: u64 = 1_000_000;
 const DEFAULT_PARTITIONS: u64 = 4;
 const MAX_PARTITIONS: u64 = 256;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the API answers 503 after the sources drained on SIGTERM.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const MIN_SEGMENT_BYTES: u64 = 1024 * 1024;
@@ -284,6 +286,15 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         }
     };
     let auth_token_env = problems.field(raw.http.auth_token_env, "http.auth_token_env");
+    let shutdown_grace = match raw.http.shutdown_grace.as_deref() {
+        Some(text) => problems.duration(
+            Some(text),
+            "http.shutdown_grace",
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ),
+        None => Some(DEFAULT_SHUTDOWN_GRACE),
+    };
     let segment_max_bytes = problems.range(
         raw.master
             .segment_max_bytes
@@ -332,6 +343,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         http: HttpConfig {
             listen: listen?,
             auth_token_env,
+            shutdown_grace: shutdown_grace?,
         },
         master: MasterConfig {
             segment_max_bytes: segment_max_bytes?,

@@ -5,6 +5,9 @@ use crate::actors::serving::QueryError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+/// `Retry-After` of a 503, seconds: about a restart of the daemon.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
 /// An HTTP API error.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -61,8 +64,15 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::MethodNotAllowed { allow } = self {
-            response.insert_header((actix_web::http::header::ALLOW, *allow));
+        match self {
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((actix_web::http::header::ALLOW, *allow));
+            }
+            // Stopping, or the store refusing writes: worth trying again soon.
+            ApiError::Unavailable(_) => {
+                response.insert_header((actix_web::http::header::RETRY_AFTER, RETRY_AFTER_SECS));
+            }
+            _ => {}
         }
         response.json(serde_json::json!({ "error": self.to_string() }))
     }

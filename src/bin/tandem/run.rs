@@ -1,6 +1,8 @@
 //! `tandem run --config FILE`: the daemon. Recovers the data_dir, serves the
 //! HTTP API, and on SIGINT or SIGTERM stops consuming, lets the batches in
-//! flight become durable and acknowledged, stops the HTTP server and exits 0.
+//! flight become durable and acknowledged (every push queued before the
+//! signal is answered), answers 503 for `http.shutdown_grace`, stops the HTTP
+//! server and exits 0.
 
 use anyhow::Context as _;
 use std::path::Path;
@@ -42,6 +44,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             _ => anyhow::Error::new(err),
         });
         let handle = Arc::new(started_up.context("cannot start")?);
+        let grace = handle.config().http.shutdown_grace;
         let ready = Arc::new(AtomicBool::new(false));
         let state = ApiState { handle: Arc::clone(&handle), token, ready: Arc::clone(&ready) };
         let server = tandem::http::serve_on(state, listener).with_context(|| format!("cannot listen on {listen}"))?;
@@ -55,6 +58,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!(signal, "stopping: finishing the batches in flight");
         ready.store(false, Ordering::Release);
         handle.shutdown().await;
+        // Lame duck: the sources have drained, so every push now gets 503 with
+        // Retry-After (and /readyz fails) instead of a refused connection.
+        tokio::time::sleep(grace).await;
         server_handle.stop(true).await;
         serving.await.ok();
         tracing::info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");

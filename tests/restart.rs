@@ -241,3 +241,247 @@ fn a_redelivery_across_the_snapshot_is_not_counted_again_after_a_restart() {
     let totals = format!("{:?}", after[0]);
     assert!(totals.contains(r#"("orders", Int(1))"#), "{totals}");
 }
+
+/// `n` orders with ids `f-{from}..`, spread over 50 products, as one push each 2,000.
+fn numbered_orders(from: usize, n: usize) -> Vec<Vec<u8>> {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"order_id":"f-{i}","ts":"2026-11-24T10:00:00Z","product_id":"p-{}","amount":1,"user_id":"u-{}","country":"DE"}}"#,
+                i % 50,
+                i % 1000
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+async fn push(handle: &tandem::Handle, messages: Vec<Vec<u8>>) {
+    for chunk in messages.chunks(2_000) {
+        let outcome = handle.ingest_many(chunk.to_vec()).await.expect("push");
+        assert_eq!(outcome.accepted, chunk.len(), "{:?}", outcome.rejected);
+    }
+}
+
+async fn total_orders(handle: &tandem::Handle, layer: tandem::Layer) -> u64 {
+    let answer = handle
+        .query(Query {
+            layer,
+            ..Query::new("by_country", Question::Totals)
+        })
+        .await
+        .expect("totals");
+    let Body::Metrics(metrics) = answer.body else {
+        panic!("totals are metrics")
+    };
+    metrics
+        .get("orders")
+        .and_then(|value| value.as_f64())
+        .expect("orders") as u64
+}
+
+/// Redeliveries of ids 150,000 and 300,000 records old (one first copy under
+/// the snapshot, one after it) count once: in the merged answer at once, after
+/// a restart, and in the batch layer after a batch run.
+#[test]
+fn redeliveries_300000_records_later_count_once_before_and_after_a_restart() {
+    const HALF: usize = 150_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::config(CONFIG, dir.path());
+    let merged = tandem::Layer::Merged;
+    actix::System::new().block_on(async move {
+        let options = Options {
+            epoch_timer: false,
+            ..Options::default()
+        };
+        let handle = tandem::start(config, options).await.expect("start");
+        push(&handle, numbered_orders(0, HALF)).await;
+        handle.recompute_now().await.expect("batch run");
+        push(&handle, numbered_orders(HALF, HALF)).await;
+        assert_eq!(total_orders(&handle, merged).await, 2 * HALF as u64);
+        // The first 1,000 orders of each half again, through a second epoch.
+        handle.start_epoch().await.expect("epoch");
+        let mut again = numbered_orders(0, 1_000);
+        again.extend(numbered_orders(HALF, 1_000));
+        push(&handle, again).await;
+        assert_eq!(
+            total_orders(&handle, merged).await,
+            2 * HALF as u64,
+            "redeliveries are not counted by the speed layer"
+        );
+        handle.stop().await;
+    });
+    let config = common::config(CONFIG, dir.path());
+    actix::System::new().block_on(async move {
+        let options = Options {
+            epoch_timer: false,
+            ..Options::default()
+        };
+        let handle = tandem::start(config, options).await.expect("restart");
+        assert_eq!(
+            total_orders(&handle, merged).await,
+            2 * HALF as u64,
+            "nor by the replay"
+        );
+        handle.recompute_now().await.expect("batch run");
+        assert_eq!(
+            total_orders(&handle, tandem::Layer::Batch).await,
+            2 * HALF as u64,
+            "nor by the batch layer"
+        );
+        handle.stop().await;
+    });
+}
+
+/// The first run's config, without `by_country` and with fewer metrics.
+const BEFORE_CHANGE: &str = r#"
+data_dir = "unused"
+[event]
+id = "order_id"
+time = "ts"
+[[view]]
+name = "by_product"
+key = ["product_id"]
+bucket = "1m"
+metrics = [{ name = "orders", agg = "count" }, { name = "revenue", agg = "sum", field = "amount" }]
+"#;
+
+/// After the change: `by_product` gains a metric, `by_country` is new.
+const AFTER_CHANGE: &str = r#"
+data_dir = "unused"
+[event]
+id = "order_id"
+time = "ts"
+[[view]]
+name = "by_product"
+key = ["product_id"]
+bucket = "1m"
+metrics = [
+  { name = "orders", agg = "count" },
+  { name = "revenue", agg = "sum", field = "amount" },
+  { name = "largest", agg = "max", field = "amount" },
+]
+[[view]]
+name = "by_country"
+key = ["country"]
+bucket = "1h"
+metrics = [{ name = "orders", agg = "count" }]
+"#;
+
+/// Per product (orders, revenue in cents, largest amount in cents) and per
+/// country orders, each order id once.
+type ChangedOracle = (
+    std::collections::BTreeMap<String, (u64, i64, i64)>,
+    std::collections::BTreeMap<String, u64>,
+);
+
+fn changed_oracle(lines: &[&[u8]]) -> ChangedOracle {
+    let (mut products, mut countries) = ChangedOracle::default();
+    let mut ids = std::collections::HashSet::new();
+    for line in lines {
+        let order: serde_json::Value = serde_json::from_slice(line).expect("the lines are valid");
+        if !ids.insert(order["order_id"].as_str().expect("id").to_owned()) {
+            continue;
+        }
+        let cents = (order["amount"].as_f64().expect("amount") * 100.0).round() as i64;
+        let product = products
+            .entry(order["product_id"].as_str().expect("product").to_owned())
+            .or_insert((0, 0, i64::MIN));
+        product.0 += 1;
+        product.1 += cents;
+        product.2 = product.2.max(cents);
+        *countries
+            .entry(order["country"].as_str().expect("country").to_owned())
+            .or_default() += 1;
+    }
+    (products, countries)
+}
+
+/// Every answer of the changed config equals the oracle; answers whether
+/// each had a batch part.
+async fn check_changed(handle: &tandem::Handle, oracle: &ChangedOracle) -> Vec<bool> {
+    let mut batch_parts = Vec::new();
+    let cents = |value: Option<tandem::aggregate::MetricValue>| {
+        (value.and_then(|value| value.as_f64()).expect("a number") * 100.0).round() as i64
+    };
+    for (product, (orders, revenue, largest)) in &oracle.0 {
+        let answer = handle
+            .query(Query::new("by_product", Question::Key(product.clone())))
+            .await
+            .expect("query");
+        let Body::Metrics(metrics) = &answer.body else {
+            panic!("a key answers metrics")
+        };
+        let got = (
+            metrics
+                .get("orders")
+                .and_then(|value| value.as_f64())
+                .expect("orders") as u64,
+            cents(metrics.get("revenue")),
+            cents(metrics.get("largest")),
+        );
+        assert_eq!(got, (*orders, *revenue, *largest), "{product}: {answer:?}");
+        batch_parts.push(answer.as_of.batch_epoch.is_some());
+    }
+    for (country, orders) in &oracle.1 {
+        let answer = handle
+            .query(Query::new("by_country", Question::Key(country.clone())))
+            .await
+            .expect("query");
+        let Body::Metrics(metrics) = &answer.body else {
+            panic!("a key answers metrics")
+        };
+        let got = metrics.get("orders").and_then(|value| value.as_f64());
+        assert_eq!(got, Some(*orders as f64), "{country}: {answer:?}");
+        batch_parts.push(answer.as_of.batch_epoch.is_some());
+    }
+    batch_parts
+}
+
+/// A restart with a view added and a metric added to another: queried at
+/// once, every answer is complete (the changed views are replayed from the
+/// start of the log) and says it has no batch part until a batch run covers
+/// the new views; then it has one, and is still complete.
+#[test]
+fn a_restart_with_an_added_view_and_a_changed_metric_answers_completely_at_once() {
+    let jsonl = workload();
+    let lines = common::workload::lines(&jsonl);
+    let oracle = changed_oracle(&lines);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::config(BEFORE_CHANGE, dir.path());
+    let options = Options {
+        epoch_timer: false,
+        ..Options::default()
+    };
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(config, options).await.expect("start");
+        for (i, line) in lines.iter().enumerate() {
+            handle.ingest(line.to_vec()).await.expect("ingest");
+            if i == 900 {
+                handle.recompute_now().await.expect("batch run");
+            }
+            if i == 1200 {
+                handle.start_epoch().await.expect("epoch");
+            }
+        }
+        handle.stop().await;
+    });
+    let config = common::config(AFTER_CHANGE, dir.path());
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(config, options).await.expect("restart");
+        let served_at_start = handle.batch().await.expect("batch").epoch;
+        assert!(served_at_start.is_some(), "the old snapshot is served");
+        let at_once = check_changed(&handle, &oracle).await;
+        // The start-up batch run for the sealed epochs covers the new views.
+        let sealed = handle.runs().await.expect("runs").sealed.expect("sealed");
+        handle.wait_served(sealed).await.expect("batch run");
+        let after_run = check_changed(&handle, &oracle).await;
+        assert!(after_run.iter().all(|batch| *batch), "{after_run:?}");
+        eprintln!(
+            "answers without a batch part at once: {} of {}",
+            at_once.iter().filter(|batch| !**batch).count(),
+            at_once.len()
+        );
+        handle.stop().await;
+    });
+}

@@ -93,6 +93,14 @@ impl Shared {
         }
     }
 
+    /// (key, bucket) groups held by all speed partitions.
+    pub fn speed_groups_total(&self) -> u64 {
+        self.speed_groups
+            .iter()
+            .map(|groups| groups.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Rejections since the data_dir was created, in `Reason::ALL` order.
     pub fn rejected_total(&self, sources: &[SourceHandle]) -> Vec<u64> {
         let mut totals = self.rejected_before.clone();
@@ -317,11 +325,7 @@ impl Collector for Live {
             "Records in the master dataset",
             shared.durable_records.load(Ordering::Relaxed),
         )?;
-        let groups: u64 = shared
-            .speed_groups
-            .iter()
-            .map(|groups| groups.load(Ordering::Relaxed))
-            .sum();
+        let groups = shared.speed_groups_total();
         gauge(
             &mut encoder,
             "tandem_speed_groups",
@@ -379,6 +383,24 @@ impl Collector for Live {
             "tandem_recompute_failures",
             "Batch runs that failed",
             shared.recompute_failures.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "tandem_recompute_failing_runs",
+            "Batch runs that failed in a row (0 once one succeeds): while above 0, nothing expires the speed layer",
+            shared.recompute_failing.load(Ordering::Relaxed) as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "tandem_dedup_ids_held",
+            "Event ids held in memory for the first-copy check: those since the last batch run's id index",
+            shared.ids_held.load(Ordering::Relaxed) as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "tandem_dedup_ids_indexed",
+            "Distinct event ids in the last batch run's id index (about 9 bytes each in memory)",
+            shared.ids_indexed.load(Ordering::Relaxed) as f64,
         )?;
         Ok(())
     }

@@ -279,7 +279,22 @@ fn damaged_data_dirs_are_recovered_exactly_or_refused_by_name() {
         error.contains("segment-0000000000.log") && error.contains("offset"),
         "{error}"
     );
-    assert_eq!(daemon.status()["recompute_error"].as_str(), Some(error));
+    let status = daemon.status();
+    assert_eq!(status["recompute_error"].as_str(), Some(error));
+    // A failing batch layer is visible with what it costs: nothing expires the
+    // speed layer meanwhile, and its size is there to watch.
+    assert_eq!(status["recompute_failing"]["runs"], 1, "{status}");
+    assert!(status["recompute_failing"]["since"].is_string(), "{status}");
+    let speed_groups = status["speed"]["groups"].as_u64().unwrap_or_default();
+    assert!(speed_groups > 0, "the tail after the snapshot: {status}");
+    assert_eq!(
+        common::scrape(&daemon.base, "tandem_recompute_failing_runs"),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::scrape(&daemon.base, "tandem_speed_groups"),
+        Some(speed_groups as f64)
+    );
     assert_eq!(
         answers(&daemon, &built.products),
         built.answers,

@@ -8,10 +8,13 @@
 
 use crate::aggregate::{Partial, QueryKind, TimeRange, ViewSpec, ViewState};
 use crate::event::{Epoch, ParsedEvent, hash_text};
-use actix::{Actor, Context, Handler, Message};
+use actix::{Actor, AsyncContext, Context, Handler, Message};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// How often a partition drops the buckets past its views' retention.
+const RETAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The partition owning `key` of a view: every key has exactly one owner.
 pub fn partition_of(key: &str, partitions: usize) -> usize {
@@ -106,6 +109,21 @@ impl SpeedState {
         (partial, epochs)
     }
 
+    /// Drops the buckets past each view's retention as of `now_ms`, and the
+    /// keys and epochs left empty: the speed layer stays bounded by retention
+    /// even while no batch run expires its epochs.
+    pub fn retain(&mut self, now_ms: i64) {
+        for states in self.epochs.values_mut() {
+            for (state, spec) in states.iter_mut().zip(self.views.iter()) {
+                if let Some(cutoff) = spec.retention_cutoff(now_ms) {
+                    state.retain_from(spec, cutoff);
+                }
+            }
+        }
+        self.epochs
+            .retain(|_, states| states.iter().any(|state| !state.is_empty()));
+    }
+
     /// Drops every epoch <= `upto`.
     pub fn expire(&mut self, upto: Epoch) {
         self.epochs.retain(|epoch, _| *epoch > upto);
@@ -160,8 +178,21 @@ impl Actor for SpeedPartition {
     /// Every message comes by `do_send`, which ignores the mailbox capacity
     /// and enqueues at call time, so mailbox order is send order; ingest is
     /// bounded by the sources' prefetch windows instead.
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!(partition = self.index, "speed partition started");
+        // What the replay left here counts from the start.
+        self.publish_size();
+        if self
+            .state
+            .views
+            .iter()
+            .any(|spec| spec.retention_ms.is_some())
+        {
+            ctx.run_interval(RETAIN_EVERY, |partition, _| {
+                partition.state.retain(crate::now_ms());
+                partition.publish_size();
+            });
+        }
     }
 }
 
@@ -254,5 +285,36 @@ mod tests {
         // A late event of an expired epoch is already in the snapshot.
         state.apply(Epoch(2), 0, &event(4));
         assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
+    }
+
+    #[test]
+    fn retention_drops_old_buckets_keys_and_epochs() {
+        let config = Config::parse(
+            &CONFIG.replace(
+                "bucket = \"1m\"",
+                "bucket = \"1m\"\n        retention = \"1h\"",
+            ),
+            "test.toml",
+        )
+        .expect("config");
+        let mut state = SpeedState::new(config.views.iter().cloned().collect());
+        let now = 100 * 3_600_000;
+        let event = |id: u32, key: &str, ts: i64| {
+            config
+                .schema
+                .parse(
+                    format!(r#"{{"id":{id},"k":"{key}","ts":{ts}}}"#).as_bytes(),
+                    ts,
+                )
+                .expect("event")
+        };
+        state.apply(Epoch(1), 0, &event(1, "old", now - 2 * 3_600_000));
+        state.apply(Epoch(2), 0, &event(2, "old", now - 2 * 3_600_000));
+        state.apply(Epoch(2), 0, &event(3, "new", now - 60_000));
+        assert_eq!(state.groups(), 3);
+        state.retain(now);
+        assert_eq!(state.groups(), 1, "only the bucket within the hour");
+        assert_eq!(state.epochs.len(), 1, "epoch 1 is left empty and dropped");
+        assert_eq!(state.epochs[&Epoch(2)][0].key_count(), 1, "key old is gone");
     }
 }

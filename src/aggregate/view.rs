@@ -75,7 +75,8 @@ fn grow_gently<T>(vec: &mut Vec<T>, unit: usize) {
 /// All groups of one view.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ViewState {
-    /// Per key text, its groups; a key's index never changes while the state lives.
+    /// Per key text, its groups, in the order keys were first seen (a key
+    /// whose buckets all expire is removed).
     keys: IndexMap<Box<str>, KeyGroups, FxBuildHasher>,
     /// Number of (key, bucket) groups.
     groups: usize,
@@ -123,6 +124,7 @@ impl ViewState {
     /// Drops every group whose bucket starts before `bucket_start`.
     pub fn retain_from(&mut self, spec: &ViewSpec, bucket_start: i64) {
         let n = spec.metrics.len();
+        let mut emptied = false;
         for groups in self.keys.values_mut() {
             let cut = groups
                 .buckets
@@ -131,7 +133,13 @@ impl ViewState {
                 groups.buckets.drain(..cut);
                 groups.states.drain(..cut * n);
                 self.groups -= cut;
+                emptied |= groups.is_empty();
             }
+        }
+        // A key whose buckets all expired is gone too: keys come and go (a
+        // session id, a product taken off sale), and must not pile up.
+        if emptied {
+            self.keys.retain(|_, groups| !groups.is_empty());
         }
     }
 
@@ -267,8 +275,18 @@ mod tests {
             }
         }
 
+        let keys = whole.key_count();
         whole.retain_from(spec, 120_000);
         assert_eq!(whole.len(), 3);
         assert_eq!(read(&whole, spec, "p1|DE", 0), None);
+        assert_eq!(whole.key_count(), keys, "every key still has a bucket");
+        // p1's buckets all end before 300_000: its keys go, p2's stays.
+        whole.retain_from(spec, 300_000);
+        assert_eq!((whole.len(), whole.key_count()), (1, 1));
+        assert_eq!(read(&whole, spec, "p2|DE", 300_000), Some((1, 8.0)));
+        // Past every bucket: no group and no key is left.
+        whole.retain_from(spec, i64::MAX);
+        assert_eq!((whole.len(), whole.key_count()), (0, 0));
+        assert!(whole.keys().next().is_none());
     }
 }

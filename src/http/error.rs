@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The system is stopping, or a batch run failed.
     #[error("{0}")]
     Unavailable(String),
+    /// What was waited for did not happen in time (it may still happen).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl From<QueryError> for ApiError {
@@ -59,6 +62,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

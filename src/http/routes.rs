@@ -307,7 +307,7 @@ async fn series(
 }
 
 async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
-    only(&params, &["wait"])?;
+    only(&params, &["wait", "timeout"])?;
     let wait = match params.get("wait").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -317,16 +317,43 @@ async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpRes
             )));
         }
     };
+    let timeout = match params.get("timeout") {
+        None => DEFAULT_RECOMPUTE_TIMEOUT,
+        Some(_) if !wait => {
+            return Err(ApiError::BadRequest("timeout: only with wait=true".into()));
+        }
+        Some(text) => match crate::config::parse_duration(text) {
+            Ok(timeout) if timeout > Duration::ZERO && timeout <= MAX_RECOMPUTE_TIMEOUT => timeout,
+            Ok(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "timeout: {text:?} is out of range: must lie within 1ms..=1h"
+                )));
+            }
+            Err(problem) => return Err(ApiError::BadRequest(format!("timeout: {problem}"))),
+        },
+    };
+    let epoch = state.handle.start_epoch().await?;
     if !wait {
-        let epoch = state.handle.start_epoch().await?;
         return Ok(HttpResponse::Accepted().json(json!({ "epoch": epoch })));
     }
     let failed =
         |err: crate::actors::supervisor::RecomputeFailed| ApiError::Unavailable(err.to_string());
-    let epoch = state.handle.start_epoch().await?;
-    let covered = state.handle.wait_served(epoch).await.map_err(failed)?;
-    Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "batch_epoch": covered })))
+    match tokio::time::timeout(timeout, state.handle.wait_served(epoch)).await {
+        Ok(covered) => {
+            let covered = covered.map_err(failed)?;
+            Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "batch_epoch": covered })))
+        }
+        Err(_) => Err(ApiError::Timeout(format!(
+            "no snapshot covering epoch {epoch} within {}; the batch run goes on",
+            crate::config::format_duration(timeout)
+        ))),
+    }
 }
+
+/// How long `recompute?wait=true` waits without a `timeout`.
+const DEFAULT_RECOMPUTE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest `timeout` it takes.
+const MAX_RECOMPUTE_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
     only(&params, &[])?;
@@ -389,5 +416,16 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
             "write_failures": shared.store_write_failures.load(Ordering::Relaxed),
         },
         "recompute_error": shared.recompute_error.get(),
+        "recompute_failing": {
+            "runs": shared.recompute_failing.load(Ordering::Relaxed),
+            "since": match shared.recompute_failing_since_ms.load(Ordering::Relaxed) {
+                0 => Value::Null,
+                since => json!(rfc3339(since)),
+            },
+        },
+        "speed": {
+            "groups": shared.speed_groups_total(),
+            "ids_held": shared.ids_held.load(Ordering::Relaxed),
+        },
     })))
 }

@@ -4,7 +4,7 @@
 //! relies on: exact counts, every bad message dead-lettered with its reason,
 //! queries answered all along, memory that does not grow with the stream.
 //!
-//! Under `CI=true` they run reduced; `TANDEM_LOAD_FULL=1` runs the sizes the
+//! They run reduced; `TANDEM_LOAD_FULL=1` runs the sizes the
 //! faults call for (200,000 messages, 2,000,000 waiting, 10 minutes), best
 //! with `cargo test --release --test load -- --nocapture`. They take turns so
 //! that one's load does not skew another's figures.

@@ -60,8 +60,8 @@ pub fn unique_queue(prefix: &str) -> String {
     )
 }
 
-/// Whether the broker answers; with `CI=true` a missing broker fails the test.
-/// Outside CI the caller skips with the printed reason.
+/// Whether the broker answers; a missing broker fails the test unless the
+/// user skips such tests ([`missing`]).
 pub async fn broker_available() -> bool {
     match lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default()).await {
         Ok(connection) => {
@@ -69,14 +69,9 @@ pub async fn broker_available() -> bool {
             true
         }
         Err(err) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "RabbitMQ is required in CI and is not reachable at {}: {err}",
-                amqp_uri()
-            );
-            eprintln!(
-                "skipping: RabbitMQ is not reachable at {}: {err}",
-                amqp_uri()
+            missing(
+                &format!("RabbitMQ at {}", amqp_uri()),
+                format!("not reachable: {err}"),
             );
             false
         }
@@ -648,9 +643,20 @@ pub fn scrape(base: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// Whether the test runs in CI, where the long fault tests run reduced.
-pub fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+/// What a test needs from the machine is missing: the test fails, naming it,
+/// unless the user asked to skip such tests with `TANDEM_SKIP_SERVICES=1`
+/// (then this says so loudly and returns, and the caller skips its checks).
+pub fn missing(what: &str, why: impl std::fmt::Display) {
+    if std::env::var("TANDEM_SKIP_SERVICES").as_deref() == Ok("1") {
+        eprintln!(
+            "\n*** SKIPPED (TANDEM_SKIP_SERVICES=1): {what} is missing ({why}); this test checked nothing ***\n"
+        );
+        return;
+    }
+    panic!(
+        "{what} is missing: {why}. `bash scripts/test` sets up what the tests need; \
+         TANDEM_SKIP_SERVICES=1 skips the tests that need it instead"
+    );
 }
 
 /// Events handled (accepted or rejected) per `/v1/status`.
@@ -705,7 +711,7 @@ pub struct BrokerCase {
 }
 
 /// A [`BrokerCase`] with queues named after `prefix`; `None` (the test
-/// passes without checking) when the broker is away outside CI.
+/// skips) when the broker is away and `TANDEM_SKIP_SERVICES=1`.
 pub fn broker_case(prefix: &str, batch_interval: &str) -> Option<BrokerCase> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     if !runtime.block_on(broker_available()) {

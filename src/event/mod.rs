@@ -155,3 +155,24 @@ impl Schema {
 pub fn hash_text(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hash_text;
+
+    /// Stored hashes (record ids, distinct values, the id index, key routing)
+    /// must read the same in every build: these values come from the
+    /// reference xxh3 implementation (Python's `xxhash.xxh3_64_intdigest`),
+    /// not from this code.
+    #[test]
+    fn hash_text_is_the_reference_xxh3() {
+        for (text, expected) in [
+            ("", 0x2d06_8005_38d3_94c2),
+            ("abc", 0x78af_5f94_892f_3950),
+            ("order-42", 0x79cc_a591_0b9a_ce3c),
+            ("café 😀", 0x936c_cc50_4ef7_1510),
+        ] {
+            assert_eq!(hash_text(text), expected, "{text:?}");
+        }
+    }
+}

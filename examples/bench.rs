@@ -301,16 +301,7 @@ async fn bench_ingest(
     events: &[Vec<u8>],
 ) -> Result<f64, BoxError> {
     let data = tempfile::tempdir_in(dir)?;
-    let handle = Arc::new(
-        tandem::start(
-            config("", data.path())?,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await?,
-    );
+    let handle = Arc::new(tandem::start(config("", data.path())?, Options::manual_epochs()).await?);
     let eps = push_all(&handle, events).await?;
     results.record("inprocess_ingest_eps", eps, "events/s");
     handle.shutdown().await;
@@ -425,10 +416,7 @@ async fn bench_rabbitmq(
         let started = Instant::now();
         let handle = tandem::start(
             config(&rabbitmq_source(&queue), data.path())?,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
+            Options::manual_epochs(),
         )
         .await?;
         wait_accepted(&handle, events.len() as u64, "rabbitmq ingest").await?;
@@ -487,10 +475,7 @@ async fn bench_http_ingest(
     let handle = Arc::new(
         tandem::start(
             config(source, &data.path().join("data"))?,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
+            Options::manual_epochs(),
         )
         .await?,
     );
@@ -545,16 +530,7 @@ async fn bench_query(
     n: usize,
 ) -> Result<(), BoxError> {
     let data = tempfile::tempdir_in(dir)?;
-    let handle = Arc::new(
-        tandem::start(
-            config("", data.path())?,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await?,
-    );
+    let handle = Arc::new(tandem::start(config("", data.path())?, Options::manual_epochs()).await?);
     // Half the events are in the batch layer, and the rest streams in at half
     // the measured maximum rate while the queries run.
     let (old, new) = events.split_at(events.len() / 2);
@@ -640,7 +616,7 @@ async fn bench_freshness(results: &mut Results, dir: &Path, n: usize) -> Result<
     let dead = format!("{queue}.dead");
     let outcome = async {
         let data = tempfile::tempdir_in(dir)?;
-        let handle = tandem::start(config(&rabbitmq_source(&queue), data.path())?, Options { epoch_timer: false, ..Options::default() }).await?;
+        let handle = tandem::start(config(&rabbitmq_source(&queue), data.path())?, Options::manual_epochs()).await?;
         let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
@@ -812,14 +788,7 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
         }
         _ => {
             actix::System::new().block_on(async {
-                let handle = tandem::start(
-                    config,
-                    Options {
-                        epoch_timer: false,
-                        ..Options::default()
-                    },
-                )
-                .await?;
+                let handle = tandem::start(config, Options::manual_epochs()).await?;
                 println!("ready {}", handle.startup().replayed);
                 std::io::Write::flush(&mut std::io::stdout())?;
                 handle.shutdown().await;

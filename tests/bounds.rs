@@ -45,10 +45,7 @@ fn a_batch_run_builds_only_the_buckets_within_retention() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::config(CONFIG, dir.path());
     actix::System::new().block_on(async move {
-        let options = Options {
-            epoch_timer: false,
-            ..Options::default()
-        };
+        let options = Options::manual_epochs();
         let handle = tandem::start(config, options).await.expect("start");
         let now = tandem::now_ms();
         let events = events(now);
@@ -119,10 +116,7 @@ fn recompute_wait_gives_up_after_its_timeout_with_504() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::config(CONFIG, dir.path());
     actix::System::new().block_on(async move {
-        let options = Options {
-            epoch_timer: false,
-            ..Options::default()
-        };
+        let options = Options::manual_epochs();
         let handle = Arc::new(tandem::start(config, options).await.expect("start"));
         let port = common::free_port();
         let state = tandem::http::ApiState {

@@ -77,10 +77,7 @@ fn write_fixture() {
     std::fs::remove_dir_all(&dir).ok();
     let config = common::config(CONFIG, &dir);
     actix::System::new().block_on(async move {
-        let options = Options {
-            epoch_timer: false,
-            ..Options::default()
-        };
+        let options = Options::manual_epochs();
         let handle = tandem::start(config, options).await.expect("start");
         let mut first: Vec<Vec<u8>> = (0..16).map(line).collect();
         first.push(line(3));
@@ -124,10 +121,7 @@ fn a_data_dir_written_at_format_2_is_served_from_its_snapshot() {
     copy_dir(&fixture(), dir.path());
     let config = common::config(CONFIG, dir.path());
     actix::System::new().block_on(async move {
-        let options = Options {
-            epoch_timer: false,
-            ..Options::default()
-        };
+        let options = Options::manual_epochs();
         let handle = tandem::start(config, options).await.expect("start");
         let startup = handle.startup();
         assert_eq!(startup.snapshot.map(|epoch| epoch.0), Some(SNAPSHOT_EPOCH));

@@ -66,15 +66,9 @@ async fn read_all(handle: &tandem::Handle) -> Vec<Body> {
 fn first_run(dir: &std::path::Path, lines: &[&[u8]], recompute_after: usize) -> (Vec<Body>, u64) {
     let config = common::config(CONFIG, dir);
     actix::System::new().block_on(async move {
-        let handle = tandem::start(
-            config,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("start");
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
         for (i, line) in lines.iter().enumerate() {
             handle.ingest(line.to_vec()).await.expect("ingest");
             if i + 1 == recompute_after {
@@ -94,15 +88,9 @@ fn first_run(dir: &std::path::Path, lines: &[&[u8]], recompute_after: usize) -> 
 fn second_run(dir: &std::path::Path) -> (Vec<Body>, tandem::actors::Startup) {
     let config = common::config(CONFIG, dir);
     actix::System::new().block_on(async move {
-        let handle = tandem::start(
-            config,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("restart");
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("restart");
         let seen = read_all(&handle).await;
         let startup = handle.startup();
         handle.stop().await;
@@ -166,15 +154,9 @@ fn a_damaged_snapshot_is_refused_and_an_older_one_used() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::config(CONFIG, dir.path());
     let before = actix::System::new().block_on(async move {
-        let handle = tandem::start(
-            config,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("start");
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
         for (i, line) in lines.iter().enumerate() {
             handle.ingest(line.to_vec()).await.expect("ingest");
             if i == 500 || i == 1000 {
@@ -210,15 +192,9 @@ fn a_redelivery_across_the_snapshot_is_not_counted_again_after_a_restart() {
     let config = common::config(CONFIG, dir.path());
     let order = br#"{"order_id":"o-x","ts":"2026-11-24T00:00:00Z","product_id":"p-x","amount":5,"user_id":"u-1","country":"DE"}"#;
     let before = actix::System::new().block_on(async move {
-        let handle = tandem::start(
-            config,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("start");
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
         let durable = tandem::actors::source::Ingested::Durable;
         assert_eq!(
             handle.ingest(order.to_vec()).await.expect("ingest"),
@@ -290,10 +266,7 @@ fn redeliveries_300000_records_later_count_once_before_and_after_a_restart() {
     let config = common::config(CONFIG, dir.path());
     let merged = tandem::Layer::Merged;
     actix::System::new().block_on(async move {
-        let options = Options {
-            epoch_timer: false,
-            ..Options::default()
-        };
+        let options = Options::manual_epochs();
         let handle = tandem::start(config, options).await.expect("start");
         push(&handle, numbered_orders(0, HALF)).await;
         handle.recompute_now().await.expect("batch run");
@@ -313,10 +286,7 @@ fn redeliveries_300000_records_later_count_once_before_and_after_a_restart() {
     });
     let config = common::config(CONFIG, dir.path());
     actix::System::new().block_on(async move {
-        let options = Options {
-            epoch_timer: false,
-            ..Options::default()
-        };
+        let options = Options::manual_epochs();
         let handle = tandem::start(config, options).await.expect("restart");
         assert_eq!(
             total_orders(&handle, merged).await,
@@ -397,9 +367,12 @@ fn changed_oracle(lines: &[&[u8]]) -> ChangedOracle {
     (products, countries)
 }
 
-/// Every answer of the changed config equals the oracle; answers whether
-/// each had a batch part.
-async fn check_changed(handle: &tandem::Handle, oracle: &ChangedOracle) -> Vec<bool> {
+/// Every answer of the changed config equals the oracle; answers what each
+/// was based on.
+async fn check_changed(
+    handle: &tandem::Handle,
+    oracle: &ChangedOracle,
+) -> Vec<tandem::actors::serving::AsOf> {
     let mut batch_parts = Vec::new();
     let cents = |value: Option<tandem::aggregate::MetricValue>| {
         (value.and_then(|value| value.as_f64()).expect("a number") * 100.0).round() as i64
@@ -421,7 +394,7 @@ async fn check_changed(handle: &tandem::Handle, oracle: &ChangedOracle) -> Vec<b
             cents(metrics.get("largest")),
         );
         assert_eq!(got, (*orders, *revenue, *largest), "{product}: {answer:?}");
-        batch_parts.push(answer.as_of.batch_epoch.is_some());
+        batch_parts.push(answer.as_of);
     }
     for (country, orders) in &oracle.1 {
         let answer = handle
@@ -433,7 +406,7 @@ async fn check_changed(handle: &tandem::Handle, oracle: &ChangedOracle) -> Vec<b
         };
         let got = metrics.get("orders").and_then(|value| value.as_f64());
         assert_eq!(got, Some(*orders as f64), "{country}: {answer:?}");
-        batch_parts.push(answer.as_of.batch_epoch.is_some());
+        batch_parts.push(answer.as_of);
     }
     batch_parts
 }
@@ -449,10 +422,7 @@ fn a_restart_with_an_added_view_and_a_changed_metric_answers_completely_at_once(
     let oracle = changed_oracle(&lines);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::config(BEFORE_CHANGE, dir.path());
-    let options = Options {
-        epoch_timer: false,
-        ..Options::default()
-    };
+    let options = Options::manual_epochs();
     actix::System::new().block_on(async move {
         let handle = tandem::start(config, options).await.expect("start");
         for (i, line) in lines.iter().enumerate() {
@@ -467,19 +437,41 @@ fn a_restart_with_an_added_view_and_a_changed_metric_answers_completely_at_once(
         handle.stop().await;
     });
     let config = common::config(AFTER_CHANGE, dir.path());
+    let restarted_ms = tandem::now_ms();
     actix::System::new().block_on(async move {
         let handle = tandem::start(config, options).await.expect("restart");
         let served_at_start = handle.batch().await.expect("batch").epoch;
         assert!(served_at_start.is_some(), "the old snapshot is served");
         let at_once = check_changed(&handle, &oracle).await;
-        // The start-up batch run for the sealed epochs covers the new views.
+        // Before the start-up batch run covers the changed views, an answer
+        // has no batch part: it never claims the old snapshot, which has no
+        // state for them (a snapshot written before this start).
+        let of_this_start = |as_of: &tandem::actors::serving::AsOf| {
+            as_of
+                .batch_at
+                .is_some_and(|created| created >= restarted_ms)
+        };
+        assert!(
+            at_once
+                .iter()
+                .all(|as_of| as_of.batch_epoch.is_none() || of_this_start(as_of)),
+            "{at_once:?}"
+        );
         let sealed = handle.runs().await.expect("runs").sealed.expect("sealed");
         handle.wait_served(sealed).await.expect("batch run");
         let after_run = check_changed(&handle, &oracle).await;
-        assert!(after_run.iter().all(|batch| *batch), "{after_run:?}");
+        assert!(
+            after_run
+                .iter()
+                .all(|as_of| as_of.batch_epoch == Some(sealed) && of_this_start(as_of)),
+            "{after_run:?}"
+        );
         eprintln!(
             "answers without a batch part at once: {} of {}",
-            at_once.iter().filter(|batch| !**batch).count(),
+            at_once
+                .iter()
+                .filter(|as_of| as_of.batch_epoch.is_none())
+                .count(),
             at_once.len()
         );
         handle.stop().await;

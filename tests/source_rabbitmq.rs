@@ -95,15 +95,9 @@ fn counts_match_the_oracle_and_dead_letters_carry_their_reason() {
             return;
         }
         common::publish(&queue, &lines).await;
-        let handle = tandem::start(
-            config,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("start");
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
         let total = lines.len() as u64;
         common::eventually(
             Duration::from_secs(60),
@@ -176,15 +170,9 @@ fn a_restart_in_the_middle_of_the_stream_loses_nothing_and_counts_nothing_twice(
             return false;
         }
         common::publish(&queue, &lines).await;
-        let handle = tandem::start(
-            first,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("start");
+        let handle = tandem::start(first, Options::manual_epochs())
+            .await
+            .expect("start");
         // Seal an epoch on the way, so the restart has a sealed position to recover.
         common::eventually(
             Duration::from_secs(60),
@@ -216,15 +204,9 @@ fn a_restart_in_the_middle_of_the_stream_loses_nothing_and_counts_nothing_twice(
 
     let second = common::config(&text, dir.path());
     actix::System::new().block_on(async move {
-        let handle = tandem::start(
-            second,
-            Options {
-                epoch_timer: false,
-                ..Options::default()
-            },
-        )
-        .await
-        .expect("restart");
+        let handle = tandem::start(second, Options::manual_epochs())
+            .await
+            .expect("restart");
         assert!(
             handle.startup().records.0 >= 1_000,
             "the first run's records are recovered"

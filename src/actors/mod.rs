@@ -24,7 +24,7 @@ use source::{
     EpochHold, IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle,
     SourceStats,
 };
-use speed::{SpeedPartition, SpeedState, partition_of};
+use speed::{SpeedPartition, SpeedState};
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
 use tokio::sync::{mpsc, oneshot};
@@ -73,7 +73,8 @@ impl Feed {
 
     /// Keeps this feed's current epoch open while the hold lives: what it
     /// pushes meanwhile stays in that epoch (say, a group of events that must
-    /// reach the batch layer in the same run), and the epoch seals only after.
+    /// reach the batch layer in the same run). No epoch seals meanwhile, for
+    /// any source: batch runs (and `Handle::recompute_now`) wait for the hold.
     pub fn hold_epoch(&self) -> EpochHold {
         self.source.hold_epoch()
     }
@@ -126,6 +127,17 @@ impl Default for Options {
         Options {
             epoch_timer: true,
             feeds: 1,
+        }
+    }
+}
+
+impl Options {
+    /// No epoch timer: epochs end only when asked (`Handle::start_epoch`,
+    /// `Handle::recompute_now`), as tests and embedders that drive them want.
+    pub fn manual_epochs() -> Options {
+        Options {
+            epoch_timer: false,
+            ..Options::default()
         }
     }
 }
@@ -432,15 +444,14 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let from = Seq(batch.later_from);
     let mut scratch = String::new();
     let mut first_copies = FirstCopies::new(Arc::clone(&batch.ids));
-    // Before `from` (read only for missing views) first copies are decided here.
-    let mut prefix_seen = rustc_hash::FxHashSet::<u64>::default();
+    // Before `from` (read only for missing views) first copies are decided by
+    // a check of their own: the index covers those records.
+    let mut prefix = FirstCopies::default();
     let mut apply = |event: &crate::event::ParsedEvent, epoch: Epoch, only: Option<&[usize]>| {
-        for (view, spec) in config.views.iter().enumerate() {
-            if only.is_some_and(|only| !only.contains(&view)) {
-                continue;
+        for (view, partition) in speed::owners(&config.views, event, n, &mut scratch) {
+            if only.is_none_or(|only| only.contains(&view)) {
+                partitions[partition].apply(epoch, view, event);
             }
-            let key = spec.key_text(event, &mut scratch);
-            partitions[partition_of(key, n)].apply(epoch, view, event);
         }
     };
     let segments = store::list_segments(paths)?;
@@ -453,7 +464,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         }
         let read = store::scan_segment(segment, None, |header, raw| {
             let first = if header.seq < from {
-                header.id_hash == 0 || prefix_seen.insert(header.id_hash)
+                prefix.first(header.seq, header.id_hash)
             } else {
                 first_copies.first(header.seq, header.id_hash)
             };

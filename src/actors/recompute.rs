@@ -51,9 +51,9 @@ pub struct SnapshotView {
     pub state: ViewState,
 }
 
-/// The snapshot file's payload.
+/// The snapshot file's payload: owned when read, borrowing its ids when written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SnapshotData {
+pub struct SnapshotData<'a> {
     /// The views, by name.
     pub views: Vec<(String, SnapshotView)>,
     /// The run's counts.
@@ -63,7 +63,7 @@ pub struct SnapshotData {
     /// How long the run took, milliseconds.
     pub took_ms: u64,
     /// The distinct ids of the records before `sealed.later_from`, sorted.
-    pub ids: Vec<u64>,
+    pub ids: std::borrow::Cow<'a, [u64]>,
 }
 
 /// [`SealedEpoch`] as stored in a snapshot.
@@ -103,7 +103,11 @@ pub struct Batch {
 impl Batch {
     /// Views of a loaded snapshot, matched to the configured views by name and
     /// fingerprint. A view that is new or whose spec changed is `missing`.
-    pub fn from_snapshot(views: &[Arc<ViewSpec>], meta: SnapshotMeta, data: SnapshotData) -> Batch {
+    pub fn from_snapshot(
+        views: &[Arc<ViewSpec>],
+        meta: SnapshotMeta,
+        data: SnapshotData<'_>,
+    ) -> Batch {
         let mut stored = data.views;
         let mut missing = Vec::with_capacity(views.len());
         let states = views
@@ -128,7 +132,7 @@ impl Batch {
             stats: data.stats,
             took_ms: data.took_ms,
             later_from,
-            ids: Arc::new(IdIndex::from_sorted(Seq(later_from), data.ids)),
+            ids: Arc::new(IdIndex::from_sorted(Seq(later_from), data.ids.into_owned())),
             missing,
         }
     }
@@ -220,7 +224,7 @@ pub fn recompute(
             later_from: sealed.later_from.0,
         }),
         took_ms,
-        ids: ids.ids().to_vec(),
+        ids: std::borrow::Cow::Borrowed(ids.ids()),
     };
     crate::faults::crash_point("recompute.mid_run");
     let meta = store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data)?;

@@ -174,7 +174,10 @@ impl Recorder {
         let outcome = self.log.commit().map_err(Arc::new);
         match outcome {
             Ok(_) => self.first_copies.commit(),
-            Err(_) => self.first_copies.rollback(),
+            Err(_) => {
+                self.first_copies.rollback();
+                self.unstage_barriers();
+            }
         }
         self.publish_ids();
         if let Some(since) = self.staged_since.take() {
@@ -215,6 +218,50 @@ impl Recorder {
         outcome.map(|appended| appended.end)
     }
 
+    /// A failed commit hands its seqs out again: a barrier passed at a seq
+    /// that was only staged was passed at the end of what is durable, or a
+    /// later epoch's records could get seqs below a seal's `later_from`.
+    fn unstage_barriers(&mut self) {
+        let durable = self.log.next_seq();
+        for (_, seq) in &mut self.first_passed {
+            *seq = (*seq).min(durable);
+        }
+    }
+
+    /// After a restart of the log: whole records a failed commit left behind
+    /// (written, but the fsync failed and they could not be cut back) are in
+    /// the log, so their ids are taken as first copies, as a batch run will.
+    /// No source was told of them and the speed layer never saw them: until a
+    /// batch run covers them, the merged answer lacks them.
+    fn adopt_kept_records(&mut self, from: Seq) {
+        let segments = match store::list_segments(&self.paths) {
+            Ok(segments) => segments,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot list the segments to read the ids a failed commit left");
+                return;
+            }
+        };
+        for (i, segment) in segments.iter().enumerate() {
+            if segments
+                .get(i + 1)
+                .is_some_and(|next| next.first_seq <= from)
+            {
+                continue;
+            }
+            let first_copies = &mut self.first_copies;
+            let read = store::scan_segment(segment, None, |header, _| {
+                if header.seq >= from {
+                    tracing::warn!(seq = %header.seq, "a record of a failed commit survived; the batch layer counts it");
+                    first_copies.first(header.seq, header.id_hash);
+                }
+            });
+            if let Err(err) = read {
+                tracing::error!(error = %err, "cannot read the ids a failed commit left");
+            }
+        }
+        self.first_copies.commit();
+    }
+
     /// The newest epoch every source has passed.
     fn aligned(&self) -> Option<Epoch> {
         self.barriers.iter().copied().min().flatten()
@@ -225,6 +272,10 @@ impl Actor for Recorder {
     /// Every message comes by `do_send`, which ignores the mailbox capacity:
     /// batches are bounded by the sources' prefetch windows instead.
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.publish_ids();
+    }
 }
 
 impl Supervised for Recorder {
@@ -234,6 +285,7 @@ impl Supervised for Recorder {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.flush_scheduled = false;
         self.first_copies.rollback();
+        let durable = self.log.next_seq();
         match MasterLog::open(&self.paths, self.segment_max_bytes) {
             Ok((log, recovery)) => {
                 tracing::warn!(
@@ -242,6 +294,10 @@ impl Supervised for Recorder {
                     "recorder restarted"
                 );
                 self.log = log;
+                if recovery.next_seq > durable {
+                    self.adopt_kept_records(durable);
+                }
+                self.unstage_barriers();
             }
             Err(err) => {
                 tracing::error!(error = %err, "recorder restart cannot open the master dataset")

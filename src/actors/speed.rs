@@ -21,6 +21,21 @@ pub fn partition_of(key: &str, partitions: usize) -> usize {
     (hash_text(key) % partitions.max(1) as u64) as usize
 }
 
+/// For each view, in order, the partition owning `event`'s key in it.
+pub fn owners<'a>(
+    views: &'a [Arc<ViewSpec>],
+    event: &'a ParsedEvent,
+    partitions: usize,
+    scratch: &'a mut String,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    views.iter().enumerate().map(move |(view, spec)| {
+        (
+            view,
+            partition_of(spec.key_text(event, scratch), partitions),
+        )
+    })
+}
+
 /// Durable events of one epoch for this partition: (view index, event).
 #[derive(Message)]
 #[rtype(result = "()")]

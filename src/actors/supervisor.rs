@@ -323,6 +323,8 @@ impl Handler<WaitServed> for Supervisor {
         if self.served.is_some_and(|served| served >= epoch) {
             reply.send(Ok(self.served.unwrap_or(epoch))).ok();
         } else {
+            // Waiters that gave up (a request that timed out) go first.
+            self.waiters.retain(|(_, waiting)| !waiting.is_closed());
             self.waiters.push((epoch, reply));
         }
     }

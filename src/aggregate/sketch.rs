@@ -156,7 +156,7 @@ impl Distinct {
                     match (theirs, other) {
                         (Some(theirs), _) => theirs.iter().for_each(|hash| hll.insert(hash)),
                         (None, Distinct::Sketch(sketch)) => {
-                            // Both come from this build (see `PARAMETERS`); a
+                            // Both come from this build (see `parameters`); a
                             // mismatch is a bug, reported, never a crash.
                             if let Err(err) = hll.merge(sketch) {
                                 tracing::error!(error = %err, "distinct sketches of different precisions; one is left out");

@@ -32,9 +32,13 @@ pub enum ApiError {
     /// A missing or wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
-    /// The system is stopping, or a batch run failed.
+    /// The system is stopping, or cannot write: worth trying again soon.
     #[error("{0}")]
     Unavailable(String),
+    /// A batch run failed (a damaged segment, say): trying again does not
+    /// help until an operator acts.
+    #[error("{0}")]
+    BatchFailed(String),
     /// What was waited for did not happen in time (it may still happen).
     #[error("{0}")]
     Timeout(String),
@@ -61,7 +65,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::BatchFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }

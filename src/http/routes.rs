@@ -337,7 +337,7 @@ async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpRes
         return Ok(HttpResponse::Accepted().json(json!({ "epoch": epoch })));
     }
     let failed =
-        |err: crate::actors::supervisor::RecomputeFailed| ApiError::Unavailable(err.to_string());
+        |err: crate::actors::supervisor::RecomputeFailed| ApiError::BatchFailed(err.to_string());
     match tokio::time::timeout(timeout, state.handle.wait_served(epoch)).await {
         Ok(covered) => {
             let covered = covered.map_err(failed)?;
@@ -423,9 +423,10 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
                 since => json!(rfc3339(since)),
             },
         },
-        "speed": {
-            "groups": shared.speed_groups_total(),
+        "speed": { "groups": shared.speed_groups_total() },
+        "dedup": {
             "ids_held": shared.ids_held.load(Ordering::Relaxed),
+            "ids_indexed": shared.ids_indexed.load(Ordering::Relaxed),
         },
     })))
 }

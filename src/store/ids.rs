@@ -3,7 +3,8 @@
 //! Both layers count the first copy of an id in log order and no other: the
 //! batch run while it scans, the Recorder as it stages records (each `Durable`
 //! reply names the copies that are not first, and the speed layer skips them).
-//! The Recorder knows every id in the log: the records before a batch run's
+//! The Recorder knows every id in the log (after a restart of its own it
+//! reads back the ids of records a failed commit left): the records before a batch run's
 //! `later_from` through that run's [`IdIndex`] (sorted ids behind a binary fuse
 //! filter, about 9 bytes per distinct id), and the records from there on
 //! through [`FirstCopies`]' own set, which a newer index empties again.

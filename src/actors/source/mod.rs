@@ -14,7 +14,7 @@
 pub mod demo;
 
 use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
-use super::speed::{Apply, partition_of};
+use super::speed::{Apply, owners};
 use crate::aggregate::ViewSpec;
 use crate::config::RabbitmqSource;
 use crate::event::{Epoch, ParsedEvent, Reject, Schema};
@@ -231,9 +231,8 @@ impl Pipeline {
             if repeats.next_if_eq(&i).is_some() {
                 continue;
             }
-            for (view, spec) in self.views.iter().enumerate() {
-                let key = spec.key_text(&event, &mut scratch);
-                routed[partition_of(key, self.partitions.len())].push((view, Arc::clone(&event)));
+            for (view, partition) in owners(&self.views, &event, routed.len(), &mut scratch) {
+                routed[partition].push((view, Arc::clone(&event)));
             }
         }
         for (partition, events) in self.partitions.iter().zip(routed) {

@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         epoch: Epoch(1),
         end: log.end(),
         next_seq: log.next_seq(),
-        later_from: Seq(0),
+        later_from: log.next_seq(),
         sealed_at_ms: tandem::now_ms(),
     };
     EpochIndex::open(&paths)?.seal(sealed)?;

@@ -17,7 +17,7 @@ mod proc_status;
 use std::io::BufRead;
 use std::path::Path;
 use tandem::Config;
-use tandem::event::{Epoch, Seq};
+use tandem::event::Epoch;
 use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

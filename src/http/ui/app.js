@@ -384,7 +384,7 @@ function renderHealth(status) {
       el('div', { class: 'value' }, `${rate.format(rejectedRate)}/s`),
       el('div', { class: 'muted small' }, reasons)),
     tile(rejectedName, whole.format(rejected), { id: 'rejected-total' }),
-    tile('recompute', status.recompute_running ? 'running' : 'idle', { id: 'recompute-state' }),
+    recomputeTile(status),
     tile('last batch run', snapshot ? `${whole.format(snapshot.took_ms)} ms` : 'none yet', { id: 'last-run' }),
   );
   $('sources').tBodies[0].replaceChildren(...sources.flatMap(sourceRow));
@@ -392,6 +392,24 @@ function renderHealth(status) {
     ? `batch epoch ${status.batch_epoch} · snapshot ${ago(Date.parse(snapshot.created_at))} · open epoch ${status.epoch}`
     : `no snapshot yet · open epoch ${status.epoch}`;
   $('asof').setAttribute('data-batch-epoch', String(status.batch_epoch));
+}
+
+// The batch layer's state; while its runs fail, nothing expires the speed
+// layer, so the tile says since when and how big the speed layer has grown.
+function recomputeTile(status) {
+  const failing = status.recompute_failing || { runs: 0 };
+  if (!failing.runs) {
+    return el('div', { id: 'recompute-state' },
+      el('div', { class: 'muted small' }, 'recompute'),
+      el('div', { class: 'value' }, status.recompute_running ? 'running' : 'idle'));
+  }
+  const groups = status.speed ? whole.format(status.speed.groups) : '–';
+  return el('div', { id: 'recompute-state', title: status.recompute_error || '' },
+    el('div', { class: 'muted small' }, 'recompute'),
+    el('div', { class: 'value down' },
+      `failing (${whole.format(failing.runs)} ${failing.runs === 1 ? 'run' : 'runs'})`),
+    el('div', { class: 'muted small' },
+      `since ${ago(Date.parse(failing.since))}; speed layer ${groups} groups`));
 }
 
 async function refresh() {

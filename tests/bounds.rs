@@ -93,19 +93,12 @@ fn a_batch_run_builds_only_the_buckets_within_retention() {
     });
 }
 
-/// A POST from a blocking thread; answers the status and the body.
+/// A POST from a blocking thread (the server runs on this one); answers
+/// the status and the body.
 async fn post(url: String) -> (u16, serde_json::Value) {
-    tokio::task::spawn_blocking(move || {
-        let response = match ureq::post(&url).call() {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(err) => panic!("POST {url}: {err}"),
-        };
-        let status = response.status();
-        (status, response.into_json().expect("a JSON body"))
-    })
-    .await
-    .expect("the request thread")
+    tokio::task::spawn_blocking(move || common::http("POST", &url, None))
+        .await
+        .expect("the request thread")
 }
 
 /// `recompute?wait=true&timeout=..` answers 504 when no snapshot covers the

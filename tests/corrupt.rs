@@ -98,7 +98,7 @@ fn build() -> Built {
     push(&daemon, &chunks[1]);
     assert_eq!(daemon.terminate().0, Some(0));
     let early_master = tempfile::tempdir().expect("tempdir");
-    copy_dir(&dir.path().join("data/master"), early_master.path());
+    common::copy_dir(&dir.path().join("data/master"), early_master.path());
 
     let mut daemon = Daemon::start(&config(), dir.path(), &[]);
     push(&daemon, &chunks[2]);
@@ -123,23 +123,10 @@ fn build() -> Built {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 /// A copy of the built data_dir to damage.
 fn copy_of(built: &Built) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&built.dir.path().join("data"), &dir.path().join("data"));
+    common::copy_dir(&built.dir.path().join("data"), &dir.path().join("data"));
     dir
 }
 

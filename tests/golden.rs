@@ -92,19 +92,6 @@ fn write_fixture() {
     std::fs::remove_file(dir.join("LOCK")).ok();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 fn metric(body: &Body, name: &str) -> Option<MetricValue> {
     match body {
         Body::Metrics(metrics) => metrics.get(name),
@@ -118,7 +105,7 @@ fn a_data_dir_written_at_format_2_is_served_from_its_snapshot() {
         write_fixture();
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&fixture(), dir.path());
+    common::copy_dir(&fixture(), dir.path());
     let config = common::config(CONFIG, dir.path());
     actix::System::new().block_on(async move {
         let options = Options::manual_epochs();

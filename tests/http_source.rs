@@ -297,14 +297,13 @@ enum Ended {
     Other(String),
 }
 
+/// A pushing client's thread: it answers each request's ending, in order.
+type Client = std::thread::JoinHandle<Vec<(usize, Ended)>>;
+
 /// Four clients pushing requests of `size` events (request `n`'s orders are
 /// all for product `r-n`), each until a request does not get a 200; answers
 /// each request's ending, in order per client.
-fn push_from_four_clients(
-    url: &str,
-    size: usize,
-    answered: &Arc<Mutex<usize>>,
-) -> Vec<std::thread::JoinHandle<Vec<(usize, Ended)>>> {
+fn push_from_four_clients(url: &str, size: usize, answered: &Arc<Mutex<usize>>) -> Vec<Client> {
     (0..4)
         .map(|client| {
             let (url, answered) = (url.to_owned(), Arc::clone(answered));
@@ -338,6 +337,28 @@ fn push_from_four_clients(
         .collect()
 }
 
+/// A daemon with four clients pushing to it ([`push_from_four_clients`]),
+/// once 40 of their requests have been answered.
+fn pushing_from_four_clients(
+    text: &str,
+    dir: &std::path::Path,
+    size: usize,
+) -> (Daemon, Vec<Client>) {
+    let daemon = Daemon::start(text, dir, &[]);
+    let url = format!("{}/v1/events", daemon.base);
+    let answered = Arc::new(Mutex::new(0));
+    let clients = push_from_four_clients(&url, size, &answered);
+    common::poll_until(
+        Duration::from_secs(60),
+        "40 requests answered",
+        || match *answered.lock().expect("lock") {
+            n if n >= 40 => Ok(()),
+            n => Err(n),
+        },
+    );
+    (daemon, clients)
+}
+
 /// Each request's orders in the merged layer of a (restarted) daemon.
 fn counted_per_request(daemon: &Daemon, requests: &[usize], layer: &str) -> BTreeMap<usize, u64> {
     requests
@@ -362,18 +383,7 @@ fn sigkill_with_requests_in_flight_loses_no_answered_request() {
     const SIZE: usize = 200;
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config(HTTP_SOURCE);
-    let mut daemon = Daemon::start(&text, dir.path(), &[]);
-    let url = format!("{}/v1/events", daemon.base);
-    let answered = Arc::new(Mutex::new(0));
-    let clients = push_from_four_clients(&url, SIZE, &answered);
-    common::poll_until(
-        Duration::from_secs(60),
-        "40 requests answered",
-        || match *answered.lock().expect("lock") {
-            n if n >= 40 => Ok(()),
-            n => Err(n),
-        },
-    );
+    let (mut daemon, clients) = pushing_from_four_clients(&text, dir.path(), SIZE);
     daemon.kill();
     let ended: Vec<(usize, Ended)> = clients
         .into_iter()
@@ -423,18 +433,7 @@ fn sigterm_with_four_pushing_clients_answers_every_request() {
     const SIZE: usize = 200;
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config(HTTP_SOURCE);
-    let mut daemon = Daemon::start(&text, dir.path(), &[]);
-    let url = format!("{}/v1/events", daemon.base);
-    let answered = Arc::new(Mutex::new(0));
-    let clients = push_from_four_clients(&url, SIZE, &answered);
-    common::poll_until(
-        Duration::from_secs(60),
-        "40 requests answered",
-        || match *answered.lock().expect("lock") {
-            n if n >= 40 => Ok(()),
-            n => Err(n),
-        },
-    );
+    let (mut daemon, clients) = pushing_from_four_clients(&text, dir.path(), SIZE);
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0), "{}", daemon.logs());
     let per_client: Vec<Vec<(usize, Ended)>> = clients

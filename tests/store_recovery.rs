@@ -2,6 +2,8 @@
 //! whole record, damage before the tail is reported with segment and offset,
 //! sealed epochs and snapshots are durable, and `tandem inspect` tells which.
 
+mod common;
+
 use std::fs::{self, OpenOptions};
 use std::path::Path;
 use std::process::Command;
@@ -47,19 +49,6 @@ fn read_all(paths: &DataPaths) -> Vec<(u64, u64, Vec<u8>)> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("mkdir");
-    for entry in fs::read_dir(from).expect("list") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 #[test]
 fn a_cut_at_every_byte_keeps_exactly_the_whole_records_before_it() {
     let original = tempfile::tempdir().expect("tempdir");
@@ -84,7 +73,7 @@ fn a_cut_at_every_byte_keeps_exactly_the_whole_records_before_it() {
 
     for cut in before_last.offset..full_len {
         let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(original.path(), dir.path());
+        common::copy_dir(original.path(), dir.path());
         let cut_paths = DataPaths::new(dir.path());
         OpenOptions::new()
             .write(true)
@@ -148,7 +137,7 @@ fn a_flipped_byte_in_an_older_record_is_reported_with_segment_and_offset() {
         ("crc", third + 9),
     ] {
         let damaged = tempfile::tempdir().expect("tempdir");
-        copy_dir(dir.path(), damaged.path());
+        common::copy_dir(dir.path(), damaged.path());
         let damaged_paths = DataPaths::new(damaged.path());
         flip_byte(&damaged_paths.segment(0), at);
         let err = MasterLog::open(&damaged_paths, BIG)

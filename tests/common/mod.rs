@@ -360,6 +360,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Copies a directory tree (a data_dir, a fixture) into `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
 /// Runs `tandem publish` on a file and checks it succeeded.
 pub fn tandem_publish(queue: &str, file: &std::path::Path) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))

@@ -58,8 +58,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!(signal, "stopping: finishing the batches in flight");
         ready.store(false, Ordering::Release);
         handle.shutdown().await;
-        // Lame duck: the sources have drained, so every push now gets 503 with
-        // Retry-After (and /readyz fails) instead of a refused connection.
+        // Lame duck, a timer of http.shutdown_grace: the sources have
+        // drained, so every push now gets 503 with Retry-After (and /readyz
+        // fails) instead of a refused connection, until the port closes.
         tokio::time::sleep(grace).await;
         server_handle.stop(true).await;
         serving.await.ok();

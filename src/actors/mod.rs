@@ -19,7 +19,7 @@ use crate::store::{self, DataDirLock, DataPaths, EpochIndex, FirstCopies, Master
 use actix::{Actor, Addr, Arbiter, AsyncContext};
 use recompute::{Batch, SnapshotData};
 use recorder::Recorder;
-use serving::{Answer, Ask, BatchQuery, Query, QueryError, Serving};
+use serving::{Answer, BatchQuery, Query, QueryError, Reader, Serving};
 use source::{
     EpochHold, IngestRequest, Ingested, NotDurable, Pipeline, PushOutcome, SourceHandle,
     SourceStats,
@@ -161,6 +161,8 @@ pub struct Startup {
 pub struct Handle {
     config: Arc<Config>,
     serving: Addr<Serving>,
+    /// Answers queries in place, on the caller's thread.
+    reader: Arc<Reader>,
     supervisor: Addr<Supervisor>,
     partitions: Vec<Addr<SpeedPartition>>,
     sources: Vec<SourceHandle>,
@@ -217,10 +219,7 @@ impl Handle {
     /// # Errors
     /// An unknown view or metric, a bad parameter, or a stopping system.
     pub async fn query(&self, query: Query) -> Result<Answer, QueryError> {
-        self.serving
-            .send(Ask(query))
-            .await
-            .map_err(|_| QueryError::Stopped)?
+        self.reader.ask(query).await
     }
 
     /// Starts a new epoch; answers the epoch being finished.
@@ -434,7 +433,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         tracing::warn!(views = ?names, "the snapshot has no state for these views (new or changed): replaying them from the start of the log until a batch run covers them");
     }
     let n = usize::from(config.speed.partitions);
-    let mut partitions: Vec<SpeedState> = (0..n)
+    let partitions: Vec<SpeedState> = (0..n)
         .map(|_| SpeedState::new(Arc::clone(&views)))
         .collect();
     let mut newest_epoch = last_sealed
@@ -443,6 +442,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let mut replayed = 0u64;
     let from = Seq(batch.later_from);
     let mut scratch = String::new();
+    let mut speed_scratch = speed::Scratch::default();
     let mut first_copies = FirstCopies::new(Arc::clone(&batch.ids));
     // Before `from` (read only for missing views) first copies are decided by
     // a check of their own: the index covers those records.
@@ -450,7 +450,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let mut apply = |event: &crate::event::ParsedEvent, epoch: Epoch, only: Option<&[usize]>| {
         for (view, partition) in speed::owners(&config.views, event, n, &mut scratch) {
             if only.is_none_or(|only| only.contains(&view)) {
-                partitions[partition].apply(epoch, view, event);
+                partitions[partition].apply(epoch, view, event, &mut speed_scratch);
             }
         }
     };
@@ -563,11 +563,12 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         .min(partitions.len())
         .max(1);
     let speed_threads: Vec<Arbiter> = (0..n_threads).map(|_| Arbiter::new()).collect();
-    let partitions: Vec<Addr<SpeedPartition>> = partitions
-        .into_iter()
+    let speed_states: Arc<[Arc<SpeedState>]> = partitions.into_iter().map(Arc::new).collect();
+    let partitions: Vec<Addr<SpeedPartition>> = speed_states
+        .iter()
         .enumerate()
         .map(|(index, state)| {
-            let shared = Arc::clone(&shared);
+            let (shared, state) = (Arc::clone(&shared), Arc::clone(state));
             SpeedPartition::start_in_arbiter(
                 &speed_threads[index % n_threads].handle(),
                 move |_| SpeedPartition::new(index, state, shared),
@@ -575,9 +576,13 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         })
         .collect();
     let partition_addrs: Arc<[Addr<SpeedPartition>]> = partitions.iter().cloned().collect();
-    let serving = Serving::new(
+    let reader = Arc::new(Reader::new(
         Arc::clone(&views),
         Arc::new(batch),
+        speed_states,
+    ));
+    let serving = Serving::new(
+        Arc::clone(&reader),
         Arc::clone(&partition_addrs),
         Arc::clone(&shared),
     )
@@ -719,6 +724,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     Ok(Handle {
         config,
         serving,
+        reader,
         supervisor,
         partitions,
         sources: handles,

@@ -12,7 +12,7 @@
 //! of the records before `later_from` become the run's [`IdIndex`], stored in
 //! the snapshot: the Recorder's first-copy check for the records after it.
 
-use crate::aggregate::{ViewSpec, ViewState};
+use crate::aggregate::{ViewIndex, ViewSpec, ViewState};
 use crate::config::Config;
 use crate::event::Epoch;
 use crate::event::Seq;
@@ -84,6 +84,8 @@ pub struct Batch {
     pub epoch: Option<Epoch>,
     /// One state per configured view, in config order.
     pub views: Vec<ViewState>,
+    /// The index of each state in `views`, built with it.
+    pub indexes: Vec<ViewIndex>,
     /// The snapshot file's header.
     pub meta: Option<SnapshotMeta>,
     /// The run's counts.
@@ -125,8 +127,10 @@ impl Batch {
             })
             .collect();
         let later_from = data.sealed.map_or(0, |sealed| sealed.later_from);
+        let states: Vec<ViewState> = states;
         Batch {
             epoch: Some(meta.epoch),
+            indexes: build_indexes(views, &states.iter().collect::<Vec<_>>()),
             views: states,
             meta: Some(meta),
             stats: data.stats,
@@ -146,6 +150,29 @@ impl Batch {
     pub fn is_complete(&self) -> bool {
         self.epoch.is_some() && !self.missing.contains(&true)
     }
+}
+
+/// The index of each view's state, built on threads of their own (the caller
+/// blocks; never an async thread).
+pub fn build_indexes(specs: &[Arc<ViewSpec>], states: &[&ViewState]) -> Vec<ViewIndex> {
+    std::thread::scope(|scope| {
+        let builds: Vec<_> = specs
+            .iter()
+            .zip(states)
+            .map(|(spec, state)| scope.spawn(move || ViewIndex::build(spec, state)))
+            .collect();
+        builds
+            .into_iter()
+            .map(|build| {
+                // A panic while indexing is a bug; the view is then answered
+                // as if its index were empty, never with a crash.
+                build.join().unwrap_or_else(|_| {
+                    tracing::error!("building a view's index panicked");
+                    ViewIndex::default()
+                })
+            })
+            .collect()
+    })
 }
 
 /// What a stored view state must match to be used: the view's spec and how
@@ -227,11 +254,20 @@ pub fn recompute(
         ids: std::borrow::Cow::Borrowed(ids.ids()),
     };
     crate::faults::crash_point("recompute.mid_run");
-    let meta = store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data)?;
+    // The indexes are built while the snapshot is written and fsynced.
+    let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
+    let (meta, indexes) = std::thread::scope(|scope| {
+        let write = scope
+            .spawn(|| store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data));
+        let indexes = build_indexes(&config.views, &states);
+        let meta = write.join().map_err(|_| RecomputeError::WorkerPanicked)?;
+        Ok::<_, RecomputeError>((meta?, indexes))
+    })?;
     let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
     Ok(Batch {
         epoch: Some(sealed.epoch),
         missing: vec![false; views.len()],
+        indexes,
         views,
         meta: Some(meta),
         stats,

@@ -1,24 +1,32 @@
 //! Serving: holds the batch layer's current truth (the snapshot, epochs <= B)
 //! and answers queries by merging it with the speed layer's epochs > B.
 //!
-//! In: `Ask` (a query), `SnapshotReady` (a new batch), `BatchQuery` (for
-//! status). Out: `SpeedQuery` and `Expire` to every speed partition.
+//! [`Reader`] answers on the caller's thread: it reads the served batch (an
+//! `Arc` swapped whole) and each speed partition's shared state in place, so
+//! a query waits in no mailbox. The batch part comes from the snapshot's
+//! indexes (`aggregate::ViewIndex`), the speed part from the partitions'
+//! roll-ups and totals.
 //!
-//! Exactness rests on mailbox order. `Ask` reads B and enqueues its
-//! `SpeedQuery(after B)` messages in the same handler; `SnapshotReady` swaps
-//! the batch first and only then enqueues `Expire(B')`. Both use `do_send`,
-//! which enqueues at call time, so a partition always answers a query before
-//! it expires the epochs that query still needs.
+//! The actor: in, `SnapshotReady` (a new batch), `Ask` (a query, for callers
+//! of the actor API) and `BatchQuery` (for status); out, `Expire` to every
+//! speed partition.
+//!
+//! Exactness: `SnapshotReady` swaps the batch first and only then sends
+//! `Expire(B')`, and a partition publishes an expiry before it drops any
+//! epoch. A reader takes the batch (B), reads the speed epochs after B, and
+//! then checks that no partition has expired past B; if one has, the reader
+//! raced a swap, and asks again against the newer batch. So an answer is
+//! always batch (epochs <= B) + speed (epochs > B) for one B.
 
 use super::recompute::Batch;
-use super::speed::{Expire, SpeedPartition, SpeedQuery};
+use super::speed::{Expire, SpeedPartition, SpeedState};
 use crate::aggregate::{Body, Partial, QueryKind, TimeRange, ViewSpec};
 use crate::event::Epoch;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use tokio::sync::oneshot;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Which layers answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -142,34 +150,36 @@ pub struct SnapshotReady(pub Arc<Batch>);
 #[rtype(result = "Arc<Batch>")]
 pub struct BatchQuery;
 
-/// The serving actor.
-pub struct Serving {
+/// Answers queries from any thread: the served batch and the speed layer,
+/// read in place.
+pub struct Reader {
     views: Arc<[Arc<ViewSpec>]>,
-    /// Where the served snapshot's age is published.
-    shared: Arc<crate::metrics::Shared>,
     /// Covers epochs <= its epoch; swapped whole, never changed in place.
-    batch: Arc<Batch>,
-    partitions: Arc<[Addr<SpeedPartition>]>,
+    batch: RwLock<Arc<Batch>>,
+    speed: Arc<[Arc<SpeedState>]>,
 }
 
-impl Serving {
-    /// Serving over `batch`, merging with `partitions`.
+impl Reader {
+    /// A reader of `batch` and the speed partitions' states.
     pub fn new(
         views: Arc<[Arc<ViewSpec>]>,
         batch: Arc<Batch>,
-        partitions: Arc<[Addr<SpeedPartition>]>,
-        shared: Arc<crate::metrics::Shared>,
-    ) -> Serving {
-        let created = batch.meta.map_or(0, |meta| meta.created_ms);
-        shared
-            .snapshot_created_ms
-            .store(created, std::sync::atomic::Ordering::Relaxed);
-        Serving {
+        speed: Arc<[Arc<SpeedState>]>,
+    ) -> Reader {
+        Reader {
             views,
-            shared,
-            batch,
-            partitions,
+            batch: RwLock::new(batch),
+            speed,
         }
+    }
+
+    /// The batch served now.
+    pub fn batch(&self) -> Arc<Batch> {
+        Arc::clone(&self.batch.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn swap(&self, batch: Arc<Batch>) {
+        *self.batch.write().unwrap_or_else(PoisonError::into_inner) = batch;
     }
 
     fn resolve(&self, query: &Query) -> Result<(usize, QueryKind), QueryError> {
@@ -208,6 +218,148 @@ impl Serving {
         };
         Ok((view, kind))
     }
+
+    /// Answers a query, merged per its layer.
+    ///
+    /// # Errors
+    /// An unknown view or metric, a bad parameter, or a stopping system.
+    pub async fn ask(&self, query: Query) -> Result<Answer, QueryError> {
+        let (view, kind) = self.resolve(&query)?;
+        let spec = Arc::clone(&self.views[view]);
+        let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
+        let (batch, batch_epoch, speed, speed_epochs) = loop {
+            let batch = self.batch();
+            // A view the snapshot has no state for is answered by the speed
+            // layer alone, which holds all its epochs until a batch run covers it.
+            let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
+            let mut speed = Partial::empty(&spec, &kind);
+            let mut speed_epochs = BTreeSet::new();
+            if query.layer != Layer::Batch {
+                for partition in self.speed.iter() {
+                    let (partial, epochs) = partition.partial(batch_epoch, view, &kind, range);
+                    speed.merge(&partial);
+                    speed_epochs.extend(epochs);
+                }
+                if self
+                    .speed
+                    .iter()
+                    .any(|partition| partition.expired() > batch_epoch)
+                {
+                    // A newer batch was swapped in while the speed part was
+                    // read, and some of its epochs may be gone: ask again.
+                    continue;
+                }
+            }
+            break (batch, batch_epoch, speed, speed_epochs);
+        };
+        let partial = match query.layer {
+            Layer::Speed => speed,
+            _ => {
+                let mut partial = batch_partial(&batch, &spec, view, &kind, range, &speed).await?;
+                partial.merge(&speed);
+                partial
+            }
+        };
+        let as_of = AsOf {
+            batch_epoch,
+            batch_at: batch_epoch.and(batch.meta.map(|meta| meta.created_ms)),
+            speed_epochs: speed_epochs.into_iter().collect(),
+        };
+        Ok(Answer {
+            view: spec.name.clone(),
+            body: partial.finish(&spec, &kind),
+            as_of,
+        })
+    }
+}
+
+/// The batch layer's part of a query, from the snapshot's index. For a
+/// top-N, `speed` is the speed layer's part (its keys are the touched ones);
+/// one over a range that cuts the view's buckets scans keys, off the async
+/// threads.
+async fn batch_partial(
+    batch: &Arc<Batch>,
+    spec: &Arc<ViewSpec>,
+    view: usize,
+    kind: &QueryKind,
+    range: TimeRange,
+    speed: &Partial,
+) -> Result<Partial, QueryError> {
+    let (Some(state), Some(index)) = (batch.views.get(view), batch.indexes.get(view)) else {
+        return Ok(Partial::empty(spec, kind));
+    };
+    if !batch.has_view(view) {
+        return Ok(Partial::empty(spec, kind));
+    }
+    let mut partial = Partial::empty(spec, kind);
+    match (kind, &mut partial) {
+        (QueryKind::Key(key), Partial::States(states)) => {
+            if let Some(at) = state.key_index(key) {
+                index.key(state, at, range, states);
+            }
+        }
+        (QueryKind::Totals, Partial::States(states)) => index.totals(range, states),
+        (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
+            per_bucket.extend(
+                index
+                    .series(range)
+                    .map(|(start, states)| (start, states.into())),
+            );
+        }
+        (QueryKind::Series(Some(_)), _) => partial = state.partial(spec, kind, range),
+        (QueryKind::Top { metric, n }, Partial::PerKey(per_key)) => {
+            let empty = FxHashMap::default();
+            let touched = match speed {
+                Partial::PerKey(touched) => touched,
+                _ => &empty,
+            };
+            if index.covers(range) {
+                *per_key = index.top(spec, state, *metric, *n, range, touched);
+            } else {
+                let (batch, spec, touched) = (Arc::clone(batch), Arc::clone(spec), touched.clone());
+                let (metric, n) = (*metric, *n);
+                *per_key = tokio::task::spawn_blocking(move || {
+                    batch.indexes[view].top(&spec, &batch.views[view], metric, n, range, &touched)
+                })
+                .await
+                .map_err(|_| QueryError::Stopped)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(partial)
+}
+
+/// The serving actor: swaps in new batches and expires the speed epochs they cover.
+pub struct Serving {
+    /// Where the served snapshot's age is published.
+    shared: Arc<crate::metrics::Shared>,
+    reader: Arc<Reader>,
+    partitions: Arc<[Addr<SpeedPartition>]>,
+}
+
+impl Serving {
+    /// Serving for `reader`, expiring epochs in `partitions`.
+    pub fn new(
+        reader: Arc<Reader>,
+        partitions: Arc<[Addr<SpeedPartition>]>,
+        shared: Arc<crate::metrics::Shared>,
+    ) -> Serving {
+        let serving = Serving {
+            shared,
+            reader,
+            partitions,
+        };
+        serving.publish_age();
+        serving
+    }
+
+    fn publish_age(&self) {
+        let created = self.reader.batch().meta.map_or(0, |meta| meta.created_ms);
+        self.shared
+            .snapshot_created_ms
+            .store(created, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Actor for Serving {
@@ -215,82 +367,12 @@ impl Actor for Serving {
 }
 
 impl Handler<Ask> for Serving {
-    /// `ResponseFuture`: the handler itself reads B and enqueues the speed
-    /// queries (the ordering that makes the merge exact); merging the replies
-    /// touches no actor state, so other messages may run meanwhile.
     type Result = ResponseFuture<Result<Answer, QueryError>>;
 
     fn handle(&mut self, Ask(query): Ask, _: &mut Self::Context) -> Self::Result {
-        let (view, kind) = match self.resolve(&query) {
-            Ok(resolved) => resolved,
-            Err(err) => return Box::pin(async move { Err(err) }),
-        };
-        let spec = Arc::clone(&self.views[view]);
-        let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
-        let kind = Arc::new(kind);
-        let batch = Arc::clone(&self.batch);
-        // A view the snapshot has no state for is answered by the speed layer
-        // alone, which holds all its epochs until a batch run covers it.
-        let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
-        let mut speed = Vec::new();
-        if query.layer != Layer::Batch {
-            for partition in self.partitions.iter() {
-                let (reply, rx) = oneshot::channel();
-                partition.do_send(SpeedQuery {
-                    after: batch_epoch,
-                    view,
-                    kind: Arc::clone(&kind),
-                    range,
-                    reply,
-                });
-                speed.push(rx);
-            }
-        }
-        let layer = query.layer;
-        Box::pin(async move {
-            let mut partial = match layer {
-                Layer::Speed => Partial::empty(&spec, &kind),
-                _ => batch_partial(&batch, &spec, view, &kind, range).await?,
-            };
-            let mut speed_epochs = BTreeSet::new();
-            for rx in speed {
-                let (theirs, epochs) = rx.await.map_err(|_| QueryError::Stopped)?;
-                partial.merge(&theirs);
-                speed_epochs.extend(epochs);
-            }
-            let as_of = AsOf {
-                batch_epoch,
-                batch_at: batch_epoch.and(batch.meta.map(|meta| meta.created_ms)),
-                speed_epochs: speed_epochs.into_iter().collect(),
-            };
-            Ok(Answer {
-                view: spec.name.clone(),
-                body: partial.finish(&spec, &kind),
-                as_of,
-            })
-        })
+        let reader = Arc::clone(&self.reader);
+        Box::pin(async move { reader.ask(query).await })
     }
-}
-
-/// The batch layer's partial; anything larger than one key's buckets is
-/// computed off the async threads.
-async fn batch_partial(
-    batch: &Arc<Batch>,
-    spec: &Arc<ViewSpec>,
-    view: usize,
-    kind: &Arc<QueryKind>,
-    range: TimeRange,
-) -> Result<Partial, QueryError> {
-    let Some(state) = batch.views.get(view).filter(|_| batch.has_view(view)) else {
-        return Ok(Partial::empty(spec, kind));
-    };
-    if let QueryKind::Key(_) = **kind {
-        return Ok(state.partial(spec, kind, range));
-    }
-    let (batch, spec, kind) = (Arc::clone(batch), Arc::clone(spec), Arc::clone(kind));
-    tokio::task::spawn_blocking(move || batch.views[view].partial(&spec, &kind, range))
-        .await
-        .map_err(|_| QueryError::Stopped)
 }
 
 impl Handler<SnapshotReady> for Serving {
@@ -298,14 +380,13 @@ impl Handler<SnapshotReady> for Serving {
 
     #[tracing::instrument(skip_all, fields(epoch = ?msg.0.epoch))]
     fn handle(&mut self, msg: SnapshotReady, _: &mut Self::Context) {
-        self.batch = msg.0;
-        let created = self.batch.meta.map_or(0, |meta| meta.created_ms);
-        self.shared
-            .snapshot_created_ms
-            .store(created, std::sync::atomic::Ordering::Relaxed);
-        // Swap first, expire second: queries enqueued before this point still
-        // get the epochs between the old and the new snapshot from the speed layer.
-        if let Some(epoch) = self.batch.epoch {
+        let epoch = msg.0.epoch;
+        self.reader.swap(msg.0);
+        self.publish_age();
+        // Swap first, expire second: a reader that took the old batch either
+        // finds the epochs between the old and the new snapshot still in the
+        // speed layer, or finds the expiry and asks again.
+        if let Some(epoch) = epoch {
             for partition in self.partitions.iter() {
                 partition.do_send(Expire { upto: epoch });
             }
@@ -317,6 +398,6 @@ impl Handler<BatchQuery> for Serving {
     type Result = actix::MessageResult<BatchQuery>;
 
     fn handle(&mut self, _: BatchQuery, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(Arc::clone(&self.batch))
+        actix::MessageResult(self.reader.batch())
     }
 }

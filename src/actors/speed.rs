@@ -1,17 +1,31 @@
 //! A speed partition: live aggregates of the keys whose hash maps to it, per
 //! epoch, so that the epochs a snapshot covers can be dropped exactly.
 //!
-//! In: `Apply` (events of one epoch, after they are durable), `SpeedQuery`
-//! (the partial of a query over epochs after B), `Expire` (drop epochs <= B).
-//! Every message is sent with `do_send` and carries its own reply channel, so
-//! each is enqueued when it is sent and the mailbox order is the send order.
-
-use crate::aggregate::{Partial, QueryKind, TimeRange, ViewSpec, ViewState};
+//! In: `Apply` (events of one epoch, after they are durable) and `Expire`
+//! (drop epochs <= B), both by `do_send`, so the mailbox order is the send
+//! order. The state is shared: the actor is its only writer, and readers
+//! (serving, on any thread) read it in place through its maps, so a query
+//! never waits behind queued `Apply` batches. Per view and key, a dashmap
+//! holds the key's buckets and its roll-up per epoch; per view, a mutex holds
+//! each epoch's totals per bucket and over all buckets. Each is updated as an
+//! event is applied, so a key, totals or top-N query reads a few states
+//! instead of scanning groups.
+//!
+//! A reader that read epochs after B must find, once done, that the
+//! partition has expired nothing after B (`expired`): the actor publishes a
+//! new expiry before it drops anything, so a reader that raced an `Expire`
+//! sees it and asks again against the newer snapshot.
+use crate::aggregate::{
+    Input, KeyGroups, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merge_states,
+    update_states,
+};
 use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::sync::oneshot;
+use dashmap::DashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How often a partition drops the buckets past its views' retention.
 const RETAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -44,22 +58,8 @@ pub struct Apply {
     pub epoch: Epoch,
     /// The events, each with the view whose key routed it here.
     pub events: Vec<(usize, Arc<ParsedEvent>)>,
-}
-
-/// The partial of a query over this partition's epochs after `after`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SpeedQuery {
-    /// Epochs up to this one are in the batch layer's snapshot.
-    pub after: Option<Epoch>,
-    /// Index of the view.
-    pub view: usize,
-    /// What is asked.
-    pub kind: Arc<QueryKind>,
-    /// Which buckets count.
-    pub range: TimeRange,
-    /// Where the partial goes, with the epochs it covers.
-    pub reply: oneshot::Sender<(Partial, Vec<Epoch>)>,
+    /// Answered once they are applied (readers see them from then on).
+    pub done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Drops every epoch <= `upto`: a snapshot now covers them.
@@ -70,42 +70,199 @@ pub struct Expire {
     pub upto: Epoch,
 }
 
-/// A partition's state, without the actor: per epoch, one `ViewState` per view.
+/// Buffers reused across events by the one writer of a [`SpeedState`].
+#[derive(Debug, Default)]
+pub struct Scratch {
+    key: String,
+    inputs: Vec<Input>,
+}
+
+/// One key's groups in one epoch, with their roll-up over every bucket.
+#[derive(Debug)]
+struct KeyEpoch {
+    epoch: Epoch,
+    groups: KeyGroups,
+    rollup: Box<[MetricState]>,
+}
+
+/// One key's groups, per epoch, ascending.
+#[derive(Debug, Default)]
+struct LiveKey(Vec<KeyEpoch>);
+
+impl LiveKey {
+    /// Answers whether the event opened a new group.
+    fn apply(&mut self, spec: &ViewSpec, epoch: Epoch, bucket: i64, inputs: &[Input]) -> bool {
+        let at = match self.0.binary_search_by_key(&epoch, |entry| entry.epoch) {
+            Ok(at) => at,
+            Err(at) => {
+                let entry = KeyEpoch {
+                    epoch,
+                    groups: KeyGroups::default(),
+                    rollup: spec.empty_states(),
+                };
+                self.0.insert(at, entry);
+                at
+            }
+        };
+        let entry = &mut self.0[at];
+        update_states(&mut entry.rollup, inputs);
+        entry.groups.apply(spec, bucket, inputs)
+    }
+
+    /// Merges the key's states over `range` in epochs after `after` into
+    /// `into`; answers whether any bucket of it lies in the range.
+    fn merge(&self, after: Option<Epoch>, range: TimeRange, into: &mut [MetricState]) -> bool {
+        let mut any = false;
+        for entry in self.0.iter().filter(|entry| Some(entry.epoch) > after) {
+            let span = entry.groups.span(range);
+            if span == (0..entry.groups.len()) {
+                merge_states(into, &entry.rollup);
+            } else {
+                entry.groups.merge_span(span.clone(), into);
+            }
+            any |= !span.is_empty();
+        }
+        any
+    }
+}
+
+/// One epoch's totals of a view: per bucket, and over all buckets.
+#[derive(Debug)]
+struct EpochTotals {
+    buckets: BTreeMap<i64, Box<[MetricState]>>,
+    all: Box<[MetricState]>,
+}
+
+impl EpochTotals {
+    /// Merges the totals over `range` into `into`.
+    fn merge(&self, range: TimeRange, into: &mut [MetricState]) {
+        let first = self.buckets.keys().next();
+        let last = self.buckets.keys().next_back();
+        if first.is_some_and(|first| range.contains(*first))
+            && last.is_some_and(|last| range.contains(*last))
+        {
+            merge_states(into, &self.all);
+        } else {
+            for (_, states) in self.in_range(range) {
+                merge_states(into, states);
+            }
+        }
+    }
+
+    fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &Box<[MetricState]>)> {
+        let from = range
+            .from
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
+        let to = range
+            .to
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let empty = matches!((range.from, range.to), (Some(from), Some(to)) if from >= to);
+        (!empty)
+            .then(|| self.buckets.range((from, to)))
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// One view's live state in a partition.
+#[derive(Debug)]
+struct LiveView {
+    keys: DashMap<Box<str>, LiveKey, FxBuildHasher>,
+    totals: Mutex<BTreeMap<Epoch, EpochTotals>>,
+}
+
+impl LiveView {
+    fn totals(&self) -> MutexGuard<'_, BTreeMap<Epoch, EpochTotals>> {
+        // Nothing can panic while the lock is held; a poisoned lock still
+        // guards whole states.
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A partition's state, shared by its actor (the one writer) and readers:
+/// per view, per key and per epoch, the groups, roll-ups and totals.
 #[derive(Debug)]
 pub struct SpeedState {
     views: Arc<[Arc<ViewSpec>]>,
-    /// Epochs after the newest snapshot only (after `Expire`).
-    epochs: BTreeMap<Epoch, Vec<ViewState>>,
-    /// The newest epoch expired: events of it or older are in the snapshot.
-    expired: Option<Epoch>,
+    live: Box<[LiveView]>,
+    /// One more than the newest epoch expired; 0 while none is.
+    expired: AtomicU64,
+    /// (key, bucket) groups held, over all epochs and views.
+    groups: AtomicU64,
 }
 
 impl SpeedState {
     /// An empty partition for these views.
     pub fn new(views: Arc<[Arc<ViewSpec>]>) -> SpeedState {
+        let live = views
+            .iter()
+            .map(|_| LiveView {
+                keys: DashMap::default(),
+                totals: Mutex::new(BTreeMap::new()),
+            })
+            .collect();
         SpeedState {
             views,
-            epochs: BTreeMap::new(),
-            expired: None,
+            live,
+            expired: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
         }
+    }
+
+    /// The newest epoch expired: events of it or older are in the snapshot.
+    pub fn expired(&self) -> Option<Epoch> {
+        self.expired
+            .load(Ordering::SeqCst)
+            .checked_sub(1)
+            .map(Epoch)
     }
 
     /// Applies one event of `epoch` to view `view`. Events of an expired epoch
     /// are ignored: the snapshot that expired it already counts them. Callers
-    /// pass only first copies of an id (see `store::FirstCopies`).
-    pub fn apply(&mut self, epoch: Epoch, view: usize, event: &ParsedEvent) {
-        if self.expired.is_some_and(|expired| epoch <= expired) {
+    /// pass only first copies of an id (see `store::FirstCopies`). Only the
+    /// partition's one writer calls it.
+    pub fn apply(&self, epoch: Epoch, view: usize, event: &ParsedEvent, scratch: &mut Scratch) {
+        if self.expired().is_some_and(|expired| epoch <= expired) {
             return;
         }
-        let n_views = self.views.len();
-        let states = self
-            .epochs
-            .entry(epoch)
-            .or_insert_with(|| vec![ViewState::new(); n_views]);
-        states[view].apply(&self.views[view], event);
+        let spec = &self.views[view];
+        let live = &self.live[view];
+        let bucket = spec.bucket_of(event.event_ms);
+        spec.inputs(event, &mut scratch.inputs);
+        let inputs = scratch.inputs.as_slice();
+        let key = spec.key_text(event, &mut scratch.key);
+        let new_group = match live.keys.get_mut(key) {
+            Some(mut entry) => entry.apply(spec, epoch, bucket, inputs),
+            None => {
+                let mut entry = LiveKey::default();
+                let new_group = entry.apply(spec, epoch, bucket, inputs);
+                live.keys.insert(key.into(), entry);
+                new_group
+            }
+        };
+        if new_group {
+            self.groups.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut totals = live.totals();
+        let epoch_totals = totals.entry(epoch).or_insert_with(|| EpochTotals {
+            buckets: BTreeMap::new(),
+            all: spec.empty_states(),
+        });
+        update_states(&mut epoch_totals.all, inputs);
+        update_states(
+            epoch_totals
+                .buckets
+                .entry(bucket)
+                .or_insert_with(|| spec.empty_states()),
+            inputs,
+        );
     }
 
-    /// The partial of a query over epochs after `after`, and those epochs.
+    /// The partial of a query over epochs after `after`, and the epochs of
+    /// the view it covers. Any thread may call it; the caller must then check
+    /// that [`SpeedState::expired`] is still no later than `after`.
     pub fn partial(
         &self,
         after: Option<Epoch>,
@@ -114,12 +271,64 @@ impl SpeedState {
         range: TimeRange,
     ) -> (Partial, Vec<Epoch>) {
         let spec = &self.views[view];
+        let live = &self.live[view];
+        let later = |epoch: &Epoch| Some(*epoch) > after;
         let mut partial = Partial::empty(spec, kind);
-        let mut epochs = Vec::new();
-        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        for (epoch, states) in self.epochs.range((from, std::ops::Bound::Unbounded)) {
-            partial.merge(&states[view].partial(spec, kind, range));
-            epochs.push(*epoch);
+        let epochs: Vec<Epoch> = {
+            let totals = live.totals();
+            if let (QueryKind::Totals, Partial::States(states)) = (kind, &mut partial) {
+                for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
+                    epoch_totals.merge(range, states);
+                }
+            }
+            if let (QueryKind::Series(None), Partial::PerBucket(per_bucket)) = (kind, &mut partial)
+            {
+                for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
+                    for (bucket, states) in epoch_totals.in_range(range) {
+                        merge_states(
+                            per_bucket
+                                .entry(*bucket)
+                                .or_insert_with(|| spec.empty_states()),
+                            states,
+                        );
+                    }
+                }
+            }
+            totals.keys().copied().filter(later).collect()
+        };
+        match (kind, &mut partial) {
+            (QueryKind::Key(key), Partial::States(states)) => {
+                if let Some(entry) = live.keys.get(key.as_str()) {
+                    entry.merge(after, range, states);
+                }
+            }
+            (QueryKind::Series(Some(key)), Partial::PerBucket(per_bucket)) => {
+                if let Some(entry) = live.keys.get(key.as_str()) {
+                    let n = spec.metrics.len();
+                    for key_epoch in entry.0.iter().filter(|entry| later(&entry.epoch)) {
+                        let groups = &key_epoch.groups;
+                        for at in groups.span(range) {
+                            merge_states(
+                                per_bucket
+                                    .entry(groups.buckets()[at])
+                                    .or_insert_with(|| spec.empty_states()),
+                                groups.states(n, at),
+                            );
+                        }
+                    }
+                }
+            }
+            (QueryKind::Top { .. }, Partial::PerKey(per_key)) => {
+                let mut touched = FxHashMap::default();
+                for entry in live.keys.iter() {
+                    let mut states = spec.empty_states();
+                    if entry.value().merge(after, range, &mut states) {
+                        touched.insert(entry.key().to_string(), states);
+                    }
+                }
+                *per_key = touched;
+            }
+            _ => {}
         }
         (partial, epochs)
     }
@@ -127,62 +336,115 @@ impl SpeedState {
     /// Drops the buckets past each view's retention as of `now_ms`, and the
     /// keys and epochs left empty: the speed layer stays bounded by retention
     /// even while no batch run expires its epochs.
-    pub fn retain(&mut self, now_ms: i64) {
-        for states in self.epochs.values_mut() {
-            for (state, spec) in states.iter_mut().zip(self.views.iter()) {
-                if let Some(cutoff) = spec.retention_cutoff(now_ms) {
-                    state.retain_from(spec, cutoff);
+    pub fn retain(&self, now_ms: i64) {
+        for (live, spec) in self.live.iter().zip(self.views.iter()) {
+            let Some(cutoff) = spec.retention_cutoff(now_ms) else {
+                continue;
+            };
+            let n = spec.metrics.len();
+            live.keys.retain(|_, entry| {
+                for key_epoch in &mut entry.0 {
+                    if key_epoch.groups.retain_from(n, cutoff) > 0 {
+                        let mut rollup = spec.empty_states();
+                        key_epoch
+                            .groups
+                            .merge_span(0..key_epoch.groups.len(), &mut rollup);
+                        key_epoch.rollup = rollup;
+                    }
                 }
+                entry.0.retain(|key_epoch| !key_epoch.groups.is_empty());
+                !entry.0.is_empty()
+            });
+            let mut totals = live.totals();
+            for epoch_totals in totals.values_mut() {
+                let kept = epoch_totals.buckets.split_off(&cutoff);
+                if kept.len() < epoch_totals.buckets.len() + kept.len() {
+                    let mut all = spec.empty_states();
+                    kept.values()
+                        .for_each(|states| merge_states(&mut all, states));
+                    epoch_totals.all = all;
+                }
+                epoch_totals.buckets = kept;
             }
+            totals.retain(|_, epoch_totals| !epoch_totals.buckets.is_empty());
         }
-        self.epochs
-            .retain(|_, states| states.iter().any(|state| !state.is_empty()));
+        self.recount();
     }
 
-    /// Drops every epoch <= `upto`.
-    pub fn expire(&mut self, upto: Epoch) {
-        self.epochs.retain(|epoch, _| *epoch > upto);
-        self.expired = Some(self.expired.map_or(upto, |expired| expired.max(upto)));
+    /// Drops every epoch <= `upto`. The expiry is published first, so that a
+    /// reader that finds anything dropped also finds the expiry.
+    pub fn expire(&self, upto: Epoch) {
+        self.expired.fetch_max(upto.0 + 1, Ordering::SeqCst);
+        for live in self.live.iter() {
+            live.keys.retain(|_, entry| {
+                entry.0.retain(|key_epoch| key_epoch.epoch > upto);
+                !entry.0.is_empty()
+            });
+            live.totals().retain(|epoch, _| *epoch > upto);
+        }
+        self.recount();
+    }
+
+    fn recount(&self) {
+        let groups: usize = self
+            .live
+            .iter()
+            .flat_map(|live| {
+                live.keys.iter().map(|entry| {
+                    entry
+                        .value()
+                        .0
+                        .iter()
+                        .map(|key_epoch| key_epoch.groups.len())
+                        .sum::<usize>()
+                })
+            })
+            .sum();
+        self.groups.store(groups as u64, Ordering::Relaxed);
     }
 
     /// (key, bucket) groups held, over all epochs and views.
     pub fn groups(&self) -> usize {
-        self.epochs
-            .values()
-            .flat_map(|states| states.iter().map(ViewState::len))
-            .sum()
+        self.groups.load(Ordering::Relaxed) as usize
+    }
+
+    /// Epochs held, over all views.
+    pub fn epochs(&self) -> BTreeSet<Epoch> {
+        self.live
+            .iter()
+            .flat_map(|live| live.totals().keys().copied().collect::<Vec<_>>())
+            .collect()
     }
 }
 
-/// The actor around one [`SpeedState`].
+/// The actor around one [`SpeedState`], its one writer.
 pub struct SpeedPartition {
     /// Keys hashing to this partition only.
-    state: SpeedState,
+    state: Arc<SpeedState>,
     index: usize,
     /// Where this partition publishes its group count for scrapes.
     shared: Arc<crate::metrics::Shared>,
+    scratch: Scratch,
 }
 
 impl SpeedPartition {
-    /// The actor for partition `index`, starting from `state`.
+    /// The actor for partition `index`, writing `state`.
     pub fn new(
         index: usize,
-        state: SpeedState,
+        state: Arc<SpeedState>,
         shared: Arc<crate::metrics::Shared>,
     ) -> SpeedPartition {
         SpeedPartition {
             state,
             index,
             shared,
+            scratch: Scratch::default(),
         }
     }
 
     fn publish_size(&self) {
         if let Some(groups) = self.shared.speed_groups.get(self.index) {
-            groups.store(
-                self.state.groups() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            groups.store(self.state.groups() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -216,21 +478,13 @@ impl Handler<Apply> for SpeedPartition {
 
     fn handle(&mut self, msg: Apply, _: &mut Self::Context) {
         for (view, event) in &msg.events {
-            self.state.apply(msg.epoch, *view, event);
+            self.state.apply(msg.epoch, *view, event, &mut self.scratch);
         }
         self.publish_size();
-    }
-}
-
-impl Handler<SpeedQuery> for SpeedPartition {
-    type Result = ();
-
-    fn handle(&mut self, msg: SpeedQuery, _: &mut Self::Context) {
-        let answer = self
-            .state
-            .partial(msg.after, msg.view, &msg.kind, msg.range);
-        // The asker may have given up (its request was dropped).
-        msg.reply.send(answer).ok();
+        if let Some(done) = msg.done {
+            // The sender may have stopped waiting (its source is stopping).
+            done.send(()).ok();
+        }
     }
 }
 
@@ -275,16 +529,16 @@ mod tests {
     #[test]
     fn epochs_are_kept_apart_expired_and_never_reopened() {
         let config = Config::parse(CONFIG, "test.toml").expect("config");
-        let mut state = SpeedState::new(config.views.iter().cloned().collect());
+        let state = SpeedState::new(config.views.iter().cloned().collect());
         let event = |id: u32| {
             config
                 .schema
                 .parse(format!(r#"{{"id":{id},"k":"a"}}"#).as_bytes(), 0)
                 .expect("event")
         };
-        state.apply(Epoch(1), 0, &event(1));
-        state.apply(Epoch(2), 0, &event(2));
-        state.apply(Epoch(3), 0, &event(3));
+        state.apply(Epoch(1), 0, &event(1), &mut Scratch::default());
+        state.apply(Epoch(2), 0, &event(2), &mut Scratch::default());
+        state.apply(Epoch(3), 0, &event(3), &mut Scratch::default());
         assert_eq!(
             totals(&state, None),
             (3, vec![Epoch(1), Epoch(2), Epoch(3)])
@@ -296,9 +550,9 @@ mod tests {
 
         state.expire(Epoch(2));
         assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
-        assert_eq!(state.epochs.len(), 1);
+        assert_eq!(state.epochs().len(), 1);
         // A late event of an expired epoch is already in the snapshot.
-        state.apply(Epoch(2), 0, &event(4));
+        state.apply(Epoch(2), 0, &event(4), &mut Scratch::default());
         assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
     }
 
@@ -312,7 +566,7 @@ mod tests {
             "test.toml",
         )
         .expect("config");
-        let mut state = SpeedState::new(config.views.iter().cloned().collect());
+        let state = SpeedState::new(config.views.iter().cloned().collect());
         let now = 100 * 3_600_000;
         let event = |id: u32, key: &str, ts: i64| {
             config
@@ -323,13 +577,28 @@ mod tests {
                 )
                 .expect("event")
         };
-        state.apply(Epoch(1), 0, &event(1, "old", now - 2 * 3_600_000));
-        state.apply(Epoch(2), 0, &event(2, "old", now - 2 * 3_600_000));
-        state.apply(Epoch(2), 0, &event(3, "new", now - 60_000));
+        state.apply(
+            Epoch(1),
+            0,
+            &event(1, "old", now - 2 * 3_600_000),
+            &mut Scratch::default(),
+        );
+        state.apply(
+            Epoch(2),
+            0,
+            &event(2, "old", now - 2 * 3_600_000),
+            &mut Scratch::default(),
+        );
+        state.apply(
+            Epoch(2),
+            0,
+            &event(3, "new", now - 60_000),
+            &mut Scratch::default(),
+        );
         assert_eq!(state.groups(), 3);
         state.retain(now);
         assert_eq!(state.groups(), 1, "only the bucket within the hour");
-        assert_eq!(state.epochs.len(), 1, "epoch 1 is left empty and dropped");
-        assert_eq!(state.epochs[&Epoch(2)][0].key_count(), 1, "key old is gone");
+        assert_eq!(state.epochs().len(), 1, "epoch 1 is left empty and dropped");
+        assert_eq!(state.live[0].keys.len(), 1, "key old is gone");
     }
 }

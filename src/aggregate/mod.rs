@@ -5,11 +5,15 @@
 //! one event, `merge` of two states, and `value` to read it. Sums are kept
 //! exact in integer micro-units, so merging in any order gives the same bits.
 
+mod index;
 mod query;
 mod sketch;
 mod view;
 
-pub use query::{Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange};
+pub use index::ViewIndex;
+pub use query::{
+    Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
+};
 pub use sketch::{
     DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles,
     parameters as sketch_parameters,
@@ -146,6 +150,12 @@ impl ViewSpec {
     pub fn retention_cutoff(&self, now_ms: i64) -> Option<i64> {
         self.retention_ms
             .map(|retention| self.bucket_of(now_ms - retention))
+    }
+
+    /// The inputs `event` gives the view's metrics, in metric order, into `out`.
+    pub fn inputs(&self, event: &ParsedEvent, out: &mut Vec<Input>) {
+        out.clear();
+        out.extend(self.metrics.iter().map(|metric| metric.input(event)));
     }
 
     /// Fresh states for one group, one per metric.
@@ -309,6 +319,14 @@ impl MetricState {
                 _ => MetricValue::Number(None),
             },
         }
+    }
+}
+
+/// Adds one event's inputs to a group's states, metric by metric.
+#[inline]
+pub fn update_states(states: &mut [MetricState], inputs: &[Input]) {
+    for (state, input) in states.iter_mut().zip(inputs) {
+        state.update(*input);
     }
 }
 

@@ -29,6 +29,18 @@ impl TimeRange {
         self.from.is_none_or(|from| bucket >= from) && self.to.is_none_or(|to| bucket < to)
     }
 
+    /// Where the bucket starts in `range` lie in `sorted` (ascending): the
+    /// positions `span` such that `sorted[span]` are exactly those in range.
+    pub fn span(&self, sorted: &[i64]) -> std::ops::Range<usize> {
+        let lo = self
+            .from
+            .map_or(0, |from| sorted.partition_point(|start| *start < from));
+        let hi = self.to.map_or(sorted.len(), |to| {
+            sorted.partition_point(|start| *start < to)
+        });
+        lo..hi.max(lo)
+    }
+
     /// The narrower of this range and "from `from` on".
     pub fn at_least(self, from: Option<i64>) -> TimeRange {
         match (self.from, from) {
@@ -74,7 +86,8 @@ pub enum Partial {
     PerBucket(BTreeMap<i64, Box<[MetricState]>>),
 }
 
-fn merge_into(target: &mut [MetricState], other: &[MetricState]) {
+/// Merges `other` into `target`, state by state.
+pub fn merge_states(target: &mut [MetricState], other: &[MetricState]) {
     for (state, theirs) in target.iter_mut().zip(other) {
         state.merge(theirs);
     }
@@ -93,11 +106,11 @@ impl Partial {
     /// Adds another layer's partial of the same query.
     pub fn merge(&mut self, other: &Partial) {
         match (self, other) {
-            (Partial::States(mine), Partial::States(theirs)) => merge_into(mine, theirs),
+            (Partial::States(mine), Partial::States(theirs)) => merge_states(mine, theirs),
             (Partial::PerKey(mine), Partial::PerKey(theirs)) => {
                 for (key, states) in theirs {
                     match mine.get_mut(key) {
-                        Some(existing) => merge_into(existing, states),
+                        Some(existing) => merge_states(existing, states),
                         None => {
                             mine.insert(key.clone(), states.clone());
                         }
@@ -107,7 +120,7 @@ impl Partial {
             (Partial::PerBucket(mine), Partial::PerBucket(theirs)) => {
                 for (bucket, states) in theirs {
                     match mine.get_mut(bucket) {
-                        Some(existing) => merge_into(existing, states),
+                        Some(existing) => merge_states(existing, states),
                         None => {
                             mine.insert(*bucket, states.clone());
                         }
@@ -135,15 +148,7 @@ impl Partial {
                     })
                     .collect();
                 // Highest first, undefined values last, ties by key.
-                ranked.sort_by(|a, b| {
-                    let by_value = match (a.1, b.1) {
-                        (Some(x), Some(y)) => y.total_cmp(&x),
-                        (Some(_), None) => std::cmp::Ordering::Less,
-                        (None, Some(_)) => std::cmp::Ordering::Greater,
-                        (None, None) => std::cmp::Ordering::Equal,
-                    };
-                    by_value.then_with(|| a.0.cmp(&b.0))
-                });
+                ranked.sort_by(|a, b| rank_order((a.1, &a.0), (b.1, &b.0)));
                 ranked.truncate(*n);
                 Body::Top(
                     ranked
@@ -169,6 +174,18 @@ impl Partial {
     }
 }
 
+/// The order of a top-N answer: highest value first, undefined values last,
+/// ties by key.
+pub fn rank_order(a: (Option<f64>, &str), b: (Option<f64>, &str)) -> std::cmp::Ordering {
+    let by_value = match (a.0, b.0) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    };
+    by_value.then_with(|| a.1.cmp(b.1))
+}
+
 impl ViewState {
     /// This state's partial of a query, counting buckets in `range`.
     pub fn partial(&self, spec: &ViewSpec, kind: &QueryKind, range: TimeRange) -> Partial {
@@ -180,7 +197,7 @@ impl ViewState {
                     for (_, bucket_states) in
                         groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
                     {
-                        merge_into(states, bucket_states);
+                        merge_states(states, bucket_states);
                     }
                 }
             }
@@ -189,7 +206,7 @@ impl ViewState {
                     for (_, bucket_states) in
                         groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
                     {
-                        merge_into(states, bucket_states);
+                        merge_states(states, bucket_states);
                     }
                 }
             }
@@ -199,7 +216,7 @@ impl ViewState {
                     for (_, bucket_states) in
                         groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
                     {
-                        merge_into(
+                        merge_states(
                             states.get_or_insert_with(|| spec.empty_states()),
                             bucket_states,
                         );
@@ -214,7 +231,7 @@ impl ViewState {
                     for (bucket, bucket_states) in
                         groups.iter(n).filter(|(bucket, _)| range.contains(*bucket))
                     {
-                        merge_into(
+                        merge_states(
                             per_bucket
                                 .entry(bucket)
                                 .or_insert_with(|| spec.empty_states()),

@@ -6,7 +6,7 @@
 //! already sorted. Both layers build the same structure; merging two states of
 //! one view is the monoid `merge`, group by group.
 
-use super::{MetricState, ViewSpec};
+use super::{Input, MetricState, TimeRange, ViewSpec, update_states};
 use crate::event::ParsedEvent;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
@@ -42,6 +42,49 @@ impl KeyGroups {
             self.states.splice(at * n..at * n, empty);
         }
         &mut self.states[at * n..(at + 1) * n]
+    }
+
+    /// Adds one event's inputs (one per metric, see [`ViewSpec::inputs`]) to
+    /// the bucket starting at `bucket`; answers whether the bucket is new.
+    pub fn apply(&mut self, spec: &ViewSpec, bucket: i64, inputs: &[Input]) -> bool {
+        let before = self.buckets.len();
+        update_states(self.entry(spec, bucket), inputs);
+        self.buckets.len() > before
+    }
+
+    /// Drops every bucket starting before `bucket_start`; answers how many.
+    pub fn retain_from(&mut self, n_metrics: usize, bucket_start: i64) -> usize {
+        let cut = self.buckets.partition_point(|start| *start < bucket_start);
+        if cut > 0 {
+            self.buckets.drain(..cut);
+            self.states.drain(..cut * n_metrics);
+        }
+        cut
+    }
+
+    /// Bucket starts, ascending.
+    pub fn buckets(&self) -> &[i64] {
+        &self.buckets
+    }
+
+    /// Where the buckets in `range` lie: `buckets()[span]` are exactly those.
+    pub fn span(&self, range: TimeRange) -> std::ops::Range<usize> {
+        range.span(&self.buckets)
+    }
+
+    /// The states of the bucket at position `at` (an index into `buckets()`).
+    pub fn states(&self, n_metrics: usize, at: usize) -> &[MetricState] {
+        &self.states[at * n_metrics..(at + 1) * n_metrics]
+    }
+
+    /// Merges the states of the buckets at positions `span` into `into`.
+    pub fn merge_span(&self, span: std::ops::Range<usize>, into: &mut [MetricState]) {
+        let n = into.len();
+        for states in self.states[span.start * n..span.end * n].chunks_exact(n.max(1)) {
+            for (state, theirs) in into.iter_mut().zip(states) {
+                state.merge(theirs);
+            }
+        }
     }
 
     /// Every (bucket start, states) in ascending bucket order.
@@ -83,6 +126,9 @@ pub struct ViewState {
     /// Scratch buffer for composite keys, reused across events.
     #[serde(skip)]
     scratch: String,
+    /// Scratch buffer for an event's inputs, reused across events.
+    #[serde(skip)]
+    inputs: Vec<Input>,
 }
 
 impl ViewState {
@@ -96,13 +142,12 @@ impl ViewState {
         let mut scratch = std::mem::take(&mut self.scratch);
         let index = self.intern(spec.key_text(event, &mut scratch));
         self.scratch = scratch;
-        let groups = &mut self.keys[index];
-        let before = groups.len();
-        let states = groups.entry(spec, spec.bucket_of(event.event_ms));
-        for (state, metric) in states.iter_mut().zip(&spec.metrics) {
-            state.update(metric.input(event));
+        let mut inputs = std::mem::take(&mut self.inputs);
+        spec.inputs(event, &mut inputs);
+        if self.keys[index].apply(spec, spec.bucket_of(event.event_ms), &inputs) {
+            self.groups += 1;
         }
-        self.groups += groups.len() - before;
+        self.inputs = inputs;
     }
 
     /// Merges every group of `other` (a state of the same view) into this one.
@@ -126,15 +171,9 @@ impl ViewState {
         let n = spec.metrics.len();
         let mut emptied = false;
         for groups in self.keys.values_mut() {
-            let cut = groups
-                .buckets
-                .partition_point(|start| *start < bucket_start);
-            if cut > 0 {
-                groups.buckets.drain(..cut);
-                groups.states.drain(..cut * n);
-                self.groups -= cut;
-                emptied |= groups.is_empty();
-            }
+            let cut = groups.retain_from(n, bucket_start);
+            self.groups -= cut;
+            emptied |= cut > 0 && groups.is_empty();
         }
         // A key whose buckets all expired is gone too: keys come and go (a
         // session id, a product taken off sale), and must not pile up.
@@ -156,6 +195,18 @@ impl ViewState {
     /// Number of distinct keys seen.
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The position of `key` among `keys()`, if it has been seen.
+    pub fn key_index(&self, key: &str) -> Option<usize> {
+        self.keys.get_index_of(key)
+    }
+
+    /// The key at position `index` among `keys()`.
+    pub fn key_at(&self, index: usize) -> Option<(&str, &KeyGroups)> {
+        self.keys
+            .get_index(index)
+            .map(|(key, groups)| (&**key, groups))
     }
 
     /// The groups of one key, if it has been seen.

@@ -203,11 +203,13 @@ impl Pipeline {
             Some(reply) => reply.await,
             None => return Ok(0),
         };
-        self.finish(pending, outcome)
+        self.finish(pending, outcome).await
     }
 
-    /// Hands a batch's events to the speed layer once the recorder says it is durable.
-    fn finish(
+    /// Hands a batch's events to the speed layer once the recorder says it is
+    /// durable, and waits until they are applied: whoever hears the batch is
+    /// in sees it in every later query.
+    async fn finish(
         &self,
         pending: Pending,
         outcome: Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>,
@@ -235,13 +237,22 @@ impl Pipeline {
                 routed[partition].push((view, Arc::clone(&event)));
             }
         }
+        let mut applied = Vec::new();
         for (partition, events) in self.partitions.iter().zip(routed) {
             if !events.is_empty() {
+                let (done, rx) = oneshot::channel();
                 partition.do_send(Apply {
                     epoch: pending.epoch,
                     events,
+                    done: Some(done),
                 });
+                applied.push(rx);
             }
+        }
+        for rx in applied {
+            // A partition gone means the system is stopping; the batch is
+            // durable all the same, and a restart replays it.
+            rx.await.ok();
         }
         Ok(n)
     }
@@ -594,7 +605,7 @@ async fn ack_oldest(
         dead_tags,
         last_tag,
     } = oldest;
-    if let Err(err) = pipeline.finish(pending, outcome) {
+    if let Err(err) = pipeline.finish(pending, outcome).await {
         // The valid events go back to the queue; the dead letters confirmed
         // in theirs are acked now, so they are not dead-lettered (and counted)
         // again on every retry while the store fails.

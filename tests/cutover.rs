@@ -6,6 +6,12 @@
 //! (key, totals, top, series) after every step equals an oracle that counts
 //! each id once and drops the malformed.
 //!
+//! Queries run over fixed and random ranges, aligned to buckets or not, and
+//! top-N ranks by every metric, so every indexed path (the batch snapshot's
+//! segment tree, roll-ups and rankings, the speed layer's roll-ups and
+//! totals) is checked, and while a batch run swaps its snapshot in, queries
+//! race it and must still be exact.
+//!
 //! The oracle is written here, naively, over plain maps. Groups stay small, so
 //! distinct and quantile are exact and compared exactly.
 
@@ -13,6 +19,8 @@ mod common;
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tandem::aggregate::{Body, MetricValue, TimeRange};
 use tandem::{Layer, Options, Query, Question};
 
@@ -31,6 +39,8 @@ metrics = [
   { name = "buyers", agg = "distinct", field = "user" },
   { name = "median", agg = "quantile", field = "amount", q = 0.5 },
   { name = "largest", agg = "max", field = "amount" },
+  { name = "smallest", agg = "min", field = "amount" },
+  { name = "average", agg = "mean", field = "amount" },
 ]
 [[view]]
 name = "by_pair"
@@ -122,7 +132,7 @@ fn ops(with_bad: bool) -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// The oracle: every accepted order, each id once.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Oracle {
     orders: Vec<Order>,
 }
@@ -165,6 +175,12 @@ impl Oracle {
                 "largest".to_owned(),
                 MetricValue::Number(amounts.last().map(|cents| *cents as f64 / 100.0)),
             );
+            out.insert(
+                "smallest".to_owned(),
+                MetricValue::Number(amounts.first().map(|cents| *cents as f64 / 100.0)),
+            );
+            let mean = (!amounts.is_empty()).then(|| (cents as f64 / 100.0) / amounts.len() as f64);
+            out.insert("average".to_owned(), MetricValue::Number(mean));
         }
         out
     }
@@ -275,8 +291,9 @@ fn minute(m: i64) -> Option<i64> {
     Some(1_795_500_000_000 + m * 60_000)
 }
 
-fn ranges() -> [TimeRange; 3] {
-    [
+/// The fixed ranges, and `extra` (random per case: bucket edges or not).
+fn ranges(extra: &[TimeRange]) -> Vec<TimeRange> {
+    let mut ranges = vec![
         TimeRange::ALL,
         TimeRange {
             from: minute(5),
@@ -286,19 +303,30 @@ fn ranges() -> [TimeRange; 3] {
             from: None,
             to: minute(3),
         },
-    ]
+    ];
+    ranges.extend_from_slice(extra);
+    ranges
+}
+
+/// A range of whole minutes or not, either end open, within the stream or past it.
+fn range() -> impl Strategy<Value = TimeRange> {
+    let bound = proptest::option::of((-1..22i64, 0..4i64));
+    (bound.clone(), bound).prop_map(|(from, to)| {
+        let at = |(m, quarter): (i64, i64)| 1_795_500_000_000 + m * 60_000 + quarter * 15_000;
+        let (from, to) = (from.map(at), to.map(at));
+        match (from, to) {
+            (Some(from), Some(to)) if from >= to => TimeRange {
+                from: Some(to),
+                to: Some(from + 1),
+            },
+            _ => TimeRange { from, to },
+        }
+    })
 }
 
 fn questions() -> Vec<(&'static str, Question)> {
     let mut out = vec![
         ("by_product", Question::Totals),
-        (
-            "by_product",
-            Question::Top {
-                metric: "revenue".into(),
-                n: 3,
-            },
-        ),
         ("by_product", Question::Series(None)),
         ("by_product", Question::Series(Some("p1".into()))),
         ("by_pair", Question::Totals),
@@ -316,36 +344,36 @@ fn questions() -> Vec<(&'static str, Question)> {
             .iter()
             .map(|product| ("by_product", Question::Key((*product).to_owned()))),
     );
+    for (metric, n) in [
+        ("orders", 2),
+        ("revenue", 3),
+        ("buyers", 2),
+        ("median", 1),
+        ("largest", 3),
+        ("smallest", 2),
+        ("average", 1),
+    ] {
+        out.push((
+            "by_product",
+            Question::Top {
+                metric: metric.into(),
+                n,
+            },
+        ));
+    }
     out
 }
 
 async fn check_all(
     handle: &tandem::Handle,
     oracle: &Oracle,
+    extra: &[TimeRange],
     context: &str,
 ) -> Result<(), TestCaseError> {
     let fail =
         |err: tandem::actors::serving::QueryError| TestCaseError::fail(format!("{context}: {err}"));
-    for range in ranges() {
-        for (view, question) in questions() {
-            let query = Query {
-                view: view.into(),
-                question: question.clone(),
-                range,
-                layer: Layer::Merged,
-            };
-            let answer = handle.query(query.clone()).await.map_err(fail)?;
-            let expected = normalise(oracle.answer(view, &question, range));
-            prop_assert_eq!(
-                normalise(answer.body),
-                expected,
-                "{}: {} {:?} {:?}",
-                context,
-                view,
-                question,
-                range
-            );
-        }
+    check_merged(handle, oracle, extra, context).await?;
+    for range in ranges(extra) {
         // The two layers' parts add up to the merged answer. They are two
         // queries: a batch run finishing in between moves events from one part
         // to the other, so only parts read against the same snapshot are added.
@@ -388,13 +416,46 @@ async fn check_all(
     Ok(())
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Every question over every range, merged, equals the oracle.
+async fn check_merged(
+    handle: &tandem::Handle,
+    oracle: &Oracle,
+    extra: &[TimeRange],
+    context: &str,
+) -> Result<(), TestCaseError> {
+    for range in ranges(extra) {
+        for (view, question) in questions() {
+            let query = Query {
+                view: view.into(),
+                question: question.clone(),
+                range,
+                layer: Layer::Merged,
+            };
+            let answer = handle
+                .query(query)
+                .await
+                .map_err(|err| TestCaseError::fail(format!("{context}: {err}")))?;
+            prop_assert_eq!(
+                normalise(answer.body),
+                normalise(oracle.answer(view, &question, range)),
+                "{}: {} {:?} {:?}",
+                context,
+                view,
+                question,
+                range
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(ops: Vec<Op>, extra: Vec<TimeRange>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|err| TestCaseError::fail(err.to_string()))?;
     let config = common::config(CONFIG, dir.path());
     let fail = |err: String| TestCaseError::fail(err);
     actix::System::new().block_on(async move {
         let options = Options { epoch_timer: false, feeds: FEEDS };
-        let handle = tandem::start(config, options).await.map_err(|err| fail(err.to_string()))?;
+        let handle = Arc::new(tandem::start(config, options).await.map_err(|err| fail(err.to_string()))?);
         let feed = |index: usize| handle.feed(index).ok_or_else(|| fail(format!("no feed {index}")));
         let mut holds: Vec<Vec<tandem::actors::source::EpochHold>> = (0..FEEDS).map(|_| Vec::new()).collect();
         let mut oracle = Oracle::default();
@@ -445,19 +506,40 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::Recompute => {
                     // An epoch seals only once every feed has passed it.
                     holds.iter_mut().for_each(Vec::clear);
-                    handle.recompute_now().await.map_err(|err| fail(err.to_string()))?;
+                    // Queries race the batch run and the swap, from another
+                    // thread as an HTTP worker's would: the oracle does not
+                    // change meanwhile, so each must equal it.
+                    let done = Arc::new(AtomicBool::new(false));
+                    let racing = {
+                        let (handle, oracle, extra, done) = (Arc::clone(&handle), oracle.clone(), extra.clone(), Arc::clone(&done));
+                        let context = format!("{context}, racing the swap");
+                        std::thread::spawn(move || -> Result<usize, TestCaseError> {
+                            let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|err| TestCaseError::fail(err.to_string()))?;
+                            let mut rounds = 0;
+                            while !done.load(Ordering::SeqCst) || rounds == 0 {
+                                runtime.block_on(check_merged(&handle, &oracle, &extra, &context))?;
+                                rounds += 1;
+                            }
+                            Ok(rounds)
+                        })
+                    };
+                    let outcome = handle.recompute_now().await;
+                    done.store(true, Ordering::SeqCst);
+                    let raced = racing.join().map_err(|_| fail("the racing queries panicked".into()))?;
+                    outcome.map_err(|err| fail(err.to_string()))?;
+                    raced?;
                 }
             }
-            check_all(&handle, &oracle, &context).await?;
+            check_all(&handle, &oracle, &extra, &context).await?;
         }
         holds.iter_mut().for_each(Vec::clear);
         handle.recompute_now().await.map_err(|err| fail(err.to_string()))?;
-        check_all(&handle, &oracle, "after the last batch run").await?;
+        check_all(&handle, &oracle, &extra, "after the last batch run").await?;
         // Once a batch run has covered everything, the batch layer alone is the whole answer.
         let totals = handle.query(Query { layer: Layer::Batch, ..Query::new("by_product", Question::Totals) }).await;
         let expected = normalise(oracle.answer("by_product", &Question::Totals, TimeRange::ALL));
         prop_assert_eq!(totals.map(|answer| normalise(answer.body)).map_err(|err| err.to_string()), Ok(expected));
-        handle.stop().await;
+        handle.shutdown().await;
         Ok(())
     })
 }
@@ -466,12 +548,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn every_query_equals_the_oracle_after_every_step(ops in ops(false)) {
-        run(ops)?;
+    fn every_query_equals_the_oracle_after_every_step(
+        ops in ops(false),
+        extra in proptest::collection::vec(range(), 2),
+    ) {
+        run(ops, extra)?;
     }
 
     #[test]
-    fn duplicates_across_feeds_and_epochs_count_once_and_malformed_never(ops in ops(true)) {
-        run(ops)?;
+    fn duplicates_across_feeds_and_epochs_count_once_and_malformed_never(
+        ops in ops(true),
+        extra in proptest::collection::vec(range(), 2),
+    ) {
+        run(ops, extra)?;
     }
 }

@@ -219,6 +219,32 @@ impl Reader {
         Ok((view, kind))
     }
 
+    /// The speed layer's part of a query over the epochs after `after`, and
+    /// those epochs; `None` when a partition has meanwhile expired an epoch
+    /// after `after` (a newer batch is served: the caller asks again).
+    fn speed_part(
+        &self,
+        after: Option<Epoch>,
+        view: usize,
+        kind: &QueryKind,
+        range: TimeRange,
+    ) -> Option<(Partial, BTreeSet<Epoch>)> {
+        let mut speed = Partial::empty(&self.views[view], kind);
+        let mut epochs = BTreeSet::new();
+        for partition in self.speed.iter() {
+            let (partial, its) = partition.partial(after, view, kind, range);
+            speed.merge(&partial);
+            epochs.extend(its);
+        }
+        // Checked after reading: an expiry is published before anything is
+        // dropped, so whatever was read is complete unless this sees one.
+        let raced = self
+            .speed
+            .iter()
+            .any(|partition| partition.expired() > after);
+        (!raced).then_some((speed, epochs))
+    }
+
     /// Answers a query, merged per its layer.
     ///
     /// # Errors
@@ -232,24 +258,15 @@ impl Reader {
             // A view the snapshot has no state for is answered by the speed
             // layer alone, which holds all its epochs until a batch run covers it.
             let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
-            let mut speed = Partial::empty(&spec, &kind);
-            let mut speed_epochs = BTreeSet::new();
-            if query.layer != Layer::Batch {
-                for partition in self.speed.iter() {
-                    let (partial, epochs) = partition.partial(batch_epoch, view, &kind, range);
-                    speed.merge(&partial);
-                    speed_epochs.extend(epochs);
-                }
-                if self
-                    .speed
-                    .iter()
-                    .any(|partition| partition.expired() > batch_epoch)
-                {
+            let (speed, speed_epochs) = match query.layer {
+                Layer::Batch => (Partial::empty(&spec, &kind), BTreeSet::new()),
+                _ => match self.speed_part(batch_epoch, view, &kind, range) {
+                    Some(part) => part,
                     // A newer batch was swapped in while the speed part was
                     // read, and some of its epochs may be gone: ask again.
-                    continue;
-                }
-            }
+                    None => continue,
+                },
+            };
             break (batch, batch_epoch, speed, speed_epochs);
         };
         let partial = match query.layer {
@@ -313,7 +330,7 @@ async fn batch_partial(
                 Partial::PerKey(touched) => touched,
                 _ => &empty,
             };
-            if index.covers(range) {
+            if !index.top_scans(*metric, range) {
                 *per_key = index.top(spec, state, *metric, *n, range, touched);
             } else {
                 let (batch, spec, touched) = (Arc::clone(batch), Arc::clone(spec), touched.clone());
@@ -399,5 +416,69 @@ impl Handler<BatchQuery> for Serving {
 
     fn handle(&mut self, _: BatchQuery, _: &mut Self::Context) -> Self::Result {
         actix::MessageResult(self.reader.batch())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::MetricValue;
+    use crate::config::Config;
+
+    #[test]
+    fn a_speed_part_read_against_a_batch_older_than_an_expiry_is_refused() {
+        let config = Config::parse(
+            r#"
+            data_dir = "d"
+            [event]
+            id = "id"
+            [[view]]
+            name = "v"
+            key = ["k"]
+            bucket = "1m"
+            metrics = [{ name = "n", agg = "count" }]
+            "#,
+            "test.toml",
+        )
+        .expect("config");
+        let views: Arc<[Arc<ViewSpec>]> = config.views.iter().cloned().collect();
+        let speed = Arc::new(SpeedState::new(Arc::clone(&views)));
+        let mut scratch = super::super::speed::Scratch::default();
+        for (id, epoch) in [(1, 1), (2, 2), (3, 2)] {
+            let event = config
+                .schema
+                .parse(format!(r#"{{"id":{id},"k":"a"}}"#).as_bytes(), 0)
+                .expect("event");
+            speed.apply(Epoch(epoch), 0, &event, &mut scratch);
+        }
+        let reader = Reader::new(
+            views,
+            Arc::new(Batch::default()),
+            Arc::new([Arc::clone(&speed)]),
+        );
+        let count = |after: Option<Epoch>| {
+            reader
+                .speed_part(after, 0, &QueryKind::Totals, TimeRange::ALL)
+                .map(|(partial, epochs)| {
+                    let Body::Metrics(metrics) =
+                        partial.finish(&reader.views[0], &QueryKind::Totals)
+                    else {
+                        panic!("totals are metrics")
+                    };
+                    (metrics.get("n"), epochs.into_iter().collect::<Vec<_>>())
+                })
+        };
+        assert_eq!(
+            count(None),
+            Some((Some(MetricValue::Int(3)), vec![Epoch(1), Epoch(2)]))
+        );
+        // A batch covering epoch 1 is served and epoch 1 expired: a reader
+        // that still holds the batch before it must not add the rest alone.
+        speed.expire(Epoch(1));
+        assert_eq!(count(None), None, "read against an outdated batch");
+        assert_eq!(
+            count(Some(Epoch(1))),
+            Some((Some(MetricValue::Int(2)), vec![Epoch(2)]))
+        );
     }
 }

@@ -501,7 +501,7 @@ impl Handler<Expire> for SpeedPartition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Body, MetricValue};
+    use crate::aggregate::{Body, MetricValue, ViewState};
     use crate::config::Config;
 
     const CONFIG: &str = r#"
@@ -600,5 +600,113 @@ mod tests {
         assert_eq!(state.groups(), 1, "only the bucket within the hour");
         assert_eq!(state.epochs().len(), 1, "epoch 1 is left empty and dropped");
         assert_eq!(state.live[0].keys.len(), 1, "key old is gone");
+    }
+
+    /// (key, minute, value, epoch)
+    type Event = (u8, i64, u16, u64);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// What readers get from the roll-ups and totals kept while applying
+        /// equals a scan of the events of the epochs asked for, after expiry
+        /// and retention, over ranges aligned to buckets or not.
+        #[test]
+        fn live_partials_equal_a_scan_of_the_epochs_asked_for(
+            events in proptest::collection::vec((0..6u8, 0..30i64, 0..500u16, 1..5u64), 0..60),
+            expire_at in proptest::option::of(1..4u64),
+            after in proptest::option::of(0..5u64),
+            from in proptest::option::of(-1..31i64),
+            width in 1..40i64,
+            retain_minute in proptest::option::of(0..30i64),
+        ) {
+            let config = Config::parse(
+                r#"
+                data_dir = "d"
+                [event]
+                id = "id"
+                time = "ts"
+                [[view]]
+                name = "v"
+                key = ["k"]
+                bucket = "1m"
+                retention = "1h"
+                metrics = [
+                  { name = "n", agg = "count" },
+                  { name = "sum", agg = "sum", field = "x" },
+                  { name = "users", agg = "distinct", field = "x" },
+                  { name = "high", agg = "max", field = "x" },
+                ]
+                "#,
+                "test.toml",
+            )
+            .expect("config");
+            let spec = &config.views[0];
+            let state = SpeedState::new(config.views.iter().cloned().collect());
+            let parse = |i: usize, (key, minute, value, _): &Event| {
+                let raw = format!(r#"{{"id":{i},"k":"k{key}","ts":{},"x":{value}}}"#, minute * 60_000 + 7_000);
+                config.schema.parse(raw.as_bytes(), 0).expect("event")
+            };
+            let mut scratch = Scratch::default();
+            let half = events.len() / 2;
+            for (i, event) in events.iter().enumerate().take(half) {
+                state.apply(Epoch(event.3), 0, &parse(i, event), &mut scratch);
+            }
+            if let Some(upto) = expire_at {
+                state.expire(Epoch(upto));
+            }
+            for (i, event) in events.iter().enumerate().skip(half) {
+                state.apply(Epoch(event.3), 0, &parse(i, event), &mut scratch);
+            }
+            // Retention as of a wall clock an hour after `retain_minute`.
+            let cutoff = retain_minute.map(|minute| minute * 60_000);
+            if let Some(cutoff) = cutoff {
+                state.retain(cutoff + 3_600_000);
+            }
+            let after = after.map(Epoch);
+            let mut expected = ViewState::new();
+            for (i, event) in events.iter().enumerate() {
+                let epoch = Epoch(event.3);
+                let expired = expire_at.is_some_and(|upto| epoch.0 <= upto);
+                let retained = cutoff.is_none_or(|cutoff| event.1 * 60_000 >= cutoff);
+                if Some(epoch) > after && !expired && retained {
+                    expected.apply(spec, &parse(i, event));
+                }
+            }
+            let range = TimeRange {
+                from: from.map(|m| m * 60_000 + 30_000 * (m % 2)),
+                to: from.map(|m| (m + width) * 60_000),
+            };
+            let mut kinds = vec![
+                QueryKind::Totals,
+                QueryKind::Series(None),
+                QueryKind::Series(Some("k1".into())),
+                QueryKind::Top { metric: 1, n: 3 },
+            ];
+            kinds.extend((0..6).map(|key| QueryKind::Key(format!("k{key}"))));
+            for kind in kinds {
+                for range in [range, TimeRange::ALL] {
+                    let (partial, _) = state.partial(after, 0, &kind, range);
+                    proptest::prop_assert_eq!(
+                        partial.finish(spec, &kind),
+                        expected.partial(spec, &kind, range).finish(spec, &kind),
+                        "{:?} over {:?}", kind, range
+                    );
+                }
+            }
+            proptest::prop_assert_eq!(state.groups(), {
+                let mut held = ViewState::new();
+                for (i, event) in events.iter().enumerate() {
+                    let expired = expire_at.is_some_and(|upto| event.3 <= upto);
+                    let retained = cutoff.is_none_or(|cutoff| event.1 * 60_000 >= cutoff);
+                    if !expired && retained {
+                        // One group per (epoch, key, bucket): key them apart by epoch.
+                        let raw = format!(r#"{{"id":{i},"k":"k{}e{}","ts":{},"x":1}}"#, event.0, event.3, event.1 * 60_000);
+                        held.apply(spec, &config.schema.parse(raw.as_bytes(), 0).expect("event"));
+                    }
+                }
+                held.len()
+            });
+        }
     }
 }

@@ -11,14 +11,20 @@
 //!   top-N answer): a top-N over a range that holds every bucket of the view
 //!   is the head of the ranking.
 //!
-//! A top-N over a range that cuts the view's buckets scans each key's buckets
-//! in range for the ranking metric alone, then reads the full states of the
-//! `n` keys it keeps.
+//! A top-N over a range that cuts the view's buckets (a time window, or the
+//! retention cutoff passing the oldest buckets) walks the same ranking when
+//! the metric is monotone (count, max, and sum while no group's sum is
+//! negative): a key's value over part of its buckets is then at most its
+//! roll-up's, so the roll-up bounds every key further down, and the walk
+//! stops once `n` keys' exact values in range beat the next key's bound
+//! (Fagin's threshold algorithm with one sorted list). For min, mean,
+//! distinct and quantile, where a part can exceed the whole, it scans each
+//! key's buckets in range for the ranking metric alone. Either way only the
+//! `n` keys kept are read in full.
 
 use super::query::{merge_states, rank_order};
-use super::{MetricState, TimeRange, ViewSpec, ViewState};
+use super::{Agg, MetricState, TimeRange, ViewSpec, ViewState};
 use rustc_hash::FxHashMap;
-use std::ops::Range;
 
 /// The index of one view state; it holds positions into that state's keys,
 /// so it is used only with the state it was built from.
@@ -36,6 +42,9 @@ pub struct ViewIndex {
     rollups: Vec<MetricState>,
     /// Per metric, key positions in answer order of their roll-up's value.
     rankings: Vec<Box<[u32]>>,
+    /// Per metric, whether a key's value over some of its buckets never
+    /// exceeds its value over all of them.
+    monotone: Vec<bool>,
 }
 
 impl ViewIndex {
@@ -50,6 +59,11 @@ impl ViewIndex {
         buckets.dedup();
         let t = buckets.len();
         let empty = spec.empty_states();
+        let mut monotone: Vec<bool> = spec
+            .metrics
+            .iter()
+            .map(|metric| matches!(metric.agg, Agg::Count | Agg::Sum | Agg::Max))
+            .collect();
         let mut tree: Vec<MetricState> = (0..2 * t).flat_map(|_| empty.iter().cloned()).collect();
         let mut rollups: Vec<MetricState> = Vec::with_capacity(state.key_count() * n);
         for (_, groups) in state.keys() {
@@ -60,6 +74,11 @@ impl ViewIndex {
                 // A key's buckets ascend, so each one's leaf lies after the last.
                 leaf += buckets[leaf..].partition_point(|start| start < bucket);
                 let states = groups.states(n, at);
+                for (monotone, state) in monotone.iter_mut().zip(states) {
+                    if let MetricState::Sum(sum) = state {
+                        *monotone &= sum.as_i128() >= 0;
+                    }
+                }
                 merge_states(&mut tree[(t + leaf) * n..(t + leaf + 1) * n], states);
                 merge_states(&mut rollups[start..start + n], states);
             }
@@ -94,6 +113,7 @@ impl ViewIndex {
             tree,
             rollups,
             rankings,
+            monotone,
         }
     }
 
@@ -150,6 +170,12 @@ impl ViewIndex {
         }
     }
 
+    /// Whether a top-N by `metric` over `range` scans every key (see the module
+    /// documentation), rather than walking the ranking.
+    pub fn top_scans(&self, metric: usize, range: TimeRange) -> bool {
+        !self.covers(range) && !self.monotone.get(metric).copied().unwrap_or(false)
+    }
+
     /// The batch layer's part of a top-N by `metric` over `range`, given the
     /// keys the speed layer also has (`touched`): the first `n` keys in
     /// answer order that are not touched, and every touched key this state
@@ -178,8 +204,10 @@ impl ViewIndex {
                 })
                 .take(n)
                 .collect()
-        } else {
+        } else if self.top_scans(metric, range) {
             self.scan_top(spec, state, metric, n, range, touched)
+        } else {
+            self.bounded_top(spec, state, metric, n, range, touched)
         };
         let touched_here = touched.keys().filter_map(|key| state.key_index(key));
         let mut out = FxHashMap::default();
@@ -197,6 +225,75 @@ impl ViewIndex {
         out
     }
 
+    /// The value of `metric` over the buckets of the key at `at` in `range`,
+    /// and whether those are all its buckets; `None` when none is in range.
+    fn value_in(
+        &self,
+        spec: &ViewSpec,
+        state: &ViewState,
+        at: usize,
+        metric: usize,
+        range: TimeRange,
+    ) -> Option<(Option<f64>, bool)> {
+        let agg = &spec.metrics[metric].agg;
+        let (_, groups) = state.key_at(at)?;
+        let span = groups.span(range);
+        if span.is_empty() {
+            return None;
+        }
+        if span == (0..groups.len()) {
+            let rollup = &self.rollups[at * self.n + metric];
+            return Some((rollup.value(agg).as_f64(), true));
+        }
+        let mut value = MetricState::empty(agg);
+        for bucket in span {
+            value.merge(&groups.states(self.n, bucket)[metric]);
+        }
+        Some((value.value(agg).as_f64(), false))
+    }
+
+    /// The first `n` untouched keys in answer order of a monotone `metric`
+    /// over `range`, walking the ranking: a key's roll-up bounds its value in
+    /// any range, and the ranking orders the bounds, so once the `n`th best
+    /// value found sorts before the next key's bound, no key further down
+    /// can enter.
+    fn bounded_top<V>(
+        &self,
+        spec: &ViewSpec,
+        state: &ViewState,
+        metric: usize,
+        n: usize,
+        range: TimeRange,
+        touched: &FxHashMap<String, V>,
+    ) -> Vec<usize> {
+        let agg = &spec.metrics[metric].agg;
+        let key = |at: usize| state.key_at(at).map_or("", |(key, _)| key);
+        let mut best: Vec<(Option<f64>, usize)> = Vec::with_capacity(n + 1);
+        for at in self.rankings[metric].iter().map(|at| *at as usize) {
+            if best.len() == n {
+                let bound = self.rollups[at * self.n + metric].value(agg).as_f64();
+                let (value, last) = best[n - 1];
+                if rank_order((value, key(last)), (bound, key(at))).is_lt() {
+                    break;
+                }
+            }
+            if touched.contains_key(key(at)) {
+                continue;
+            }
+            let Some((value, _)) = self.value_in(spec, state, at, metric, range) else {
+                continue;
+            };
+            let place = best.partition_point(|(other, other_at)| {
+                rank_order((*other, key(*other_at)), (value, key(at))).is_lt()
+            });
+            if place < n {
+                best.insert(place, (value, at));
+                best.truncate(n);
+            }
+        }
+        best.into_iter().map(|(_, at)| at).collect()
+    }
+
     /// The first `n` untouched keys in answer order of `metric` over `range`,
     /// by a scan of each key's buckets in range for that metric alone.
     fn scan_top<V>(
@@ -208,18 +305,14 @@ impl ViewIndex {
         range: TimeRange,
         touched: &FxHashMap<String, V>,
     ) -> Vec<usize> {
-        let agg = &spec.metrics[metric].agg;
         let mut ranked: Vec<(Option<f64>, usize)> = Vec::new();
-        for (at, (key, groups)) in state.keys().enumerate() {
-            let span: Range<usize> = groups.span(range);
-            if span.is_empty() || touched.contains_key(key) {
+        for (at, (key, _)) in state.keys().enumerate() {
+            if touched.contains_key(key) {
                 continue;
             }
-            let mut value = MetricState::empty(agg);
-            for bucket in span {
-                value.merge(&groups.states(self.n, bucket)[metric]);
+            if let Some((value, _)) = self.value_in(spec, state, at, metric, range) {
+                ranked.push((value, at));
             }
-            ranked.push((value.value(agg).as_f64(), at));
         }
         let key = |at: usize| state.key_at(at).map_or("", |(key, _)| key);
         let order = |a: &(Option<f64>, usize), b: &(Option<f64>, usize)| {
@@ -232,5 +325,129 @@ impl ViewIndex {
         ranked.sort_unstable_by(order);
         ranked.truncate(n);
         ranked.into_iter().map(|(_, at)| at).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Partial, QueryKind};
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    const CONFIG: &str = r#"
+        data_dir = "d"
+        [event]
+        id = "id"
+        time = "ts"
+        [[view]]
+        name = "v"
+        key = ["k"]
+        bucket = "1m"
+        metrics = [
+          { name = "n", agg = "count" },
+          { name = "sum", agg = "sum", field = "x" },
+          { name = "low", agg = "min", field = "x" },
+          { name = "high", agg = "max", field = "x" },
+          { name = "mean", agg = "mean", field = "x" },
+          { name = "users", agg = "distinct", field = "u" },
+          { name = "p50", agg = "quantile", field = "x", q = 0.5 },
+        ]
+    "#;
+
+    /// (key, minute, value, user); `speed` says which state it goes to.
+    type Event = (u8, i64, i32, u8, bool);
+
+    fn events() -> impl Strategy<Value = Vec<Event>> {
+        proptest::collection::vec(
+            (0..12u8, 0..40i64, -20..400i32, 0..9u8, any::<bool>()),
+            0..80,
+        )
+    }
+
+    fn bound() -> impl Strategy<Value = Option<i64>> {
+        // Bucket edges and points inside buckets, before, within and after the data.
+        prop_oneof![
+            Just(None),
+            (-2..43i64, 0..3i64).prop_map(|(m, part)| Some(m * 60_000 + part * 20_000))
+        ]
+    }
+
+    fn build(config: &Config, events: &[Event], speed: bool, allow_negative: bool) -> ViewState {
+        let spec = &config.views[0];
+        let mut state = ViewState::new();
+        for (i, (key, minute, value, user, is_speed)) in events.iter().enumerate() {
+            if *is_speed != speed {
+                continue;
+            }
+            let value = if allow_negative { *value } else { value.abs() };
+            let raw = format!(
+                r#"{{"id":{i},"k":"k{key}","ts":{},"x":{}.5,"u":"u{user}"}}"#,
+                minute * 60_000 + 1_000,
+                value
+            );
+            state.apply(
+                spec,
+                &config.schema.parse(raw.as_bytes(), 0).expect("valid event"),
+            );
+        }
+        state
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every indexed answer equals the scan's, over ranges aligned to
+        /// buckets or not, and a top-N's batch part merged with another
+        /// layer's equals the scan of both.
+        #[test]
+        fn indexed_answers_equal_the_scan(
+            events in events(),
+            from in bound(),
+            to in bound(),
+            negative in any::<bool>(),
+            n in 1..6usize,
+        ) {
+            let config = Config::parse(CONFIG, "test.toml").expect("config");
+            let spec = &config.views[0];
+            let batch = build(&config, &events, false, negative);
+            let speed = build(&config, &events, true, negative);
+            let index = ViewIndex::build(spec, &batch);
+            let range = TimeRange { from, to };
+
+            let scan = |kind: &QueryKind| batch.partial(spec, kind, range).finish(spec, kind);
+            let mut totals = spec.empty_states();
+            index.totals(range, &mut totals);
+            prop_assert_eq!(Partial::States(totals).finish(spec, &QueryKind::Totals), scan(&QueryKind::Totals));
+
+            let series = Partial::PerBucket(index.series(range).map(|(start, states)| (start, states.into())).collect());
+            prop_assert_eq!(series.finish(spec, &QueryKind::Series(None)), scan(&QueryKind::Series(None)));
+
+            for key in ["k0", "k3", "k11", "nope"] {
+                let kind = QueryKind::Key(key.to_owned());
+                let mut states = spec.empty_states();
+                if let Some(at) = batch.key_index(key) {
+                    index.key(&batch, at, range, &mut states);
+                }
+                prop_assert_eq!(Partial::States(states).finish(spec, &kind), scan(&kind), "key {}", key);
+            }
+
+            for metric in 0..spec.metrics.len() {
+                let kind = QueryKind::Top { metric, n };
+                let theirs = speed.partial(spec, &kind, range);
+                let Partial::PerKey(touched) = &theirs else {
+                    panic!("a top-N's partial is per key")
+                };
+                let mut merged = Partial::PerKey(index.top(spec, &batch, metric, n, range, touched));
+                merged.merge(&theirs);
+                let mut expected = batch.partial(spec, &kind, range);
+                expected.merge(&theirs);
+                prop_assert_eq!(
+                    merged.finish(spec, &kind),
+                    expected.finish(spec, &kind),
+                    "top {} by {}", n, spec.metrics[metric].name
+                );
+            }
+        }
     }
 }

@@ -21,8 +21,14 @@
 //!   that only acks, on an equally filled queue), `rabbitmq_ratio`;
 //! - `http_ingest`: `http_ingest_eps`, posted in batches of 1,000 through
 //!   `tandem publish --http`;
-//! - `query`: p50/p99 of key, top-10 and totals queries, in process and over
-//!   HTTP, while ingest runs at half the measured maximum rate;
+//! - `query`: p50/p99 of key, top-10 (all time, the last hour, an unaligned
+//!   range), totals (all time, the last hour) and a hot key's series, in
+//!   process, over HTTP, and as the scan of the snapshot's groups that
+//!   answered them before the indexes, with 5 M events in the batch layer and
+//!   0.5 M in the speed layer while 20 k events/s stream in; then, with
+//!   ingest stopped, `dashboard_cpu_pct`: the process's CPU while a headless
+//!   Chromium has the dashboard open, less its idle CPU, in % of a core (and
+//!   `dashboard_refreshes_per_s`, the top-N queries it asked a second);
 //! - `freshness`: from the publish of a marked event to RabbitMQ to the first
 //!   query that sees it;
 //! - `recompute`: `recompute_eps` and `recompute_peak_rss_mb` of a full batch
@@ -54,9 +60,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tandem::aggregate::{QueryKind, TimeRange};
 use tandem::event::Epoch;
 use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
-use tandem::{Config, Handle, Layer, Options, Query, Question};
+use tandem::{Config, Handle, Options, Query, Question};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -67,6 +74,11 @@ struct Sizes {
     rabbitmq: usize,
     http: usize,
     queries: usize,
+    /// Events in the batch layer, in the speed layer, and streaming in
+    /// meanwhile, for the query phase.
+    query_batch: usize,
+    query_speed: usize,
+    query_feed: usize,
     freshness: usize,
     recompute: usize,
 }
@@ -76,6 +88,9 @@ const FULL: Sizes = Sizes {
     rabbitmq: 300_000,
     http: 1_000_000,
     queries: 1_000,
+    query_batch: 5_000_000,
+    query_speed: 500_000,
+    query_feed: 1_500_000,
     freshness: 200,
     recompute: 10_000_000,
 };
@@ -85,6 +100,9 @@ const QUICK: Sizes = Sizes {
     rabbitmq: 5_000,
     http: 5_000,
     queries: 30,
+    query_batch: 20_000,
+    query_speed: 2_000,
+    query_feed: 2_000,
     freshness: 10,
     recompute: 30_000,
 };
@@ -238,14 +256,40 @@ fn rabbitmq_source(queue: &str) -> String {
     )
 }
 
-/// Events from the reference generator, seed 7, kept in `dir` for the next
-/// run when `keep` (the generator is deterministic).
+/// The generated stream's day: from midnight UTC yesterday for 24 hours, so
+/// that it lies within every view's retention (the shortest is 7 days) and a
+/// day's runs share their cached files. Answers (start, end) in epoch
+/// milliseconds, and the start as RFC 3339.
+fn stream_day() -> (i64, i64, String) {
+    const DAY: i64 = 86_400_000;
+    let start = tandem::now_ms().div_euclid(DAY) * DAY - DAY;
+    let text = chrono::DateTime::from_timestamp_millis(start)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    (start, start + DAY, text)
+}
+
+/// The arguments of `tandem generate` for `n` events of the stream's day, seed 7.
+fn generate_args(n: usize) -> Vec<String> {
+    let (_, _, start) = stream_day();
+    ["--events", &n.to_string(), "--seed", "7", "--start", &start]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Events from the reference generator (see `generate_args`), kept in `dir`
+/// for the next run when `keep` (the generator is deterministic).
 fn events(dir: &Path, keep: bool, n: usize) -> Result<Vec<Vec<u8>>, BoxError> {
-    let cached = dir.join(format!("tandem-bench-generate-{n}-seed7.jsonl"));
+    let (_, _, start) = stream_day();
+    let cached = dir.join(format!(
+        "tandem-bench-generate-{n}-seed7-{}.jsonl",
+        &start[..10]
+    ));
     let jsonl = match std::fs::read(&cached) {
         Ok(jsonl) if keep => jsonl,
         _ => {
-            let jsonl = workload::generate(&["--events", &n.to_string(), "--seed", "7"]);
+            let args = generate_args(n);
+            let jsonl = workload::generate(&args.iter().map(String::as_str).collect::<Vec<_>>());
             if keep {
                 std::fs::write(&cached, &jsonl)?;
             }
@@ -299,13 +343,13 @@ async fn bench_ingest(
     results: &mut Results,
     dir: &Path,
     events: &[Vec<u8>],
-) -> Result<f64, BoxError> {
+) -> Result<(), BoxError> {
     let data = tempfile::tempdir_in(dir)?;
     let handle = Arc::new(tandem::start(config("", data.path())?, Options::manual_epochs()).await?);
     let eps = push_all(&handle, events).await?;
     results.record("inprocess_ingest_eps", eps, "events/s");
     handle.shutdown().await;
-    Ok(eps)
+    Ok(())
 }
 
 /// Writes the events to `dir/events.jsonl`, off the async threads.
@@ -494,27 +538,84 @@ async fn bench_http_ingest(
     Ok(())
 }
 
-/// The three query kinds, for product `key`.
-fn questions(key: &str) -> [(&'static str, Question); 3] {
-    [
-        ("key", Question::Key(key.to_owned())),
-        (
-            "top10",
-            Question::Top {
-                metric: "revenue".into(),
-                n: 10,
-            },
-        ),
-        ("totals", Question::Totals),
-    ]
+/// Events per second pushed while the queries run.
+const QUERY_INGEST_EPS: f64 = 20_000.0;
+/// The hottest product of the generator (Zipf rank 1).
+const HOT_KEY: &str = "p-00000";
+
+/// One kind of query of the query phase: a name, what is asked, and the same
+/// question as an HTTP path.
+struct QueryShape {
+    name: &'static str,
+    question: fn(usize) -> Question,
+    range: TimeRange,
+    path: String,
 }
 
-fn http_path(kind: &str, key: &str) -> String {
-    match kind {
-        "key" => format!("/v1/views/sales_by_product/keys/{key}"),
-        "top10" => "/v1/views/sales_by_product/top?metric=revenue&n=10".to_owned(),
-        _ => "/v1/views/sales_by_product/totals".to_owned(),
-    }
+/// The dashboard's questions over `[start, end)`, the generated stream's span.
+fn query_shapes(start: i64, end: i64) -> Vec<QueryShape> {
+    let hour = TimeRange {
+        from: Some(end - 3_600_000),
+        to: Some(end),
+    };
+    // Neither end on a bucket edge of any view (1 min, 5 min, 1 h).
+    let unaligned = TimeRange {
+        from: Some(start + 5 * 3_600_000 + 17 * 60_000 + 23_000),
+        to: Some(start + 17 * 3_600_000 + 41 * 60_000 + 7_000),
+    };
+    let top = |_: usize| Question::Top {
+        metric: "revenue".into(),
+        n: 10,
+    };
+    let range_query = |range: TimeRange| match (range.from, range.to) {
+        (Some(from), Some(to)) => format!("from={from}&to={to}"),
+        _ => String::new(),
+    };
+    let view = "/v1/views/sales_by_product";
+    vec![
+        QueryShape {
+            name: "key",
+            question: |i| Question::Key(product(i)),
+            range: TimeRange::ALL,
+            path: format!("{view}/keys/"),
+        },
+        QueryShape {
+            name: "top10",
+            question: top,
+            range: TimeRange::ALL,
+            path: format!("{view}/top?metric=revenue&n=10"),
+        },
+        QueryShape {
+            name: "top10_hour",
+            question: top,
+            range: hour,
+            path: format!("{view}/top?metric=revenue&n=10&{}", range_query(hour)),
+        },
+        QueryShape {
+            name: "top10_unaligned",
+            question: top,
+            range: unaligned,
+            path: format!("{view}/top?metric=revenue&n=10&{}", range_query(unaligned)),
+        },
+        QueryShape {
+            name: "totals",
+            question: |_| Question::Totals,
+            range: TimeRange::ALL,
+            path: format!("{view}/totals"),
+        },
+        QueryShape {
+            name: "totals_hour",
+            question: |_| Question::Totals,
+            range: hour,
+            path: format!("{view}/totals?{}", range_query(hour)),
+        },
+        QueryShape {
+            name: "series_hot",
+            question: |_| Question::Series(Some(HOT_KEY.to_owned())),
+            range: TimeRange::ALL,
+            path: format!("{view}/series?key={HOT_KEY}"),
+        },
+    ]
 }
 
 fn product(i: usize) -> String {
@@ -522,28 +623,55 @@ fn product(i: usize) -> String {
     format!("p-{:05}", (i * 7919) % 1_000)
 }
 
+/// The query phase: `batch` events in the batch layer, `speed` more in the
+/// speed layer, and more streaming in at `QUERY_INGEST_EPS` while every
+/// query shape is timed in process, over HTTP, and, for reference in the
+/// same run, as the scan of the batch snapshot's groups that answered every
+/// query before the indexes.
 async fn bench_query(
     results: &mut Results,
     dir: &Path,
     events: &[Vec<u8>],
-    max_eps: f64,
-    n: usize,
+    sizes: Sizes,
+    (start, end): (i64, i64),
 ) -> Result<(), BoxError> {
     let data = tempfile::tempdir_in(dir)?;
     let handle = Arc::new(tandem::start(config("", data.path())?, Options::manual_epochs()).await?);
-    // Half the events are in the batch layer, and the rest streams in at half
-    // the measured maximum rate while the queries run.
-    let (old, new) = events.split_at(events.len() / 2);
+    let (old, rest) = events.split_at(sizes.query_batch.min(events.len()));
+    let (live, later) = rest.split_at(sizes.query_speed.min(rest.len()));
     push_all(&handle, old).await?;
     handle.recompute_now().await?;
+    push_all(&handle, live).await?;
+    let batch = handle.batch().await?;
+    let spec = handle
+        .config()
+        .view("sales_by_product")
+        .ok_or("no view sales_by_product")?
+        .clone();
+    let view = handle
+        .config()
+        .views
+        .iter()
+        .position(|view| view.name == spec.name)
+        .ok_or("no view sales_by_product")?;
+    let groups = batch.views[view].len();
+    let speed_groups: u64 = handle
+        .partitions()
+        .iter()
+        .enumerate()
+        .map(|(i, _)| handle.shared().speed_groups[i].load(Ordering::Relaxed))
+        .sum();
+    println!(
+        "query phase: {groups} groups of sales_by_product in the batch layer, {speed_groups} groups of all views in the speed layer"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
         let (handle, stop) = (Arc::clone(&handle), Arc::clone(&stop));
-        let chunks: Vec<Vec<Vec<u8>>> = new.chunks(CHUNK).map(<[Vec<u8>]>::to_vec).collect();
-        let every = Duration::from_secs_f64(CHUNK as f64 / (max_eps / 2.0));
+        let chunks: Vec<Vec<Vec<u8>>> = later.chunks(CHUNK).map(<[Vec<u8>]>::to_vec).collect();
+        let every = Duration::from_secs_f64(CHUNK as f64 / QUERY_INGEST_EPS);
         actix::spawn(async move {
             let mut ticks = tokio::time::interval(every);
-            for chunk in chunks.into_iter().cycle() {
+            for chunk in chunks {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -554,30 +682,27 @@ async fn bench_query(
         })
     };
     let (base, server) = serve(&handle)?;
-    for (kind, _) in questions("") {
-        // Top and totals read every group of the view: fewer samples of them.
-        let n = if kind == "key" { n } else { (n / 10).max(10) };
+    for shape in query_shapes(start, end) {
+        let n = sizes.queries;
         let mut inprocess = Vec::with_capacity(n);
         for i in 0..n {
-            let question = questions(&product(i))
-                .into_iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, question)| question)
-                .ok_or("no such kind")?;
             let query = Query {
-                layer: Layer::Merged,
-                ..Query::new("sales_by_product", question)
+                range: shape.range,
+                ..Query::new("sales_by_product", (shape.question)(i))
             };
             let started = Instant::now();
             handle.query(query).await?;
             inprocess.push(started.elapsed().as_secs_f64() * 1e6);
         }
-        let base = base.clone();
+        let (base, path, name) = (base.clone(), shape.path.clone(), shape.name);
         let mut over_http = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
             let agent = ureq::AgentBuilder::new().build();
             let mut samples = Vec::with_capacity(n);
             for i in 0..n {
-                let url = format!("{base}{}", http_path(kind, &product(i)));
+                let url = match name {
+                    "key" => format!("{base}{path}{}", product(i)),
+                    _ => format!("{base}{path}"),
+                };
                 let started = Instant::now();
                 let body = agent
                     .get(&url)
@@ -591,14 +716,53 @@ async fn bench_query(
             Ok(samples)
         })
         .await??;
-        for (path, samples) in [("inprocess", &mut inprocess), ("http", &mut over_http)] {
+        // The scan reads every group of the snapshot: a few samples, off the
+        // async threads like the old path.
+        let scans = (n / 100).clamp(3, 10);
+        let (batch, spec, question, range) = (
+            Arc::clone(&batch),
+            spec.clone(),
+            (shape.question)(0),
+            shape.range,
+        );
+        let mut scan = tokio::task::spawn_blocking(move || {
+            let kind = match question {
+                Question::Key(key) => QueryKind::Key(key),
+                Question::Totals => QueryKind::Totals,
+                Question::Series(key) => QueryKind::Series(key),
+                Question::Top { metric, n } => QueryKind::Top {
+                    metric: spec
+                        .metrics
+                        .iter()
+                        .position(|m| m.name == metric)
+                        .unwrap_or(0),
+                    n,
+                },
+            };
+            (0..scans)
+                .map(|_| {
+                    let started = Instant::now();
+                    let answer = batch.views[view]
+                        .partial(&spec, &kind, range)
+                        .finish(&spec, &kind);
+                    std::hint::black_box(answer);
+                    started.elapsed().as_secs_f64() * 1e6
+                })
+                .collect::<Vec<f64>>()
+        })
+        .await?;
+        for (path, samples) in [
+            ("inprocess", &mut inprocess),
+            ("http", &mut over_http),
+            ("scan", &mut scan),
+        ] {
             results.record(
-                &format!("query_{kind}_{path}_p50_us"),
+                &format!("query_{}_{path}_p50_us", shape.name),
                 percentile(samples, 0.5),
                 "us",
             );
             results.record(
-                &format!("query_{kind}_{path}_p99_us"),
+                &format!("query_{}_{path}_p99_us", shape.name),
                 percentile(samples, 0.99),
                 "us",
             );
@@ -606,8 +770,67 @@ async fn bench_query(
     }
     stop.store(true, Ordering::Relaxed);
     feeder.await.ok();
+    bench_dashboard(results, &base).await?;
     server.stop(true).await;
     handle.shutdown().await;
+    Ok(())
+}
+
+/// How many top-N queries `/metrics` has counted so far.
+fn top_queries(base: &str) -> Result<f64, BoxError> {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()?
+        .into_string()?;
+    Ok(text
+        .lines()
+        .find(|line| line.starts_with("tandem_query_seconds_count{kind=\"top\"}"))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// This process's CPU while one dashboard (headless Chromium on `base`, the
+/// page refreshing every second) is open, less its CPU while idle, as a
+/// percentage of one core; skipped without `/usr/bin/chromium`.
+async fn bench_dashboard(results: &mut Results, base: &str) -> Result<(), BoxError> {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    const WINDOW: Duration = Duration::from_secs(30);
+    if !Path::new(CHROMIUM).exists() {
+        println!("dashboard: skipped, {CHROMIUM} is missing");
+        return Ok(());
+    }
+    let idle_before = proc_status::cpu_seconds(None);
+    tokio::time::sleep(WINDOW).await;
+    let idle = proc_status::cpu_seconds(None) - idle_before;
+    let profile = tempfile::tempdir()?;
+    let mut chromium = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("{base}/"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // The page loads and starts refreshing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (base_at, queries_before) = (base.to_owned(), top_queries(base)?);
+    let open_before = proc_status::cpu_seconds(None);
+    tokio::time::sleep(WINDOW).await;
+    let open = proc_status::cpu_seconds(None) - open_before;
+    let refreshes = top_queries(&base_at)? - queries_before;
+    chromium.kill().ok();
+    chromium.wait().ok();
+    let window = WINDOW.as_secs_f64();
+    results.record("dashboard_refreshes_per_s", refreshes / window, "1/s");
+    results.record(
+        "dashboard_cpu_pct",
+        100.0 * (open - idle).max(0.0) / window,
+        "% core",
+    );
     Ok(())
 }
 
@@ -665,7 +888,8 @@ fn build_master(dir: &Path, n: usize) -> Result<(), BoxError> {
     let file = dir.join("events.jsonl");
     let out = std::fs::File::create(&file)?;
     let status = Command::new(tandem_binary()?)
-        .args(["generate", "--events", &n.to_string(), "--seed", "7"])
+        .arg("generate")
+        .args(generate_args(n))
         .stdout(out)
         .status()?;
     if !status.success() {
@@ -876,7 +1100,11 @@ fn main() -> Result<(), BoxError> {
         events(
             &args.dir,
             args.keep,
-            sizes.ingest.max(sizes.rabbitmq).max(sizes.http),
+            sizes
+                .ingest
+                .max(sizes.rabbitmq)
+                .max(sizes.http)
+                .max(sizes.query_batch + sizes.query_speed + sizes.query_feed),
         )?
     } else {
         Vec::new()
@@ -885,8 +1113,11 @@ fn main() -> Result<(), BoxError> {
         // Kept in the bench dir for the next run when `keep`, like the events.
         let scratch = tempfile::tempdir_in(&args.dir)?;
         let dir = if args.keep {
-            args.dir
-                .join(format!("tandem-bench-master-{}", sizes.recompute))
+            args.dir.join(format!(
+                "tandem-bench-master-{}-{}",
+                sizes.recompute,
+                &stream_day().2[..10]
+            ))
         } else {
             scratch.path().to_path_buf()
         };
@@ -919,9 +1150,8 @@ fn main() -> Result<(), BoxError> {
     let system = actix::System::new();
     for run in 1..=args.runs {
         println!("run {run} of {}", args.runs);
-        let mut max_eps = 0.0;
-        if wants("ingest") || wants("query") {
-            max_eps = system.block_on(bench_ingest(
+        if wants("ingest") {
+            system.block_on(bench_ingest(
                 &mut results,
                 &args.dir,
                 &events[..sizes.ingest],
@@ -942,12 +1172,13 @@ fn main() -> Result<(), BoxError> {
             ))?;
         }
         if wants("query") {
+            let (start, end, _) = stream_day();
             system.block_on(bench_query(
                 &mut results,
                 &args.dir,
-                &events[..sizes.ingest],
-                max_eps,
-                sizes.queries,
+                &events,
+                sizes,
+                (start, end),
             ))?;
         }
         if wants("freshness") {

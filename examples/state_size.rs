@@ -5,7 +5,10 @@
 //!
 //! Streams the file line by line (the events are not kept), applies every valid
 //! event to one view of `config/tandem.toml` (default `sales_by_product`), and
-//! prints the groups and the growth of the resident set size per group.
+//! prints the groups and the growth of the resident set size per group; then
+//! builds the view's index (`ViewIndex`, what serving answers from) and
+//! prints its build time and its growth of the resident set size, also as a
+//! share of the state's.
 
 #[path = "../tests/common/proc_status.rs"]
 mod proc_status;
@@ -13,7 +16,7 @@ mod proc_status;
 use std::io::BufRead;
 use std::path::Path;
 use tandem::Config;
-use tandem::aggregate::ViewState;
+use tandem::aggregate::{ViewIndex, ViewState};
 
 fn rss_bytes() -> u64 {
     proc_status::status_kib(None, "VmRSS:") * 1024
@@ -56,6 +59,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rss growth {:.1} MiB, {:.0} bytes per group",
         grown as f64 / (1 << 20) as f64,
         grown as f64 / state.len().max(1) as f64
+    );
+    let before = rss_bytes();
+    let started = std::time::Instant::now();
+    let index = ViewIndex::build(&spec, &state);
+    let took = started.elapsed();
+    let index_grown = rss_bytes().saturating_sub(before);
+    std::hint::black_box(&index);
+    println!(
+        "index built in {:.2} s, rss growth {:.1} MiB, {:.1}% of the state's",
+        took.as_secs_f64(),
+        index_grown as f64 / (1 << 20) as f64,
+        100.0 * index_grown as f64 / grown.max(1) as f64
     );
     Ok(())
 }

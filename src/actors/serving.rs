@@ -20,10 +20,11 @@
 
 use super::recompute::Batch;
 use super::speed::{Expire, SpeedPartition, SpeedState};
-use crate::aggregate::{Body, Partial, QueryKind, TimeRange, ViewSpec};
+use crate::aggregate::{
+    Body, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top,
+};
 use crate::event::Epoch;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -58,6 +59,11 @@ pub enum Question {
     /// Per-bucket metrics of one key, or of all keys together.
     Series(Option<String>),
 }
+
+/// How often a query reads again when a snapshot swap races it. A swap
+/// takes one message, so a second read normally succeeds; this bounds a
+/// reader that would otherwise never see the batch an expiry belongs to.
+const MAX_READS: usize = 64;
 
 /// Most keys a top-N query returns.
 pub const MAX_TOP: usize = 1_000;
@@ -133,6 +139,9 @@ pub enum QueryError {
     /// The system is shutting down.
     #[error("tandem is stopping")]
     Stopped,
+    /// Every read raced a snapshot swap.
+    #[error("the served snapshot changed under {0} reads in a row; ask again")]
+    Raced(usize),
 }
 
 /// A query, answered merged per its layer.
@@ -219,32 +228,6 @@ impl Reader {
         Ok((view, kind))
     }
 
-    /// The speed layer's part of a query over the epochs after `after`, and
-    /// those epochs; `None` when a partition has meanwhile expired an epoch
-    /// after `after` (a newer batch is served: the caller asks again).
-    fn speed_part(
-        &self,
-        after: Option<Epoch>,
-        view: usize,
-        kind: &QueryKind,
-        range: TimeRange,
-    ) -> Option<(Partial, BTreeSet<Epoch>)> {
-        let mut speed = Partial::empty(&self.views[view], kind);
-        let mut epochs = BTreeSet::new();
-        for partition in self.speed.iter() {
-            let (partial, its) = partition.partial(after, view, kind, range);
-            speed.merge(&partial);
-            epochs.extend(its);
-        }
-        // Checked after reading: an expiry is published before anything is
-        // dropped, so whatever was read is complete unless this sees one.
-        let raced = self
-            .speed
-            .iter()
-            .any(|partition| partition.expired() > after);
-        (!raced).then_some((speed, epochs))
-    }
-
     /// Answers a query, merged per its layer.
     ///
     /// # Errors
@@ -253,61 +236,145 @@ impl Reader {
         let (view, kind) = self.resolve(&query)?;
         let spec = Arc::clone(&self.views[view]);
         let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
-        let (batch, batch_epoch, speed, speed_epochs) = loop {
+        let with_speed = query.layer != Layer::Batch;
+        for _ in 0..MAX_READS {
             let batch = self.batch();
             // A view the snapshot has no state for is answered by the speed
             // layer alone, which holds all its epochs until a batch run covers it.
             let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
-            let (speed, speed_epochs) = match query.layer {
-                Layer::Batch => (Partial::empty(&spec, &kind), BTreeSet::new()),
-                _ => match self.speed_part(batch_epoch, view, &kind, range) {
-                    Some(part) => part,
-                    // A newer batch was swapped in while the speed part was
-                    // read, and some of its epochs may be gone: ask again.
-                    None => continue,
-                },
+            let with_batch = query.layer != Layer::Speed && batch.has_view(view);
+            let live = Live {
+                speed: with_speed.then(|| Arc::clone(&self.speed)),
+                after: batch_epoch,
+                view,
+                range,
             };
-            break (batch, batch_epoch, speed, speed_epochs);
-        };
-        let partial = match query.layer {
-            Layer::Speed => speed,
-            _ => {
-                let mut partial = batch_partial(&batch, &spec, view, &kind, range, &speed).await?;
-                partial.merge(&speed);
-                partial
+            let partial = match kind {
+                QueryKind::Top { metric, n } => {
+                    let read = {
+                        let (batch, spec, live) =
+                            (Arc::clone(&batch), Arc::clone(&spec), live.clone());
+                        move || {
+                            let indexed = batch
+                                .indexes
+                                .get(view)
+                                .zip(batch.views.get(view))
+                                .filter(|_| with_batch);
+                            merged_top(&spec, indexed, metric, n, range, &live)
+                        }
+                    };
+                    let scans = with_batch
+                        && batch
+                            .indexes
+                            .get(view)
+                            .is_some_and(|index| index.top_scans(metric, range));
+                    let per_key = if scans {
+                        tokio::task::spawn_blocking(read)
+                            .await
+                            .map_err(|_| QueryError::Stopped)?
+                    } else {
+                        read()
+                    };
+                    Partial::PerKey(per_key)
+                }
+                _ => {
+                    let mut partial = match with_batch {
+                        true => batch_partial(&batch, &spec, view, &kind, range),
+                        false => Partial::empty(&spec, &kind),
+                    };
+                    for partition in live.speed.iter().flat_map(|speed| speed.iter()) {
+                        partial.merge(&partition.partial(batch_epoch, view, &kind, range));
+                    }
+                    partial
+                }
+            };
+            let mut speed_epochs = BTreeSet::new();
+            for partition in live.speed.iter().flat_map(|speed| speed.iter()) {
+                speed_epochs.extend(partition.epochs_after(batch_epoch, view));
             }
-        };
-        let as_of = AsOf {
-            batch_epoch,
-            batch_at: batch_epoch.and(batch.meta.map(|meta| meta.created_ms)),
-            speed_epochs: speed_epochs.into_iter().collect(),
-        };
-        Ok(Answer {
-            view: spec.name.clone(),
-            body: partial.finish(&spec, &kind),
-            as_of,
-        })
+            // Checked after every read of the speed layer: an expiry is
+            // published before anything is dropped, so what was read is
+            // complete unless this sees one past B. Then a newer batch is
+            // served: read again against it.
+            if self.raced(with_speed, batch_epoch) {
+                tracing::debug!(?batch_epoch, "a snapshot swap raced a query; reading again");
+                continue;
+            }
+            let as_of = AsOf {
+                batch_epoch,
+                batch_at: batch_epoch.and(batch.meta.map(|meta| meta.created_ms)),
+                speed_epochs: speed_epochs.into_iter().collect(),
+            };
+            return Ok(Answer {
+                view: spec.name.clone(),
+                body: partial.finish(&spec, &kind),
+                as_of,
+            });
+        }
+        Err(QueryError::Raced(MAX_READS))
+    }
+
+    /// Whether a speed partition has expired an epoch after `after`.
+    fn raced(&self, with_speed: bool, after: Option<Epoch>) -> bool {
+        with_speed
+            && self
+                .speed
+                .iter()
+                .any(|partition| partition.expired() > after)
     }
 }
 
-/// The batch layer's part of a query, from the snapshot's index. For a
-/// top-N, `speed` is the speed layer's part (its keys are the touched ones);
-/// one over a range that cuts the view's buckets scans keys, off the async
-/// threads.
-async fn batch_partial(
-    batch: &Arc<Batch>,
-    spec: &Arc<ViewSpec>,
+/// The speed layer's epochs after `after`, over `range`, for a top-N merge
+/// (`None`: a query of the batch layer alone).
+#[derive(Clone)]
+struct Live {
+    speed: Option<Arc<[Arc<SpeedState>]>>,
+    after: Option<Epoch>,
+    view: usize,
+    range: TimeRange,
+}
+
+impl Live {
+    /// The partition holding `key`.
+    fn owner(&self, key: &str) -> Option<&SpeedState> {
+        let speed = self.speed.as_ref()?;
+        speed
+            .get(super::speed::partition_of(key, speed.len()))
+            .map(|partition| &**partition)
+    }
+}
+
+impl LiveTop for Live {
+    fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState)) {
+        for partition in self.speed.iter().flat_map(|speed| speed.iter()) {
+            partition.each_key(self.after, self.view, self.range, metric, visit);
+        }
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.owner(key)
+            .is_some_and(|partition| partition.holds(self.after, self.view, key, self.range))
+    }
+
+    fn key(&self, key: &str, into: &mut [MetricState]) {
+        if let Some(partition) = self.owner(key) {
+            partition.merge_key(self.after, self.view, key, self.range, into);
+        }
+    }
+}
+
+/// The batch layer's part of a key, totals or series query, from the
+/// snapshot's index.
+fn batch_partial(
+    batch: &Batch,
+    spec: &ViewSpec,
     view: usize,
     kind: &QueryKind,
     range: TimeRange,
-    speed: &Partial,
-) -> Result<Partial, QueryError> {
+) -> Partial {
     let (Some(state), Some(index)) = (batch.views.get(view), batch.indexes.get(view)) else {
-        return Ok(Partial::empty(spec, kind));
+        return Partial::empty(spec, kind);
     };
-    if !batch.has_view(view) {
-        return Ok(Partial::empty(spec, kind));
-    }
     let mut partial = Partial::empty(spec, kind);
     match (kind, &mut partial) {
         (QueryKind::Key(key), Partial::States(states)) => {
@@ -324,27 +391,9 @@ async fn batch_partial(
             );
         }
         (QueryKind::Series(Some(_)), _) => partial = state.partial(spec, kind, range),
-        (QueryKind::Top { metric, n }, Partial::PerKey(per_key)) => {
-            let empty = FxHashMap::default();
-            let touched = match speed {
-                Partial::PerKey(touched) => touched,
-                _ => &empty,
-            };
-            if !index.top_scans(*metric, range) {
-                *per_key = index.top(spec, state, *metric, *n, range, touched);
-            } else {
-                let (batch, spec, touched) = (Arc::clone(batch), Arc::clone(spec), touched.clone());
-                let (metric, n) = (*metric, *n);
-                *per_key = tokio::task::spawn_blocking(move || {
-                    batch.indexes[view].top(&spec, &batch.views[view], metric, n, range, &touched)
-                })
-                .await
-                .map_err(|_| QueryError::Stopped)?;
-            }
-        }
         _ => {}
     }
-    Ok(partial)
+    partial
 }
 
 /// The serving actor: swaps in new batches and expires the speed epochs they cover.
@@ -426,7 +475,7 @@ mod tests {
     use crate::config::Config;
 
     #[test]
-    fn a_speed_part_read_against_a_batch_older_than_an_expiry_is_refused() {
+    fn a_read_against_a_batch_older_than_an_expiry_is_refused() {
         let config = Config::parse(
             r#"
             data_dir = "d"
@@ -456,29 +505,26 @@ mod tests {
             Arc::new(Batch::default()),
             Arc::new([Arc::clone(&speed)]),
         );
-        let count = |after: Option<Epoch>| {
-            reader
-                .speed_part(after, 0, &QueryKind::Totals, TimeRange::ALL)
-                .map(|(partial, epochs)| {
-                    let Body::Metrics(metrics) =
-                        partial.finish(&reader.views[0], &QueryKind::Totals)
-                    else {
-                        panic!("totals are metrics")
-                    };
-                    (metrics.get("n"), epochs.into_iter().collect::<Vec<_>>())
-                })
+        let ask = || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            runtime.block_on(reader.ask(Query::new("v", Question::Totals)))
         };
-        assert_eq!(
-            count(None),
-            Some((Some(MetricValue::Int(3)), vec![Epoch(1), Epoch(2)]))
-        );
-        // A batch covering epoch 1 is served and epoch 1 expired: a reader
-        // that still holds the batch before it must not add the rest alone.
+        let answer = ask().expect("an answer");
+        assert_eq!(answer.as_of.speed_epochs, [Epoch(1), Epoch(2)]);
+        let Body::Metrics(metrics) = answer.body else {
+            panic!("totals are metrics")
+        };
+        assert_eq!(metrics.get("n"), Some(MetricValue::Int(3)));
+        // Epoch 1 is expired, but the batch that covers it was never swapped
+        // in: no read may add the speed layer's rest to the older batch.
         speed.expire(Epoch(1));
-        assert_eq!(count(None), None, "read against an outdated batch");
-        assert_eq!(
-            count(Some(Epoch(1))),
-            Some((Some(MetricValue::Int(2)), vec![Epoch(2)]))
+        assert_eq!(ask(), Err(QueryError::Raced(MAX_READS)));
+        assert!(!reader.raced(true, Some(Epoch(1))));
+        assert!(
+            !reader.raced(false, None),
+            "the batch layer alone never races"
         );
     }
 }

@@ -22,7 +22,7 @@ use crate::aggregate::{
 use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use dashmap::DashMap;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxBuildHasher;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -123,6 +123,40 @@ impl LiveKey {
             any |= !span.is_empty();
         }
         any
+    }
+}
+
+impl LiveKey {
+    /// Merges the key's state of `metric` over `range` in epochs after
+    /// `after` into `into`; answers whether any bucket of it lies in range.
+    fn merge_metric(
+        &self,
+        n: usize,
+        after: Option<Epoch>,
+        range: TimeRange,
+        metric: usize,
+        into: &mut MetricState,
+    ) -> bool {
+        let mut any = false;
+        for entry in self.0.iter().filter(|entry| Some(entry.epoch) > after) {
+            let span = entry.groups.span(range);
+            if span == (0..entry.groups.len()) {
+                into.merge(&entry.rollup[metric]);
+            } else {
+                for at in span.clone() {
+                    into.merge(&entry.groups.states(n, at)[metric]);
+                }
+            }
+            any |= !span.is_empty();
+        }
+        any
+    }
+
+    /// Whether the key has a bucket in `range` in an epoch after `after`.
+    fn holds(&self, after: Option<Epoch>, range: TimeRange) -> bool {
+        self.0
+            .iter()
+            .any(|entry| Some(entry.epoch) > after && !entry.groups.span(range).is_empty())
     }
 }
 
@@ -260,29 +294,31 @@ impl SpeedState {
         );
     }
 
-    /// The partial of a query over epochs after `after`, and the epochs of
-    /// the view it covers. Any thread may call it; the caller must then check
-    /// that [`SpeedState::expired`] is still no later than `after`.
+    /// The partial of a key, totals or series query over epochs after
+    /// `after` (a top-N is merged through [`SpeedState::each_key`] and the
+    /// rest instead: see `aggregate::merged_top`). Any thread may call it;
+    /// the caller must then check that [`SpeedState::expired`] is still no
+    /// later than `after`.
     pub fn partial(
         &self,
         after: Option<Epoch>,
         view: usize,
         kind: &QueryKind,
         range: TimeRange,
-    ) -> (Partial, Vec<Epoch>) {
+    ) -> Partial {
         let spec = &self.views[view];
         let live = &self.live[view];
         let later = |epoch: &Epoch| Some(*epoch) > after;
         let mut partial = Partial::empty(spec, kind);
-        let epochs: Vec<Epoch> = {
-            let totals = live.totals();
-            if let (QueryKind::Totals, Partial::States(states)) = (kind, &mut partial) {
+        match (kind, &mut partial) {
+            (QueryKind::Totals, Partial::States(states)) => {
+                let totals = live.totals();
                 for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
                     epoch_totals.merge(range, states);
                 }
             }
-            if let (QueryKind::Series(None), Partial::PerBucket(per_bucket)) = (kind, &mut partial)
-            {
+            (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
+                let totals = live.totals();
                 for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
                     for (bucket, states) in epoch_totals.in_range(range) {
                         merge_states(
@@ -294,13 +330,8 @@ impl SpeedState {
                     }
                 }
             }
-            totals.keys().copied().filter(later).collect()
-        };
-        match (kind, &mut partial) {
             (QueryKind::Key(key), Partial::States(states)) => {
-                if let Some(entry) = live.keys.get(key.as_str()) {
-                    entry.merge(after, range, states);
-                }
+                self.merge_key(after, view, key, range, states);
             }
             (QueryKind::Series(Some(key)), Partial::PerBucket(per_bucket)) => {
                 if let Some(entry) = live.keys.get(key.as_str()) {
@@ -318,19 +349,77 @@ impl SpeedState {
                     }
                 }
             }
-            (QueryKind::Top { .. }, Partial::PerKey(per_key)) => {
-                let mut touched = FxHashMap::default();
-                for entry in live.keys.iter() {
+            (QueryKind::Top { metric, .. }, Partial::PerKey(per_key)) => {
+                // Every key with its full states: the scan's shape, for tests.
+                let mut keys = Vec::new();
+                self.each_key(after, view, range, *metric, &mut |key, _| {
+                    keys.push(key.to_owned())
+                });
+                for key in keys {
                     let mut states = spec.empty_states();
-                    if entry.value().merge(after, range, &mut states) {
-                        touched.insert(entry.key().to_string(), states);
-                    }
+                    self.merge_key(after, view, &key, range, &mut states);
+                    per_key.insert(key, states);
                 }
-                *per_key = touched;
             }
             _ => {}
         }
-        (partial, epochs)
+        partial
+    }
+
+    /// The epochs after `after` holding events of view `view`.
+    pub fn epochs_after(&self, after: Option<Epoch>, view: usize) -> Vec<Epoch> {
+        let totals = self.live[view].totals();
+        totals
+            .keys()
+            .copied()
+            .filter(|epoch| Some(*epoch) > after)
+            .collect()
+    }
+
+    /// Calls `visit` with every key of view `view` that has a bucket in
+    /// `range` in an epoch after `after`, and its state of `metric` there.
+    pub fn each_key(
+        &self,
+        after: Option<Epoch>,
+        view: usize,
+        range: TimeRange,
+        metric: usize,
+        visit: &mut dyn FnMut(&str, &MetricState),
+    ) {
+        let spec = &self.views[view];
+        let (n, agg) = (spec.metrics.len(), &spec.metrics[metric].agg);
+        for entry in self.live[view].keys.iter() {
+            let mut state = MetricState::empty(agg);
+            if entry
+                .value()
+                .merge_metric(n, after, range, metric, &mut state)
+            {
+                visit(entry.key(), &state);
+            }
+        }
+    }
+
+    /// Whether `key` of view `view` has a bucket in `range` in an epoch after `after`.
+    pub fn holds(&self, after: Option<Epoch>, view: usize, key: &str, range: TimeRange) -> bool {
+        self.live[view]
+            .keys
+            .get(key)
+            .is_some_and(|entry| entry.holds(after, range))
+    }
+
+    /// Merges the states of `key` of view `view` over `range` in epochs after
+    /// `after` into `into`.
+    pub fn merge_key(
+        &self,
+        after: Option<Epoch>,
+        view: usize,
+        key: &str,
+        range: TimeRange,
+        into: &mut [MetricState],
+    ) {
+        if let Some(entry) = self.live[view].keys.get(key) {
+            entry.merge(after, range, into);
+        }
     }
 
     /// Drops the buckets past each view's retention as of `now_ms`, and the
@@ -516,7 +605,8 @@ mod tests {
     "#;
 
     fn totals(state: &SpeedState, after: Option<Epoch>) -> (u64, Vec<Epoch>) {
-        let (partial, epochs) = state.partial(after, 0, &QueryKind::Totals, TimeRange::ALL);
+        let partial = state.partial(after, 0, &QueryKind::Totals, TimeRange::ALL);
+        let epochs = state.epochs_after(after, 0);
         let Body::Metrics(metrics) = partial.finish(&state.views[0], &QueryKind::Totals) else {
             panic!("totals are metrics")
         };
@@ -686,7 +776,7 @@ mod tests {
             kinds.extend((0..6).map(|key| QueryKind::Key(format!("k{key}"))));
             for kind in kinds {
                 for range in [range, TimeRange::ALL] {
-                    let (partial, _) = state.partial(after, 0, &kind, range);
+                    let partial = state.partial(after, 0, &kind, range);
                     proptest::prop_assert_eq!(
                         partial.finish(spec, &kind),
                         expected.partial(spec, &kind, range).finish(spec, &kind),

@@ -176,53 +176,36 @@ impl ViewIndex {
         !self.covers(range) && !self.monotone.get(metric).copied().unwrap_or(false)
     }
 
-    /// The batch layer's part of a top-N by `metric` over `range`, given the
-    /// keys the speed layer also has (`touched`): the first `n` keys in
-    /// answer order that are not touched, and every touched key this state
-    /// has, each with its states over `range`. A key the speed layer did not
-    /// touch has its batch value as its merged value, so the merged answer's
-    /// top `n` lie among these keys.
-    pub fn top<V>(
+    /// The first `n` keys in answer order of `metric` over `range` that
+    /// `skip` does not name, with their values there.
+    pub fn head(
         &self,
         spec: &ViewSpec,
         state: &ViewState,
         metric: usize,
         n: usize,
         range: TimeRange,
-        touched: &FxHashMap<String, V>,
-    ) -> FxHashMap<String, Box<[MetricState]>> {
-        let head: Vec<usize> = if self.covers(range) {
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Vec<(Option<f64>, usize)> {
+        if self.covers(range) {
+            let agg = &spec.metrics[metric].agg;
             self.rankings
                 .get(metric)
                 .into_iter()
                 .flat_map(|ranking| ranking.iter())
                 .map(|at| *at as usize)
-                .filter(|at| {
-                    state
-                        .key_at(*at)
-                        .is_some_and(|(key, _)| !touched.contains_key(key))
-                })
+                .filter(|at| state.key_at(*at).is_some_and(|(key, _)| !skip(key)))
                 .take(n)
+                .map(|at| {
+                    let value = self.rollups[at * self.n + metric].value(agg).as_f64();
+                    (value, at)
+                })
                 .collect()
         } else if self.top_scans(metric, range) {
-            self.scan_top(spec, state, metric, n, range, touched)
+            self.scan_top(spec, state, metric, n, range, skip)
         } else {
-            self.bounded_top(spec, state, metric, n, range, touched)
-        };
-        let touched_here = touched.keys().filter_map(|key| state.key_index(key));
-        let mut out = FxHashMap::default();
-        for at in head.into_iter().chain(touched_here) {
-            let Some((key, groups)) = state.key_at(at) else {
-                continue;
-            };
-            if groups.span(range).is_empty() {
-                continue;
-            }
-            let mut states = spec.empty_states();
-            self.key(state, at, range, &mut states);
-            out.insert(key.to_owned(), states);
+            self.bounded_top(spec, state, metric, n, range, skip)
         }
-        out
     }
 
     /// The value of `metric` over the buckets of the key at `at` in `range`,
@@ -257,15 +240,15 @@ impl ViewIndex {
     /// any range, and the ranking orders the bounds, so once the `n`th best
     /// value found sorts before the next key's bound, no key further down
     /// can enter.
-    fn bounded_top<V>(
+    fn bounded_top(
         &self,
         spec: &ViewSpec,
         state: &ViewState,
         metric: usize,
         n: usize,
         range: TimeRange,
-        touched: &FxHashMap<String, V>,
-    ) -> Vec<usize> {
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Vec<(Option<f64>, usize)> {
         let agg = &spec.metrics[metric].agg;
         let key = |at: usize| state.key_at(at).map_or("", |(key, _)| key);
         let mut best: Vec<(Option<f64>, usize)> = Vec::with_capacity(n + 1);
@@ -277,7 +260,7 @@ impl ViewIndex {
                     break;
                 }
             }
-            if touched.contains_key(key(at)) {
+            if skip(key(at)) {
                 continue;
             }
             let Some((value, _)) = self.value_in(spec, state, at, metric, range) else {
@@ -291,23 +274,23 @@ impl ViewIndex {
                 best.truncate(n);
             }
         }
-        best.into_iter().map(|(_, at)| at).collect()
+        best
     }
 
     /// The first `n` untouched keys in answer order of `metric` over `range`,
     /// by a scan of each key's buckets in range for that metric alone.
-    fn scan_top<V>(
+    fn scan_top(
         &self,
         spec: &ViewSpec,
         state: &ViewState,
         metric: usize,
         n: usize,
         range: TimeRange,
-        touched: &FxHashMap<String, V>,
-    ) -> Vec<usize> {
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Vec<(Option<f64>, usize)> {
         let mut ranked: Vec<(Option<f64>, usize)> = Vec::new();
         for (at, (key, _)) in state.keys().enumerate() {
-            if touched.contains_key(key) {
+            if skip(key) {
                 continue;
             }
             if let Some((value, _)) = self.value_in(spec, state, at, metric, range) {
@@ -324,8 +307,112 @@ impl ViewIndex {
         }
         ranked.sort_unstable_by(order);
         ranked.truncate(n);
-        ranked.into_iter().map(|(_, at)| at).collect()
+        ranked
     }
+
+    /// Merges the state of `metric` of the key at `at` over `range` into `into`.
+    fn metric_in(
+        &self,
+        state: &ViewState,
+        at: usize,
+        metric: usize,
+        range: TimeRange,
+        into: &mut MetricState,
+    ) {
+        let Some((_, groups)) = state.key_at(at) else {
+            return;
+        };
+        let span = groups.span(range);
+        if span == (0..groups.len()) {
+            into.merge(&self.rollups[at * self.n + metric]);
+        } else {
+            for bucket in span {
+                into.merge(&groups.states(self.n, bucket)[metric]);
+            }
+        }
+    }
+}
+
+/// What a top-N merge needs of the layer whose keys are live (the speed
+/// layer's epochs after the batch's), over the query's range.
+pub trait LiveTop {
+    /// Calls `visit` with every key the layer holds in range and its state of
+    /// metric `metric` there.
+    fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState));
+    /// Whether the layer holds `key` in range.
+    fn holds(&self, key: &str) -> bool;
+    /// Merges the key's states in range into `into`.
+    fn key(&self, key: &str, into: &mut [MetricState]);
+}
+
+/// The `n` best keys so far, in answer order; a key is copied only when it enters.
+struct Best {
+    n: usize,
+    items: Vec<(Option<f64>, String)>,
+}
+
+impl Best {
+    fn offer(&mut self, value: Option<f64>, key: &str) {
+        let place = self.items.partition_point(|(other, other_key)| {
+            rank_order((*other, other_key), (value, key)).is_lt()
+        });
+        if place < self.n {
+            self.items.insert(place, (value, key.to_owned()));
+            self.items.truncate(self.n);
+        }
+    }
+}
+
+/// The merged top-N by `metric` over `range` of a batch state (with its
+/// index) and a live layer, as the keys and their merged states.
+///
+/// A key the live layer does not hold in range has its batch value as its
+/// merged value, so the answer lies among the batch's first `n` such keys
+/// and the keys the live layer holds: O(n + live keys) merges of the ranking
+/// metric, then the full states of the `n` keys kept.
+pub fn merged_top(
+    spec: &ViewSpec,
+    batch: Option<(&ViewIndex, &ViewState)>,
+    metric: usize,
+    n: usize,
+    range: TimeRange,
+    live: &dyn LiveTop,
+) -> FxHashMap<String, Box<[MetricState]>> {
+    let agg = &spec.metrics[metric].agg;
+    let mut best = Best {
+        n,
+        items: Vec::with_capacity(n + 1),
+    };
+    live.each(metric, &mut |key, live_state| {
+        let mut state = MetricState::empty(agg);
+        if let Some((index, batch)) = batch
+            && let Some(at) = batch.key_index(key)
+        {
+            index.metric_in(batch, at, metric, range, &mut state);
+        }
+        state.merge(live_state);
+        best.offer(state.value(agg).as_f64(), key);
+    });
+    if let Some((index, state)) = batch {
+        for (value, at) in index.head(spec, state, metric, n, range, &|key| live.holds(key)) {
+            if let Some((key, _)) = state.key_at(at) {
+                best.offer(value, key);
+            }
+        }
+    }
+    best.items
+        .into_iter()
+        .map(|(_, key)| {
+            let mut states = spec.empty_states();
+            if let Some((index, state)) = batch
+                && let Some(at) = state.key_index(&key)
+            {
+                index.key(state, at, range, &mut states);
+            }
+            live.key(&key, &mut states);
+            (key, states)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -354,6 +441,40 @@ mod tests {
           { name = "p50", agg = "quantile", field = "x", q = 0.5 },
         ]
     "#;
+
+    /// Another state as the live layer of a top-N merge.
+    struct Other<'a> {
+        state: &'a ViewState,
+        n: usize,
+        range: TimeRange,
+    }
+
+    impl LiveTop for Other<'_> {
+        fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState)) {
+            for (key, groups) in self.state.keys() {
+                let span = groups.span(self.range);
+                if let Some(first) = span.clone().next() {
+                    let mut state = groups.states(self.n, first)[metric].clone();
+                    for at in span.skip(1) {
+                        state.merge(&groups.states(self.n, at)[metric]);
+                    }
+                    visit(key, &state);
+                }
+            }
+        }
+
+        fn holds(&self, key: &str) -> bool {
+            self.state
+                .key(key)
+                .is_some_and(|groups| !groups.span(self.range).is_empty())
+        }
+
+        fn key(&self, key: &str, into: &mut [MetricState]) {
+            if let Some(groups) = self.state.key(key) {
+                groups.merge_span(groups.span(self.range), into);
+            }
+        }
+    }
 
     /// (key, minute, value, user); `speed` says which state it goes to.
     type Event = (u8, i64, i32, u8, bool);
@@ -434,14 +555,10 @@ mod tests {
 
             for metric in 0..spec.metrics.len() {
                 let kind = QueryKind::Top { metric, n };
-                let theirs = speed.partial(spec, &kind, range);
-                let Partial::PerKey(touched) = &theirs else {
-                    panic!("a top-N's partial is per key")
-                };
-                let mut merged = Partial::PerKey(index.top(spec, &batch, metric, n, range, touched));
-                merged.merge(&theirs);
+                let live = Other { state: &speed, n: spec.metrics.len(), range };
+                let merged = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &live));
                 let mut expected = batch.partial(spec, &kind, range);
-                expected.merge(&theirs);
+                expected.merge(&speed.partial(spec, &kind, range));
                 prop_assert_eq!(
                     merged.finish(spec, &kind),
                     expected.finish(spec, &kind),

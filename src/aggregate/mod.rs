@@ -10,7 +10,7 @@ mod query;
 mod sketch;
 mod view;
 
-pub use index::ViewIndex;
+pub use index::{LiveTop, ViewIndex, merged_top};
 pub use query::{
     Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
 };

@@ -51,7 +51,7 @@ impl From<QueryError> for ApiError {
                 ApiError::NotFound(err.to_string())
             }
             QueryError::BadN(_) | QueryError::EmptyRange => ApiError::BadRequest(err.to_string()),
-            QueryError::Stopped => ApiError::Unavailable(err.to_string()),
+            QueryError::Stopped | QueryError::Raced(_) => ApiError::Unavailable(err.to_string()),
         }
     }
 }

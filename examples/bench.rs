@@ -87,7 +87,7 @@ const FULL: Sizes = Sizes {
     ingest: 2_000_000,
     rabbitmq: 300_000,
     http: 1_000_000,
-    queries: 1_000,
+    queries: 300,
     query_batch: 5_000_000,
     query_speed: 500_000,
     query_feed: 1_500_000,
@@ -552,7 +552,9 @@ struct QueryShape {
     path: String,
 }
 
-/// The dashboard's questions over `[start, end)`, the generated stream's span.
+/// The dashboard's questions over data from `start` to `end` (where the
+/// events held when the queries start end): the last hour is the hour before
+/// `end`, the unaligned range lies within the data.
 fn query_shapes(start: i64, end: i64) -> Vec<QueryShape> {
     let hour = TimeRange {
         from: Some(end - 3_600_000),
@@ -560,8 +562,8 @@ fn query_shapes(start: i64, end: i64) -> Vec<QueryShape> {
     };
     // Neither end on a bucket edge of any view (1 min, 5 min, 1 h).
     let unaligned = TimeRange {
-        from: Some(start + 5 * 3_600_000 + 17 * 60_000 + 23_000),
-        to: Some(start + 17 * 3_600_000 + 41 * 60_000 + 7_000),
+        from: Some(start + 3 * 3_600_000 + 17 * 60_000 + 23_000),
+        to: Some(start + 11 * 3_600_000 + 41 * 60_000 + 7_000),
     };
     let top = |_: usize| Question::Top {
         metric: "revenue".into(),
@@ -1172,13 +1174,17 @@ fn main() -> Result<(), BoxError> {
             ))?;
         }
         if wants("query") {
+            // The stream's events are evenly spread over its day: the query
+            // phase's data ends where the events in the speed layer end.
             let (start, end, _) = stream_day();
+            let held = (sizes.query_batch + sizes.query_speed) as f64 / events.len().max(1) as f64;
+            let data_end = start + ((end - start) as f64 * held) as i64;
             system.block_on(bench_query(
                 &mut results,
                 &args.dir,
                 &events,
                 sizes,
-                (start, end),
+                (start, data_end),
             ))?;
         }
         if wants("freshness") {

@@ -581,6 +581,24 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         Arc::new(batch),
         speed_states,
     ));
+    // The loaded snapshot is indexed in the background, so the start does not
+    // wait for it; until then its queries scan its states.
+    let loaded = reader.batch();
+    if loaded.epoch.is_some() {
+        let views = Arc::clone(&views);
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let states: Vec<&crate::aggregate::ViewState> = loaded.views.iter().collect();
+            loaded
+                .indexes
+                .set(recompute::build_indexes(&views, &states))
+                .ok();
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "indexed the loaded snapshot"
+            );
+        });
+    }
     let serving = Serving::new(
         Arc::clone(&reader),
         Arc::clone(&partition_addrs),

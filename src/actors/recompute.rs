@@ -84,8 +84,10 @@ pub struct Batch {
     pub epoch: Option<Epoch>,
     /// One state per configured view, in config order.
     pub views: Vec<ViewState>,
-    /// The index of each state in `views`, built with it.
-    pub indexes: Vec<ViewIndex>,
+    /// The index of each state in `views`: built by a batch run before it is
+    /// served; for a snapshot loaded at start-up, built in the background
+    /// while queries already answer (by a scan of the states until then).
+    pub indexes: std::sync::OnceLock<Vec<ViewIndex>>,
     /// The snapshot file's header.
     pub meta: Option<SnapshotMeta>,
     /// The run's counts.
@@ -105,6 +107,7 @@ pub struct Batch {
 impl Batch {
     /// Views of a loaded snapshot, matched to the configured views by name and
     /// fingerprint. A view that is new or whose spec changed is `missing`.
+    /// Its `indexes` are left to the caller ([`build_indexes`]).
     pub fn from_snapshot(
         views: &[Arc<ViewSpec>],
         meta: SnapshotMeta,
@@ -127,10 +130,10 @@ impl Batch {
             })
             .collect();
         let later_from = data.sealed.map_or(0, |sealed| sealed.later_from);
-        let states: Vec<ViewState> = states;
         Batch {
             epoch: Some(meta.epoch),
-            indexes: build_indexes(views, &states.iter().collect::<Vec<_>>()),
+            // Built by the caller, which can overlap it with other work.
+            indexes: std::sync::OnceLock::new(),
             views: states,
             meta: Some(meta),
             stats: data.stats,
@@ -267,7 +270,7 @@ pub fn recompute(
     Ok(Batch {
         epoch: Some(sealed.epoch),
         missing: vec![false; views.len()],
-        indexes,
+        indexes: indexes.into(),
         views,
         meta: Some(meta),
         stats,

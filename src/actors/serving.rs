@@ -254,20 +254,37 @@ impl Reader {
                     let read = {
                         let (batch, spec, live) =
                             (Arc::clone(&batch), Arc::clone(&spec), live.clone());
-                        move || {
-                            let indexed = batch
-                                .indexes
-                                .get(view)
-                                .zip(batch.views.get(view))
-                                .filter(|_| with_batch);
-                            merged_top(&spec, indexed, metric, n, range, &live)
+                        let kind = kind.clone();
+                        move || match batch.indexes.get().and_then(|indexes| indexes.get(view)) {
+                            Some(index) => {
+                                let indexed = batch.views.get(view).map(|state| (index, state));
+                                let indexed = indexed.filter(|_| with_batch);
+                                merged_top(&spec, indexed, metric, n, range, &live)
+                            }
+                            // Not indexed yet (a snapshot just loaded): the
+                            // scan of both layers.
+                            None => {
+                                let mut partial = match with_batch {
+                                    true => batch.views[view].partial(&spec, &kind, range),
+                                    false => Partial::empty(&spec, &kind),
+                                };
+                                for partition in live.speed.iter().flat_map(|speed| speed.iter()) {
+                                    partial
+                                        .merge(&partition.partial(live.after, view, &kind, range));
+                                }
+                                match partial {
+                                    Partial::PerKey(per_key) => per_key,
+                                    _ => Default::default(),
+                                }
+                            }
                         }
                     };
                     let scans = with_batch
                         && batch
                             .indexes
-                            .get(view)
-                            .is_some_and(|index| index.top_scans(metric, range));
+                            .get()
+                            .and_then(|indexes| indexes.get(view))
+                            .is_none_or(|index| index.top_scans(metric, range));
                     let per_key = if scans {
                         tokio::task::spawn_blocking(read)
                             .await
@@ -278,7 +295,17 @@ impl Reader {
                     Partial::PerKey(per_key)
                 }
                 _ => {
+                    let scans = batch.indexes.get().is_none() && !matches!(kind, QueryKind::Key(_));
                     let mut partial = match with_batch {
+                        true if scans => {
+                            let (batch, spec, kind) =
+                                (Arc::clone(&batch), Arc::clone(&spec), kind.clone());
+                            tokio::task::spawn_blocking(move || {
+                                batch_partial(&batch, &spec, view, &kind, range)
+                            })
+                            .await
+                            .map_err(|_| QueryError::Stopped)?
+                        }
                         true => batch_partial(&batch, &spec, view, &kind, range),
                         false => Partial::empty(&spec, &kind),
                     };
@@ -364,7 +391,7 @@ impl LiveTop for Live {
 }
 
 /// The batch layer's part of a key, totals or series query, from the
-/// snapshot's index.
+/// snapshot's index (a scan of its state while it has none yet).
 fn batch_partial(
     batch: &Batch,
     spec: &ViewSpec,
@@ -372,8 +399,12 @@ fn batch_partial(
     kind: &QueryKind,
     range: TimeRange,
 ) -> Partial {
-    let (Some(state), Some(index)) = (batch.views.get(view), batch.indexes.get(view)) else {
+    let Some(state) = batch.views.get(view) else {
         return Partial::empty(spec, kind);
+    };
+    let Some(index) = batch.indexes.get().and_then(|indexes| indexes.get(view)) else {
+        // Not indexed yet (a snapshot just loaded): the scan.
+        return state.partial(spec, kind, range);
     };
     let mut partial = Partial::empty(spec, kind);
     match (kind, &mut partial) {
@@ -526,5 +557,89 @@ mod tests {
             !reader.raced(false, None),
             "the batch layer alone never races"
         );
+    }
+
+    #[test]
+    fn a_batch_answers_the_same_before_and_after_it_is_indexed() {
+        let config = Config::parse(
+            r#"
+            data_dir = "d"
+            [event]
+            id = "id"
+            time = "ts"
+            [[view]]
+            name = "v"
+            key = ["k"]
+            bucket = "1m"
+            metrics = [{ name = "n", agg = "count" }, { name = "users", agg = "distinct", field = "u" }]
+            "#,
+            "test.toml",
+        )
+        .expect("config");
+        let views: Arc<[Arc<ViewSpec>]> = config.views.iter().cloned().collect();
+        let mut state = crate::aggregate::ViewState::new();
+        for id in 0..200 {
+            let raw = format!(
+                r#"{{"id":{id},"k":"k{}","ts":{},"u":"u{}"}}"#,
+                id % 7,
+                id * 13_000,
+                id % 11
+            );
+            state.apply(
+                &views[0],
+                &config.schema.parse(raw.as_bytes(), 0).expect("event"),
+            );
+        }
+        let batch = Arc::new(Batch {
+            epoch: Some(Epoch(1)),
+            views: vec![state],
+            missing: vec![false],
+            ..Batch::default()
+        });
+        let speed = Arc::new(SpeedState::new(Arc::clone(&views)));
+        let reader = Reader::new(Arc::clone(&views), Arc::clone(&batch), Arc::new([speed]));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let range = TimeRange {
+            from: Some(300_000),
+            to: Some(1_500_000),
+        };
+        let questions = [
+            Question::Totals,
+            Question::Key("k3".into()),
+            Question::Series(None),
+            Question::Series(Some("k1".into())),
+            Question::Top {
+                metric: "users".into(),
+                n: 3,
+            },
+            Question::Top {
+                metric: "n".into(),
+                n: 2,
+            },
+        ];
+        let answers = || -> Vec<Body> {
+            questions
+                .iter()
+                .flat_map(|question| [TimeRange::ALL, range].map(|range| (question, range)))
+                .map(|(question, range)| {
+                    let query = Query {
+                        range,
+                        ..Query::new("v", question.clone())
+                    };
+                    runtime.block_on(reader.ask(query)).expect("an answer").body
+                })
+                .collect()
+        };
+        let scanned = answers();
+        let states: Vec<&crate::aggregate::ViewState> = batch.views.iter().collect();
+        assert!(
+            batch
+                .indexes
+                .set(super::super::recompute::build_indexes(&views, &states))
+                .is_ok()
+        );
+        assert_eq!(answers(), scanned);
     }
 }

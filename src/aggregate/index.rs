@@ -250,6 +250,10 @@ impl ViewIndex {
         skip: &dyn Fn(&str) -> bool,
     ) -> Vec<(Option<f64>, usize)> {
         let agg = &spec.metrics[metric].agg;
+        if range.span(&self.buckets).is_empty() {
+            // No key has a bucket in range: nothing to walk for.
+            return Vec::new();
+        }
         let key = |at: usize| state.key_at(at).map_or("", |(key, _)| key);
         let mut best: Vec<(Option<f64>, usize)> = Vec::with_capacity(n + 1);
         for at in self.rankings[metric].iter().map(|at| *at as usize) {

@@ -122,6 +122,15 @@ impl Distinct {
 
     /// Adds one value hash.
     pub fn insert(&mut self, hash: u64) {
+        // The common case, grown in place: an exact set that stays exact.
+        if let Distinct::Exact(hashes) = self
+            && (1..DISTINCT_EXACT_LIMIT).contains(&hashes.len())
+        {
+            if let Err(at) = hashes.binary_search(&hash) {
+                *hashes = grow_at(std::mem::take(hashes), at, hash);
+            }
+            return;
+        }
         match self.exact() {
             Some(hashes) => {
                 if let Err(at) = hashes.binary_search(&hash) {
@@ -243,6 +252,14 @@ impl Quantiles {
 
     /// Adds one value.
     pub fn insert(&mut self, value: f64) {
+        // The common case, grown in place: exact values that stay exact.
+        if let Quantiles::Exact(values) = self
+            && (1..QUANTILE_EXACT_LIMIT).contains(&values.len())
+        {
+            let at = values.partition_point(|v| v.total_cmp(&value).is_le());
+            *values = grow_at(std::mem::take(values), at, value);
+            return;
+        }
         match self.exact() {
             Some(values) => {
                 let at = values.partition_point(|v| v.total_cmp(&value).is_le());
@@ -297,6 +314,15 @@ impl Quantiles {
             }
         }
     }
+}
+
+/// `values` with `value` inserted at `at`, reallocated in place where the
+/// allocator can (no spare capacity is kept: a group's states stay compact).
+fn grow_at<T: Copy>(values: Box<[T]>, at: usize, value: T) -> Box<[T]> {
+    let mut grown = values.into_vec();
+    grown.reserve_exact(1);
+    grown.insert(at, value);
+    grown.into_boxed_slice()
 }
 
 fn insert_at<T: Copy>(values: &[T], at: usize, value: T) -> Vec<T> {

@@ -772,7 +772,13 @@ async fn bench_query(
     }
     stop.store(true, Ordering::Relaxed);
     feeder.await.ok();
-    bench_dashboard(results, &base).await?;
+    // Quick runs only check that the path works.
+    let window = Duration::from_secs(if sizes.queries == QUICK.queries {
+        3
+    } else {
+        30
+    });
+    bench_dashboard(results, &base, window).await?;
     server.stop(true).await;
     handle.shutdown().await;
     Ok(())
@@ -794,15 +800,18 @@ fn top_queries(base: &str) -> Result<f64, BoxError> {
 /// This process's CPU while one dashboard (headless Chromium on `base`, the
 /// page refreshing every second) is open, less its CPU while idle, as a
 /// percentage of one core; skipped without `/usr/bin/chromium`.
-async fn bench_dashboard(results: &mut Results, base: &str) -> Result<(), BoxError> {
+async fn bench_dashboard(
+    results: &mut Results,
+    base: &str,
+    window: Duration,
+) -> Result<(), BoxError> {
     const CHROMIUM: &str = "/usr/bin/chromium";
-    const WINDOW: Duration = Duration::from_secs(30);
     if !Path::new(CHROMIUM).exists() {
         println!("dashboard: skipped, {CHROMIUM} is missing");
         return Ok(());
     }
     let idle_before = proc_status::cpu_seconds(None);
-    tokio::time::sleep(WINDOW).await;
+    tokio::time::sleep(window).await;
     let idle = proc_status::cpu_seconds(None) - idle_before;
     let profile = tempfile::tempdir()?;
     let mut chromium = Command::new(CHROMIUM)
@@ -821,12 +830,12 @@ async fn bench_dashboard(results: &mut Results, base: &str) -> Result<(), BoxErr
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (base_at, queries_before) = (base.to_owned(), top_queries(base)?);
     let open_before = proc_status::cpu_seconds(None);
-    tokio::time::sleep(WINDOW).await;
+    tokio::time::sleep(window).await;
     let open = proc_status::cpu_seconds(None) - open_before;
     let refreshes = top_queries(&base_at)? - queries_before;
     chromium.kill().ok();
     chromium.wait().ok();
-    let window = WINDOW.as_secs_f64();
+    let window = window.as_secs_f64();
     results.record("dashboard_refreshes_per_s", refreshes / window, "1/s");
     results.record(
         "dashboard_cpu_pct",

@@ -589,10 +589,9 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let states: Vec<&crate::aggregate::ViewState> = loaded.views.iter().collect();
-            loaded
-                .indexes
-                .set(recompute::build_indexes(&views, &states))
-                .ok();
+            if let Some(indexes) = recompute::build_indexes(&views, &states) {
+                loaded.indexes.set(indexes).ok();
+            }
             tracing::info!(
                 took_ms = started.elapsed().as_millis() as u64,
                 "indexed the loaded snapshot"

@@ -156,25 +156,22 @@ impl Batch {
 }
 
 /// The index of each view's state, built on threads of their own (the caller
-/// blocks; never an async thread).
-pub fn build_indexes(specs: &[Arc<ViewSpec>], states: &[&ViewState]) -> Vec<ViewIndex> {
+/// blocks; never an async thread); `None` if building one panicked (a bug,
+/// logged): the batch is then answered by scans of its states, never wrongly.
+pub fn build_indexes(specs: &[Arc<ViewSpec>], states: &[&ViewState]) -> Option<Vec<ViewIndex>> {
     std::thread::scope(|scope| {
         let builds: Vec<_> = specs
             .iter()
             .zip(states)
             .map(|(spec, state)| scope.spawn(move || ViewIndex::build(spec, state)))
             .collect();
-        builds
-            .into_iter()
-            .map(|build| {
-                // A panic while indexing is a bug; the view is then answered
-                // as if its index were empty, never with a crash.
-                build.join().unwrap_or_else(|_| {
-                    tracing::error!("building a view's index panicked");
-                    ViewIndex::default()
-                })
+        let built: Result<Vec<ViewIndex>, _> =
+            builds.into_iter().map(|build| build.join()).collect();
+        built
+            .inspect_err(|_| {
+                tracing::error!("building a view's index panicked; the batch is answered by scans")
             })
-            .collect()
+            .ok()
     })
 }
 
@@ -270,7 +267,7 @@ pub fn recompute(
     Ok(Batch {
         epoch: Some(sealed.epoch),
         missing: vec![false; views.len()],
-        indexes: indexes.into(),
+        indexes: indexes.map(Into::into).unwrap_or_default(),
         views,
         meta: Some(meta),
         stats,

@@ -634,12 +634,8 @@ mod tests {
         };
         let scanned = answers();
         let states: Vec<&crate::aggregate::ViewState> = batch.views.iter().collect();
-        assert!(
-            batch
-                .indexes
-                .set(super::super::recompute::build_indexes(&views, &states))
-                .is_ok()
-        );
+        let indexes = super::super::recompute::build_indexes(&views, &states).expect("indexes");
+        assert!(batch.indexes.set(indexes).is_ok());
         assert_eq!(answers(), scanned);
     }
 }

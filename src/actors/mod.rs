@@ -161,7 +161,7 @@ pub struct Startup {
 pub struct Handle {
     config: Arc<Config>,
     serving: Addr<Serving>,
-    /// Answers queries in place, on the caller's thread.
+    /// Answers queries in place (see [`Reader::ask`]).
     reader: Arc<Reader>,
     supervisor: Addr<Supervisor>,
     partitions: Vec<Addr<SpeedPartition>>,

@@ -1,7 +1,7 @@
 //! Serving: holds the batch layer's current truth (the snapshot, epochs <= B)
 //! and answers queries by merging it with the speed layer's epochs > B.
 //!
-//! [`Reader`] answers on the caller's thread: it reads the served batch (an
+//! [`Reader`] answers without an actor: it reads the served batch (an
 //! `Arc` swapped whole) and each speed partition's shared state in place, so
 //! a query waits in no mailbox. The batch part comes from the snapshot's
 //! indexes (`aggregate::ViewIndex`), the speed part from the partitions'
@@ -228,13 +228,27 @@ impl Reader {
         Ok((view, kind))
     }
 
-    /// Answers a query, merged per its layer.
+    /// Answers a query, merged per its layer: a key lookup on the caller's
+    /// thread, anything that reads more (a top-N over every live key, a
+    /// series, sketches to count) on the blocking pool.
     ///
     /// # Errors
     /// An unknown view or metric, a bad parameter, or a stopping system.
-    pub async fn ask(&self, query: Query) -> Result<Answer, QueryError> {
+    pub async fn ask(self: &Arc<Self>, query: Query) -> Result<Answer, QueryError> {
         let (view, kind) = self.resolve(&query)?;
-        let spec = Arc::clone(&self.views[view]);
+        if let QueryKind::Key(_) = kind {
+            return self.answer(view, &kind, &query);
+        }
+        let reader = Arc::clone(self);
+        tokio::task::spawn_blocking(move || reader.answer(view, &kind, &query))
+            .await
+            .map_err(|_| QueryError::Stopped)?
+    }
+
+    /// The answer to a resolved query. Blocking: it reads as much as the
+    /// query needs.
+    fn answer(&self, view: usize, kind: &QueryKind, query: &Query) -> Result<Answer, QueryError> {
+        let spec = &self.views[view];
         let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
         let with_speed = query.layer != Layer::Batch;
         for _ in 0..MAX_READS {
@@ -244,79 +258,39 @@ impl Reader {
             let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
             let with_batch = query.layer != Layer::Speed && batch.has_view(view);
             let live = Live {
-                speed: with_speed.then(|| Arc::clone(&self.speed)),
+                speed: with_speed.then_some(&*self.speed),
                 after: batch_epoch,
                 view,
                 range,
             };
-            let partial = match kind {
-                QueryKind::Top { metric, n } => {
-                    let read = {
-                        let (batch, spec, live) =
-                            (Arc::clone(&batch), Arc::clone(&spec), live.clone());
-                        let kind = kind.clone();
-                        move || match batch.indexes.get().and_then(|indexes| indexes.get(view)) {
-                            Some(index) => {
-                                let indexed = batch.views.get(view).map(|state| (index, state));
-                                let indexed = indexed.filter(|_| with_batch);
-                                merged_top(&spec, indexed, metric, n, range, &live)
-                            }
-                            // Not indexed yet (a snapshot just loaded): the
-                            // scan of both layers.
-                            None => {
-                                let mut partial = match with_batch {
-                                    true => batch.views[view].partial(&spec, &kind, range),
-                                    false => Partial::empty(&spec, &kind),
-                                };
-                                for partition in live.speed.iter().flat_map(|speed| speed.iter()) {
-                                    partial
-                                        .merge(&partition.partial(live.after, view, &kind, range));
-                                }
-                                match partial {
-                                    Partial::PerKey(per_key) => per_key,
-                                    _ => Default::default(),
-                                }
-                            }
-                        }
-                    };
-                    let scans = with_batch
-                        && batch
-                            .indexes
-                            .get()
-                            .and_then(|indexes| indexes.get(view))
-                            .is_none_or(|index| index.top_scans(metric, range));
-                    let per_key = if scans {
-                        tokio::task::spawn_blocking(read)
-                            .await
-                            .map_err(|_| QueryError::Stopped)?
-                    } else {
-                        read()
-                    };
-                    Partial::PerKey(per_key)
+            let indexed = batch
+                .indexes
+                .get()
+                .and_then(|indexes| indexes.get(view))
+                .zip(batch.views.get(view))
+                .filter(|_| with_batch);
+            let partial = match (kind, indexed) {
+                (QueryKind::Top { metric, n }, Some(indexed)) => {
+                    Partial::PerKey(merged_top(spec, Some(indexed), *metric, *n, range, &live))
+                }
+                (QueryKind::Top { metric, n }, None) if !with_batch => {
+                    Partial::PerKey(merged_top(spec, None, *metric, *n, range, &live))
                 }
                 _ => {
-                    let scans = batch.indexes.get().is_none() && !matches!(kind, QueryKind::Key(_));
+                    // Key, totals and series; or a batch not indexed yet (a
+                    // snapshot just loaded), whose part is then a scan.
                     let mut partial = match with_batch {
-                        true if scans => {
-                            let (batch, spec, kind) =
-                                (Arc::clone(&batch), Arc::clone(&spec), kind.clone());
-                            tokio::task::spawn_blocking(move || {
-                                batch_partial(&batch, &spec, view, &kind, range)
-                            })
-                            .await
-                            .map_err(|_| QueryError::Stopped)?
-                        }
-                        true => batch_partial(&batch, &spec, view, &kind, range),
-                        false => Partial::empty(&spec, &kind),
+                        true => batch_partial(&batch, spec, view, kind, range),
+                        false => Partial::empty(spec, kind),
                     };
-                    for partition in live.speed.iter().flat_map(|speed| speed.iter()) {
-                        partial.merge(&partition.partial(batch_epoch, view, &kind, range));
+                    for partition in live.partitions() {
+                        partial.merge(&partition.partial(batch_epoch, view, kind, range));
                     }
                     partial
                 }
             };
             let mut speed_epochs = BTreeSet::new();
-            for partition in live.speed.iter().flat_map(|speed| speed.iter()) {
+            for partition in live.partitions() {
                 speed_epochs.extend(partition.epochs_after(batch_epoch, view));
             }
             // Checked after every read of the speed layer: an expiry is
@@ -334,7 +308,7 @@ impl Reader {
             };
             return Ok(Answer {
                 view: spec.name.clone(),
-                body: partial.finish(&spec, &kind),
+                body: partial.finish(spec, kind),
                 as_of,
             });
         }
@@ -353,27 +327,34 @@ impl Reader {
 
 /// The speed layer's epochs after `after`, over `range`, for a top-N merge
 /// (`None`: a query of the batch layer alone).
-#[derive(Clone)]
-struct Live {
-    speed: Option<Arc<[Arc<SpeedState>]>>,
+struct Live<'a> {
+    speed: Option<&'a [Arc<SpeedState>]>,
     after: Option<Epoch>,
     view: usize,
     range: TimeRange,
 }
 
-impl Live {
+impl Live<'_> {
+    /// The partitions read (none for the batch layer alone).
+    fn partitions(&self) -> impl Iterator<Item = &SpeedState> {
+        self.speed
+            .into_iter()
+            .flatten()
+            .map(|partition| &**partition)
+    }
+
     /// The partition holding `key`.
     fn owner(&self, key: &str) -> Option<&SpeedState> {
-        let speed = self.speed.as_ref()?;
+        let speed = self.speed?;
         speed
             .get(super::speed::partition_of(key, speed.len()))
             .map(|partition| &**partition)
     }
 }
 
-impl LiveTop for Live {
+impl LiveTop for Live<'_> {
     fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState)) {
-        for partition in self.speed.iter().flat_map(|speed| speed.iter()) {
+        for partition in self.partitions() {
             partition.each_key(self.after, self.view, self.range, metric, visit);
         }
     }
@@ -531,11 +512,11 @@ mod tests {
                 .expect("event");
             speed.apply(Epoch(epoch), 0, &event, &mut scratch);
         }
-        let reader = Reader::new(
+        let reader = Arc::new(Reader::new(
             views,
             Arc::new(Batch::default()),
             Arc::new([Arc::clone(&speed)]),
-        );
+        ));
         let ask = || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
@@ -597,7 +578,11 @@ mod tests {
             ..Batch::default()
         });
         let speed = Arc::new(SpeedState::new(Arc::clone(&views)));
-        let reader = Reader::new(Arc::clone(&views), Arc::clone(&batch), Arc::new([speed]));
+        let reader = Arc::new(Reader::new(
+            Arc::clone(&views),
+            Arc::clone(&batch),
+            Arc::new([speed]),
+        ));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");

@@ -112,21 +112,11 @@ impl LiveKey {
     /// Merges the key's states over `range` in epochs after `after` into
     /// `into`; answers whether any bucket of it lies in the range.
     fn merge(&self, after: Option<Epoch>, range: TimeRange, into: &mut [MetricState]) -> bool {
-        let mut any = false;
-        for entry in self.0.iter().filter(|entry| Some(entry.epoch) > after) {
-            let span = entry.groups.span(range);
-            if span == (0..entry.groups.len()) {
-                merge_states(into, &entry.rollup);
-            } else {
-                entry.groups.merge_span(span.clone(), into);
-            }
-            any |= !span.is_empty();
-        }
-        any
+        self.later(after).fold(false, |any, entry| {
+            entry.groups.merge_in(range, &entry.rollup, into) | any
+        })
     }
-}
 
-impl LiveKey {
     /// Merges the key's state of `metric` over `range` in epochs after
     /// `after` into `into`; answers whether any bucket of it lies in range.
     fn merge_metric(
@@ -137,26 +127,21 @@ impl LiveKey {
         metric: usize,
         into: &mut MetricState,
     ) -> bool {
-        let mut any = false;
-        for entry in self.0.iter().filter(|entry| Some(entry.epoch) > after) {
-            let span = entry.groups.span(range);
-            if span == (0..entry.groups.len()) {
-                into.merge(&entry.rollup[metric]);
-            } else {
-                for at in span.clone() {
-                    into.merge(&entry.groups.states(n, at)[metric]);
-                }
-            }
-            any |= !span.is_empty();
-        }
-        any
+        self.later(after).fold(false, |any, entry| {
+            let rollup = &entry.rollup[metric];
+            entry.groups.merge_metric_in(range, n, metric, rollup, into) | any
+        })
+    }
+
+    /// The key's epochs after `after`.
+    fn later(&self, after: Option<Epoch>) -> impl Iterator<Item = &KeyEpoch> {
+        self.0.iter().filter(move |entry| Some(entry.epoch) > after)
     }
 
     /// Whether the key has a bucket in `range` in an epoch after `after`.
     fn holds(&self, after: Option<Epoch>, range: TimeRange) -> bool {
-        self.0
-            .iter()
-            .any(|entry| Some(entry.epoch) > after && !entry.groups.span(range).is_empty())
+        self.later(after)
+            .any(|entry| !entry.groups.span(range).is_empty())
     }
 }
 

@@ -159,14 +159,8 @@ impl ViewIndex {
     /// Merges the states of the key at position `key` over `range` into
     /// `into`: its roll-up when the range holds all its buckets.
     pub fn key(&self, state: &ViewState, key: usize, range: TimeRange, into: &mut [MetricState]) {
-        let Some((_, groups)) = state.key_at(key) else {
-            return;
-        };
-        let span = groups.span(range);
-        if span == (0..groups.len()) {
-            merge_states(into, &self.rollups[key * self.n..(key + 1) * self.n]);
-        } else {
-            groups.merge_span(span, into);
+        if let Some((_, groups)) = state.key_at(key) {
+            groups.merge_in(range, &self.rollups[key * self.n..(key + 1) * self.n], into);
         }
     }
 
@@ -208,8 +202,8 @@ impl ViewIndex {
         }
     }
 
-    /// The value of `metric` over the buckets of the key at `at` in `range`,
-    /// and whether those are all its buckets; `None` when none is in range.
+    /// The value of `metric` over the buckets of the key at `at` in `range`;
+    /// `None` when none is in range.
     fn value_in(
         &self,
         spec: &ViewSpec,
@@ -217,22 +211,11 @@ impl ViewIndex {
         at: usize,
         metric: usize,
         range: TimeRange,
-    ) -> Option<(Option<f64>, bool)> {
+    ) -> Option<Option<f64>> {
         let agg = &spec.metrics[metric].agg;
-        let (_, groups) = state.key_at(at)?;
-        let span = groups.span(range);
-        if span.is_empty() {
-            return None;
-        }
-        if span == (0..groups.len()) {
-            let rollup = &self.rollups[at * self.n + metric];
-            return Some((rollup.value(agg).as_f64(), true));
-        }
         let mut value = MetricState::empty(agg);
-        for bucket in span {
-            value.merge(&groups.states(self.n, bucket)[metric]);
-        }
-        Some((value.value(agg).as_f64(), false))
+        self.metric_in(state, at, metric, range, &mut value)
+            .then(|| value.value(agg).as_f64())
     }
 
     /// The first `n` untouched keys in answer order of a monotone `metric`
@@ -267,7 +250,7 @@ impl ViewIndex {
             if skip(key(at)) {
                 continue;
             }
-            let Some((value, _)) = self.value_in(spec, state, at, metric, range) else {
+            let Some(value) = self.value_in(spec, state, at, metric, range) else {
                 continue;
             };
             let place = best.partition_point(|(other, other_at)| {
@@ -297,7 +280,7 @@ impl ViewIndex {
             if skip(key) {
                 continue;
             }
-            if let Some((value, _)) = self.value_in(spec, state, at, metric, range) {
+            if let Some(value) = self.value_in(spec, state, at, metric, range) {
                 ranked.push((value, at));
             }
         }
@@ -314,7 +297,8 @@ impl ViewIndex {
         ranked
     }
 
-    /// Merges the state of `metric` of the key at `at` over `range` into `into`.
+    /// Merges the state of `metric` of the key at `at` over `range` into
+    /// `into`; answers whether any bucket of the key lies in range.
     fn metric_in(
         &self,
         state: &ViewState,
@@ -322,18 +306,11 @@ impl ViewIndex {
         metric: usize,
         range: TimeRange,
         into: &mut MetricState,
-    ) {
-        let Some((_, groups)) = state.key_at(at) else {
-            return;
-        };
-        let span = groups.span(range);
-        if span == (0..groups.len()) {
-            into.merge(&self.rollups[at * self.n + metric]);
-        } else {
-            for bucket in span {
-                into.merge(&groups.states(self.n, bucket)[metric]);
-            }
-        }
+    ) -> bool {
+        state.key_at(at).is_some_and(|(_, groups)| {
+            let rollup = &self.rollups[at * self.n + metric];
+            groups.merge_metric_in(range, self.n, metric, rollup, into)
+        })
     }
 }
 

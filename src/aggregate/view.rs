@@ -87,6 +87,49 @@ impl KeyGroups {
         }
     }
 
+    /// Merges the states over `range` into `into`, reading `rollup` (these
+    /// groups' states over every bucket) when the range holds every bucket;
+    /// answers whether any bucket lies in range.
+    pub fn merge_in(
+        &self,
+        range: TimeRange,
+        rollup: &[MetricState],
+        into: &mut [MetricState],
+    ) -> bool {
+        let span = self.span(range);
+        let any = !span.is_empty();
+        if span == (0..self.len()) {
+            for (state, theirs) in into.iter_mut().zip(rollup) {
+                state.merge(theirs);
+            }
+        } else {
+            self.merge_span(span, into);
+        }
+        any
+    }
+
+    /// [`KeyGroups::merge_in`] for metric `metric` alone (`rollup` is its
+    /// state over every bucket).
+    pub fn merge_metric_in(
+        &self,
+        range: TimeRange,
+        n_metrics: usize,
+        metric: usize,
+        rollup: &MetricState,
+        into: &mut MetricState,
+    ) -> bool {
+        let span = self.span(range);
+        let any = !span.is_empty();
+        if span == (0..self.len()) {
+            into.merge(rollup);
+        } else {
+            for at in span {
+                into.merge(&self.states(n_metrics, at)[metric]);
+            }
+        }
+        any
+    }
+
     /// Every (bucket start, states) in ascending bucket order.
     pub fn iter(&self, n_metrics: usize) -> impl Iterator<Item = (i64, &[MetricState])> {
         self.buckets

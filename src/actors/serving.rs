@@ -369,6 +369,34 @@ impl LiveTop for Live<'_> {
             partition.merge_key(self.after, self.view, key, self.range, into);
         }
     }
+
+    fn metric(&self, key: &str, metric: usize, into: &mut MetricState) -> bool {
+        self.owner(key).is_some_and(|partition| {
+            partition.merge_key_metric(self.after, (self.view, key), self.range, metric, into)
+        })
+    }
+
+    fn total(&self, metric: usize, into: &mut MetricState) {
+        for partition in self.partitions() {
+            partition.merge_total(self.after, self.view, self.range, metric, into);
+        }
+    }
+
+    fn banded(&self, metric: usize) -> bool {
+        self.partitions()
+            .all(|partition| partition.banded(self.view, metric))
+    }
+
+    fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {
+        let band = self
+            .partitions()
+            .filter_map(|partition| partition.highest_band(self.view, metric, below))
+            .max()?;
+        for partition in self.partitions() {
+            partition.band_keys(self.view, metric, band, keys);
+        }
+        Some(band)
+    }
 }
 
 /// The batch layer's part of a key, totals or series query, from the

@@ -16,15 +16,15 @@
 //! new expiry before it drops anything, so a reader that raced an `Expire`
 //! sees it and asks again against the newer snapshot.
 use crate::aggregate::{
-    Input, KeyGroups, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merge_states,
-    update_states,
+    Agg, Input, KeyGroups, MetricState, Partial, QueryKind, TimeRange, ViewSpec, band_of,
+    merge_states, update_states,
 };
 use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use dashmap::DashMap;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How often a partition drops the buckets past its views' retention.
@@ -85,14 +85,43 @@ struct KeyEpoch {
     rollup: Box<[MetricState]>,
 }
 
-/// One key's groups, per epoch, ascending.
-#[derive(Debug, Default)]
-struct LiveKey(Vec<KeyEpoch>);
+/// One key's groups, per epoch, ascending, and its band per metric (see [`Bands`]).
+#[derive(Debug)]
+struct LiveKey {
+    epochs: Vec<KeyEpoch>,
+    /// Per metric, the band the key is filed under; [`LiveKey::UNBANDED`]
+    /// for a metric that is not banded, or before the key is filed.
+    bands: Box<[u16]>,
+}
 
 impl LiveKey {
+    const UNBANDED: u16 = u16::MAX;
+
+    fn new(spec: &ViewSpec) -> LiveKey {
+        LiveKey {
+            epochs: Vec::new(),
+            bands: vec![Self::UNBANDED; spec.metrics.len()].into_boxed_slice(),
+        }
+    }
+
+    /// The key's value of the monotone `metric` over every epoch and bucket held.
+    fn whole(&self, metric: usize, agg: &Agg) -> f64 {
+        let values = self
+            .epochs
+            .iter()
+            .filter_map(|entry| entry.rollup[metric].value(agg).as_f64());
+        match agg {
+            Agg::Max => values.fold(f64::NEG_INFINITY, f64::max),
+            _ => values.sum(),
+        }
+    }
+
     /// Answers whether the event opened a new group.
     fn apply(&mut self, spec: &ViewSpec, epoch: Epoch, bucket: i64, inputs: &[Input]) -> bool {
-        let at = match self.0.binary_search_by_key(&epoch, |entry| entry.epoch) {
+        let at = match self
+            .epochs
+            .binary_search_by_key(&epoch, |entry| entry.epoch)
+        {
             Ok(at) => at,
             Err(at) => {
                 let entry = KeyEpoch {
@@ -100,11 +129,11 @@ impl LiveKey {
                     groups: KeyGroups::default(),
                     rollup: spec.empty_states(),
                 };
-                self.0.insert(at, entry);
+                self.epochs.insert(at, entry);
                 at
             }
         };
-        let entry = &mut self.0[at];
+        let entry = &mut self.epochs[at];
         update_states(&mut entry.rollup, inputs);
         entry.groups.apply(spec, bucket, inputs)
     }
@@ -135,7 +164,9 @@ impl LiveKey {
 
     /// The key's epochs after `after`.
     fn later(&self, after: Option<Epoch>) -> impl Iterator<Item = &KeyEpoch> {
-        self.0.iter().filter(move |entry| Some(entry.epoch) > after)
+        self.epochs
+            .iter()
+            .filter(move |entry| Some(entry.epoch) > after)
     }
 
     /// Whether the key has a bucket in `range` in an epoch after `after`.
@@ -155,17 +186,32 @@ struct EpochTotals {
 impl EpochTotals {
     /// Merges the totals over `range` into `into`.
     fn merge(&self, range: TimeRange, into: &mut [MetricState]) {
-        let first = self.buckets.keys().next();
-        let last = self.buckets.keys().next_back();
-        if first.is_some_and(|first| range.contains(*first))
-            && last.is_some_and(|last| range.contains(*last))
-        {
+        if self.holds_all(range) {
             merge_states(into, &self.all);
         } else {
             for (_, states) in self.in_range(range) {
                 merge_states(into, states);
             }
         }
+    }
+
+    /// Merges the totals of `metric` alone over `range` into `into`.
+    fn merge_metric(&self, range: TimeRange, metric: usize, into: &mut MetricState) {
+        if self.holds_all(range) {
+            into.merge(&self.all[metric]);
+        } else {
+            for (_, states) in self.in_range(range) {
+                into.merge(&states[metric]);
+            }
+        }
+    }
+
+    /// Whether `range` holds every bucket.
+    fn holds_all(&self, range: TimeRange) -> bool {
+        let first = self.buckets.keys().next();
+        let last = self.buckets.keys().next_back();
+        first.is_some_and(|first| range.contains(*first))
+            && last.is_some_and(|last| range.contains(*last))
     }
 
     fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &Box<[MetricState]>)> {
@@ -183,14 +229,110 @@ impl EpochTotals {
     }
 }
 
+/// The keys of a view filed by band (see `aggregate::band_of`) of their
+/// value of one monotone metric over every epoch and bucket held: an upper
+/// bound of their value in any range and any epochs after any B, so a top-N
+/// reads the highest bands first and stops once no key further down can
+/// enter. A key changes band only when its value crosses a quarter octave,
+/// so filing costs ingest a comparison an event.
+#[derive(Debug, Default)]
+struct Bands {
+    keys: Mutex<BTreeMap<u16, FxHashSet<Arc<str>>>>,
+    /// A sum whose group went (or may have gone) negative: its value over
+    /// some buckets may then exceed the whole, and the bands bound nothing.
+    negative: AtomicBool,
+}
+
+impl Bands {
+    fn keys(&self) -> MutexGuard<'_, BTreeMap<u16, FxHashSet<Arc<str>>>> {
+        // Nothing can panic while the lock is held.
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Files `key` under `band` instead of `from`.
+    fn refile(&self, key: &Arc<str>, from: u16, band: u16) {
+        let mut keys = self.keys();
+        if let Some(filed) = keys.get_mut(&from) {
+            filed.remove(key);
+            if filed.is_empty() {
+                keys.remove(&from);
+            }
+        }
+        keys.entry(band).or_default().insert(Arc::clone(key));
+    }
+}
+
 /// One view's live state in a partition.
 #[derive(Debug)]
 struct LiveView {
-    keys: DashMap<Box<str>, LiveKey, FxBuildHasher>,
+    keys: DashMap<Arc<str>, LiveKey, FxBuildHasher>,
     totals: Mutex<BTreeMap<Epoch, EpochTotals>>,
+    /// Per metric, its bands when it is monotone (count, sum, max).
+    bands: Box<[Option<Bands>]>,
 }
 
 impl LiveView {
+    fn new(spec: &ViewSpec) -> LiveView {
+        LiveView {
+            keys: DashMap::default(),
+            totals: Mutex::new(BTreeMap::new()),
+            bands: spec
+                .metrics
+                .iter()
+                .map(|metric| metric.agg.is_monotone().then(Bands::default))
+                .collect(),
+        }
+    }
+
+    /// Files the key under its bands after an event with `inputs` was applied to it.
+    fn file(&self, spec: &ViewSpec, key: &Arc<str>, entry: &mut LiveKey, inputs: &[Input]) {
+        for (metric, bands) in self.bands.iter().enumerate() {
+            let Some(bands) = bands else {
+                continue;
+            };
+            let agg = &spec.metrics[metric].agg;
+            if matches!((agg, inputs.get(metric)), (Agg::Sum, Some(Input::Number(x))) if *x < 0.0) {
+                bands.negative.store(true, Ordering::Relaxed);
+            }
+            let band = band_of(entry.whole(metric, agg));
+            if band != entry.bands[metric] {
+                bands.refile(key, entry.bands[metric], band);
+                entry.bands[metric] = band;
+            }
+        }
+    }
+
+    /// Files every key anew, after epochs or buckets were dropped; a sum is
+    /// bounded again once no group's sum is negative.
+    fn refile_all(&self, spec: &ViewSpec) {
+        let n = spec.metrics.len();
+        for (metric, bands) in self.bands.iter().enumerate() {
+            let Some(bands) = bands else {
+                continue;
+            };
+            let agg = &spec.metrics[metric].agg;
+            let mut filed: BTreeMap<u16, FxHashSet<Arc<str>>> = BTreeMap::new();
+            let mut negative = false;
+            for mut entry in self.keys.iter_mut() {
+                let band = band_of(entry.whole(metric, agg));
+                entry.bands[metric] = band;
+                negative |= entry.epochs.iter().any(|key_epoch| {
+                    (0..key_epoch.groups.len()).any(|at| {
+                        matches!(&key_epoch.groups.states(n, at)[metric], MetricState::Sum(sum) if sum.as_i128() < 0)
+                    })
+                });
+                filed
+                    .entry(band)
+                    .or_default()
+                    .insert(Arc::clone(entry.key()));
+            }
+            *bands.keys() = filed;
+            bands.negative.store(negative, Ordering::Relaxed);
+        }
+    }
+
     fn totals(&self) -> MutexGuard<'_, BTreeMap<Epoch, EpochTotals>> {
         // Nothing can panic while the lock is held; a poisoned lock still
         // guards whole states.
@@ -215,13 +357,7 @@ pub struct SpeedState {
 impl SpeedState {
     /// An empty partition for these views.
     pub fn new(views: Arc<[Arc<ViewSpec>]>) -> SpeedState {
-        let live = views
-            .iter()
-            .map(|_| LiveView {
-                keys: DashMap::default(),
-                totals: Mutex::new(BTreeMap::new()),
-            })
-            .collect();
+        let live = views.iter().map(|spec| LiveView::new(spec)).collect();
         SpeedState {
             views,
             live,
@@ -252,15 +388,17 @@ impl SpeedState {
         spec.inputs(event, &mut scratch.inputs);
         let inputs = scratch.inputs.as_slice();
         let key = spec.key_text(event, &mut scratch.key);
-        let new_group = match live.keys.get_mut(key) {
-            Some(mut entry) => entry.apply(spec, epoch, bucket, inputs),
-            None => {
-                let mut entry = LiveKey::default();
-                let new_group = entry.apply(spec, epoch, bucket, inputs);
-                live.keys.insert(key.into(), entry);
-                new_group
-            }
+        let mut guard = match live.keys.get_mut(key) {
+            Some(guard) => guard,
+            None => live
+                .keys
+                .entry(key.into())
+                .or_insert_with(|| LiveKey::new(spec)),
         };
+        let (key, entry) = guard.pair_mut();
+        let new_group = entry.apply(spec, epoch, bucket, inputs);
+        live.file(spec, key, entry, inputs);
+        drop(guard);
         if new_group {
             self.groups.fetch_add(1, Ordering::Relaxed);
         }
@@ -321,7 +459,7 @@ impl SpeedState {
             (QueryKind::Series(Some(key)), Partial::PerBucket(per_bucket)) => {
                 if let Some(entry) = live.keys.get(key.as_str()) {
                     let n = spec.metrics.len();
-                    for key_epoch in entry.0.iter().filter(|entry| later(&entry.epoch)) {
+                    for key_epoch in entry.later(after) {
                         let groups = &key_epoch.groups;
                         for at in groups.span(range) {
                             merge_states(
@@ -384,6 +522,69 @@ impl SpeedState {
         }
     }
 
+    /// Merges the state of `metric` of `key` of view `view` over `range` in
+    /// epochs after `after` into `into`; answers whether any bucket of the
+    /// key lies there.
+    pub fn merge_key_metric(
+        &self,
+        after: Option<Epoch>,
+        (view, key): (usize, &str),
+        range: TimeRange,
+        metric: usize,
+        into: &mut MetricState,
+    ) -> bool {
+        let n = self.views[view].metrics.len();
+        self.live[view]
+            .keys
+            .get(key)
+            .is_some_and(|entry| entry.merge_metric(n, after, range, metric, into))
+    }
+
+    /// Merges the totals of `metric` of view `view` over `range` in epochs
+    /// after `after` into `into`.
+    pub fn merge_total(
+        &self,
+        after: Option<Epoch>,
+        view: usize,
+        range: TimeRange,
+        metric: usize,
+        into: &mut MetricState,
+    ) {
+        let totals = self.live[view].totals();
+        for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| Some(**epoch) > after) {
+            epoch_totals.merge_metric(range, metric, into);
+        }
+    }
+
+    /// Whether the keys of view `view` are banded by `metric` (see [`Bands`]).
+    pub fn banded(&self, view: usize, metric: usize) -> bool {
+        self.bands(view, metric)
+            .is_some_and(|bands| !bands.negative.load(Ordering::Relaxed))
+    }
+
+    fn bands(&self, view: usize, metric: usize) -> Option<&Bands> {
+        self.live.get(view)?.bands.get(metric)?.as_ref()
+    }
+
+    /// The highest band below `below` holding a key of view `view` by `metric`.
+    pub fn highest_band(&self, view: usize, metric: usize, below: u16) -> Option<u16> {
+        let bands = self.bands(view, metric)?;
+        bands
+            .keys()
+            .range(..below)
+            .next_back()
+            .map(|(band, _)| *band)
+    }
+
+    /// Pushes the keys of view `view` in band `band` by `metric` onto `keys`.
+    pub fn band_keys(&self, view: usize, metric: usize, band: u16, keys: &mut Vec<Arc<str>>) {
+        if let Some(bands) = self.bands(view, metric)
+            && let Some(filed) = bands.keys().get(&band)
+        {
+            keys.extend(filed.iter().cloned());
+        }
+    }
+
     /// Whether `key` of view `view` has a bucket in `range` in an epoch after `after`.
     pub fn holds(&self, after: Option<Epoch>, view: usize, key: &str, range: TimeRange) -> bool {
         self.live[view]
@@ -417,7 +618,7 @@ impl SpeedState {
             };
             let n = spec.metrics.len();
             live.keys.retain(|_, entry| {
-                for key_epoch in &mut entry.0 {
+                for key_epoch in &mut entry.epochs {
                     if key_epoch.groups.retain_from(n, cutoff) > 0 {
                         let mut rollup = spec.empty_states();
                         key_epoch
@@ -426,8 +627,10 @@ impl SpeedState {
                         key_epoch.rollup = rollup;
                     }
                 }
-                entry.0.retain(|key_epoch| !key_epoch.groups.is_empty());
-                !entry.0.is_empty()
+                entry
+                    .epochs
+                    .retain(|key_epoch| !key_epoch.groups.is_empty());
+                !entry.epochs.is_empty()
             });
             let mut totals = live.totals();
             for epoch_totals in totals.values_mut() {
@@ -441,6 +644,8 @@ impl SpeedState {
                 epoch_totals.buckets = kept;
             }
             totals.retain(|_, epoch_totals| !epoch_totals.buckets.is_empty());
+            drop(totals);
+            live.refile_all(spec);
         }
         self.recount();
     }
@@ -449,12 +654,13 @@ impl SpeedState {
     /// reader that finds anything dropped also finds the expiry.
     pub fn expire(&self, upto: Epoch) {
         self.expired.fetch_max(upto.0 + 1, Ordering::SeqCst);
-        for live in self.live.iter() {
+        for (live, spec) in self.live.iter().zip(self.views.iter()) {
             live.keys.retain(|_, entry| {
-                entry.0.retain(|key_epoch| key_epoch.epoch > upto);
-                !entry.0.is_empty()
+                entry.epochs.retain(|key_epoch| key_epoch.epoch > upto);
+                !entry.epochs.is_empty()
             });
             live.totals().retain(|epoch, _| *epoch > upto);
+            live.refile_all(spec);
         }
         self.recount();
     }
@@ -467,7 +673,7 @@ impl SpeedState {
                 live.keys.iter().map(|entry| {
                     entry
                         .value()
-                        .0
+                        .epochs
                         .iter()
                         .map(|key_epoch| key_epoch.groups.len())
                         .sum::<usize>()
@@ -768,6 +974,40 @@ mod tests {
                         "{:?} over {:?}", kind, range
                     );
                 }
+            }
+            // Every key is filed under the band of its value over all it
+            // holds, for each monotone metric, and under no other.
+            let mut held = ViewState::new();
+            for (i, event) in events.iter().enumerate() {
+                let expired = expire_at.is_some_and(|upto| event.3 <= upto);
+                let retained = cutoff.is_none_or(|cutoff| event.1 * 60_000 >= cutoff);
+                if !expired && retained {
+                    held.apply(spec, &parse(i, event));
+                }
+            }
+            for metric in [0, 1, 3] {
+                let agg = &spec.metrics[metric].agg;
+                proptest::prop_assert!(state.banded(0, metric));
+                let mut filed = Vec::new();
+                let mut below = u16::MAX;
+                while let Some(band) = state.highest_band(0, metric, below) {
+                    let mut keys = Vec::new();
+                    state.band_keys(0, metric, band, &mut keys);
+                    filed.extend(keys.into_iter().map(|key| (key.to_string(), band)));
+                    below = band;
+                }
+                filed.sort();
+                let mut expected: Vec<(String, u16)> = held
+                    .keys()
+                    .map(|(key, groups)| {
+                        let mut whole = spec.empty_states();
+                        groups.merge_span(0..groups.len(), &mut whole);
+                        let value = whole[metric].value(agg).as_f64();
+                        (key.to_owned(), band_of(value.unwrap_or(f64::NEG_INFINITY)))
+                    })
+                    .collect();
+                expected.sort();
+                proptest::prop_assert_eq!(filed, expected, "bands by {}", spec.metrics[metric].name);
             }
             proptest::prop_assert_eq!(state.groups(), {
                 let mut held = ViewState::new();

@@ -24,7 +24,8 @@
 
 use super::query::{merge_states, rank_order};
 use super::{Agg, MetricState, TimeRange, ViewSpec, ViewState};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Arc;
 
 /// The index of one view state; it holds positions into that state's keys,
 /// so it is used only with the state it was built from.
@@ -62,7 +63,7 @@ impl ViewIndex {
         let mut monotone: Vec<bool> = spec
             .metrics
             .iter()
-            .map(|metric| matches!(metric.agg, Agg::Count | Agg::Sum | Agg::Max))
+            .map(|metric| metric.agg.is_monotone())
             .collect();
         let mut tree: Vec<MetricState> = (0..2 * t).flat_map(|_| empty.iter().cloned()).collect();
         let mut rollups: Vec<MetricState> = Vec::with_capacity(state.key_count() * n);
@@ -126,23 +127,39 @@ impl ViewIndex {
         range.span(&self.buckets) == (0..self.buckets.len())
     }
 
-    /// Merges the totals of every key over `range` into `into`: at most
-    /// 2·log₂ T node merges.
-    pub fn totals(&self, range: TimeRange, into: &mut [MetricState]) {
+    /// The tree nodes that together hold exactly the buckets in `range`: at
+    /// most 2·log₂ T of them.
+    fn cover(&self, range: TimeRange) -> Vec<usize> {
         let t = self.buckets.len();
         let span = range.span(&self.buckets);
         let (mut lo, mut hi) = (span.start + t, span.end + t);
+        let mut nodes = Vec::new();
         while lo < hi {
             if lo & 1 == 1 {
-                merge_states(into, self.node(lo));
+                nodes.push(lo);
                 lo += 1;
             }
             if hi & 1 == 1 {
                 hi -= 1;
-                merge_states(into, self.node(hi));
+                nodes.push(hi);
             }
             lo >>= 1;
             hi >>= 1;
+        }
+        nodes
+    }
+
+    /// Merges the totals of every key over `range` into `into`.
+    pub fn totals(&self, range: TimeRange, into: &mut [MetricState]) {
+        for node in self.cover(range) {
+            merge_states(into, self.node(node));
+        }
+    }
+
+    /// Merges the totals of `metric` alone over `range` into `into`.
+    pub fn total_of(&self, metric: usize, range: TimeRange, into: &mut MetricState) {
+        for node in self.cover(range) {
+            into.merge(&self.node(node)[metric]);
         }
     }
 
@@ -314,6 +331,28 @@ impl ViewIndex {
     }
 }
 
+/// The band of `value`, a value of a monotone metric: bands ascend with the
+/// values in them, a quarter of an octave a band (a positive float's exponent
+/// and top two mantissa bits); zero and below are band 0.
+pub fn band_of(value: f64) -> u16 {
+    if value > 0.0 {
+        (value.to_bits() >> 50) as u16
+    } else {
+        0
+    }
+}
+
+/// Every value in band `band` lies below this.
+pub fn band_bound(band: u16) -> f64 {
+    // The highest band of finite values ends at infinity.
+    const TOP: u16 = (f64::MAX.to_bits() >> 50) as u16;
+    if band >= TOP {
+        f64::INFINITY
+    } else {
+        f64::from_bits((u64::from(band) + 1) << 50)
+    }
+}
+
 /// What a top-N merge needs of the layer whose keys are live (the speed
 /// layer's epochs after the batch's), over the query's range.
 pub trait LiveTop {
@@ -324,6 +363,18 @@ pub trait LiveTop {
     fn holds(&self, key: &str) -> bool;
     /// Merges the key's states in range into `into`.
     fn key(&self, key: &str, into: &mut [MetricState]);
+    /// Merges the key's state of `metric` in range into `into`; answers
+    /// whether the layer holds the key in range.
+    fn metric(&self, key: &str, metric: usize, into: &mut MetricState) -> bool;
+    /// Merges the state of `metric` of every key in range into `into`.
+    fn total(&self, metric: usize, into: &mut MetricState);
+    /// Whether the layer keeps its keys banded by their value of the
+    /// monotone `metric` over everything it holds (see [`band_of`]); that
+    /// value bounds the key's value in any range.
+    fn banded(&self, metric: usize) -> bool;
+    /// The highest band below `below` holding a key by `metric`, with its
+    /// keys pushed onto `keys`; `None` once no band is left.
+    fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16>;
 }
 
 /// The `n` best keys so far, in answer order; a key is copied only when it enters.
@@ -333,6 +384,13 @@ struct Best {
 }
 
 impl Best {
+    fn new(n: usize) -> Best {
+        Best {
+            n,
+            items: Vec::with_capacity(n + 1),
+        }
+    }
+
     fn offer(&mut self, value: Option<f64>, key: &str) {
         let place = self.items.partition_point(|(other, other_key)| {
             rank_order((*other, other_key), (value, key)).is_lt()
@@ -342,15 +400,34 @@ impl Best {
             self.items.truncate(self.n);
         }
     }
+
+    /// Whether no key whose value is at most `bound` (or that has no value)
+    /// can enter any more.
+    fn beats(&self, bound: f64) -> bool {
+        // Bounds are sums of floats where the values are exact decimals: a
+        // relative margin far above their rounding keeps the test safe.
+        let margin = bound.abs() * 1e-9 + 1e-9;
+        self.items.len() == self.n
+            && self
+                .items
+                .last()
+                .and_then(|(value, _)| *value)
+                .is_some_and(|value| value > bound + margin)
+    }
 }
 
 /// The merged top-N by `metric` over `range` of a batch state (with its
 /// index) and a live layer, as the keys and their merged states.
 ///
-/// A key the live layer does not hold in range has its batch value as its
-/// merged value, so the answer lies among the batch's first `n` such keys
-/// and the keys the live layer holds: O(n + live keys) merges of the ranking
-/// metric, then the full states of the `n` keys kept.
+/// For a monotone metric that both layers bound (see [`Agg::is_monotone`]),
+/// a threshold walk (Fagin's threshold algorithm over two sorted lists):
+/// the batch's ranking and the live layer's bands, each key met read in both
+/// layers, until the `n`th best merged value beats every key not met yet, so
+/// it touches about as many keys as it answers. Otherwise every key the live
+/// layer holds in range, whose merged value is its batch value plus its live
+/// one, and the batch's first `n` keys the live layer does not hold, whose
+/// merged value is their batch value: O(n + live keys) merges of the
+/// ranking metric. Either way the `n` keys kept are then read in full.
 pub fn merged_top(
     spec: &ViewSpec,
     batch: Option<(&ViewIndex, &ViewState)>,
@@ -360,27 +437,30 @@ pub fn merged_top(
     live: &dyn LiveTop,
 ) -> FxHashMap<String, Box<[MetricState]>> {
     let agg = &spec.metrics[metric].agg;
-    let mut best = Best {
-        n,
-        items: Vec::with_capacity(n + 1),
-    };
-    live.each(metric, &mut |key, live_state| {
-        let mut state = MetricState::empty(agg);
-        if let Some((index, batch)) = batch
-            && let Some(at) = batch.key_index(key)
-        {
-            index.metric_in(batch, at, metric, range, &mut state);
-        }
-        state.merge(live_state);
-        best.offer(state.value(agg).as_f64(), key);
-    });
-    if let Some((index, state)) = batch {
-        for (value, at) in index.head(spec, state, metric, n, range, &|key| live.holds(key)) {
-            if let Some((key, _)) = state.key_at(at) {
-                best.offer(value, key);
+    let batch_bounds = batch.is_none_or(|(index, _)| index.monotone.get(metric) == Some(&true));
+    let best = if agg.is_monotone() && batch_bounds && live.banded(metric) {
+        threshold_top(spec, batch, metric, n, range, live)
+    } else {
+        let mut best = Best::new(n);
+        live.each(metric, &mut |key, live_state| {
+            let mut state = MetricState::empty(agg);
+            if let Some((index, batch)) = batch
+                && let Some(at) = batch.key_index(key)
+            {
+                index.metric_in(batch, at, metric, range, &mut state);
+            }
+            state.merge(live_state);
+            best.offer(state.value(agg).as_f64(), key);
+        });
+        if let Some((index, state)) = batch {
+            for (value, at) in index.head(spec, state, metric, n, range, &|key| live.holds(key)) {
+                if let Some((key, _)) = state.key_at(at) {
+                    best.offer(value, key);
+                }
             }
         }
-    }
+        best
+    };
     best.items
         .into_iter()
         .map(|(_, key)| {
@@ -396,10 +476,102 @@ pub fn merged_top(
         .collect()
 }
 
+/// The threshold walk of [`merged_top`] for a monotone `metric`.
+///
+/// A key's merged value in range is at most its batch roll-up's value
+/// combined (added, or the larger for max) with its live value over
+/// everything, and at most each layer's total in range combined likewise.
+/// Walking the batch ranking and the live bands from the top, the next
+/// batch key's roll-up and the next band's bound therefore bound every key
+/// not met yet; the walk stops once the `n`th best beats that.
+fn threshold_top(
+    spec: &ViewSpec,
+    batch: Option<(&ViewIndex, &ViewState)>,
+    metric: usize,
+    n: usize,
+    range: TimeRange,
+    live: &dyn LiveTop,
+) -> Best {
+    let agg = &spec.metrics[metric].agg;
+    // Bounds as floats, "no value" lowest; for count and sum (never negative
+    // here) a layer with nothing left adds nothing.
+    let combine = |a: f64, b: f64| match agg {
+        Agg::Max => a.max(b),
+        _ => a.max(0.0) + b.max(0.0),
+    };
+    let value = |state: &MetricState| state.value(agg).as_f64().unwrap_or(f64::NEG_INFINITY);
+    let mut live_total = MetricState::empty(agg);
+    live.total(metric, &mut live_total);
+    let live_cap = value(&live_total);
+    let mut best = Best::new(n);
+    let mut met: FxHashSet<Box<str>> = FxHashSet::default();
+    let mut offer = |key: &str, best: &mut Best| {
+        if met.contains(key) {
+            return;
+        }
+        met.insert(key.into());
+        let mut state = MetricState::empty(agg);
+        let mut any = false;
+        if let Some((index, batch)) = batch
+            && let Some(at) = batch.key_index(key)
+        {
+            any |= index.metric_in(batch, at, metric, range, &mut state);
+        }
+        any |= live.metric(key, metric, &mut state);
+        if any {
+            best.offer(state.value(agg).as_f64(), key);
+        }
+    };
+    // The batch side: its ranking, with each key's roll-up as its bound,
+    // capped by the batch's total in range; nothing to walk when no bucket
+    // of the batch lies in range.
+    let (mut ranked, batch_cap) = match batch {
+        Some((index, state)) if !range.span(&index.buckets).is_empty() => {
+            let mut totals = MetricState::empty(agg);
+            index.total_of(metric, range, &mut totals);
+            let ranking = index.rankings[metric].iter().map(move |at| {
+                let at = *at as usize;
+                let bound = value(&index.rollups[at * index.n + metric]);
+                (bound, state.key_at(at).map_or("", |(key, _)| key))
+            });
+            (Some(ranking.peekable()), value(&totals))
+        }
+        _ => (None, f64::NEG_INFINITY),
+    };
+    let mut keys: Vec<Arc<str>> = Vec::new();
+    let mut band = live.next_band(metric, u16::MAX, &mut keys);
+    loop {
+        let next = ranked.as_mut().and_then(|ranked| ranked.peek().copied());
+        if next.is_none() && band.is_none() {
+            break;
+        }
+        let batch_bound = next.map_or(f64::NEG_INFINITY, |(bound, _)| bound.min(batch_cap));
+        let live_bound = band.map_or(f64::NEG_INFINITY, |band| band_bound(band).min(live_cap));
+        if best.beats(combine(batch_bound, live_bound)) {
+            break;
+        }
+        // Read further down the side whose next bound is higher.
+        match (next, band) {
+            (Some((_, key)), band) if band.is_none() || batch_bound >= live_bound => {
+                ranked.as_mut().and_then(Iterator::next);
+                offer(key, &mut best);
+            }
+            (_, Some(below)) => {
+                for key in keys.drain(..) {
+                    offer(&key, &mut best);
+                }
+                band = live.next_band(metric, below, &mut keys);
+            }
+            (_, None) => break,
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Partial, QueryKind};
+    use crate::aggregate::{KeyGroups, Partial, QueryKind};
     use crate::config::Config;
     use proptest::prelude::*;
 
@@ -425,20 +597,54 @@ mod tests {
 
     /// Another state as the live layer of a top-N merge.
     struct Other<'a> {
+        spec: &'a ViewSpec,
         state: &'a ViewState,
-        n: usize,
         range: TimeRange,
+    }
+
+    impl Other<'_> {
+        fn n(&self) -> usize {
+            self.spec.metrics.len()
+        }
+
+        /// Merges the key's state of `metric` over `range`.
+        fn merge(
+            &self,
+            groups: &KeyGroups,
+            metric: usize,
+            range: TimeRange,
+            into: &mut MetricState,
+        ) -> bool {
+            let span = groups.span(range);
+            let any = !span.is_empty();
+            for at in span {
+                into.merge(&groups.states(self.n(), at)[metric]);
+            }
+            any
+        }
+
+        /// Each key's band by `metric` over all its buckets.
+        fn bands(&self, metric: usize) -> Vec<(u16, &str)> {
+            let agg = &self.spec.metrics[metric].agg;
+            self.state
+                .keys()
+                .map(|(key, groups)| {
+                    let mut state = MetricState::empty(agg);
+                    self.merge(groups, metric, TimeRange::ALL, &mut state);
+                    (
+                        band_of(state.value(agg).as_f64().unwrap_or(f64::NEG_INFINITY)),
+                        key,
+                    )
+                })
+                .collect()
+        }
     }
 
     impl LiveTop for Other<'_> {
         fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState)) {
             for (key, groups) in self.state.keys() {
-                let span = groups.span(self.range);
-                if let Some(first) = span.clone().next() {
-                    let mut state = groups.states(self.n, first)[metric].clone();
-                    for at in span.skip(1) {
-                        state.merge(&groups.states(self.n, at)[metric]);
-                    }
+                let mut state = MetricState::empty(&self.spec.metrics[metric].agg);
+                if self.merge(groups, metric, self.range, &mut state) {
                     visit(key, &state);
                 }
             }
@@ -454,6 +660,44 @@ mod tests {
             if let Some(groups) = self.state.key(key) {
                 groups.merge_span(groups.span(self.range), into);
             }
+        }
+
+        fn metric(&self, key: &str, metric: usize, into: &mut MetricState) -> bool {
+            self.state
+                .key(key)
+                .is_some_and(|groups| self.merge(groups, metric, self.range, into))
+        }
+
+        fn total(&self, metric: usize, into: &mut MetricState) {
+            for (_, groups) in self.state.keys() {
+                self.merge(groups, metric, self.range, into);
+            }
+        }
+
+        fn banded(&self, metric: usize) -> bool {
+            self.spec.metrics[metric].agg.is_monotone()
+                && self.state.keys().all(|(_, groups)| {
+                    (0..groups.len()).all(|at| match &groups.states(self.n(), at)[metric] {
+                        MetricState::Sum(sum) => sum.as_i128() >= 0,
+                        _ => true,
+                    })
+                })
+        }
+
+        fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {
+            let bands = self.bands(metric);
+            let top = bands
+                .iter()
+                .map(|(band, _)| *band)
+                .filter(|band| *band < below)
+                .max()?;
+            keys.extend(
+                bands
+                    .iter()
+                    .filter(|(band, _)| *band == top)
+                    .map(|(_, key)| Arc::from(*key)),
+            );
+            Some(top)
         }
     }
 
@@ -497,6 +741,20 @@ mod tests {
     }
 
     proptest! {
+        /// Bands ascend with the values in them, and each band's bound lies
+        /// above every value in it and at or below every value of higher bands.
+        #[test]
+        fn bands_order_values_and_bound_them(a in proptest::num::f64::NORMAL | proptest::num::f64::ZERO, b in proptest::num::f64::NORMAL | proptest::num::f64::ZERO) {
+            let (low, high) = if a <= b { (a, b) } else { (b, a) };
+            prop_assert!(band_of(low) <= band_of(high));
+            prop_assert!(low < band_bound(band_of(low)));
+            if band_of(low) < band_of(high) {
+                prop_assert!(band_bound(band_of(low)) <= high);
+            }
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Every indexed answer equals the scan's, over ranges aligned to
@@ -536,7 +794,7 @@ mod tests {
 
             for metric in 0..spec.metrics.len() {
                 let kind = QueryKind::Top { metric, n };
-                let live = Other { state: &speed, n: spec.metrics.len(), range };
+                let live = Other { spec, state: &speed, range };
                 let merged = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &live));
                 let mut expected = batch.partial(spec, &kind, range);
                 expected.merge(&speed.partial(spec, &kind, range));

@@ -10,7 +10,7 @@ mod query;
 mod sketch;
 mod view;
 
-pub use index::{LiveTop, ViewIndex, merged_top};
+pub use index::{LiveTop, ViewIndex, band_bound, band_of, merged_top};
 pub use query::{
     Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
 };
@@ -62,6 +62,15 @@ impl Agg {
             Agg::Distinct => "distinct",
             Agg::Quantile { .. } => "quantile",
         }
+    }
+
+    /// Whether a value over some buckets never exceeds the value over a
+    /// superset of them: count and max always, sum while no group's sum is
+    /// negative (which its holder checks). Such a value over everything
+    /// bounds the value over any range, and two layers' values combine
+    /// monotonically, which a threshold walk of rankings needs.
+    pub fn is_monotone(&self) -> bool {
+        matches!(self, Agg::Count | Agg::Sum | Agg::Max)
     }
 
     /// Whether the aggregation reads a field that must be a number.

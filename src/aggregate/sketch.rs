@@ -10,6 +10,7 @@ use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config as DdConfig, DDSketch};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Distinct values counted exactly up to this many; beyond, HyperLogLog++.
 pub const DISTINCT_EXACT_LIMIT: usize = 512;
@@ -74,6 +75,72 @@ impl BuildHasher for PassThrough {
 
 type Hll = HyperLogLogPlus<u64, PassThrough>;
 
+/// A HyperLogLog++ sketch and its last estimate. An estimate reads all 2^14
+/// registers (and `hyperloglogplus` wants `&mut` for it, to fold its insert
+/// buffer), while most sketches are read far more often than they change: a
+/// snapshot's, or a closed bucket's. So the estimate is kept until the next
+/// insert or merge, and reads stay shared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HllSketch {
+    hll: Hll,
+    /// The estimate since the last change; [`HllSketch::UNKNOWN`] when none.
+    #[serde(skip, default = "HllSketch::unknown")]
+    estimate: Estimate,
+}
+
+/// A sketch's cached estimate, rounded; written by readers.
+#[derive(Debug)]
+struct Estimate(AtomicU64);
+
+impl Clone for Estimate {
+    fn clone(&self) -> Self {
+        Estimate(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl HllSketch {
+    const UNKNOWN: u64 = u64::MAX;
+
+    fn unknown() -> Estimate {
+        Estimate(AtomicU64::new(Self::UNKNOWN))
+    }
+
+    fn new<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<HllSketch> {
+        let mut hll = HyperLogLogPlus::new(HLL_PRECISION, PassThrough)
+            .expect("precision 14 lies within 4..=18");
+        for hash in hashes {
+            hll.insert(hash);
+        }
+        Box::new(HllSketch {
+            hll,
+            estimate: Self::unknown(),
+        })
+    }
+
+    fn insert(&mut self, hash: &u64) {
+        self.hll.insert(hash);
+        *self.estimate.0.get_mut() = Self::UNKNOWN;
+    }
+
+    fn merge(&mut self, other: &HllSketch) -> Result<(), hyperloglogplus::HyperLogLogError> {
+        *self.estimate.0.get_mut() = Self::UNKNOWN;
+        self.hll.merge(&other.hll)
+    }
+
+    fn count(&self) -> u64 {
+        let known = self.estimate.0.load(Ordering::Relaxed);
+        if known != Self::UNKNOWN {
+            return known;
+        }
+        // Folding the insert buffer needs `&mut`: a copy keeps reads shared,
+        // and it is made once per change.
+        let estimate = self.hll.clone().count().round() as u64;
+        self.estimate.0.store(estimate, Ordering::Relaxed);
+        estimate
+    }
+}
+
 /// Distinct count state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Distinct {
@@ -82,23 +149,13 @@ pub enum Distinct {
     /// Sorted, unique value hashes; exact. Empty when no value was seen.
     Exact(Box<[u64]>),
     /// HyperLogLog++ once past [`DISTINCT_EXACT_LIMIT`].
-    Sketch(Box<Hll>),
+    Sketch(Box<HllSketch>),
 }
 
 impl Default for Distinct {
     fn default() -> Self {
         Distinct::Exact(Box::default())
     }
-}
-
-fn new_hll<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<Hll> {
-    let mut hll = Box::new(
-        HyperLogLogPlus::new(HLL_PRECISION, PassThrough).expect("precision 14 lies within 4..=18"),
-    );
-    for hash in hashes {
-        hll.insert(hash);
-    }
-    hll
 }
 
 impl Distinct {
@@ -116,7 +173,7 @@ impl Distinct {
         match hashes.as_slice() {
             [one] => Distinct::One(*one),
             _ if hashes.len() <= DISTINCT_EXACT_LIMIT => Distinct::Exact(hashes.into_boxed_slice()),
-            _ => Distinct::Sketch(new_hll(&hashes)),
+            _ => Distinct::Sketch(HllSketch::new(&hashes)),
         }
     }
 
@@ -181,10 +238,7 @@ impl Distinct {
     /// The number of distinct values: exact while small, estimated beyond.
     pub fn count(&self) -> u64 {
         match self {
-            Distinct::Sketch(hll) => {
-                // `count` needs `&mut` only to fold its insert buffer; a copy keeps reads shared.
-                hll.as_ref().clone().count().round() as u64
-            }
+            Distinct::Sketch(hll) => hll.count(),
             exact => exact.exact().map_or(0, |hashes| hashes.len() as u64),
         }
     }

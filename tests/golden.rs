@@ -1,15 +1,17 @@
-//! Files written by an earlier build stay readable: `tests/fixtures/data-v2`
+//! Files written by an earlier build stay readable: `tests/fixtures/data-vN`
 //! is a data_dir (a segment, the epochs file, a snapshot with its id index)
-//! written by tandem when snapshots were at format version 2. This build must
-//! serve it as it is, from its snapshot (no view recomputed or replayed from
-//! the start), with answers equal to an oracle over the events written, and
-//! must recognise a redelivery of an id stored there.
+//! written by tandem when snapshots were at format version N. This build must
+//! serve the current version's as it is, from its snapshot (no view
+//! recomputed or replayed from the start), with answers equal to an oracle
+//! over the events written, and must recognise a redelivery of an id stored
+//! there. An older version's snapshot is refused, and the same answers come
+//! from the master dataset, which every version reads.
 //!
 //! If a change makes this fail, stored data_dirs no longer read the same:
 //! either keep reading the old form, or bump the snapshot format version
 //! (an old snapshot is then refused by name and recomputed) and write a new
 //! fixture with `TANDEM_WRITE_FIXTURE=1 cargo test --test golden`, keeping
-//! this one's test for the old form as long as it is supported.
+//! the old one's test as a refused snapshot.
 
 mod common;
 
@@ -66,14 +68,14 @@ fn line(i: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data-v2")
+fn fixture(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/data-v{version}"))
 }
 
 /// Writes the fixture with this build: events 0..16 and a repeat of 3, a
 /// batch run, then events 16..24 and a repeat of 7 (the speed layer's part).
 fn write_fixture() {
-    let dir = fixture();
+    let dir = fixture(tandem::store::FORMAT_VERSION);
     std::fs::remove_dir_all(&dir).ok();
     let config = common::config(CONFIG, &dir);
     actix::System::new().block_on(async move {
@@ -100,20 +102,42 @@ fn metric(body: &Body, name: &str) -> Option<MetricValue> {
 }
 
 #[test]
-fn a_data_dir_written_at_format_2_is_served_from_its_snapshot() {
+fn a_data_dir_written_at_format_3_is_served_from_its_snapshot() {
     if std::env::var("TANDEM_WRITE_FIXTURE").as_deref() == Ok("1") {
         write_fixture();
     }
+    serve_fixture(3, |startup| {
+        assert_eq!(startup.snapshot.map(|epoch| epoch.0), Some(SNAPSHOT_EPOCH));
+        assert_eq!(startup.replayed, 9, "the records after the snapshot");
+        Some(SNAPSHOT_EPOCH)
+    });
+}
+
+/// Format 2 stored distinct counts past 512 values as HyperLogLog++
+/// registers, which this build does not read: its snapshot is refused, and
+/// every record is replayed from the master dataset instead.
+#[test]
+fn a_data_dir_written_at_format_2_is_served_from_its_master_dataset() {
+    serve_fixture(2, |startup| {
+        assert_eq!(startup.snapshot, None, "the format 2 snapshot is refused");
+        assert_eq!(startup.replayed, 26, "every record");
+        None
+    });
+}
+
+/// Starts on a copy of the fixture of format `version`, checks the start
+/// with `started` (which says the batch epoch answers then carry), and
+/// checks every answer against the oracle.
+fn serve_fixture(version: u32, started: impl FnOnce(&tandem::actors::Startup) -> Option<u64>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    common::copy_dir(&fixture(), dir.path());
+    common::copy_dir(&fixture(version), dir.path());
     let config = common::config(CONFIG, dir.path());
     actix::System::new().block_on(async move {
         let options = Options::manual_epochs();
         let handle = tandem::start(config, options).await.expect("start");
         let startup = handle.startup();
-        assert_eq!(startup.snapshot.map(|epoch| epoch.0), Some(SNAPSHOT_EPOCH));
         assert_eq!(startup.records.0, 26, "24 events and two repeats");
-        assert_eq!(startup.replayed, 9, "the records after the snapshot");
+        let batch_epoch = started(&startup);
 
         // The oracle: events 0..24, each once.
         let mut products: BTreeMap<String, (u64, i64, BTreeSet<String>, Vec<i64>)> =
@@ -139,8 +163,8 @@ fn a_data_dir_written_at_format_2_is_served_from_its_snapshot() {
                     .expect("query");
                 assert_eq!(
                     answer.as_of.batch_epoch.map(|epoch| epoch.0),
-                    Some(SNAPSHOT_EPOCH),
-                    "the stored view is used"
+                    batch_epoch,
+                    "the stored view is used, if any"
                 );
                 if layer == Layer::Batch {
                     continue;

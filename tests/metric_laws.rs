@@ -82,6 +82,19 @@ proptest! {
         }
     }
 
+    /// A state stored (as a snapshot stores it) and loaded reads the same,
+    /// alone and merged with another: a restart changes no answer.
+    #[test]
+    fn a_stored_state_reads_and_merges_the_same(a in stream(), b in stream()) {
+        for agg in &AGGS {
+            let (sa, sb) = (build(agg, &a), build(agg, &b));
+            let bytes = postcard::to_allocvec(&sa).expect("encode");
+            let loaded: MetricState = postcard::from_bytes(&bytes).expect("decode");
+            prop_assert_eq!(observe(&loaded, agg), observe(&sa, agg), "{:?}", agg);
+            prop_assert_eq!(observe(&merged(agg, &loaded, &sb), agg), observe(&merged(agg, &sa, &sb), agg), "{:?}", agg);
+        }
+    }
+
     #[test]
     fn empty_is_the_identity(a in stream()) {
         for agg in &AGGS {

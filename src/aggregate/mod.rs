@@ -37,7 +37,7 @@ pub enum Agg {
     Max,
     /// Mean of a number field.
     Mean,
-    /// Number of distinct values of a field (exact up to 512, then HyperLogLog++).
+    /// Number of distinct values of a field (exact up to 512, then HyperLogLog).
     Distinct,
     /// The `q` quantile of a number field (1% relative error).
     Quantile {

@@ -2,22 +2,22 @@
 //!
 //! Most (key, bucket) groups see a handful of values, so both start as a sorted
 //! boxed slice (no spare capacity) and turn into a sketch only past a limit:
-//! HyperLogLog++ (precision 14, about 0.8% standard error) for distinct counts,
+//! HyperLogLog (Apache DataSketches, lgK 14, about 0.8% standard error) for
+//! distinct counts,
 //! DDSketch (1% relative error) for quantiles. This is the only file that names
 //! the sketch crates.
 
-use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
+use datasketches::hll::{HllSketch as DsHll, HllType, HllUnion};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config as DdConfig, DDSketch};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Distinct values counted exactly up to this many; beyond, HyperLogLog++.
+/// Distinct values counted exactly up to this many; beyond, HyperLogLog.
 pub const DISTINCT_EXACT_LIMIT: usize = 512;
 /// Values kept exactly up to this many for quantiles; beyond, DDSketch.
 pub const QUANTILE_EXACT_LIMIT: usize = 128;
-/// HyperLogLog++ precision: 2^14 registers, standard error 1.04 / 128 = 0.81%.
-const HLL_PRECISION: u8 = 14;
+/// HyperLogLog size: 2^14 registers, standard error 1.04 / 128 = 0.81%.
+const HLL_LG_K: u8 = 14;
 /// DDSketch relative accuracy.
 const DDSKETCH_ALPHA: f64 = 0.01;
 /// DDSketch bin limit: with alpha 0.01 this spans about 36 orders of magnitude.
@@ -31,61 +31,25 @@ const DDSKETCH_MIN_VALUE: f64 = 1e-9;
 /// cannot merge with.
 pub fn parameters() -> String {
     format!(
-        "distinct: exact to {DISTINCT_EXACT_LIMIT}, then HyperLogLog++ p{HLL_PRECISION}; \
+        "distinct: exact to {DISTINCT_EXACT_LIMIT}, then DataSketches HLL_8 lgK {HLL_LG_K}; \
          quantile: exact to {QUANTILE_EXACT_LIMIT}, then DDSketch alpha {DDSKETCH_ALPHA}, \
          {DDSKETCH_MAX_BINS} bins, min {DDSKETCH_MIN_VALUE:e}"
     )
 }
 
-/// Passes a value that is already a 64-bit hash through unchanged.
+/// A HyperLogLog sketch (Apache DataSketches, lgK 14, 8-bit registers) and
+/// its last estimate.
 ///
-/// Values are hashed once with [`crate::event::hash_text`]; the sketch must
-/// not hash them again with a seeded hasher, or sketches built in different
-/// processes would not merge.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct PassThrough;
-
-/// The hasher behind [`PassThrough`].
-#[derive(Debug, Default)]
-pub struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-impl BuildHasher for PassThrough {
-    type Hasher = PassThroughHasher;
-
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0)
-    }
-}
-
-type Hll = HyperLogLogPlus<u64, PassThrough>;
-
-/// A HyperLogLog++ sketch and its last estimate. An estimate reads all 2^14
-/// registers (and `hyperloglogplus` wants `&mut` for it, to fold its insert
-/// buffer), while most sketches are read far more often than they change: a
-/// snapshot's, or a closed bucket's. So the estimate is kept until the next
-/// insert or merge, and reads stay shared.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
+/// It is held as a DataSketches union, which takes values and other
+/// sketches alike, so a merge updates it in place. The estimate is the
+/// composite one, a function of the registers alone: sketches merged in any
+/// order, or stored and loaded again, answer the same. It reads every
+/// register, while most sketches are read far more often than they change
+/// (a snapshot's, a closed bucket's), so it is kept until the next change.
+#[derive(Debug, Clone)]
 pub struct HllSketch {
-    hll: Hll,
+    union: HllUnion,
     /// The estimate since the last change; [`HllSketch::UNKNOWN`] when none.
-    #[serde(skip, default = "HllSketch::unknown")]
     estimate: Estimate,
 }
 
@@ -102,30 +66,34 @@ impl Clone for Estimate {
 impl HllSketch {
     const UNKNOWN: u64 = u64::MAX;
 
-    fn unknown() -> Estimate {
-        Estimate(AtomicU64::new(Self::UNKNOWN))
-    }
-
     fn new<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<HllSketch> {
-        let mut hll = HyperLogLogPlus::new(HLL_PRECISION, PassThrough)
-            .expect("precision 14 lies within 4..=18");
+        let mut union = HllUnion::new(HLL_LG_K).expect("lgK 14 lies within 4..=21");
         for hash in hashes {
-            hll.insert(hash);
+            union.update_value(*hash);
         }
         Box::new(HllSketch {
-            hll,
-            estimate: Self::unknown(),
+            union,
+            estimate: Estimate(AtomicU64::new(Self::UNKNOWN)),
         })
     }
 
-    fn insert(&mut self, hash: &u64) {
-        self.hll.insert(hash);
+    fn changed(&mut self) {
         *self.estimate.0.get_mut() = Self::UNKNOWN;
     }
 
-    fn merge(&mut self, other: &HllSketch) -> Result<(), hyperloglogplus::HyperLogLogError> {
-        *self.estimate.0.get_mut() = Self::UNKNOWN;
-        self.hll.merge(&other.hll)
+    fn insert(&mut self, hash: &u64) {
+        self.union.update_value(*hash);
+        self.changed();
+    }
+
+    fn merge(&mut self, other: &HllSketch) {
+        self.union.update(&other.sketch());
+        self.changed();
+    }
+
+    /// The registers as a sketch of their own.
+    fn sketch(&self) -> DsHll {
+        self.union.to_sketch(HllType::Hll8)
     }
 
     fn count(&self) -> u64 {
@@ -133,11 +101,33 @@ impl HllSketch {
         if known != Self::UNKNOWN {
             return known;
         }
-        // Folding the insert buffer needs `&mut`: a copy keeps reads shared,
-        // and it is made once per change.
-        let estimate = self.hll.clone().count().round() as u64;
+        let estimate = self.union.composite_estimate().round() as u64;
         self.estimate.0.store(estimate, Ordering::Relaxed);
         estimate
+    }
+}
+
+/// Stored as DataSketches' own serialization of the registers (a byte
+/// sequence), which any DataSketches library reads.
+impl Serialize for HllSketch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.sketch().serialize().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for HllSketch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = Vec::<u8>::deserialize(deserializer)?;
+        let sketch = DsHll::deserialize(&bytes).map_err(serde::de::Error::custom)?;
+        if sketch.lg_config_k() != HLL_LG_K {
+            return Err(serde::de::Error::custom(format!(
+                "a distinct sketch of lgK {}, not {HLL_LG_K}",
+                sketch.lg_config_k()
+            )));
+        }
+        let mut hll = HllSketch::new(&[]);
+        hll.union.update(&sketch);
+        Ok(*hll)
     }
 }
 
@@ -148,7 +138,7 @@ pub enum Distinct {
     One(u64),
     /// Sorted, unique value hashes; exact. Empty when no value was seen.
     Exact(Box<[u64]>),
-    /// HyperLogLog++ once past [`DISTINCT_EXACT_LIMIT`].
+    /// HyperLogLog once past [`DISTINCT_EXACT_LIMIT`].
     Sketch(Box<HllSketch>),
 }
 
@@ -221,13 +211,7 @@ impl Distinct {
                 if let Distinct::Sketch(hll) = self {
                     match (theirs, other) {
                         (Some(theirs), _) => theirs.iter().for_each(|hash| hll.insert(hash)),
-                        (None, Distinct::Sketch(sketch)) => {
-                            // Both come from this build (see `parameters`); a
-                            // mismatch is a bug, reported, never a crash.
-                            if let Err(err) = hll.merge(sketch) {
-                                tracing::error!(error = %err, "distinct sketches of different precisions; one is left out");
-                            }
-                        }
+                        (None, Distinct::Sketch(sketch)) => hll.merge(sketch),
                         (None, _) => {}
                     }
                 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMSNAP";
 /// The payload format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 56;
 /// Snapshots kept after a new one is written.
 pub const KEEP: usize = 2;

@@ -384,6 +384,12 @@ struct Recovered {
     first_copies: FirstCopies,
 }
 
+/// One event to replay: its epoch, the view and partition it goes to.
+type Replayed = (Epoch, usize, usize, Arc<crate::event::ParsedEvent>);
+
+/// Events sent to a replay thread at a time.
+const REPLAY_BATCH: usize = 1024;
+
 /// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
 /// replays the records after it into fresh speed states. Blocking.
 ///
@@ -442,56 +448,90 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let mut replayed = 0u64;
     let from = Seq(batch.later_from);
     let mut scratch = String::new();
-    let mut speed_scratch = speed::Scratch::default();
     let mut first_copies = FirstCopies::new(Arc::clone(&batch.ids));
     // Before `from` (read only for missing views) first copies are decided by
     // a check of their own: the index covers those records.
     let mut prefix = FirstCopies::default();
-    let mut apply = |event: &crate::event::ParsedEvent, epoch: Epoch, only: Option<&[usize]>| {
-        for (view, partition) in speed::owners(&config.views, event, n, &mut scratch) {
-            if only.is_none_or(|only| only.contains(&view)) {
-                partitions[partition].apply(epoch, view, event, &mut speed_scratch);
-            }
-        }
-    };
+    // Events are applied on threads of their own, one per core, each the one
+    // writer of its share of the partitions, while this thread reads, parses
+    // and decides first copies.
+    let appliers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, n.max(1));
     let segments = store::list_segments(paths)?;
-    for (i, segment) in segments.iter().enumerate() {
-        let under_snapshot = segments
-            .get(i + 1)
-            .is_some_and(|next| next.first_seq <= from);
-        if under_snapshot && missing.is_empty() {
-            continue;
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(appliers);
+        for _ in 0..appliers {
+            let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<Replayed>>(8);
+            senders.push(sender);
+            let partitions = &partitions;
+            scope.spawn(move || {
+                let mut scratch = speed::Scratch::default();
+                for batch in batches {
+                    for (epoch, view, partition, event) in batch {
+                        partitions[partition].apply(epoch, view, &event, &mut scratch);
+                    }
+                }
+            });
         }
-        let read = store::scan_segment(segment, None, |header, raw| {
-            let first = if header.seq < from {
-                prefix.first(header.seq, header.id_hash)
-            } else {
-                first_copies.first(header.seq, header.id_hash)
-            };
-            let covered = batch.epoch.is_some_and(|covered| header.epoch <= covered);
-            if covered && missing.is_empty() {
-                return;
+        let mut pending: Vec<Vec<Replayed>> = vec![Vec::new(); appliers];
+        let mut apply = |event: crate::event::ParsedEvent, epoch: Epoch, only: Option<&[usize]>| {
+            let event = Arc::new(event);
+            for (view, partition) in speed::owners(&config.views, &event, n, &mut scratch) {
+                if only.is_none_or(|only| only.contains(&view)) {
+                    let worker = partition % appliers;
+                    pending[worker].push((epoch, view, partition, Arc::clone(&event)));
+                    if pending[worker].len() >= REPLAY_BATCH {
+                        // An applier that is gone panicked: the scope reports it.
+                        senders[worker]
+                            .send(std::mem::take(&mut pending[worker]))
+                            .ok();
+                    }
+                }
             }
-            newest_epoch = newest_epoch.max(header.epoch);
-            let Ok(event) = config.schema.parse(raw, header.ingest_ms) else {
-                return;
-            };
-            replayed += 1;
-            if first {
-                apply(&event, header.epoch, covered.then_some(missing.as_slice()));
+        };
+        for (i, segment) in segments.iter().enumerate() {
+            let under_snapshot = segments
+                .get(i + 1)
+                .is_some_and(|next| next.first_seq <= from);
+            if under_snapshot && missing.is_empty() {
+                continue;
             }
-        });
-        match read {
-            Ok(_) => {}
-            // A damaged segment wholly under the snapshot does not stop the
-            // start (the next batch run names it); the views replayed from the
-            // start lack its records meanwhile.
-            Err(err) if under_snapshot => {
-                tracing::warn!(error = %err, "cannot read a segment under the snapshot; views replayed from the start of the log lack its records until a batch run covers them")
+            let read = store::scan_segment(segment, None, |header, raw| {
+                let first = if header.seq < from {
+                    prefix.first(header.seq, header.id_hash)
+                } else {
+                    first_copies.first(header.seq, header.id_hash)
+                };
+                let covered = batch.epoch.is_some_and(|covered| header.epoch <= covered);
+                if covered && missing.is_empty() {
+                    return;
+                }
+                newest_epoch = newest_epoch.max(header.epoch);
+                let Ok(event) = config.schema.parse(raw, header.ingest_ms) else {
+                    return;
+                };
+                replayed += 1;
+                if first {
+                    apply(event, header.epoch, covered.then_some(missing.as_slice()));
+                }
+            });
+            match read {
+                Ok(_) => {}
+                // A damaged segment wholly under the snapshot does not stop the
+                // start (the next batch run names it); the views replayed from the
+                // start lack its records meanwhile.
+                Err(err) if under_snapshot => {
+                    tracing::warn!(error = %err, "cannot read a segment under the snapshot; views replayed from the start of the log lack its records until a batch run covers them")
+                }
+                Err(err) => return Err(err),
             }
-            Err(err) => return Err(err),
         }
-    }
+        for (sender, batch) in senders.iter().zip(pending) {
+            sender.send(batch).ok();
+        }
+        Ok::<(), store::Error>(())
+    })?;
     first_copies.commit();
     let startup = Startup {
         records: recovery.next_seq,

@@ -21,12 +21,12 @@
 use super::recompute::Batch;
 use super::speed::{Expire, SpeedPartition, SpeedState};
 use crate::aggregate::{
-    Body, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top,
+    Body, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top, series_body,
 };
 use crate::event::Epoch;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// Which layers answer.
@@ -258,6 +258,7 @@ impl Reader {
             let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));
             let with_batch = query.layer != Layer::Speed && batch.has_view(view);
             let live = Live {
+                spec,
                 speed: with_speed.then_some(&*self.speed),
                 after: batch_epoch,
                 view,
@@ -269,24 +270,37 @@ impl Reader {
                 .and_then(|indexes| indexes.get(view))
                 .zip(batch.views.get(view))
                 .filter(|_| with_batch);
-            let partial = match (kind, indexed) {
+            let body = match (kind, indexed) {
                 (QueryKind::Top { metric, n }, Some(indexed)) => {
                     Partial::PerKey(merged_top(spec, Some(indexed), *metric, *n, range, &live))
+                        .finish(spec, kind)
                 }
                 (QueryKind::Top { metric, n }, None) if !with_batch => {
                     Partial::PerKey(merged_top(spec, None, *metric, *n, range, &live))
+                        .finish(spec, kind)
+                }
+                (QueryKind::Series(key), _) => {
+                    let Partial::PerBucket(speed) = live.partial(kind) else {
+                        unreachable!("a series' partial is per bucket")
+                    };
+                    batch_series(
+                        with_batch.then_some(&*batch),
+                        spec,
+                        view,
+                        key.as_deref(),
+                        range,
+                        speed,
+                    )
                 }
                 _ => {
-                    // Key, totals and series; or a batch not indexed yet (a
-                    // snapshot just loaded), whose part is then a scan.
+                    // Key and totals; or a batch not indexed yet (a snapshot
+                    // just loaded), whose part is then a scan.
                     let mut partial = match with_batch {
                         true => batch_partial(&batch, spec, view, kind, range),
                         false => Partial::empty(spec, kind),
                     };
-                    for partition in live.partitions() {
-                        partial.merge(&partition.partial(batch_epoch, view, kind, range));
-                    }
-                    partial
+                    partial.merge(&live.partial(kind));
+                    partial.finish(spec, kind)
                 }
             };
             let mut speed_epochs = BTreeSet::new();
@@ -308,7 +322,7 @@ impl Reader {
             };
             return Ok(Answer {
                 view: spec.name.clone(),
-                body: partial.finish(spec, kind),
+                body,
                 as_of,
             });
         }
@@ -328,6 +342,7 @@ impl Reader {
 /// The speed layer's epochs after `after`, over `range`, for a top-N merge
 /// (`None`: a query of the batch layer alone).
 struct Live<'a> {
+    spec: &'a ViewSpec,
     speed: Option<&'a [Arc<SpeedState>]>,
     after: Option<Epoch>,
     view: usize,
@@ -341,6 +356,22 @@ impl Live<'_> {
             .into_iter()
             .flatten()
             .map(|partition| &**partition)
+    }
+
+    /// The speed layer's partial of a key, totals or series query: the
+    /// partitions' partials merged into the first.
+    fn partial(&self, kind: &QueryKind) -> Partial {
+        let mut partials = self
+            .partitions()
+            .map(|partition| partition.partial(self.after, self.view, kind, self.range));
+        let first = partials.next();
+        partials.fold(
+            first.unwrap_or_else(|| Partial::empty(self.spec, kind)),
+            |mut all, partial| {
+                all.merge(&partial);
+                all
+            },
+        )
     }
 
     /// The partition holding `key`.
@@ -396,6 +427,44 @@ impl LiveTop for Live<'_> {
             partition.band_keys(self.view, metric, band, keys);
         }
         Some(band)
+    }
+}
+
+/// A series of `key` (or of every key) over `range`: the batch layer's
+/// buckets read in place (the index's leaves, or the key's groups) and the
+/// speed layer's per-bucket partial `speed` merged into them.
+fn batch_series(
+    batch: Option<&Batch>,
+    spec: &ViewSpec,
+    view: usize,
+    key: Option<&str>,
+    range: TimeRange,
+    speed: BTreeMap<i64, Box<[MetricState]>>,
+) -> Body {
+    let n = spec.metrics.len();
+    let state = batch.and_then(|batch| batch.views.get(view));
+    let index = batch
+        .and_then(|batch| batch.indexes.get())
+        .and_then(|indexes| indexes.get(view));
+    match (state, index, key) {
+        (Some(state), _, Some(key)) => {
+            let groups = state.key(key);
+            let stored = groups.into_iter().flat_map(|groups| {
+                groups
+                    .span(range)
+                    .map(move |at| (groups.buckets()[at], groups.states(n, at)))
+            });
+            series_body(spec, stored, speed)
+        }
+        (Some(_), Some(index), None) => series_body(spec, index.series(range), speed),
+        (Some(state), None, None) => {
+            // Not indexed yet (a snapshot just loaded): the scan.
+            let kind = QueryKind::Series(None);
+            let mut partial = state.partial(spec, &kind, range);
+            partial.merge(&Partial::PerBucket(speed));
+            partial.finish(spec, &kind)
+        }
+        (None, _, _) => series_body(spec, std::iter::empty(), speed),
     }
 }
 

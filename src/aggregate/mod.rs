@@ -13,6 +13,7 @@ mod view;
 pub use index::{LiveTop, ViewIndex, band_bound, band_of, merged_top};
 pub use query::{
     Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
+    series_body,
 };
 pub use sketch::{
     DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles,

@@ -160,18 +160,45 @@ impl Partial {
                         .collect(),
                 )
             }
-            (Partial::PerBucket(per_bucket), _) => Body::Series(
-                per_bucket
-                    .into_iter()
-                    .map(|(start, states)| Bucket {
-                        start,
-                        metrics: Metrics::read(spec, &states),
-                    })
-                    .collect(),
-            ),
+            (Partial::PerBucket(per_bucket), _) => {
+                series_body(spec, std::iter::empty(), per_bucket)
+            }
             (Partial::PerKey(_), _) => Body::Top(Vec::new()),
         }
     }
+}
+
+/// The series answer of one layer's buckets read in place (`stored`,
+/// ascending, borrowed: an index's leaves, a key's groups) and another
+/// layer's per-bucket partial (`live`): a bucket that one layer alone holds
+/// is read where it lies, and only the buckets both hold are merged, so a
+/// series of the batch layer copies no state.
+pub fn series_body<'a>(
+    spec: &ViewSpec,
+    stored: impl Iterator<Item = (i64, &'a [MetricState])>,
+    live: BTreeMap<i64, Box<[MetricState]>>,
+) -> Body {
+    let read = |start: i64, states: &[MetricState]| Bucket {
+        start,
+        metrics: Metrics::read(spec, states),
+    };
+    let mut live = live.into_iter().peekable();
+    let mut buckets = Vec::new();
+    for (start, states) in stored {
+        while let Some((at, theirs)) = live.next_if(|(at, _)| *at < start) {
+            buckets.push(read(at, &theirs));
+        }
+        match live.next_if(|(at, _)| *at == start) {
+            // Merged into the live copy, which is owned: the monoid commutes.
+            Some((_, mut theirs)) => {
+                merge_states(&mut theirs, states);
+                buckets.push(read(start, &theirs));
+            }
+            None => buckets.push(read(start, states)),
+        }
+    }
+    buckets.extend(live.map(|(at, theirs)| read(at, &theirs)));
+    Body::Series(buckets)
 }
 
 /// The order of a top-N answer: highest value first, undefined values last,

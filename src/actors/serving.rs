@@ -418,6 +418,12 @@ impl LiveTop for Live<'_> {
             .all(|partition| partition.banded(self.view, metric))
     }
 
+    fn raised(&self, metric: usize) -> u64 {
+        self.partitions()
+            .map(|partition| partition.raised(self.view, metric))
+            .sum()
+    }
+
     fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {
         let band = self
             .partitions()

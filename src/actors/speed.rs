@@ -234,10 +234,18 @@ impl EpochTotals {
 /// bound of their value in any range and any epochs after any B, so a top-N
 /// reads the highest bands first and stops once no key further down can
 /// enter. A key changes band only when its value crosses a quarter octave,
-/// so filing costs ingest a comparison an event.
+/// so filing costs ingest the key's value over its epochs and a comparison
+/// an event and metric.
+///
+/// A reader walking down the bands could miss a key filed higher meanwhile,
+/// into a band it had already read: `raised` counts those moves, and a
+/// walk that saw it change is not used (see `aggregate::merged_top`).
 #[derive(Debug, Default)]
 struct Bands {
     keys: Mutex<BTreeMap<u16, FxHashSet<Arc<str>>>>,
+    /// Keys filed into a higher band than before (or for the first time),
+    /// counted under the lock before the move.
+    raised: AtomicU64,
     /// A sum whose group went (or may have gone) negative: its value over
     /// some buckets may then exceed the whole, and the bands bound nothing.
     negative: AtomicBool,
@@ -254,6 +262,9 @@ impl Bands {
     /// Files `key` under `band` instead of `from`.
     fn refile(&self, key: &Arc<str>, from: u16, band: u16) {
         let mut keys = self.keys();
+        if from == LiveKey::UNBANDED || band > from {
+            self.raised.fetch_add(1, Ordering::SeqCst);
+        }
         if let Some(filed) = keys.get_mut(&from) {
             filed.remove(key);
             if filed.is_empty() {
@@ -564,6 +575,13 @@ impl SpeedState {
 
     fn bands(&self, view: usize, metric: usize) -> Option<&Bands> {
         self.live.get(view)?.bands.get(metric)?.as_ref()
+    }
+
+    /// How many times a key of view `view` was filed into a higher band by
+    /// `metric` (see [`Bands`]).
+    pub fn raised(&self, view: usize, metric: usize) -> u64 {
+        self.bands(view, metric)
+            .map_or(0, |bands| bands.raised.load(Ordering::SeqCst))
     }
 
     /// The highest band below `below` holding a key of view `view` by `metric`.

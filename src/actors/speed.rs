@@ -7,9 +7,11 @@
 //! (serving, on any thread) read it in place through its maps, so a query
 //! never waits behind queued `Apply` batches. Per view and key, a dashmap
 //! holds the key's buckets and its roll-up per epoch; per view, a mutex holds
-//! each epoch's totals per bucket and over all buckets. Each is updated as an
-//! event is applied, so a key, totals or top-N query reads a few states
-//! instead of scanning groups.
+//! each epoch's totals per bucket and over all buckets; per view and
+//! monotone metric, a mutex holds the keys filed in bands of their value
+//! (`Bands`), which a top-N walks from the top. Each is updated as an event
+//! is applied, so a key, totals or top-N query reads a few states instead of
+//! scanning groups.
 //!
 //! A reader that read epochs after B must find, once done, that the
 //! partition has expired nothing after B (`expired`): the actor publishes a

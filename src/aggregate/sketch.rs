@@ -40,17 +40,35 @@ pub fn parameters() -> String {
 /// A HyperLogLog sketch (Apache DataSketches, lgK 14, 8-bit registers) and
 /// its last estimate.
 ///
-/// It is held as a DataSketches union, which takes values and other
-/// sketches alike, so a merge updates it in place. The estimate is the
-/// composite one, a function of the registers alone: sketches merged in any
-/// order, or stored and loaded again, answer the same. It reads every
-/// register, while most sketches are read far more often than they change
-/// (a snapshot's, a closed bucket's), so it is kept until the next change.
+/// The estimate is the composite one, a function of the registers alone:
+/// sketches merged in any order, or stored and loaded again, answer the
+/// same. It reads every register, while most sketches are read far more
+/// often than they change (a snapshot's, a closed bucket's), so it is kept
+/// until the next change.
 #[derive(Debug, Clone)]
 pub struct HllSketch {
-    union: HllUnion,
+    registers: Registers,
     /// The estimate since the last change; [`HllSketch::UNKNOWN`] when none.
     estimate: Estimate,
+}
+
+/// A sketch's registers: built by inserts (or loaded), a plain sketch, which
+/// a union reads without a copy; once merged into, a union, which takes
+/// further sketches in place.
+#[derive(Debug, Clone)]
+enum Registers {
+    Sketch(DsHll),
+    Union(HllUnion),
+}
+
+impl Registers {
+    /// Merges these registers into `union`.
+    fn merge_into(&self, union: &mut HllUnion) {
+        match self {
+            Registers::Sketch(sketch) => union.update(sketch),
+            Registers::Union(other) => union.update(&other.to_sketch(HllType::Hll8)),
+        }
+    }
 }
 
 /// A sketch's cached estimate, rounded; written by readers.
@@ -66,15 +84,19 @@ impl Clone for Estimate {
 impl HllSketch {
     const UNKNOWN: u64 = u64::MAX;
 
-    fn new<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<HllSketch> {
-        let mut union = HllUnion::new(HLL_LG_K).expect("lgK 14 lies within 4..=21");
-        for hash in hashes {
-            union.update_value(*hash);
-        }
+    fn from_registers(registers: Registers) -> Box<HllSketch> {
         Box::new(HllSketch {
-            union,
+            registers,
             estimate: Estimate(AtomicU64::new(Self::UNKNOWN)),
         })
+    }
+
+    fn new<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<HllSketch> {
+        let mut sketch = DsHll::new(HLL_LG_K, HllType::Hll8).expect("lgK 14 lies within 4..=21");
+        for hash in hashes {
+            sketch.update(*hash);
+        }
+        Self::from_registers(Registers::Sketch(sketch))
     }
 
     fn changed(&mut self) {
@@ -82,18 +104,24 @@ impl HllSketch {
     }
 
     fn insert(&mut self, hash: &u64) {
-        self.union.update_value(*hash);
+        match &mut self.registers {
+            Registers::Sketch(sketch) => sketch.update(*hash),
+            Registers::Union(union) => union.update_value(*hash),
+        }
         self.changed();
     }
 
     fn merge(&mut self, other: &HllSketch) {
-        self.union.update(&other.sketch());
+        match &mut self.registers {
+            Registers::Union(union) => other.registers.merge_into(union),
+            Registers::Sketch(sketch) => {
+                let mut union = HllUnion::new(HLL_LG_K).expect("lgK 14 lies within 4..=21");
+                union.update(sketch);
+                other.registers.merge_into(&mut union);
+                self.registers = Registers::Union(union);
+            }
+        }
         self.changed();
-    }
-
-    /// The registers as a sketch of their own.
-    fn sketch(&self) -> DsHll {
-        self.union.to_sketch(HllType::Hll8)
     }
 
     fn count(&self) -> u64 {
@@ -101,7 +129,11 @@ impl HllSketch {
         if known != Self::UNKNOWN {
             return known;
         }
-        let estimate = self.union.composite_estimate().round() as u64;
+        let estimate = match &self.registers {
+            Registers::Sketch(sketch) => sketch.composite_estimate(),
+            Registers::Union(union) => union.composite_estimate(),
+        };
+        let estimate = estimate.round() as u64;
         self.estimate.0.store(estimate, Ordering::Relaxed);
         estimate
     }
@@ -111,7 +143,11 @@ impl HllSketch {
 /// sequence), which any DataSketches library reads.
 impl Serialize for HllSketch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.sketch().serialize().serialize(serializer)
+        match &self.registers {
+            Registers::Sketch(sketch) => sketch.serialize(),
+            Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
+        }
+        .serialize(serializer)
     }
 }
 
@@ -119,15 +155,14 @@ impl<'de> Deserialize<'de> for HllSketch {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes = Vec::<u8>::deserialize(deserializer)?;
         let sketch = DsHll::deserialize(&bytes).map_err(serde::de::Error::custom)?;
-        if sketch.lg_config_k() != HLL_LG_K {
+        if sketch.lg_config_k() != HLL_LG_K || sketch.target_type() != HllType::Hll8 {
             return Err(serde::de::Error::custom(format!(
-                "a distinct sketch of lgK {}, not {HLL_LG_K}",
-                sketch.lg_config_k()
+                "a distinct sketch of lgK {} ({:?}), not {HLL_LG_K} (Hll8)",
+                sketch.lg_config_k(),
+                sketch.target_type()
             )));
         }
-        let mut hll = HllSketch::new(&[]);
-        hll.union.update(&sketch);
-        Ok(*hll)
+        Ok(*Self::from_registers(Registers::Sketch(sketch)))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
 use crate::store::{self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog};
 use actix::{Actor, Addr, Arbiter, AsyncContext};
-use recompute::{Batch, SnapshotData};
+use recompute::{Batch, SnapshotHead};
 use recorder::Recorder;
 use serving::{Answer, BatchQuery, Query, QueryError, Reader, Serving};
 use source::{
@@ -399,6 +399,24 @@ const REPLAY_BATCH: usize = 1024;
 /// or changed) is replayed from the start of the log, all epochs, so its
 /// answers are complete from the speed layer alone until a batch run covers it.
 fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error> {
+    let mut skip = Vec::new();
+    loop {
+        match recover_from(paths, config, &skip)? {
+            Ok(recovered) => return Ok(recovered),
+            // Its checksum held but its states did not decode: start again
+            // without it (what was replayed against it is dropped).
+            Err(undecodable) => skip.push(undecodable),
+        }
+    }
+}
+
+/// [`recover`], from the newest snapshot not in `skip`; `Err(path)` when
+/// that snapshot's view states, decoded beside the replay, do not decode.
+fn recover_from(
+    paths: &DataPaths,
+    config: &Config,
+    skip: &[std::path::PathBuf],
+) -> Result<Result<Recovered, std::path::PathBuf>, store::Error> {
     let started = std::time::Instant::now();
     let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
     let epochs = EpochIndex::open(paths)?;
@@ -414,9 +432,14 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         });
     }
     let views: Arc<[_]> = config.views.iter().cloned().collect();
-    let batch = match store::load_newest::<SnapshotData>(paths)? {
+    // The snapshot's view states (most of it) are decoded beside the replay,
+    // which needs only what comes before them.
+    let (mut batch, stored, states) = match store::load_head::<SnapshotHead>(paths, skip)? {
         Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {
-            Batch::from_snapshot(&views, loaded.meta, loaded.data)
+            let stored = loaded.data.head.stored(&views);
+            let rest = (loaded.path, loaded.data.payload, loaded.data.rest_from);
+            let batch = Batch::from_snapshot(&views, loaded.meta, loaded.data.head);
+            (batch, stored, Some(rest))
         }
         Some(loaded) => {
             tracing::error!(
@@ -424,9 +447,9 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                 epoch = %loaded.meta.epoch,
                 "snapshot is newer than every sealed epoch; ignoring it and recomputing"
             );
-            Batch::default()
+            (Batch::default(), Vec::new(), None)
         }
-        None => Batch::default(),
+        None => (Batch::default(), Vec::new(), None),
     };
     let missing: Vec<usize> = (0..views.len())
         .filter(|view| batch.epoch.is_some() && !batch.has_view(*view))
@@ -459,7 +482,13 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         .map_or(1, usize::from)
         .clamp(1, n.max(1));
     let segments = store::list_segments(paths)?;
-    std::thread::scope(|scope| {
+    let decoded = std::thread::scope(|scope| {
+        let decoding = states.as_ref().map(|(path, payload, rest_from)| {
+            let decoding = scope.spawn(move || {
+                store::decode::<Vec<crate::aggregate::ViewState>>(path, &payload[*rest_from..])
+            });
+            (path.clone(), decoding)
+        });
         let mut senders = Vec::with_capacity(appliers);
         for _ in 0..appliers {
             let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<Replayed>>(8);
@@ -530,8 +559,21 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         for (sender, batch) in senders.iter().zip(pending) {
             sender.send(batch).ok();
         }
-        Ok::<(), store::Error>(())
+        // A decoder that panicked counts as states that do not decode.
+        Ok::<_, store::Error>(decoding.map(|(path, decoding)| (path, decoding.join())))
     })?;
+    match decoded {
+        Some((_, Ok(Ok(decoded)))) => batch.fill(&stored, decoded),
+        Some((path, Ok(Err(err)))) => {
+            tracing::error!(error = %err, "refused a snapshot; starting again from an older one");
+            return Ok(Err(path));
+        }
+        Some((path, Err(_))) => {
+            tracing::error!(snapshot = %path.display(), "decoding a snapshot's states panicked; starting again from an older one");
+            return Ok(Err(path));
+        }
+        None => {}
+    }
     first_copies.commit();
     let startup = Startup {
         records: recovery.next_seq,
@@ -541,7 +583,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         took_ms: started.elapsed().as_millis() as u64,
     };
     let counters = store::load_counters(paths)?;
-    Ok(Recovered {
+    Ok(Ok(Recovered {
         first_copies,
         counters,
         log,
@@ -549,7 +591,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         batch,
         partitions,
         startup,
-    })
+    }))
 }
 
 /// Starts the whole system inside the current actix system: recovers the

@@ -466,20 +466,7 @@ mod tests {
     /// after it: the two together read what was written.
     #[test]
     fn a_snapshot_payload_is_its_head_then_its_states() {
-        let config = Config::parse(
-            r#"
-            data_dir = "d"
-            [event]
-            id = "id"
-            [[view]]
-            name = "v"
-            key = ["k"]
-            bucket = "1m"
-            metrics = [{ name = "n", agg = "count" }]
-            "#,
-            "test.toml",
-        )
-        .expect("config");
+        let config = Config::parse(crate::config::ONE_COUNT_VIEW, "test.toml").expect("config");
         let spec = &config.views[0];
         let mut state = ViewState::new();
         for (i, key) in ["a", "b", "a"].iter().enumerate() {

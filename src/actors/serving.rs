@@ -591,20 +591,7 @@ mod tests {
 
     #[test]
     fn a_read_against_a_batch_older_than_an_expiry_is_refused() {
-        let config = Config::parse(
-            r#"
-            data_dir = "d"
-            [event]
-            id = "id"
-            [[view]]
-            name = "v"
-            key = ["k"]
-            bucket = "1m"
-            metrics = [{ name = "n", agg = "count" }]
-            "#,
-            "test.toml",
-        )
-        .expect("config");
+        let config = Config::parse(crate::config::ONE_COUNT_VIEW, "test.toml").expect("config");
         let views: Arc<[Arc<ViewSpec>]> = config.views.iter().cloned().collect();
         let speed = Arc::new(SpeedState::new(Arc::clone(&views)));
         let mut scratch = super::super::speed::Scratch::default();

@@ -804,16 +804,7 @@ mod tests {
     use crate::aggregate::{Body, MetricValue, ViewState};
     use crate::config::Config;
 
-    const CONFIG: &str = r#"
-        data_dir = "d"
-        [event]
-        id = "id"
-        [[view]]
-        name = "v"
-        key = ["k"]
-        bucket = "1m"
-        metrics = [{ name = "n", agg = "count" }]
-    "#;
+    const CONFIG: &str = crate::config::ONE_COUNT_VIEW;
 
     fn totals(state: &SpeedState, after: Option<Epoch>) -> (u64, Vec<Epoch>) {
         let partial = state.partial(after, 0, &QueryKind::Totals, TimeRange::ALL);

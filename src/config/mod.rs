@@ -311,6 +311,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// A config of one view counting events per key `k` and minute, for unit tests.
+#[cfg(test)]
+pub(crate) const ONE_COUNT_VIEW: &str = r#"
+    data_dir = "d"
+    [event]
+    id = "id"
+    [[view]]
+    name = "v"
+    key = ["k"]
+    bucket = "1m"
+    metrics = [{ name = "n", agg = "count" }]
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

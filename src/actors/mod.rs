@@ -17,7 +17,7 @@ use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
 use crate::store::{self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog};
 use actix::{Actor, Addr, Arbiter, AsyncContext};
-use recompute::{Batch, SnapshotHead};
+use recompute::{Batch, SnapshotData};
 use recorder::Recorder;
 use serving::{Answer, BatchQuery, Query, QueryError, Reader, Serving};
 use source::{
@@ -399,24 +399,6 @@ const REPLAY_BATCH: usize = 1024;
 /// or changed) is replayed from the start of the log, all epochs, so its
 /// answers are complete from the speed layer alone until a batch run covers it.
 fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error> {
-    let mut skip = Vec::new();
-    loop {
-        match recover_from(paths, config, &skip)? {
-            Ok(recovered) => return Ok(recovered),
-            // Its checksum held but its states did not decode: start again
-            // without it (what was replayed against it is dropped).
-            Err(undecodable) => skip.push(undecodable),
-        }
-    }
-}
-
-/// [`recover`], from the newest snapshot not in `skip`; `Err(path)` when
-/// that snapshot's view states, decoded beside the replay, do not decode.
-fn recover_from(
-    paths: &DataPaths,
-    config: &Config,
-    skip: &[std::path::PathBuf],
-) -> Result<Result<Recovered, std::path::PathBuf>, store::Error> {
     let started = std::time::Instant::now();
     let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
     let epochs = EpochIndex::open(paths)?;
@@ -432,14 +414,9 @@ fn recover_from(
         });
     }
     let views: Arc<[_]> = config.views.iter().cloned().collect();
-    // The snapshot's view states (most of it) are decoded beside the replay,
-    // which needs only what comes before them.
-    let (mut batch, stored, states) = match store::load_head::<SnapshotHead>(paths, skip)? {
+    let batch = match store::load_newest::<SnapshotData>(paths)? {
         Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {
-            let stored = loaded.data.head.stored(&views);
-            let rest = (loaded.path, loaded.data.payload, loaded.data.rest_from);
-            let batch = Batch::from_snapshot(&views, loaded.meta, loaded.data.head);
-            (batch, stored, Some(rest))
+            Batch::from_snapshot(&views, loaded.meta, loaded.data)
         }
         Some(loaded) => {
             tracing::error!(
@@ -447,9 +424,9 @@ fn recover_from(
                 epoch = %loaded.meta.epoch,
                 "snapshot is newer than every sealed epoch; ignoring it and recomputing"
             );
-            (Batch::default(), Vec::new(), None)
+            Batch::default()
         }
-        None => (Batch::default(), Vec::new(), None),
+        None => Batch::default(),
     };
     let missing: Vec<usize> = (0..views.len())
         .filter(|view| batch.epoch.is_some() && !batch.has_view(*view))
@@ -482,13 +459,7 @@ fn recover_from(
         .map_or(1, usize::from)
         .clamp(1, n.max(1));
     let segments = store::list_segments(paths)?;
-    let decoded = std::thread::scope(|scope| {
-        let decoding = states.as_ref().map(|(path, payload, rest_from)| {
-            let decoding = scope.spawn(move || {
-                store::decode::<Vec<crate::aggregate::ViewState>>(path, &payload[*rest_from..])
-            });
-            (path.clone(), decoding)
-        });
+    std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(appliers);
         for _ in 0..appliers {
             let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<Replayed>>(8);
@@ -559,21 +530,8 @@ fn recover_from(
         for (sender, batch) in senders.iter().zip(pending) {
             sender.send(batch).ok();
         }
-        // A decoder that panicked counts as states that do not decode.
-        Ok::<_, store::Error>(decoding.map(|(path, decoding)| (path, decoding.join())))
+        Ok::<(), store::Error>(())
     })?;
-    match decoded {
-        Some((_, Ok(Ok(decoded)))) => batch.fill(&stored, decoded),
-        Some((path, Ok(Err(err)))) => {
-            tracing::error!(error = %err, "refused a snapshot; starting again from an older one");
-            return Ok(Err(path));
-        }
-        Some((path, Err(_))) => {
-            tracing::error!(snapshot = %path.display(), "decoding a snapshot's states panicked; starting again from an older one");
-            return Ok(Err(path));
-        }
-        None => {}
-    }
     first_copies.commit();
     let startup = Startup {
         records: recovery.next_seq,
@@ -583,7 +541,7 @@ fn recover_from(
         took_ms: started.elapsed().as_millis() as u64,
     };
     let counters = store::load_counters(paths)?;
-    Ok(Ok(Recovered {
+    Ok(Recovered {
         first_copies,
         counters,
         log,
@@ -591,7 +549,7 @@ fn recover_from(
         batch,
         partitions,
         startup,
-    }))
+    })
 }
 
 /// Starts the whole system inside the current actix system: recovers the

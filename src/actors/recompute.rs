@@ -42,12 +42,20 @@ pub struct BatchStats {
     pub expired: u64,
 }
 
-/// The snapshot file's payload: owned when read, borrowing its ids when
-/// written. The view states come last, so that a start decodes what comes
-/// before them ([`SnapshotHead`]) and replays the speed layer while the
-/// states decode.
+/// One view in a snapshot, with the spec it was built for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// The spec, as JSON: a snapshot view is used only for an identical spec.
+    pub spec: String,
+    /// Its state.
+    pub state: ViewState,
+}
+
+/// The snapshot file's payload: owned when read, borrowing its ids when written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SnapshotData<'a> {
+    /// The views, by name.
+    pub views: Vec<(String, SnapshotView)>,
     /// The run's counts.
     pub stats: BatchStats,
     /// The sealed epoch it covers.
@@ -56,43 +64,6 @@ pub struct SnapshotData<'a> {
     pub took_ms: u64,
     /// The distinct ids of the records before `sealed.later_from`, sorted.
     pub ids: std::borrow::Cow<'a, [u64]>,
-    /// Each view's name and the spec it was built for (as JSON: a stored
-    /// state is used only for an identical spec), in the order of `states`.
-    pub views: Vec<(String, String)>,
-    /// The views' states.
-    pub states: Vec<ViewState>,
-}
-
-/// A snapshot's payload up to its view states (the same fields as
-/// [`SnapshotData`], in the same order).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct SnapshotHead {
-    /// The run's counts.
-    pub stats: BatchStats,
-    /// The sealed epoch it covers.
-    pub sealed: Option<SealedEpochData>,
-    /// How long the run took, milliseconds.
-    pub took_ms: u64,
-    /// The distinct ids of the records before `sealed.later_from`, sorted.
-    pub ids: Vec<u64>,
-    /// Each view's name and spec, in the order of the states after them.
-    pub views: Vec<(String, String)>,
-}
-
-impl SnapshotHead {
-    /// For each of `views`, where the snapshot holds a state built for its
-    /// spec (by name and spec), if it does.
-    pub fn stored(&self, views: &[Arc<ViewSpec>]) -> Vec<Option<usize>> {
-        views
-            .iter()
-            .map(|spec| {
-                let fingerprint = spec_fingerprint(spec);
-                self.views
-                    .iter()
-                    .position(|(name, stored)| *name == spec.name && *stored == fingerprint)
-            })
-            .collect()
-    }
 }
 
 /// [`SealedEpoch`] as stored in a snapshot.
@@ -134,37 +105,42 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// A loaded snapshot's batch, its views matched to the configured views
-    /// by name and fingerprint (a view that is new or whose spec changed is
-    /// `missing`), before its view states are decoded: they are put in place
-    /// by [`Batch::fill`]. Its `indexes` are left to the caller
-    /// ([`build_indexes`]).
-    pub fn from_snapshot(views: &[Arc<ViewSpec>], meta: SnapshotMeta, head: SnapshotHead) -> Batch {
-        let stored = head.stored(views);
-        let later_from = head.sealed.map_or(0, |sealed| sealed.later_from);
+    /// Views of a loaded snapshot, matched to the configured views by name and
+    /// fingerprint. A view that is new or whose spec changed is `missing`.
+    /// Its `indexes` are left to the caller ([`build_indexes`]).
+    pub fn from_snapshot(
+        views: &[Arc<ViewSpec>],
+        meta: SnapshotMeta,
+        data: SnapshotData<'_>,
+    ) -> Batch {
+        let mut stored = data.views;
+        let mut missing = Vec::with_capacity(views.len());
+        let states = views
+            .iter()
+            .map(|spec| {
+                let fingerprint = spec_fingerprint(spec);
+                let at = stored
+                    .iter()
+                    .position(|(name, view)| *name == spec.name && view.spec == fingerprint);
+                missing.push(at.is_none());
+                match at {
+                    Some(at) => stored.swap_remove(at).1.state,
+                    None => ViewState::new(),
+                }
+            })
+            .collect();
+        let later_from = data.sealed.map_or(0, |sealed| sealed.later_from);
         Batch {
             epoch: Some(meta.epoch),
             // Built by the caller, which can overlap it with other work.
             indexes: std::sync::OnceLock::new(),
-            // Filled in by `fill` once decoded.
-            views: vec![ViewState::new(); views.len()],
+            views: states,
             meta: Some(meta),
-            stats: head.stats,
-            took_ms: head.took_ms,
+            stats: data.stats,
+            took_ms: data.took_ms,
             later_from,
-            ids: Arc::new(IdIndex::from_sorted(Seq(later_from), head.ids)),
-            missing: stored.iter().map(Option::is_none).collect(),
-        }
-    }
-
-    /// Puts the snapshot's decoded view states in place: view `i` takes
-    /// `states[stored[i]]` (see [`SnapshotHead::stored`]).
-    pub fn fill(&mut self, stored: &[Option<usize>], states: Vec<ViewState>) {
-        let mut states: Vec<Option<ViewState>> = states.into_iter().map(Some).collect();
-        for (view, at) in self.views.iter_mut().zip(stored) {
-            if let Some(state) = at.and_then(|at| states.get_mut(at).and_then(Option::take)) {
-                *view = state;
-            }
+            ids: Arc::new(IdIndex::from_sorted(Seq(later_from), data.ids.into_owned())),
+            missing,
         }
     }
 
@@ -257,9 +233,17 @@ pub fn recompute(
         views: config
             .views
             .iter()
-            .map(|spec| (spec.name.clone(), spec_fingerprint(spec)))
+            .zip(states)
+            .map(|(spec, state)| {
+                (
+                    spec.name.clone(),
+                    SnapshotView {
+                        spec: spec_fingerprint(spec),
+                        state,
+                    },
+                )
+            })
             .collect(),
-        states,
         stats,
         sealed: Some(SealedEpochData {
             epoch: sealed.epoch.0,
@@ -271,7 +255,7 @@ pub fn recompute(
     };
     crate::faults::crash_point("recompute.mid_run");
     // The indexes are built while the snapshot is written and fsynced.
-    let states: Vec<&ViewState> = data.states.iter().collect();
+    let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
     let (meta, indexes) = std::thread::scope(|scope| {
         let write = scope
             .spawn(|| store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data));
@@ -279,7 +263,7 @@ pub fn recompute(
         let meta = write.join().map_err(|_| RecomputeError::WorkerPanicked)?;
         Ok::<_, RecomputeError>((meta?, indexes))
     })?;
-    let views: Vec<ViewState> = data.states;
+    let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
     Ok(Batch {
         epoch: Some(sealed.epoch),
         missing: vec![false; views.len()],
@@ -456,46 +440,4 @@ fn work(config: &Config, cutoffs: &[Option<i64>], batches: Receiver<WorkBatch>) 
         }
     }
     done
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A start decodes a snapshot's head, then its states from the bytes
-    /// after it: the two together read what was written.
-    #[test]
-    fn a_snapshot_payload_is_its_head_then_its_states() {
-        let config = Config::parse(crate::config::ONE_COUNT_VIEW, "test.toml").expect("config");
-        let spec = &config.views[0];
-        let mut state = ViewState::new();
-        for (i, key) in ["a", "b", "a"].iter().enumerate() {
-            let raw = format!(r#"{{"id":{i},"k":"{key}"}}"#);
-            state.apply(
-                spec,
-                &config.schema.parse(raw.as_bytes(), 0).expect("event"),
-            );
-        }
-        let data = SnapshotData {
-            stats: BatchStats::default(),
-            sealed: Some(SealedEpochData {
-                epoch: 3,
-                next_seq: 9,
-                later_from: 7,
-            }),
-            took_ms: 12,
-            ids: std::borrow::Cow::Owned(vec![1, 5, 8]),
-            views: vec![("v".into(), spec_fingerprint(spec))],
-            states: vec![state],
-        };
-        let bytes = postcard::to_allocvec(&data).expect("encode");
-        let (head, rest) = postcard::take_from_bytes::<SnapshotHead>(&bytes).expect("head");
-        assert_eq!(head.ids, [1, 5, 8]);
-        assert_eq!(head.took_ms, 12);
-        assert_eq!(head.sealed, data.sealed);
-        assert_eq!(head.stored(&config.views), [Some(0)]);
-        let states: Vec<ViewState> = postcard::from_bytes(rest).expect("states");
-        assert_eq!(states.len(), 1);
-        assert_eq!((states[0].len(), states[0].key_count()), (2, 2));
-    }
 }

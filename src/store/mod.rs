@@ -25,8 +25,8 @@ pub use segment::{
     SegmentInfo, list_segments, scan_log, scan_segment,
 };
 pub use snapshot::{
-    FORMAT_VERSION, Head, KEEP, Loaded, SnapshotMeta, decode, list_snapshots, load_head,
-    load_newest, read_snapshot, verify_snapshot, write_snapshot,
+    FORMAT_VERSION, KEEP, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot,
+    verify_snapshot, write_snapshot,
 };
 
 use crate::event::{Epoch, Seq};

@@ -201,7 +201,11 @@ pub fn list_snapshots(paths: &DataPaths) -> Result<Vec<(Epoch, PathBuf)>> {
 /// I/O errors, a damaged header or payload, or a payload this build cannot decode.
 pub fn read_snapshot<T: DeserializeOwned>(path: &Path) -> Result<(SnapshotMeta, T)> {
     let (meta, payload) = read_checked(path)?;
-    Ok((meta, decode(path, &payload)?))
+    let data = postcard::from_bytes(&payload).map_err(|err| Error::BadSnapshot {
+        path: path.to_owned(),
+        problem: format!("payload does not decode: {err}"),
+    })?;
+    Ok((meta, data))
 }
 
 /// Checks one snapshot's header and payload checksum without decoding it.
@@ -253,68 +257,9 @@ fn read_checked(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
 /// # Errors
 /// I/O errors listing the directory.
 pub fn load_newest<T: DeserializeOwned>(paths: &DataPaths) -> Result<Option<Loaded<T>>> {
-    load_newest_with(paths, &[], |path, payload| decode(path, &payload))
-}
-
-/// What [`load_head`] reads: a snapshot's payload, and the value its first
-/// bytes decode to.
-#[derive(Debug)]
-pub struct Head<H> {
-    /// The value the payload starts with.
-    pub head: H,
-    /// The whole payload.
-    pub payload: Vec<u8>,
-    /// Where the rest of the payload starts, after `head`.
-    pub rest_from: usize,
-}
-
-/// Loads the newest snapshot, other than those in `skip`, whose payload
-/// checks out and starts with an `H`: the rest of the payload is decoded by
-/// the caller, which can do it beside other work.
-///
-/// # Errors
-/// I/O errors listing the directory.
-pub fn load_head<H: DeserializeOwned>(
-    paths: &DataPaths,
-    skip: &[PathBuf],
-) -> Result<Option<Loaded<Head<H>>>> {
-    load_newest_with(paths, skip, |path, payload| {
-        let (head, rest) =
-            postcard::take_from_bytes::<H>(&payload).map_err(|err| Error::BadSnapshot {
-                path: path.to_owned(),
-                problem: format!("payload does not decode: {err}"),
-            })?;
-        let rest_from = payload.len() - rest.len();
-        Ok(Head {
-            head,
-            payload,
-            rest_from,
-        })
-    })
-}
-
-/// Decodes a snapshot's payload (or part of it) as a `T`.
-///
-/// # Errors
-/// A payload this build cannot decode, naming the snapshot.
-pub fn decode<T: DeserializeOwned>(path: &Path, payload: &[u8]) -> Result<T> {
-    postcard::from_bytes(payload).map_err(|err| Error::BadSnapshot {
-        path: path.to_owned(),
-        problem: format!("payload does not decode: {err}"),
-    })
-}
-
-fn load_newest_with<T>(
-    paths: &DataPaths,
-    skip: &[PathBuf],
-    decode: impl Fn(&Path, Vec<u8>) -> Result<T>,
-) -> Result<Option<Loaded<T>>> {
     let mut refused = Vec::new();
     for (_, path) in list_snapshots(paths)? {
-        if skip.contains(&path) {
-            continue;
-        }
-        match read_checked(&path).and_then(|(meta, payload)| Ok((meta, decode(&path, payload)?))) {
+        match read_snapshot(&path) {
             Ok((meta, data)) => {
                 return Ok(Some(Loaded {
                     meta,

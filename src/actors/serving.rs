@@ -474,8 +474,8 @@ fn batch_series(
     }
 }
 
-/// The batch layer's part of a key, totals or series query, from the
-/// snapshot's index (a scan of its state while it has none yet).
+/// The batch layer's part of a key or totals query, from the snapshot's
+/// index (a scan of its state while it has none yet).
 fn batch_partial(
     batch: &Batch,
     spec: &ViewSpec,
@@ -498,14 +498,8 @@ fn batch_partial(
             }
         }
         (QueryKind::Totals, Partial::States(states)) => index.totals(range, states),
-        (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
-            per_bucket.extend(
-                index
-                    .series(range)
-                    .map(|(start, states)| (start, states.into())),
-            );
-        }
-        (QueryKind::Series(Some(_)), _) => partial = state.partial(spec, kind, range),
+        // Series read the batch in place (`batch_series`), top-N merge
+        // through `merged_top`.
         _ => {}
     }
     partial

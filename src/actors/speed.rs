@@ -186,34 +186,20 @@ struct EpochTotals {
 }
 
 impl EpochTotals {
-    /// Merges the totals over `range` into `into`.
-    fn merge(&self, range: TimeRange, into: &mut [MetricState]) {
-        if self.holds_all(range) {
-            merge_states(into, &self.all);
-        } else {
-            for (_, states) in self.in_range(range) {
-                merge_states(into, states);
-            }
-        }
-    }
-
-    /// Merges the totals of `metric` alone over `range` into `into`.
-    fn merge_metric(&self, range: TimeRange, metric: usize, into: &mut MetricState) {
-        if self.holds_all(range) {
-            into.merge(&self.all[metric]);
-        } else {
-            for (_, states) in self.in_range(range) {
-                into.merge(&states[metric]);
-            }
-        }
-    }
-
-    /// Whether `range` holds every bucket.
-    fn holds_all(&self, range: TimeRange) -> bool {
+    /// Calls `visit` with the totals over `range`: those over all buckets
+    /// when the range holds every bucket, else each bucket's in range.
+    fn each_in(&self, range: TimeRange, mut visit: impl FnMut(&[MetricState])) {
         let first = self.buckets.keys().next();
         let last = self.buckets.keys().next_back();
-        first.is_some_and(|first| range.contains(*first))
+        if first.is_some_and(|first| range.contains(*first))
             && last.is_some_and(|last| range.contains(*last))
+        {
+            visit(&self.all);
+        } else {
+            for (_, states) in self.in_range(range) {
+                visit(states);
+            }
+        }
     }
 
     fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &Box<[MetricState]>)> {
@@ -301,10 +287,7 @@ impl LiveView {
 
     /// Files the key under its bands after an event with `inputs` was applied to it.
     fn file(&self, spec: &ViewSpec, key: &Arc<str>, entry: &mut LiveKey, inputs: &[Input]) {
-        for (metric, bands) in self.bands.iter().enumerate() {
-            let Some(bands) = bands else {
-                continue;
-            };
+        for (metric, bands) in self.banded_metrics() {
             let agg = &spec.metrics[metric].agg;
             if matches!((agg, inputs.get(metric)), (Agg::Sum, Some(Input::Number(x))) if *x < 0.0) {
                 bands.negative.store(true, Ordering::Relaxed);
@@ -321,29 +304,36 @@ impl LiveView {
     /// bounded again once no group's sum is negative.
     fn refile_all(&self, spec: &ViewSpec) {
         let n = spec.metrics.len();
-        for (metric, bands) in self.bands.iter().enumerate() {
-            let Some(bands) = bands else {
-                continue;
-            };
-            let agg = &spec.metrics[metric].agg;
-            let mut filed: BTreeMap<u16, FxHashSet<Arc<str>>> = BTreeMap::new();
-            let mut negative = false;
-            for mut entry in self.keys.iter_mut() {
-                let band = band_of(entry.whole(metric, agg));
+        let mut filed: Vec<BTreeMap<u16, FxHashSet<Arc<str>>>> = vec![BTreeMap::new(); n];
+        let mut negative = vec![false; n];
+        for mut entry in self.keys.iter_mut() {
+            let (key, entry) = entry.pair_mut();
+            for (metric, _) in self.banded_metrics() {
+                let band = band_of(entry.whole(metric, &spec.metrics[metric].agg));
                 entry.bands[metric] = band;
-                negative |= entry.epochs.iter().any(|key_epoch| {
+                filed[metric]
+                    .entry(band)
+                    .or_default()
+                    .insert(Arc::clone(key));
+                negative[metric] |= entry.epochs.iter().any(|key_epoch| {
                     (0..key_epoch.groups.len()).any(|at| {
                         matches!(&key_epoch.groups.states(n, at)[metric], MetricState::Sum(sum) if sum.as_i128() < 0)
                     })
                 });
-                filed
-                    .entry(band)
-                    .or_default()
-                    .insert(Arc::clone(entry.key()));
             }
-            *bands.keys() = filed;
-            bands.negative.store(negative, Ordering::Relaxed);
         }
+        for (metric, bands) in self.banded_metrics() {
+            *bands.keys() = std::mem::take(&mut filed[metric]);
+            bands.negative.store(negative[metric], Ordering::Relaxed);
+        }
+    }
+
+    /// Each banded metric's position and bands.
+    fn banded_metrics(&self) -> impl Iterator<Item = (usize, &Bands)> {
+        self.bands
+            .iter()
+            .enumerate()
+            .filter_map(|(metric, bands)| bands.as_ref().map(|bands| (metric, bands)))
     }
 
     fn totals(&self) -> MutexGuard<'_, BTreeMap<Epoch, EpochTotals>> {
@@ -450,7 +440,7 @@ impl SpeedState {
             (QueryKind::Totals, Partial::States(states)) => {
                 let totals = live.totals();
                 for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
-                    epoch_totals.merge(range, states);
+                    epoch_totals.each_in(range, |totals| merge_states(states, totals));
                 }
             }
             (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
@@ -565,7 +555,7 @@ impl SpeedState {
     ) {
         let totals = self.live[view].totals();
         for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| Some(**epoch) > after) {
-            epoch_totals.merge_metric(range, metric, into);
+            epoch_totals.each_in(range, |totals| into.merge(&totals[metric]));
         }
     }
 

@@ -343,7 +343,7 @@ pub fn band_of(value: f64) -> u16 {
 }
 
 /// Every value in band `band` lies below this.
-pub fn band_bound(band: u16) -> f64 {
+fn band_bound(band: u16) -> f64 {
     // The highest band of finite values ends at infinity.
     const TOP: u16 = (f64::MAX.to_bits() >> 50) as u16;
     if band >= TOP {
@@ -439,42 +439,27 @@ pub fn merged_top(
     range: TimeRange,
     live: &dyn LiveTop,
 ) -> FxHashMap<String, Box<[MetricState]>> {
-    let agg = &spec.metrics[metric].agg;
+    let merge = TopMerge {
+        agg: &spec.metrics[metric].agg,
+        batch,
+        metric,
+        n,
+        range,
+        live,
+    };
     let batch_bounds = batch.is_none_or(|(index, _)| index.monotone.get(metric) == Some(&true));
     // A walk that a key's refiling raced is read again; one that keeps
     // racing gives way to the rule that reads every live key.
-    let walked = (agg.is_monotone() && batch_bounds && live.banded(metric))
+    let walked = (merge.agg.is_monotone() && batch_bounds && live.banded(metric))
         .then(|| {
             (0..WALKS).find_map(|_| {
                 let raised = live.raised(metric);
-                let best = threshold_top(spec, batch, metric, n, range, live);
+                let best = merge.walk();
                 (live.raised(metric) == raised).then_some(best)
             })
         })
         .flatten();
-    let best = if let Some(best) = walked {
-        best
-    } else {
-        let mut best = Best::new(n);
-        live.each(metric, &mut |key, live_state| {
-            let mut state = MetricState::empty(agg);
-            if let Some((index, batch)) = batch
-                && let Some(at) = batch.key_index(key)
-            {
-                index.metric_in(batch, at, metric, range, &mut state);
-            }
-            state.merge(live_state);
-            best.offer(state.value(agg).as_f64(), key);
-        });
-        if let Some((index, state)) = batch {
-            for (value, at) in index.head(spec, state, metric, n, range, &|key| live.holds(key)) {
-                if let Some((key, _)) = state.key_at(at) {
-                    best.offer(value, key);
-                }
-            }
-        }
-        best
-    };
+    let best = walked.unwrap_or_else(|| merge.by_live_keys(spec));
     best.items
         .into_iter()
         .map(|(_, key)| {
@@ -494,96 +479,128 @@ pub fn merged_top(
 /// live key answers instead.
 const WALKS: usize = 3;
 
-/// The threshold walk of [`merged_top`] for a monotone `metric`.
-///
-/// A key's merged value in range is at most its batch roll-up's value
-/// combined (added, or the larger for max) with its live value over
-/// everything, and at most each layer's total in range combined likewise.
-/// Walking the batch ranking and the live bands from the top, the next
-/// batch key's roll-up and the next band's bound therefore bound every key
-/// not met yet; the walk stops once the `n`th best beats that.
-fn threshold_top(
-    spec: &ViewSpec,
-    batch: Option<(&ViewIndex, &ViewState)>,
+/// What [`merged_top`] is asked: by `metric` (aggregated by `agg`), the `n`
+/// best keys over `range` of the batch and the live layer together.
+struct TopMerge<'a> {
+    agg: &'a Agg,
+    batch: Option<(&'a ViewIndex, &'a ViewState)>,
     metric: usize,
     n: usize,
     range: TimeRange,
-    live: &dyn LiveTop,
-) -> Best {
-    let agg = &spec.metrics[metric].agg;
-    // Bounds as floats, "no value" lowest; for count and sum (never negative
-    // here) a layer with nothing left adds nothing.
-    let combine = |a: f64, b: f64| match agg {
-        Agg::Max => a.max(b),
-        _ => a.max(0.0) + b.max(0.0),
-    };
-    let value = |state: &MetricState| state.value(agg).as_f64().unwrap_or(f64::NEG_INFINITY);
-    let mut live_total = MetricState::empty(agg);
-    live.total(metric, &mut live_total);
-    let live_cap = value(&live_total);
-    let mut best = Best::new(n);
-    let mut met: FxHashSet<Box<str>> = FxHashSet::default();
-    let mut offer = |key: &str, best: &mut Best| {
-        if met.contains(key) {
-            return;
-        }
-        met.insert(key.into());
-        let mut state = MetricState::empty(agg);
-        let mut any = false;
-        if let Some((index, batch)) = batch
-            && let Some(at) = batch.key_index(key)
-        {
-            any |= index.metric_in(batch, at, metric, range, &mut state);
-        }
-        any |= live.metric(key, metric, &mut state);
-        if any {
-            best.offer(state.value(agg).as_f64(), key);
-        }
-    };
-    // The batch side: its ranking, with each key's roll-up as its bound,
-    // capped by the batch's total in range; nothing to walk when no bucket
-    // of the batch lies in range.
-    let (mut ranked, batch_cap) = match batch {
-        Some((index, state)) if !range.span(&index.buckets).is_empty() => {
-            let mut totals = MetricState::empty(agg);
-            index.total_of(metric, range, &mut totals);
-            let ranking = index.rankings[metric].iter().map(move |at| {
-                let at = *at as usize;
-                let bound = value(&index.rollups[at * index.n + metric]);
-                (bound, state.key_at(at).map_or("", |(key, _)| key))
-            });
-            (Some(ranking.peekable()), value(&totals))
-        }
-        _ => (None, f64::NEG_INFINITY),
-    };
-    let mut keys: Vec<Arc<str>> = Vec::new();
-    let mut band = live.next_band(metric, u16::MAX, &mut keys);
-    loop {
-        let next = ranked.as_mut().and_then(|ranked| ranked.peek().copied());
-        if next.is_none() && band.is_none() {
-            break;
-        }
-        let batch_bound = next.map_or(f64::NEG_INFINITY, |(bound, _)| bound.min(batch_cap));
-        let live_bound = band.map_or(f64::NEG_INFINITY, |band| band_bound(band).min(live_cap));
-        if best.beats(combine(batch_bound, live_bound)) {
-            break;
-        }
-        // Read further down the side whose next bound is higher.
-        match (next, band) {
-            (Some((_, key)), band) if band.is_none() || batch_bound >= live_bound => {
-                ranked.as_mut().and_then(Iterator::next);
-                offer(key, &mut best);
-            }
-            (_, Some(below)) => {
-                for key in keys.drain(..) {
-                    offer(&key, &mut best);
-                }
-                band = live.next_band(metric, below, &mut keys);
-            }
-            (_, None) => break,
-        }
+    live: &'a dyn LiveTop,
+}
+
+impl TopMerge<'_> {
+    /// Merges the batch's state of the metric for `key` in range into
+    /// `into`; answers whether the batch holds the key in range.
+    fn batch_metric(&self, key: &str, into: &mut MetricState) -> bool {
+        self.batch.is_some_and(|(index, state)| {
+            state
+                .key_index(key)
+                .is_some_and(|at| index.metric_in(state, at, self.metric, self.range, into))
+        })
     }
-    best
+
+    /// Every key the live layer holds in range, whose merged value is its
+    /// batch value plus its live one, and the batch's first `n` keys the
+    /// live layer does not hold, whose merged value is their batch value.
+    fn by_live_keys(&self, spec: &ViewSpec) -> Best {
+        let mut best = Best::new(self.n);
+        self.live.each(self.metric, &mut |key, live_state| {
+            let mut state = MetricState::empty(self.agg);
+            self.batch_metric(key, &mut state);
+            state.merge(live_state);
+            best.offer(state.value(self.agg).as_f64(), key);
+        });
+        if let Some((index, state)) = self.batch {
+            let skip = |key: &str| self.live.holds(key);
+            for (value, at) in index.head(spec, state, self.metric, self.n, self.range, &skip) {
+                if let Some((key, _)) = state.key_at(at) {
+                    best.offer(value, key);
+                }
+            }
+        }
+        best
+    }
+
+    /// The threshold walk, for a monotone metric.
+    ///
+    /// A key's merged value in range is at most its batch roll-up's value
+    /// combined (added, or the larger for max) with its live value over
+    /// everything, and at most each layer's total in range combined
+    /// likewise. Walking the batch ranking and the live bands from the top,
+    /// the next batch key's roll-up and the next band's bound therefore bound
+    /// every key not met yet; the walk stops once the `n`th best beats that.
+    fn walk(&self) -> Best {
+        let (agg, metric, live) = (self.agg, self.metric, self.live);
+        // Bounds as floats, "no value" lowest; for count and sum (never
+        // negative here) a layer with nothing left adds nothing.
+        let combine = |a: f64, b: f64| match agg {
+            Agg::Max => a.max(b),
+            _ => a.max(0.0) + b.max(0.0),
+        };
+        let value = |state: &MetricState| state.value(agg).as_f64().unwrap_or(f64::NEG_INFINITY);
+        let mut live_total = MetricState::empty(agg);
+        live.total(metric, &mut live_total);
+        let live_cap = value(&live_total);
+        let mut best = Best::new(self.n);
+        let mut met: FxHashSet<Box<str>> = FxHashSet::default();
+        let mut offer = |key: &str, best: &mut Best| {
+            if met.contains(key) {
+                return;
+            }
+            met.insert(key.into());
+            let mut state = MetricState::empty(agg);
+            let in_batch = self.batch_metric(key, &mut state);
+            if live.metric(key, metric, &mut state) | in_batch {
+                best.offer(state.value(agg).as_f64(), key);
+            }
+        };
+        // The batch side: its ranking, with each key's roll-up as its bound,
+        // capped by the batch's total in range; nothing to walk when no
+        // bucket of the batch lies in range.
+        let (mut ranked, batch_cap) = match self.batch {
+            Some((index, state)) if !self.range.span(&index.buckets).is_empty() => {
+                let mut totals = MetricState::empty(agg);
+                index.total_of(metric, self.range, &mut totals);
+                let ranking = index.rankings[metric].iter().map(move |at| {
+                    let at = *at as usize;
+                    let bound = value(&index.rollups[at * index.n + metric]);
+                    (bound, state.key_at(at).map_or("", |(key, _)| key))
+                });
+                (Some(ranking.peekable()), value(&totals))
+            }
+            _ => (None, f64::NEG_INFINITY),
+        };
+        let mut keys: Vec<Arc<str>> = Vec::new();
+        let mut band = live.next_band(metric, u16::MAX, &mut keys);
+        loop {
+            let next = ranked.as_mut().and_then(|ranked| ranked.peek().copied());
+            if next.is_none() && band.is_none() {
+                break;
+            }
+            let batch_bound = next.map_or(f64::NEG_INFINITY, |(bound, _)| bound.min(batch_cap));
+            let live_bound = band.map_or(f64::NEG_INFINITY, |band| band_bound(band).min(live_cap));
+            if best.beats(combine(batch_bound, live_bound)) {
+                break;
+            }
+            // Read further down the side whose next bound is higher.
+            match (next, band) {
+                (Some((_, key)), band) if band.is_none() || batch_bound >= live_bound => {
+                    ranked.as_mut().and_then(Iterator::next);
+                    offer(key, &mut best);
+                }
+                (_, Some(below)) => {
+                    for key in keys.drain(..) {
+                        offer(&key, &mut best);
+                    }
+                    band = live.next_band(metric, below, &mut keys);
+                }
+                (_, None) => break,
+            }
+        }
+        best
+    }
 }
 
 #[cfg(test)]

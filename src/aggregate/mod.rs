@@ -10,7 +10,7 @@ mod query;
 mod sketch;
 mod view;
 
-pub use index::{LiveTop, ViewIndex, band_bound, band_of, merged_top};
+pub use index::{LiveTop, ViewIndex, band_of, merged_top};
 pub use query::{
     Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
     series_body,

@@ -3,9 +3,8 @@
 //! Most (key, bucket) groups see a handful of values, so both start as a sorted
 //! boxed slice (no spare capacity) and turn into a sketch only past a limit:
 //! HyperLogLog (Apache DataSketches, lgK 14, about 0.8% standard error) for
-//! distinct counts,
-//! DDSketch (1% relative error) for quantiles. This is the only file that names
-//! the sketch crates.
+//! distinct counts, DDSketch (1% relative error) for quantiles. This is the
+//! only file that names the sketch crates.
 
 use datasketches::hll::{HllSketch as DsHll, HllType, HllUnion};
 use serde::{Deserialize, Serialize};

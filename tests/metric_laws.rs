@@ -30,6 +30,11 @@ fn observe(state: &MetricState, agg: &Agg) -> Vec<MetricValue> {
     }
 }
 
+/// Reads a state's value as a query would.
+fn state_read(state: &MetricState, agg: &Agg) {
+    std::hint::black_box(state.value(agg));
+}
+
 fn input(agg: &Agg, value: u32) -> Input {
     match agg {
         Agg::Count => Input::Event,
@@ -92,6 +97,25 @@ proptest! {
             let loaded: MetricState = postcard::from_bytes(&bytes).expect("decode");
             prop_assert_eq!(observe(&loaded, agg), observe(&sa, agg), "{:?}", agg);
             prop_assert_eq!(observe(&merged(agg, &loaded, &sb), agg), observe(&merged(agg, &sa, &sb), agg), "{:?}", agg);
+        }
+    }
+
+    /// A state read between its updates and merges reads as one built
+    /// whole: whatever a read keeps is dropped when the state changes.
+    #[test]
+    fn reads_between_changes_change_nothing(a in stream(), b in stream()) {
+        for agg in &AGGS {
+            let mut grown = build(agg, &a);
+            for value in &b {
+                state_read(&grown, agg);
+                grown.update(input(agg, *value));
+            }
+            let whole: Vec<u32> = a.iter().chain(&b).copied().collect();
+            prop_assert_eq!(observe(&grown, agg), observe(&build(agg, &whole), agg), "{:?} updated", agg);
+            let mut merged_into = build(agg, &a);
+            state_read(&merged_into, agg);
+            merged_into.merge(&build(agg, &b));
+            prop_assert_eq!(observe(&merged_into, agg), observe(&build(agg, &whole), agg), "{:?} merged", agg);
         }
     }
 

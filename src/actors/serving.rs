@@ -413,15 +413,26 @@ impl LiveTop for Live<'_> {
         }
     }
 
+    fn listed(&self, limit: usize, keys: &mut Vec<Arc<str>>) -> bool {
+        self.partitions()
+            .all(|partition| partition.keys_in(self.after, self.view, self.range, limit, keys))
+    }
+
     fn banded(&self, metric: usize) -> bool {
         self.partitions()
             .all(|partition| partition.banded(self.view, metric))
     }
 
-    fn raised(&self, metric: usize) -> u64 {
+    fn raised(&self, metric: usize) -> Vec<u64> {
         self.partitions()
             .map(|partition| partition.raised(self.view, metric))
-            .sum()
+            .collect()
+    }
+
+    fn raised_into(&self, metric: usize, since: &[u64], lowest: u16) -> bool {
+        self.partitions()
+            .zip(since)
+            .any(|(partition, since)| partition.raised_into(self.view, metric, *since, lowest))
     }
 
     fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {

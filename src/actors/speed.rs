@@ -25,7 +25,7 @@ use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use dashmap::DashMap;
 use rustc_hash::{FxBuildHasher, FxHashSet};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -181,8 +181,16 @@ impl LiveKey {
 /// One epoch's totals of a view: per bucket, and over all buckets.
 #[derive(Debug)]
 struct EpochTotals {
-    buckets: BTreeMap<i64, Box<[MetricState]>>,
+    buckets: BTreeMap<i64, BucketTotals>,
     all: Box<[MetricState]>,
+}
+
+/// One bucket's totals in an epoch, and the keys with a group there.
+#[derive(Debug)]
+struct BucketTotals {
+    states: Box<[MetricState]>,
+    /// Each key once, in the order its group was opened.
+    keys: Vec<Arc<str>>,
 }
 
 impl EpochTotals {
@@ -196,13 +204,13 @@ impl EpochTotals {
         {
             visit(&self.all);
         } else {
-            for (_, states) in self.in_range(range) {
-                visit(states);
+            for (_, bucket) in self.in_range(range) {
+                visit(&bucket.states);
             }
         }
     }
 
-    fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &Box<[MetricState]>)> {
+    fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &BucketTotals)> {
         let from = range
             .from
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
@@ -226,40 +234,82 @@ impl EpochTotals {
 /// an event and metric.
 ///
 /// A reader walking down the bands could miss a key filed higher meanwhile,
-/// into a band it had already read: `raised` counts those moves, and a
-/// walk that saw it change is not used (see `aggregate::merged_top`).
+/// into a band it had already read: the bands log such moves, and a walk
+/// that a move into the bands it read raced is not used (see
+/// `aggregate::merged_top`).
 #[derive(Debug, Default)]
 struct Bands {
-    keys: Mutex<BTreeMap<u16, FxHashSet<Arc<str>>>>,
-    /// Keys filed into a higher band than before (or for the first time),
-    /// counted under the lock before the move.
-    raised: AtomicU64,
+    filing: Mutex<Filing>,
     /// A sum whose group went (or may have gone) negative: its value over
     /// some buckets may then exceed the whole, and the bands bound nothing.
     negative: AtomicBool,
 }
 
+/// The keys by band, and the moves up so far.
+#[derive(Debug, Default)]
+struct Filing {
+    keys: BTreeMap<u16, FxHashSet<Arc<str>>>,
+    /// Moves up so far: a key filed into a higher band than before, or for
+    /// the first time; refiling every key counts as a move into every band.
+    raised: u64,
+    /// The latest [`RAISES_KEPT`] moves up, oldest first: the count after
+    /// the move, and the band moved into.
+    raises: VecDeque<(u64, u16)>,
+}
+
+/// Moves up a walk can be checked against: a walk raced by more than this
+/// many is read again.
+const RAISES_KEPT: usize = 1024;
+
+impl Filing {
+    /// Counts a move up into `band`.
+    fn raise(&mut self, band: u16) {
+        self.raised += 1;
+        if self.raises.len() == RAISES_KEPT {
+            self.raises.pop_front();
+        }
+        self.raises.push_back((self.raised, band));
+    }
+
+    /// Whether a key moved into band `lowest` or higher since `since` moves
+    /// up; also when more moves than are kept happened since.
+    fn raised_into(&self, since: u64, lowest: u16) -> bool {
+        if self.raised == since {
+            return false;
+        }
+        let logged = self
+            .raises
+            .front()
+            .is_some_and(|(first, _)| *first <= since + 1);
+        !logged
+            || self
+                .raises
+                .iter()
+                .any(|(at, band)| *at > since && *band >= lowest)
+    }
+}
+
 impl Bands {
-    fn keys(&self) -> MutexGuard<'_, BTreeMap<u16, FxHashSet<Arc<str>>>> {
+    fn filing(&self) -> MutexGuard<'_, Filing> {
         // Nothing can panic while the lock is held.
-        self.keys
+        self.filing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Files `key` under `band` instead of `from`.
     fn refile(&self, key: &Arc<str>, from: u16, band: u16) {
-        let mut keys = self.keys();
+        let mut filing = self.filing();
         if from == LiveKey::UNBANDED || band > from {
-            self.raised.fetch_add(1, Ordering::SeqCst);
+            filing.raise(band);
         }
-        if let Some(filed) = keys.get_mut(&from) {
+        if let Some(filed) = filing.keys.get_mut(&from) {
             filed.remove(key);
             if filed.is_empty() {
-                keys.remove(&from);
+                filing.keys.remove(&from);
             }
         }
-        keys.entry(band).or_default().insert(Arc::clone(key));
+        filing.keys.entry(band).or_default().insert(Arc::clone(key));
     }
 }
 
@@ -323,7 +373,10 @@ impl LiveView {
             }
         }
         for (metric, bands) in self.banded_metrics() {
-            *bands.keys() = std::mem::take(&mut filed[metric]);
+            let mut filing = bands.filing();
+            filing.keys = std::mem::take(&mut filed[metric]);
+            // Any key may have moved: as a move into every band.
+            filing.raise(u16::MAX);
             bands.negative.store(negative[metric], Ordering::Relaxed);
         }
     }
@@ -399,10 +452,12 @@ impl SpeedState {
                 .or_insert_with(|| LiveKey::new(spec)),
         };
         let (key, entry) = guard.pair_mut();
-        let new_group = entry.apply(spec, epoch, bucket, inputs);
+        let new_group = entry
+            .apply(spec, epoch, bucket, inputs)
+            .then(|| Arc::clone(key));
         live.file(spec, key, entry, inputs);
         drop(guard);
-        if new_group {
+        if new_group.is_some() {
             self.groups.fetch_add(1, Ordering::Relaxed);
         }
         let mut totals = live.totals();
@@ -411,13 +466,15 @@ impl SpeedState {
             all: spec.empty_states(),
         });
         update_states(&mut epoch_totals.all, inputs);
-        update_states(
-            epoch_totals
-                .buckets
-                .entry(bucket)
-                .or_insert_with(|| spec.empty_states()),
-            inputs,
-        );
+        let bucket_totals = epoch_totals
+            .buckets
+            .entry(bucket)
+            .or_insert_with(|| BucketTotals {
+                states: spec.empty_states(),
+                keys: Vec::new(),
+            });
+        update_states(&mut bucket_totals.states, inputs);
+        bucket_totals.keys.extend(new_group);
     }
 
     /// The partial of a key, totals or series query over epochs after
@@ -446,12 +503,12 @@ impl SpeedState {
             (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
                 let totals = live.totals();
                 for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
-                    for (bucket, states) in epoch_totals.in_range(range) {
+                    for (bucket, totals) in epoch_totals.in_range(range) {
                         merge_states(
                             per_bucket
                                 .entry(*bucket)
                                 .or_insert_with(|| spec.empty_states()),
-                            states,
+                            &totals.states,
                         );
                     }
                 }
@@ -559,6 +616,36 @@ impl SpeedState {
         }
     }
 
+    /// Pushes onto `keys` every key of view `view` with a group in `range`
+    /// in an epoch after `after`, once per group, unless that would make
+    /// `keys` longer than `limit`; answers whether it pushed them all.
+    pub fn keys_in(
+        &self,
+        after: Option<Epoch>,
+        view: usize,
+        range: TimeRange,
+        limit: usize,
+        keys: &mut Vec<Arc<str>>,
+    ) -> bool {
+        let totals = self.live[view].totals();
+        let buckets = || {
+            totals
+                .iter()
+                .filter(|(epoch, _)| Some(**epoch) > after)
+                .flat_map(|(_, epoch_totals)| epoch_totals.in_range(range))
+        };
+        // Counted first: a refusal copies no key.
+        let mut count = keys.len();
+        for (_, bucket) in buckets() {
+            count += bucket.keys.len();
+            if count > limit {
+                return false;
+            }
+        }
+        keys.extend(buckets().flat_map(|(_, bucket)| bucket.keys.iter().cloned()));
+        true
+    }
+
     /// Whether the keys of view `view` are banded by `metric` (see [`Bands`]).
     pub fn banded(&self, view: usize, metric: usize) -> bool {
         self.bands(view, metric)
@@ -570,17 +657,25 @@ impl SpeedState {
     }
 
     /// How many times a key of view `view` was filed into a higher band by
-    /// `metric` (see [`Bands`]).
+    /// `metric` so far (see [`Bands`]).
     pub fn raised(&self, view: usize, metric: usize) -> u64 {
         self.bands(view, metric)
-            .map_or(0, |bands| bands.raised.load(Ordering::SeqCst))
+            .map_or(0, |bands| bands.filing().raised)
+    }
+
+    /// Whether, since `since` (from [`SpeedState::raised`]), a key of view
+    /// `view` was filed by `metric` into band `lowest` or higher.
+    pub fn raised_into(&self, view: usize, metric: usize, since: u64, lowest: u16) -> bool {
+        self.bands(view, metric)
+            .is_some_and(|bands| bands.filing().raised_into(since, lowest))
     }
 
     /// The highest band below `below` holding a key of view `view` by `metric`.
     pub fn highest_band(&self, view: usize, metric: usize, below: u16) -> Option<u16> {
         let bands = self.bands(view, metric)?;
         bands
-            .keys()
+            .filing()
+            .keys
             .range(..below)
             .next_back()
             .map(|(band, _)| *band)
@@ -589,7 +684,7 @@ impl SpeedState {
     /// Pushes the keys of view `view` in band `band` by `metric` onto `keys`.
     pub fn band_keys(&self, view: usize, metric: usize, band: u16, keys: &mut Vec<Arc<str>>) {
         if let Some(bands) = self.bands(view, metric)
-            && let Some(filed) = bands.keys().get(&band)
+            && let Some(filed) = bands.filing().keys.get(&band)
         {
             keys.extend(filed.iter().cloned());
         }
@@ -648,7 +743,7 @@ impl SpeedState {
                 if kept.len() < epoch_totals.buckets.len() + kept.len() {
                     let mut all = spec.empty_states();
                     kept.values()
-                        .for_each(|states| merge_states(&mut all, states));
+                        .for_each(|bucket| merge_states(&mut all, &bucket.states));
                     epoch_totals.all = all;
                 }
                 epoch_totals.buckets = kept;
@@ -791,7 +886,7 @@ impl Handler<Expire> for SpeedPartition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Body, MetricValue, ViewState};
+    use crate::aggregate::{Body, MetricValue, ViewState, band_of};
     use crate::config::Config;
 
     const CONFIG: &str = crate::config::ONE_COUNT_VIEW;
@@ -836,6 +931,60 @@ mod tests {
         // A late event of an expired epoch is already in the snapshot.
         state.apply(Epoch(2), 0, &event(4), &mut Scratch::default());
         assert_eq!(totals(&state, None), (1, vec![Epoch(3)]));
+    }
+
+    /// A walk down the bands is raced exactly by a key's move into a band
+    /// it read (or by more moves than are kept, or by a refiling of every
+    /// key), not by moves into the bands below.
+    #[test]
+    fn a_walk_is_raced_by_moves_into_the_bands_it_read() {
+        let config = Config::parse(CONFIG, "test.toml").expect("config");
+        let state = SpeedState::new(config.views.iter().cloned().collect());
+        let mut id = 0;
+        let mut apply = |key: &str| {
+            id += 1;
+            let raw = format!(r#"{{"id":{id},"k":"{key}"}}"#);
+            let event = config.schema.parse(raw.as_bytes(), 0).expect("event");
+            state.apply(Epoch(1), 0, &event, &mut Scratch::default());
+        };
+        let (one, two) = (band_of(1.0), band_of(2.0));
+        assert!(one < two);
+        apply("a");
+        let since = state.raised(0, 0);
+        assert!(!state.raised_into(0, 0, since, 0), "nothing moved");
+        apply("b");
+        assert!(
+            state.raised_into(0, 0, since, one),
+            "b was filed into band one"
+        );
+        assert!(!state.raised_into(0, 0, since, one + 1), "and no higher");
+        let since = state.raised(0, 0);
+        apply("b");
+        assert!(state.raised_into(0, 0, since, two), "b rose into band two");
+        assert!(!state.raised_into(0, 0, since, two + 1));
+        for _ in 3..=8 {
+            apply("b");
+        }
+        let since = state.raised(0, 0);
+        apply("b");
+        assert_eq!(band_of(8.0), band_of(9.0));
+        assert!(
+            !state.raised_into(0, 0, since, 0),
+            "nine is in eight's band"
+        );
+        for key in 0..=RAISES_KEPT {
+            apply(&format!("new{key}"));
+        }
+        assert!(
+            state.raised_into(0, 0, since, u16::MAX - 1),
+            "more moves than are kept race any walk"
+        );
+        let since = state.raised(0, 0);
+        state.expire(Epoch(0));
+        assert!(
+            state.raised_into(0, 0, since, u16::MAX - 1),
+            "a refiling races any walk"
+        );
     }
 
     #[test]
@@ -974,6 +1123,23 @@ mod tests {
                         expected.partial(spec, &kind, range).finish(spec, &kind),
                         "{:?} over {:?}", kind, range
                     );
+                }
+            }
+            // The keys listed in range are those with a group there, and a
+            // limit below their groups is refused.
+            for range in [range, TimeRange::ALL] {
+                let mut listed = Vec::new();
+                proptest::prop_assert!(state.keys_in(after, 0, range, usize::MAX, &mut listed));
+                let groups = listed.len();
+                let listed: BTreeSet<String> = listed.iter().map(|key| key.to_string()).collect();
+                let held: BTreeSet<String> = expected
+                    .keys()
+                    .filter(|(_, groups)| !groups.span(range).is_empty())
+                    .map(|(key, _)| key.to_owned())
+                    .collect();
+                proptest::prop_assert_eq!(listed, held, "keys over {:?}", range);
+                if let Some(fewer) = groups.checked_sub(1) {
+                    proptest::prop_assert!(!state.keys_in(after, 0, range, fewer, &mut Vec::new()));
                 }
             }
             // Every key is filed under the band of its value over all it

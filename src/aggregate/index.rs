@@ -368,13 +368,21 @@ pub trait LiveTop {
     fn metric(&self, key: &str, metric: usize, into: &mut MetricState) -> bool;
     /// Merges the state of `metric` of every key in range into `into`.
     fn total(&self, metric: usize, into: &mut MetricState);
+    /// Pushes every key the layer holds in range onto `keys`, once per
+    /// bucket it has there, unless that makes more than `limit`; answers
+    /// whether it pushed them all.
+    fn listed(&self, limit: usize, keys: &mut Vec<Arc<str>>) -> bool;
     /// Whether the layer keeps its keys banded by their value of the
     /// monotone `metric` over everything it holds (see [`band_of`]); that
     /// value bounds the key's value in any range.
     fn banded(&self, metric: usize) -> bool;
-    /// How many times a key was filed into a higher band by `metric` so far:
-    /// a walk down the bands during which this changed may have missed it.
-    fn raised(&self, metric: usize) -> u64;
+    /// Per part of the layer, how many times a key was filed into a higher
+    /// band by `metric` so far: where a walk down the bands starts from.
+    fn raised(&self, metric: usize) -> Vec<u64>;
+    /// Whether, since `since` (from [`LiveTop::raised`]), a key was filed
+    /// by `metric` into band `lowest` or higher: a walk that read those
+    /// bands meanwhile may have missed it.
+    fn raised_into(&self, metric: usize, since: &[u64], lowest: u16) -> bool;
     /// The highest band below `below` holding a key by `metric`, with its
     /// keys pushed onto `keys`; `None` once no band is left.
     fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16>;
@@ -448,14 +456,16 @@ pub fn merged_top(
         live,
     };
     let batch_bounds = batch.is_none_or(|(index, _)| index.monotone.get(metric) == Some(&true));
-    // A walk that a key's refiling raced is read again; one that keeps
-    // racing gives way to the rule that reads every live key.
+    // A walk that a key's move into the bands it read raced is read again;
+    // one that keeps racing gives way to the rule that reads every live key.
     let walked = (merge.agg.is_monotone() && batch_bounds && live.banded(metric))
         .then(|| {
             (0..WALKS).find_map(|_| {
-                let raised = live.raised(metric);
-                let best = merge.walk();
-                (live.raised(metric) == raised).then_some(best)
+                let since = live.raised(metric);
+                let (best, read_to) = merge.walk();
+                read_to
+                    .is_none_or(|lowest| !live.raised_into(metric, &since, lowest))
+                    .then_some(best)
             })
         })
         .flatten();
@@ -479,6 +489,13 @@ pub fn merged_top(
 /// live key answers instead.
 const WALKS: usize = 3;
 
+/// Up to this many (key, bucket) groups of the live layer in range, a top-N
+/// reads each of their keys rather than walking the bands or every live
+/// key: a narrow range (the last hour, a window the live layer barely
+/// reaches) then costs what it holds, where the bands, which bound a key by
+/// its value over everything, would be walked nearly to the end.
+const LISTED: usize = 4096;
+
 /// What [`merged_top`] is asked: by `metric` (aggregated by `agg`), the `n`
 /// best keys over `range` of the batch and the live layer together.
 struct TopMerge<'a> {
@@ -501,17 +518,39 @@ impl TopMerge<'_> {
         })
     }
 
+    /// Offers `key` with its merged value of the metric in range, unless
+    /// `met` holds it; then `met` does.
+    fn offer(&self, key: &str, met: &mut FxHashSet<Box<str>>, best: &mut Best) {
+        if met.contains(key) {
+            return;
+        }
+        met.insert(key.into());
+        let mut state = MetricState::empty(self.agg);
+        let in_batch = self.batch_metric(key, &mut state);
+        if self.live.metric(key, self.metric, &mut state) | in_batch {
+            best.offer(state.value(self.agg).as_f64(), key);
+        }
+    }
+
     /// Every key the live layer holds in range, whose merged value is its
     /// batch value plus its live one, and the batch's first `n` keys the
     /// live layer does not hold, whose merged value is their batch value.
     fn by_live_keys(&self, spec: &ViewSpec) -> Best {
         let mut best = Best::new(self.n);
-        self.live.each(self.metric, &mut |key, live_state| {
-            let mut state = MetricState::empty(self.agg);
-            self.batch_metric(key, &mut state);
-            state.merge(live_state);
-            best.offer(state.value(self.agg).as_f64(), key);
-        });
+        let mut keys = Vec::new();
+        if self.live.listed(LISTED, &mut keys) {
+            let mut met = FxHashSet::default();
+            for key in &keys {
+                self.offer(key, &mut met, &mut best);
+            }
+        } else {
+            self.live.each(self.metric, &mut |key, live_state| {
+                let mut state = MetricState::empty(self.agg);
+                self.batch_metric(key, &mut state);
+                state.merge(live_state);
+                best.offer(state.value(self.agg).as_f64(), key);
+            });
+        }
         if let Some((index, state)) = self.batch {
             let skip = |key: &str| self.live.holds(key);
             for (value, at) in index.head(spec, state, self.metric, self.n, self.range, &skip) {
@@ -531,7 +570,9 @@ impl TopMerge<'_> {
     /// likewise. Walking the batch ranking and the live bands from the top,
     /// the next batch key's roll-up and the next band's bound therefore bound
     /// every key not met yet; the walk stops once the `n`th best beats that.
-    fn walk(&self) -> Best {
+    /// Answers the best keys and, when it walked the bands, the lowest band
+    /// it read (every band from there up, as they were when read).
+    fn walk(&self) -> (Best, Option<u16>) {
         let (agg, metric, live) = (self.agg, self.metric, self.live);
         // Bounds as floats, "no value" lowest; for count and sum (never
         // negative here) a layer with nothing left adds nothing.
@@ -544,18 +585,7 @@ impl TopMerge<'_> {
         live.total(metric, &mut live_total);
         let live_cap = value(&live_total);
         let mut best = Best::new(self.n);
-        let mut met: FxHashSet<Box<str>> = FxHashSet::default();
-        let mut offer = |key: &str, best: &mut Best| {
-            if met.contains(key) {
-                return;
-            }
-            met.insert(key.into());
-            let mut state = MetricState::empty(agg);
-            let in_batch = self.batch_metric(key, &mut state);
-            if live.metric(key, metric, &mut state) | in_batch {
-                best.offer(state.value(agg).as_f64(), key);
-            }
-        };
+        let mut met = FxHashSet::default();
         // The batch side: its ranking, with each key's roll-up as its bound,
         // capped by the batch's total in range; nothing to walk when no
         // bucket of the batch lies in range.
@@ -572,8 +602,21 @@ impl TopMerge<'_> {
             }
             _ => (None, f64::NEG_INFINITY),
         };
+        // The live side: its few keys in range, each met at once, so that
+        // no key left has a live value there; else its bands, walked down.
         let mut keys: Vec<Arc<str>> = Vec::new();
-        let mut band = live.next_band(metric, u16::MAX, &mut keys);
+        let mut read_to = None;
+        let mut band = if live.listed(LISTED, &mut keys) {
+            for key in keys.drain(..) {
+                self.offer(&key, &mut met, &mut best);
+            }
+            None
+        } else {
+            keys.clear();
+            let band = live.next_band(metric, u16::MAX, &mut keys);
+            read_to = Some(band.unwrap_or(0));
+            band
+        };
         loop {
             let next = ranked.as_mut().and_then(|ranked| ranked.peek().copied());
             if next.is_none() && band.is_none() {
@@ -588,18 +631,19 @@ impl TopMerge<'_> {
             match (next, band) {
                 (Some((_, key)), band) if band.is_none() || batch_bound >= live_bound => {
                     ranked.as_mut().and_then(Iterator::next);
-                    offer(key, &mut best);
+                    self.offer(key, &mut met, &mut best);
                 }
                 (_, Some(below)) => {
                     for key in keys.drain(..) {
-                        offer(&key, &mut best);
+                        self.offer(&key, &mut met, &mut best);
                     }
                     band = live.next_band(metric, below, &mut keys);
+                    read_to = Some(band.unwrap_or(0));
                 }
                 (_, None) => break,
             }
         }
-        best
+        (best, read_to)
     }
 }
 
@@ -630,11 +674,14 @@ mod tests {
         ]
     "#;
 
-    /// Another state as the live layer of a top-N merge.
+    /// Another state as the live layer of a top-N merge; it lists its keys
+    /// in range only up to `list_limit` groups (so that both the lists and
+    /// the bands are walked).
     struct Other<'a> {
         spec: &'a ViewSpec,
         state: &'a ViewState,
         range: TimeRange,
+        list_limit: usize,
     }
 
     impl Other<'_> {
@@ -709,6 +756,18 @@ mod tests {
             }
         }
 
+        fn listed(&self, limit: usize, keys: &mut Vec<Arc<str>>) -> bool {
+            for (key, groups) in self.state.keys() {
+                for _ in groups.span(self.range) {
+                    if keys.len() == limit.min(self.list_limit) {
+                        return false;
+                    }
+                    keys.push(Arc::from(key));
+                }
+            }
+            true
+        }
+
         fn banded(&self, metric: usize) -> bool {
             self.spec.metrics[metric].agg.is_monotone()
                 && self.state.keys().all(|(_, groups)| {
@@ -719,9 +778,13 @@ mod tests {
                 })
         }
 
-        fn raised(&self, _: usize) -> u64 {
+        fn raised(&self, _: usize) -> Vec<u64> {
             // Nothing is applied while a test walks.
-            0
+            Vec::new()
+        }
+
+        fn raised_into(&self, _: usize, _: &[u64], _: u16) -> bool {
+            false
         }
 
         fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {
@@ -741,12 +804,11 @@ mod tests {
         }
     }
 
-    /// A live layer whose keys are refiled under every walk, and whose bands
-    /// lose the keys refiled (as a walk that raced them would): a top-N
-    /// must not take such a walk's answer.
+    /// A live layer whose keys are refiled into every band under every walk,
+    /// and whose bands lose the keys refiled (as a walk that raced them
+    /// would): a top-N must not take such a walk's answer.
     struct Racing<'a> {
         other: Other<'a>,
-        raised: std::cell::Cell<u64>,
     }
 
     impl LiveTop for Racing<'_> {
@@ -770,13 +832,20 @@ mod tests {
             self.other.total(metric, into)
         }
 
+        fn listed(&self, limit: usize, keys: &mut Vec<Arc<str>>) -> bool {
+            self.other.listed(limit, keys)
+        }
+
         fn banded(&self, metric: usize) -> bool {
             self.other.banded(metric)
         }
 
-        fn raised(&self, _: usize) -> u64 {
-            self.raised.set(self.raised.get() + 1);
-            self.raised.get()
+        fn raised(&self, _: usize) -> Vec<u64> {
+            Vec::new()
+        }
+
+        fn raised_into(&self, _: usize, _: &[u64], _: u16) -> bool {
+            true
         }
 
         fn next_band(&self, _: usize, _: u16, _: &mut Vec<Arc<str>>) -> Option<u16> {
@@ -850,6 +919,7 @@ mod tests {
             to in bound(),
             negative in any::<bool>(),
             n in 1..6usize,
+            list_limit in prop_oneof![Just(0usize), 0..40usize, Just(usize::MAX)],
         ) {
             let config = Config::parse(CONFIG, "test.toml").expect("config");
             let spec = &config.views[0];
@@ -877,9 +947,9 @@ mod tests {
 
             for metric in 0..spec.metrics.len() {
                 let kind = QueryKind::Top { metric, n };
-                let live = Other { spec, state: &speed, range };
+                let live = Other { spec, state: &speed, range, list_limit };
                 let merged = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &live));
-                let racing = Racing { other: Other { spec, state: &speed, range }, raised: 0.into() };
+                let racing = Racing { other: Other { spec, state: &speed, range, list_limit: 0 } };
                 let raced = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &racing));
                 let mut expected = batch.partial(spec, &kind, range);
                 expected.merge(&speed.partial(spec, &kind, range));

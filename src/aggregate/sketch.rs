@@ -9,7 +9,7 @@
 use datasketches::hll::{HllSketch as DsHll, HllType, HllUnion};
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config as DdConfig, DDSketch};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Distinct values counted exactly up to this many; beyond, HyperLogLog.
 pub const DISTINCT_EXACT_LIMIT: usize = 512;
@@ -47,8 +47,8 @@ pub fn parameters() -> String {
 #[derive(Debug, Clone)]
 pub struct HllSketch {
     registers: Registers,
-    /// The estimate since the last change; [`HllSketch::UNKNOWN`] when none.
-    estimate: Estimate,
+    /// The estimate since the last change.
+    estimate: OnceLock<u64>,
 }
 
 /// A sketch's registers: built by inserts (or loaded), a plain sketch, which
@@ -70,23 +70,11 @@ impl Registers {
     }
 }
 
-/// A sketch's cached estimate, rounded; written by readers.
-#[derive(Debug)]
-struct Estimate(AtomicU64);
-
-impl Clone for Estimate {
-    fn clone(&self) -> Self {
-        Estimate(AtomicU64::new(self.0.load(Ordering::Relaxed)))
-    }
-}
-
 impl HllSketch {
-    const UNKNOWN: u64 = u64::MAX;
-
     fn from_registers(registers: Registers) -> Box<HllSketch> {
         Box::new(HllSketch {
             registers,
-            estimate: Estimate(AtomicU64::new(Self::UNKNOWN)),
+            estimate: OnceLock::new(),
         })
     }
 
@@ -99,7 +87,7 @@ impl HllSketch {
     }
 
     fn changed(&mut self) {
-        *self.estimate.0.get_mut() = Self::UNKNOWN;
+        self.estimate.take();
     }
 
     fn insert(&mut self, hash: &u64) {
@@ -124,17 +112,13 @@ impl HllSketch {
     }
 
     fn count(&self) -> u64 {
-        let known = self.estimate.0.load(Ordering::Relaxed);
-        if known != Self::UNKNOWN {
-            return known;
-        }
-        let estimate = match &self.registers {
-            Registers::Sketch(sketch) => sketch.composite_estimate(),
-            Registers::Union(union) => union.composite_estimate(),
-        };
-        let estimate = estimate.round() as u64;
-        self.estimate.0.store(estimate, Ordering::Relaxed);
-        estimate
+        *self.estimate.get_or_init(|| {
+            let estimate = match &self.registers {
+                Registers::Sketch(sketch) => sketch.composite_estimate(),
+                Registers::Union(union) => union.composite_estimate(),
+            };
+            estimate.round() as u64
+        })
     }
 }
 
@@ -270,7 +254,55 @@ pub enum Quantiles {
     /// Sorted values; exact. Empty when no value was seen.
     Exact(Box<[f64]>),
     /// DDSketch once past [`QUANTILE_EXACT_LIMIT`].
-    Sketch(Box<DDSketch>),
+    Sketch(Box<QuantileSketch>),
+}
+
+/// A DDSketch and its last answer, kept until the sketch changes: finding a
+/// rank walks the sketch's bins, and most sketches are read far more often
+/// than they change (a snapshot's, a closed bucket's).
+#[derive(Clone)]
+pub struct QuantileSketch {
+    sketch: DDSketch,
+    /// The last quantile asked (its `q` as bits) and the answer.
+    last: OnceLock<(u64, Option<f64>)>,
+}
+
+impl QuantileSketch {
+    fn add(&mut self, value: f64) {
+        self.sketch.add(value);
+        self.last.take();
+    }
+
+    fn merge(&mut self, other: &QuantileSketch) {
+        if let Err(err) = self.sketch.merge(&other.sketch) {
+            tracing::error!(error = %err, "quantile sketches of different configurations; one is left out");
+        }
+        self.last.take();
+    }
+
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let answer = || self.sketch.quantile(q).ok().flatten();
+        match self.last.get_or_init(|| (q.to_bits(), answer())) {
+            (asked, value) if *asked == q.to_bits() => *value,
+            _ => answer(),
+        }
+    }
+}
+
+/// Stored as the DDSketch alone.
+impl Serialize for QuantileSketch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.sketch.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for QuantileSketch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(QuantileSketch {
+            sketch: DDSketch::deserialize(deserializer)?,
+            last: OnceLock::new(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Quantiles {
@@ -278,7 +310,7 @@ impl std::fmt::Debug for Quantiles {
         match self {
             Quantiles::One(value) => f.debug_tuple("One").field(value).finish(),
             Quantiles::Exact(values) => f.debug_tuple("Exact").field(values).finish(),
-            Quantiles::Sketch(sketch) => write!(f, "Sketch({} values)", sketch.count()),
+            Quantiles::Sketch(sketch) => write!(f, "Sketch({} values)", sketch.sketch.count()),
         }
     }
 }
@@ -289,16 +321,19 @@ impl Default for Quantiles {
     }
 }
 
-fn new_ddsketch<'a>(values: impl IntoIterator<Item = &'a f64>) -> Box<DDSketch> {
-    let mut sketch = Box::new(DDSketch::new(DdConfig::new(
+fn new_ddsketch<'a>(values: impl IntoIterator<Item = &'a f64>) -> Box<QuantileSketch> {
+    let mut sketch = DDSketch::new(DdConfig::new(
         DDSKETCH_ALPHA,
         DDSKETCH_MAX_BINS,
         DDSKETCH_MIN_VALUE,
-    )));
+    ));
     for value in values {
         sketch.add(*value);
     }
-    sketch
+    Box::new(QuantileSketch {
+        sketch,
+        last: OnceLock::new(),
+    })
 }
 
 impl Quantiles {
@@ -362,11 +397,7 @@ impl Quantiles {
                 if let Quantiles::Sketch(sketch) = self {
                     match (theirs, other) {
                         (Some(theirs), _) => theirs.iter().for_each(|value| sketch.add(*value)),
-                        (None, Quantiles::Sketch(other)) => {
-                            if let Err(err) = sketch.merge(other) {
-                                tracing::error!(error = %err, "quantile sketches of different configurations; one is left out");
-                            }
-                        }
+                        (None, Quantiles::Sketch(other)) => sketch.merge(other),
                         (None, _) => {}
                     }
                 }
@@ -378,7 +409,7 @@ impl Quantiles {
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let q = q.clamp(0.0, 1.0);
         match self {
-            Quantiles::Sketch(sketch) => sketch.quantile(q).ok().flatten(),
+            Quantiles::Sketch(sketch) => sketch.quantile(q),
             exact => {
                 let values = exact.exact()?;
                 let rank = (q * values.len().checked_sub(1)? as f64) as usize;

@@ -99,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sealed,
             workers,
             tandem::now_ms(),
+            &Default::default(),
         )?;
         let build = started.elapsed().as_secs_f64();
         drop(views);
@@ -109,7 +110,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
-        let batch = tandem::actors::recompute::recompute(&paths, &config, sealed)?;
+        let batch =
+            tandem::actors::recompute::recompute(&paths, &config, sealed, &Default::default())?;
         let took = started.elapsed().as_secs_f64();
         let rate = sealed.next_seq.0 as f64 / took;
         rates.push(rate);

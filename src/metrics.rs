@@ -35,6 +35,8 @@ pub struct Shared {
     pub recompute_records: AtomicU64,
     /// Batch runs that failed (writer: the supervisor).
     pub recompute_failures: AtomicU64,
+    /// How far the batch run going on (or the last one) has read (writer: the run).
+    pub recompute_progress: crate::actors::recompute::Progress,
     /// Rejections before this process started, in `Reason::ALL` order (set once at start).
     pub rejected_before: Vec<u64>,
     /// Why the last group commit failed, while writes fail (writer: the recorder).
@@ -361,6 +363,19 @@ impl Collector for Live {
             "tandem_recompute_records_per_second",
             "Rate of the last batch run",
             rate,
+        )?;
+        let (read, total) = shared.recompute_progress.get();
+        gauge(
+            &mut encoder,
+            "tandem_recompute_records_read",
+            "Records of the master dataset the batch run going on (or the last one) has read",
+            read as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "tandem_recompute_records_to_read",
+            "Records the batch run going on (or the last one) reads: the log up to its sealed epoch",
+            total as f64,
         )?;
         gauge(
             &mut encoder,

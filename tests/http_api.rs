@@ -325,6 +325,22 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         Some(total_orders),
         "{status}"
     );
+    // The last batch run read every record up to its seal: all of them.
+    let status = common::poll_until(Duration::from_secs(30), "the batch run ends", || {
+        let (_, status) = get(&daemon, "/v1/status");
+        (status["recompute_running"] == false)
+            .then_some(status.clone())
+            .ok_or(status)
+    });
+    let progress = &status["recompute_progress"];
+    assert_eq!(
+        progress["records_read"], progress["records_total"],
+        "{status}"
+    );
+    assert_eq!(
+        progress["records_total"], status["events_accepted"],
+        "{status}"
+    );
 
     // Metrics in Prometheus text.
     let response = ureq::get(&format!("{}/metrics", daemon.base))
@@ -332,6 +348,19 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         .call()
         .expect("metrics");
     let text = response.into_string().expect("text");
+    let gauge = |name: &str| {
+        text.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let records = progress["records_total"]
+        .as_u64()
+        .map(|records| records as f64);
+    assert_eq!(gauge("tandem_recompute_records_read"), records, "{text}");
+    assert_eq!(gauge("tandem_recompute_records_to_read"), records, "{text}");
     for name in [
         "tandem_events_total{source=\"orders\"}",
         "tandem_events_rejected_total",

@@ -20,10 +20,40 @@ use crate::store::{self, DataPaths, IdIndex, SealedEpoch, SnapshotMeta};
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Records handed to a worker at a time.
 const BATCH_RECORDS: usize = 4_096;
+/// How often a run's reader publishes how far it has read, in records.
+const PROGRESS_EVERY: u64 = 65_536;
+/// How often a run logs how far it has read.
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How far a batch run has read: the records of the master dataset it has
+/// read, of those it reads (the log up to its sealed epoch's end). Written
+/// by the run's reader, read by status and scrapes; the last run's figures
+/// stay until the next run starts.
+#[derive(Debug, Default)]
+pub struct Progress {
+    read: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Progress {
+    /// (records read, records to read).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+
+    fn start(&self, total: u64) {
+        self.read.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+}
 /// Batches queued per worker.
 const QUEUE_DEPTH: usize = 4;
 
@@ -212,7 +242,8 @@ impl WorkBatch {
     }
 }
 
-/// Rebuilds every view over epochs <= `sealed.epoch` and writes the snapshot.
+/// Rebuilds every view over epochs <= `sealed.epoch` and writes the
+/// snapshot, publishing how far it has read in `progress`.
 ///
 /// # Errors
 /// The master dataset cannot be read (corruption is named with segment and
@@ -221,13 +252,14 @@ pub fn recompute(
     paths: &DataPaths,
     config: &Config,
     sealed: SealedEpoch,
+    progress: &Progress,
 ) -> Result<Batch, RecomputeError> {
     let started = std::time::Instant::now();
     let workers = std::thread::available_parallelism()
         .map_or(2, usize::from)
         .max(1);
     let now = crate::now_ms();
-    let (states, stats, ids) = build_views(paths, config, sealed, workers, now)?;
+    let (states, stats, ids) = build_views(paths, config, sealed, workers, now, progress)?;
     let took_ms = started.elapsed().as_millis() as u64;
     let data = SnapshotData {
         views: config
@@ -278,7 +310,8 @@ pub fn recompute(
 }
 
 /// The views over epochs <= `sealed.epoch` as of `now_ms` (for retention),
-/// built by `workers` threads, and the ids of the records before `sealed.later_from`.
+/// built by `workers` threads, and the ids of the records before
+/// `sealed.later_from`; how far it has read goes to `progress`.
 ///
 /// # Errors
 /// The master dataset cannot be read.
@@ -288,6 +321,7 @@ pub fn build_views(
     sealed: SealedEpoch,
     workers: usize,
     now_ms: i64,
+    progress: &Progress,
 ) -> Result<(Vec<ViewState>, BatchStats, IdIndex), RecomputeError> {
     let mut stats = BatchStats::default();
     // Retention is applied as events are applied, so a run never holds the
@@ -307,7 +341,7 @@ pub fn build_views(
             handles.push(scope.spawn(move || work(config, cutoffs, rx)));
         }
         let presize = config.schema.id_field().is_some();
-        let read = read_survivors(paths, sealed, presize, &senders, &mut stats);
+        let read = read_survivors(paths, sealed, presize, &senders, &mut stats, progress);
         drop(senders);
         let joined: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
         (read, joined)
@@ -349,7 +383,12 @@ fn read_survivors(
     presize: bool,
     workers: &[SyncSender<WorkBatch>],
     stats: &mut BatchStats,
+    progress: &Progress,
 ) -> Result<IdIndex, store::Error> {
+    let total = sealed.next_seq.0;
+    progress.start(total);
+    let mut read = 0u64;
+    let mut logged = std::time::Instant::now();
     // With an id field, sized for every record up front: growing a set of
     // millions rehashes it several times. Without one, old records may still
     // carry ids, and the set grows only with them.
@@ -369,6 +408,20 @@ fn read_survivors(
         next_worker += 1;
     };
     store::scan_log(paths, sealed.end, |header, raw| {
+        read += 1;
+        if read.is_multiple_of(PROGRESS_EVERY) {
+            progress.read.store(read, Ordering::Relaxed);
+            if logged.elapsed() >= PROGRESS_LOG_EVERY {
+                logged = std::time::Instant::now();
+                tracing::info!(
+                    epoch = %sealed.epoch,
+                    read,
+                    total,
+                    percent = read * 100 / total.max(1),
+                    "batch run reading"
+                );
+            }
+        }
         let covered = header.epoch <= sealed.epoch;
         if covered {
             stats.records += 1;
@@ -394,6 +447,7 @@ fn read_survivors(
             send(std::mem::replace(&mut batch, WorkBatch::new()));
         }
     })?;
+    progress.read.store(read, Ordering::Relaxed);
     if !batch.records.is_empty() {
         send(batch);
     }

@@ -390,11 +390,6 @@ impl LiveTop for Live<'_> {
         }
     }
 
-    fn holds(&self, key: &str) -> bool {
-        self.owner(key)
-            .is_some_and(|partition| partition.holds(self.after, self.view, key, self.range))
-    }
-
     fn key(&self, key: &str, into: &mut [MetricState]) {
         if let Some(partition) = self.owner(key) {
             partition.merge_key(self.after, self.view, key, self.range, into);

@@ -170,12 +170,6 @@ impl LiveKey {
             .iter()
             .filter(move |entry| Some(entry.epoch) > after)
     }
-
-    /// Whether the key has a bucket in `range` in an epoch after `after`.
-    fn holds(&self, after: Option<Epoch>, range: TimeRange) -> bool {
-        self.later(after)
-            .any(|entry| !entry.groups.span(range).is_empty())
-    }
 }
 
 /// One epoch's totals of a view: per bucket, and over all buckets.
@@ -690,14 +684,6 @@ impl SpeedState {
         }
     }
 
-    /// Whether `key` of view `view` has a bucket in `range` in an epoch after `after`.
-    pub fn holds(&self, after: Option<Epoch>, view: usize, key: &str, range: TimeRange) -> bool {
-        self.live[view]
-            .keys
-            .get(key)
-            .is_some_and(|entry| entry.holds(after, range))
-    }
-
     /// Merges the states of `key` of view `view` over `range` in epochs after
     /// `after` into `into`.
     pub fn merge_key(
@@ -1125,22 +1111,35 @@ mod tests {
                     );
                 }
             }
-            // The keys listed in range are those with a group there, and a
-            // limit below their groups is refused.
+            // The keys listed in range are those with a group there, once per
+            // group (a key's bucket in one epoch), after what the list held;
+            // a limit below that is refused, the list left as it was.
             for range in [range, TimeRange::ALL] {
-                let mut listed = Vec::new();
-                proptest::prop_assert!(state.keys_in(after, 0, range, usize::MAX, &mut listed));
-                let groups = listed.len();
-                let listed: BTreeSet<String> = listed.iter().map(|key| key.to_string()).collect();
-                let held: BTreeSet<String> = expected
-                    .keys()
-                    .filter(|(_, groups)| !groups.span(range).is_empty())
-                    .map(|(key, _)| key.to_owned())
-                    .collect();
-                proptest::prop_assert_eq!(listed, held, "keys over {:?}", range);
-                if let Some(fewer) = groups.checked_sub(1) {
-                    proptest::prop_assert!(!state.keys_in(after, 0, range, fewer, &mut Vec::new()));
+                let mut groups: Vec<(String, u64, i64)> = Vec::new();
+                for (key, minute, _, epoch) in &events {
+                    let expired = expire_at.is_some_and(|upto| *epoch <= upto);
+                    let retained = cutoff.is_none_or(|cutoff| minute * 60_000 >= cutoff);
+                    let bucket = minute * 60_000;
+                    let in_range = range.from.is_none_or(|from| bucket >= from)
+                        && range.to.is_none_or(|to| bucket < to);
+                    if Some(Epoch(*epoch)) > after && !expired && retained && in_range {
+                        groups.push((format!("k{key}"), *epoch, bucket));
+                    }
                 }
+                groups.sort();
+                groups.dedup();
+                let mut expected_keys: Vec<String> = groups.into_iter().map(|(key, _, _)| key).collect();
+                expected_keys.sort();
+                let mut listed = vec![Arc::from("before")];
+                proptest::prop_assert!(state.keys_in(after, 0, range, usize::MAX, &mut listed));
+                let before = listed.remove(0);
+                proptest::prop_assert_eq!(before.as_ref(), "before");
+                let mut listed: Vec<String> = listed.iter().map(|key| key.to_string()).collect();
+                listed.sort();
+                proptest::prop_assert_eq!(&listed, &expected_keys, "keys over {:?}", range);
+                let mut refused = vec![Arc::from("before")];
+                proptest::prop_assert!(!state.keys_in(after, 0, range, listed.len(), &mut refused) || listed.is_empty());
+                proptest::prop_assert_eq!(refused.len(), 1, "a refusal adds nothing");
             }
             // Every key is filed under the band of its value over all it
             // holds, for each monotone metric, and under no other.

@@ -165,10 +165,13 @@ impl Supervisor {
         };
         self.running = true;
         let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
+        let shared = Arc::clone(&self.shared);
         tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started");
         let run = async move {
-            let outcome =
-                tokio::task::spawn_blocking(move || recompute(&paths, &config, sealed)).await;
+            let outcome = tokio::task::spawn_blocking(move || {
+                recompute(&paths, &config, sealed, &shared.recompute_progress)
+            })
+            .await;
             let outcome = match outcome {
                 Ok(Ok(batch)) => Ok(batch),
                 Ok(Err(err)) => Err(RecomputeFailed {

@@ -359,8 +359,6 @@ pub trait LiveTop {
     /// Calls `visit` with every key the layer holds in range and its state of
     /// metric `metric` there.
     fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState));
-    /// Whether the layer holds `key` in range.
-    fn holds(&self, key: &str) -> bool;
     /// Merges the key's states in range into `into`.
     fn key(&self, key: &str, into: &mut [MetricState]);
     /// Merges the key's state of `metric` in range into `into`; answers
@@ -368,9 +366,9 @@ pub trait LiveTop {
     fn metric(&self, key: &str, metric: usize, into: &mut MetricState) -> bool;
     /// Merges the state of `metric` of every key in range into `into`.
     fn total(&self, metric: usize, into: &mut MetricState);
-    /// Pushes every key the layer holds in range onto `keys`, once per
-    /// bucket it has there, unless that makes more than `limit`; answers
-    /// whether it pushed them all.
+    /// Pushes every key the layer holds in range onto `keys`, once per group
+    /// it has there (a bucket in one epoch), unless that makes `keys` longer
+    /// than `limit`; answers whether it pushed them all.
     fn listed(&self, limit: usize, keys: &mut Vec<Arc<str>>) -> bool;
     /// Whether the layer keeps its keys banded by their value of the
     /// monotone `metric` over everything it holds (see [`band_of`]); that
@@ -456,15 +454,20 @@ pub fn merged_top(
         live,
     };
     let batch_bounds = batch.is_none_or(|(index, _)| index.monotone.get(metric) == Some(&true));
-    // A walk that a key's move into the bands it read raced is read again;
-    // one that keeps racing gives way to the rule that reads every live key.
+    // A walk that a key's move into the bands it read raced (or a negative
+    // sum, after which the bands bound nothing) is read again; one that
+    // keeps racing gives way to the rule that reads every live key. A key
+    // whose first group in range opens while a walk reads the keys listed
+    // there may be left out, as an event applied after the read began may.
     let walked = (merge.agg.is_monotone() && batch_bounds && live.banded(metric))
         .then(|| {
             (0..WALKS).find_map(|_| {
                 let since = live.raised(metric);
                 let (best, read_to) = merge.walk();
                 read_to
-                    .is_none_or(|lowest| !live.raised_into(metric, &since, lowest))
+                    .is_none_or(|lowest| {
+                        !live.raised_into(metric, &since, lowest) && live.banded(metric)
+                    })
                     .then_some(best)
             })
         })
@@ -489,11 +492,11 @@ pub fn merged_top(
 /// live key answers instead.
 const WALKS: usize = 3;
 
-/// Up to this many (key, bucket) groups of the live layer in range, a top-N
-/// reads each of their keys rather than walking the bands or every live
-/// key: a narrow range (the last hour, a window the live layer barely
-/// reaches) then costs what it holds, where the bands, which bound a key by
-/// its value over everything, would be walked nearly to the end.
+/// Up to this many groups of the live layer in range (a key's bucket in one
+/// epoch), a top-N reads each of their keys rather than walking the bands or
+/// every live key: a narrow range (the last hour, a window the live layer
+/// barely reaches) then costs what it holds, where the bands, which bound a
+/// key by its value over everything, would be walked nearly to the end.
 const LISTED: usize = 4096;
 
 /// What [`merged_top`] is asked: by `metric` (aggregated by `agg`), the `n`
@@ -537,9 +540,9 @@ impl TopMerge<'_> {
     /// live layer does not hold, whose merged value is their batch value.
     fn by_live_keys(&self, spec: &ViewSpec) -> Best {
         let mut best = Best::new(self.n);
+        let mut met = FxHashSet::default();
         let mut keys = Vec::new();
         if self.live.listed(LISTED, &mut keys) {
-            let mut met = FxHashSet::default();
             for key in &keys {
                 self.offer(key, &mut met, &mut best);
             }
@@ -549,10 +552,14 @@ impl TopMerge<'_> {
                 self.batch_metric(key, &mut state);
                 state.merge(live_state);
                 best.offer(state.value(self.agg).as_f64(), key);
+                met.insert(key.into());
             });
         }
+        // The keys offered above are skipped, and only they: a key the live
+        // layer took in after it was read has its batch value, as it had
+        // before.
         if let Some((index, state)) = self.batch {
-            let skip = |key: &str| self.live.holds(key);
+            let skip = |key: &str| met.contains(key);
             for (value, at) in index.head(spec, state, self.metric, self.n, self.range, &skip) {
                 if let Some((key, _)) = state.key_at(at) {
                     best.offer(value, key);
@@ -732,12 +739,6 @@ mod tests {
             }
         }
 
-        fn holds(&self, key: &str) -> bool {
-            self.state
-                .key(key)
-                .is_some_and(|groups| !groups.span(self.range).is_empty())
-        }
-
         fn key(&self, key: &str, into: &mut [MetricState]) {
             if let Some(groups) = self.state.key(key) {
                 groups.merge_span(groups.span(self.range), into);
@@ -788,7 +789,24 @@ mod tests {
         }
 
         fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {
-            let bands = self.bands(metric);
+            self.next_band_but(metric, below, keys, None)
+        }
+    }
+
+    impl Other<'_> {
+        /// [`LiveTop::next_band`], as if key `but` were in no band.
+        fn next_band_but(
+            &self,
+            metric: usize,
+            below: u16,
+            keys: &mut Vec<Arc<str>>,
+            but: Option<&str>,
+        ) -> Option<u16> {
+            let bands: Vec<(u16, &str)> = self
+                .bands(metric)
+                .into_iter()
+                .filter(|(_, key)| Some(*key) != but)
+                .collect();
             let top = bands
                 .iter()
                 .map(|(band, _)| *band)
@@ -804,20 +822,26 @@ mod tests {
         }
     }
 
-    /// A live layer whose keys are refiled into every band under every walk,
-    /// and whose bands lose the keys refiled (as a walk that raced them
-    /// would): a top-N must not take such a walk's answer.
-    struct Racing<'a> {
-        other: Other<'a>,
+    /// Which keys of a [`Moved`] layer moved as a walk began.
+    enum Moves<'a> {
+        /// Every key, each into a band the walk had read, and its bands lost
+        /// them all: a top-N must not take any walk's answer.
+        Every,
+        /// One key, out of a band no walk had read into its own band, so
+        /// that the walk finds it in no band: a walk that read the key's
+        /// band must be read again, one that stopped above it stands.
+        One(&'a str),
     }
 
-    impl LiveTop for Racing<'_> {
+    /// A live layer whose keys moved between bands as a walk began.
+    struct Moved<'a> {
+        other: Other<'a>,
+        moves: Moves<'a>,
+    }
+
+    impl LiveTop for Moved<'_> {
         fn each(&self, metric: usize, visit: &mut dyn FnMut(&str, &MetricState)) {
             self.other.each(metric, visit)
-        }
-
-        fn holds(&self, key: &str) -> bool {
-            self.other.holds(key)
         }
 
         fn key(&self, key: &str, into: &mut [MetricState]) {
@@ -844,12 +868,22 @@ mod tests {
             Vec::new()
         }
 
-        fn raised_into(&self, _: usize, _: &[u64], _: u16) -> bool {
-            true
+        fn raised_into(&self, metric: usize, _: &[u64], lowest: u16) -> bool {
+            match self.moves {
+                Moves::Every => true,
+                Moves::One(moved) => self
+                    .other
+                    .bands(metric)
+                    .iter()
+                    .any(|(band, key)| *key == moved && *band >= lowest),
+            }
         }
 
-        fn next_band(&self, _: usize, _: u16, _: &mut Vec<Arc<str>>) -> Option<u16> {
-            None
+        fn next_band(&self, metric: usize, below: u16, keys: &mut Vec<Arc<str>>) -> Option<u16> {
+            match self.moves {
+                Moves::Every => None,
+                Moves::One(moved) => self.other.next_band_but(metric, below, keys, Some(moved)),
+            }
         }
     }
 
@@ -920,6 +954,7 @@ mod tests {
             negative in any::<bool>(),
             n in 1..6usize,
             list_limit in prop_oneof![Just(0usize), 0..40usize, Just(usize::MAX)],
+            moved in any::<prop::sample::Index>(),
         ) {
             let config = Config::parse(CONFIG, "test.toml").expect("config");
             let spec = &config.views[0];
@@ -949,7 +984,7 @@ mod tests {
                 let kind = QueryKind::Top { metric, n };
                 let live = Other { spec, state: &speed, range, list_limit };
                 let merged = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &live));
-                let racing = Racing { other: Other { spec, state: &speed, range, list_limit: 0 } };
+                let racing = Moved { other: Other { spec, state: &speed, range, list_limit: 0 }, moves: Moves::Every };
                 let raced = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &racing));
                 let mut expected = batch.partial(spec, &kind, range);
                 expected.merge(&speed.partial(spec, &kind, range));
@@ -959,7 +994,12 @@ mod tests {
                     expected.clone(),
                     "top {} by {}", n, spec.metrics[metric].name
                 );
-                prop_assert_eq!(raced.finish(spec, &kind), expected, "raced top {} by {}", n, spec.metrics[metric].name);
+                prop_assert_eq!(raced.finish(spec, &kind), expected.clone(), "raced top {} by {}", n, spec.metrics[metric].name);
+                if speed.key_count() > 0 && let Some((moved, _)) = speed.key_at(moved.index(speed.key_count())) {
+                    let moving = Moved { other: Other { spec, state: &speed, range, list_limit: 0 }, moves: Moves::One(moved) };
+                    let raced = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &moving));
+                    prop_assert_eq!(raced.finish(spec, &kind), expected, "top {} by {} with {} moved", n, spec.metrics[metric].name, moved);
+                }
             }
         }
     }

@@ -257,13 +257,15 @@ pub enum Quantiles {
     Sketch(Box<QuantileSketch>),
 }
 
-/// A DDSketch and its last answer, kept until the sketch changes: finding a
-/// rank walks the sketch's bins, and most sketches are read far more often
-/// than they change (a snapshot's, a closed bucket's).
+/// A DDSketch and its first answer since it last changed, kept until it
+/// changes again: finding a rank walks the sketch's bins, and most sketches
+/// are read far more often than they change (a snapshot's, a closed
+/// bucket's), always for the one `q` of their metric.
 #[derive(Clone)]
 pub struct QuantileSketch {
     sketch: DDSketch,
-    /// The last quantile asked (its `q` as bits) and the answer.
+    /// The first quantile asked since the last change (its `q` as bits) and
+    /// the answer; another `q` is answered afresh.
     last: OnceLock<(u64, Option<f64>)>,
 }
 

@@ -398,6 +398,7 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
         .collect();
     let shared = handle.shared();
     let store_error = shared.store_error.get();
+    let (records_read, records_total) = shared.recompute_progress.get();
     let snapshot = batch.meta.map_or(Value::Null, |meta| {
         json!({ "epoch": meta.epoch, "events": batch.stats.counted, "created_at": rfc3339(meta.created_ms), "took_ms": batch.took_ms })
     });
@@ -405,6 +406,7 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
         "epoch": runs.epoch,
         "batch_epoch": batch.epoch,
         "recompute_running": runs.running,
+        "recompute_progress": { "records_read": records_read, "records_total": records_total },
         "snapshot": snapshot,
         "events_accepted": shared.durable_records.load(Ordering::Relaxed),
         "events_rejected": rejected,

@@ -129,10 +129,12 @@ fn every_problem_is_reported_at_once() {
             .replacen("bucket = \"1m\"", "bucket = \"2d\"", 1)
             .replace("partitions = 4", "partitions = 0")
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"")
+            .replace("keep_snapshots = 2", "keep_snapshots = 0")
     });
     assert_eq!(code, 2, "{err}");
     for key in [
         "batch.interval",
+        "batch.keep_snapshots",
         "view[0].bucket",
         "speed.partitions",
         "http.listen",
@@ -142,7 +144,11 @@ fn every_problem_is_reported_at_once() {
             "no error for {key}:\n{err}"
         );
     }
-    assert!(err.contains("4 problems"), "{err}");
+    assert!(err.contains("5 problems"), "{err}");
+    assert!(
+        err.contains("batch.keep_snapshots: 0 is out of range: must lie within 1..=100"),
+        "{err}"
+    );
 }
 
 #[test]

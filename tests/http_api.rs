@@ -278,6 +278,13 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         ("/v1/views/by_product/totals?from=2000&to=1000", 400),
         ("/v1/views/by_product/totals?layer=fast", 400),
         ("/v1/views/by_product/totals?colour=red", 400),
+        ("/v1/views/by_product/totals?at_epoch=soon", 400),
+        ("/v1/views/by_product/totals?at_epoch=-1", 400),
+        (
+            "/v1/views/by_product/top?metric=orders&at_epoch=1&layer=merged",
+            400,
+        ),
+        ("/v1/views/by_product/series?at_epoch=999999", 404),
         ("/v1/nothing-here", 404),
     ] {
         let (code, body) = get(&daemon, path);
@@ -289,6 +296,29 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
             "{path}: {body}"
         );
     }
+
+    // A snapshot kept, asked for by its epoch, answers as the batch layer
+    // did; an epoch not kept is refused with those that are.
+    let (_, batch) = get(&daemon, "/v1/views/by_product/totals?layer=batch");
+    let epoch = batch["as_of"]["batch_epoch"]
+        .as_u64()
+        .expect("a batch epoch");
+    let (code, at) = get(
+        &daemon,
+        &format!("/v1/views/by_product/totals?at_epoch={epoch}"),
+    );
+    assert_eq!(code, 200, "{at}");
+    assert_eq!(at["metrics"], batch["metrics"]);
+    assert_eq!(at["as_of"]["batch_epoch"], epoch);
+    assert_eq!(at["as_of"]["speed_epochs"], serde_json::json!([]));
+    let (code, refused) = get(&daemon, "/v1/views/by_product/keys/p-1?at_epoch=999999");
+    assert_eq!(code, 404, "{refused}");
+    assert!(
+        refused["retained"]
+            .as_array()
+            .is_some_and(|kept| kept.contains(&epoch.into())),
+        "{refused}"
+    );
 
     // Status: counters by reason, sources, the snapshot.
     let (code, status) = get(&daemon, "/v1/status");

@@ -5,7 +5,9 @@
 
 mod common;
 
+use tandem::actors::serving::{Layer, QueryError};
 use tandem::aggregate::Body;
+use tandem::event::Epoch;
 use tandem::store::DataPaths;
 use tandem::{Options, Query, Question};
 
@@ -474,6 +476,82 @@ fn a_restart_with_an_added_view_and_a_changed_metric_answers_completely_at_once(
                 .count(),
             at_once.len()
         );
+        handle.stop().await;
+    });
+}
+
+/// Every question's answer and the batch epoch it is based on.
+type Seen = Vec<(Body, Option<Epoch>)>;
+
+async fn read_layer(handle: &tandem::Handle, layer: Layer) -> Seen {
+    let mut out = Vec::new();
+    for query in questions() {
+        let answer = handle.query(Query { layer, ..query }).await.expect("query");
+        out.push((answer.body, answer.as_of.batch_epoch));
+    }
+    out
+}
+
+/// Every snapshot kept (`batch.keep_snapshots`, 2 by default) answers with
+/// `at_epoch` what the batch layer answered while it was served, before a
+/// restart and after; an older one is refused with the epochs kept.
+#[test]
+fn at_epoch_answers_what_was_served_at_that_epoch() {
+    let jsonl = workload();
+    let lines = common::workload::lines(&jsonl);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::config(CONFIG, dir.path());
+    let parts: Vec<&[&[u8]]> = lines.chunks(lines.len().div_ceil(3)).collect();
+    let served = actix::System::new().block_on(async move {
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
+        let mut served: Vec<(Epoch, Seen)> = Vec::new();
+        for part in parts {
+            for line in part {
+                handle.ingest(line.to_vec()).await.expect("ingest");
+            }
+            let epoch = handle.recompute_now().await.expect("batch run");
+            served.push((epoch, read_layer(&handle, Layer::Batch).await));
+            for (epoch, seen) in served.iter().rev().take(2) {
+                assert_eq!(
+                    &read_layer(&handle, Layer::Snapshot(*epoch)).await,
+                    seen,
+                    "at_epoch {epoch}"
+                );
+                assert!(seen.iter().all(|(_, as_of)| *as_of == Some(*epoch)));
+            }
+        }
+        let kept: Vec<Epoch> = served[1..].iter().map(|(epoch, _)| *epoch).collect();
+        let gone = served[0].0;
+        let refused = handle
+            .query(Query {
+                layer: Layer::Snapshot(gone),
+                ..Query::new("by_product", Question::Totals)
+            })
+            .await;
+        assert_eq!(
+            refused.map(|answer| answer.body),
+            Err(QueryError::NotRetained {
+                epoch: gone,
+                retained: kept
+            })
+        );
+        handle.stop().await;
+        served
+    });
+    let config = common::config(CONFIG, dir.path());
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("restart");
+        for (epoch, seen) in &served[1..] {
+            assert_eq!(
+                &read_layer(&handle, Layer::Snapshot(*epoch)).await,
+                seen,
+                "at_epoch {epoch} after a restart"
+            );
+        }
         handle.stop().await;
     });
 }

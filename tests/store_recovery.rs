@@ -253,8 +253,15 @@ fn the_newest_two_snapshots_are_kept_and_a_damaged_one_is_refused() {
     );
     for epoch in 1..=3u64 {
         let data = vec![format!("state after epoch {epoch}")];
-        store::write_snapshot(&paths, Epoch(epoch), epoch * 100, 1_700_000_000_000, &data)
-            .expect("write");
+        store::write_snapshot(
+            &paths,
+            Epoch(epoch),
+            epoch * 100,
+            1_700_000_000_000,
+            &data,
+            2,
+        )
+        .expect("write");
     }
     let listed: Vec<Epoch> = store::list_snapshots(&paths)
         .expect("list")

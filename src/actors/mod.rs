@@ -616,11 +616,10 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         })
         .collect();
     let partition_addrs: Arc<[Addr<SpeedPartition>]> = partitions.iter().cloned().collect();
-    let reader = Arc::new(Reader::new(
-        Arc::clone(&views),
-        Arc::new(batch),
-        speed_states,
-    ));
+    let reader = Arc::new(
+        Reader::new(Arc::clone(&views), Arc::new(batch), speed_states)
+            .with_snapshots(paths.clone()),
+    );
     // The loaded snapshot is indexed in the background, so the start does not
     // wait for it; until then its queries scan its states.
     let loaded = reader.batch();

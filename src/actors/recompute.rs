@@ -289,8 +289,10 @@ pub fn recompute(
     // The indexes are built while the snapshot is written and fsynced.
     let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
     let (meta, indexes) = std::thread::scope(|scope| {
-        let write = scope
-            .spawn(|| store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data));
+        let write = scope.spawn(|| {
+            let keep = config.batch.keep_snapshots;
+            store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
+        });
         let indexes = build_indexes(&config.views, &states);
         let meta = write.join().map_err(|_| RecomputeError::WorkerPanicked)?;
         Ok::<_, RecomputeError>((meta?, indexes))

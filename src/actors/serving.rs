@@ -18,16 +18,17 @@
 //! raced a swap, and asks again against the newer batch. So an answer is
 //! always batch (epochs <= B) + speed (epochs > B) for one B.
 
-use super::recompute::Batch;
+use super::recompute::{Batch, SnapshotData};
 use super::speed::{Expire, SpeedPartition, SpeedState};
 use crate::aggregate::{
     Body, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top, series_body,
 };
 use crate::event::Epoch;
+use crate::store::{self, DataPaths};
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Which layers answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -40,6 +41,9 @@ pub enum Layer {
     Batch,
     /// The speed layer alone (epochs > B).
     Speed,
+    /// The snapshot of this epoch alone: the served one, or an older one
+    /// still kept on disk (`batch.keep_snapshots`).
+    Snapshot(Epoch),
 }
 
 /// What to ask of a view, with metrics by name.
@@ -142,6 +146,34 @@ pub enum QueryError {
     /// Every read raced a snapshot swap.
     #[error("the served snapshot changed under {0} reads in a row; ask again")]
     Raced(usize),
+    /// No snapshot of that epoch is kept.
+    #[error("no snapshot of epoch {epoch} is kept; kept: {}", list(retained))]
+    NotRetained {
+        /// The epoch asked for.
+        epoch: Epoch,
+        /// The epochs whose snapshots are kept, ascending.
+        retained: Vec<Epoch>,
+    },
+    /// A kept snapshot cannot be read (damaged, say).
+    #[error("the snapshot of epoch {epoch} cannot be read: {reason}")]
+    Unreadable {
+        /// The epoch asked for.
+        epoch: Epoch,
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+/// `epochs` as a comma-separated list, or "none".
+fn list(epochs: &[Epoch]) -> String {
+    if epochs.is_empty() {
+        return "none".into();
+    }
+    epochs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A query, answered merged per its layer.
@@ -160,12 +192,16 @@ pub struct SnapshotReady(pub Arc<Batch>);
 pub struct BatchQuery;
 
 /// Answers queries from any thread: the served batch and the speed layer,
-/// read in place.
+/// read in place, and the older snapshots kept on disk.
 pub struct Reader {
     views: Arc<[Arc<ViewSpec>]>,
     /// Covers epochs <= its epoch; swapped whole, never changed in place.
     batch: RwLock<Arc<Batch>>,
     speed: Arc<[Arc<SpeedState>]>,
+    /// Where the kept snapshots are, when there is a data_dir.
+    snapshots: Option<DataPaths>,
+    /// The older snapshot read last, until the served one is swapped.
+    older: Mutex<Option<Arc<Batch>>>,
 }
 
 impl Reader {
@@ -179,7 +215,15 @@ impl Reader {
             views,
             batch: RwLock::new(batch),
             speed,
+            snapshots: None,
+            older: Mutex::new(None),
         }
+    }
+
+    /// The reader, answering for older snapshots from those kept under `paths`.
+    pub fn with_snapshots(mut self, paths: DataPaths) -> Reader {
+        self.snapshots = Some(paths);
+        self
     }
 
     /// The batch served now.
@@ -189,6 +233,44 @@ impl Reader {
 
     fn swap(&self, batch: Arc<Batch>) {
         *self.batch.write().unwrap_or_else(PoisonError::into_inner) = batch;
+        // An older snapshot read may be gone from disk with this swap.
+        *self.older.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The snapshot of `epoch`: the served one, or an older one kept on disk
+    /// (read from there once, and kept in memory until the next swap).
+    /// Blocking: it may read a snapshot file.
+    fn snapshot(&self, epoch: Epoch) -> Result<Arc<Batch>, QueryError> {
+        let served = self.batch();
+        if served.epoch == Some(epoch) {
+            return Ok(served);
+        }
+        let listed = match &self.snapshots {
+            Some(paths) => store::list_snapshots(paths).map_err(|err| QueryError::Unreadable {
+                epoch,
+                reason: crate::error_chain(&err),
+            })?,
+            None => Vec::new(),
+        };
+        let Some((_, path)) = listed.iter().find(|(kept, _)| *kept == epoch) else {
+            let mut retained: Vec<Epoch> = listed.iter().map(|(kept, _)| *kept).collect();
+            retained.extend(served.epoch);
+            retained.sort_unstable();
+            retained.dedup();
+            return Err(QueryError::NotRetained { epoch, retained });
+        };
+        let mut older = self.older.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(batch) = older.as_ref().filter(|batch| batch.epoch == Some(epoch)) {
+            return Ok(Arc::clone(batch));
+        }
+        let (meta, data) =
+            store::read_snapshot::<SnapshotData>(path).map_err(|err| QueryError::Unreadable {
+                epoch,
+                reason: crate::error_chain(&err),
+            })?;
+        let batch = Arc::new(Batch::from_snapshot(&self.views, meta, data));
+        *older = Some(Arc::clone(&batch));
+        Ok(batch)
     }
 
     fn resolve(&self, query: &Query) -> Result<(usize, QueryKind), QueryError> {
@@ -236,7 +318,8 @@ impl Reader {
     /// An unknown view or metric, a bad parameter, or a stopping system.
     pub async fn ask(self: &Arc<Self>, query: Query) -> Result<Answer, QueryError> {
         let (view, kind) = self.resolve(&query)?;
-        if let QueryKind::Key(_) = kind {
+        // An older snapshot may have to be read from disk first.
+        if matches!(kind, QueryKind::Key(_)) && !matches!(query.layer, Layer::Snapshot(_)) {
             return self.answer(view, &kind, &query);
         }
         let reader = Arc::clone(self);
@@ -250,9 +333,13 @@ impl Reader {
     fn answer(&self, view: usize, kind: &QueryKind, query: &Query) -> Result<Answer, QueryError> {
         let spec = &self.views[view];
         let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
-        let with_speed = query.layer != Layer::Batch;
+        let with_speed = matches!(query.layer, Layer::Merged | Layer::Speed);
+        let older = match query.layer {
+            Layer::Snapshot(epoch) => Some(self.snapshot(epoch)?),
+            _ => None,
+        };
         for _ in 0..MAX_READS {
-            let batch = self.batch();
+            let batch = older.clone().unwrap_or_else(|| self.batch());
             // A view the snapshot has no state for is answered by the speed
             // layer alone, which holds all its epochs until a batch run covers it.
             let batch_epoch = batch.epoch.filter(|_| batch.has_view(view));

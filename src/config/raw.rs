@@ -82,6 +82,7 @@ pub(crate) struct RawSpeed {
 #[serde(deny_unknown_fields, expecting = "a table: [batch]")]
 pub(crate) struct RawBatch {
     pub interval: Option<String>,
+    pub keep_snapshots: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

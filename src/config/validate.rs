@@ -26,6 +26,10 @@ const MAX_RATE: u64 = 1_000_000;
 const DEFAULT_PARTITIONS: u64 = 4;
 const MAX_PARTITIONS: u64 = 256;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Snapshots kept on disk by default: the served one and the one before.
+const DEFAULT_KEEP_SNAPSHOTS: u64 = 2;
+/// Most snapshots kept: each is a whole copy of the views.
+const MAX_KEEP_SNAPSHOTS: u64 = 100;
 /// How long the API answers 503 after the sources drained on SIGTERM.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -274,6 +278,12 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         ),
         None => Some(DEFAULT_INTERVAL),
     };
+    let keep_snapshots = problems.range(
+        raw.batch.keep_snapshots.unwrap_or(DEFAULT_KEEP_SNAPSHOTS),
+        "batch.keep_snapshots",
+        1,
+        MAX_KEEP_SNAPSHOTS,
+    );
     let listen = raw.http.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = match listen.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
@@ -339,6 +349,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         },
         batch: BatchConfig {
             interval: interval?,
+            keep_snapshots: keep_snapshots? as usize,
         },
         http: HttpConfig {
             listen: listen?,

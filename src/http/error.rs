@@ -42,6 +42,18 @@ pub enum ApiError {
     /// What was waited for did not happen in time (it may still happen).
     #[error("{0}")]
     Timeout(String),
+    /// No snapshot of the epoch asked for is kept; the body lists those that are.
+    #[error("{message}")]
+    NotKept {
+        /// What was asked, and what is kept.
+        message: String,
+        /// The epochs whose snapshots are kept, ascending.
+        kept: Vec<crate::event::Epoch>,
+    },
+    /// Stored data the answer needs cannot be read (a damaged file): not the
+    /// caller's fault, and asking again does not help until an operator acts.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl From<QueryError> for ApiError {
@@ -52,6 +64,11 @@ impl From<QueryError> for ApiError {
             }
             QueryError::BadN(_) | QueryError::EmptyRange => ApiError::BadRequest(err.to_string()),
             QueryError::Stopped | QueryError::Raced(_) => ApiError::Unavailable(err.to_string()),
+            QueryError::NotRetained { ref retained, .. } => ApiError::NotKept {
+                kept: retained.clone(),
+                message: err.to_string(),
+            },
+            QueryError::Unreadable { .. } => ApiError::Damaged(err.to_string()),
         }
     }
 }
@@ -60,7 +77,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NotKept { .. } => StatusCode::NOT_FOUND,
+            ApiError::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -82,6 +100,11 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(serde_json::json!({ "error": self.to_string() }))
+        match self {
+            ApiError::NotKept { kept, .. } => {
+                response.json(serde_json::json!({ "error": self.to_string(), "retained": kept }))
+            }
+            _ => response.json(serde_json::json!({ "error": self.to_string() })),
+        }
     }
 }

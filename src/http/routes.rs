@@ -4,6 +4,7 @@ use super::{ApiError, ApiState};
 use crate::actors::serving::{Answer, AsOf, Layer, MAX_TOP, Query, Question};
 use crate::aggregate::{Body, TimeRange};
 use crate::config::format_duration;
+use crate::event::Epoch;
 use crate::metrics::Exposition;
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
@@ -94,11 +95,25 @@ fn range_and_layer(params: &Params) -> Result<(TimeRange, Layer), ApiError> {
         from: time(params, "from")?,
         to: time(params, "to")?,
     };
-    let layer = match params.get("layer").map(String::as_str) {
-        None | Some("merged") => Layer::Merged,
-        Some("batch") => Layer::Batch,
-        Some("speed") => Layer::Speed,
-        Some(other) => {
+    let at_epoch = match params.get("at_epoch") {
+        None => None,
+        Some(text) => Some(Epoch(text.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "at_epoch: {text:?} is not an epoch (a whole number, as in as_of.batch_epoch)"
+            ))
+        })?)),
+    };
+    let layer = match (params.get("layer").map(String::as_str), at_epoch) {
+        (None | Some("batch"), Some(epoch)) => Layer::Snapshot(epoch),
+        (Some(layer @ ("merged" | "speed")), Some(_)) => {
+            return Err(ApiError::BadRequest(format!(
+                "layer: at_epoch answers from that epoch's snapshot alone, so layer is batch or left out, not {layer:?}"
+            )));
+        }
+        (None | Some("merged"), None) => Layer::Merged,
+        (Some("batch"), None) => Layer::Batch,
+        (Some("speed"), None) => Layer::Speed,
+        (Some(other), _) => {
             return Err(ApiError::BadRequest(format!(
                 "layer: {other:?} is not one of merged, batch, speed"
             )));
@@ -189,7 +204,7 @@ async fn key(
     path: web::Path<(String, String)>,
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
-    only(&params, &["from", "to", "layer"])?;
+    only(&params, &["from", "to", "layer", "at_epoch"])?;
     let (view, key) = path.into_inner();
     let (range, layer) = range_and_layer(&params)?;
     let answer = ask(
@@ -214,7 +229,7 @@ async fn totals(
     view: web::Path<String>,
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
-    only(&params, &["from", "to", "layer"])?;
+    only(&params, &["from", "to", "layer", "at_epoch"])?;
     let (range, layer) = range_and_layer(&params)?;
     let answer = ask(
         &state,
@@ -239,7 +254,7 @@ async fn top(
     view: web::Path<String>,
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
-    only(&params, &["metric", "n", "from", "to", "layer"])?;
+    only(&params, &["metric", "n", "from", "to", "layer", "at_epoch"])?;
     let (range, layer) = range_and_layer(&params)?;
     let metric = params
         .get("metric")
@@ -282,7 +297,7 @@ async fn series(
     view: web::Path<String>,
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
-    only(&params, &["key", "from", "to", "layer"])?;
+    only(&params, &["key", "from", "to", "layer", "at_epoch"])?;
     let (range, layer) = range_and_layer(&params)?;
     let key = params.get("key").cloned();
     let answer = ask(

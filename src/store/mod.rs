@@ -25,7 +25,7 @@ pub use segment::{
     SegmentInfo, list_segments, scan_log, scan_segment,
 };
 pub use snapshot::{
-    FORMAT_VERSION, KEEP, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot,
+    FORMAT_VERSION, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot,
     verify_snapshot, write_snapshot,
 };
 

@@ -19,8 +19,6 @@ const MAGIC: &[u8; 8] = b"TNDMSNAP";
 /// The payload format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 56;
-/// Snapshots kept after a new one is written.
-pub const KEEP: usize = 2;
 
 /// What a snapshot's header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,7 +96,8 @@ pub struct Loaded<T> {
     pub refused: Vec<Error>,
 }
 
-/// Writes the snapshot of `meta.epoch` atomically, then keeps only the newest [`KEEP`].
+/// Writes the snapshot of `meta.epoch` atomically, then keeps only the newest
+/// `keep` (at least the one written).
 ///
 /// # Errors
 /// I/O or encoding errors; a failed write leaves the older snapshots in place.
@@ -108,6 +107,7 @@ pub fn write_snapshot<T: Serialize>(
     records: u64,
     created_ms: i64,
     data: &T,
+    keep: usize,
 ) -> Result<SnapshotMeta> {
     let dir = paths.snapshots_dir();
     fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
@@ -143,7 +143,7 @@ pub fn write_snapshot<T: Serialize>(
     }
     fs::rename(&tmp, &path).map_err(|source| Error::io("rename", &tmp, source))?;
     sync_dir(&dir)?;
-    for (_, old) in list_snapshots(paths)?.into_iter().skip(KEEP) {
+    for (_, old) in list_snapshots(paths)?.into_iter().skip(keep.max(1)) {
         fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
     }
     Ok(meta)

@@ -49,7 +49,8 @@ impl Progress {
         )
     }
 
-    fn start(&self, total: u64) {
+    /// A run that reads `total` records starts.
+    pub(crate) fn start(&self, total: u64) {
         self.read.store(0, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
     }

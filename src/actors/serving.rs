@@ -154,6 +154,17 @@ pub enum QueryError {
         /// The epochs whose snapshots are kept, ascending.
         retained: Vec<Epoch>,
     },
+    /// The kept snapshot has no state for the view as configured now (the
+    /// view was added or changed since).
+    #[error(
+        "the snapshot of epoch {epoch} has no state for view {view:?} as configured now (added or changed since)"
+    )]
+    NotInSnapshot {
+        /// The epoch asked for.
+        epoch: Epoch,
+        /// The view.
+        view: String,
+    },
     /// A kept snapshot cannot be read (damaged, say).
     #[error("the snapshot of epoch {epoch} cannot be read: {reason}")]
     Unreadable {
@@ -200,9 +211,13 @@ pub struct Reader {
     speed: Arc<[Arc<SpeedState>]>,
     /// Where the kept snapshots are, when there is a data_dir.
     snapshots: Option<DataPaths>,
-    /// The older snapshot read last, until the served one is swapped.
-    older: Mutex<Option<Arc<Batch>>>,
+    /// The older snapshots read last (at most [`OLDER_HELD`]), until the
+    /// served one is swapped. Never locked while a file is read.
+    older: Mutex<Vec<Arc<Batch>>>,
 }
+
+/// Older snapshots held in memory once read, each a whole copy of the views.
+const OLDER_HELD: usize = 2;
 
 impl Reader {
     /// A reader of `batch` and the speed partitions' states.
@@ -216,7 +231,7 @@ impl Reader {
             batch: RwLock::new(batch),
             speed,
             snapshots: None,
-            older: Mutex::new(None),
+            older: Mutex::new(Vec::new()),
         }
     }
 
@@ -234,17 +249,58 @@ impl Reader {
     fn swap(&self, batch: Arc<Batch>) {
         *self.batch.write().unwrap_or_else(PoisonError::into_inner) = batch;
         // An older snapshot read may be gone from disk with this swap.
-        *self.older.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.older
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// The snapshot of `epoch`: the served one, or an older one kept on disk
-    /// (read from there once, and kept in memory until the next swap).
+    /// (read from there once, and held in memory until the next swap).
     /// Blocking: it may read a snapshot file.
     fn snapshot(&self, epoch: Epoch) -> Result<Arc<Batch>, QueryError> {
         let served = self.batch();
         if served.epoch == Some(epoch) {
             return Ok(served);
         }
+        let path = self.kept(epoch, &served)?;
+        let held = |older: &Vec<Arc<Batch>>| {
+            older
+                .iter()
+                .find(|batch| batch.epoch == Some(epoch))
+                .cloned()
+        };
+        if let Some(batch) = held(&self.older.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(batch);
+        }
+        let (meta, mut data) = match store::read_snapshot::<SnapshotData>(&path) {
+            Ok(read) => read,
+            Err(err) => {
+                // Pruned by a batch run since it was listed: no longer kept.
+                self.kept(epoch, &served)?;
+                return Err(QueryError::Unreadable {
+                    epoch,
+                    reason: crate::error_chain(&err),
+                });
+            }
+        };
+        // Only the served snapshot's ids decide first copies.
+        data.ids = std::borrow::Cow::Owned(Vec::new());
+        let batch = Arc::new(Batch::from_snapshot(&self.views, meta, data));
+        let mut older = self.older.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(batch) = held(&older) {
+            // Another query read it meanwhile.
+            return Ok(batch);
+        }
+        if older.len() == OLDER_HELD {
+            older.remove(0);
+        }
+        older.push(Arc::clone(&batch));
+        Ok(batch)
+    }
+
+    /// The file of the kept snapshot of `epoch`, or the epochs that are kept.
+    fn kept(&self, epoch: Epoch, served: &Batch) -> Result<std::path::PathBuf, QueryError> {
         let listed = match &self.snapshots {
             Some(paths) => store::list_snapshots(paths).map_err(|err| QueryError::Unreadable {
                 epoch,
@@ -252,25 +308,14 @@ impl Reader {
             })?,
             None => Vec::new(),
         };
-        let Some((_, path)) = listed.iter().find(|(kept, _)| *kept == epoch) else {
-            let mut retained: Vec<Epoch> = listed.iter().map(|(kept, _)| *kept).collect();
-            retained.extend(served.epoch);
-            retained.sort_unstable();
-            retained.dedup();
-            return Err(QueryError::NotRetained { epoch, retained });
-        };
-        let mut older = self.older.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(batch) = older.as_ref().filter(|batch| batch.epoch == Some(epoch)) {
-            return Ok(Arc::clone(batch));
+        if let Some((_, path)) = listed.iter().find(|(kept, _)| *kept == epoch) {
+            return Ok(path.clone());
         }
-        let (meta, data) =
-            store::read_snapshot::<SnapshotData>(path).map_err(|err| QueryError::Unreadable {
-                epoch,
-                reason: crate::error_chain(&err),
-            })?;
-        let batch = Arc::new(Batch::from_snapshot(&self.views, meta, data));
-        *older = Some(Arc::clone(&batch));
-        Ok(batch)
+        let mut retained: Vec<Epoch> = listed.iter().map(|(kept, _)| *kept).collect();
+        retained.extend(served.epoch);
+        retained.sort_unstable();
+        retained.dedup();
+        Err(QueryError::NotRetained { epoch, retained })
     }
 
     fn resolve(&self, query: &Query) -> Result<(usize, QueryKind), QueryError> {
@@ -312,7 +357,7 @@ impl Reader {
 
     /// Answers a query, merged per its layer: a key lookup on the caller's
     /// thread, anything that reads more (a top-N over every live key, a
-    /// series, sketches to count) on the blocking pool.
+    /// series, sketches to count, an older snapshot) on the blocking pool.
     ///
     /// # Errors
     /// An unknown view or metric, a bad parameter, or a stopping system.
@@ -335,7 +380,16 @@ impl Reader {
         let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
         let with_speed = matches!(query.layer, Layer::Merged | Layer::Speed);
         let older = match query.layer {
-            Layer::Snapshot(epoch) => Some(self.snapshot(epoch)?),
+            Layer::Snapshot(epoch) => {
+                let batch = self.snapshot(epoch)?;
+                if !batch.has_view(view) {
+                    return Err(QueryError::NotInSnapshot {
+                        epoch,
+                        view: spec.name.clone(),
+                    });
+                }
+                Some(batch)
+            }
             _ => None,
         };
         for _ in 0..MAX_READS {

@@ -166,6 +166,7 @@ impl Supervisor {
         self.running = true;
         let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
         let shared = Arc::clone(&self.shared);
+        shared.recompute_progress.start(sealed.next_seq.0);
         tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started");
         let run = async move {
             let outcome = tokio::task::spawn_blocking(move || {

@@ -59,9 +59,9 @@ pub enum ApiError {
 impl From<QueryError> for ApiError {
     fn from(err: QueryError) -> ApiError {
         match err {
-            QueryError::UnknownView(_) | QueryError::UnknownMetric { .. } => {
-                ApiError::NotFound(err.to_string())
-            }
+            QueryError::UnknownView(_)
+            | QueryError::UnknownMetric { .. }
+            | QueryError::NotInSnapshot { .. } => ApiError::NotFound(err.to_string()),
             QueryError::BadN(_) | QueryError::EmptyRange => ApiError::BadRequest(err.to_string()),
             QueryError::Stopped | QueryError::Raced(_) => ApiError::Unavailable(err.to_string()),
             QueryError::NotRetained { ref retained, .. } => ApiError::NotKept {

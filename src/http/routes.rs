@@ -2,7 +2,7 @@
 
 use super::{ApiError, ApiState};
 use crate::actors::serving::{Answer, AsOf, Layer, MAX_TOP, Query, Question};
-use crate::aggregate::{Body, TimeRange};
+use crate::aggregate::{Body, Metrics, TimeRange};
 use crate::config::format_duration;
 use crate::event::Epoch;
 use crate::metrics::Exposition;
@@ -314,11 +314,32 @@ async fn series(
     let Body::Series(buckets) = &answer.body else {
         return Err(ApiError::Unavailable("unexpected answer".into()));
     };
-    let buckets: Vec<Value> = buckets
-        .iter()
-        .map(|bucket| json!({ "start": rfc3339(bucket.start), "metrics": bucket.metrics }))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "view": answer.view, "key": key, "buckets": buckets, "as_of": as_of(&answer.as_of) })))
+    // Written straight from the answer: a series can hold thousands of
+    // buckets, too many to build as a JSON tree first.
+    #[derive(serde::Serialize)]
+    struct Series<'a> {
+        view: &'a str,
+        key: Option<String>,
+        buckets: Vec<SeriesBucket<'a>>,
+        as_of: Value,
+    }
+    #[derive(serde::Serialize)]
+    struct SeriesBucket<'a> {
+        start: Value,
+        metrics: &'a Metrics,
+    }
+    Ok(HttpResponse::Ok().json(Series {
+        view: &answer.view,
+        key,
+        buckets: buckets
+            .iter()
+            .map(|bucket| SeriesBucket {
+                start: rfc3339(bucket.start),
+                metrics: &bucket.metrics,
+            })
+            .collect(),
+        as_of: as_of(&answer.as_of),
+    }))
 }
 
 async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {

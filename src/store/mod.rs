@@ -2,7 +2,7 @@
 //!
 //! - `master/segment-NNNNNNNNNN.log`: framed records `[len][!len][crc32c][header][raw]`.
 //! - `master/epochs`: the sealed epochs and their log positions.
-//! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, newest two kept.
+//! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, the newest `batch.keep_snapshots` kept.
 //! - `LOCK`: held by the running daemon.
 
 mod counters;

@@ -84,7 +84,11 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
         }
     }
     say!("speed     {} partitions", config.speed.partitions);
-    say!("batch     every {}", format_duration(config.batch.interval));
+    say!(
+        "batch     every {}, {} snapshot(s) kept",
+        format_duration(config.batch.interval),
+        config.batch.keep_snapshots
+    );
     say!(
         "http      {}{}",
         config.http.listen,

@@ -217,7 +217,9 @@ impl Handle {
     /// Answers a query.
     ///
     /// # Errors
-    /// An unknown view or metric, a bad parameter, or a stopping system.
+    /// An unknown view or metric, a bad parameter, or a stopping system; for
+    /// a snapshot's layer, an epoch not kept, a view it has no state for, or
+    /// a snapshot that cannot be read.
     pub async fn query(&self, query: Query) -> Result<Answer, QueryError> {
         self.reader.ask(query).await
     }

@@ -256,7 +256,8 @@ impl Reader {
     }
 
     /// The snapshot of `epoch`: the served one, or an older one kept on disk
-    /// (read from there once, and held in memory until the next swap).
+    /// (read from there unless held: the two read last are held until the
+    /// next swap).
     /// Blocking: it may read a snapshot file.
     fn snapshot(&self, epoch: Epoch) -> Result<Arc<Batch>, QueryError> {
         let served = self.batch();
@@ -360,7 +361,9 @@ impl Reader {
     /// series, sketches to count, an older snapshot) on the blocking pool.
     ///
     /// # Errors
-    /// An unknown view or metric, a bad parameter, or a stopping system.
+    /// An unknown view or metric, a bad parameter, or a stopping system; for
+    /// a snapshot's layer, an epoch not kept, a view it has no state for, or
+    /// a snapshot that cannot be read.
     pub async fn ask(self: &Arc<Self>, query: Query) -> Result<Answer, QueryError> {
         let (view, kind) = self.resolve(&query)?;
         // An older snapshot may have to be read from disk first.

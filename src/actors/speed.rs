@@ -7,7 +7,8 @@
 //! (serving, on any thread) read it in place through its maps, so a query
 //! never waits behind queued `Apply` batches. Per view and key, a dashmap
 //! holds the key's buckets and its roll-up per epoch; per view, a mutex holds
-//! each epoch's totals per bucket and over all buckets; per view and
+//! each epoch's totals per bucket and over all buckets, and per bucket the
+//! keys with a group there; per view and
 //! monotone metric, a mutex holds the keys filed in bands of their value
 //! (`Bands`), which a top-N walks from the top. Each is updated as an event
 //! is applied, so a key, totals or top-N query reads a few states instead of
@@ -472,8 +473,9 @@ impl SpeedState {
     }
 
     /// The partial of a key, totals or series query over epochs after
-    /// `after` (a top-N is merged through [`SpeedState::each_key`] and the
-    /// rest instead: see `aggregate::merged_top`). Any thread may call it;
+    /// `after` (a top-N is merged through [`SpeedState::keys_in`], the
+    /// bands and [`SpeedState::each_key`] instead: see
+    /// `aggregate::merged_top`). Any thread may call it;
     /// the caller must then check that [`SpeedState::expired`] is still no
     /// later than `after`.
     pub fn partial(

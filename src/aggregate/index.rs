@@ -494,8 +494,8 @@ const WALKS: usize = 3;
 
 /// Up to this many groups of the live layer in range (a key's bucket in one
 /// epoch), a top-N reads each of their keys rather than walking the bands or
-/// every live key: a narrow range (the last hour, a window the live layer
-/// barely reaches) then costs what it holds, where the bands, which bound a
+/// every live key: a narrow range (a window the live layer barely reaches)
+/// then costs what it holds, where the bands, which bound a
 /// key by its value over everything, would be walked nearly to the end.
 const LISTED: usize = 4096;
 

@@ -266,25 +266,25 @@ pub struct QuantileSketch {
     sketch: DDSketch,
     /// The first quantile asked since the last change (its `q` as bits) and
     /// the answer; another `q` is answered afresh.
-    last: OnceLock<(u64, Option<f64>)>,
+    cached: OnceLock<(u64, Option<f64>)>,
 }
 
 impl QuantileSketch {
     fn add(&mut self, value: f64) {
         self.sketch.add(value);
-        self.last.take();
+        self.cached.take();
     }
 
     fn merge(&mut self, other: &QuantileSketch) {
         if let Err(err) = self.sketch.merge(&other.sketch) {
             tracing::error!(error = %err, "quantile sketches of different configurations; one is left out");
         }
-        self.last.take();
+        self.cached.take();
     }
 
     fn quantile(&self, q: f64) -> Option<f64> {
         let answer = || self.sketch.quantile(q).ok().flatten();
-        match self.last.get_or_init(|| (q.to_bits(), answer())) {
+        match self.cached.get_or_init(|| (q.to_bits(), answer())) {
             (asked, value) if *asked == q.to_bits() => *value,
             _ => answer(),
         }
@@ -302,7 +302,7 @@ impl<'de> Deserialize<'de> for QuantileSketch {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(QuantileSketch {
             sketch: DDSketch::deserialize(deserializer)?,
-            last: OnceLock::new(),
+            cached: OnceLock::new(),
         })
     }
 }
@@ -334,7 +334,7 @@ fn new_ddsketch<'a>(values: impl IntoIterator<Item = &'a f64>) -> Box<QuantileSk
     }
     Box::new(QuantileSketch {
         sketch,
-        last: OnceLock::new(),
+        cached: OnceLock::new(),
     })
 }
 

@@ -146,7 +146,7 @@ pub struct BatchConfig {
     /// How often a new epoch starts and a recompute runs (at least 1s). Default 60s.
     #[serde(serialize_with = "serialize_duration")]
     pub interval: Duration,
-    /// Snapshots kept on disk, the newest included (at least 1). Default 2:
+    /// Snapshots kept on disk, the newest included (1..=100). Default 2:
     /// queries with `at_epoch` read the older ones.
     pub keep_snapshots: usize,
 }

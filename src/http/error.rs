@@ -1,5 +1,6 @@
 //! `ApiError`: every failure an HTTP caller can see, as a status and
-//! `{"error": "..."}`. A caller's mistake is a 4xx, never a 5xx.
+//! `{"error": "..."}` (a 404 for an epoch whose snapshot is not kept also
+//! carries `"retained"`). A caller's mistake is a 4xx, never a 5xx.
 
 use crate::actors::serving::QueryError;
 use actix_web::http::StatusCode;
@@ -14,7 +15,8 @@ pub enum ApiError {
     /// A parameter is malformed or out of range.
     #[error("{0}")]
     BadRequest(String),
-    /// No such view, metric or route.
+    /// No such view, metric or route, or no state for the view in the
+    /// snapshot asked for.
     #[error("{0}")]
     NotFound(String),
     /// A request body over a configured limit.

@@ -25,6 +25,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Records handed to a worker at a time.
 const BATCH_RECORDS: usize = 4_096;
+/// Batches queued per worker.
+const QUEUE_DEPTH: usize = 4;
 /// How often a run's reader publishes how far it has read, in records.
 const PROGRESS_EVERY: u64 = 65_536;
 /// How often a run logs how far it has read.
@@ -55,8 +57,6 @@ impl Progress {
         self.total.store(total, Ordering::Relaxed);
     }
 }
-/// Batches queued per worker.
-const QUEUE_DEPTH: usize = 4;
 
 /// What a batch run counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

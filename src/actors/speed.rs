@@ -393,6 +393,17 @@ impl LiveView {
     }
 }
 
+/// The totals of the epochs after `after`.
+fn later(
+    totals: &BTreeMap<Epoch, EpochTotals>,
+    after: Option<Epoch>,
+) -> impl Iterator<Item = &EpochTotals> {
+    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    totals
+        .range((from, std::ops::Bound::Unbounded))
+        .map(|(_, epoch_totals)| epoch_totals)
+}
+
 /// A partition's state, shared by its actor (the one writer) and readers:
 /// per view, per key and per epoch, the groups, roll-ups and totals.
 #[derive(Debug)]
@@ -487,18 +498,15 @@ impl SpeedState {
     ) -> Partial {
         let spec = &self.views[view];
         let live = &self.live[view];
-        let later = |epoch: &Epoch| Some(*epoch) > after;
         let mut partial = Partial::empty(spec, kind);
         match (kind, &mut partial) {
             (QueryKind::Totals, Partial::States(states)) => {
-                let totals = live.totals();
-                for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
+                for epoch_totals in later(&live.totals(), after) {
                     epoch_totals.each_in(range, |totals| merge_states(states, totals));
                 }
             }
             (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
-                let totals = live.totals();
-                for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| later(epoch)) {
+                for epoch_totals in later(&live.totals(), after) {
                     for (bucket, totals) in epoch_totals.in_range(range) {
                         merge_states(
                             per_bucket
@@ -606,8 +614,7 @@ impl SpeedState {
         metric: usize,
         into: &mut MetricState,
     ) {
-        let totals = self.live[view].totals();
-        for (_, epoch_totals) in totals.iter().filter(|(epoch, _)| Some(**epoch) > after) {
+        for epoch_totals in later(&self.live[view].totals(), after) {
             epoch_totals.each_in(range, |totals| into.merge(&totals[metric]));
         }
     }
@@ -624,12 +631,8 @@ impl SpeedState {
         keys: &mut Vec<Arc<str>>,
     ) -> bool {
         let totals = self.live[view].totals();
-        let buckets = || {
-            totals
-                .iter()
-                .filter(|(epoch, _)| Some(**epoch) > after)
-                .flat_map(|(_, epoch_totals)| epoch_totals.in_range(range))
-        };
+        let buckets =
+            || later(&totals, after).flat_map(|epoch_totals| epoch_totals.in_range(range));
         // Counted first: a refusal copies no key.
         let mut count = keys.len();
         for (_, bucket) in buckets() {

@@ -1022,8 +1022,13 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
             })
             .ok_or("no sealed epoch")?;
             let started = Instant::now();
-            let batch =
-                tandem::actors::recompute::recompute(&paths, &config, sealed, &Default::default())?;
+            let batch = tandem::actors::recompute::recompute(
+                &paths,
+                &config,
+                sealed,
+                tandem::actors::RunMode::Full,
+                &Default::default(),
+            )?;
             println!(
                 "{} {} {}",
                 started.elapsed().as_secs_f64(),

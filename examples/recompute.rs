@@ -10,6 +10,12 @@
 //! Loads the file into a master dataset in a temporary data_dir (not timed),
 //! seals it, then runs the batch run RUNS times (default 3) and prints each
 //! run's rate, the median, and the peak resident memory of each run.
+//!
+//! With `--append-percent P` (after the positional arguments), the last P% of
+//! the file is held back: a full run covers the rest, the held-back records
+//! are appended as the next epoch, and each of RUNS rounds times an
+//! incremental run (from the full run's batch cache, restored before each)
+//! against a full run over the same records.
 
 #[path = "../tests/common/proc_status.rs"]
 mod proc_status;
@@ -21,10 +27,22 @@ use tandem::event::Epoch;
 use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let (flags, positional): (Vec<String>, Vec<String>) = std::env::args()
+        .skip(1)
+        .partition(|arg| arg.starts_with("--"));
+    let append_percent: Option<f64> = match flags.as_slice() {
+        [] => None,
+        [flag] => Some(
+            flag.strip_prefix("--append-percent=")
+                .ok_or("the one flag is --append-percent=P")?
+                .parse()?,
+        ),
+        _ => return Err("the one flag is --append-percent=P".into()),
+    };
+    let mut args = positional.into_iter();
     let events = args
         .next()
-        .ok_or("usage: recompute EVENTS.jsonl [RUNS] [VIEW]")?;
+        .ok_or("usage: recompute EVENTS.jsonl [RUNS] [VIEW] [--append-percent=P]")?;
     let runs: usize = args.next().map_or(Ok(3), |runs| runs.parse())?;
     let mut config =
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tandem.toml"))?;
@@ -41,13 +59,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let paths = DataPaths::new(dir.path());
 
     let (mut log, _) = MasterLog::open(&paths, config.master.segment_max_bytes)?;
+    let lines = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&events)?)
+        .split(b'\n')
+        .count();
+    let held_back = append_percent.map_or(0, |percent| (lines as f64 * percent / 100.0) as usize);
     let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&events)?);
     let mut batch: Vec<(Vec<u8>, i64, u64)> = Vec::with_capacity(10_000);
+    let mut epoch = Epoch(1);
     let flush = |log: &mut MasterLog,
-                 batch: &mut Vec<(Vec<u8>, i64, u64)>|
+                 batch: &mut Vec<(Vec<u8>, i64, u64)>,
+                 epoch: Epoch|
      -> Result<(), Box<dyn std::error::Error>> {
         log.append(batch.iter().map(|(raw, event_ms, id_hash)| NewRecord {
-            epoch: Epoch(1),
+            epoch,
             ingest_ms: 0,
             event_ms: *event_ms,
             id_hash: *id_hash,
@@ -56,25 +80,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch.clear();
         Ok(())
     };
-    for line in reader.split(b'\n') {
-        let line = line?;
-        let Ok(event) = config.schema.parse(&line, 0) else {
-            continue;
-        };
-        batch.push((line, event.event_ms, event.id_hash.map_or(0, |id| id.get())));
-        if batch.len() == 10_000 {
-            flush(&mut log, &mut batch)?;
-        }
-    }
-    flush(&mut log, &mut batch)?;
-    let sealed = SealedEpoch {
-        epoch: Epoch(1),
+    let mut epochs = EpochIndex::open(&paths)?;
+    let seal = |log: &MasterLog, epoch: Epoch| SealedEpoch {
+        epoch,
         end: log.end(),
         next_seq: log.next_seq(),
         later_from: log.next_seq(),
         sealed_at_ms: tandem::now_ms(),
     };
-    EpochIndex::open(&paths)?.seal(sealed)?;
+    let mut first = None;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        if held_back > 0 && i == lines - held_back {
+            flush(&mut log, &mut batch, epoch)?;
+            let sealed = seal(&log, epoch);
+            epochs.seal(sealed)?;
+            first = Some(sealed);
+            epoch = Epoch(2);
+        }
+        let Ok(event) = config.schema.parse(&line, 0) else {
+            continue;
+        };
+        batch.push((line, event.event_ms, event.id_hash.map_or(0, |id| id.get())));
+        if batch.len() == 10_000 {
+            flush(&mut log, &mut batch, epoch)?;
+        }
+    }
+    flush(&mut log, &mut batch, epoch)?;
+    let sealed = seal(&log, epoch);
+    epochs.seal(sealed)?;
     let bytes: u64 = tandem::store::list_segments(&paths)?
         .iter()
         .map(|segment| segment.len)
@@ -86,6 +120,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tandem::store::list_segments(&paths)?.len()
     );
     drop(log);
+    if let Some(first) = first {
+        return incremental(&paths, &config, first, sealed, runs);
+    }
 
     let mut rates = Vec::with_capacity(runs);
     for run in 1..=runs {
@@ -97,6 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &paths,
             &config,
             sealed,
+            tandem::actors::RunMode::Full,
             workers,
             tandem::now_ms(),
             &Default::default(),
@@ -110,8 +148,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
-        let batch =
-            tandem::actors::recompute::recompute(&paths, &config, sealed, &Default::default())?;
+        let batch = tandem::actors::recompute::recompute(
+            &paths,
+            &config,
+            sealed,
+            tandem::actors::RunMode::Full,
+            &Default::default(),
+        )?;
         let took = started.elapsed().as_secs_f64();
         let rate = sealed.next_seq.0 as f64 / took;
         rates.push(rate);
@@ -127,6 +170,72 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "bench: recompute_eps {:.0} events/s (median of {runs})",
         rates[rates.len() / 2]
+    );
+    Ok(())
+}
+
+/// Times incremental runs over `sealed` from the batch cache of a full run
+/// over `first`, each against a full run over `sealed`.
+fn incremental(
+    paths: &DataPaths,
+    config: &Config,
+    first: SealedEpoch,
+    sealed: SealedEpoch,
+    runs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use tandem::actors::RunMode;
+    use tandem::actors::recompute::{Progress, recompute};
+    let started = std::time::Instant::now();
+    recompute(paths, config, first, RunMode::Full, &Progress::default())?;
+    println!(
+        "full run over the first {} records: {:.2} s",
+        first.next_seq.0,
+        started.elapsed().as_secs_f64()
+    );
+    let cache = paths.cache_dir();
+    let saved = paths.root().join("cache.saved");
+    let copy = |from: &Path, to: &Path| -> std::io::Result<()> {
+        std::fs::remove_dir_all(to).ok();
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+        Ok(())
+    };
+    copy(&cache, &saved)?;
+    let bytes: u64 = std::fs::read_dir(&saved)?
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    println!("batch cache: {} MiB", bytes >> 20);
+    let mut ratios = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        copy(&saved, &cache)?;
+        std::fs::write("/proc/self/clear_refs", "5").ok();
+        let progress = Progress::default();
+        let started = std::time::Instant::now();
+        recompute(paths, config, sealed, RunMode::Incremental, &progress)?;
+        let took = started.elapsed().as_secs_f64();
+        let (read, _) = progress.get();
+        let (from_cache, from_master) = progress.views();
+        let rss = proc_status::status_kib(None, "VmHWM:") / 1024;
+        std::fs::write("/proc/self/clear_refs", "5").ok();
+        let started = std::time::Instant::now();
+        recompute(paths, config, sealed, RunMode::Full, &Progress::default())?;
+        let full = started.elapsed().as_secs_f64();
+        ratios.push(took / full);
+        println!(
+            "run {run}: incremental {took:.2} s ({read} records read, {from_cache} views from the cache, \
+             {from_master} from the master dataset, peak rss {rss} MiB), full {full:.2} s (peak rss {} MiB): {:.3}",
+            proc_status::status_kib(None, "VmHWM:") / 1024,
+            took / full
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "bench: incremental_over_full {:.3} (median of {runs})",
+        ratios[ratios.len() / 2]
     );
     Ok(())
 }

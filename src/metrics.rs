@@ -374,8 +374,21 @@ impl Collector for Live {
         gauge(
             &mut encoder,
             "tandem_recompute_records_to_read",
-            "Records the batch run going on (or the last one) reads: the log up to its sealed epoch",
+            "Records the batch run going on (or the last one) reads: from the end of the batch cache (or the start of the log) to its sealed epoch",
             total as f64,
+        )?;
+        let (from_cache, from_master) = shared.recompute_progress.views();
+        gauge(
+            &mut encoder,
+            "tandem_recompute_views_from_cache",
+            "Views the batch run going on (or the last one) starts from the batch cache",
+            from_cache as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "tandem_recompute_views_from_master_dataset",
+            "Views the batch run going on (or the last one) computes from the whole master dataset (new, changed, or a cache that could not be used)",
+            from_master as f64,
         )?;
         gauge(
             &mut encoder,

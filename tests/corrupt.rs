@@ -234,7 +234,8 @@ fn damaged_data_dirs_are_recovered_exactly_or_refused_by_name() {
     drop(daemon);
 
     // A flipped byte in the oldest segment, covered by a snapshot: the daemon
-    // serves what it served; a recompute refuses, names segment and offset,
+    // serves what it served; a full recompute (an incremental one reads only
+    // the records after the batch cache) refuses, names segment and offset,
     // and leaves the answers as they were.
     let dir = copy_of(&built);
     let segment = dir.path().join("data/master/segment-0000000000.log");
@@ -257,7 +258,7 @@ fn damaged_data_dirs_are_recovered_exactly_or_refused_by_name() {
     );
     let (code, body) = http(
         "POST",
-        &format!("{}/v1/recompute?wait=true", daemon.base),
+        &format!("{}/v1/recompute?wait=true&full=true", daemon.base),
         None,
     );
     assert_eq!(code, 503, "{body}");

@@ -90,9 +90,9 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
     .await;
     common::assert_every_product(&daemon, &expect);
     assert_dead_letters(&dead, &expect).await;
-    let snapshots = dir.path().join("data/snapshots");
-    let leftovers: Vec<_> = std::fs::read_dir(&snapshots)
-        .expect("snapshots")
+    let leftovers: Vec<_> = ["data/snapshots", "data/cache"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.path().join(sub)).expect(sub))
         .filter_map(Result::ok)
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".tmp"))
@@ -151,6 +151,13 @@ async fn killed_mid_recompute() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_snapshot_write() {
     crash_and_recover(60_000, Some("snapshot.mid_write:1"), 0).await;
+}
+
+/// The second cache file of the first batch run (the first is the id file):
+/// a view's state half written under its temporary name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_cache_write() {
+    crash_and_recover(60_000, Some("cache.mid_write:2"), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

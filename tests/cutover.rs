@@ -501,7 +501,7 @@ fn run(ops: Vec<Op>, extra: Vec<TimeRange>) -> Result<(), TestCaseError> {
                     holds[index].pop();
                 }
                 Op::StartEpoch => {
-                    handle.start_epoch().await.map_err(|err| fail(err.to_string()))?;
+                    handle.start_epoch(tandem::actors::RunMode::Incremental).await.map_err(|err| fail(err.to_string()))?;
                 }
                 Op::Recompute => {
                     // An epoch seals only once every feed has passed it.

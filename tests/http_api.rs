@@ -297,6 +297,14 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         );
     }
 
+    let (code, body) = http(
+        "POST",
+        &format!("{}/v1/recompute?full=maybe", daemon.base),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"], "full: \"maybe\" is not true or false");
+
     // A snapshot kept, asked for by its epoch, answers as the batch layer
     // did; an epoch not kept is refused with those that are.
     let (_, batch) = get(&daemon, "/v1/views/by_product/totals?layer=batch");
@@ -355,7 +363,14 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
         Some(total_orders),
         "{status}"
     );
-    // The last batch run read every record up to its seal: all of them.
+    // A full run (the earlier ones started from the batch cache) reads
+    // every record up to its seal, for every view: all of them.
+    let (code, body) = http(
+        "POST",
+        &format!("{}/v1/recompute?wait=true&full=true", daemon.base),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 200, "{body}");
     let status = common::poll_until(Duration::from_secs(30), "the batch run ends", || {
         let (_, status) = get(&daemon, "/v1/status");
         (status["recompute_running"] == false)
@@ -369,6 +384,11 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
     );
     assert_eq!(
         progress["records_total"], status["events_accepted"],
+        "{status}"
+    );
+    assert_eq!(progress["views_from_cache"], 0, "{status}");
+    assert!(
+        progress["views_from_master_dataset"].as_u64() >= Some(1),
         "{status}"
     );
 

@@ -153,6 +153,39 @@ proptest! {
             }
         }
     }
+
+    /// A batch run merges states built from parts of the log (the workers'
+    /// shares, the cached states of earlier runs): what it stores must be the
+    /// bytes of the state built in log order, or an incremental run and a
+    /// full one would store different truths. Streams run up to 6,000 values
+    /// so that distinct sketches pass from coupon sets to register arrays.
+    #[test]
+    fn a_stored_state_is_the_same_bytes_however_it_was_merged(
+        values in prop_oneof![stream(), proptest::collection::vec(any::<u32>(), 2000..6000)],
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        backwards in any::<bool>(),
+    ) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(values.len() + 1)).collect();
+        cuts.sort_unstable();
+        for agg in &AGGS {
+            let whole = build(agg, &values);
+            let mut parts: Vec<MetricState> = Vec::new();
+            let mut start = 0;
+            for end in cuts.iter().copied().chain([values.len()]) {
+                parts.push(build(agg, &values[start..end]));
+                start = end;
+            }
+            if backwards {
+                parts.reverse();
+            }
+            let mut merged = MetricState::empty(agg);
+            for part in &parts {
+                merged.merge(part);
+            }
+            let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
+            prop_assert_eq!(bytes(&merged), bytes(&whole), "{:?} over {} values cut at {:?}", agg, values.len(), cuts);
+        }
+    }
 }
 
 #[test]

@@ -77,7 +77,10 @@ fn first_run(dir: &std::path::Path, lines: &[&[u8]], recompute_after: usize) -> 
                 handle.recompute_now().await.expect("batch run");
             }
             if i + 1 == recompute_after + 100 {
-                handle.start_epoch().await.expect("epoch");
+                handle
+                    .start_epoch(tandem::actors::RunMode::Incremental)
+                    .await
+                    .expect("epoch");
             }
         }
         let seen = read_all(&handle).await;
@@ -275,7 +278,10 @@ fn redeliveries_300000_records_later_count_once_before_and_after_a_restart() {
         push(&handle, numbered_orders(HALF, HALF)).await;
         assert_eq!(total_orders(&handle, merged).await, 2 * HALF as u64);
         // The first 1,000 orders of each half again, through a second epoch.
-        handle.start_epoch().await.expect("epoch");
+        handle
+            .start_epoch(tandem::actors::RunMode::Incremental)
+            .await
+            .expect("epoch");
         let mut again = numbered_orders(0, 1_000);
         again.extend(numbered_orders(HALF, 1_000));
         push(&handle, again).await;
@@ -433,7 +439,10 @@ fn a_restart_with_an_added_view_and_a_changed_metric_answers_completely_at_once(
                 handle.recompute_now().await.expect("batch run");
             }
             if i == 1200 {
-                handle.start_epoch().await.expect("epoch");
+                handle
+                    .start_epoch(tandem::actors::RunMode::Incremental)
+                    .await
+                    .expect("epoch");
             }
         }
         handle.stop().await;

@@ -17,6 +17,7 @@ use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
 use crate::store::{self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog};
 use actix::{Actor, Addr, Arbiter, AsyncContext};
+pub use recompute::RunMode;
 use recompute::{Batch, SnapshotData};
 use recorder::Recorder;
 use serving::{Answer, BatchQuery, Query, QueryError, Reader, Serving};
@@ -224,13 +225,15 @@ impl Handle {
         self.reader.ask(query).await
     }
 
-    /// Starts a new epoch; answers the epoch being finished.
+    /// Starts a new epoch; answers the epoch being finished. With
+    /// [`RunMode::Full`], the batch run that covers it computes every view
+    /// from the whole master dataset.
     ///
     /// # Errors
     /// The system is stopping.
-    pub async fn start_epoch(&self) -> Result<Epoch, QueryError> {
+    pub async fn start_epoch(&self, mode: RunMode) -> Result<Epoch, QueryError> {
         self.supervisor
-            .send(StartEpoch)
+            .send(StartEpoch(mode))
             .await
             .map_err(|_| QueryError::Stopped)
     }
@@ -241,9 +244,17 @@ impl Handle {
     /// # Errors
     /// The batch run failed, or the system is stopping.
     pub async fn recompute_now(&self) -> Result<Epoch, RecomputeFailed> {
+        self.recompute_now_with(RunMode::Incremental).await
+    }
+
+    /// As [`Handle::recompute_now`], the run of that epoch in `mode`.
+    ///
+    /// # Errors
+    /// The batch run failed, or the system is stopping.
+    pub async fn recompute_now_with(&self, mode: RunMode) -> Result<Epoch, RecomputeFailed> {
         let epoch = self
             .supervisor
-            .send(StartEpoch)
+            .send(StartEpoch(mode))
             .await
             .map_err(|_| stopping(Epoch(0)))?;
         self.wait_served(epoch).await

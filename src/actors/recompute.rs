@@ -40,9 +40,22 @@ const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5
 pub struct Progress {
     read: AtomicU64,
     total: AtomicU64,
+    /// Views the run starts from the batch cache.
+    from_cache: AtomicU64,
+    /// Views the run computes from the whole master dataset (new, changed,
+    /// or without a usable cache: a backfill).
+    from_master: AtomicU64,
 }
 
 impl Progress {
+    /// (views from the batch cache, views from the whole master dataset) of the run.
+    pub fn views(&self) -> (u64, u64) {
+        (
+            self.from_cache.load(Ordering::Relaxed),
+            self.from_master.load(Ordering::Relaxed),
+        )
+    }
+
     /// (records read, records to read).
     pub fn get(&self) -> (u64, u64) {
         (
@@ -71,6 +84,17 @@ pub struct BatchStats {
     pub invalid: u64,
     /// (view, event) pairs not applied: their bucket is past the view's retention.
     pub expired: u64,
+}
+
+impl BatchStats {
+    /// Adds the counts of `other`, a run over other records.
+    fn add(&mut self, other: &BatchStats) {
+        self.records += other.records;
+        self.counted += other.counted;
+        self.duplicates += other.duplicates;
+        self.invalid += other.invalid;
+        self.expired += other.expired;
+    }
 }
 
 /// One view in a snapshot, with the spec it was built for.
@@ -227,11 +251,193 @@ pub enum RecomputeError {
     WorkerPanicked,
 }
 
+/// How a batch run uses the batch cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    /// Every view whose cached state is valid (same fingerprint, same
+    /// records covered) starts from it and reads only the records after it;
+    /// the others are computed from the whole master dataset.
+    #[default]
+    Incremental,
+    /// Every view from the whole master dataset; the cache is only written.
+    Full,
+}
+
+/// `cache/ids.bin`: the distinct ids of the records before `upto`, what the
+/// runs counted of those records, and when a run last read every record.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedIds<'a> {
+    upto: u64,
+    stats: BatchStats,
+    full_at_ms: i64,
+    ids: std::borrow::Cow<'a, [u64]>,
+}
+
+/// `cache/view-<name>.bin`: one view's state over the records before
+/// `upto`, retention applied from bucket `cutoff`.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedView<'a> {
+    upto: u64,
+    fingerprint: std::borrow::Cow<'a, str>,
+    cutoff: Option<i64>,
+    state: std::borrow::Cow<'a, ViewState>,
+}
+
+/// What a run starts from.
+struct Start {
+    /// The records before this seq are in the cached states (0: none is).
+    upto: u64,
+    /// Their distinct ids, sorted (only when the run reads from `upto`).
+    ids: Option<IdIndex>,
+    /// What earlier runs counted of them.
+    stats: BatchStats,
+    /// When a run last read every record (and checked its crc).
+    full_at_ms: Option<i64>,
+    /// Per view, its cached state; `None`: computed from the whole log.
+    cached: Vec<Option<ViewState>>,
+}
+
+impl Start {
+    /// Nothing cached: every view from the whole log.
+    fn empty(views: usize) -> Start {
+        Start {
+            upto: 0,
+            ids: None,
+            stats: BatchStats::default(),
+            full_at_ms: None,
+            cached: (0..views).map(|_| None).collect(),
+        }
+    }
+
+    /// What the cache under `paths` offers a run over `sealed` at `now_ms`
+    /// with retention `cutoffs`: each view whose file reads back whole, of
+    /// the same fingerprint, over the same records as the id file, with a
+    /// retention cutoff no later than the run's. Anything else is logged and
+    /// left to the master dataset; so is everything once the last run that
+    /// read every record is `batch.full_run_every` old.
+    fn load(
+        paths: &DataPaths,
+        config: &Config,
+        sealed: SealedEpoch,
+        now_ms: i64,
+        cutoffs: &[Option<i64>],
+    ) -> Start {
+        let views = config.views.len();
+        let due = i64::try_from(config.batch.full_run_every.as_millis()).unwrap_or(i64::MAX);
+        let ids = match store::read_cache::<CachedIds<'static>>(&paths.cache_ids()) {
+            Ok(Some(ids)) if now_ms.saturating_sub(ids.full_at_ms) >= due => {
+                tracing::info!(
+                    last_ms = ids.full_at_ms,
+                    "a full run is due (batch.full_run_every): every view from the master dataset"
+                );
+                return Start::empty(views);
+            }
+            Ok(Some(ids)) if ids.upto <= sealed.later_from.0 => ids,
+            Ok(Some(ids)) => {
+                tracing::warn!(
+                    upto = ids.upto,
+                    later_from = sealed.later_from.0,
+                    "the batch cache covers records this run does not: every view from the master dataset"
+                );
+                return Start::empty(views);
+            }
+            Ok(None) => return Start::empty(views),
+            Err(err) => {
+                tracing::warn!(error = %err, "every view from the master dataset");
+                return Start::empty(views);
+            }
+        };
+        let cached: Vec<Option<ViewState>> = config
+            .views
+            .iter()
+            .zip(cutoffs)
+            .map(|(spec, cutoff)| {
+                let path = paths.cache_view(&spec.name);
+                let why = match store::read_cache::<CachedView<'static>>(&path) {
+                    Ok(Some(view))
+                        if view.upto == ids.upto
+                            && view.fingerprint == view_fingerprint(config, spec)
+                            && cutoff_reaches(view.cutoff, *cutoff) =>
+                    {
+                        return Some(view.state.into_owned());
+                    }
+                    Ok(Some(view)) if view.fingerprint != view_fingerprint(config, spec) => {
+                        "its config or the event rules changed".to_owned()
+                    }
+                    Ok(Some(view)) if view.upto != ids.upto => format!(
+                        "its cache covers {} records, the id cache {}",
+                        view.upto, ids.upto
+                    ),
+                    Ok(Some(_)) => "its retention cutoff went back".to_owned(),
+                    Ok(None) => "it has no cache yet".to_owned(),
+                    Err(err) => err.to_string(),
+                };
+                tracing::info!(view = %spec.name, reason = %why, "view computed from the master dataset");
+                None
+            })
+            .collect();
+        let every = cached.iter().all(Option::is_some);
+        let any = cached.iter().any(Option::is_some);
+        if !any {
+            return Start::empty(views);
+        }
+        let upto = ids.upto;
+        Start {
+            upto,
+            // Read from `upto`, a run dedups against these; from the start, it sees them again.
+            ids: every.then(|| IdIndex::from_sorted(Seq(upto), ids.ids.into_owned())),
+            stats: if every {
+                ids.stats
+            } else {
+                BatchStats::default()
+            },
+            full_at_ms: Some(ids.full_at_ms),
+            cached,
+        }
+    }
+
+    /// Where the run starts reading: after the cached records when every view has them.
+    fn read_from(&self) -> u64 {
+        if self.ids.is_some() { self.upto } else { 0 }
+    }
+}
+
+/// Whether a state pruned at bucket `cached` can be pruned to `now` and be
+/// what a run pruning at `now` would build: retention only moves forward.
+fn cutoff_reaches(cached: Option<i64>, now: Option<i64>) -> bool {
+    match (cached, now) {
+        (None, None) => true,
+        (Some(cached), Some(now)) => cached <= now,
+        _ => false,
+    }
+}
+
+/// Everything that decides a view's state from the records: its spec, how
+/// states are represented (the sketches' parameters), the event rules (a
+/// record that fails them counts in no view) and this build's version.
+pub fn view_fingerprint(config: &Config, spec: &ViewSpec) -> String {
+    format!(
+        "{}; events {:?}; tandem {}; cache format {}",
+        spec_fingerprint(spec),
+        config.schema,
+        env!("CARGO_PKG_VERSION"),
+        store::CACHE_FORMAT_VERSION
+    )
+}
+
 /// A batch of surviving records for a worker: raw bytes back to back.
 struct WorkBatch {
     bytes: Vec<u8>,
-    /// (end offset in `bytes`, ingest time) per record.
-    records: Vec<(usize, i64)>,
+    /// (end offset in `bytes`, ingest time, [`flag`]s) per record.
+    records: Vec<(usize, i64, u8)>,
+}
+
+/// Flags of a record in a [`WorkBatch`].
+mod flag {
+    /// At or after `later_from`: in the snapshot, not in the cache.
+    pub const TAIL: u8 = 1;
+    /// Before the cached records' end: only for views without a cached state.
+    pub const UNCACHED_ONLY: u8 = 2;
 }
 
 impl WorkBatch {
@@ -244,7 +450,8 @@ impl WorkBatch {
 }
 
 /// Rebuilds every view over epochs <= `sealed.epoch` and writes the
-/// snapshot, publishing how far it has read in `progress`.
+/// snapshot, publishing how far it has read in `progress`. `mode` says
+/// whether the batch cache may be used; it is written either way.
 ///
 /// # Errors
 /// The master dataset cannot be read (corruption is named with segment and
@@ -253,6 +460,7 @@ pub fn recompute(
     paths: &DataPaths,
     config: &Config,
     sealed: SealedEpoch,
+    mode: RunMode,
     progress: &Progress,
 ) -> Result<Batch, RecomputeError> {
     let started = std::time::Instant::now();
@@ -260,7 +468,7 @@ pub fn recompute(
         .map_or(2, usize::from)
         .max(1);
     let now = crate::now_ms();
-    let (states, stats, ids) = build_views(paths, config, sealed, workers, now, progress)?;
+    let (states, stats, ids) = build_views(paths, config, sealed, mode, workers, now, progress)?;
     let took_ms = started.elapsed().as_millis() as u64;
     let data = SnapshotData {
         views: config
@@ -316,17 +524,21 @@ pub fn recompute(
 /// built by `workers` threads, and the ids of the records before
 /// `sealed.later_from`; how far it has read goes to `progress`.
 ///
+/// The views' states over the records before `later_from` (which every
+/// later run covers too) are written to the batch cache before the records
+/// after it are merged in: the next run starts from them.
+///
 /// # Errors
 /// The master dataset cannot be read.
 pub fn build_views(
     paths: &DataPaths,
     config: &Config,
     sealed: SealedEpoch,
+    mode: RunMode,
     workers: usize,
     now_ms: i64,
     progress: &Progress,
 ) -> Result<(Vec<ViewState>, BatchStats, IdIndex), RecomputeError> {
-    let mut stats = BatchStats::default();
     // Retention is applied as events are applied, so a run never holds the
     // groups it would drop at the end.
     let cutoffs: Vec<Option<i64>> = config
@@ -334,74 +546,193 @@ pub fn build_views(
         .iter()
         .map(|spec| spec.retention_cutoff(now_ms))
         .collect();
-    let cutoffs = cutoffs.as_slice();
+    let start = match mode {
+        RunMode::Full => Start::empty(config.views.len()),
+        RunMode::Incremental => Start::load(paths, config, sealed, now_ms, &cutoffs),
+    };
+    let uncached: Vec<bool> = start.cached.iter().map(Option::is_none).collect();
+    let from_master = uncached.iter().filter(|uncached| **uncached).count() as u64;
+    let from_cache = uncached.len() as u64 - from_master;
+    progress.from_cache.store(from_cache, Ordering::Relaxed);
+    progress.from_master.store(from_master, Ordering::Relaxed);
+    tracing::info!(
+        epoch = %sealed.epoch,
+        from_cache,
+        from_master_dataset = from_master,
+        read_from = start.read_from(),
+        "batch run planned"
+    );
+    let (cutoffs, uncached) = (cutoffs.as_slice(), uncached.as_slice());
+    let mut read_stats = [BatchStats::default(); 2];
     let results = std::thread::scope(|scope| {
         let mut senders: Vec<SyncSender<WorkBatch>> = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (tx, rx) = sync_channel(QUEUE_DEPTH);
             senders.push(tx);
-            handles.push(scope.spawn(move || work(config, cutoffs, rx)));
+            handles.push(scope.spawn(move || work(config, cutoffs, uncached, rx)));
         }
-        let presize = config.schema.id_field().is_some();
-        let read = read_survivors(paths, sealed, presize, &senders, &mut stats, progress);
+        let read = read_survivors(paths, sealed, &start, &senders, &mut read_stats, progress);
         drop(senders);
         let joined: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
         (read, joined)
     });
     let (read, joined) = results;
-    let ids = read?;
-    let mut merged: Option<Vec<ViewState>> = None;
+    let new_ids = read?;
+    let mut done = Vec::with_capacity(joined.len());
     for outcome in joined {
-        let done = outcome.map_err(|_| RecomputeError::WorkerPanicked)?;
-        let states = done.states;
-        stats.counted += done.counted;
-        stats.invalid += done.invalid;
-        stats.expired += done.expired;
-        match merged.as_mut() {
-            None => merged = Some(states),
-            Some(merged) => {
-                for ((mine, theirs), spec) in merged.iter_mut().zip(&states).zip(&config.views) {
-                    if mine.len() < theirs.len() {
-                        let mut bigger = theirs.clone();
-                        bigger.merge(spec, mine);
-                        *mine = bigger;
-                    } else {
-                        mine.merge(spec, theirs);
-                    }
-                }
-            }
+        done.push(outcome.map_err(|_| RecomputeError::WorkerPanicked)?);
+    }
+    // The records before `later_from`: the cache's next contents.
+    let mut cached_stats = start.stats;
+    cached_stats.add(&read_stats[0]);
+    let mut parts: [Vec<Vec<ViewState>>; 2] = [Vec::new(), Vec::new()];
+    for worker in done {
+        let [chunk, tail] = worker;
+        cached_stats.add(&chunk.stats);
+        read_stats[1].add(&tail.stats);
+        parts[0].push(chunk.states);
+        parts[1].push(tail.states);
+    }
+    let [chunks, tails] = parts;
+    // A run that read from the start checked every record.
+    let full_at_ms = match start.read_from() {
+        0 => now_ms,
+        _ => start.full_at_ms.unwrap_or(now_ms),
+    };
+    let mut views = merge_parts(config, start.cached, chunks);
+    for ((state, spec), cutoff) in views.iter_mut().zip(&config.views).zip(cutoffs) {
+        if let Some(cutoff) = cutoff {
+            state.retain_from(spec, *cutoff);
         }
     }
-    let views = merged.unwrap_or_else(|| config.views.iter().map(|_| ViewState::new()).collect());
+    let ids = match start.ids {
+        Some(earlier) => {
+            IdIndex::from_sorted(sealed.later_from, merge_sorted_ids(earlier.ids(), new_ids))
+        }
+        None => IdIndex::new(sealed.later_from, new_ids),
+    };
+    write_cache(
+        paths,
+        config,
+        sealed,
+        cutoffs,
+        &views,
+        (&ids, cached_stats, full_at_ms),
+    );
+    let views = merge_parts(config, views.into_iter().map(Some).collect(), tails);
+    let mut stats = cached_stats;
+    stats.add(&read_stats[1]);
     Ok((views, stats, ids))
 }
 
-/// The reader: streams records in log order, dedups over all of `[0, end)`,
-/// keeps epochs <= the sealed one, feeds the workers; returns the id index of
-/// the records before `later_from`.
+/// Per view, `base` (or an empty state) with the states of every part merged in.
+fn merge_parts(
+    config: &Config,
+    base: Vec<Option<ViewState>>,
+    parts: Vec<Vec<ViewState>>,
+) -> Vec<ViewState> {
+    let mut merged: Vec<ViewState> = base.into_iter().map(Option::unwrap_or_default).collect();
+    for states in parts {
+        for ((mine, theirs), spec) in merged.iter_mut().zip(states).zip(&config.views) {
+            // Merging the smaller into the larger moves fewer groups.
+            if mine.len() < theirs.len() {
+                let smaller = std::mem::replace(mine, theirs);
+                mine.merge(spec, &smaller);
+            } else {
+                mine.merge(spec, &theirs);
+            }
+        }
+    }
+    merged
+}
+
+/// A sorted list of distinct ids and another list of ids as one sorted
+/// list of distinct ids.
+fn merge_sorted_ids(earlier: &[u64], mut later: Vec<u64>) -> Vec<u64> {
+    later.sort_unstable();
+    later.dedup();
+    let mut merged = Vec::with_capacity(earlier.len() + later.len());
+    let (mut i, mut j) = (0, 0);
+    while i < earlier.len() && j < later.len() {
+        match earlier[i].cmp(&later[j]) {
+            std::cmp::Ordering::Less => {
+                merged.push(earlier[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                merged.push(later[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => j += 1,
+        }
+    }
+    merged.extend_from_slice(&earlier[i..]);
+    merged.extend_from_slice(&later[j..]);
+    merged
+}
+
+/// Writes the views' states over the records before `later_from`, and those
+/// records' ids, to the batch cache, and removes what no configured view
+/// uses. A failure costs the next run time, not correctness (it computes
+/// from the master dataset what it cannot read): it is logged, not raised.
+fn write_cache(
+    paths: &DataPaths,
+    config: &Config,
+    sealed: SealedEpoch,
+    cutoffs: &[Option<i64>],
+    views: &[ViewState],
+    (ids, stats, full_at_ms): (&IdIndex, BatchStats, i64),
+) {
+    let upto = sealed.later_from.0;
+    let mut written = vec![paths.cache_ids()];
+    let mut outcome = store::write_cache(
+        &paths.cache_ids(),
+        &CachedIds {
+            upto,
+            stats,
+            full_at_ms,
+            ids: std::borrow::Cow::Borrowed(ids.ids()),
+        },
+    );
+    for ((spec, state), cutoff) in config.views.iter().zip(views).zip(cutoffs) {
+        let path = paths.cache_view(&spec.name);
+        let view = CachedView {
+            upto,
+            fingerprint: view_fingerprint(config, spec).into(),
+            cutoff: *cutoff,
+            state: std::borrow::Cow::Borrowed(state),
+        };
+        outcome = outcome.and_then(|()| store::write_cache(&path, &view));
+        written.push(path);
+    }
+    if let Err(err) = outcome.and_then(|()| store::remove_stale_cache(paths, &written)) {
+        tracing::warn!(error = %err, "cannot write the batch cache: the next run computes from the master dataset what it lacks");
+    }
+}
+
+/// The reader: streams records in log order from where `start` says, dedups
+/// over all of `[0, end)`, keeps epochs <= the sealed one, feeds the workers;
+/// returns the ids first seen in what it read before `later_from`. Counts
+/// go to `stats`: `[0]` those before `later_from`, `[1]` those after.
 fn read_survivors(
     paths: &DataPaths,
     sealed: SealedEpoch,
-    presize: bool,
+    start: &Start,
     workers: &[SyncSender<WorkBatch>],
-    stats: &mut BatchStats,
+    stats: &mut [BatchStats; 2],
     progress: &Progress,
-) -> Result<IdIndex, store::Error> {
-    let total = sealed.next_seq.0;
+) -> Result<Vec<u64>, store::Error> {
+    let from = start.read_from();
+    let total = sealed.next_seq.0.saturating_sub(from);
     progress.start(total);
     let mut read = 0u64;
     let mut logged = std::time::Instant::now();
-    // With an id field, sized for every record up front: growing a set of
-    // millions rehashes it several times. Without one, old records may still
-    // carry ids, and the set grows only with them.
-    let capacity = if presize {
-        sealed.next_seq.0 as usize
-    } else {
-        0
-    };
+    // Sized for every record up front: growing a set of millions rehashes it
+    // several times.
     let mut seen: FxHashSet<u64> =
-        FxHashSet::with_capacity_and_hasher(capacity, Default::default());
+        FxHashSet::with_capacity_and_hasher(total as usize, Default::default());
+    let earlier = start.ids.as_ref();
     let mut indexed: Vec<u64> = Vec::new();
     let mut batch = WorkBatch::new();
     let mut next_worker = 0;
@@ -410,7 +741,7 @@ fn read_survivors(
         workers[next_worker % workers.len()].send(batch).ok();
         next_worker += 1;
     };
-    store::scan_log(paths, sealed.end, |header, raw| {
+    store::scan_log_from(paths, Seq(from), sealed.end, |header, raw| {
         read += 1;
         if read.is_multiple_of(PROGRESS_EVERY) {
             progress.read.store(read, Ordering::Relaxed);
@@ -426,26 +757,39 @@ fn read_survivors(
             }
         }
         let covered = header.epoch <= sealed.epoch;
+        let tail = header.seq >= sealed.later_from;
+        let counts = &mut stats[usize::from(tail)];
         if covered {
-            stats.records += 1;
+            counts.records += 1;
         }
         // The first copy in log order wins, whatever its epoch: a later copy
         // of an older epoch is dropped here as the Recorder dropped it for the
         // speed layer.
         if header.id_hash != 0 {
-            if !seen.insert(header.id_hash) {
-                stats.duplicates += u64::from(covered);
+            if earlier.is_some_and(|earlier| earlier.contains(header.id_hash))
+                || !seen.insert(header.id_hash)
+            {
+                counts.duplicates += u64::from(covered);
                 return;
             }
-            if header.seq < sealed.later_from {
+            if !tail {
                 indexed.push(header.id_hash);
             }
         }
         if !covered {
             return;
         }
+        let mut flags = 0;
+        if tail {
+            flags |= flag::TAIL;
+        }
+        if header.seq.0 < start.upto {
+            flags |= flag::UNCACHED_ONLY;
+        }
         batch.bytes.extend_from_slice(raw);
-        batch.records.push((batch.bytes.len(), header.ingest_ms));
+        batch
+            .records
+            .push((batch.bytes.len(), header.ingest_ms, flags));
         if batch.records.len() >= BATCH_RECORDS {
             send(std::mem::replace(&mut batch, WorkBatch::new()));
         }
@@ -454,47 +798,58 @@ fn read_survivors(
     if !batch.records.is_empty() {
         send(batch);
     }
-    drop(seen);
-    Ok(IdIndex::new(sealed.later_from, indexed))
+    Ok(indexed)
 }
 
-/// What a worker built.
-struct Done {
+/// What a worker built of one part of the records.
+struct Part {
     states: Vec<ViewState>,
-    counted: u64,
-    invalid: u64,
-    expired: u64,
+    stats: BatchStats,
 }
 
-/// A worker: parses and applies every record it is given, except to a view
-/// whose retention `cutoffs` (bucket starts) the event's bucket is before.
-fn work(config: &Config, cutoffs: &[Option<i64>], batches: Receiver<WorkBatch>) -> Done {
-    let mut done = Done {
+/// A worker: parses and applies every record it is given, to the part its
+/// flags name (before `later_from`, or after), except to a view whose
+/// retention `cutoffs` (bucket starts) the event's bucket is before, and a
+/// record of the cached range to the `uncached` views alone.
+fn work(
+    config: &Config,
+    cutoffs: &[Option<i64>],
+    uncached: &[bool],
+    batches: Receiver<WorkBatch>,
+) -> [Part; 2] {
+    let mut parts = [0, 1].map(|_| Part {
         states: config.views.iter().map(|_| ViewState::new()).collect(),
-        counted: 0,
-        invalid: 0,
-        expired: 0,
-    };
+        stats: BatchStats::default(),
+    });
     for batch in batches {
         let mut start = 0;
-        for (end, ingest_ms) in batch.records {
+        for (end, ingest_ms, flags) in batch.records {
+            let part = &mut parts[usize::from(flags & flag::TAIL != 0)];
             match config.schema.parse(&batch.bytes[start..end], ingest_ms) {
                 Ok(event) => {
-                    for ((state, spec), cutoff) in
-                        done.states.iter_mut().zip(&config.views).zip(cutoffs)
+                    let only_uncached = flags & flag::UNCACHED_ONLY != 0;
+                    for (((state, spec), cutoff), uncached) in part
+                        .states
+                        .iter_mut()
+                        .zip(&config.views)
+                        .zip(cutoffs)
+                        .zip(uncached)
                     {
+                        if only_uncached && !uncached {
+                            continue;
+                        }
                         if cutoff.is_some_and(|cutoff| spec.bucket_of(event.event_ms) < cutoff) {
-                            done.expired += 1;
+                            part.stats.expired += 1;
                         } else {
                             state.apply(spec, &event);
                         }
                     }
-                    done.counted += 1;
+                    part.stats.counted += 1;
                 }
-                Err(_) => done.invalid += 1,
+                Err(_) => part.stats.invalid += 1,
             }
             start = end;
         }
     }
-    done
+    parts
 }

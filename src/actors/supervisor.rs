@@ -5,7 +5,7 @@
 //! epoch is sealed, `SnapshotReady` to Serving. One batch run at a time:
 //! seals that arrive during a run coalesce into one run for the newest.
 
-use super::recompute::{Batch, recompute};
+use super::recompute::{Batch, RunMode, recompute};
 use super::recorder::{IdIndexReady, Sealed};
 use super::serving::{Serving, SnapshotReady};
 use super::source::SourceHandle;
@@ -23,10 +23,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Starts a new epoch: every source finishes the current one with a barrier.
-/// Answers the epoch being finished.
+/// Answers the epoch being finished. With [`RunMode::Full`], the next batch
+/// run computes every view from the whole master dataset.
 #[derive(Message)]
 #[rtype(result = "Epoch")]
-pub struct StartEpoch;
+pub struct StartEpoch(pub RunMode);
 
 /// Answers once a snapshot covering `.0` is being served (or a run for it failed).
 #[derive(Message)]
@@ -82,6 +83,8 @@ pub struct Supervisor {
     /// The Recorder, told of each run's id index.
     id_index_to: Recipient<IdIndexReady>,
     running: bool,
+    /// The next run computes every view from the whole master dataset.
+    full_next: bool,
     /// The newest sealed epoch no run has covered yet.
     pending: Option<SealedEpoch>,
     sealed: Option<Epoch>,
@@ -125,6 +128,7 @@ impl Supervisor {
             serving,
             id_index_to,
             running: false,
+            full_next: false,
             pending,
             sealed: last_sealed.map(|sealed| sealed.epoch),
             served,
@@ -164,13 +168,18 @@ impl Supervisor {
             return;
         };
         self.running = true;
+        let mode = if std::mem::take(&mut self.full_next) {
+            RunMode::Full
+        } else {
+            RunMode::Incremental
+        };
         let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
         let shared = Arc::clone(&self.shared);
         shared.recompute_progress.start(sealed.next_seq.0);
-        tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started");
+        tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, ?mode, "batch run started");
         let run = async move {
             let outcome = tokio::task::spawn_blocking(move || {
-                recompute(&paths, &config, sealed, &shared.recompute_progress)
+                recompute(&paths, &config, sealed, mode, &shared.recompute_progress)
             })
             .await;
             let outcome = match outcome {
@@ -229,7 +238,8 @@ impl Handler<StartEpoch> for Supervisor {
     type Result = MessageResult<StartEpoch>;
 
     #[tracing::instrument(skip_all)]
-    fn handle(&mut self, _: StartEpoch, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, StartEpoch(mode): StartEpoch, _: &mut Self::Context) -> Self::Result {
+        self.full_next |= mode == RunMode::Full;
         MessageResult(self.start_epoch())
     }
 }

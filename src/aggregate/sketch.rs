@@ -123,15 +123,70 @@ impl HllSketch {
 }
 
 /// Stored as DataSketches' own serialization of the registers (a byte
-/// sequence), which any DataSketches library reads.
+/// sequence), which any DataSketches library reads, made canonical: the same
+/// values give the same bytes whatever order they came in and however the
+/// sketch was merged (see [`canonical_hll`]).
 impl Serialize for HllSketch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.registers {
+        let bytes = match &self.registers {
             Registers::Sketch(sketch) => sketch.serialize(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
-        }
-        .serialize(serializer)
+        };
+        canonical_hll(bytes).serialize(serializer)
     }
+}
+
+/// DataSketches' HLL image with what depends on history rather than on the
+/// values made canonical. Coupon lists and sets are written in table order,
+/// here sorted; a register array carries the HIP estimator (an accumulation in
+/// update order, here cleared with the out-of-order flag set, as a union
+/// leaves it: tandem reads only the composite estimate, a function of the
+/// registers) and register sums accumulated in update order (here summed
+/// again in slot order, as DataSketches rebuilds them after a merge). An image
+/// of another shape is returned as it is.
+fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
+    /// Preamble sizes in bytes, by the preamble's length in words (byte 0).
+    const LIST_WORDS: u8 = 2;
+    const SET_WORDS: u8 = 3;
+    const ARRAY_WORDS: u8 = 10;
+    const OUT_OF_ORDER: u8 = 16;
+    let sort_coupons = |bytes: &mut [u8], from: usize| {
+        let Some(coupons) = bytes.get_mut(from..) else {
+            return;
+        };
+        let mut words: Vec<u32> = coupons
+            .chunks_exact(4)
+            .map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+            .collect();
+        words.sort_unstable();
+        for (slot, word) in coupons.chunks_exact_mut(4).zip(words) {
+            slot.copy_from_slice(&word.to_le_bytes());
+        }
+    };
+    match bytes.first().copied() {
+        Some(LIST_WORDS) => sort_coupons(&mut bytes, 8),
+        Some(SET_WORDS) => sort_coupons(&mut bytes, 12),
+        Some(ARRAY_WORDS) if bytes.len() > 40 => {
+            let (mut kxq0, mut kxq1, mut zeros) = (0.0f64, 0.0f64, 0u32);
+            for &value in &bytes[40..] {
+                match value {
+                    0 => {
+                        kxq0 += 1.0;
+                        zeros += 1;
+                    }
+                    1..32 => kxq0 += 1.0 / (1u64 << value) as f64,
+                    _ => kxq1 += 1.0 / (1u64 << value.min(63)) as f64,
+                }
+            }
+            bytes[5] |= OUT_OF_ORDER;
+            bytes[8..16].copy_from_slice(&0f64.to_le_bytes());
+            bytes[16..24].copy_from_slice(&kxq0.to_le_bytes());
+            bytes[24..32].copy_from_slice(&kxq1.to_le_bytes());
+            bytes[32..36].copy_from_slice(&zeros.to_le_bytes());
+        }
+        _ => {}
+    }
+    bytes
 }
 
 impl<'de> Deserialize<'de> for HllSketch {
@@ -291,10 +346,80 @@ impl QuantileSketch {
     }
 }
 
-/// Stored as the DDSketch alone.
+/// Stored as the DDSketch alone, made canonical: the same values give the
+/// same bytes whatever order they came in and however the sketch was merged.
+/// The crate's own form holds two things that depend on history: each store's
+/// bins are an allocation around the keys seen, centred as it grew (here cut
+/// to the keys seen), and the sum of the values is a float accumulated in
+/// update order (here zero: tandem never reads it; a mean is the exact sum
+/// over the count). The canonical form has the crate's layout, so it loads
+/// as a `DDSketch`.
 impl Serialize for QuantileSketch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.sketch.serialize(serializer)
+        let mut image: DdImage = postcard::to_allocvec(&self.sketch)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .ok_or_else(|| serde::ser::Error::custom("a quantile sketch did not encode"))?;
+        image.store.trim();
+        image.negative_store.trim();
+        image.sum = 0.0;
+        image.serialize(serializer)
+    }
+}
+
+/// `sketches_ddsketch::DDSketch` field for field, as its serde derive writes it.
+#[derive(Serialize, Deserialize)]
+struct DdImage {
+    config: DdConfigImage,
+    store: DdStoreImage,
+    negative_store: DdStoreImage,
+    min: f64,
+    max: f64,
+    sum: f64,
+    zero_count: u64,
+}
+
+/// `sketches_ddsketch::Config` field for field.
+#[derive(Serialize, Deserialize)]
+struct DdConfigImage {
+    max_num_bins: u32,
+    gamma: f64,
+    gamma_ln: f64,
+    min_value: f64,
+    offset: i32,
+}
+
+/// `sketches_ddsketch::Store` field for field: `bins[i]` counts key `offset + i`,
+/// keys `min_key..=max_key` are those seen.
+#[derive(Serialize, Deserialize)]
+struct DdStoreImage {
+    bins: Vec<u64>,
+    count: u64,
+    min_key: i32,
+    max_key: i32,
+    offset: i32,
+    bin_limit: usize,
+    is_collapsed: bool,
+}
+
+impl DdStoreImage {
+    /// The bins cut to the keys seen (none for an empty store, as a new one has).
+    fn trim(&mut self) {
+        if self.count == 0 {
+            self.bins.clear();
+            (self.min_key, self.max_key, self.offset) = (i32::MAX, i32::MIN, 0);
+            return;
+        }
+        let from = usize::try_from(self.min_key - self.offset).ok();
+        let to = usize::try_from(self.max_key - self.offset).ok();
+        if let (Some(from), Some(to)) = (from, to)
+            && from <= to
+            && to < self.bins.len()
+        {
+            self.bins.truncate(to + 1);
+            self.bins.drain(..from);
+            self.offset = self.min_key;
+        }
     }
 }
 

@@ -158,11 +158,22 @@ fn grow_gently<T>(vec: &mut Vec<T>, unit: usize) {
     }
 }
 
+fn sorted_by_key<S: serde::Serializer>(
+    keys: &IndexMap<Box<str>, KeyGroups, FxBuildHasher>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut sorted: Vec<(&Box<str>, &KeyGroups)> = keys.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serializer.collect_map(sorted)
+}
+
 /// All groups of one view.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ViewState {
     /// Per key text, its groups, in the order keys were first seen (a key
-    /// whose buckets all expire is removed).
+    /// whose buckets all expire is removed). Stored sorted by key, so that a
+    /// state's bytes depend on its groups alone, not on the order they came.
+    #[serde(serialize_with = "sorted_by_key")]
     keys: IndexMap<Box<str>, KeyGroups, FxBuildHasher>,
     /// Number of (key, bucket) groups.
     groups: usize,

@@ -149,6 +149,11 @@ pub struct BatchConfig {
     /// Snapshots kept on disk, the newest included (1..=100). Default 2:
     /// queries with `at_epoch` read the older ones.
     pub keep_snapshots: usize,
+    /// A batch run reads the whole master dataset (every view from it, every
+    /// record's crc checked) when the last one that did is older than this
+    /// (1ms..=366d). Default 1d. The runs between start from the batch cache.
+    #[serde(serialize_with = "serialize_duration")]
+    pub full_run_every: Duration,
 }
 
 /// `[http]`.

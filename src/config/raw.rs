@@ -83,6 +83,7 @@ pub(crate) struct RawSpeed {
 pub(crate) struct RawBatch {
     pub interval: Option<String>,
     pub keep_snapshots: Option<u64>,
+    pub full_run_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

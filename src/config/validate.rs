@@ -28,6 +28,8 @@ const MAX_PARTITIONS: u64 = 256;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Snapshots kept on disk by default: the served one and the one before.
 const DEFAULT_KEEP_SNAPSHOTS: u64 = 2;
+/// A batch run reads the whole master dataset at least this often.
+const DEFAULT_FULL_RUN_EVERY: Duration = Duration::from_secs(86_400);
 /// Most snapshots kept: each is a whole copy of the views.
 const MAX_KEEP_SNAPSHOTS: u64 = 100;
 /// How long the API answers 503 after the sources drained on SIGTERM.
@@ -278,6 +280,15 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         ),
         None => Some(DEFAULT_INTERVAL),
     };
+    let full_run_every = match raw.batch.full_run_every.as_deref() {
+        Some(text) => problems.duration(
+            Some(text),
+            "batch.full_run_every",
+            Duration::from_millis(1),
+            Duration::from_secs(366 * 86_400),
+        ),
+        None => Some(DEFAULT_FULL_RUN_EVERY),
+    };
     let keep_snapshots = problems.range(
         raw.batch.keep_snapshots.unwrap_or(DEFAULT_KEEP_SNAPSHOTS),
         "batch.keep_snapshots",
@@ -350,6 +361,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         batch: BatchConfig {
             interval: interval?,
             keep_snapshots: keep_snapshots? as usize,
+            full_run_every: full_run_every?,
         },
         http: HttpConfig {
             listen: listen?,

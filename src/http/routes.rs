@@ -343,15 +343,19 @@ async fn series(
 }
 
 async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
-    only(&params, &["wait", "timeout"])?;
-    let wait = match params.get("wait").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "wait: {other:?} is not true or false"
-            )));
-        }
+    only(&params, &["wait", "timeout", "full"])?;
+    let flag = |name: &str| match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name}: {other:?} is not true or false"
+        ))),
+    };
+    let wait = flag("wait")?;
+    let mode = if flag("full")? {
+        crate::actors::RunMode::Full
+    } else {
+        crate::actors::RunMode::Incremental
     };
     let timeout = match params.get("timeout") {
         None => DEFAULT_RECOMPUTE_TIMEOUT,
@@ -368,7 +372,7 @@ async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpRes
             Err(problem) => return Err(ApiError::BadRequest(format!("timeout: {problem}"))),
         },
     };
-    let epoch = state.handle.start_epoch().await?;
+    let epoch = state.handle.start_epoch(mode).await?;
     if !wait {
         return Ok(HttpResponse::Accepted().json(json!({ "epoch": epoch })));
     }
@@ -435,6 +439,7 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
     let shared = handle.shared();
     let store_error = shared.store_error.get();
     let (records_read, records_total) = shared.recompute_progress.get();
+    let (views_from_cache, views_from_master_dataset) = shared.recompute_progress.views();
     let snapshot = batch.meta.map_or(Value::Null, |meta| {
         json!({ "epoch": meta.epoch, "events": batch.stats.counted, "created_at": rfc3339(meta.created_ms), "took_ms": batch.took_ms })
     });
@@ -442,7 +447,12 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
         "epoch": runs.epoch,
         "batch_epoch": batch.epoch,
         "recompute_running": runs.running,
-        "recompute_progress": { "records_read": records_read, "records_total": records_total },
+        "recompute_progress": {
+            "records_read": records_read,
+            "records_total": records_total,
+            "views_from_cache": views_from_cache,
+            "views_from_master_dataset": views_from_master_dataset,
+        },
         "snapshot": snapshot,
         "events_accepted": shared.durable_records.load(Ordering::Relaxed),
         "events_rejected": rejected,

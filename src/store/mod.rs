@@ -3,8 +3,10 @@
 //! - `master/segment-NNNNNNNNNN.log`: framed records `[len][!len][crc32c][header][raw]`.
 //! - `master/epochs`: the sealed epochs and their log positions.
 //! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, the newest `batch.keep_snapshots` kept.
+//! - `cache/ids.bin`, `cache/view-<name>.bin`: what an incremental batch run starts from.
 //! - `LOCK`: held by the running daemon.
 
+mod cache;
 mod counters;
 mod epochs;
 mod ids;
@@ -14,6 +16,10 @@ mod record;
 mod segment;
 mod snapshot;
 
+pub use cache::{
+    CACHE_FORMAT_VERSION, CacheInfo, list_cache, read_cache, remove_stale_cache, verify_cache,
+    write_cache,
+};
 pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, read_epochs};
 pub use ids::{FirstCopies, IdIndex};
@@ -22,7 +28,7 @@ pub use paths::DataPaths;
 pub use record::{Corruption, RecordHeader};
 pub use segment::{
     Appended, LogPosition, MasterLog, NewRecord, Recovery, SEGMENT_HEADER_BYTES, ScanOutcome,
-    SegmentInfo, list_segments, scan_log, scan_segment,
+    SegmentInfo, list_segments, scan_log, scan_log_from, scan_segment,
 };
 pub use snapshot::{
     FORMAT_VERSION, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot,
@@ -152,8 +158,16 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// A batch cache file is damaged or of another format: what it held is recomputed.
+    #[error("batch cache {}: {problem}", path.display())]
+    BadCache {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A snapshot could not be encoded.
-    #[error("cannot encode snapshot {}", path.display())]
+    #[error("cannot encode {}", path.display())]
     Encode {
         /// The snapshot.
         path: PathBuf,
@@ -198,6 +212,7 @@ impl Error {
                 | Error::MissingSegment { .. }
                 | Error::CorruptEpochs { .. }
                 | Error::BadSnapshot { .. }
+                | Error::BadCache { .. }
                 | Error::BadCounters { .. }
         )
     }

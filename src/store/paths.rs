@@ -8,7 +8,7 @@ const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".log";
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const SNAPSHOT_SUFFIX: &str = ".snap";
-const TMP_SUFFIX: &str = ".tmp";
+pub(super) const TMP_SUFFIX: &str = ".tmp";
 
 /// The layout of one `data_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,21 @@ impl DataPaths {
     /// `master/epochs`: the sealed epochs and their log positions.
     pub fn epochs(&self) -> PathBuf {
         self.master_dir().join("epochs")
+    }
+
+    /// `cache/`: the batch cache.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// `cache/ids.bin`: the ids an incremental batch run dedups against.
+    pub fn cache_ids(&self) -> PathBuf {
+        self.cache_dir().join("ids.bin")
+    }
+
+    /// `cache/view-<name>.bin`: a view's cached state.
+    pub fn cache_view(&self, view: &str) -> PathBuf {
+        self.cache_dir().join(format!("view-{view}.bin"))
     }
 
     /// `snapshots/`.

@@ -597,15 +597,41 @@ fn is_torn(
 pub fn scan_log(
     paths: &DataPaths,
     end: LogPosition,
+    on_record: impl FnMut(&RecordHeader, &[u8]),
+) -> Result<u64> {
+    scan_log_from(paths, Seq(0), end, on_record)
+}
+
+/// Streams every record from seq `from` to `end`, segment by segment: the
+/// segments wholly before `from` are not read; the records before it in the
+/// segment that holds it are read (and checked) but not handed on. Answers
+/// the records read.
+///
+/// # Errors
+/// As [`scan_log`].
+pub fn scan_log_from(
+    paths: &DataPaths,
+    from: Seq,
+    end: LogPosition,
     mut on_record: impl FnMut(&RecordHeader, &[u8]),
 ) -> Result<u64> {
+    let segments = list_segments(paths)?;
+    // The last segment starting at or before `from` holds it (or ends before it).
+    let first = segments
+        .iter()
+        .rposition(|segment| segment.first_seq <= from)
+        .unwrap_or(0);
     let mut records = 0;
-    for segment in list_segments(paths)?
+    for segment in segments[first..]
         .iter()
         .filter(|segment| segment.index <= end.segment)
     {
         let limit = (segment.index == end.segment).then_some(end.offset);
-        let outcome = scan_segment(segment, limit, &mut on_record)?;
+        let outcome = scan_segment(segment, limit, |header, raw| {
+            if header.seq >= from {
+                on_record(header, raw);
+            }
+        })?;
         if let Some(offset) = outcome.torn {
             return Err(Error::TornSegment {
                 path: segment.path.clone(),

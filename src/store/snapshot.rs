@@ -124,35 +124,51 @@ pub fn write_snapshot<T: Serialize>(
         payload_bytes: payload.len() as u64,
     };
     let header = meta.encode(crc32c::crc32c(&payload));
-    let tmp = paths.snapshot_tmp(epoch);
-    let path = paths.snapshot(epoch);
-    let mut file = File::create(&tmp).map_err(|source| Error::io("create", &tmp, source))?;
-    let half = payload.len() / 2;
-    let written = file
-        .write_all(&header)
-        .and_then(|()| file.write_all(&payload[..half]))
-        .and_then(|()| {
-            crate::faults::crash_point("snapshot.mid_write");
-            file.write_all(&payload[half..])
-        })
-        .and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(source) = written {
-        // A full disk must not stay full of a snapshot that will never be used.
-        fs::remove_file(&tmp).ok();
-        return Err(Error::io("write", &tmp, source));
-    }
-    fs::rename(&tmp, &path).map_err(|source| Error::io("rename", &tmp, source))?;
-    sync_dir(&dir)?;
+    let (tmp, path) = (paths.snapshot_tmp(epoch), paths.snapshot(epoch));
+    write_atomically(&tmp, &path, &header, &payload, "snapshot.mid_write")?;
     for (_, old) in list_snapshots(paths)?.into_iter().skip(keep.max(1)) {
         fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
     }
     Ok(meta)
 }
 
+/// Writes `header` then `payload` to `tmp`, fsyncs it, renames it to `path`
+/// and fsyncs the directory: `path` is then whole or absent, whatever
+/// crashes. A crash at `crash_point` (for the fault tests) leaves half the
+/// payload in `tmp`. A failed write removes `tmp`: a full disk must not stay
+/// full of a file that will never be used.
+///
+/// # Errors
+/// I/O errors, naming the file.
+pub(super) fn write_atomically(
+    tmp: &Path,
+    path: &Path,
+    header: &[u8],
+    payload: &[u8],
+    crash_point: &str,
+) -> Result<()> {
+    let mut file = File::create(tmp).map_err(|source| Error::io("create", tmp, source))?;
+    let half = payload.len() / 2;
+    let written = file
+        .write_all(header)
+        .and_then(|()| file.write_all(&payload[..half]))
+        .and_then(|()| {
+            crate::faults::crash_point(crash_point);
+            file.write_all(&payload[half..])
+        })
+        .and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(source) = written {
+        fs::remove_file(tmp).ok();
+        return Err(Error::io("write", tmp, source));
+    }
+    fs::rename(tmp, path).map_err(|source| Error::io("rename", tmp, source))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Removes temporary files a crash left half written (only one batch run
 /// writes at a time); they would hold disk space for nothing.
-fn remove_leftovers(dir: &Path) {
+pub(super) fn remove_leftovers(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -160,10 +176,10 @@ fn remove_leftovers(dir: &Path) {
         if entry.file_name().to_str().is_some_and(paths::is_tmp_name) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => {
-                    tracing::info!(file = %entry.path().display(), "removed a half-written snapshot")
+                    tracing::info!(file = %entry.path().display(), "removed a half-written file")
                 }
                 Err(err) => {
-                    tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a half-written snapshot")
+                    tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a half-written file")
                 }
             }
         }

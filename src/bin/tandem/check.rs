@@ -85,9 +85,10 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
     }
     say!("speed     {} partitions", config.speed.partitions);
     say!(
-        "batch     every {}, {} snapshot(s) kept",
+        "batch     every {}, {} snapshot(s) kept, a full run every {}",
         format_duration(config.batch.interval),
-        config.batch.keep_snapshots
+        config.batch.keep_snapshots,
+        format_duration(config.batch.full_run_every)
     );
     say!(
         "http      {}{}",

@@ -16,6 +16,7 @@ mod check;
 mod generate;
 mod inspect;
 mod publish;
+mod recompute;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -79,7 +80,17 @@ enum Command {
     /// Print the reference e-commerce workload as JSON lines: order events with
     /// late, duplicate and malformed ones on request, the same bytes for the same flags.
     Generate(generate::Args),
-    /// Describe a data_dir: segments, sealed epochs, snapshots, and a CRC check of everything.
+    /// Run the batch run of the newest sealed epoch offline (the daemon stopped):
+    /// write its snapshot and the batch cache.
+    Recompute {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Compute every view from the whole master dataset, not from the batch cache.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Describe a data_dir: segments, sealed epochs, snapshots, the batch cache, and a CRC check of everything.
     Inspect {
         /// The data_dir.
         #[arg(long)]
@@ -144,6 +155,7 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => check::run(&config),
         Command::Inspect { data } => inspect::run(&data),
+        Command::Recompute { config, full } => recompute::run(&config, full),
         Command::Generate(args) => generate::run(args),
     };
     match result {

@@ -1,0 +1,183 @@
+//! The batch cache: what an incremental batch run starts from, under `cache/`.
+//!
+//! - `cache/ids.bin`: the distinct ids of the records before a seq (`upto`),
+//!   with the counts of those records;
+//! - `cache/view-<name>.bin`: per view, its state over the records before
+//!   `upto` (retention applied as of the run that wrote it), with the
+//!   fingerprint of everything that decides it.
+//!
+//! Each file is written whole or not at all (temporary name, fsync, rename,
+//! fsync the directory) and checked when read: a 32-byte header (`TNDMCACH`,
+//! format version, payload length, payload crc32c, header crc32c), then the
+//! payload in postcard. A file that is missing, damaged, of another format or
+//! of another fingerprint is not used: the run recomputes what it held from
+//! the master dataset. The cache only ever saves work; it is never the truth.
+
+use super::paths::{self, DataPaths};
+use super::snapshot::{remove_leftovers, write_atomically};
+use super::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"TNDMCACH";
+/// The payload format this build writes and reads.
+pub const CACHE_FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 32;
+
+/// Writes one cache file atomically.
+///
+/// # Errors
+/// I/O or encoding errors, naming the file; the file is then absent or as it was.
+pub fn write_cache<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|source| Error::io("create", dir, source))?;
+    let payload = postcard::to_stdvec(value).map_err(|source| Error::Encode {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&CACHE_FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    header[20..24].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    let header_crc = crc32c::crc32c(&header[..28]);
+    header[28..32].copy_from_slice(&header_crc.to_le_bytes());
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(paths::TMP_SUFFIX);
+    write_atomically(Path::new(&tmp), path, &header, &payload, "cache.mid_write")
+}
+
+/// Reads one cache file: `Ok(None)` when it does not exist.
+///
+/// # Errors
+/// I/O errors, and [`Error::BadCache`] for a file that is damaged, of
+/// another format, or does not decode.
+pub fn read_cache<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let Some(payload) = read_checked(path)? else {
+        return Ok(None);
+    };
+    postcard::from_bytes(&payload)
+        .map(Some)
+        .map_err(|err| Error::BadCache {
+            path: path.to_owned(),
+            problem: format!("payload does not decode: {err}"),
+        })
+}
+
+/// What `tandem inspect` shows of a cache file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheInfo {
+    /// Payload size in bytes.
+    pub payload_bytes: u64,
+    /// The records it covers: every seq below this.
+    pub upto: u64,
+}
+
+/// Checks one cache file's header and payload checksum, and reads the seq
+/// it covers up to (every payload starts with it).
+///
+/// # Errors
+/// As [`read_cache`]; a file that does not exist is [`Error::BadCache`] too.
+pub fn verify_cache(path: &Path) -> Result<CacheInfo> {
+    let bad = |problem: &str| Error::BadCache {
+        path: path.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let payload = read_checked(path)?.ok_or_else(|| bad("missing"))?;
+    let (upto, _) = postcard::take_from_bytes::<u64>(&payload)
+        .map_err(|_| bad("payload does not start with the records it covers"))?;
+    Ok(CacheInfo {
+        payload_bytes: payload.len() as u64,
+        upto,
+    })
+}
+
+/// The payload of a cache file, its header and checksum checked; `None` when
+/// the file does not exist.
+fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
+    let bad = |problem: String| Error::BadCache {
+        path: path.to_owned(),
+        problem,
+    };
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(Error::io("open", path, source)),
+    };
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact(&mut header)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
+            _ => Error::io("read", path, err),
+        })?;
+    let u32_at =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    if &header[0..8] != MAGIC {
+        return Err(bad("not a tandem cache file (bad magic)".into()));
+    }
+    if crc32c::crc32c(&header[..28]) != u32_at(28) {
+        return Err(bad("header crc mismatch".into()));
+    }
+    let version = u32_at(8);
+    if version != CACHE_FORMAT_VERSION {
+        return Err(bad(format!(
+            "format version {version}, this build reads version {CACHE_FORMAT_VERSION}"
+        )));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[12..20]);
+    let len = u64::from_le_bytes(len);
+    let mut payload = Vec::with_capacity(len.min(1 << 30) as usize);
+    file.read_to_end(&mut payload)
+        .map_err(|source| Error::io("read", path, source))?;
+    if payload.len() as u64 != len {
+        return Err(bad(format!(
+            "payload is {} bytes, the header says {len}",
+            payload.len()
+        )));
+    }
+    if crc32c::crc32c(&payload) != u32_at(20) {
+        return Err(bad("payload crc mismatch".into()));
+    }
+    Ok(Some(payload))
+}
+
+/// The files under `cache/`, by name (temporary files left out).
+///
+/// # Errors
+/// I/O errors listing the directory.
+pub fn list_cache(paths: &DataPaths) -> Result<Vec<PathBuf>> {
+    let dir = paths.cache_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::io("list", &dir, source)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::io("list", &dir, source))?;
+        if !entry.file_name().to_str().is_some_and(paths::is_tmp_name) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes the files under `cache/` that are not in `keep` (a view no longer
+/// configured), and temporary files a crash left.
+///
+/// # Errors
+/// I/O errors listing or removing, naming the file.
+pub fn remove_stale_cache(paths: &DataPaths, keep: &[PathBuf]) -> Result<()> {
+    remove_leftovers(&paths.cache_dir());
+    for path in list_cache(paths)? {
+        if !keep.contains(&path) {
+            fs::remove_file(&path).map_err(|source| Error::io("remove", &path, source))?;
+        }
+    }
+    Ok(())
+}

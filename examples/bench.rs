@@ -1027,6 +1027,7 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
                 &config,
                 sealed,
                 tandem::actors::RunMode::Full,
+                None,
                 &Default::default(),
             )?;
             println!(

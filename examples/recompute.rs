@@ -27,6 +27,13 @@ use tandem::event::Epoch;
 use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The runs log their phases ("batch run built its views"); RUST_LOG=warn hides them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let (flags, positional): (Vec<String>, Vec<String>) = std::env::args()
         .skip(1)
         .partition(|arg| arg.starts_with("--"));
@@ -130,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
-        let (views, _, _) = tandem::actors::recompute::build_views(
+        let built = tandem::actors::recompute::build_views(
             &paths,
             &config,
             sealed,
@@ -140,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &Default::default(),
         )?;
         let build = started.elapsed().as_secs_f64();
-        drop(views);
+        drop(built);
         println!(
             "run {run}: views alone {build:.2} s, {:.0} events/s, peak rss {} MiB",
             sealed.next_seq.0 as f64 / build,
@@ -153,6 +160,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &config,
             sealed,
             tandem::actors::RunMode::Full,
+            None,
             &Default::default(),
         )?;
         let took = started.elapsed().as_secs_f64();
@@ -186,7 +194,14 @@ fn incremental(
     use tandem::actors::RunMode;
     use tandem::actors::recompute::{Progress, recompute};
     let started = std::time::Instant::now();
-    recompute(paths, config, first, RunMode::Full, &Progress::default())?;
+    recompute(
+        paths,
+        config,
+        first,
+        RunMode::Full,
+        None,
+        &Progress::default(),
+    )?;
     println!(
         "full run over the first {} records: {:.2} s",
         first.next_seq.0,
@@ -215,14 +230,21 @@ fn incremental(
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let progress = Progress::default();
         let started = std::time::Instant::now();
-        recompute(paths, config, sealed, RunMode::Incremental, &progress)?;
+        recompute(paths, config, sealed, RunMode::Incremental, None, &progress)?;
         let took = started.elapsed().as_secs_f64();
         let (read, _) = progress.get();
         let (from_cache, from_master) = progress.views();
         let rss = proc_status::status_kib(None, "VmHWM:") / 1024;
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
-        recompute(paths, config, sealed, RunMode::Full, &Progress::default())?;
+        recompute(
+            paths,
+            config,
+            sealed,
+            RunMode::Full,
+            None,
+            &Progress::default(),
+        )?;
         let full = started.elapsed().as_secs_f64();
         ratios.push(took / full);
         println!(

@@ -20,7 +20,7 @@ use tandem::actors::RunMode;
 use tandem::actors::recompute::{Batch, Progress, recompute};
 use tandem::aggregate::{Distinct, MetricState, MetricValue, Quantiles, ViewState};
 use tandem::event::Epoch;
-use tandem::store::{DataPaths, MasterLog, NewRecord, SealedEpoch};
+use tandem::store::{DataPaths, IdIndex, MasterLog, NewRecord, SealedEpoch};
 use tandem::workload::SplitMix64;
 
 const BASE: &str = r#"
@@ -211,10 +211,18 @@ fn config(views: &[&str], dir: &Path) -> Config {
     common::config(&format!("{BASE}{}", views.concat()), dir)
 }
 
-/// A run, and which views it took from the cache and from the master dataset.
-fn run(config: &Config, store: &Store, sealed: SealedEpoch, mode: RunMode) -> (Batch, (u64, u64)) {
+/// A run (extending `served`, the id index of the run before, as the daemon
+/// does), and which views it took from the cache and from the master dataset.
+fn run(
+    config: &Config,
+    store: &Store,
+    sealed: SealedEpoch,
+    mode: RunMode,
+    served: Option<&IdIndex>,
+) -> (Batch, (u64, u64)) {
     let progress = Progress::default();
-    let batch = recompute(&store.paths(), config, sealed, mode, &progress).expect("batch run");
+    let batch =
+        recompute(&store.paths(), config, sealed, mode, served, &progress).expect("batch run");
     (batch, progress.views())
 }
 
@@ -312,7 +320,8 @@ fn assert_same(config: &Config, incremental: &Batch, full: &Batch) {
         (b.records, b.counted, b.duplicates, b.invalid),
         "run counts"
     );
-    assert_eq!(incremental.ids.ids(), full.ids.ids(), "id index");
+    assert_eq!(incremental.ids.upto(), full.ids.upto(), "id index");
+    assert_eq!(incremental.ids.sorted(), full.ids.sorted(), "id index");
 }
 
 /// Both data_dirs, the records logged so far, and the stream.
@@ -321,6 +330,8 @@ struct Twin {
     full: Store,
     log: Vec<Logged>,
     stream: Stream,
+    /// The id index of the incremental data_dir's last run.
+    served: Option<std::sync::Arc<IdIndex>>,
 }
 
 impl Twin {
@@ -330,6 +341,7 @@ impl Twin {
             full: Store::new(),
             log: Vec::new(),
             stream: Stream::new(seed),
+            served: None,
         }
     }
 
@@ -352,8 +364,16 @@ impl Twin {
         // first record of the next epoch lies at it.
         let sealed = self.incremental.seal(epoch, later_from);
         assert_eq!(sealed, self.full.seal(epoch, later_from));
-        let (incremental, sources) = run(config, &self.incremental, sealed, RunMode::Incremental);
-        let (full, _) = run(config, &self.full, sealed, RunMode::Full);
+        let served = self.served.take();
+        let (incremental, sources) = run(
+            config,
+            &self.incremental,
+            sealed,
+            RunMode::Incremental,
+            served.as_deref(),
+        );
+        let (full, _) = run(config, &self.full, sealed, RunMode::Full, None);
+        self.served = Some(std::sync::Arc::clone(&incremental.ids));
         assert_same(config, &incremental, &full);
         assert_oracle(config, &self.log, epoch, &incremental);
         (incremental, sources)
@@ -373,6 +393,11 @@ fn incremental_runs_store_the_bytes_of_full_runs_and_match_the_oracle() {
         last = Some(batch);
     }
     let last = last.expect("runs");
+    assert!(
+        last.ids.levels() > 1,
+        "the id index was extended, not rebuilt: {:?}",
+        last.ids
+    );
     assert!(
         last.stats.duplicates > 500 && last.stats.invalid > 100,
         "{:?}",

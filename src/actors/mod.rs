@@ -701,6 +701,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let n_sources = handles.len();
     let (recorder_paths, segment_max_bytes) = (paths.clone(), config.master.segment_max_bytes);
     let (recorder_shared, durable_write) = (Arc::clone(&shared), metrics.durable_write.clone());
+    let served_ids = Arc::clone(first_copies.index());
     let recorder = actix::Supervisor::start_in_arbiter(&recorder_thread.handle(), move |_| {
         Recorder::new(
             recorder_paths,
@@ -722,8 +723,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         handles.clone(),
         serving.clone(),
         recorder.clone().recipient(),
-        last_sealed,
-        served,
+        (last_sealed, served, served_ids),
         interval,
         Arc::clone(&shared),
     );

@@ -288,7 +288,7 @@ struct Start {
     /// The records before this seq are in the cached states (0: none is).
     upto: u64,
     /// Their distinct ids, sorted (only when the run reads from `upto`).
-    ids: Option<IdIndex>,
+    ids: Option<Vec<u64>>,
     /// What earlier runs counted of them.
     stats: BatchStats,
     /// When a run last read every record (and checked its crc).
@@ -385,7 +385,7 @@ impl Start {
         Start {
             upto,
             // Read from `upto`, a run dedups against these; from the start, it sees them again.
-            ids: every.then(|| IdIndex::from_sorted(Seq(upto), ids.ids.into_owned())),
+            ids: every.then(|| ids.ids.into_owned()),
             stats: if every {
                 ids.stats
             } else {
@@ -451,7 +451,9 @@ impl WorkBatch {
 
 /// Rebuilds every view over epochs <= `sealed.epoch` and writes the
 /// snapshot, publishing how far it has read in `progress`. `mode` says
-/// whether the batch cache may be used; it is written either way.
+/// whether the batch cache may be used; it is written either way. `earlier`,
+/// the id index served now, is extended with the ids the run saw first when
+/// it covers the records the cache does (else the run's index is built anew).
 ///
 /// # Errors
 /// The master dataset cannot be read (corruption is named with segment and
@@ -461,6 +463,7 @@ pub fn recompute(
     config: &Config,
     sealed: SealedEpoch,
     mode: RunMode,
+    earlier: Option<&IdIndex>,
     progress: &Progress,
 ) -> Result<Batch, RecomputeError> {
     let started = std::time::Instant::now();
@@ -468,13 +471,14 @@ pub fn recompute(
         .map_or(2, usize::from)
         .max(1);
     let now = crate::now_ms();
-    let (states, stats, ids) = build_views(paths, config, sealed, mode, workers, now, progress)?;
+    let built = build_views(paths, config, sealed, mode, workers, now, progress)?;
     let took_ms = started.elapsed().as_millis() as u64;
+    let stats = built.stats;
     let data = SnapshotData {
         views: config
             .views
             .iter()
-            .zip(states)
+            .zip(built.views)
             .map(|(spec, state)| {
                 (
                     spec.name.clone(),
@@ -492,20 +496,42 @@ pub fn recompute(
             later_from: sealed.later_from.0,
         }),
         took_ms,
-        ids: std::borrow::Cow::Borrowed(ids.ids()),
+        ids: std::borrow::Cow::Borrowed(&built.ids),
     };
     crate::faults::crash_point("recompute.mid_run");
-    // The indexes are built while the snapshot is written and fsynced.
+    // The indexes and the id filter are built while the snapshot (and the
+    // batch cache, when it holds the same states) is written and fsynced.
     let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
-    let (meta, indexes) = std::thread::scope(|scope| {
+    let writing = std::time::Instant::now();
+    let (meta, indexes, ids) = std::thread::scope(|scope| {
         let write = scope.spawn(|| {
             let keep = config.batch.keep_snapshots;
             store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
         });
+        let cache = scope.spawn(|| {
+            if let Some(cache) = &built.cache {
+                write_cache(paths, config, sealed, &states, &built.ids, cache);
+            }
+        });
+        let ids = scope.spawn(|| match (earlier, &built.extends) {
+            (Some(earlier), Some((from, later)))
+                if earlier.upto() == *from && earlier.len() + later.len() == built.ids.len() =>
+            {
+                earlier.extended(sealed.later_from, later.clone())
+            }
+            _ => IdIndex::from_sorted(sealed.later_from, built.ids.clone()),
+        });
         let indexes = build_indexes(&config.views, &states);
         let meta = write.join().map_err(|_| RecomputeError::WorkerPanicked)?;
-        Ok::<_, RecomputeError>((meta?, indexes))
+        cache.join().map_err(|_| RecomputeError::WorkerPanicked)?;
+        let ids = ids.join().map_err(|_| RecomputeError::WorkerPanicked)?;
+        Ok::<_, RecomputeError>((meta?, indexes, ids))
     })?;
+    tracing::info!(
+        epoch = %sealed.epoch,
+        ms = writing.elapsed().as_millis() as u64,
+        "batch run wrote its snapshot and built its indexes"
+    );
     let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
     Ok(Batch {
         epoch: Some(sealed.epoch),
@@ -520,13 +546,42 @@ pub fn recompute(
     })
 }
 
+/// What [`build_views`] built.
+pub struct Built {
+    /// One state per configured view, in config order.
+    pub views: Vec<ViewState>,
+    /// The run's counts.
+    pub stats: BatchStats,
+    /// The distinct ids of the records before `later_from`, sorted.
+    pub ids: Vec<u64>,
+    /// When the run read from the batch cache's end: that seq, and the ids
+    /// first seen since (sorted), which extend an index of the ids before it.
+    extends: Option<(Seq, Vec<u64>)>,
+    /// The batch cache still to write from `views` (no record after
+    /// `later_from` added to them, so they are the cache's states); `None`
+    /// when it is written already.
+    cache: Option<CacheContents>,
+}
+
+/// What the batch cache holds besides the states.
+struct CacheContents {
+    /// The counts of the records before `later_from`.
+    stats: BatchStats,
+    /// When a run last read every record.
+    full_at_ms: i64,
+    /// Per view, the retention cutoff its state is pruned at.
+    cutoffs: Vec<Option<i64>>,
+}
+
 /// The views over epochs <= `sealed.epoch` as of `now_ms` (for retention),
 /// built by `workers` threads, and the ids of the records before
 /// `sealed.later_from`; how far it has read goes to `progress`.
 ///
 /// The views' states over the records before `later_from` (which every
-/// later run covers too) are written to the batch cache before the records
-/// after it are merged in: the next run starts from them.
+/// later run covers too) are what the batch cache keeps for the next run:
+/// when records after it count, the cache is written before they are
+/// merged in; otherwise it is left to [`recompute`], which writes it while
+/// it writes the snapshot (a caller that only builds views writes none).
 ///
 /// # Errors
 /// The master dataset cannot be read.
@@ -538,7 +593,7 @@ pub fn build_views(
     workers: usize,
     now_ms: i64,
     progress: &Progress,
-) -> Result<(Vec<ViewState>, BatchStats, IdIndex), RecomputeError> {
+) -> Result<Built, RecomputeError> {
     // Retention is applied as events are applied, so a run never holds the
     // groups it would drop at the end.
     let cutoffs: Vec<Option<i64>> = config
@@ -546,6 +601,7 @@ pub fn build_views(
         .iter()
         .map(|spec| spec.retention_cutoff(now_ms))
         .collect();
+    let clock = std::time::Instant::now();
     let start = match mode {
         RunMode::Full => Start::empty(config.views.len()),
         RunMode::Incremental => Start::load(paths, config, sealed, now_ms, &cutoffs),
@@ -564,6 +620,7 @@ pub fn build_views(
     );
     let (cutoffs, uncached) = (cutoffs.as_slice(), uncached.as_slice());
     let mut read_stats = [BatchStats::default(); 2];
+    let loaded = clock.elapsed();
     let results = std::thread::scope(|scope| {
         let mut senders: Vec<SyncSender<WorkBatch>> = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
@@ -579,6 +636,7 @@ pub fn build_views(
     });
     let (read, joined) = results;
     let new_ids = read?;
+    let applied = clock.elapsed();
     let mut done = Vec::with_capacity(joined.len());
     for outcome in joined {
         done.push(outcome.map_err(|_| RecomputeError::WorkerPanicked)?);
@@ -606,24 +664,49 @@ pub fn build_views(
             state.retain_from(spec, *cutoff);
         }
     }
-    let ids = match start.ids {
-        Some(earlier) => {
-            IdIndex::from_sorted(sealed.later_from, merge_sorted_ids(earlier.ids(), new_ids))
-        }
-        None => IdIndex::new(sealed.later_from, new_ids),
+    let mut new_ids = new_ids;
+    new_ids.sort_unstable();
+    new_ids.dedup();
+    let (ids, extends) = match start.ids {
+        Some(earlier) => (
+            store::merge_sorted(&earlier, &new_ids),
+            Some((Seq(start.upto), new_ids)),
+        ),
+        None => (new_ids, None),
     };
-    write_cache(
-        paths,
-        config,
-        sealed,
-        cutoffs,
-        &views,
-        (&ids, cached_stats, full_at_ms),
-    );
+    let mut cache = Some(CacheContents {
+        stats: cached_stats,
+        full_at_ms,
+        cutoffs: cutoffs.to_vec(),
+    });
+    let merged = clock.elapsed();
+    let tail_counts = tails.iter().flatten().any(|state| !state.is_empty());
+    if tail_counts {
+        let states: Vec<&ViewState> = views.iter().collect();
+        if let Some(cache) = cache.take() {
+            write_cache(paths, config, sealed, &states, &ids, &cache);
+        }
+    }
+    let cached = clock.elapsed();
     let views = merge_parts(config, views.into_iter().map(Some).collect(), tails);
+    let ms = |span: std::time::Duration| span.as_millis() as u64;
+    tracing::info!(
+        epoch = %sealed.epoch,
+        cache_read_ms = ms(loaded),
+        read_and_apply_ms = ms(applied - loaded),
+        merge_ms = ms(merged - applied),
+        cache_write_ms = ms(cached - merged),
+        "batch run built its views"
+    );
     let mut stats = cached_stats;
     stats.add(&read_stats[1]);
-    Ok((views, stats, ids))
+    Ok(Built {
+        views,
+        stats,
+        ids,
+        extends,
+        cache,
+    })
 }
 
 /// Per view, `base` (or an empty state) with the states of every part merged in.
@@ -647,31 +730,6 @@ fn merge_parts(
     merged
 }
 
-/// A sorted list of distinct ids and another list of ids as one sorted
-/// list of distinct ids.
-fn merge_sorted_ids(earlier: &[u64], mut later: Vec<u64>) -> Vec<u64> {
-    later.sort_unstable();
-    later.dedup();
-    let mut merged = Vec::with_capacity(earlier.len() + later.len());
-    let (mut i, mut j) = (0, 0);
-    while i < earlier.len() && j < later.len() {
-        match earlier[i].cmp(&later[j]) {
-            std::cmp::Ordering::Less => {
-                merged.push(earlier[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                merged.push(later[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => j += 1,
-        }
-    }
-    merged.extend_from_slice(&earlier[i..]);
-    merged.extend_from_slice(&later[j..]);
-    merged
-}
-
 /// Writes the views' states over the records before `later_from`, and those
 /// records' ids, to the batch cache, and removes what no configured view
 /// uses. A failure costs the next run time, not correctness (it computes
@@ -680,9 +738,9 @@ fn write_cache(
     paths: &DataPaths,
     config: &Config,
     sealed: SealedEpoch,
-    cutoffs: &[Option<i64>],
-    views: &[ViewState],
-    (ids, stats, full_at_ms): (&IdIndex, BatchStats, i64),
+    views: &[&ViewState],
+    ids: &[u64],
+    cache: &CacheContents,
 ) {
     let upto = sealed.later_from.0;
     let mut written = vec![paths.cache_ids()];
@@ -690,12 +748,12 @@ fn write_cache(
         &paths.cache_ids(),
         &CachedIds {
             upto,
-            stats,
-            full_at_ms,
-            ids: std::borrow::Cow::Borrowed(ids.ids()),
+            stats: cache.stats,
+            full_at_ms: cache.full_at_ms,
+            ids: std::borrow::Cow::Borrowed(ids),
         },
     );
-    for ((spec, state), cutoff) in config.views.iter().zip(views).zip(cutoffs) {
+    for ((spec, state), cutoff) in config.views.iter().zip(views).zip(&cache.cutoffs) {
         let path = paths.cache_view(&spec.name);
         let view = CachedView {
             upto,
@@ -766,7 +824,9 @@ fn read_survivors(
         // of an older epoch is dropped here as the Recorder dropped it for the
         // speed layer.
         if header.id_hash != 0 {
-            if earlier.is_some_and(|earlier| earlier.contains(header.id_hash))
+            // The new ids are few against those cached: a search each costs
+            // less than building a filter over all of them.
+            if earlier.is_some_and(|earlier| earlier.binary_search(&header.id_hash).is_ok())
                 || !seen.insert(header.id_hash)
             {
                 counts.duplicates += u64::from(covered);

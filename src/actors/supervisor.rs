@@ -12,7 +12,7 @@ use super::source::SourceHandle;
 use crate::config::Config;
 use crate::event::Epoch;
 use crate::metrics::Shared;
-use crate::store::{DataPaths, SealedEpoch};
+use crate::store::{DataPaths, IdIndex, SealedEpoch};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
     WrapFuture,
@@ -85,6 +85,8 @@ pub struct Supervisor {
     running: bool,
     /// The next run computes every view from the whole master dataset.
     full_next: bool,
+    /// The id index of the snapshot served: the next run extends it.
+    served_ids: Arc<IdIndex>,
     /// The newest sealed epoch no run has covered yet.
     pending: Option<SealedEpoch>,
     sealed: Option<Epoch>,
@@ -100,8 +102,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor whose open epoch is `epoch`, with the newest seal and
-    /// snapshot found at start. A seal newer than the snapshot is recomputed at once.
+    /// A supervisor whose open epoch is `epoch`, with the newest seal, the
+    /// snapshot and its id index found at start. A seal newer than the
+    /// snapshot is recomputed at once.
     #[expect(
         clippy::too_many_arguments,
         reason = "one constructor wires the whole system once"
@@ -113,8 +116,7 @@ impl Supervisor {
         sources: Vec<SourceHandle>,
         serving: Addr<Serving>,
         id_index_to: Recipient<IdIndexReady>,
-        last_sealed: Option<SealedEpoch>,
-        served: Option<Epoch>,
+        (last_sealed, served, served_ids): (Option<SealedEpoch>, Option<Epoch>, Arc<IdIndex>),
         interval: Option<Duration>,
         shared: Arc<Shared>,
     ) -> Supervisor {
@@ -129,6 +131,7 @@ impl Supervisor {
             id_index_to,
             running: false,
             full_next: false,
+            served_ids,
             pending,
             sealed: last_sealed.map(|sealed| sealed.epoch),
             served,
@@ -174,12 +177,19 @@ impl Supervisor {
             RunMode::Incremental
         };
         let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
-        let shared = Arc::clone(&self.shared);
+        let (shared, earlier) = (Arc::clone(&self.shared), Arc::clone(&self.served_ids));
         shared.recompute_progress.start(sealed.next_seq.0);
         tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, ?mode, "batch run started");
         let run = async move {
             let outcome = tokio::task::spawn_blocking(move || {
-                recompute(&paths, &config, sealed, mode, &shared.recompute_progress)
+                recompute(
+                    &paths,
+                    &config,
+                    sealed,
+                    mode,
+                    Some(&earlier),
+                    &shared.recompute_progress,
+                )
             })
             .await;
             let outcome = match outcome {
@@ -301,6 +311,7 @@ impl Handler<RunFinished> for Supervisor {
                 self.shared
                     .recompute_failing_since_ms
                     .store(0, Ordering::Relaxed);
+                self.served_ids = Arc::clone(&batch.ids);
                 self.id_index_to
                     .do_send(IdIndexReady(Arc::clone(&batch.ids)));
                 self.serving.do_send(SnapshotReady(Arc::new(batch)));

@@ -16,21 +16,58 @@ use std::sync::Arc;
 use xorf::{BinaryFuse8, Filter};
 
 /// The distinct ids of the records before `upto`; immutable once built.
+///
+/// Held as a few levels, each sorted ids behind their filter: a batch run
+/// adds the ids it saw first as a new level over the levels of the index
+/// before it, shared, rather than rebuilding a filter over every id. A new
+/// level is merged into the one below while it is at least a quarter of its
+/// size (and the newest two are merged past [`MAX_LEVELS`]), so a lookup
+/// probes a handful of filters, and an id is rebuilt into a filter a
+/// logarithmic number of times over the life of the data.
 #[derive(Default)]
 pub struct IdIndex {
     upto: Seq,
-    /// Sorted and unique.
+    /// Oldest (largest) first; no id in two of them.
+    levels: Vec<Arc<Level>>,
+}
+
+/// The most levels an index keeps.
+pub const MAX_LEVELS: usize = 6;
+
+/// Sorted, unique ids behind a binary fuse filter.
+struct Level {
     sorted: Vec<u64>,
     /// In front of `sorted`: an id it rules out (99.6% of new ids) costs no search.
-    /// `None` for an empty index, or if the filter could not be built.
+    /// `None` if the filter could not be built.
     filter: Option<BinaryFuse8>,
+}
+
+impl Level {
+    fn new(sorted: Vec<u64>) -> Level {
+        // The keys are unique, for which construction does not fail; were it
+        // to, the search alone is still exact.
+        let filter = BinaryFuse8::try_from(sorted.as_slice()).ok();
+        Level { sorted, filter }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|filter| !filter.contains(&id))
+        {
+            return false;
+        }
+        self.sorted.binary_search(&id).is_ok()
+    }
 }
 
 impl std::fmt::Debug for IdIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdIndex")
             .field("upto", &self.upto)
-            .field("ids", &self.sorted.len())
+            .field("ids", &self.len())
+            .field("levels", &self.levels.len())
             .finish()
     }
 }
@@ -44,31 +81,39 @@ impl IdIndex {
         IdIndex::from_sorted(upto, ids)
     }
 
-    /// The index of `sorted`, already sorted and unique (as [`IdIndex::ids`] gives them).
+    /// The index of `sorted`, already sorted and unique, in one level.
     pub fn from_sorted(upto: Seq, sorted: Vec<u64>) -> IdIndex {
-        let filter = if sorted.is_empty() {
-            None
+        let levels = if sorted.is_empty() {
+            Vec::new()
         } else {
-            // Construction fails only on repeated keys; the search alone is still exact.
-            BinaryFuse8::try_from(sorted.as_slice()).ok()
+            vec![Arc::new(Level::new(sorted))]
         };
-        IdIndex {
-            upto,
-            sorted,
-            filter,
+        IdIndex { upto, levels }
+    }
+
+    /// This index and `later`, the ids of the records from [`IdIndex::upto`]
+    /// to `upto` that this index does not hold (sorted and unique), as the
+    /// index of the records before `upto`. This index's levels are shared.
+    pub fn extended(&self, upto: Seq, later: Vec<u64>) -> IdIndex {
+        let mut levels = self.levels.clone();
+        let mut newest = later;
+        while let Some(below) = levels.last() {
+            let small = newest.len() * 4 < below.sorted.len();
+            if small && levels.len() < MAX_LEVELS {
+                break;
+            }
+            newest = merge_sorted(&below.sorted, &newest);
+            levels.pop();
         }
+        if !newest.is_empty() {
+            levels.push(Arc::new(Level::new(newest)));
+        }
+        IdIndex { upto, levels }
     }
 
     /// Whether a record before [`IdIndex::upto`] has this id.
     pub fn contains(&self, id: u64) -> bool {
-        if self
-            .filter
-            .as_ref()
-            .is_some_and(|filter| !filter.contains(&id))
-        {
-            return false;
-        }
-        self.sorted.binary_search(&id).is_ok()
+        self.levels.iter().any(|level| level.contains(id))
     }
 
     /// The records covered: every seq below this.
@@ -76,20 +121,53 @@ impl IdIndex {
         self.upto
     }
 
-    /// The ids, sorted and unique.
-    pub fn ids(&self) -> &[u64] {
-        &self.sorted
+    /// The ids, sorted and unique (a copy, merged from the levels).
+    pub fn sorted(&self) -> Vec<u64> {
+        self.levels.iter().fold(Vec::new(), |merged, level| {
+            merge_sorted(&merged, &level.sorted)
+        })
     }
 
     /// Number of distinct ids.
     pub fn len(&self) -> usize {
-        self.sorted.len()
+        self.levels.iter().map(|level| level.sorted.len()).sum()
     }
 
     /// Whether no record before `upto` has an id.
     pub fn is_empty(&self) -> bool {
-        self.sorted.is_empty()
+        self.levels.is_empty()
     }
+
+    /// Number of levels.
+    pub fn levels(&self) -> usize {
+        self.levels.len()
+    }
+}
+
+/// Two sorted lists of unique ids as one (an id in both, once).
+pub fn merge_sorted(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                merged.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                merged.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                merged.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    merged.extend_from_slice(&a[i..]);
+    merged.extend_from_slice(&b[j..]);
+    merged
 }
 
 /// Decides, record by record in log order, whether a record holds the first
@@ -194,6 +272,36 @@ mod tests {
             .filter(|id| !ids.contains(id));
         assert!(strangers.into_iter().all(|id| !index.contains(id)));
         assert!(!IdIndex::default().contains(7));
+    }
+
+    /// An index extended run after run holds exactly the ids given, in few
+    /// levels, sharing the levels of the index it extends.
+    #[test]
+    fn an_extended_index_holds_exactly_its_ids_in_few_levels() {
+        let id = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut index = IdIndex::new(Seq(100_000), (0..100_000).map(id).collect());
+        let mut next = 100_000;
+        for run in 0..60u64 {
+            let size = [1_000, 30_000, 5][run as usize % 3];
+            let mut later: Vec<u64> = (next..next + size).map(id).collect();
+            later.sort_unstable();
+            let before = Arc::new(index);
+            index = before.extended(Seq(next + size), later);
+            next += size;
+            assert!(index.levels() <= MAX_LEVELS, "{index:?}");
+            assert_eq!(index.len() as u64, next);
+            assert!(
+                before.len() as u64 == next - size,
+                "the index extended is unchanged"
+            );
+        }
+        let all: Vec<u64> = (0..next).map(id).collect();
+        assert!(all.iter().all(|id| index.contains(*id)));
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(index.sorted(), sorted);
+        let strangers = (0..100_000u64).map(|i| i.wrapping_mul(0xD1B5_4A32_D192_ED03) & !1);
+        assert!(strangers.into_iter().all(|id| !index.contains(id)));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn run(path: &Path, full: bool) -> anyhow::Result<ExitCode> {
         RunMode::Incremental
     };
     let progress = Progress::default();
-    let batch = recompute(&paths, &config, sealed, mode, &progress)?;
+    let batch = recompute(&paths, &config, sealed, mode, None, &progress)?;
     let (from_cache, from_master) = progress.views();
     say!(
         "epoch {}: {} records, {} counted, {} duplicates, {} invalid, in {} ms ({}: \

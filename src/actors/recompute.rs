@@ -513,13 +513,15 @@ pub fn recompute(
                 write_cache(paths, config, sealed, &states, &built.ids, cache);
             }
         });
+        // An index extended by the new ids, or the filter of all of them
+        // (the list itself is moved into the index once the files are written).
         let ids = scope.spawn(|| match (earlier, &built.extends) {
             (Some(earlier), Some((from, later)))
                 if earlier.upto() == *from && earlier.len() + later.len() == built.ids.len() =>
             {
-                earlier.extended(sealed.later_from, later.clone())
+                Ok(earlier.extended(sealed.later_from, later.clone()))
             }
-            _ => IdIndex::from_sorted(sealed.later_from, built.ids.clone()),
+            _ => Err(store::IdFilter::of(&built.ids)),
         });
         let indexes = build_indexes(&config.views, &states);
         let meta = write.join().map_err(|_| RecomputeError::WorkerPanicked)?;
@@ -533,6 +535,9 @@ pub fn recompute(
         "batch run wrote its snapshot and built its indexes"
     );
     let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
+    let ids = ids.unwrap_or_else(|filter| {
+        IdIndex::from_sorted_filtered(sealed.later_from, built.ids, filter)
+    });
     Ok(Batch {
         epoch: Some(sealed.epoch),
         missing: vec![false; views.len()],

@@ -34,20 +34,19 @@ const HEADER_BYTES: usize = 32;
 pub fn write_cache<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|source| Error::io("create", dir, source))?;
-    let payload = postcard::to_stdvec(value).map_err(|source| Error::Encode {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut header = [0u8; HEADER_BYTES];
-    header[0..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&CACHE_FORMAT_VERSION.to_le_bytes());
-    header[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    header[20..24].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    let header_crc = crc32c::crc32c(&header[..28]);
-    header[28..32].copy_from_slice(&header_crc.to_le_bytes());
+    let header = |payload_bytes: u64, crc: u32| {
+        let mut header = [0u8; HEADER_BYTES];
+        header[0..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&CACHE_FORMAT_VERSION.to_le_bytes());
+        header[12..20].copy_from_slice(&payload_bytes.to_le_bytes());
+        header[20..24].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&header[..28]);
+        header[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        header.to_vec()
+    };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(paths::TMP_SUFFIX);
-    write_atomically(Path::new(&tmp), path, &header, &payload, "cache.mid_write")
+    write_atomically(Path::new(&tmp), path, value, header, "cache.mid_write")
 }
 
 /// Reads one cache file: `Ok(None)` when it does not exist.

@@ -42,11 +42,26 @@ struct Level {
     filter: Option<BinaryFuse8>,
 }
 
-impl Level {
-    fn new(sorted: Vec<u64>) -> Level {
+/// The filter of a level, built apart from the level (from a borrowed list,
+/// while the list is still written elsewhere).
+pub struct IdFilter(Option<BinaryFuse8>);
+
+impl IdFilter {
+    /// The filter of `sorted` (sorted and unique).
+    pub fn of(sorted: &[u64]) -> IdFilter {
         // The keys are unique, for which construction does not fail; were it
         // to, the search alone is still exact.
-        let filter = BinaryFuse8::try_from(sorted.as_slice()).ok();
+        IdFilter(if sorted.is_empty() {
+            None
+        } else {
+            BinaryFuse8::try_from(sorted).ok()
+        })
+    }
+}
+
+impl Level {
+    fn new(sorted: Vec<u64>) -> Level {
+        let IdFilter(filter) = IdFilter::of(&sorted);
         Level { sorted, filter }
     }
 
@@ -87,6 +102,20 @@ impl IdIndex {
             Vec::new()
         } else {
             vec![Arc::new(Level::new(sorted))]
+        };
+        IdIndex { upto, levels }
+    }
+
+    /// The index of `sorted` (sorted and unique) in one level, with its
+    /// filter built already ([`IdFilter::of`] the same ids).
+    pub fn from_sorted_filtered(upto: Seq, sorted: Vec<u64>, filter: IdFilter) -> IdIndex {
+        let levels = if sorted.is_empty() {
+            Vec::new()
+        } else {
+            vec![Arc::new(Level {
+                sorted,
+                filter: filter.0,
+            })]
         };
         IdIndex { upto, levels }
     }

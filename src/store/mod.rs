@@ -22,7 +22,7 @@ pub use cache::{
 };
 pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, read_epochs};
-pub use ids::{FirstCopies, IdIndex, merge_sorted};
+pub use ids::{FirstCopies, IdFilter, IdIndex, merge_sorted};
 pub use lock::DataDirLock;
 pub use paths::DataPaths;
 pub use record::{Corruption, RecordHeader};

@@ -13,7 +13,7 @@ use crate::event::Epoch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMSNAP";
@@ -113,57 +113,153 @@ pub fn write_snapshot<T: Serialize>(
     let dir = paths.snapshots_dir();
     fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
     remove_leftovers(&dir);
-    let payload = postcard::to_stdvec(data).map_err(|source| Error::Encode {
-        path: paths.snapshot(epoch),
-        source,
-    })?;
-    let meta = SnapshotMeta {
+    let mut meta = SnapshotMeta {
         epoch,
         records,
         created_ms,
-        payload_bytes: payload.len() as u64,
+        payload_bytes: 0,
     };
-    let header = meta.encode(crc32c::crc32c(&payload));
     let (tmp, path) = (paths.snapshot_tmp(epoch), paths.snapshot(epoch));
-    write_atomically(&tmp, &path, &header, &payload, "snapshot.mid_write")?;
+    write_atomically(
+        &tmp,
+        &path,
+        data,
+        |payload_bytes, crc| {
+            meta.payload_bytes = payload_bytes;
+            meta.encode(crc).to_vec()
+        },
+        "snapshot.mid_write",
+    )?;
     for (_, old) in list_snapshots(paths)?.into_iter().skip(keep.max(1)) {
         fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
     }
     Ok(meta)
 }
 
-/// Writes `header` then `payload` to `tmp`, fsyncs it, renames it to `path`
-/// and fsyncs the directory: `path` is then whole or absent, whatever
-/// crashes. A crash at `crash_point` (for the fault tests) leaves half the
-/// payload in `tmp`. A failed write removes `tmp`: a full disk must not stay
-/// full of a file that will never be used.
+/// Writes a header and `value` in postcard to `tmp`, fsyncs it, renames it
+/// to `path` and fsyncs the directory: `path` is then whole or absent,
+/// whatever crashes. The payload is encoded straight into the file (never
+/// whole in memory: it is the size of the views); `header` makes the header
+/// from its length and crc32c, and is written over the zeros left for it
+/// in front. A crash at `crash_point` (for the fault tests) comes once
+/// [`CRASH_AFTER`] bytes of payload are in `tmp`, or all of a smaller one
+/// (its header still zeros). A failed write removes
+/// `tmp`: a full disk must not stay full of a file that will never be used.
 ///
 /// # Errors
-/// I/O errors, naming the file.
-pub(super) fn write_atomically(
+/// I/O and encoding errors, naming the file.
+pub(super) fn write_atomically<T: Serialize>(
     tmp: &Path,
     path: &Path,
-    header: &[u8],
-    payload: &[u8],
+    value: &T,
+    header: impl FnMut(u64, u32) -> Vec<u8>,
     crash_point: &str,
 ) -> Result<()> {
-    let mut file = File::create(tmp).map_err(|source| Error::io("create", tmp, source))?;
-    let half = payload.len() / 2;
-    let written = file
-        .write_all(header)
-        .and_then(|()| file.write_all(&payload[..half]))
-        .and_then(|()| {
-            crate::faults::crash_point(crash_point);
-            file.write_all(&payload[half..])
-        })
-        .and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(source) = written {
+    let file = File::create(tmp).map_err(|source| Error::io("create", tmp, source))?;
+    let written = write_payload(file, value, header, crash_point);
+    if let Err(err) = written {
         fs::remove_file(tmp).ok();
-        return Err(Error::io("write", tmp, source));
+        return Err(match err {
+            Written::Io(source) => Error::io("write", tmp, source),
+            Written::Encode(source) => Error::Encode {
+                path: path.to_owned(),
+                source,
+            },
+        });
     }
     fs::rename(tmp, path).map_err(|source| Error::io("rename", tmp, source))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Payload bytes written before a file's crash point fires.
+const CRASH_AFTER: u64 = 1024;
+
+/// Why [`write_payload`] failed.
+enum Written {
+    Io(std::io::Error),
+    Encode(postcard::Error),
+}
+
+fn write_payload<T: Serialize>(
+    mut file: File,
+    value: &T,
+    mut header: impl FnMut(u64, u32) -> Vec<u8>,
+    crash_point: &str,
+) -> std::result::Result<(), Written> {
+    let placeholder = header(0, 0);
+    file.write_all(&placeholder).map_err(Written::Io)?;
+    let mut payload = Payload {
+        out: std::io::BufWriter::with_capacity(1 << 20, file),
+        crc: 0,
+        len: 0,
+        crash_point,
+        crashed: false,
+        failed: None,
+    };
+    let encoded = postcard::to_io(value, &mut payload).map(|_| ());
+    if let Some(io) = payload.failed.take() {
+        return Err(Written::Io(io));
+    }
+    encoded.map_err(Written::Encode)?;
+    payload.crash().map_err(Written::Io)?;
+    let (len, crc) = (payload.len, payload.crc);
+    let mut file = payload
+        .out
+        .into_inner()
+        .map_err(|err| Written::Io(err.into_error()))?;
+    let header = header(len, crc);
+    debug_assert_eq!(header.len(), placeholder.len());
+    file.seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| file.write_all(&header))
+        .and_then(|()| file.sync_all())
+        .map_err(Written::Io)
+}
+
+/// A file's payload as it is written: counted and checksummed on the way.
+struct Payload<'a> {
+    out: std::io::BufWriter<File>,
+    crc: u32,
+    len: u64,
+    crash_point: &'a str,
+    /// Whether the crash point was passed.
+    crashed: bool,
+    /// The I/O error behind an encoding error.
+    failed: Option<std::io::Error>,
+}
+
+impl Payload<'_> {
+    /// Passes the crash point (once), with what is written so far in the file.
+    fn crash(&mut self) -> std::io::Result<()> {
+        if !self.crashed {
+            self.crashed = true;
+            self.out.flush()?;
+            crate::faults::crash_point(self.crash_point);
+        }
+        Ok(())
+    }
+}
+
+impl Write for Payload<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = match self.out.write(buf) {
+            Ok(written) => written,
+            Err(err) => {
+                let kind = err.kind();
+                self.failed = Some(err);
+                return Err(kind.into());
+            }
+        };
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..written]);
+        self.len += written as u64;
+        if self.len >= CRASH_AFTER {
+            self.crash()?;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Removes temporary files a crash left half written (only one batch run

@@ -241,20 +241,17 @@ impl Payload<'_> {
 
 impl Write for Payload<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = match self.out.write(buf) {
-            Ok(written) => written,
-            Err(err) => {
-                let kind = err.kind();
-                self.failed = Some(err);
-                return Err(kind.into());
-            }
-        };
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..written]);
-        self.len += written as u64;
+        if let Err(err) = self.out.write_all(buf) {
+            let kind = err.kind();
+            self.failed = Some(err);
+            return Err(kind.into());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.len += buf.len() as u64;
         if self.len >= CRASH_AFTER {
             self.crash()?;
         }
-        Ok(written)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -1,4 +1,4 @@
-//! Measures a full batch run: the rate at which a recompute rebuilds the three
+//! Measures a full batch run (which writes the batch cache too): the rate at which a recompute rebuilds the three
 //! views of `config/tandem.toml` from the master dataset, and its peak memory.
 //!
 //!     cargo run --release -- generate --events 5000000 --seed 7 > /tmp/ev5m.jsonl

@@ -513,6 +513,34 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
     assert_eq!(sources, (2, 0), "the cache is whole again");
 }
 
+/// A master dataset restored from a backup (or replaced) under a cache that
+/// was built on another log: the record before the cache's end differs, the
+/// run sees it and computes every view from the master dataset.
+#[test]
+fn a_cache_left_over_from_another_log_is_not_used() {
+    let mut ours = Twin::new(23);
+    let config = config(&[BY_PRODUCT, BY_COUNTRY], ours.incremental.dir.path());
+    for epoch in 1..=2 {
+        ours.epoch(&config, epoch, 1_500);
+    }
+    let mut theirs = Twin::new(29);
+    for epoch in 1..=2 {
+        theirs.epoch(&config, epoch, 1_500);
+    }
+    let (from, to) = (
+        ours.incremental.paths().cache_dir(),
+        theirs.incremental.paths().cache_dir(),
+    );
+    for entry in std::fs::read_dir(&from).expect("cache") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+    let (_, sources) = theirs.epoch(&config, 3, 1_500);
+    assert_eq!(sources, (0, 2), "another log's cache is refused");
+    let (_, sources) = theirs.epoch(&config, 4, 1_500);
+    assert_eq!(sources, (2, 0), "the cache rebuilt on this log is used");
+}
+
 /// Incremental runs do not read the records under the cache again, so a run
 /// that reads every record (and checks its crc) comes every
 /// `batch.full_run_every`, whatever the cache holds.

@@ -268,6 +268,9 @@ pub enum RunMode {
 #[derive(Debug, Serialize, Deserialize)]
 struct CachedIds<'a> {
     upto: u64,
+    /// [`anchor`] of the record at `upto - 1` (0 when `upto` is 0): the cache
+    /// is used only on the log it was built from.
+    anchor: u32,
     stats: BatchStats,
     full_at_ms: i64,
     ids: std::borrow::Cow<'a, [u64]>,
@@ -289,6 +292,8 @@ struct Start {
     upto: u64,
     /// Their distinct ids, sorted (only when the run reads from `upto`).
     ids: Option<Vec<u64>>,
+    /// [`anchor`] of the record at `upto - 1`, as the cache was built.
+    anchor: u32,
     /// What earlier runs counted of them.
     stats: BatchStats,
     /// When a run last read every record (and checked its crc).
@@ -303,6 +308,7 @@ impl Start {
         Start {
             upto: 0,
             ids: None,
+            anchor: 0,
             stats: BatchStats::default(),
             full_at_ms: None,
             cached: (0..views).map(|_| None).collect(),
@@ -386,6 +392,7 @@ impl Start {
             upto,
             // Read from `upto`, a run dedups against these; from the start, it sees them again.
             ids: every.then(|| ids.ids.into_owned()),
+            anchor: ids.anchor,
             stats: if every {
                 ids.stats
             } else {
@@ -400,6 +407,19 @@ impl Start {
     fn read_from(&self) -> u64 {
         if self.ids.is_some() { self.upto } else { 0 }
     }
+}
+
+/// What names a record in the batch cache: a checksum of its bytes, ingest
+/// time and id. The cache keeps the anchor of the last record it covers, and
+/// a run that reads from the cache's end reads that record first: a log
+/// that is not the one the cache was built from (a master dataset restored
+/// from a backup, the cache left over) is caught there, and the run is done
+/// from the whole master dataset instead.
+fn anchor(header: &store::RecordHeader, raw: &[u8]) -> u32 {
+    let mut fields = [0u8; 16];
+    fields[..8].copy_from_slice(&header.ingest_ms.to_le_bytes());
+    fields[8..].copy_from_slice(&header.id_hash.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(raw), &fields)
 }
 
 /// Whether a state pruned at bucket `cached` can be pruned to `now` and be
@@ -570,6 +590,8 @@ pub struct Built {
 
 /// What the batch cache holds besides the states.
 struct CacheContents {
+    /// [`anchor`] of the record before `later_from`.
+    anchor: u32,
     /// The counts of the records before `later_from`.
     stats: BatchStats,
     /// When a run last read every record.
@@ -634,13 +656,36 @@ pub fn build_views(
             senders.push(tx);
             handles.push(scope.spawn(move || work(config, cutoffs, uncached, rx)));
         }
-        let read = read_survivors(paths, sealed, &start, &senders, &mut read_stats, progress);
+        let presize = config.schema.id_field().is_some();
+        let read = read_survivors(
+            paths,
+            sealed,
+            presize,
+            &start,
+            &senders,
+            &mut read_stats,
+            progress,
+        );
         drop(senders);
         let joined: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
         (read, joined)
     });
     let (read, joined) = results;
-    let new_ids = read?;
+    let Some((new_ids, new_anchor)) = read? else {
+        tracing::warn!(
+            upto = start.upto,
+            "the batch cache does not match the master dataset (its last record differs: a log restored from a backup?): every view from the master dataset"
+        );
+        return build_views(
+            paths,
+            config,
+            sealed,
+            RunMode::Full,
+            workers,
+            now_ms,
+            progress,
+        );
+    };
     let applied = clock.elapsed();
     let mut done = Vec::with_capacity(joined.len());
     for outcome in joined {
@@ -658,10 +703,13 @@ pub fn build_views(
         parts[1].push(tail.states);
     }
     let [chunks, tails] = parts;
-    // A run that read from the start checked every record.
-    let full_at_ms = match start.read_from() {
-        0 => now_ms,
-        _ => start.full_at_ms.unwrap_or(now_ms),
+    // A run that computed every view from the start checked every record
+    // and rebuilt every state (a backfill of some views skips, for the
+    // others, what the cache holds).
+    let full_at_ms = if start.cached.iter().all(Option::is_none) {
+        now_ms
+    } else {
+        start.full_at_ms.unwrap_or(now_ms)
     };
     let mut views = merge_parts(config, start.cached, chunks);
     for ((state, spec), cutoff) in views.iter_mut().zip(&config.views).zip(cutoffs) {
@@ -680,6 +728,7 @@ pub fn build_views(
         None => (new_ids, None),
     };
     let mut cache = Some(CacheContents {
+        anchor: new_anchor,
         stats: cached_stats,
         full_at_ms,
         cutoffs: cutoffs.to_vec(),
@@ -753,6 +802,7 @@ fn write_cache(
         &paths.cache_ids(),
         &CachedIds {
             upto,
+            anchor: cache.anchor,
             stats: cache.stats,
             full_at_ms: cache.full_at_ms,
             ids: std::borrow::Cow::Borrowed(ids),
@@ -776,25 +826,33 @@ fn write_cache(
 
 /// The reader: streams records in log order from where `start` says, dedups
 /// over all of `[0, end)`, keeps epochs <= the sealed one, feeds the workers;
-/// returns the ids first seen in what it read before `later_from`. Counts
-/// go to `stats`: `[0]` those before `later_from`, `[1]` those after.
+/// returns the ids first seen in what it read before `later_from`, and the
+/// [`anchor`] of the record before `later_from`; `None` when the record
+/// before the cache's end is not the one the cache was built on. Counts go
+/// to `stats`: `[0]` those before `later_from`, `[1]` those after.
 fn read_survivors(
     paths: &DataPaths,
     sealed: SealedEpoch,
+    presize: bool,
     start: &Start,
     workers: &[SyncSender<WorkBatch>],
     stats: &mut [BatchStats; 2],
     progress: &Progress,
-) -> Result<Vec<u64>, store::Error> {
+) -> Result<Option<(Vec<u64>, u32)>, store::Error> {
     let from = start.read_from();
+    // From the cache's end, its last record first: the anchor that ties the cache to this log.
+    let anchored = start.ids.is_some() && from > 0;
+    let (mut anchor_seen, mut new_anchor) = (false, 0u32);
     let total = sealed.next_seq.0.saturating_sub(from);
     progress.start(total);
     let mut read = 0u64;
     let mut logged = std::time::Instant::now();
-    // Sized for every record up front: growing a set of millions rehashes it
-    // several times.
+    // With an id field, sized for every record up front: growing a set of
+    // millions rehashes it several times. Without one, old records may still
+    // carry ids, and the set grows only with them.
+    let capacity = if presize { total as usize } else { 0 };
     let mut seen: FxHashSet<u64> =
-        FxHashSet::with_capacity_and_hasher(total as usize, Default::default());
+        FxHashSet::with_capacity_and_hasher(capacity, Default::default());
     let earlier = start.ids.as_ref();
     let mut indexed: Vec<u64> = Vec::new();
     let mut batch = WorkBatch::new();
@@ -804,7 +862,15 @@ fn read_survivors(
         workers[next_worker % workers.len()].send(batch).ok();
         next_worker += 1;
     };
-    store::scan_log_from(paths, Seq(from), sealed.end, |header, raw| {
+    let scan_from = if anchored { from - 1 } else { from };
+    store::scan_log_from(paths, Seq(scan_from), sealed.end, |header, raw| {
+        if header.seq.0 + 1 == sealed.later_from.0 {
+            new_anchor = anchor(header, raw);
+        }
+        if header.seq.0 < from {
+            anchor_seen = anchor(header, raw) == start.anchor;
+            return;
+        }
         read += 1;
         if read.is_multiple_of(PROGRESS_EVERY) {
             progress.read.store(read, Ordering::Relaxed);
@@ -863,7 +929,10 @@ fn read_survivors(
     if !batch.records.is_empty() {
         send(batch);
     }
-    Ok(indexed)
+    if anchored && !anchor_seen {
+        return Ok(None);
+    }
+    Ok(Some((indexed, new_anchor)))
 }
 
 /// What a worker built of one part of the records.

@@ -70,7 +70,7 @@ pub struct RunStatus {
 /// A finished run (sent to self).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct RunFinished(SealedEpoch, Result<Batch, RecomputeFailed>);
+struct RunFinished(SealedEpoch, RunMode, Result<Batch, RecomputeFailed>);
 
 /// The supervisor's state.
 pub struct Supervisor {
@@ -171,7 +171,8 @@ impl Supervisor {
             return;
         };
         self.running = true;
-        let mode = if std::mem::take(&mut self.full_next) {
+        // Asked for until a full run succeeds: a failed one does not use it up.
+        let mode = if self.full_next {
             RunMode::Full
         } else {
             RunMode::Incremental
@@ -203,7 +204,7 @@ impl Supervisor {
                     reason: format!("the run panicked: {join}"),
                 }),
             };
-            RunFinished(sealed, outcome)
+            RunFinished(sealed, mode, outcome)
         };
         ctx.spawn(
             run.into_actor(self)
@@ -288,10 +289,13 @@ impl Handler<RunFinished> for Supervisor {
 
     #[tracing::instrument(skip_all, fields(epoch = %msg.0.epoch))]
     fn handle(&mut self, msg: RunFinished, ctx: &mut Self::Context) {
-        let RunFinished(sealed, outcome) = msg;
+        let RunFinished(sealed, mode, outcome) = msg;
         self.running = false;
         match outcome {
             Ok(batch) => {
+                if mode == RunMode::Full {
+                    self.full_next = false;
+                }
                 tracing::info!(
                     took_ms = batch.took_ms,
                     counted = batch.stats.counted,

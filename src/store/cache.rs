@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMCACH";
 /// The payload format this build writes and reads.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 const HEADER_BYTES: usize = 32;
 
 /// Writes one cache file atomically.

@@ -140,10 +140,10 @@ pub fn write_snapshot<T: Serialize>(
 /// to `path` and fsyncs the directory: `path` is then whole or absent,
 /// whatever crashes. The payload is encoded straight into the file (never
 /// whole in memory: it is the size of the views); `header` makes the header
-/// from its length and crc32c, and is written over the zeros left for it
-/// in front. A crash at `crash_point` (for the fault tests) comes once
+/// from its length and crc32c, and is written over the placeholder (the
+/// header of an empty payload) left for it in front. A crash at `crash_point` (for the fault tests) comes once
 /// [`CRASH_AFTER`] bytes of payload are in `tmp`, or all of a smaller one
-/// (its header still zeros). A failed write removes
+/// (its header still the placeholder). A failed write removes
 /// `tmp`: a full disk must not stay full of a file that will never be used.
 ///
 /// # Errors
@@ -255,7 +255,9 @@ impl Write for Payload<'_> {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        self.out.flush().inspect_err(|err| {
+            self.failed = Some(std::io::Error::new(err.kind(), err.to_string()));
+        })
     }
 }
 

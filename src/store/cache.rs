@@ -14,12 +14,11 @@
 //! the master dataset. The cache only ever saves work; it is never the truth.
 
 use super::paths::{self, DataPaths};
-use super::snapshot::{remove_leftovers, write_atomically};
+use super::snapshot::{read_framed, remove_leftovers, write_atomically};
 use super::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMCACH";
@@ -101,47 +100,31 @@ fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
         path: path.to_owned(),
         problem,
     };
-    let mut file = match fs::File::open(path) {
+    let file = match fs::File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(Error::io("open", path, source)),
     };
-    let mut header = [0u8; HEADER_BYTES];
-    file.read_exact(&mut header)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
-            _ => Error::io("read", path, err),
-        })?;
-    let u32_at =
-        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    if &header[0..8] != MAGIC {
-        return Err(bad("not a tandem cache file (bad magic)".into()));
-    }
-    if crc32c::crc32c(&header[..28]) != u32_at(28) {
-        return Err(bad("header crc mismatch".into()));
-    }
-    let version = u32_at(8);
-    if version != CACHE_FORMAT_VERSION {
-        return Err(bad(format!(
-            "format version {version}, this build reads version {CACHE_FORMAT_VERSION}"
-        )));
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&header[12..20]);
-    let len = u64::from_le_bytes(len);
-    let mut payload = Vec::with_capacity(len.min(1 << 30) as usize);
-    file.read_to_end(&mut payload)
-        .map_err(|source| Error::io("read", path, source))?;
-    if payload.len() as u64 != len {
-        return Err(bad(format!(
-            "payload is {} bytes, the header says {len}",
-            payload.len()
-        )));
-    }
-    if crc32c::crc32c(&payload) != u32_at(20) {
-        return Err(bad("payload crc mismatch".into()));
-    }
-    Ok(Some(payload))
+    read_framed(file, path, bad, |header: &[u8; HEADER_BYTES]| {
+        let u32_at =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        if &header[0..8] != MAGIC {
+            return Err(bad("not a tandem cache file (bad magic)".into()));
+        }
+        if crc32c::crc32c(&header[..28]) != u32_at(28) {
+            return Err(bad("header crc mismatch".into()));
+        }
+        let version = u32_at(8);
+        if version != CACHE_FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {version}, this build reads version {CACHE_FORMAT_VERSION}"
+            )));
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&header[12..20]);
+        Ok(((), u64::from_le_bytes(len), u32_at(20)))
+    })
+    .map(|((), payload)| Some(payload))
 }
 
 /// The files under `cache/`, by name (temporary files left out).

@@ -189,7 +189,8 @@ fn write_payload<T: Serialize>(
     let placeholder = header(0, 0);
     file.write_all(&placeholder).map_err(Written::Io)?;
     let mut payload = Payload {
-        out: std::io::BufWriter::with_capacity(1 << 20, file),
+        file,
+        buffer: Vec::with_capacity(PAYLOAD_CHUNK),
         crc: 0,
         len: 0,
         crash_point,
@@ -201,12 +202,11 @@ fn write_payload<T: Serialize>(
         return Err(Written::Io(io));
     }
     encoded.map_err(Written::Encode)?;
-    payload.crash().map_err(Written::Io)?;
-    let (len, crc) = (payload.len, payload.crc);
-    let mut file = payload
-        .out
-        .into_inner()
-        .map_err(|err| Written::Io(err.into_error()))?;
+    payload.drain().map_err(Written::Io)?;
+    payload.crash();
+    let Payload {
+        mut file, len, crc, ..
+    } = payload;
     let header = header(len, crc);
     debug_assert_eq!(header.len(), placeholder.len());
     file.seek(std::io::SeekFrom::Start(0))
@@ -215,9 +215,15 @@ fn write_payload<T: Serialize>(
         .map_err(Written::Io)
 }
 
-/// A file's payload as it is written: counted and checksummed on the way.
+/// Payload bytes gathered before they are checksummed and written.
+const PAYLOAD_CHUNK: usize = 1 << 20;
+
+/// A file's payload as it is written: gathered in chunks, each counted,
+/// checksummed and written whole (postcard writes field by field).
 struct Payload<'a> {
-    out: std::io::BufWriter<File>,
+    file: File,
+    buffer: Vec<u8>,
+    /// Of the bytes written to `file`.
     crc: u32,
     len: u64,
     crash_point: &'a str,
@@ -228,36 +234,53 @@ struct Payload<'a> {
 }
 
 impl Payload<'_> {
-    /// Passes the crash point (once), with what is written so far in the file.
-    fn crash(&mut self) -> std::io::Result<()> {
-        if !self.crashed {
-            self.crashed = true;
-            self.out.flush()?;
-            crate::faults::crash_point(self.crash_point);
+    /// Checksums and writes what is gathered; passes the crash point once
+    /// [`CRASH_AFTER`] bytes are in the file.
+    fn drain(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.buffer)?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buffer);
+        self.len += self.buffer.len() as u64;
+        self.buffer.clear();
+        if self.len >= CRASH_AFTER {
+            self.crash();
         }
         Ok(())
+    }
+
+    /// Passes the crash point (once), with what is written so far in the file.
+    fn crash(&mut self) {
+        if !self.crashed {
+            self.crashed = true;
+            crate::faults::crash_point(self.crash_point);
+        }
+    }
+
+    /// `drain`, keeping an I/O error for the caller (postcard reports any
+    /// writer error as its own).
+    fn drain_kept(&mut self) -> std::io::Result<()> {
+        self.drain().inspect_err(|err| {
+            self.failed = Some(std::io::Error::new(err.kind(), err.to_string()));
+        })
     }
 }
 
 impl Write for Payload<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Err(err) = self.out.write_all(buf) {
-            let kind = err.kind();
-            self.failed = Some(err);
-            return Err(kind.into());
-        }
-        self.crc = crc32c::crc32c_append(self.crc, buf);
-        self.len += buf.len() as u64;
-        if self.len >= CRASH_AFTER {
-            self.crash()?;
+        self.buffer.extend_from_slice(buf);
+        // The first chunk is small, so that the crash point comes early.
+        let limit = if self.len == 0 {
+            CRASH_AFTER as usize
+        } else {
+            PAYLOAD_CHUNK
+        };
+        if self.buffer.len() >= limit {
+            self.drain_kept()?;
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush().inspect_err(|err| {
-            self.failed = Some(std::io::Error::new(err.kind(), err.to_string()));
-        })
+        self.drain_kept()
     }
 }
 
@@ -329,38 +352,50 @@ pub fn verify_snapshot(path: &Path) -> Result<SnapshotMeta> {
 }
 
 fn read_checked(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
-    let mut file = File::open(path).map_err(|source| Error::io("open", path, source))?;
-    let mut header = [0u8; HEADER_BYTES];
+    let file = File::open(path).map_err(|source| Error::io("open", path, source))?;
+    let bad = |problem: String| Error::BadSnapshot {
+        path: path.to_owned(),
+        problem,
+    };
+    read_framed(file, path, bad, |header: &[u8; HEADER_BYTES]| {
+        let (meta, crc) = SnapshotMeta::decode(path, header)?;
+        Ok((meta, meta.payload_bytes, crc))
+    })
+}
+
+/// Reads a file written by [`write_atomically`]: its `N`-byte header, which
+/// `decode` checks and reads into what it says and the length and crc32c it
+/// promises of the payload, then the payload, checked against those. `bad`
+/// names damage (a short header, a payload of another length or crc).
+///
+/// # Errors
+/// I/O errors, damage, or what `decode` refuses.
+pub(super) fn read_framed<const N: usize, H>(
+    mut file: File,
+    path: &Path,
+    bad: impl Fn(String) -> Error,
+    decode: impl FnOnce(&[u8; N]) -> Result<(H, u64, u32)>,
+) -> Result<(H, Vec<u8>)> {
+    let mut header = [0u8; N];
     file.read_exact(&mut header)
         .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::BadSnapshot {
-                path: path.to_owned(),
-                problem: "shorter than its header".into(),
-            },
+            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
             _ => Error::io("read", path, err),
         })?;
-    let (meta, payload_crc) = SnapshotMeta::decode(path, &header)?;
-    let mut payload = Vec::with_capacity(meta.payload_bytes.min(1 << 30) as usize);
+    let (said, len, crc) = decode(&header)?;
+    let mut payload = Vec::with_capacity(len.min(1 << 30) as usize);
     file.read_to_end(&mut payload)
         .map_err(|source| Error::io("read", path, source))?;
-    if payload.len() as u64 != meta.payload_bytes {
-        let problem = format!(
-            "payload is {} bytes, the header says {}",
-            payload.len(),
-            meta.payload_bytes
-        );
-        return Err(Error::BadSnapshot {
-            path: path.to_owned(),
-            problem,
-        });
+    if payload.len() as u64 != len {
+        return Err(bad(format!(
+            "payload is {} bytes, the header says {len}",
+            payload.len()
+        )));
     }
-    if crc32c::crc32c(&payload) != payload_crc {
-        return Err(Error::BadSnapshot {
-            path: path.to_owned(),
-            problem: "payload crc mismatch".into(),
-        });
+    if crc32c::crc32c(&payload) != crc {
+        return Err(bad("payload crc mismatch".into()));
     }
-    Ok((meta, payload))
+    Ok((said, payload))
 }
 
 /// Loads the newest snapshot that reads back whole, refusing (and reporting)

@@ -22,11 +22,7 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
         let scanned = store::scan_segment(segment, None, |header, _| {
             epochs = (epochs.0.min(header.epoch.0), epochs.1.max(header.epoch.0));
         });
-        let name = segment
-            .path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(&segment.path);
         match scanned {
             Ok(outcome) => {
                 records_total += outcome.records;
@@ -100,10 +96,7 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     let snapshots = store::list_snapshots(&paths).context("cannot list snapshots")?;
     say!("snapshots {}", snapshots.len());
     for (i, (_, path)) in snapshots.iter().enumerate() {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(path);
         match store::verify_snapshot(path) {
             Ok(meta) => say!(
                 "  {name}  epoch {}  {} records  {} bytes  created {}  ok{}",
@@ -125,10 +118,7 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     let cache = store::list_cache(&paths).context("cannot list the batch cache")?;
     say!("batch cache {} files", cache.len());
     for path in &cache {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(path);
         match store::verify_cache(path) {
             Ok(info) => say!(
                 "  {name}  covers seq ..{}  {} bytes  ok",
@@ -148,6 +138,13 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     }
     say!("result: ok");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The last part of `path`, for a report line.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn format_ms(ms: i64) -> String {

@@ -1022,14 +1022,18 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
             })
             .ok_or("no sealed epoch")?;
             let started = Instant::now();
-            let batch = tandem::actors::recompute::recompute(
-                &paths,
-                &config,
-                sealed,
-                tandem::actors::RunMode::Full,
-                None,
-                &Default::default(),
-            )?;
+            let config = std::sync::Arc::new(config);
+            let batch = tandem::actors::recompute_worker::with_pool(2, |pool| {
+                tandem::actors::recompute::recompute(
+                    &paths,
+                    &config,
+                    sealed,
+                    tandem::actors::RunMode::Full,
+                    None,
+                    &Default::default(),
+                    pool,
+                )
+            })?;
             println!(
                 "{} {} {}",
                 started.elapsed().as_secs_f64(),

@@ -23,6 +23,7 @@ mod proc_status;
 use std::io::BufRead;
 use std::path::Path;
 use tandem::Config;
+use tandem::actors::recompute_worker::Pool;
 use tandem::event::Epoch;
 use tandem::store::{DataPaths, EpochIndex, MasterLog, NewRecord, SealedEpoch};
 
@@ -127,22 +128,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tandem::store::list_segments(&paths)?.len()
     );
     drop(log);
-    if let Some(first) = first {
-        return incremental(&paths, &config, first, sealed, runs);
-    }
+    let config = std::sync::Arc::new(config);
+    let workers = tandem::actors::recompute_worker::cores();
+    tandem::actors::recompute_worker::with_pool(workers, |pool| match first {
+        Some(first) => incremental(&paths, &config, first, sealed, runs, pool),
+        None => full(&paths, &config, sealed, runs, pool),
+    })
+}
+
+/// Times full runs over `sealed`: the views alone, then the whole run.
+fn full(
+    paths: &DataPaths,
+    config: &std::sync::Arc<Config>,
+    sealed: SealedEpoch,
+    runs: usize,
+    pool: &Pool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (paths, config) = (paths, config);
 
     let mut rates = Vec::with_capacity(runs);
     for run in 1..=runs {
         // Reset the peak so each run reports its own.
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
-        let workers = std::thread::available_parallelism().map_or(2, usize::from);
         let built = tandem::actors::recompute::build_views(
-            &paths,
-            &config,
+            paths,
+            config,
             sealed,
             tandem::actors::RunMode::Full,
-            workers,
+            pool,
             tandem::now_ms(),
             &Default::default(),
         )?;
@@ -156,12 +170,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let started = std::time::Instant::now();
         let batch = tandem::actors::recompute::recompute(
-            &paths,
-            &config,
+            paths,
+            config,
             sealed,
             tandem::actors::RunMode::Full,
             None,
             &Default::default(),
+            pool,
         )?;
         let took = started.elapsed().as_secs_f64();
         let rate = sealed.next_seq.0 as f64 / took;
@@ -186,10 +201,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// over `first`, each against a full run over `sealed`.
 fn incremental(
     paths: &DataPaths,
-    config: &Config,
+    config: &std::sync::Arc<Config>,
     first: SealedEpoch,
     sealed: SealedEpoch,
     runs: usize,
+    pool: &Pool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use tandem::actors::RunMode;
     use tandem::actors::recompute::{Progress, recompute};
@@ -201,6 +217,7 @@ fn incremental(
         RunMode::Full,
         None,
         &Progress::default(),
+        pool,
     )?;
     println!(
         "full run over the first {} records: {:.2} s",
@@ -230,7 +247,15 @@ fn incremental(
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let progress = Progress::default();
         let started = std::time::Instant::now();
-        recompute(paths, config, sealed, RunMode::Incremental, None, &progress)?;
+        recompute(
+            paths,
+            config,
+            sealed,
+            RunMode::Incremental,
+            None,
+            &progress,
+            pool,
+        )?;
         let took = started.elapsed().as_secs_f64();
         let (read, _) = progress.get();
         let (from_cache, from_master) = progress.views();
@@ -244,6 +269,7 @@ fn incremental(
             RunMode::Full,
             None,
             &Progress::default(),
+            pool,
         )?;
         let full = started.elapsed().as_secs_f64();
         ratios.push(took / full);

@@ -18,6 +18,7 @@ use std::path::Path;
 use tandem::Config;
 use tandem::actors::RunMode;
 use tandem::actors::recompute::{Batch, Progress, recompute};
+use tandem::actors::recompute_worker::with_pool;
 use tandem::aggregate::{Distinct, MetricState, MetricValue, Quantiles, ViewState};
 use tandem::event::Epoch;
 use tandem::store::{DataPaths, IdIndex, MasterLog, NewRecord, SealedEpoch};
@@ -221,8 +222,20 @@ fn run(
     served: Option<&IdIndex>,
 ) -> (Batch, (u64, u64)) {
     let progress = Progress::default();
-    let batch =
-        recompute(&store.paths(), config, sealed, mode, served, &progress).expect("batch run");
+    let config = std::sync::Arc::new(config.clone());
+    // Three workers: most events are routed to the owners of their keys.
+    let batch = with_pool(3, |pool| {
+        recompute(
+            &store.paths(),
+            &config,
+            sealed,
+            mode,
+            served,
+            &progress,
+            pool,
+        )
+    })
+    .expect("batch run");
     (batch, progress.views())
 }
 

@@ -2,10 +2,13 @@
 //! layer, wires the actors and returns a [`Handle`].
 //!
 //! Actors: `recorder` (single writer, own thread), `speed` (key partitions),
-//! `supervisor` (epochs and batch runs), `recompute` (a batch run, blocking),
-//! `serving` (merged answers); `source` holds the source tasks.
+//! `supervisor` (epochs and batch runs), `recompute_worker` (a batch run's
+//! key-sharded workers, one thread each; `recompute` is the run's reader and
+//! what it writes), `serving` (merged answers); `source` holds the source
+//! tasks.
 
 pub mod recompute;
+pub mod recompute_worker;
 pub mod recorder;
 pub mod serving;
 pub mod source;
@@ -382,6 +385,7 @@ fn stopping(epoch: Epoch) -> RecomputeFailed {
     RecomputeFailed {
         epoch,
         reason: "tandem is stopping".into(),
+        retryable: false,
     }
 }
 
@@ -719,6 +723,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let supervisor = Supervisor::new(
         paths,
         Arc::clone(&config),
+        recompute_worker::Pool::per_core(),
         startup.epoch,
         handles.clone(),
         serving.clone(),

@@ -12,6 +12,9 @@
 //! of the records before `later_from` become the run's [`IdIndex`], stored in
 //! the snapshot: the Recorder's first-copy check for the records after it.
 
+use super::recompute_worker::{
+    Begin, Credit, Finish, Flush, Part, Plan, Pool, Records, WorkBatch, flag,
+};
 use crate::aggregate::{ViewIndex, ViewSpec, ViewState};
 use crate::config::Config;
 use crate::event::Epoch;
@@ -21,11 +24,11 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{channel, sync_channel};
 
 /// Records handed to a worker at a time.
 const BATCH_RECORDS: usize = 4_096;
-/// Batches queued per worker.
+/// Batches in flight per worker.
 const QUEUE_DEPTH: usize = 4;
 /// How often a run's reader publishes how far it has read, in records.
 const PROGRESS_EVERY: u64 = 65_536;
@@ -246,9 +249,24 @@ pub enum RecomputeError {
     /// The master dataset could not be read, or the snapshot written.
     #[error(transparent)]
     Store(#[from] store::Error),
-    /// A worker thread panicked.
-    #[error("a recompute worker panicked")]
-    WorkerPanicked,
+    /// A recompute worker panicked (it is restarted; the run can be retried).
+    #[error("{0}")]
+    Worker(String),
+    /// One of the run's own threads (writing the snapshot or the cache,
+    /// building indexes) panicked.
+    #[error("a batch run's thread panicked while {0}")]
+    Panicked(&'static str),
+}
+
+impl RecomputeError {
+    /// Whether the run may succeed if tried again: a panic, not what the
+    /// master dataset or the disk said.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RecomputeError::Worker(_) | RecomputeError::Panicked(_)
+        )
+    }
 }
 
 /// How a batch run uses the batch cache.
@@ -445,30 +463,6 @@ pub fn view_fingerprint(config: &Config, spec: &ViewSpec) -> String {
     )
 }
 
-/// A batch of surviving records for a worker: raw bytes back to back.
-struct WorkBatch {
-    bytes: Vec<u8>,
-    /// (end offset in `bytes`, ingest time, [`flag`]s) per record.
-    records: Vec<(usize, i64, u8)>,
-}
-
-/// Flags of a record in a [`WorkBatch`].
-mod flag {
-    /// At or after `later_from`: in the snapshot, not in the cache.
-    pub const TAIL: u8 = 1;
-    /// Before the cached records' end: only for views without a cached state.
-    pub const UNCACHED_ONLY: u8 = 2;
-}
-
-impl WorkBatch {
-    fn new() -> WorkBatch {
-        WorkBatch {
-            bytes: Vec::with_capacity(BATCH_RECORDS * 256),
-            records: Vec::with_capacity(BATCH_RECORDS),
-        }
-    }
-}
-
 /// Rebuilds every view over epochs <= `sealed.epoch` and writes the
 /// snapshot, publishing how far it has read in `progress`. `mode` says
 /// whether the batch cache may be used; it is written either way. `earlier`,
@@ -480,18 +474,16 @@ impl WorkBatch {
 /// offset), or the snapshot cannot be written.
 pub fn recompute(
     paths: &DataPaths,
-    config: &Config,
+    config: &Arc<Config>,
     sealed: SealedEpoch,
     mode: RunMode,
     earlier: Option<&IdIndex>,
     progress: &Progress,
+    pool: &Pool,
 ) -> Result<Batch, RecomputeError> {
     let started = std::time::Instant::now();
-    let workers = std::thread::available_parallelism()
-        .map_or(2, usize::from)
-        .max(1);
     let now = crate::now_ms();
-    let built = build_views(paths, config, sealed, mode, workers, now, progress)?;
+    let built = build_views(paths, config, sealed, mode, pool, now, progress)?;
     let took_ms = started.elapsed().as_millis() as u64;
     let stats = built.stats;
     let data = SnapshotData {
@@ -544,9 +536,15 @@ pub fn recompute(
             _ => Err(store::IdFilter::of(&built.ids)),
         });
         let indexes = build_indexes(&config.views, &states);
-        let meta = write.join().map_err(|_| RecomputeError::WorkerPanicked)?;
-        cache.join().map_err(|_| RecomputeError::WorkerPanicked)?;
-        let ids = ids.join().map_err(|_| RecomputeError::WorkerPanicked)?;
+        let meta = write
+            .join()
+            .map_err(|_| RecomputeError::Panicked("writing the snapshot"))?;
+        cache
+            .join()
+            .map_err(|_| RecomputeError::Panicked("writing the batch cache"))?;
+        let ids = ids
+            .join()
+            .map_err(|_| RecomputeError::Panicked("building the id index"))?;
         Ok::<_, RecomputeError>((meta?, indexes, ids))
     })?;
     tracing::info!(
@@ -601,7 +599,7 @@ struct CacheContents {
 }
 
 /// The views over epochs <= `sealed.epoch` as of `now_ms` (for retention),
-/// built by `workers` threads, and the ids of the records before
+/// built by the recompute workers of `pool`, and the ids of the records before
 /// `sealed.later_from`; how far it has read goes to `progress`.
 ///
 /// The views' states over the records before `later_from` (which every
@@ -614,10 +612,10 @@ struct CacheContents {
 /// The master dataset cannot be read.
 pub fn build_views(
     paths: &DataPaths,
-    config: &Config,
+    config: &Arc<Config>,
     sealed: SealedEpoch,
     mode: RunMode,
-    workers: usize,
+    pool: &Pool,
     now_ms: i64,
     progress: &Progress,
 ) -> Result<Built, RecomputeError> {
@@ -645,52 +643,60 @@ pub fn build_views(
         read_from = start.read_from(),
         "batch run planned"
     );
-    let (cutoffs, uncached) = (cutoffs.as_slice(), uncached.as_slice());
     let mut read_stats = [BatchStats::default(); 2];
     let loaded = clock.elapsed();
-    let results = std::thread::scope(|scope| {
-        let mut senders: Vec<SyncSender<WorkBatch>> = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (tx, rx) = sync_channel(QUEUE_DEPTH);
-            senders.push(tx);
-            handles.push(scope.spawn(move || work(config, cutoffs, uncached, rx)));
+    let plan = Arc::new(Plan::new(
+        Arc::clone(config),
+        cutoffs.clone(),
+        uncached,
+        pool,
+    ));
+    for worker in 0..pool.len() {
+        pool.worker(worker).do_send(Begin(Arc::clone(&plan)));
+    }
+    // A batch waits for a credit: a bounded number is in flight, however
+    // unevenly the keys fall on the workers.
+    let in_flight = pool.len() * QUEUE_DEPTH;
+    let (give, credits) = sync_channel(in_flight);
+    for _ in 0..in_flight {
+        give.try_send(()).ok();
+    }
+    let mut next = 0;
+    let mut send = |batch: WorkBatch| {
+        // The run holds a sender: a credit always comes back.
+        credits.recv().ok();
+        if plan.failure().is_some() {
+            return false;
         }
-        let presize = config.schema.id_field().is_some();
-        let read = read_survivors(
-            paths,
-            sealed,
-            presize,
-            &start,
-            &senders,
-            &mut read_stats,
-            progress,
-        );
-        drop(senders);
-        let joined: Vec<_> = handles.into_iter().map(|handle| handle.join()).collect();
-        (read, joined)
-    });
-    let (read, joined) = results;
+        let credit = Arc::new(Credit(give.clone()));
+        pool.worker(next).do_send(Records {
+            run: plan.id(),
+            batch,
+            credit,
+        });
+        next += 1;
+        true
+    };
+    let presize = config.schema.id_field().is_some();
+    let read = read_survivors(
+        paths,
+        sealed,
+        presize,
+        &start,
+        &mut send,
+        &mut read_stats,
+        progress,
+    );
+    let done = finish(&plan, pool);
     let Some((new_ids, new_anchor)) = read? else {
         tracing::warn!(
             upto = start.upto,
             "the batch cache does not match the master dataset (its last record differs: a log restored from a backup?): every view from the master dataset"
         );
-        return build_views(
-            paths,
-            config,
-            sealed,
-            RunMode::Full,
-            workers,
-            now_ms,
-            progress,
-        );
+        return build_views(paths, config, sealed, RunMode::Full, pool, now_ms, progress);
     };
+    let done = done?;
     let applied = clock.elapsed();
-    let mut done = Vec::with_capacity(joined.len());
-    for outcome in joined {
-        done.push(outcome.map_err(|_| RecomputeError::WorkerPanicked)?);
-    }
     // The records before `later_from`: the cache's next contents.
     let mut cached_stats = start.stats;
     cached_stats.add(&read_stats[0]);
@@ -712,7 +718,7 @@ pub fn build_views(
         start.full_at_ms.unwrap_or(now_ms)
     };
     let mut views = merge_parts(config, start.cached, chunks);
-    for ((state, spec), cutoff) in views.iter_mut().zip(&config.views).zip(cutoffs) {
+    for ((state, spec), cutoff) in views.iter_mut().zip(&config.views).zip(&cutoffs) {
         if let Some(cutoff) = cutoff {
             state.retain_from(spec, *cutoff);
         }
@@ -763,6 +769,41 @@ pub fn build_views(
     })
 }
 
+/// Ends `plan`'s run on every worker of `pool`: answers each worker's parts,
+/// or the failure of the run by the name of the worker that failed.
+fn finish(plan: &Plan, pool: &Pool) -> Result<Vec<[Part; 2]>, RecomputeError> {
+    // Once every worker has answered `Flush`, every event routed between
+    // workers is queued before the `Finish` that follows it.
+    let flushed: Vec<_> = (0..pool.len())
+        .map(|worker| {
+            let (reply, flushed) = channel();
+            pool.worker(worker).do_send(Flush(reply));
+            flushed
+        })
+        .collect();
+    for flushed in flushed {
+        flushed.recv().ok();
+    }
+    let finished: Vec<_> = (0..pool.len())
+        .map(|worker| {
+            let (reply, parts) = channel();
+            pool.worker(worker).do_send(Finish {
+                run: plan.id(),
+                reply,
+            });
+            parts
+        })
+        .collect();
+    let parts: Result<Vec<[Part; 2]>, _> = finished.into_iter().map(|parts| parts.recv()).collect();
+    match (parts, plan.failure()) {
+        (Ok(parts), None) => Ok(parts),
+        (_, Some(failure)) => Err(RecomputeError::Worker(failure)),
+        (Err(_), None) => Err(RecomputeError::Worker(
+            "a recompute worker stopped before the run ended (the system is stopping)".to_owned(),
+        )),
+    }
+}
+
 /// Per view, `base` (or an empty state) with the states of every part merged in.
 fn merge_parts(
     config: &Config,
@@ -772,13 +813,8 @@ fn merge_parts(
     let mut merged: Vec<ViewState> = base.into_iter().map(Option::unwrap_or_default).collect();
     for states in parts {
         for ((mine, theirs), spec) in merged.iter_mut().zip(states).zip(&config.views) {
-            // Merging the smaller into the larger moves fewer groups.
-            if mine.len() < theirs.len() {
-                let smaller = std::mem::replace(mine, theirs);
-                mine.merge(spec, &smaller);
-            } else {
-                mine.merge(spec, &theirs);
-            }
+            // The workers' shares hold disjoint keys: they are moved, not merged.
+            mine.merge_owned(spec, theirs);
         }
     }
     merged
@@ -835,7 +871,7 @@ fn read_survivors(
     sealed: SealedEpoch,
     presize: bool,
     start: &Start,
-    workers: &[SyncSender<WorkBatch>],
+    send: &mut impl FnMut(WorkBatch) -> bool,
     stats: &mut [BatchStats; 2],
     progress: &Progress,
 ) -> Result<Option<(Vec<u64>, u32)>, store::Error> {
@@ -855,15 +891,14 @@ fn read_survivors(
         FxHashSet::with_capacity_and_hasher(capacity, Default::default());
     let earlier = start.ids.as_ref();
     let mut indexed: Vec<u64> = Vec::new();
-    let mut batch = WorkBatch::new();
-    let mut next_worker = 0;
-    let mut send = |batch: WorkBatch| {
-        // A worker only stops early by panicking; the join reports that.
-        workers[next_worker % workers.len()].send(batch).ok();
-        next_worker += 1;
-    };
+    let mut batch = WorkBatch::with_capacity(BATCH_RECORDS);
+    // Set when a worker failed: the run's failure is reported once it ends.
+    let mut stopped = false;
     let scan_from = if anchored { from - 1 } else { from };
     store::scan_log_from(paths, Seq(scan_from), sealed.end, |header, raw| {
+        if stopped {
+            return;
+        }
         if header.seq.0 + 1 == sealed.later_from.0 {
             new_anchor = anchor(header, raw);
         }
@@ -922,68 +957,16 @@ fn read_survivors(
             .records
             .push((batch.bytes.len(), header.ingest_ms, flags));
         if batch.records.len() >= BATCH_RECORDS {
-            send(std::mem::replace(&mut batch, WorkBatch::new()));
+            let full = std::mem::replace(&mut batch, WorkBatch::with_capacity(BATCH_RECORDS));
+            stopped = !send(full);
         }
     })?;
     progress.read.store(read, Ordering::Relaxed);
-    if !batch.records.is_empty() {
+    if !batch.records.is_empty() && !stopped {
         send(batch);
     }
     if anchored && !anchor_seen {
         return Ok(None);
     }
     Ok(Some((indexed, new_anchor)))
-}
-
-/// What a worker built of one part of the records.
-struct Part {
-    states: Vec<ViewState>,
-    stats: BatchStats,
-}
-
-/// A worker: parses and applies every record it is given, to the part its
-/// flags name (before `later_from`, or after), except to a view whose
-/// retention `cutoffs` (bucket starts) the event's bucket is before, and a
-/// record of the cached range to the `uncached` views alone.
-fn work(
-    config: &Config,
-    cutoffs: &[Option<i64>],
-    uncached: &[bool],
-    batches: Receiver<WorkBatch>,
-) -> [Part; 2] {
-    let mut parts = [0, 1].map(|_| Part {
-        states: config.views.iter().map(|_| ViewState::new()).collect(),
-        stats: BatchStats::default(),
-    });
-    for batch in batches {
-        let mut start = 0;
-        for (end, ingest_ms, flags) in batch.records {
-            let part = &mut parts[usize::from(flags & flag::TAIL != 0)];
-            match config.schema.parse(&batch.bytes[start..end], ingest_ms) {
-                Ok(event) => {
-                    let only_uncached = flags & flag::UNCACHED_ONLY != 0;
-                    for (((state, spec), cutoff), uncached) in part
-                        .states
-                        .iter_mut()
-                        .zip(&config.views)
-                        .zip(cutoffs)
-                        .zip(uncached)
-                    {
-                        if only_uncached && !uncached {
-                            continue;
-                        }
-                        if cutoff.is_some_and(|cutoff| spec.bucket_of(event.event_ms) < cutoff) {
-                            part.stats.expired += 1;
-                        } else {
-                            state.apply(spec, &event);
-                        }
-                    }
-                    part.stats.counted += 1;
-                }
-                Err(_) => part.stats.invalid += 1,
-            }
-            start = end;
-        }
-    }
-    parts
 }

@@ -3,9 +3,13 @@
 //! In: `StartEpoch` (from its timer, or on demand), `Sealed` (from the
 //! Recorder), `WaitServed`. Out: barriers to every source, a recompute when an
 //! epoch is sealed, `SnapshotReady` to Serving. One batch run at a time:
-//! seals that arrive during a run coalesce into one run for the newest.
+//! seals that arrive during a run coalesce into one run for the newest. It
+//! owns the pool of recompute workers; a run that fails because a worker
+//! panicked (the worker is restarted) is tried again, up to
+//! [`RUN_ATTEMPTS`] times, while the served snapshot stays.
 
 use super::recompute::{Batch, RunMode, recompute};
+use super::recompute_worker::Pool;
 use super::recorder::{IdIndexReady, Sealed};
 use super::serving::{Serving, SnapshotReady};
 use super::source::SourceHandle;
@@ -21,6 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// How many times a batch run is tried when a worker panics in it.
+pub const RUN_ATTEMPTS: u32 = 3;
+/// How long a failed run waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// Starts a new epoch: every source finishes the current one with a barrier.
 /// Answers the epoch being finished. With [`RunMode::Full`], the next batch
@@ -42,7 +51,8 @@ pub struct WaitServed(
 #[rtype(result = "RunStatus")]
 pub struct RunQuery;
 
-/// A batch run failed; the next sealed epoch tries again.
+/// A batch run failed; it is tried again if a worker panicked, else the next
+/// sealed epoch tries again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("batch run for epoch {epoch} failed: {reason}")]
 pub struct RecomputeFailed {
@@ -50,6 +60,8 @@ pub struct RecomputeFailed {
     pub epoch: Epoch,
     /// Why, in one line.
     pub reason: String,
+    /// Whether trying again may succeed (a panic, not the disk or the data).
+    pub retryable: bool,
 }
 
 /// The batch runs' state.
@@ -76,6 +88,10 @@ struct RunFinished(SealedEpoch, RunMode, Result<Batch, RecomputeFailed>);
 pub struct Supervisor {
     paths: DataPaths,
     config: Arc<Config>,
+    /// The recompute workers that carry out the batch runs.
+    pool: Pool,
+    /// Tries of the pending run so far that failed and may be retried.
+    attempts: u32,
     /// The open epoch: sources stamp new events with it.
     epoch: Epoch,
     sources: Vec<SourceHandle>,
@@ -112,6 +128,7 @@ impl Supervisor {
     pub fn new(
         paths: DataPaths,
         config: Arc<Config>,
+        pool: Pool,
         epoch: Epoch,
         sources: Vec<SourceHandle>,
         serving: Addr<Serving>,
@@ -125,6 +142,8 @@ impl Supervisor {
         Supervisor {
             paths,
             config,
+            pool,
+            attempts: 0,
             epoch,
             sources,
             serving,
@@ -179,6 +198,7 @@ impl Supervisor {
         };
         let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
         let (shared, earlier) = (Arc::clone(&self.shared), Arc::clone(&self.served_ids));
+        let pool = self.pool.clone();
         shared.recompute_progress.start(sealed.next_seq.0);
         tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, ?mode, "batch run started");
         let run = async move {
@@ -190,6 +210,7 @@ impl Supervisor {
                     mode,
                     Some(&earlier),
                     &shared.recompute_progress,
+                    &pool,
                 )
             })
             .await;
@@ -198,10 +219,12 @@ impl Supervisor {
                 Ok(Err(err)) => Err(RecomputeFailed {
                     epoch: sealed.epoch,
                     reason: crate::error_chain(&err),
+                    retryable: err.is_retryable(),
                 }),
                 Err(join) => Err(RecomputeFailed {
                     epoch: sealed.epoch,
                     reason: format!("the run panicked: {join}"),
+                    retryable: true,
                 }),
             };
             RunFinished(sealed, mode, outcome)
@@ -293,6 +316,7 @@ impl Handler<RunFinished> for Supervisor {
         self.running = false;
         match outcome {
             Ok(batch) => {
+                self.attempts = 0;
                 if mode == RunMode::Full {
                     self.full_next = false;
                 }
@@ -338,6 +362,25 @@ impl Handler<RunFinished> for Supervisor {
                         .recompute_failing_since_ms
                         .store(crate::now_ms(), Ordering::Relaxed);
                 }
+                self.attempts += 1;
+                if failed.retryable && self.attempts < RUN_ATTEMPTS {
+                    // Tried again unless a newer seal took its place.
+                    if self.pending.is_none() {
+                        self.pending = Some(sealed);
+                    }
+                    tracing::warn!(
+                        attempt = self.attempts + 1,
+                        of = RUN_ATTEMPTS,
+                        "batch run tried again"
+                    );
+                    self.running = true;
+                    ctx.run_later(RETRY_AFTER, |act, ctx| {
+                        act.running = false;
+                        act.maybe_run(ctx);
+                    });
+                    return;
+                }
+                self.attempts = 0;
                 self.answer_waiters(sealed.epoch, &Err(failed));
             }
         }

@@ -206,18 +206,44 @@ impl ViewState {
 
     /// Merges every group of `other` (a state of the same view) into this one.
     pub fn merge(&mut self, spec: &ViewSpec, other: &ViewState) {
-        let n = spec.metrics.len();
         for (key, theirs) in &other.keys {
             let index = self.intern(key);
-            let mine = &mut self.keys[index];
-            let before = mine.len();
-            for (bucket, states) in theirs.iter(n) {
-                for (state, other) in mine.entry(spec, bucket).iter_mut().zip(states) {
-                    state.merge(other);
+            self.merge_key(spec, index, theirs);
+        }
+    }
+
+    /// Merges `other` (a state of the same view) into this one, moving the
+    /// keys this one lacks instead of merging their groups: states over
+    /// disjoint keys (a batch run's shares) are put together by moves alone.
+    pub fn merge_owned(&mut self, spec: &ViewSpec, other: ViewState) {
+        if self.keys.is_empty() {
+            self.keys = other.keys;
+            self.groups = other.groups;
+            return;
+        }
+        self.keys.reserve(other.keys.len());
+        for (key, theirs) in other.keys {
+            match self.keys.get_index_of(&*key) {
+                Some(index) => self.merge_key(spec, index, &theirs),
+                None => {
+                    self.groups += theirs.len();
+                    self.keys.insert(key, theirs);
                 }
             }
-            self.groups += mine.len() - before;
         }
+    }
+
+    /// Merges `theirs`, the groups of the key at `index`, into that key's groups.
+    fn merge_key(&mut self, spec: &ViewSpec, index: usize, theirs: &KeyGroups) {
+        let n = spec.metrics.len();
+        let mine = &mut self.keys[index];
+        let before = mine.len();
+        for (bucket, states) in theirs.iter(n) {
+            for (state, other) in mine.entry(spec, bucket).iter_mut().zip(states) {
+                state.merge(other);
+            }
+        }
+        self.groups += mine.len() - before;
     }
 
     /// Drops every group whose bucket starts before `bucket_start`.

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use tandem::Config;
 use tandem::actors::RunMode;
 use tandem::actors::recompute::{Progress, recompute};
+use tandem::actors::recompute_worker::with_pool;
 use tandem::store::{self, DataDirLock, DataPaths};
 
 pub fn run(path: &Path, full: bool) -> anyhow::Result<ExitCode> {
@@ -31,7 +32,11 @@ pub fn run(path: &Path, full: bool) -> anyhow::Result<ExitCode> {
         RunMode::Incremental
     };
     let progress = Progress::default();
-    let batch = recompute(&paths, &config, sealed, mode, None, &progress)?;
+    let config = std::sync::Arc::new(config);
+    let workers = tandem::actors::recompute_worker::cores();
+    let batch = with_pool(workers, |pool| {
+        recompute(&paths, &config, sealed, mode, None, &progress, pool)
+    })?;
     let (from_cache, from_master) = progress.views();
     say!(
         "epoch {}: {} records, {} counted, {} duplicates, {} invalid, in {} ms ({}: \

@@ -499,7 +499,7 @@ fn serve(handle: &Arc<Handle>) -> Result<(String, actix_web::dev::ServerHandle),
     let addr = free_addr()?;
     let state = tandem::http::ApiState {
         handle: Arc::clone(handle),
-        token: None,
+        tokens: tandem::http::Tokens::open(),
         ready: Arc::new(AtomicBool::new(true)),
     };
     let server = tandem::http::serve(state, addr)?;

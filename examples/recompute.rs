@@ -17,6 +17,12 @@
 //! incremental run (from the full run's batch cache, restored before each)
 //! against a full run over the same records.
 
+/// The daemon's allocator (`src/bin/tandem/main.rs`): a batch run's
+/// workers free events another worker parsed, which glibc's allocator
+/// serialises on its arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/proc_status.rs"]
 mod proc_status;
 

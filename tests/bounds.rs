@@ -114,7 +114,7 @@ fn recompute_wait_gives_up_after_its_timeout_with_504() {
         let port = common::free_port();
         let state = tandem::http::ApiState {
             handle: Arc::clone(&handle),
-            token: None,
+            tokens: tandem::http::Tokens::open(),
             ready: Arc::new(AtomicBool::new(true)),
         };
         let server = tandem::http::serve(state, ([127, 0, 0, 1], port).into()).expect("serve");

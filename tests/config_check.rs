@@ -275,3 +275,62 @@ fn a_reader_that_goes_away_is_not_an_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+const SHIPPED_HTTP: &str = "listen = \"127.0.0.1:8080\"\nauth_token_env = \"TANDEM_TOKEN\"";
+
+#[test]
+fn a_listener_that_is_not_loopback_needs_a_token_or_a_knowing_opt_out() {
+    let open = "listen = \"0.0.0.0:8080\"";
+    let (code, err) = check_edited(|text| text.replace(SHIPPED_HTTP, open));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("http.listen: 0.0.0.0:8080 is not a loopback address and no token is set"),
+        "{err}"
+    );
+    assert!(err.contains("http.allow_unauthenticated = true"), "{err}");
+
+    let knowingly = format!("{open}\nallow_unauthenticated = true");
+    let (code, err) = check_edited(|text| text.replace(SHIPPED_HTTP, &knowingly));
+    assert_eq!(code, 0, "{err}");
+    let with_token = format!("{open}\n[[http.token]]\nrole = \"read\"\nenv = \"READ_TOKEN\"");
+    let (code, err) = check_edited(|text| text.replace(SHIPPED_HTTP, &with_token));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_token_needs_a_known_role_and_one_place_to_come_from() {
+    let tokens = format!(
+        "{SHIPPED_HTTP}\n[[http.token]]\nrole = \"root\"\nenv = \"A\"\n\
+         [[http.token]]\nrole = \"read\"\nenv = \"A\"\nfile = \"/run/secrets/a\"\n\
+         [[http.token]]\nfile = \"/run/secrets/b\""
+    );
+    let (code, err) = check_edited(|text| text.replace(SHIPPED_HTTP, &tokens));
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "http.token[0].role: \"root\" is not a role: one of read, ingest, admin",
+        "http.token[1]: set env or file, not both",
+        "http.token[2].role: a token needs a role: one of read, ingest, admin",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
+}
+
+#[test]
+fn the_plan_names_each_token_with_its_role_and_where_it_comes_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tokens.toml");
+    let text = std::fs::read_to_string(shipped()).expect("read shipped config");
+    let tokens = format!(
+        "{SHIPPED_HTTP}\n[[http.token]]\nrole = \"ingest\"\nfile = \"/run/secrets/ingest\""
+    );
+    std::fs::write(&path, text.replace(SHIPPED_HTTP, &tokens)).expect("write config");
+    let out = tandem_check(&path);
+    assert_eq!(out.status.code(), Some(0));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains(
+            "http      127.0.0.1:8080 (bearer tokens: admin from $TANDEM_TOKEN, ingest from /run/secrets/ingest)"
+        ),
+        "{plan}"
+    );
+}

@@ -2,13 +2,14 @@
 //! thread of its own (a one-thread `SyncArbiter`, so that every worker can be
 //! addressed), one per core. In a run, worker `i` of `n` owns the keys of
 //! every view whose hash maps to `i`: the speed layer's rule
-//! ([`super::speed::owners`]).
+//! ([`partition_of`]).
 //!
 //! In: `Begin` (a run's plan), `Records` (raw survivors from the run's
-//! reader, round robin), `Routed` (events another worker parsed whose key in
-//! some view is this worker's), `Flush` and `Finish`. A worker parses the
-//! records it is handed, applies each event to the views whose key it owns
-//! and routes it to the owners of the others. At the end each worker holds a
+//! reader, round robin), `Routed` (what events another worker parsed
+//! contribute to views whose keys this worker owns: key, bucket, inputs),
+//! `Flush` and `Finish`. A worker parses the records it is handed, applies
+//! each event to the views whose key it owns and sends the owners of the
+//! others what it contributes to them. At the end each worker holds a
 //! disjoint share of every view's keys, so the run puts the shares together
 //! by moving keys, without merging a group.
 //!
@@ -20,7 +21,8 @@
 //! (`SyncContext` restarts a stopped actor), which drops whatever is still
 //! queued for the failed run.
 
-use crate::aggregate::ViewState;
+use super::speed::partition_of;
+use crate::aggregate::{Input, ViewSpec, ViewState};
 use crate::config::Config;
 use crate::event::ParsedEvent;
 use actix::{Actor, ActorContext, Addr, Handler, Message, SyncArbiter, SyncContext};
@@ -137,7 +139,13 @@ impl Pool {
     /// Outside a running actix system (see [`with_pool`]).
     pub fn start(workers: usize) -> Pool {
         let workers = (0..workers.max(1))
-            .map(|index| SyncArbiter::start(1, move || RecomputeWorker { index, run: None }))
+            .map(|index| {
+                SyncArbiter::start_with_thread_builder(
+                    1,
+                    move || std::thread::Builder::new().name(format!("recompute-{index}")),
+                    move || RecomputeWorker { index, run: None },
+                )
+            })
             .collect();
         Pool { workers }
     }
@@ -206,16 +214,59 @@ pub fn with_pool<T>(workers: usize, job: impl FnOnce(&Pool) -> T) -> T {
 struct Running {
     plan: Arc<Plan>,
     parts: [Part; 2],
-    /// Per worker, the events routed to it, not yet sent.
-    outbound: Vec<Vec<Routed1>>,
-    /// The owning worker of the current event, per view (`usize::MAX`: the
-    /// view skips it).
-    owners: Vec<usize>,
+    /// Per worker, what the events parsed here contribute to the views
+    /// whose keys it owns, not yet sent.
+    outbound: Vec<Contributions>,
     scratch: String,
+    inputs: Vec<Input>,
 }
 
-/// An event routed to the owner of its key in one view: (view, flags, event).
-type Routed1 = (usize, u8, Arc<ParsedEvent>);
+/// What events contribute to views whose keys another worker owns, back to
+/// back: per entry its view, flags, bucket, key text and inputs. One batch
+/// of them is one allocation per field, whatever the number of events.
+#[derive(Default)]
+struct Contributions {
+    keys: String,
+    inputs: Vec<Input>,
+    /// (view, flags, bucket, end of its key in `keys`, end of its inputs in `inputs`).
+    entries: Vec<(usize, u8, i64, usize, usize)>,
+}
+
+impl Contributions {
+    fn push(
+        &mut self,
+        view: usize,
+        flags: u8,
+        bucket: i64,
+        key: &str,
+        inputs: (&ViewSpec, &ParsedEvent),
+    ) {
+        self.keys.push_str(key);
+        let (spec, event) = inputs;
+        spec.extend_inputs(event, &mut self.inputs);
+        self.entries
+            .push((view, flags, bucket, self.keys.len(), self.inputs.len()));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Applies every entry to its view in the part its flags name.
+    fn apply_to(&self, config: &Config, parts: &mut [Part; 2]) {
+        let (mut key_start, mut inputs_start) = (0, 0);
+        for &(view, flags, bucket, key_end, inputs_end) in &self.entries {
+            let part = &mut parts[usize::from(flags & flag::TAIL != 0)];
+            part.states[view].apply_inputs(
+                &config.views[view],
+                &self.keys[key_start..key_end],
+                bucket,
+                &self.inputs[inputs_start..inputs_end],
+            );
+            (key_start, inputs_start) = (key_end, inputs_end);
+        }
+    }
+}
 
 impl Running {
     fn new(plan: Arc<Plan>) -> Running {
@@ -227,76 +278,67 @@ impl Running {
         };
         Running {
             parts: [part(), part()],
-            outbound: (0..workers).map(|_| Vec::new()).collect(),
-            owners: vec![usize::MAX; views],
+            outbound: (0..workers).map(|_| Contributions::default()).collect(),
             scratch: String::new(),
+            inputs: Vec::new(),
             plan,
         }
     }
 
-    /// Parses every record of `batch`, applies each event to the views whose
-    /// key this worker (`me`) owns and routes it to the owners of the others.
+    /// Parses every record of `batch` and, per view, applies the event here
+    /// if this worker (`me`) owns its key, else sends what it contributes to
+    /// the owner; a view skips an event of a bucket its retention dropped,
+    /// and a record of the cached range unless it is computed from the
+    /// whole master dataset.
     fn records(&mut self, me: usize, batch: &WorkBatch, credit: &Arc<Credit>) {
         crate::faults::panic_point("recompute.worker");
-        let plan = Arc::clone(&self.plan);
+        let Running {
+            plan,
+            parts,
+            outbound,
+            scratch,
+            inputs,
+        } = self;
         let config = &plan.config;
         let workers = plan.workers.len();
         let mut start = 0;
         for &(end, ingest_ms, flags) in &batch.records {
             let raw = &batch.bytes[start..end];
             start = end;
-            let part = usize::from(flags & flag::TAIL != 0);
+            let part = &mut parts[usize::from(flags & flag::TAIL != 0)];
             let Ok(event) = config.schema.parse(raw, ingest_ms) else {
-                self.parts[part].stats.invalid += 1;
+                part.stats.invalid += 1;
                 continue;
             };
-            self.parts[part].stats.counted += 1;
+            part.stats.counted += 1;
             let only_uncached = flags & flag::UNCACHED_ONLY != 0;
-            let mut remote = false;
-            for (view, owner) in
-                super::speed::owners(&config.views, &event, workers, &mut self.scratch)
-            {
-                let skips = only_uncached && !plan.uncached[view];
-                self.owners[view] = if skips { usize::MAX } else { owner };
-                remote |= !skips && owner != me;
-            }
-            if !remote {
-                for view in 0..self.owners.len() {
-                    if self.owners[view] == me {
-                        self.apply(view, flags, &event);
-                    }
+            for (view, spec) in config.views.iter().enumerate() {
+                if only_uncached && !plan.uncached[view] {
+                    continue;
                 }
-                continue;
-            }
-            let event = Arc::new(event);
-            for view in 0..self.owners.len() {
-                match self.owners[view] {
-                    usize::MAX => {}
-                    owner if owner == me => self.apply(view, flags, &event),
-                    owner => self.outbound[owner].push((view, flags, Arc::clone(&event))),
+                let bucket = spec.bucket_of(event.event_ms);
+                if plan.cutoffs[view].is_some_and(|cutoff| bucket < cutoff) {
+                    part.stats.expired += 1;
+                    continue;
+                }
+                let key = spec.key_text(&event, scratch);
+                match partition_of(key, workers) {
+                    owner if owner == me => {
+                        spec.inputs(&event, inputs);
+                        part.states[view].apply_inputs(spec, key, bucket, inputs);
+                    }
+                    owner => outbound[owner].push(view, flags, bucket, key, (spec, &event)),
                 }
             }
         }
-        for (owner, events) in self.outbound.iter_mut().enumerate() {
-            if !events.is_empty() {
+        for (owner, contributions) in outbound.iter_mut().enumerate() {
+            if !contributions.is_empty() {
                 plan.workers[owner].do_send(Routed {
                     run: plan.id,
-                    events: std::mem::take(events),
+                    contributions: std::mem::take(contributions),
                     _credit: Arc::clone(credit),
                 });
             }
-        }
-    }
-
-    /// Applies `event` to view `view` in the part its flags name, unless the
-    /// view's retention has dropped its bucket.
-    fn apply(&mut self, view: usize, flags: u8, event: &ParsedEvent) {
-        let part = &mut self.parts[usize::from(flags & flag::TAIL != 0)];
-        let spec = &self.plan.config.views[view];
-        if self.plan.cutoffs[view].is_some_and(|cutoff| spec.bucket_of(event.event_ms) < cutoff) {
-            part.stats.expired += 1;
-        } else {
-            part.states[view].apply(spec, event);
         }
     }
 }
@@ -360,7 +402,7 @@ pub(crate) struct Records {
 #[rtype(result = "()")]
 struct Routed {
     run: u64,
-    events: Vec<Routed1>,
+    contributions: Contributions,
     /// The credit of the batch they came in: returned once every part of it is applied.
     _credit: Arc<Credit>,
 }
@@ -403,9 +445,8 @@ impl Handler<Routed> for RecomputeWorker {
 
     fn handle(&mut self, msg: Routed, ctx: &mut Self::Context) {
         self.guarded(ctx, msg.run, |_, running| {
-            for (view, flags, event) in &msg.events {
-                running.apply(*view, *flags, event);
-            }
+            msg.contributions
+                .apply_to(&running.plan.config, &mut running.parts);
         });
     }
 }

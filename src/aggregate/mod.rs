@@ -165,6 +165,11 @@ impl ViewSpec {
     /// The inputs `event` gives the view's metrics, in metric order, into `out`.
     pub fn inputs(&self, event: &ParsedEvent, out: &mut Vec<Input>) {
         out.clear();
+        self.extend_inputs(event, out);
+    }
+
+    /// Appends the inputs `event` gives the view's metrics, in metric order, to `out`.
+    pub fn extend_inputs(&self, event: &ParsedEvent, out: &mut Vec<Input>) {
         out.extend(self.metrics.iter().map(|metric| metric.input(event)));
     }
 

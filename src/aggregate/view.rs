@@ -194,14 +194,21 @@ impl ViewState {
     /// Applies one event to its group.
     pub fn apply(&mut self, spec: &ViewSpec, event: &ParsedEvent) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let index = self.intern(spec.key_text(event, &mut scratch));
-        self.scratch = scratch;
         let mut inputs = std::mem::take(&mut self.inputs);
         spec.inputs(event, &mut inputs);
-        if self.keys[index].apply(spec, spec.bucket_of(event.event_ms), &inputs) {
+        let key = spec.key_text(event, &mut scratch);
+        self.apply_inputs(spec, key, spec.bucket_of(event.event_ms), &inputs);
+        self.scratch = scratch;
+        self.inputs = inputs;
+    }
+
+    /// Applies what one event contributes: its key text, its bucket and its
+    /// inputs ([`ViewSpec::inputs`]).
+    pub fn apply_inputs(&mut self, spec: &ViewSpec, key: &str, bucket: i64, inputs: &[Input]) {
+        let index = self.intern(key);
+        if self.keys[index].apply(spec, bucket, inputs) {
             self.groups += 1;
         }
-        self.inputs = inputs;
     }
 
     /// Merges every group of `other` (a state of the same view) into this one.

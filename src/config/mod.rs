@@ -159,16 +159,117 @@ pub struct BatchConfig {
 /// `[http]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpConfig {
-    /// Address the API listens on. Default 127.0.0.1:8080.
+    /// Address the API listens on. Default 127.0.0.1:8080. An address that is
+    /// not loopback needs a token, or `allow_unauthenticated`.
     pub listen: SocketAddr,
-    /// Environment variable holding a bearer token; when set, every route but
-    /// the health checks requires it.
+    /// Environment variable holding a bearer token of the admin role (every
+    /// route); when set, every route but the health checks needs a token.
     pub auth_token_env: Option<String>,
+    /// The bearer tokens, each with its role: `auth_token_env` (admin) first,
+    /// then every `[[http.token]]`. Empty: the API is open.
+    pub tokens: Vec<TokenSpec>,
+    /// Listen on an address that is not loopback without a token, knowingly.
+    pub allow_unauthenticated: bool,
     /// On SIGTERM, how long the API goes on answering once the sources have
     /// drained: a push then gets 503 with `Retry-After` rather than a closed
     /// port, and a load balancer sees `/readyz` fail. Default 1 s.
     #[serde(serialize_with = "serialize_duration")]
     pub shutdown_grace: Duration,
+}
+
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Queries, status, metrics, the dashboard's data.
+    Read,
+    /// `POST /v1/events`.
+    Ingest,
+    /// Everything, including what changes state (`POST /v1/recompute`).
+    Admin,
+}
+
+impl Role {
+    /// The roles, by name.
+    pub const ALL: [(&'static str, Role); 3] = [
+        ("read", Role::Read),
+        ("ingest", Role::Ingest),
+        ("admin", Role::Admin),
+    ];
+
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Ingest => "ingest",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether a token of this role may do what `needed` may.
+    pub fn allows(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
+/// Where a token is read from, at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFrom {
+    /// An environment variable.
+    Env(String),
+    /// A file (a secret mounted by an orchestrator); one trailing newline is dropped.
+    File(PathBuf),
+}
+
+/// `[[http.token]]`: a bearer token and its role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenSpec {
+    /// What it may do.
+    pub role: Role,
+    /// Where it is read from.
+    pub from: TokenFrom,
+    /// Its key in the config, for errors (`http.token[1]`, `http.auth_token_env`).
+    pub key: String,
+    /// Whether the API may start without it (`http.auth_token_env`, "when
+    /// the variable is set"): on a loopback address only.
+    pub optional: bool,
+}
+
+impl TokenSpec {
+    /// The token's text.
+    ///
+    /// # Errors
+    /// The variable is not set or empty, or the file cannot be read or is
+    /// empty: one line that names the config key and the variable or file.
+    pub fn read(&self) -> Result<String, String> {
+        let (text, from) = match &self.from {
+            TokenFrom::Env(var) => (std::env::var(var).ok(), format!("the variable {var}")),
+            TokenFrom::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => (Some(text), format!("the file {}", path.display())),
+                Err(err) => {
+                    return Err(format!(
+                        "{}: cannot read {}: {err}",
+                        self.key,
+                        path.display()
+                    ));
+                }
+            },
+        };
+        let text = text.unwrap_or_default();
+        let token = text
+            .strip_suffix('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .unwrap_or(&text);
+        if token.is_empty() {
+            return Err(format!(
+                "{}: {from} is not set or empty, so the {} token has no value",
+                self.key,
+                self.role.as_str()
+            ));
+        }
+        Ok(token.to_owned())
+    }
 }
 
 /// `[master]`.

@@ -92,6 +92,17 @@ pub(crate) struct RawHttp {
     pub listen: Option<String>,
     pub auth_token_env: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub allow_unauthenticated: Option<bool>,
+    #[serde(default)]
+    pub token: Vec<RawToken>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table: [[http.token]]")]
+pub(crate) struct RawToken {
+    pub role: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +283,11 @@ impl RawConfig {
         expand(&mut self.batch.interval, "batch.interval".into());
         expand(&mut self.http.listen, "http.listen".into());
         expand(&mut self.http.auth_token_env, "http.auth_token_env".into());
+        for (i, token) in self.http.token.iter_mut().enumerate() {
+            expand(&mut token.role, format!("http.token[{i}].role"));
+            expand(&mut token.env, format!("http.token[{i}].env"));
+            expand(&mut token.file, format!("http.token[{i}].file"));
+        }
         for (i, view) in self.view.iter_mut().enumerate() {
             expand(&mut view.name, format!("view[{i}].name"));
             expand(&mut view.bucket, format!("view[{i}].bucket"));

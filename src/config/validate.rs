@@ -1,11 +1,11 @@
 //! `RawConfig` to `Config`: checks the meaning of every setting and collects
 //! every problem before returning, so one `tandem check` shows them all.
 
-use super::raw::{RawConfig, RawMetric, RawSource, RawView};
+use super::raw::{RawConfig, RawMetric, RawSource, RawToken, RawView};
 use super::{
     BatchConfig, Config, ConfigError, ConfigErrors, DemoSource, EventConfig, HttpConfig,
-    HttpSource, MasterConfig, RabbitmqSource, SourceConfig, SourceKind, SpeedConfig,
-    parse_duration,
+    HttpSource, MasterConfig, RabbitmqSource, Role, SourceConfig, SourceKind, SpeedConfig,
+    TokenFrom, TokenSpec, parse_duration,
 };
 use crate::aggregate::{Agg, MetricSpec, ViewSpec};
 use crate::event::{Need, Schema};
@@ -307,6 +307,34 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         }
     };
     let auth_token_env = problems.field(raw.http.auth_token_env, "http.auth_token_env");
+    let mut tokens: Vec<TokenSpec> = auth_token_env
+        .iter()
+        .map(|var| TokenSpec {
+            role: Role::Admin,
+            from: TokenFrom::Env(var.clone()),
+            key: "http.auth_token_env".to_owned(),
+            optional: true,
+        })
+        .collect();
+    for (i, token) in raw.http.token.into_iter().enumerate() {
+        tokens.extend(validate_token(token, i, problems));
+    }
+    let allow_unauthenticated = raw.http.allow_unauthenticated.unwrap_or(false);
+    if let Some(addr) = listen
+        && !addr.ip().is_loopback()
+        && tokens.is_empty()
+        && !allow_unauthenticated
+    {
+        problems.push(
+            "http.listen",
+            format!(
+                "{addr} is not a loopback address and no token is set, so anyone who can reach it \
+                 could push events, start batch runs and read every view: set a token \
+                 (http.auth_token_env = \"VAR\", or [[http.token]] with a role and an env or file), \
+                 or set http.allow_unauthenticated = true to accept that knowingly"
+            ),
+        );
+    }
     let shutdown_grace = match raw.http.shutdown_grace.as_deref() {
         Some(text) => problems.duration(
             Some(text),
@@ -366,6 +394,8 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         http: HttpConfig {
             listen: listen?,
             auth_token_env,
+            tokens,
+            allow_unauthenticated,
             shutdown_grace: shutdown_grace?,
         },
         master: MasterConfig {
@@ -373,6 +403,61 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         },
         views,
         schema: Arc::new(schema),
+    })
+}
+
+/// One `[[http.token]]`: a role and exactly one of `env` and `file`.
+fn validate_token(token: RawToken, i: usize, problems: &mut Problems) -> Option<TokenSpec> {
+    let key = format!("http.token[{i}]");
+    let names = || {
+        Role::ALL
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let role = match token.role.as_deref() {
+        None => {
+            problems.push(
+                format!("{key}.role"),
+                format!("a token needs a role: one of {}", names()),
+            );
+            None
+        }
+        Some(text) => {
+            let role = Role::ALL
+                .iter()
+                .find(|(name, _)| *name == text)
+                .map(|(_, role)| *role);
+            if role.is_none() {
+                problems.push(
+                    format!("{key}.role"),
+                    format!("{text:?} is not a role: one of {}", names()),
+                );
+            }
+            role
+        }
+    };
+    let from = match (token.env, token.file) {
+        (Some(var), None) if !var.is_empty() => Some(TokenFrom::Env(var)),
+        (None, Some(path)) if !path.is_empty() => Some(TokenFrom::File(path.into())),
+        (Some(_), Some(_)) => {
+            problems.push(key.clone(), "set env or file, not both");
+            None
+        }
+        _ => {
+            problems.push(
+                key.clone(),
+                "set env (an environment variable holding the token) or file (a file holding it)",
+            );
+            None
+        }
+    };
+    Some(TokenSpec {
+        role: role?,
+        from: from?,
+        key,
+        optional: false,
     })
 }
 

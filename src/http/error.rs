@@ -34,6 +34,9 @@ pub enum ApiError {
     /// A missing or wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A token whose role does not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     /// The system is stopping, or cannot write: worth trying again soon.
     #[error("{0}")]
     Unavailable(String),
@@ -85,6 +88,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::BatchFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -1,4 +1,5 @@
-//! The HTTP API (actix-web): routes, bearer-token auth and request metrics.
+//! The HTTP API (actix-web): routes, bearer tokens with roles (read, ingest,
+//! admin) and request metrics.
 //! It holds the system's handle (addresses), never state of its own.
 
 mod error;
@@ -9,6 +10,7 @@ mod ui;
 pub use error::ApiError;
 
 use crate::actors::Handle;
+use crate::config::{HttpConfig, Role};
 use actix_web::body::EitherBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::{App, HttpServer, web};
@@ -23,30 +25,126 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct ApiState {
     /// The running system.
     pub handle: Arc<Handle>,
-    /// The bearer token every route but the health checks requires, if set.
-    pub token: Option<String>,
+    /// The bearer tokens and their roles; none: the API is open.
+    pub tokens: Tokens,
     /// Set once restart recovery is done and the system serves.
     pub ready: Arc<AtomicBool>,
 }
 
-/// Compares in constant time, so the time taken does not tell an attacker
-/// how much of a guessed token was right (only whether its length was).
-fn same_token(given: &[u8], expected: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    given.ct_eq(expected).into()
+/// The bearer tokens the API accepts, each with its role.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(Vec<(Role, String)>);
+
+impl Tokens {
+    /// No token: every route is open.
+    pub fn open() -> Tokens {
+        Tokens::default()
+    }
+
+    /// One token that may do everything.
+    pub fn admin(token: impl Into<String>) -> Tokens {
+        Tokens(vec![(Role::Admin, token.into())])
+    }
+
+    /// The tokens `config` names, read from their variables and files.
+    ///
+    /// # Errors
+    /// One line naming the problem: a `[[http.token]]` cannot be read or is
+    /// empty; or no token has a value (`http.auth_token_env` names a
+    /// variable that is not set) while the API listens on an address that is
+    /// not loopback, without `http.allow_unauthenticated`.
+    pub fn read(config: &HttpConfig) -> Result<Tokens, String> {
+        let mut tokens = Vec::with_capacity(config.tokens.len());
+        let mut unset = Vec::new();
+        for spec in &config.tokens {
+            match spec.read() {
+                Ok(token) => tokens.push((spec.role, token)),
+                Err(problem) if spec.optional => unset.push(problem),
+                Err(problem) => return Err(problem),
+            }
+        }
+        let open = tokens.is_empty() && !config.tokens.is_empty();
+        if open && !config.listen.ip().is_loopback() && !config.allow_unauthenticated {
+            return Err(format!(
+                "http.listen: {} is not a loopback address and no token has a value ({}): \
+                 set it, or set http.allow_unauthenticated = true to accept that knowingly",
+                config.listen,
+                unset.join("; ")
+            ));
+        }
+        for problem in unset {
+            tracing::warn!(%problem, "the API is open to anyone who can reach {}", config.listen);
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// Whether the API is open (no token).
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The role of `given`, if it is one of the tokens. Every token is
+    /// compared in constant time, so the time taken does not tell how much
+    /// of a guessed token was right (only whether its length was).
+    fn role_of(&self, given: &[u8]) -> Option<Role> {
+        use subtle::ConstantTimeEq;
+        let mut role = None;
+        for (candidate, token) in &self.0 {
+            if bool::from(given.ct_eq(token.as_bytes())) && role.is_none() {
+                role = Some(*candidate);
+            }
+        }
+        role
+    }
 }
 
-fn authorized(request: &ServiceRequest, token: Option<&str>) -> bool {
-    let Some(token) = token else { return true };
-    if matches!(request.path(), "/healthz" | "/readyz") || ui::is_asset(request.path()) {
-        return true;
+/// The role a request needs: none for the health checks and the
+/// dashboard's page, ingest to push events, read for any other GET or HEAD,
+/// admin for anything else (what changes state).
+fn needed_role(request: &ServiceRequest) -> Option<Role> {
+    let path = request.path();
+    if matches!(path, "/healthz" | "/readyz") || ui::is_asset(path) {
+        return None;
     }
-    request
+    let method = request.method();
+    Some(
+        if path == "/v1/events" && method == actix_web::http::Method::POST {
+            Role::Ingest
+        } else if matches!(
+            *method,
+            actix_web::http::Method::GET | actix_web::http::Method::HEAD
+        ) {
+            Role::Read
+        } else {
+            Role::Admin
+        },
+    )
+}
+
+/// Whether `request` may go on: 401 without a known token, 403 with a
+/// token whose role does not allow it.
+fn authorize(request: &ServiceRequest, tokens: &Tokens) -> Result<(), ApiError> {
+    let Some(needed) = needed_role(request).filter(|_| !tokens.is_open()) else {
+        return Ok(());
+    };
+    let role = request
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| same_token(given.as_bytes(), token.as_bytes()))
+        .and_then(|given| tokens.role_of(given.as_bytes()))
+        .ok_or(ApiError::Unauthorized)?;
+    if role.allows(needed) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this token's role is {}; {} {} needs a token of the {} or admin role",
+            role.as_str(),
+            request.method(),
+            request.path(),
+            needed.as_str()
+        )))
+    }
 }
 
 /// Starts the HTTP server on `listen`. It does not handle signals: the
@@ -81,21 +179,15 @@ pub fn serve_on(state: ApiState, listener: std::net::TcpListener) -> std::io::Re
             )
             .wrap_fn(move |request, service| {
                 let metrics = Arc::clone(state.handle.metrics());
-                let allowed = authorized(&request, state.token.as_deref());
+                let allowed = authorize(&request, &state.tokens);
                 let route = request
                     .match_pattern()
                     .unwrap_or_else(|| "unmatched".to_owned());
-                let response = if allowed {
-                    Some(actix_web::dev::Service::call(service, request))
-                } else {
-                    None
-                };
+                let response = allowed.map(|()| actix_web::dev::Service::call(service, request));
                 async move {
                     let response: ServiceResponse<EitherBody<_>> = match response {
-                        Some(response) => response.await?.map_into_left_body(),
-                        None => {
-                            return Err(ApiError::Unauthorized.into());
-                        }
+                        Ok(response) => response.await?.map_into_left_body(),
+                        Err(refused) => return Err(refused.into()),
                     };
                     let labels = vec![
                         ("route", route),

@@ -570,23 +570,28 @@ pub fn assert_every_product(daemon: &Daemon, expect: &Expected) {
             daemon.logs()
         ),
     }
+    for layer in ["batch", "merged"] {
+        assert_products(daemon, expect, layer);
+    }
+}
+
+/// Every product of `expect` (orders, revenue), answered from `layer`.
+pub fn assert_products(daemon: &Daemon, expect: &Expected, layer: &str) {
     for (product, expected) in &expect.products {
-        for layer in ["batch", "merged"] {
-            let (code, body) = http(
-                "GET",
-                &format!(
-                    "{}/v1/views/by_product/keys/{product}?layer={layer}",
-                    daemon.base
-                ),
-                None,
-            );
-            assert_eq!(code, 200, "{body}");
-            assert_eq!(
-                (orders(&body), revenue_cents(&body)),
-                *expected,
-                "{product} {layer}"
-            );
-        }
+        let (code, body) = http(
+            "GET",
+            &format!(
+                "{}/v1/views/by_product/keys/{product}?layer={layer}",
+                daemon.base
+            ),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            (orders(&body), revenue_cents(&body)),
+            *expected,
+            "{product} {layer}"
+        );
     }
 }
 

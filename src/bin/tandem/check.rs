@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use tandem::Config;
 use tandem::aggregate::Agg;
-use tandem::config::{SourceKind, format_duration};
+use tandem::config::{SourceKind, TokenFrom, format_duration};
 use tandem::event::Need;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -90,15 +90,26 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
         config.batch.keep_snapshots,
         format_duration(config.batch.full_run_every)
     );
+    let tokens: Vec<String> = config
+        .http
+        .tokens
+        .iter()
+        .map(|token| {
+            let from = match &token.from {
+                TokenFrom::Env(var) => format!("${var}"),
+                TokenFrom::File(path) => path.display().to_string(),
+            };
+            format!("{} from {from}", token.role.as_str())
+        })
+        .collect();
     say!(
         "http      {}{}",
         config.http.listen,
-        config
-            .http
-            .auth_token_env
-            .as_ref()
-            .map(|var| format!(" (bearer token from ${var})"))
-            .unwrap_or_default()
+        if tokens.is_empty() {
+            " (no token: open to anyone who can reach it)".to_owned()
+        } else {
+            format!(" (bearer tokens: {})", tokens.join(", "))
+        }
     );
     say!(
         "master    segments of {} bytes",

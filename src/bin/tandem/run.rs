@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tandem::http::ApiState;
+use tandem::http::{ApiState, Tokens};
 use tandem::{Config, Options};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -24,14 +24,12 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let listen = config.http.listen;
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
-    let token = config
-        .http
-        .auth_token_env
-        .as_ref()
-        .and_then(|var| std::env::var(var).ok())
-        .filter(|token| !token.is_empty());
-    if let (Some(var), None) = (&config.http.auth_token_env, &token) {
-        tracing::warn!(variable = %var, "http.auth_token_env names a variable that is not set: the API is open");
+    // A [[http.token]] without a value refuses the start, and so does an
+    // address that is not loopback without any token: never open by mistake.
+    let tokens =
+        Tokens::read(&config.http).map_err(|err| anyhow::anyhow!("cannot start: {err}"))?;
+    if tokens.is_open() && config.http.allow_unauthenticated && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "the API is open to anyone who can reach it (http.allow_unauthenticated)");
     }
     actix::System::new().block_on(async move {
         let started = std::time::Instant::now();
@@ -46,7 +44,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let handle = Arc::new(started_up.context("cannot start")?);
         let grace = handle.config().http.shutdown_grace;
         let ready = Arc::new(AtomicBool::new(false));
-        let state = ApiState { handle: Arc::clone(&handle), token, ready: Arc::clone(&ready) };
+        let state = ApiState { handle: Arc::clone(&handle), tokens, ready: Arc::clone(&ready) };
         let server = tandem::http::serve_on(state, listener).with_context(|| format!("cannot listen on {listen}"))?;
         let server_handle = server.handle();
         let serving = actix::spawn(server);

@@ -21,6 +21,7 @@ pub mod aggregate;
 pub mod config;
 pub mod event;
 pub mod faults;
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod store;

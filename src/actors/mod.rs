@@ -433,7 +433,15 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let views: Arc<[_]> = config.views.iter().cloned().collect();
     let batch = match store::load_newest::<SnapshotData>(paths)? {
         Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {
-            Batch::from_snapshot(&views, loaded.meta, loaded.data)
+            let path = loaded.path;
+            Batch::from_snapshot(&views, loaded.meta, loaded.data).unwrap_or_else(|problem| {
+                tracing::error!(
+                    snapshot = %path.display(),
+                    %problem,
+                    "snapshot reads back whole but holds states its views cannot have; ignoring it and recomputing"
+                );
+                Batch::default()
+            })
         }
         Some(loaded) => {
             tracing::error!(

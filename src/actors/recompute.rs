@@ -166,11 +166,15 @@ impl Batch {
     /// Views of a loaded snapshot, matched to the configured views by name and
     /// fingerprint. A view that is new or whose spec changed is `missing`.
     /// Its `indexes` are left to the caller ([`build_indexes`]).
+    ///
+    /// # Errors
+    /// A matched view's state is not one its spec gives ([`ViewState::check`]):
+    /// the snapshot must not be served.
     pub fn from_snapshot(
         views: &[Arc<ViewSpec>],
         meta: SnapshotMeta,
         data: SnapshotData<'_>,
-    ) -> Batch {
+    ) -> Result<Batch, String> {
         let mut stored = data.views;
         let mut missing = Vec::with_capacity(views.len());
         let states = views
@@ -182,13 +186,19 @@ impl Batch {
                     .position(|(name, view)| *name == spec.name && view.spec == fingerprint);
                 missing.push(at.is_none());
                 match at {
-                    Some(at) => stored.swap_remove(at).1.state,
-                    None => ViewState::new(),
+                    Some(at) => {
+                        let state = stored.swap_remove(at).1.state;
+                        state
+                            .check(spec)
+                            .map_err(|problem| format!("view {}: {problem}", spec.name))?;
+                        Ok(state)
+                    }
+                    None => Ok(ViewState::new()),
                 }
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let later_from = data.sealed.map_or(0, |sealed| sealed.later_from);
-        Batch {
+        Ok(Batch {
             epoch: Some(meta.epoch),
             // Built by the caller, which can overlap it with other work.
             indexes: std::sync::OnceLock::new(),
@@ -197,9 +207,9 @@ impl Batch {
             stats: data.stats,
             took_ms: data.took_ms,
             later_from,
-            ids: Arc::new(IdIndex::from_sorted(Seq(later_from), data.ids.into_owned())),
+            ids: Arc::new(id_index(Seq(later_from), data.ids.into_owned())),
             missing,
-        }
+        })
     }
 
     /// Whether the batch holds state for view `view` (a batch with no epoch holds none).
@@ -210,6 +220,18 @@ impl Batch {
     /// Whether every view has its state here.
     pub fn is_complete(&self) -> bool {
         self.epoch.is_some() && !self.missing.contains(&true)
+    }
+}
+
+/// The index of a snapshot's ids, which every writer stores sorted and
+/// unique; ids that are not (a snapshot written by a bug, whose checksum
+/// holds) are sorted again rather than trusted, with a warning.
+fn id_index(upto: Seq, ids: Vec<u64>) -> IdIndex {
+    if ids.windows(2).all(|pair| pair[0] < pair[1]) {
+        IdIndex::from_sorted(upto, ids)
+    } else {
+        tracing::warn!("the snapshot's ids are not sorted and unique: sorted again");
+        IdIndex::new(upto, ids)
     }
 }
 

@@ -287,7 +287,14 @@ impl Reader {
         };
         // Only the served snapshot's ids decide first copies.
         data.ids = std::borrow::Cow::Owned(Vec::new());
-        let batch = Arc::new(Batch::from_snapshot(&self.views, meta, data));
+        let batch = Arc::new(
+            Batch::from_snapshot(&self.views, meta, data).map_err(|reason| {
+                QueryError::Unreadable {
+                    epoch,
+                    reason: format!("{}: {reason}", path.display()),
+                }
+            })?,
+        );
         let mut older = self.older.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(batch) = held(&older) {
             // Another query read it meanwhile.

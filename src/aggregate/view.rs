@@ -314,6 +314,48 @@ impl ViewState {
         Some(&groups.states[at * n..(at + 1) * n])
     }
 
+    /// Whether this state is one of `spec`'s, as every writer leaves it: per
+    /// key, buckets ascending and unique, one state per metric per bucket,
+    /// each of its metric's kind, and the group count right. A state read
+    /// from a file whose checksum holds fails this only if a bug wrote it.
+    ///
+    /// # Errors
+    /// What is wrong, naming the key.
+    pub fn check(&self, spec: &ViewSpec) -> Result<(), String> {
+        let n = spec.metrics.len();
+        let kinds: Vec<_> = spec
+            .metrics
+            .iter()
+            .map(|metric| std::mem::discriminant(&MetricState::empty(&metric.agg)))
+            .collect();
+        let mut groups = 0;
+        for (key, key_groups) in &self.keys {
+            if !key_groups.buckets.windows(2).all(|pair| pair[0] < pair[1]) {
+                return Err(format!("key {key:?}: buckets out of order"));
+            }
+            if key_groups.states.len() != key_groups.buckets.len() * n {
+                return Err(format!(
+                    "key {key:?}: {} states for {} buckets of {n} metrics",
+                    key_groups.states.len(),
+                    key_groups.buckets.len()
+                ));
+            }
+            for (at, state) in key_groups.states.iter().enumerate() {
+                if std::mem::discriminant(state) != kinds[at % n] {
+                    return Err(format!(
+                        "key {key:?}: metric {} holds a state of another aggregation",
+                        spec.metrics[at % n].name
+                    ));
+                }
+            }
+            groups += key_groups.buckets.len();
+        }
+        if groups != self.groups {
+            return Err(format!("{groups} groups, {} counted", self.groups));
+        }
+        Ok(())
+    }
+
     fn intern(&mut self, key: &str) -> usize {
         match self.keys.get_index_of(key) {
             Some(index) => index,

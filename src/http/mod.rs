@@ -3,7 +3,7 @@
 //! It holds the system's handle (addresses), never state of its own.
 
 mod error;
-mod push;
+pub(crate) mod push;
 mod routes;
 mod ui;
 

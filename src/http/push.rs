@@ -11,7 +11,7 @@ use serde_json::{Value, json, value::RawValue};
 
 /// How the body holds its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// One event a line; blank lines are skipped; rejections name the 1-based line.
     Lines,
     /// A JSON array, or one JSON object; rejections name the 0-based index.
@@ -64,7 +64,7 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, A
 }
 
 /// The events of a body with the position each rejection will name.
-fn split(body: &[u8], framing: Framing) -> Result<(Vec<Vec<u8>>, Vec<usize>), ApiError> {
+pub(crate) fn split(body: &[u8], framing: Framing) -> Result<(Vec<Vec<u8>>, Vec<usize>), ApiError> {
     let mut messages = Vec::new();
     let mut positions = Vec::new();
     match framing {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 
-const ENTRY_BYTES: usize = 48;
+pub(crate) const ENTRY_BYTES: usize = 48;
 
 /// One sealed epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,7 +30,7 @@ pub struct SealedEpoch {
 }
 
 impl SealedEpoch {
-    fn encode(&self) -> [u8; ENTRY_BYTES] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY_BYTES] {
         let mut out = [0u8; ENTRY_BYTES];
         out[0..8].copy_from_slice(&self.epoch.0.to_le_bytes());
         out[8..12].copy_from_slice(&self.end.segment.to_le_bytes());
@@ -41,8 +41,10 @@ impl SealedEpoch {
         out
     }
 
+    /// The entry of `bytes`; `None` unless they are an entry's length with
+    /// its reserved bytes zero (as every writer leaves them).
     fn decode(bytes: &[u8]) -> Option<SealedEpoch> {
-        if bytes.len() != ENTRY_BYTES {
+        if bytes.len() != ENTRY_BYTES || bytes[44..].iter().any(|byte| *byte != 0) {
             return None;
         }
         let u64_at = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
@@ -165,6 +167,15 @@ fn read_entries(path: &std::path::Path) -> Result<(Vec<SealedEpoch>, u64)> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(source) => return Err(Error::io("open", path, source)),
     }
+    parse_entries(&bytes, path)
+}
+
+/// The entries of an `epochs` file's bytes (`path` names it in errors) and
+/// the length they fill: a torn last entry is left out.
+///
+/// # Errors
+/// A damaged entry before the last, or epochs out of order.
+pub fn parse_entries(bytes: &[u8], path: &std::path::Path) -> Result<(Vec<SealedEpoch>, u64)> {
     let mut entries: Vec<SealedEpoch> = Vec::new();
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -175,8 +186,9 @@ fn read_entries(path: &std::path::Path) -> Result<(Vec<SealedEpoch>, u64)> {
         };
         match record::decode_frame(&bytes[offset..]) {
             Frame::Whole { payload, size } => {
-                let entry = SealedEpoch::decode(payload)
-                    .ok_or_else(|| corrupt("entry of the wrong size".into()))?;
+                let entry = SealedEpoch::decode(payload).ok_or_else(|| {
+                    corrupt("entry of the wrong size, or with its reserved bytes set".into())
+                })?;
                 if let Some(last) = entries.last()
                     && entry.epoch <= last.epoch
                 {

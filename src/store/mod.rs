@@ -8,11 +8,11 @@
 
 mod cache;
 mod counters;
-mod epochs;
+pub(crate) mod epochs;
 mod ids;
 mod lock;
 mod paths;
-mod record;
+pub(crate) mod record;
 mod segment;
 mod snapshot;
 
@@ -21,7 +21,7 @@ pub use cache::{
     write_cache,
 };
 pub use counters::{Counters, load_counters, save_counters};
-pub use epochs::{EpochIndex, SealedEpoch, read_epochs};
+pub use epochs::{EpochIndex, SealedEpoch, parse_entries, read_epochs};
 pub use ids::{FirstCopies, IdFilter, IdIndex, merge_sorted};
 pub use lock::DataDirLock;
 pub use paths::DataPaths;

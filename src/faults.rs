@@ -42,9 +42,13 @@ impl Armed {
             Some(nth) => (nth, true),
             None => (nth, false),
         };
+        let Ok(nth) = nth.parse() else {
+            eprintln!("{var}={spec:?} is not NAME[:N[+]]: no point is armed");
+            return None;
+        };
         Some(Armed {
             name: name.to_owned(),
-            nth: nth.parse().ok()?,
+            nth,
             onwards,
             seen: AtomicU64::new(0),
         })

@@ -278,6 +278,9 @@ pub enum RecomputeError {
     /// building indexes) panicked.
     #[error("a batch run's thread panicked while {0}")]
     Panicked(&'static str),
+    /// The recompute workers stopped: the system is stopping.
+    #[error("the recompute workers stopped before the run ended (tandem is stopping)")]
+    Stopping,
 }
 
 impl RecomputeError {
@@ -405,7 +408,10 @@ impl Start {
                             && view.fingerprint == view_fingerprint(config, spec)
                             && cutoff_reaches(view.cutoff, *cutoff) =>
                     {
-                        return Some(view.state.into_owned());
+                        match view.state.check(spec) {
+                            Ok(()) => return Some(view.state.into_owned()),
+                            Err(problem) => format!("its cached state does not fit it: {problem}"),
+                        }
                     }
                     Ok(Some(view)) if view.fingerprint != view_fingerprint(config, spec) => {
                         "its config or the event rules changed".to_owned()
@@ -700,16 +706,21 @@ pub fn build_views(
         true
     };
     let presize = config.schema.id_field().is_some();
-    let read = read_survivors(
-        paths,
-        sealed,
-        presize,
-        &start,
-        &mut send,
-        &mut read_stats,
-        progress,
-    );
+    // The run is ended on the workers whatever the reader does, so that none
+    // holds its shares (or the plan) past it.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_survivors(
+            paths,
+            sealed,
+            presize,
+            &start,
+            &mut send,
+            &mut read_stats,
+            progress,
+        )
+    }));
     let done = finish(&plan, pool);
+    let read = read.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let Some((new_ids, new_anchor)) = read? else {
         tracing::warn!(
             upto = start.upto,
@@ -820,9 +831,7 @@ fn finish(plan: &Plan, pool: &Pool) -> Result<Vec<[Part; 2]>, RecomputeError> {
     match (parts, plan.failure()) {
         (Ok(parts), None) => Ok(parts),
         (_, Some(failure)) => Err(RecomputeError::Worker(failure)),
-        (Err(_), None) => Err(RecomputeError::Worker(
-            "a recompute worker stopped before the run ended (the system is stopping)".to_owned(),
-        )),
+        (Err(_), None) => Err(RecomputeError::Stopping),
     }
 }
 

@@ -90,8 +90,9 @@ pub struct Supervisor {
     config: Arc<Config>,
     /// The recompute workers that carry out the batch runs.
     pool: Pool,
-    /// Tries of the pending run so far that failed and may be retried.
+    /// Failed tries of the run for `attempts_for`, the epoch last tried.
     attempts: u32,
+    attempts_for: Option<Epoch>,
     /// The open epoch: sources stamp new events with it.
     epoch: Epoch,
     sources: Vec<SourceHandle>,
@@ -144,6 +145,7 @@ impl Supervisor {
             config,
             pool,
             attempts: 0,
+            attempts_for: None,
             epoch,
             sources,
             serving,
@@ -361,6 +363,11 @@ impl Handler<RunFinished> for Supervisor {
                     self.shared
                         .recompute_failing_since_ms
                         .store(crate::now_ms(), Ordering::Relaxed);
+                }
+                // A newer seal that took the place of a retried run gets its own tries.
+                if self.attempts_for != Some(sealed.epoch) {
+                    self.attempts_for = Some(sealed.epoch);
+                    self.attempts = 0;
                 }
                 self.attempts += 1;
                 if failed.retryable && self.attempts < RUN_ATTEMPTS {

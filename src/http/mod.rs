@@ -107,8 +107,11 @@ fn needed_role(request: &ServiceRequest) -> Option<Role> {
         return None;
     }
     let method = request.method();
+    // The route the router matched, however the path was spelled.
+    let route = request.match_pattern();
+    let route = route.as_deref().unwrap_or(path);
     Some(
-        if path == "/v1/events" && method == actix_web::http::Method::POST {
+        if route == "/v1/events" && method == actix_web::http::Method::POST {
             Role::Ingest
         } else if matches!(
             *method,

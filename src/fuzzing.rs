@@ -142,13 +142,16 @@ pub fn push_body(data: &[u8]) {
 
     use serde::de::IgnoredAny;
     let array = serde_json::from_slice::<Vec<IgnoredAny>>(data);
-    let object = serde_json::from_slice::<std::collections::HashMap<String, IgnoredAny>>(data);
+    // An object, read without its keys: a key may hold an escape that is
+    // not a character (a lone surrogate), which only a reader of keys refuses.
+    let object = serde_json::from_slice::<IgnoredAny>(data).is_ok()
+        && data.trim_ascii_start().starts_with(b"{");
     match split(data, Framing::Array) {
         Ok((messages, positions)) => {
-            let count = match (&array, &object) {
-                (Ok(elements), _) => elements.len(),
-                (_, Ok(_)) => 1,
-                _ => panic!("split a body that is neither a JSON array nor an object"),
+            let count = match &array {
+                Ok(elements) => elements.len(),
+                Err(_) if object => 1,
+                Err(_) => panic!("split a body that is neither a JSON array nor an object"),
             };
             assert_eq!(messages.len(), count);
             assert!(positions.iter().copied().eq(0..count));
@@ -168,7 +171,7 @@ pub fn push_body(data: &[u8]) {
         }
         // JSON is UTF-8; skipping a string's bytes does not check them.
         Err(_) => assert!(
-            std::str::from_utf8(data).is_err() || (array.is_err() && object.is_err()),
+            std::str::from_utf8(data).is_err() || (array.is_err() && !object),
             "refused a JSON array or object"
         ),
     }

@@ -298,6 +298,26 @@ fn a_listener_that_is_not_loopback_needs_a_token_or_a_knowing_opt_out() {
 }
 
 #[test]
+fn https_needs_both_a_certificate_and_a_key() {
+    let no_key = format!("{SHIPPED_HTTP}\n[http.tls]\ncert = \"/etc/tandem/cert.pem\"");
+    let (code, err) = check_edited(|text| text.replace(SHIPPED_HTTP, &no_key));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("http.tls.key: is required with [http.tls]: the PEM file of the private key"),
+        "{err}"
+    );
+    assert!(!err.contains("http.tls.cert"), "{err}");
+
+    let both = format!("{no_key}\nkey = \"/etc/tandem/key.pem\"");
+    let (code, out) = check_edited(|text| text.replace(SHIPPED_HTTP, &both));
+    assert_eq!(code, 0, "{out}");
+    let typo = format!("{both}\nkeyfile = \"x\"");
+    let (code, err) = check_edited(|text| text.replace(SHIPPED_HTTP, &typo));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("keyfile"), "{err}");
+}
+
+#[test]
 fn a_token_needs_a_known_role_and_one_place_to_come_from() {
     let tokens = format!(
         "{SHIPPED_HTTP}\n[[http.token]]\nrole = \"root\"\nenv = \"A\"\n\

@@ -175,6 +175,17 @@ pub struct HttpConfig {
     /// port, and a load balancer sees `/readyz` fail. Default 1 s.
     #[serde(serialize_with = "serialize_duration")]
     pub shutdown_grace: Duration,
+    /// `[http.tls]`: serve HTTPS only, with this certificate and key.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[http.tls]`: PEM files, read at start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// What a bearer token may do.

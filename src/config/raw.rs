@@ -95,6 +95,14 @@ pub(crate) struct RawHttp {
     pub allow_unauthenticated: Option<bool>,
     #[serde(default)]
     pub token: Vec<RawToken>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table: [http.tls]")]
+pub(crate) struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +295,10 @@ impl RawConfig {
             expand(&mut token.role, format!("http.token[{i}].role"));
             expand(&mut token.env, format!("http.token[{i}].env"));
             expand(&mut token.file, format!("http.token[{i}].file"));
+        }
+        if let Some(tls) = &mut self.http.tls {
+            expand(&mut tls.cert, "http.tls.cert".into());
+            expand(&mut tls.key, "http.tls.key".into());
         }
         for (i, view) in self.view.iter_mut().enumerate() {
             expand(&mut view.name, format!("view[{i}].name"));

@@ -5,12 +5,13 @@ use super::raw::{RawConfig, RawMetric, RawSource, RawToken, RawView};
 use super::{
     BatchConfig, Config, ConfigError, ConfigErrors, DemoSource, EventConfig, HttpConfig,
     HttpSource, MasterConfig, RabbitmqSource, Role, SourceConfig, SourceKind, SpeedConfig,
-    TokenFrom, TokenSpec, parse_duration,
+    TlsConfig, TokenFrom, TokenSpec, parse_duration,
 };
 use crate::aggregate::{Agg, MetricSpec, ViewSpec};
 use crate::event::{Need, Schema};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -344,6 +345,25 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         ),
         None => Some(DEFAULT_SHUTDOWN_GRACE),
     };
+    // [http.tls]: both files named; they are read at start (and on SIGHUP).
+    let tls = raw.http.tls.map(|tls| {
+        let mut path = |value: Option<String>, key: &str, what: &str| {
+            let path = value.filter(|path| !path.is_empty());
+            if path.is_none() {
+                problems.push(
+                    key,
+                    format!("is required with [http.tls]: the PEM file of {what}"),
+                );
+            }
+            path.map(PathBuf::from)
+        };
+        let cert = path(tls.cert, "http.tls.cert", "the certificate chain");
+        let key = path(tls.key, "http.tls.key", "the private key");
+        Some(TlsConfig {
+            cert: cert?,
+            key: key?,
+        })
+    });
     let segment_max_bytes = problems.range(
         raw.master
             .segment_max_bytes
@@ -397,6 +417,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
             tokens,
             allow_unauthenticated,
             shutdown_grace: shutdown_grace?,
+            tls: tls.map_or(Some(None), |tls| tls.map(Some))?,
         },
         master: MasterConfig {
             segment_max_bytes: segment_max_bytes?,

@@ -1,13 +1,15 @@
 //! The HTTP API (actix-web): routes, bearer tokens with roles (read, ingest,
-//! admin) and request metrics.
+//! admin), request metrics and optional HTTPS.
 //! It holds the system's handle (addresses), never state of its own.
 
 mod error;
 pub(crate) mod push;
 mod routes;
+mod tls;
 mod ui;
 
 pub use error::ApiError;
+pub use tls::{Tls, TlsError};
 
 use crate::actors::Handle;
 use crate::config::{HttpConfig, Role};
@@ -156,16 +158,21 @@ fn authorize(request: &ServiceRequest, tokens: &Tokens) -> Result<(), ApiError> 
 /// # Errors
 /// The address cannot be bound.
 pub fn serve(state: ApiState, listen: SocketAddr) -> std::io::Result<Server> {
-    serve_on(state, std::net::TcpListener::bind(listen)?)
+    serve_on(state, std::net::TcpListener::bind(listen)?, None)
 }
 
 /// Starts the HTTP server on a bound listener, so that a caller can bind
 /// before it starts anything else (the daemon does, to refuse a busy port
-/// before it touches the data_dir).
+/// before it touches the data_dir). With `tls`, it speaks HTTPS only: a
+/// plain-HTTP client fails the handshake and gets no answer.
 ///
 /// # Errors
 /// The listener cannot be used.
-pub fn serve_on(state: ApiState, listener: std::net::TcpListener) -> std::io::Result<Server> {
+pub fn serve_on(
+    state: ApiState,
+    listener: std::net::TcpListener,
+    tls: Option<&Arc<Tls>>,
+) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         let state = state.clone();
@@ -204,8 +211,13 @@ pub fn serve_on(state: ApiState, listener: std::net::TcpListener) -> std::io::Re
             .configure(routes::configure)
     })
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(5);
+    let server = match tls {
+        Some(tls) => {
+            let config = tls.server_config().map_err(std::io::Error::other)?;
+            server.listen_rustls_0_23(listener, config)?
+        }
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }

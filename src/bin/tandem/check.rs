@@ -103,8 +103,18 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
         })
         .collect();
     say!(
-        "http      {}{}",
+        "http      {}{}{}",
         config.http.listen,
+        config
+            .http
+            .tls
+            .as_ref()
+            .map(|tls| format!(
+                " https (cert {}, key {})",
+                tls.cert.display(),
+                tls.key.display()
+            ))
+            .unwrap_or_default(),
         if tokens.is_empty() {
             " (no token: open to anyone who can reach it)".to_owned()
         } else {

@@ -1,5 +1,6 @@
 //! `tandem run --config FILE`: the daemon. Recovers the data_dir, serves the
-//! HTTP API, and on SIGINT or SIGTERM stops consuming, lets the batches in
+//! HTTP API (HTTPS with `[http.tls]`, its certificate read again on SIGHUP),
+//! and on SIGINT or SIGTERM stops consuming, lets the batches in
 //! flight become durable and acknowledged (every push queued before the
 //! signal is answered), answers 503 for `http.shutdown_grace`, stops the HTTP
 //! server and exits 0.
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tandem::http::{ApiState, Tokens};
+use tandem::http::{ApiState, Tls, Tokens};
 use tandem::{Config, Options};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -31,6 +32,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if tokens.is_open() && config.http.allow_unauthenticated && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "the API is open to anyone who can reach it (http.allow_unauthenticated)");
     }
+    let tls = match &config.http.tls {
+        Some(files) => Some(Tls::load(files).context("cannot start")?),
+        None => None,
+    };
+    if tls.is_none() && !tokens.is_open() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "bearer tokens cross the network in plain text: set [http.tls] to serve HTTPS");
+    }
     actix::System::new().block_on(async move {
         let started = std::time::Instant::now();
         let data_dir = config.data_dir.clone();
@@ -45,13 +53,15 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let grace = handle.config().http.shutdown_grace;
         let ready = Arc::new(AtomicBool::new(false));
         let state = ApiState { handle: Arc::clone(&handle), tokens, ready: Arc::clone(&ready) };
-        let server = tandem::http::serve_on(state, listener).with_context(|| format!("cannot listen on {listen}"))?;
+        let server = tandem::http::serve_on(state, listener, tls.as_ref())
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let server_handle = server.handle();
         let serving = actix::spawn(server);
         ready.store(true, Ordering::Release);
-        tracing::info!(%listen, took_ms = started.elapsed().as_millis() as u64, "tandem is serving");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%listen, scheme, took_ms = started.elapsed().as_millis() as u64, "tandem is serving");
 
-        let signal = shutdown_signal().await.context("cannot listen for signals")?;
+        let signal = shutdown_signal(tls.as_deref()).await.context("cannot listen for signals")?;
         let stopping = std::time::Instant::now();
         tracing::info!(signal, "stopping: finishing the batches in flight");
         ready.store(false, Ordering::Release);
@@ -67,13 +77,27 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Waits for SIGINT or SIGTERM; answers which.
-async fn shutdown_signal() -> std::io::Result<&'static str> {
+/// Waits for SIGINT or SIGTERM; answers which. On each SIGHUP meanwhile,
+/// reads the TLS certificate and key again (a failed read keeps the ones in use).
+async fn shutdown_signal(tls: Option<&Tls>) -> std::io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    })
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok("SIGTERM"),
+            _ = interrupt.recv() => return Ok("SIGINT"),
+            _ = hangup.recv() => match tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Err(err) => tracing::error!(
+                        error = %err,
+                        "SIGHUP: kept the TLS certificate in use"
+                    ),
+                },
+                None => tracing::info!("SIGHUP: nothing to reload (no [http.tls])"),
+            },
+        }
+    }
 }

@@ -320,6 +320,19 @@ impl Collector for Live {
                 ConstGauge::new(connected).encode(family.encode_family(&labels)?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "tandem_source_disconnects",
+                "Times the source lost its broker, or could not reach it, and tried again",
+                None,
+                MetricType::Counter,
+            )?;
+            for source in self.sources.iter().filter(|source| source.listed()) {
+                let labels = [("source", source.name.as_str())];
+                ConstCounter::new(source.stats.disconnects.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         let shared = &self.shared;
         counter(
             &mut encoder,

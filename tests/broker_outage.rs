@@ -10,44 +10,12 @@
 mod common;
 
 use common::Daemon;
+use common::faults::Outage;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One outage at a time.
 static BROKER: Mutex<()> = Mutex::new(());
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run rabbitmqctl {args:?}: {err}"));
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The broker's app stopped; started again when dropped, even if the test fails.
-struct Outage;
-
-impl Outage {
-    fn begin() -> Outage {
-        rabbitmqctl(&["stop_app"]);
-        Outage
-    }
-
-    fn end(self) {
-        drop(self);
-    }
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    }
-}
 
 fn workload() -> (Vec<u8>, Vec<u8>) {
     let args = |seed: &'static str| {

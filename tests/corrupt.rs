@@ -131,14 +131,7 @@ fn copy_of(built: &Built) -> tempfile::TempDir {
 }
 
 fn snapshots(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("data/snapshots"))
-        .expect("snapshots")
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
-        .collect();
-    found.sort();
-    found
+    common::files_ending(&dir.join("data/snapshots"), "snap")
 }
 
 /// `tandem inspect`: (exit code, report).

@@ -8,8 +8,7 @@
 
 mod common;
 
-use common::{Daemon, Expected};
-use std::collections::BTreeSet;
+use common::Daemon;
 use std::time::{Duration, Instant};
 
 /// The first seal comes a second after the start (batch.interval = 1s), so
@@ -89,7 +88,7 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
     })
     .await;
     common::assert_every_product(&daemon, &expect);
-    assert_dead_letters(&dead, &expect).await;
+    common::assert_dead_letters(&dead, &expect).await;
     let leftovers: Vec<_> = ["data/snapshots", "data/cache"]
         .iter()
         .flat_map(|sub| std::fs::read_dir(dir.path().join(sub)).expect(sub))
@@ -115,22 +114,6 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
         left,
         restart.as_millis()
     );
-}
-
-/// Every malformed message reached the dead-letter queue with its reason (a
-/// crash between a dead letter's confirm and the delivery's ack may add a copy).
-async fn assert_dead_letters(dead: &str, expect: &Expected) {
-    let letters = common::drain(dead).await;
-    let found: BTreeSet<(Vec<u8>, String)> = letters
-        .into_iter()
-        .map(|(body, headers)| {
-            let reason = headers.get("x-tandem-reason").cloned().unwrap_or_default();
-            (body, reason)
-        })
-        .collect();
-    let wanted: BTreeSet<(Vec<u8>, String)> = expect.dead.iter().cloned().collect();
-    assert_eq!(found.len(), wanted.len(), "dead letters");
-    assert!(found == wanted, "dead letters differ from the oracle's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,58 +7,8 @@
 mod common;
 
 use common::Daemon;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use common::faults::SmallDisk;
 use std::time::{Duration, Instant};
-
-/// A tmpfs of `mib` MiB mounted at a path; unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    /// Mounts it; if it cannot (not root, no mount) the test fails, or skips
-    /// with `TANDEM_SKIP_SERVICES=1`.
-    fn mount(at: &Path, mib: u32) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).expect("mount point");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(at)
-            .output();
-        match out {
-            Ok(out) if out.status.success() => Some(SmallDisk(at.to_owned())),
-            other => {
-                let why = match other {
-                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-                    Err(err) => err.to_string(),
-                };
-                common::missing("a small tmpfs (mount needs root)", why.trim());
-                None
-            }
-        }
-    }
-
-    /// Fills the disk with a ballast file until a write fails for lack of space.
-    fn fill(&self) -> PathBuf {
-        let path = self.0.join("ballast");
-        let mut file = std::fs::File::create(&path).expect("ballast");
-        let chunk = vec![0u8; 64 * 1024];
-        loop {
-            if let Err(err) = file.write_all(&chunk) {
-                assert_eq!(err.raw_os_error(), Some(28), "ENOSPC, got {err}");
-                return path;
-            }
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status()
-            .ok();
-    }
-}
 
 fn field<'a>(status: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
     path.iter().fold(status, |value, key| &value[*key])

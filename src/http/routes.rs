@@ -418,6 +418,7 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
                 "connected": stats.connected.load(Ordering::Relaxed),
                 "accepted": stats.accepted.load(Ordering::Relaxed),
                 "last_error": stats.last_error.get(),
+                "disconnects": stats.disconnects.load(Ordering::Relaxed),
             });
             if let (Some(demo), Value::Object(entry)) = (&stats.demo, &mut entry) {
                 entry.insert(

@@ -2,6 +2,7 @@
 //! unique queue names, the broker address, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod proc_status;
 pub mod workload;
 
@@ -360,6 +361,18 @@ impl Drop for Daemon {
     }
 }
 
+/// The files in `dir` whose extension is `ext`, sorted by name.
+pub fn files_ending(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|found| found == ext))
+        .collect();
+    found.sort();
+    found
+}
+
 /// Copies a directory tree (a data_dir, a fixture) into `to`.
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -639,6 +652,23 @@ pub async fn publish_bodies<B: AsRef<[u8]>>(queue: &str, bodies: impl IntoIterat
         assert!(confirm.await.expect("confirm").is_ack(), "broker nacked");
     }
     connection.close(200, "done".into()).await.ok();
+}
+
+/// Every malformed message reached the dead-letter queue with its reason (a
+/// crash between a dead letter's confirm and the delivery's ack may add a copy).
+pub async fn assert_dead_letters(dead: &str, expect: &Expected) {
+    let letters = drain(dead).await;
+    let found: std::collections::BTreeSet<(Vec<u8>, String)> = letters
+        .into_iter()
+        .map(|(body, headers)| {
+            let reason = headers.get("x-tandem-reason").cloned().unwrap_or_default();
+            (body, reason)
+        })
+        .collect();
+    let wanted: std::collections::BTreeSet<(Vec<u8>, String)> =
+        expect.dead.iter().cloned().collect();
+    assert_eq!(found.len(), wanted.len(), "dead letters");
+    assert!(found == wanted, "dead letters differ from the oracle's");
 }
 
 /// A process's resident set and its peak, in KiB, from /proc.

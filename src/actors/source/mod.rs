@@ -69,6 +69,8 @@ pub struct SourceStats {
     pub connected: AtomicBool,
     /// Why the source last lost its broker, until it is connected again.
     pub last_error: crate::metrics::ErrorText,
+    /// Times the source lost its broker (or could not reach it) and tried again.
+    pub disconnects: AtomicU64,
     /// What a demo source generated; `None` for every other kind.
     pub demo: Option<demo::DemoStats>,
 }
@@ -518,6 +520,7 @@ pub async fn run_rabbitmq(
         match outcome {
             Ok(()) => return,
             Err(err) => {
+                pipeline.stats.disconnects.fetch_add(1, Ordering::Relaxed);
                 let error = crate::error_chain(&err);
                 tracing::warn!(source = pipeline.index, queue = %config.queue, error = %error, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected; unacknowledged messages stay in the queue");
                 pipeline.stats.last_error.set(Some(error));
@@ -642,7 +645,11 @@ async fn session(
     epoch: &mut Epoch,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
-    let connection = Connection::connect(&config.uri, ConnectionProperties::default()).await?;
+    // Named (`connection_name` in `rabbitmqctl list_connections
+    // client_properties`), so an operator can tell which connection consumes what.
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("tandem source of {}", config.queue).into());
+    let connection = Connection::connect(&config.uri, properties).await?;
     let consume = connection.create_channel().await?;
     let dead_letters = connection.create_channel().await?;
     consume

@@ -1,5 +1,6 @@
 //! The broker goes away: `rabbitmqctl stop_app` for 10 s while tandem runs,
-//! and a broker that is down when tandem starts. tandem stays up and ready,
+//! a broker that is down when tandem starts, and the broker closing the
+//! source's connection twenty times in a minute under load. tandem stays up and ready,
 //! answers queries, says the source is disconnected (and why) in /v1/status
 //! and /metrics, reconnects by itself, and after the stream ends and a
 //! recompute every product equals the oracle.
@@ -10,7 +11,7 @@
 mod common;
 
 use common::Daemon;
-use common::faults::Outage;
+use common::faults::{Outage, Producer, connection_pid, rabbitmqctl};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,23 +19,9 @@ use std::time::{Duration, Instant};
 static BROKER: Mutex<()> = Mutex::new(());
 
 fn workload() -> (Vec<u8>, Vec<u8>) {
-    let args = |seed: &'static str| {
-        [
-            "--events",
-            "4000",
-            "--seed",
-            seed,
-            "--products",
-            "60",
-            "--dup-frac",
-            "0.05",
-            "--bad-frac",
-            "0.03",
-        ]
-    };
     (
-        common::workload::generate(&args("51")),
-        common::workload::generate(&args("52")),
+        common::workload::dirty(4000, 51, 60, &[]),
+        common::workload::dirty(4000, 52, 60, &[]),
     )
 }
 
@@ -42,12 +29,7 @@ fn workload() -> (Vec<u8>, Vec<u8>) {
 fn source_once(daemon: &mut Daemon, connected: bool) -> serde_json::Value {
     let what = format!("the source reports connected={connected}");
     daemon.until(Duration::from_secs(60), &what, |daemon| {
-        let status = daemon.status();
-        let source = status["sources"]
-            .as_array()
-            .and_then(|sources| sources.iter().find(|source| source["name"] == "orders"))
-            .cloned()
-            .unwrap_or_default();
+        let source = common::source_entry(&daemon.status(), "orders");
         let metric = common::scrape(&daemon.base, "tandem_source_connected{source=\"orders\"}");
         if source["connected"] == connected && metric == Some(f64::from(u8::from(connected))) {
             Ok(source)
@@ -135,4 +117,65 @@ fn a_broker_down_at_start_is_waited_for() {
     case.runtime.block_on(common::publish(&case.queue, &lines));
     daemon.wait_handled(None, lines.len() as u64);
     common::assert_every_product(&daemon, &common::expected(&lines));
+}
+
+#[test]
+fn the_broker_closing_the_sources_connection_twenty_times_in_a_minute_costs_nothing() {
+    let _turn = BROKER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(case) = common::broker_case("closed", "1s") else {
+        return;
+    };
+    let jsonl = common::workload::dirty(30_000, 53, 80, &[]);
+    let lines: Vec<Vec<u8>> = common::workload::lines(&jsonl)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let daemon = Daemon::start(&case.config, case.dir.path(), &[]);
+    // Under load: a producer publishes at 400 events/s all along.
+    let producer = Producer::start(case.queue.clone(), std::sync::Arc::new(lines.clone()), 400);
+    let name = format!("tandem source of {}", case.queue);
+    let started = Instant::now();
+    for closed in 1..=20u64 {
+        let pid = common::poll_until(Duration::from_secs(30), "the source's connection", || {
+            connection_pid(&name).ok_or("not listed")
+        });
+        rabbitmqctl(&["close_connection", &pid, "closed by the test"]);
+        common::poll_until(Duration::from_secs(30), "the source reconnected", || {
+            let source = common::source_entry(&daemon.status(), "orders");
+            if source["disconnects"].as_u64() >= Some(closed) && source["connected"] == true {
+                Ok(())
+            } else {
+                Err(source)
+            }
+        });
+        // Spread over the minute.
+        let due = Duration::from_secs(3 * closed);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    let closing = started.elapsed();
+    let published = producer.finish();
+    let sent: Vec<&[u8]> = lines[..published].iter().map(Vec::as_slice).collect();
+    let expect = common::expected(&sent);
+    case.runtime
+        .block_on(common::drained(&case.queue, Duration::from_secs(120)));
+    common::assert_every_product(&daemon, &expect);
+    case.runtime
+        .block_on(common::assert_dead_letters(&case.dead, &expect));
+    let source = common::source_entry(&daemon.status(), "orders");
+    assert_eq!(source["disconnects"], 20, "{source}");
+    assert_eq!(
+        common::scrape(
+            &daemon.base,
+            "tandem_source_disconnects_total{source=\"orders\"}"
+        ),
+        Some(20.0)
+    );
+    println!(
+        "20 connections closed by the broker in {} s under load: {published} messages, lost 0, counted twice 0",
+        closing.as_secs()
+    );
 }

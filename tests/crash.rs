@@ -14,20 +14,7 @@ use std::time::{Duration, Instant};
 /// The first seal comes a second after the start (batch.interval = 1s), so
 /// the crashes that follow a seal get a stream that outlasts it.
 fn workload(events: u32) -> Vec<u8> {
-    common::workload::generate(&[
-        "--events",
-        &events.to_string(),
-        "--seed",
-        "41",
-        "--products",
-        "80",
-        "--dup-frac",
-        "0.05",
-        "--bad-frac",
-        "0.03",
-        "--late-frac",
-        "0.1",
-    ])
+    common::workload::dirty(u64::from(events), 41, 80, &[])
 }
 
 /// Starts a daemon on a backlog of a stream of `events`, lets it die (at the
@@ -80,13 +67,7 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
     let started = Instant::now();
     let daemon = Daemon::start(&config, dir.path(), &[]);
     let restart = started.elapsed();
-    common::eventually(Duration::from_secs(120), "the queue drained", async || {
-        match common::ready_count(&queue).await {
-            0 => Ok(()),
-            n => Err(n),
-        }
-    })
-    .await;
+    common::drained(&queue, Duration::from_secs(120)).await;
     common::assert_every_product(&daemon, &expect);
     common::assert_dead_letters(&dead, &expect).await;
     let leftovers: Vec<_> = ["data/snapshots", "data/cache"]

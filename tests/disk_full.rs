@@ -23,23 +23,9 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
         return;
     };
     let (runtime, queue, dead) = (&case.runtime, &case.queue, &case.dead);
-    let gen_args = |seed: &'static str| {
-        [
-            "--events",
-            "3000",
-            "--seed",
-            seed,
-            "--products",
-            "50",
-            "--dup-frac",
-            "0.05",
-            "--bad-frac",
-            "0.03",
-        ]
-    };
     let (before, during) = (
-        common::workload::generate(&gen_args("61")),
-        common::workload::generate(&gen_args("62")),
+        common::workload::dirty(3000, 61, 50, &[]),
+        common::workload::dirty(3000, 62, 50, &[]),
     );
     let (before, during) = (
         common::workload::lines(&before),

@@ -27,11 +27,10 @@
 mod common;
 
 use common::Daemon;
-use common::faults::{Outage, SmallDisk, rabbitmqctl};
+use common::faults::{Outage, Producer, SmallDisk, connection_pid, rabbitmqctl};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The crash points, each with the largest N to arm it with (`NAME:N`).
@@ -95,116 +94,6 @@ fn setting(name: &str, default: u64) -> u64 {
     }
 }
 
-/// Publishes `lines` to `queue` at `rate` a second, in batches with
-/// publisher confirms; a batch not confirmed (the broker stopped, the
-/// connection closed) is sent again whole on a new connection, so every line
-/// before `published` is in the queue at least once.
-struct Producer {
-    stop: Arc<AtomicBool>,
-    published: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-const PRODUCER_BATCH: usize = 50;
-
-impl Producer {
-    fn start(queue: String, lines: Arc<Vec<Vec<u8>>>, rate: u64) -> Producer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let published = Arc::new(AtomicUsize::new(0));
-        let (stopping, done) = (Arc::clone(&stop), Arc::clone(&published));
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(produce(&queue, &lines, rate, &stopping, &done));
-        });
-        Producer {
-            stop,
-            published,
-            thread,
-        }
-    }
-
-    /// Stops after the batch in flight is confirmed; answers how many lines
-    /// were published.
-    fn finish(self) -> usize {
-        self.stop.store(true, Ordering::Release);
-        self.thread.join().expect("the producer panicked");
-        self.published.load(Ordering::Acquire)
-    }
-}
-
-async fn produce(
-    queue: &str,
-    lines: &[Vec<u8>],
-    rate: u64,
-    stop: &AtomicBool,
-    published: &AtomicUsize,
-) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-    let started = Instant::now();
-    let mut next = 0;
-    'connect: while next < lines.len() && !stop.load(Ordering::Acquire) {
-        let connected = async {
-            let connection = lapin::Connection::connect(
-                &common::amqp_uri(),
-                lapin::ConnectionProperties::default(),
-            )
-            .await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions::durable(),
-                    lapin::types::FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, lapin::Error>((connection, channel))
-        }
-        .await;
-        let Ok((_connection, channel)) = connected else {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        };
-        while next < lines.len() && !stop.load(Ordering::Acquire) {
-            let batch = &lines[next..(next + PRODUCER_BATCH).min(lines.len())];
-            let mut confirms = Vec::with_capacity(batch.len());
-            for line in batch {
-                let sent = channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        line,
-                        lapin::BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await;
-                match sent {
-                    Ok(confirm) => confirms.push(confirm),
-                    Err(_) => continue 'connect,
-                }
-            }
-            for confirm in confirms {
-                match confirm.await {
-                    Ok(confirmation) if confirmation.is_ack() => {}
-                    _ => continue 'connect,
-                }
-            }
-            next += batch.len();
-            published.store(next, Ordering::Release);
-            // The pace: line `next` is due at next / rate seconds.
-            let due = Duration::from_secs_f64(next as f64 / rate as f64);
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(ahead).await;
-            }
-        }
-    }
-}
-
 /// The daemon under test: one life at a time, on the same data_dir.
 struct Subject {
     config: String,
@@ -226,7 +115,7 @@ impl Subject {
     }
 
     fn source(&self) -> serde_json::Value {
-        orders_source(&self.status())
+        common::source_entry(&self.status(), "orders")
     }
 
     /// Serving, connected to the broker, and handling messages again.
@@ -235,7 +124,7 @@ impl Subject {
         let before = common::handled(&daemon.status());
         daemon.until(Duration::from_secs(90), "recovered", |daemon| {
             let status = daemon.status();
-            let connected = orders_source(&status)["connected"] == true;
+            let connected = common::source_entry(&status, "orders")["connected"] == true;
             let handled = common::handled(&status);
             let (code, _) = common::http(
                 "GET",
@@ -260,34 +149,6 @@ impl Subject {
             None,
         )
     }
-}
-
-/// The `orders` source's entry in a `/v1/status` answer.
-fn orders_source(status: &serde_json::Value) -> serde_json::Value {
-    status["sources"]
-        .as_array()
-        .and_then(|sources| sources.iter().find(|source| source["name"] == "orders"))
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// The pid of the broker connection named `name`.
-fn connection_pid(name: &str) -> Option<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--no-table-headers",
-            "--quiet",
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find(|line| line.contains(name))
-        .and_then(|line| line.split('\t').next())
-        .map(str::to_owned)
 }
 
 /// XORs the byte at `at` with `mask`, in place.
@@ -372,7 +233,7 @@ fn apply(
                 Duration::from_secs(60),
                 "the source reconnected",
                 |daemon| {
-                    let source = orders_source(&daemon.status());
+                    let source = common::source_entry(&daemon.status(), "orders");
                     let disconnects = source["disconnects"].as_u64().unwrap_or(0);
                     if disconnects > before && source["connected"] == true {
                         Ok(())
@@ -483,22 +344,8 @@ fn faults_at_random_lose_nothing_and_count_nothing_twice() {
         return;
     };
     let events = (seconds + 60) * rate;
-    let jsonl = common::workload::generate(&[
-        "--events",
-        &events.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--products",
-        "200",
-        "--span",
-        &(seconds + 60).to_string(),
-        "--dup-frac",
-        "0.03",
-        "--bad-frac",
-        "0.02",
-        "--late-frac",
-        "0.1",
-    ]);
+    let span = (seconds + 60).to_string();
+    let jsonl = common::workload::dirty(events, seed, 200, &["--span", &span]);
     let lines: Arc<Vec<Vec<u8>>> = Arc::new(
         common::workload::lines(&jsonl)
             .into_iter()
@@ -543,14 +390,8 @@ fn faults_at_random_lose_nothing_and_count_nothing_twice() {
     let expect = common::expected(&sent);
     subject.wait_recovered(false);
     let daemon = subject.daemon();
-    case.runtime.block_on(common::eventually(
-        Duration::from_secs(300),
-        "the queue drained",
-        async || match common::ready_count(&case.queue).await {
-            0 => Ok(()),
-            n => Err(n),
-        },
-    ));
+    case.runtime
+        .block_on(common::drained(&case.queue, Duration::from_secs(300)));
     let (code, body) = subject.recompute(true);
     assert_eq!(code, 200, "the final full run: {body}");
     common::assert_every_product(daemon, &expect);

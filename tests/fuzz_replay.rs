@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-fn replay(target: &str, check: fn(&[u8])) {
+fn replay(target: &str, check: Check) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut replayed = 0;
     for dir in ["seeds", "regressions"] {
@@ -27,32 +27,22 @@ fn replay(target: &str, check: fn(&[u8])) {
     assert!(replayed > 0, "{target}: no seed to replay");
 }
 
-#[test]
-fn event_corpus() {
-    replay("event", tandem::fuzzing::event);
-}
+/// A target's check of one input.
+type Check = fn(&[u8]);
+
+/// Every fuzz target, by its folder name, with its check.
+const TARGETS: [(&str, Check); 6] = [
+    ("event", tandem::fuzzing::event),
+    ("push_body", tandem::fuzzing::push_body),
+    ("segment", tandem::fuzzing::segment),
+    ("epochs", tandem::fuzzing::epochs),
+    ("config", tandem::fuzzing::config),
+    ("snapshot", tandem::fuzzing::snapshot),
+];
 
 #[test]
-fn push_body_corpus() {
-    replay("push_body", tandem::fuzzing::push_body);
-}
-
-#[test]
-fn segment_corpus() {
-    replay("segment", tandem::fuzzing::segment);
-}
-
-#[test]
-fn epochs_corpus() {
-    replay("epochs", tandem::fuzzing::epochs);
-}
-
-#[test]
-fn config_corpus() {
-    replay("config", tandem::fuzzing::config);
-}
-
-#[test]
-fn snapshot_corpus() {
-    replay("snapshot", tandem::fuzzing::snapshot);
+fn every_seed_and_finding_passes_its_targets_check() {
+    for (target, check) in TARGETS {
+        replay(target, check);
+    }
 }

@@ -23,25 +23,9 @@ type = "http"
 /// Two streams of distinct order ids (with duplicates, malformed lines and
 /// late events within each), each under one batch of records.
 fn streams() -> (Vec<u8>, Vec<u8>) {
-    let stream = |seed: &str, id_prefix: &str| {
-        common::workload::generate(&[
-            "--events",
-            "2500",
-            "--seed",
-            seed,
-            "--id-prefix",
-            id_prefix,
-            "--products",
-            "60",
-            "--dup-frac",
-            "0.05",
-            "--bad-frac",
-            "0.03",
-            "--late-frac",
-            "0.1",
-        ])
-    };
-    (stream("5", "a-"), stream("6", "b-"))
+    let stream =
+        |seed, id_prefix| common::workload::dirty(2500, seed, 60, &["--id-prefix", id_prefix]);
+    (stream(5, "a-"), stream(6, "b-"))
 }
 
 fn push(daemon: &Daemon, lines: &[&[u8]]) {

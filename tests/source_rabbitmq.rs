@@ -211,11 +211,7 @@ fn a_restart_in_the_middle_of_the_stream_loses_nothing_and_counts_nothing_twice(
             handle.startup().records.0 >= 1_000,
             "the first run's records are recovered"
         );
-        common::eventually(Duration::from_secs(60), "the queue drained", async || {
-            let ready = common::ready_count(&queue).await;
-            if ready == 0 { Ok(()) } else { Err(ready) }
-        })
-        .await;
+        common::drained(&queue, Duration::from_secs(60)).await;
         // Deliveries still unacked become durable within a batch; poll batch runs
         // until the batch layer is complete, then require it to be exact.
         let products: Vec<String> = expect.products.keys().cloned().collect();

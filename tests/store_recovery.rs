@@ -148,17 +148,21 @@ fn a_flipped_byte_in_an_older_record_is_reported_with_segment_and_offset() {
     }
 }
 
+/// Twenty records in tiny segments, five in each (every batch rolls to a
+/// new one); answers the log's end.
+fn four_segments_of_five(paths: &DataPaths) -> LogPosition {
+    let (mut log, _) = MasterLog::open(paths, 64).expect("open");
+    for batch in 0..4 {
+        append(&mut log, batch * 5..batch * 5 + 5, 1);
+    }
+    log.end()
+}
+
 #[test]
 fn damage_in_a_sealed_segment_is_found_by_a_full_scan_and_by_inspect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = DataPaths::new(dir.path());
-    // Tiny segments: every batch rolls to a new one.
-    let (mut log, _) = MasterLog::open(&paths, 64).expect("open");
-    for batch in 0..4 {
-        append(&mut log, batch * 5..batch * 5 + 5, 1);
-    }
-    let end = log.end();
-    drop(log);
+    let end = four_segments_of_five(&paths);
     assert_eq!(store::list_segments(&paths).expect("list").len(), 4);
     assert_eq!(scan_log(&paths, end, |_, _| {}).expect("scan"), 20);
 
@@ -205,6 +209,29 @@ fn a_scan_stops_at_a_sealed_position() {
     let mut seen = Vec::new();
     scan_log(&paths, sealed, |header, _| seen.push(header.seq.0)).expect("scan");
     assert_eq!(seen, (0..6).collect::<Vec<_>>());
+}
+
+/// A batch run whose worker failed stops reading: the scan ends after the
+/// record its reader broke on, in whichever segment, and reads nothing after.
+#[test]
+fn a_scan_from_a_position_stops_when_its_reader_breaks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = DataPaths::new(dir.path());
+    let end = four_segments_of_five(&paths);
+    let mut seen = Vec::new();
+    let read = store::scan_log_from(&paths, Seq(3), end, |header, _| {
+        seen.push(header.seq.0);
+        if header.seq.0 == 12 {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })
+    .expect("scan");
+    assert_eq!(seen, (3..=12).collect::<Vec<_>>());
+    // Read (and checked): the whole segments before the one it stopped in,
+    // and that one up to the record it stopped on.
+    assert_eq!(read, 13);
 }
 
 #[test]

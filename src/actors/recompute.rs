@@ -22,6 +22,7 @@ use crate::event::Seq;
 use crate::store::{self, DataPaths, IdIndex, SealedEpoch, SnapshotMeta};
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
@@ -923,19 +924,20 @@ fn read_survivors(
     let earlier = start.ids.as_ref();
     let mut indexed: Vec<u64> = Vec::new();
     let mut batch = WorkBatch::with_capacity(BATCH_RECORDS);
-    // Set when a worker failed: the run's failure is reported once it ends.
+    // Set when a worker failed: reading stops, and the run's failure is
+    // reported once the workers have ended it.
     let mut stopped = false;
     let scan_from = if anchored { from - 1 } else { from };
     store::scan_log_from(paths, Seq(scan_from), sealed.end, |header, raw| {
         if stopped {
-            return;
+            return ControlFlow::Break(());
         }
         if header.seq.0 + 1 == sealed.later_from.0 {
             new_anchor = anchor(header, raw);
         }
         if header.seq.0 < from {
             anchor_seen = anchor(header, raw) == start.anchor;
-            return;
+            return ControlFlow::Continue(());
         }
         read += 1;
         if read.is_multiple_of(PROGRESS_EVERY) {
@@ -967,14 +969,14 @@ fn read_survivors(
                 || !seen.insert(header.id_hash)
             {
                 counts.duplicates += u64::from(covered);
-                return;
+                return ControlFlow::Continue(());
             }
             if !tail {
                 indexed.push(header.id_hash);
             }
         }
         if !covered {
-            return;
+            return ControlFlow::Continue(());
         }
         let mut flags = 0;
         if tail {
@@ -991,6 +993,7 @@ fn read_survivors(
             let full = std::mem::replace(&mut batch, WorkBatch::with_capacity(BATCH_RECORDS));
             stopped = !send(full);
         }
+        ControlFlow::Continue(())
     })?;
     progress.read.store(read, Ordering::Relaxed);
     if !batch.records.is_empty() && !stopped {

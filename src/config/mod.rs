@@ -179,6 +179,28 @@ pub struct HttpConfig {
     pub tls: Option<TlsConfig>,
 }
 
+impl HttpConfig {
+    /// Why the API would be open to the network by mistake: it listens on an
+    /// address that is not loopback, no token is configured, and
+    /// `allow_unauthenticated` is not set. Not a config error, since commands
+    /// that do not listen (`tandem recompute`) take such a config: `tandem
+    /// check` reports it as an error, and `tandem run` refuses to start.
+    pub fn exposure(&self) -> Option<String> {
+        let exposed = !self.listen.ip().is_loopback()
+            && self.tokens.is_empty()
+            && !self.allow_unauthenticated;
+        exposed.then(|| {
+            format!(
+                "{} is not a loopback address and no token is set, so anyone who can reach it \
+                 could push events, start batch runs and read every view: set a token \
+                 (http.auth_token_env = \"VAR\", or [[http.token]] with a role and an env or file), \
+                 or set http.allow_unauthenticated = true to accept that knowingly",
+                self.listen
+            )
+        })
+    }
+}
+
 /// `[http.tls]`: PEM files, read at start and again on SIGHUP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsConfig {

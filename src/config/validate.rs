@@ -321,21 +321,6 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         tokens.extend(validate_token(token, i, problems));
     }
     let allow_unauthenticated = raw.http.allow_unauthenticated.unwrap_or(false);
-    if let Some(addr) = listen
-        && !addr.ip().is_loopback()
-        && tokens.is_empty()
-        && !allow_unauthenticated
-    {
-        problems.push(
-            "http.listen",
-            format!(
-                "{addr} is not a loopback address and no token is set, so anyone who can reach it \
-                 could push events, start batch runs and read every view: set a token \
-                 (http.auth_token_env = \"VAR\", or [[http.token]] with a role and an env or file), \
-                 or set http.allow_unauthenticated = true to accept that knowingly"
-            ),
-        );
-    }
     let shutdown_grace = match raw.http.shutdown_grace.as_deref() {
         Some(text) => problems.duration(
             Some(text),

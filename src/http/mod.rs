@@ -52,10 +52,14 @@ impl Tokens {
     ///
     /// # Errors
     /// One line naming the problem: a `[[http.token]]` cannot be read or is
-    /// empty; or no token has a value (`http.auth_token_env` names a
-    /// variable that is not set) while the API listens on an address that is
-    /// not loopback, without `http.allow_unauthenticated`.
+    /// empty; or no token is configured ([`HttpConfig::exposure`]) or none
+    /// has a value (`http.auth_token_env` names a variable that is not set)
+    /// while the API listens on an address that is not loopback, without
+    /// `http.allow_unauthenticated`.
     pub fn read(config: &HttpConfig) -> Result<Tokens, String> {
+        if let Some(problem) = config.exposure() {
+            return Err(format!("http.listen: {problem}"));
+        }
         let mut tokens = Vec::with_capacity(config.tokens.len());
         let mut unset = Vec::new();
         for spec in &config.tokens {

@@ -14,6 +14,7 @@ use crate::event::{Epoch, Seq};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"TNDMSEG1";
@@ -433,6 +434,8 @@ pub struct ScanOutcome {
     pub end: u64,
     /// Where a torn tail starts, if the segment ends in one.
     pub torn: Option<u64>,
+    /// Whether the caller stopped the scan (the records after `end` were not read).
+    pub stopped: bool,
 }
 
 /// Streams the records of one segment, up to byte offset `end` (the whole file
@@ -448,6 +451,18 @@ pub fn scan_segment(
     info: &SegmentInfo,
     end: Option<u64>,
     mut on_record: impl FnMut(&RecordHeader, &[u8]),
+) -> Result<ScanOutcome> {
+    scan_segment_until(info, end, |header, raw| {
+        on_record(header, raw);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`scan_segment`], stopped early when `on_record` breaks.
+fn scan_segment_until(
+    info: &SegmentInfo,
+    end: Option<u64>,
+    mut on_record: impl FnMut(&RecordHeader, &[u8]) -> ControlFlow<()>,
 ) -> Result<ScanOutcome> {
     let path = &info.path;
     let mut file = File::open(path).map_err(|source| Error::io("open", path, source))?;
@@ -495,10 +510,18 @@ pub fn scan_segment(
                             found: header.seq,
                         });
                     }
-                    on_record(&header, raw);
+                    let flow = on_record(&header, raw);
                     records += 1;
                     start += size;
                     offset += size as u64;
+                    if flow.is_break() {
+                        return Ok(ScanOutcome {
+                            records,
+                            end: offset,
+                            torn: None,
+                            stopped: true,
+                        });
+                    }
                 }
                 Frame::Incomplete { need: needed } => {
                     need = needed;
@@ -511,6 +534,7 @@ pub fn scan_segment(
                             records,
                             end: offset,
                             torn: Some(offset),
+                            stopped: false,
                         }),
                         false => Err(Error::CorruptRecord {
                             segment: path.clone(),
@@ -526,6 +550,7 @@ pub fn scan_segment(
                 records,
                 end: offset,
                 torn: None,
+                stopped: false,
             });
         }
         buf.copy_within(start..filled, 0);
@@ -545,6 +570,7 @@ pub fn scan_segment(
                 records,
                 end: offset,
                 torn: Some(offset),
+                stopped: false,
             });
         }
         filled += n;
@@ -597,15 +623,18 @@ fn is_torn(
 pub fn scan_log(
     paths: &DataPaths,
     end: LogPosition,
-    on_record: impl FnMut(&RecordHeader, &[u8]),
+    mut on_record: impl FnMut(&RecordHeader, &[u8]),
 ) -> Result<u64> {
-    scan_log_from(paths, Seq(0), end, on_record)
+    scan_log_from(paths, Seq(0), end, |header, raw| {
+        on_record(header, raw);
+        ControlFlow::Continue(())
+    })
 }
 
 /// Streams every record from seq `from` to `end`, segment by segment: the
 /// segments wholly before `from` are not read; the records before it in the
 /// segment that holds it are read (and checked) but not handed on. Answers
-/// the records read.
+/// the records read. When `on_record` breaks, the scan stops after that record.
 ///
 /// # Errors
 /// As [`scan_log`].
@@ -613,7 +642,7 @@ pub fn scan_log_from(
     paths: &DataPaths,
     from: Seq,
     end: LogPosition,
-    mut on_record: impl FnMut(&RecordHeader, &[u8]),
+    mut on_record: impl FnMut(&RecordHeader, &[u8]) -> ControlFlow<()>,
 ) -> Result<u64> {
     let segments = list_segments(paths)?;
     // The last segment starting at or before `from` holds it (or ends before it).
@@ -627,9 +656,11 @@ pub fn scan_log_from(
         .filter(|segment| segment.index <= end.segment)
     {
         let limit = (segment.index == end.segment).then_some(end.offset);
-        let outcome = scan_segment(segment, limit, |header, raw| {
+        let outcome = scan_segment_until(segment, limit, |header, raw| {
             if header.seq >= from {
-                on_record(header, raw);
+                on_record(header, raw)
+            } else {
+                ControlFlow::Continue(())
             }
         })?;
         if let Some(offset) = outcome.torn {
@@ -639,6 +670,9 @@ pub fn scan_log_from(
             });
         }
         records += outcome.records;
+        if outcome.stopped {
+            break;
+        }
     }
     Ok(records)
 }

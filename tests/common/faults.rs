@@ -1,8 +1,12 @@
-//! Faults the tests apply from outside: the broker's app stopped, and a
-//! small disk that can be filled.
+//! Faults the tests apply from outside: the broker's app stopped, a
+//! connection closed by the broker, a small disk that can be filled; and a
+//! producer that goes on publishing through them.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Runs `rabbitmqctl` with `args`; fails the test if it fails.
 pub fn rabbitmqctl(args: &[&str]) {
@@ -84,5 +88,139 @@ impl Drop for SmallDisk {
             .arg(&self.0)
             .status()
             .ok();
+    }
+}
+
+/// The pid of the broker connection named `name`.
+pub fn connection_pid(name: &str) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "--quiet",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|line| line.contains(name))
+        .and_then(|line| line.split('\t').next())
+        .map(str::to_owned)
+}
+
+/// Publishes `lines` to `queue` at `rate` a second, in batches with
+/// publisher confirms; a batch not confirmed (the broker stopped, the
+/// connection closed) is sent again whole on a new connection, so every line
+/// before `published` is in the queue at least once.
+pub struct Producer {
+    stop: Arc<AtomicBool>,
+    published: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+const PRODUCER_BATCH: usize = 50;
+
+impl Producer {
+    pub fn start(queue: String, lines: Arc<Vec<Vec<u8>>>, rate: u64) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicUsize::new(0));
+        let (stopping, done) = (Arc::clone(&stop), Arc::clone(&published));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(produce(&queue, &lines, rate, &stopping, &done));
+        });
+        Producer {
+            stop,
+            published,
+            thread,
+        }
+    }
+
+    /// Lines published (confirmed) so far.
+    pub fn published(&self) -> usize {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Stops after the batch in flight is confirmed; answers how many lines
+    /// were published.
+    pub fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().expect("the producer panicked");
+        self.published.load(Ordering::Acquire)
+    }
+}
+
+async fn produce(
+    queue: &str,
+    lines: &[Vec<u8>],
+    rate: u64,
+    stop: &AtomicBool,
+    published: &AtomicUsize,
+) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    let started = Instant::now();
+    let mut next = 0;
+    'connect: while next < lines.len() && !stop.load(Ordering::Acquire) {
+        let connected = async {
+            let connection = lapin::Connection::connect(
+                &super::amqp_uri(),
+                lapin::ConnectionProperties::default(),
+            )
+            .await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions::durable(),
+                    lapin::types::FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((connection, channel))
+        }
+        .await;
+        let Ok((_connection, channel)) = connected else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        while next < lines.len() && !stop.load(Ordering::Acquire) {
+            let batch = &lines[next..(next + PRODUCER_BATCH).min(lines.len())];
+            let mut confirms = Vec::with_capacity(batch.len());
+            for line in batch {
+                let sent = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        line,
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await;
+                match sent {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(_) => continue 'connect,
+                }
+            }
+            for confirm in confirms {
+                match confirm.await {
+                    Ok(confirmation) if confirmation.is_ack() => {}
+                    _ => continue 'connect,
+                }
+            }
+            next += batch.len();
+            published.store(next, Ordering::Release);
+            // The pace: line `next` is due at next / rate seconds.
+            let due = Duration::from_secs_f64(next as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
+        }
     }
 }

@@ -167,6 +167,17 @@ pub async fn ready_count(queue: &str) -> u32 {
     queue.message_count()
 }
 
+/// Waits (up to `deadline`) until `queue` holds no message ready.
+pub async fn drained(queue: &str, deadline: Duration) {
+    eventually(deadline, "the queue drained", async || {
+        match ready_count(queue).await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+}
+
 /// Takes every message from `queue`: (body, headers as strings).
 pub async fn drain(queue: &str) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -706,6 +717,15 @@ pub fn missing(what: &str, why: impl std::fmt::Display) {
         "{what} is missing: {why}. `bash scripts/test` sets up what the tests need; \
          TANDEM_SKIP_SERVICES=1 skips the tests that need it instead"
     );
+}
+
+/// The entry of the source called `name` in a `/v1/status` answer (null if none).
+pub fn source_entry(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["sources"]
+        .as_array()
+        .and_then(|sources| sources.iter().find(|source| source["name"] == name))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Events handled (accepted or rejected) per `/v1/status`.

@@ -38,6 +38,33 @@ pub fn generate(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// A dirty order stream, as a broker delivers one: `events` events over
+/// `products` products, 5% sent twice, 3% malformed, 10% late, then the
+/// `extra` flags (`--id-prefix`, `--span`).
+#[allow(
+    dead_code,
+    reason = "the benches include this file and use the plain generator"
+)]
+pub fn dirty(events: u64, seed: u64, products: u64, extra: &[&str]) -> Vec<u8> {
+    let (events, seed, products) = (events.to_string(), seed.to_string(), products.to_string());
+    let mut args = vec![
+        "--events",
+        &events,
+        "--seed",
+        &seed,
+        "--products",
+        &products,
+        "--dup-frac",
+        "0.05",
+        "--bad-frac",
+        "0.03",
+        "--late-frac",
+        "0.1",
+    ];
+    args.extend_from_slice(extra);
+    generate(&args)
+}
+
 /// The generator's output split into lines.
 pub fn lines(jsonl: &[u8]) -> Vec<&[u8]> {
     jsonl

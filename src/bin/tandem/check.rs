@@ -9,10 +9,23 @@ use tandem::event::Need;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
-        Ok(config) => {
-            print_plan(&config, path)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        // A config that would open the API to the network by mistake is
+        // taken by the commands that do not listen, and reported here.
+        Ok(config) => match config.http.exposure() {
+            Some(problem) => {
+                let error = tandem::config::ConfigError {
+                    file: path.display().to_string(),
+                    key: "http.listen".to_owned(),
+                    problem,
+                    line: None,
+                };
+                Ok(report(path, &tandem::config::ConfigErrors(vec![error])))
+            }
+            None => {
+                print_plan(&config, path)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Err(errors) => Ok(report(path, &errors)),
     }
 }

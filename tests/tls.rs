@@ -1,6 +1,7 @@
 //! HTTPS on the real binary: with `[http.tls]` the API answers over TLS with
-//! the configured certificate (generated here), a plain-HTTP client gets no
-//! answer, SIGHUP serves a renewed certificate without a restart, a reload
+//! the configured certificate (generated here), `tandem publish --http`
+//! posts to it when told which certificate to trust, a plain-HTTP client
+//! gets no answer, SIGHUP serves a renewed certificate without a restart, a reload
 //! that fails keeps the certificate in use, and a key that does not fit its
 //! certificate refuses the start in one line.
 
@@ -152,6 +153,37 @@ fn the_api_speaks_https_only_and_serves_a_renewed_certificate_after_sighup() {
     let totals: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(common::orders(&totals), 1, "{totals}");
 
+    // `tandem publish --http` over https: refused without a trusted
+    // certificate, and with the daemon's own certificate given, accepted.
+    let lines = dir.path().join("three.jsonl");
+    std::fs::write(
+        &lines,
+        (2..5)
+            .map(|i| format!(r#"{{"order_id":"o-{i}","ts":"2026-11-24T00:00:00.000Z","product_id":"p-1","amount":1}}"#))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .expect("write lines");
+    let publish = |ca: Option<&Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command.args(["publish", "--http", &format!("https://localhost:{port}")]);
+        if let Some(ca) = ca {
+            command.arg("--ca-cert").arg(ca);
+        }
+        command.arg(&lines).output().expect("run tandem publish")
+    };
+    let refused = publish(None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot post lines from"), "{stderr}");
+    let trusted = publish(Some(&cert_path));
+    let stderr = String::from_utf8_lossy(&trusted.stderr);
+    assert!(trusted.status.success(), "{stderr}");
+    let (_, body, _) = https(port, &[&first], "GET", "/v1/views/by_product/totals", b"")
+        .expect("query over https");
+    let totals: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(common::orders(&totals), 4, "{totals}");
+
     // A plain-HTTP client gets no answer, and the server goes on.
     let plain = ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
         .timeout(Duration::from_secs(10))
@@ -210,7 +242,7 @@ fn the_api_speaks_https_only_and_serves_a_renewed_certificate_after_sighup() {
     let (status, body, _) = https(port, &[&second], "GET", "/v1/views/by_product/totals", b"")
         .expect("query after the reloads");
     let totals: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!((status, common::orders(&totals)), (200, 1), "{totals}");
+    assert_eq!((status, common::orders(&totals)), (200, 4), "{totals}");
 }
 
 #[test]

@@ -68,6 +68,10 @@ enum Command {
         /// Environment variable holding the bearer token, sent when set.
         #[arg(long, default_value = "TANDEM_TOKEN", requires = "http")]
         token_env: String,
+        /// For an https URL: a PEM file of the certificates to trust (the
+        /// daemon's own, or its CA) instead of the public roots.
+        #[arg(long, value_name = "FILE", requires = "http")]
+        ca_cert: Option<PathBuf>,
         /// The file, or - for standard input.
         file: PathBuf,
     },
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
             batch,
             concurrency,
             token_env,
+            ca_cert,
             file,
         } => match (http, queue) {
             (Some(url), _) => publish::run_http(
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
                     batch: batch as usize,
                     concurrency: concurrency as usize,
                     token: std::env::var(&token_env).ok(),
+                    ca_cert,
                 },
                 &file,
             ),

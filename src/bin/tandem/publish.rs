@@ -180,6 +180,33 @@ pub struct HttpOptions {
     pub concurrency: usize,
     /// Bearer token, if any.
     pub token: Option<String>,
+    /// For an https URL: PEM certificates to trust instead of the public roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+/// A TLS client that trusts only the certificates in the PEM file `path`
+/// (a daemon's self-signed certificate, or a private CA).
+fn trusting(path: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let context = || format!("--ca-cert {}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).with_context(context)? {
+        roots
+            .add(cert.with_context(context)?)
+            .with_context(context)?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "--ca-cert {}: no CERTIFICATE block in the file",
+        path.display()
+    );
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// One request's events: the body and the input line of each event.
@@ -255,10 +282,12 @@ pub fn run_http(base: &str, options: &HttpOptions, file: &Path) -> anyhow::Resul
     } else {
         format!("{}/v1/events", base.trim_end_matches('/'))
     };
+    let mut agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(120));
+    if let Some(path) = &options.ca_cert {
+        agent = agent.tls_config(Arc::new(trusting(path)?));
+    }
+    let agent = agent.build();
     let mut input = Input::open(file)?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(120))
-        .build();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (send, receive) = mpsc::sync_channel::<Chunk>(options.concurrency);
     // Only the posters hold the receiver: once every one of them has stopped

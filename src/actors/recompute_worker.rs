@@ -155,14 +155,9 @@ impl Pool {
         Pool::start(cores())
     }
 
-    /// The number of workers.
-    pub fn len(&self) -> usize {
+    /// The number of workers (at least one).
+    pub(crate) fn len(&self) -> usize {
         self.workers.len()
-    }
-
-    /// Whether the pool has no worker (never: it starts at least one).
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
     }
 
     pub(crate) fn worker(&self, index: usize) -> &Addr<RecomputeWorker> {

@@ -90,9 +90,9 @@ pub struct Supervisor {
     config: Arc<Config>,
     /// The recompute workers that carry out the batch runs.
     pool: Pool,
-    /// Failed tries of the run for `attempts_for`, the epoch last tried.
-    attempts: u32,
-    attempts_for: Option<Epoch>,
+    /// The epoch whose run failed last, and its failed tries so far; none
+    /// once a run succeeds or a failure is given up on.
+    failed_tries: Option<(Epoch, u32)>,
     /// The open epoch: sources stamp new events with it.
     epoch: Epoch,
     sources: Vec<SourceHandle>,
@@ -144,8 +144,7 @@ impl Supervisor {
             paths,
             config,
             pool,
-            attempts: 0,
-            attempts_for: None,
+            failed_tries: None,
             epoch,
             sources,
             serving,
@@ -318,7 +317,7 @@ impl Handler<RunFinished> for Supervisor {
         self.running = false;
         match outcome {
             Ok(batch) => {
-                self.attempts = 0;
+                self.failed_tries = None;
                 if mode == RunMode::Full {
                     self.full_next = false;
                 }
@@ -365,18 +364,18 @@ impl Handler<RunFinished> for Supervisor {
                         .store(crate::now_ms(), Ordering::Relaxed);
                 }
                 // A newer seal that took the place of a retried run gets its own tries.
-                if self.attempts_for != Some(sealed.epoch) {
-                    self.attempts_for = Some(sealed.epoch);
-                    self.attempts = 0;
-                }
-                self.attempts += 1;
-                if failed.retryable && self.attempts < RUN_ATTEMPTS {
+                let tries = match self.failed_tries {
+                    Some((epoch, tries)) if epoch == sealed.epoch => tries + 1,
+                    _ => 1,
+                };
+                if failed.retryable && tries < RUN_ATTEMPTS {
+                    self.failed_tries = Some((sealed.epoch, tries));
                     // Tried again unless a newer seal took its place.
                     if self.pending.is_none() {
                         self.pending = Some(sealed);
                     }
                     tracing::warn!(
-                        attempt = self.attempts + 1,
+                        attempt = tries + 1,
                         of = RUN_ATTEMPTS,
                         "batch run tried again"
                     );
@@ -387,7 +386,7 @@ impl Handler<RunFinished> for Supervisor {
                     });
                     return;
                 }
-                self.attempts = 0;
+                self.failed_tries = None;
                 self.answer_waiters(sealed.epoch, &Err(failed));
             }
         }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, Rng};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -46,22 +46,6 @@ fn raw(addr: &str, request: &[u8]) -> Option<u16> {
     line.strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
 }
 
 const PATHS: &[&str] = &[
@@ -171,7 +155,7 @@ fn abuse_gets_4xx_never_5xx_and_the_daemon_keeps_answering() {
     assert_eq!(code, 200, "{body}");
 
     // Generated requests.
-    let mut rng = Rng(0x7a6e_6465_6d21);
+    let mut rng = Rng::new(0x7a6e_6465_6d21);
     let mut by_status = std::collections::BTreeMap::<u16, u32>::new();
     for i in 0..3000 {
         // Mostly well-addressed and authorized, so the parameters get parsed.
@@ -187,7 +171,7 @@ fn abuse_gets_4xx_never_5xx_and_the_daemon_keeps_answering() {
         } else {
             rng.pick(TOKENS)
         };
-        let (content_type, body) = BODIES[(rng.next() % BODIES.len() as u64) as usize];
+        let (content_type, body) = BODIES[rng.between(0, BODIES.len() as u64 - 1) as usize];
         let target = if params.is_empty() {
             path.to_owned()
         } else {

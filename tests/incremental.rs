@@ -13,6 +13,7 @@
 
 mod common;
 
+use common::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tandem::Config;
@@ -22,7 +23,6 @@ use tandem::actors::recompute_worker::with_pool;
 use tandem::aggregate::{Distinct, MetricState, MetricValue, Quantiles, ViewState};
 use tandem::event::Epoch;
 use tandem::store::{DataPaths, IdIndex, MasterLog, NewRecord, SealedEpoch};
-use tandem::workload::SplitMix64;
 
 const BASE: &str = r#"
 data_dir = "unused"
@@ -79,15 +79,6 @@ const SEGMENT_BYTES: u64 = 64 * 1024;
 /// 2026-01-01T00:00:00Z.
 const T0_MS: i64 = 1_767_225_600_000;
 
-/// The same records on every run of the test.
-struct Rng(SplitMix64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.next_u64() % n
-    }
-}
-
 /// One record as logged.
 #[derive(Clone)]
 struct Logged {
@@ -108,7 +99,7 @@ struct Stream {
 impl Stream {
     fn new(seed: u64) -> Stream {
         Stream {
-            rng: Rng(SplitMix64::new(seed)),
+            rng: Rng::new(seed),
             ids: Vec::new(),
             n: 0,
         }

@@ -116,9 +116,7 @@ fn zeros_after_the_last_record_are_a_torn_tail() {
 }
 
 fn flip_byte(path: &Path, offset: u64) {
-    let mut bytes = fs::read(path).expect("read");
-    bytes[offset as usize] ^= 0x20;
-    fs::write(path, bytes).expect("write");
+    common::faults::xor_byte(path, offset, 0x20);
 }
 
 #[test]

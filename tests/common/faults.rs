@@ -91,6 +91,26 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Damage, in place: XORs the byte at `at` of the file with `mask` (doing
+/// it again with the same mask restores it, as a backup would).
+pub fn xor_byte(path: &Path, at: u64, mask: u8) {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.read_exact(&mut byte))
+        .expect("read the byte");
+    byte[0] ^= mask;
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.write_all(&byte))
+        .and_then(|()| file.sync_all())
+        .expect("write the byte");
+}
+
 /// The pid of the broker connection named `name`.
 pub fn connection_pid(name: &str) -> Option<String> {
     let out = std::process::Command::new("rabbitmqctl")
@@ -113,7 +133,7 @@ pub fn connection_pid(name: &str) -> Option<String> {
 /// Publishes `lines` to `queue` at `rate` a second, in batches with
 /// publisher confirms; a batch not confirmed (the broker stopped, the
 /// connection closed) is sent again whole on a new connection, so every line
-/// before `published` is in the queue at least once.
+/// before `published` is in the queue at least once, and no line after it.
 pub struct Producer {
     stop: Arc<AtomicBool>,
     published: Arc<AtomicUsize>,
@@ -165,7 +185,10 @@ async fn produce(
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
     let started = Instant::now();
     let mut next = 0;
-    'connect: while next < lines.len() && !stop.load(Ordering::Acquire) {
+    // A batch sent is sent again until confirmed, even once told to stop:
+    // no line at or after `published` reaches the queue.
+    let mut unconfirmed = false;
+    'connect: while next < lines.len() && (unconfirmed || !stop.load(Ordering::Acquire)) {
         let connected = async {
             let connection = lapin::Connection::connect(
                 &super::amqp_uri(),
@@ -190,8 +213,9 @@ async fn produce(
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         };
-        while next < lines.len() && !stop.load(Ordering::Acquire) {
+        while next < lines.len() && (unconfirmed || !stop.load(Ordering::Acquire)) {
             let batch = &lines[next..(next + PRODUCER_BATCH).min(lines.len())];
+            unconfirmed = true;
             let mut confirms = Vec::with_capacity(batch.len());
             for line in batch {
                 let sent = channel
@@ -215,6 +239,7 @@ async fn produce(
                 }
             }
             next += batch.len();
+            unconfirmed = false;
             published.store(next, Ordering::Release);
             // The pace: line `next` is due at next / rate seconds.
             let due = Duration::from_secs_f64(next as f64 / rate as f64);

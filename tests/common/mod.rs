@@ -352,7 +352,8 @@ impl Daemon {
         self.child.wait().expect("wait");
     }
 
-    /// Sends SIGTERM and waits for the exit; answers the exit code and how long it took.
+    /// Sends SIGTERM and waits (up to a minute) for the exit; answers the
+    /// exit code and how long it took.
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {
         let started = Instant::now();
         let status = std::process::Command::new("kill")
@@ -360,7 +361,7 @@ impl Daemon {
             .status()
             .expect("kill");
         assert!(status.success());
-        let code = self.child.wait().expect("wait").code();
+        let code = self.wait_exit(Duration::from_secs(60)).code();
         (code, started.elapsed())
     }
 }
@@ -369,6 +370,37 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+    }
+}
+
+/// The tests' random numbers (the generator's splitmix64): the same
+/// sequence for the same seed.
+pub struct Rng(tandem::workload::SplitMix64);
+
+impl Rng {
+    /// Seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(tandem::workload::SplitMix64::new(seed))
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform (nearly: by the remainder) in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low + 1)
+    }
+
+    /// One of `items`.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.between(0, items.len() as u64 - 1) as usize]
     }
 }
 

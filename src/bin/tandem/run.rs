@@ -18,15 +18,12 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(errors) => return Ok(super::check::report(path, &errors)),
     };
-    // Checked before anything else, creating nothing: a data_dir in use by
-    // another daemon, then a busy port, each refused in one line.
-    tandem::store::DataDirLock::check_free(&tandem::store::DataPaths::new(&config.data_dir))
-        .context("cannot start")?;
     let listen = config.http.listen;
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
-    // A [[http.token]] without a value refuses the start, and so does an
-    // address that is not loopback without any token: never open by mistake.
+    // Checked before anything else, creating and binding nothing: an API
+    // that would be open to the network by mistake (an address that is not
+    // loopback with no token, or a [[http.token]] without a value), the TLS
+    // files, a data_dir in use by another daemon, then a busy port; each
+    // refused in one line.
     let tokens =
         Tokens::read(&config.http).map_err(|err| anyhow::anyhow!("cannot start: {err}"))?;
     if tokens.is_open() && config.http.allow_unauthenticated && !listen.ip().is_loopback() {
@@ -39,8 +36,16 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if tls.is_none() && !tokens.is_open() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "bearer tokens cross the network in plain text: set [http.tls] to serve HTTPS");
     }
+    tandem::store::DataDirLock::check_free(&tandem::store::DataPaths::new(&config.data_dir))
+        .context("cannot start")?;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
     actix::System::new().block_on(async move {
         let started = std::time::Instant::now();
+        // Before the start, which can take a while: a SIGHUP meanwhile (a
+        // certificate renewed) is then answered, instead of ending the process.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for signals")?;
         let data_dir = config.data_dir.clone();
         let started_up = tandem::start(config, Options::default()).await.map_err(|err| match &err {
             tandem::actors::StartError::Store(store) if store.is_damage() => anyhow::anyhow!(
@@ -61,7 +66,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%listen, scheme, took_ms = started.elapsed().as_millis() as u64, "tandem is serving");
 
-        let signal = shutdown_signal(tls.as_deref()).await.context("cannot listen for signals")?;
+        let signal = shutdown_signal(&mut hangup, tls.as_ref())
+            .await
+            .context("cannot listen for signals")?;
         let stopping = std::time::Instant::now();
         tracing::info!(signal, "stopping: finishing the batches in flight");
         ready.store(false, Ordering::Release);
@@ -78,26 +85,36 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Waits for SIGINT or SIGTERM; answers which. On each SIGHUP meanwhile,
-/// reads the TLS certificate and key again (a failed read keeps the ones in use).
-async fn shutdown_signal(tls: Option<&Tls>) -> std::io::Result<&'static str> {
+/// reads the TLS certificate and key again, on the blocking pool (a failed
+/// read keeps the ones in use).
+async fn shutdown_signal(
+    hangup: &mut tokio::signal::unix::Signal,
+    tls: Option<&Arc<Tls>>,
+) -> std::io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok("SIGTERM"),
             _ = interrupt.recv() => return Ok("SIGINT"),
-            _ = hangup.recv() => match tls {
-                Some(tls) => match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
-                    Err(err) => tracing::error!(
+            _ = hangup.recv() => {
+                let Some(tls) = tls.map(Arc::clone) else {
+                    tracing::info!("SIGHUP: nothing to reload (no [http.tls])");
+                    continue;
+                };
+                match tokio::task::spawn_blocking(move || tls.reload()).await {
+                    Ok(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Ok(Err(err)) => tracing::error!(
                         error = %err,
                         "SIGHUP: kept the TLS certificate in use"
                     ),
-                },
-                None => tracing::info!("SIGHUP: nothing to reload (no [http.tls])"),
-            },
+                    Err(err) => tracing::error!(
+                        error = %err,
+                        "SIGHUP: kept the TLS certificate in use (the reload did not finish)"
+                    ),
+                }
+            }
         }
     }
 }

@@ -110,6 +110,51 @@ fn each_role_may_do_its_own_part_and_gets_403_on_the_rest() {
     assert_eq!(common::orders(&body), 1, "{body}");
 }
 
+#[test]
+fn a_rotated_token_file_is_read_again_on_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("ingest.secret");
+    std::fs::write(&secret, format!("{INGEST}\n")).expect("write secret");
+    let mut daemon = Daemon::start(
+        &config(&secret),
+        dir.path(),
+        &[
+            ("TANDEM_TEST_TOKEN", ADMIN),
+            ("TANDEM_TEST_READ_TOKEN", READ),
+        ],
+    );
+    let url = format!("{}/v1/events", daemon.base);
+    let push = |token| {
+        let event = br#"{"order_id":"o-1","ts":"2026-11-24T00:00:00.000Z","product_id":"p-1","amount":2.5}"#;
+        post(&url, Some(token), "application/x-ndjson", event).0
+    };
+    assert_eq!(push(INGEST), 200);
+
+    // The orchestrator rotates the secret; SIGHUP: the new token is
+    // accepted and the old one refused, with no restart.
+    let rotated = "ingest-token-rotated-5e1b";
+    std::fs::write(&secret, format!("{rotated}\n")).expect("write secret");
+    daemon.hangup();
+    daemon.until(Duration::from_secs(20), "the rotated token", |_| {
+        match (push(rotated), push(INGEST)) {
+            (200, 401) => Ok(()),
+            other => Err(other),
+        }
+    });
+    // The tokens from variables stay as they were.
+    assert_eq!(push(ADMIN), 200);
+
+    // A file that cannot be read at the next SIGHUP: the tokens in use stay, and the log says why.
+    std::fs::remove_file(&secret).expect("remove secret");
+    daemon.hangup();
+    daemon.until_logged("the failed reload logged", |line| {
+        line.contains("SIGHUP: kept the bearer tokens in use")
+            && line.contains("http.token[1]: cannot read")
+    });
+    assert_eq!(push(rotated), 200);
+    assert_eq!(push(INGEST), 401);
+}
+
 /// Starts `tandem run` on `text` and answers the line that says why it
 /// refused, once it exits (a config refused by `tandem check`'s rules is
 /// followed by the count of problems).

@@ -17,8 +17,8 @@ use actix_web::body::EitherBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -33,9 +33,11 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// The bearer tokens the API accepts, each with its role.
+/// The bearer tokens the API accepts, each with its role. Clones share
+/// them: [`Tokens::replace`] (the daemon does on SIGHUP) changes what every
+/// clone accepts, from the next request on.
 #[derive(Debug, Clone, Default)]
-pub struct Tokens(Vec<(Role, String)>);
+pub struct Tokens(Arc<RwLock<Vec<(Role, String)>>>);
 
 impl Tokens {
     /// No token: every route is open.
@@ -45,7 +47,7 @@ impl Tokens {
 
     /// One token that may do everything.
     pub fn admin(token: impl Into<String>) -> Tokens {
-        Tokens(vec![(Role::Admin, token.into())])
+        Tokens(Arc::new(RwLock::new(vec![(Role::Admin, token.into())])))
     }
 
     /// The tokens `config` names, read from their variables and files.
@@ -81,12 +83,33 @@ impl Tokens {
         for problem in unset {
             tracing::warn!(%problem, "the API is open to anyone who can reach {}", config.listen);
         }
-        Ok(Tokens(tokens))
+        Ok(Tokens(Arc::new(RwLock::new(tokens))))
+    }
+
+    /// Accepts the tokens of `fresh` from now on, in place of these (in
+    /// every clone).
+    pub fn replace(&self, fresh: &Tokens) {
+        let tokens = fresh.list().clone();
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+    }
+
+    /// How many tokens there are.
+    pub fn count(&self) -> usize {
+        self.list().len()
     }
 
     /// Whether the API is open (no token).
     pub fn is_open(&self) -> bool {
-        self.0.is_empty()
+        self.list().is_empty()
+    }
+
+    fn list(&self) -> std::sync::RwLockReadGuard<'_, Vec<(Role, String)>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The role of `given`, if it is one of the tokens. Every token is
@@ -95,7 +118,7 @@ impl Tokens {
     fn role_of(&self, given: &[u8]) -> Option<Role> {
         use subtle::ConstantTimeEq;
         let mut role = None;
-        for (candidate, token) in &self.0 {
+        for (candidate, token) in self.list().iter() {
             if bool::from(given.ct_eq(token.as_bytes())) && role.is_none() {
                 role = Some(*candidate);
             }

@@ -352,6 +352,27 @@ impl Daemon {
         self.child.wait().expect("wait");
     }
 
+    /// Waits (up to 20 s) until a line of its log satisfies `found`.
+    pub fn until_logged(&mut self, what: &str, found: impl Fn(&str) -> bool) {
+        self.until(Duration::from_secs(20), what, |daemon| {
+            let logs = daemon.logs();
+            if logs.lines().any(&found) {
+                Ok(())
+            } else {
+                Err(logs)
+            }
+        });
+    }
+
+    /// Sends SIGHUP: the daemon reads its certificate and token files again.
+    pub fn hangup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Sends SIGTERM and waits (up to a minute) for the exit; answers the
     /// exit code and how long it took.
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {

@@ -1,5 +1,6 @@
 //! `tandem run --config FILE`: the daemon. Recovers the data_dir, serves the
-//! HTTP API (HTTPS with `[http.tls]`, its certificate read again on SIGHUP),
+//! HTTP API (HTTPS with `[http.tls]`; SIGHUP reads the certificate and the
+//! token files again),
 //! and on SIGINT or SIGTERM stops consuming, lets the batches in
 //! flight become durable and acknowledged (every push queued before the
 //! signal is answered), answers 503 for `http.shutdown_grace`, stops the HTTP
@@ -57,6 +58,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let handle = Arc::new(started_up.context("cannot start")?);
         let grace = handle.config().http.shutdown_grace;
         let ready = Arc::new(AtomicBool::new(false));
+        // A clone shares the tokens: a reload replaces them for the API.
+        let tokens_in_use = tokens.clone();
         let state = ApiState { handle: Arc::clone(&handle), tokens, ready: Arc::clone(&ready) };
         let server = tandem::http::serve_on(state, listener, tls.as_ref())
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -66,7 +69,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%listen, scheme, took_ms = started.elapsed().as_millis() as u64, "tandem is serving");
 
-        let signal = shutdown_signal(&mut hangup, tls.as_ref())
+        let reload = Reload { http: handle.config().http.clone(), tokens: tokens_in_use, tls };
+        let signal = shutdown_signal(&mut hangup, &reload)
             .await
             .context("cannot listen for signals")?;
         let stopping = std::time::Instant::now();
@@ -84,12 +88,52 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What SIGHUP reads again: the TLS certificate and key, and the bearer
+/// tokens' files (a rotated secret); the variables of a running process do
+/// not change.
+struct Reload {
+    http: tandem::config::HttpConfig,
+    tokens: Tokens,
+    tls: Option<Arc<Tls>>,
+}
+
+impl Reload {
+    /// Reads them again on the blocking pool; what fails to read is kept as
+    /// it was, and said.
+    async fn run(&self) {
+        let (http, tls) = (self.http.clone(), self.tls.clone());
+        let read =
+            tokio::task::spawn_blocking(move || (Tokens::read(&http), tls.map(|tls| tls.reload())))
+                .await;
+        let (tokens, tls) = match read {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::error!(error = %err, "SIGHUP: the reload did not finish; kept the tokens and certificate in use");
+                return;
+            }
+        };
+        match tokens {
+            Ok(fresh) => {
+                self.tokens.replace(&fresh);
+                tracing::info!(tokens = fresh.count(), "SIGHUP: reloaded the bearer tokens");
+            }
+            Err(err) => tracing::error!(error = %err, "SIGHUP: kept the bearer tokens in use"),
+        }
+        match tls {
+            Some(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+            Some(Err(err)) => {
+                tracing::error!(error = %err, "SIGHUP: kept the TLS certificate in use")
+            }
+            None => {}
+        }
+    }
+}
+
 /// Waits for SIGINT or SIGTERM; answers which. On each SIGHUP meanwhile,
-/// reads the TLS certificate and key again, on the blocking pool (a failed
-/// read keeps the ones in use).
+/// reloads (see [`Reload`]).
 async fn shutdown_signal(
     hangup: &mut tokio::signal::unix::Signal,
-    tls: Option<&Arc<Tls>>,
+    reload: &Reload,
 ) -> std::io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -98,23 +142,7 @@ async fn shutdown_signal(
         tokio::select! {
             _ = terminate.recv() => return Ok("SIGTERM"),
             _ = interrupt.recv() => return Ok("SIGINT"),
-            _ = hangup.recv() => {
-                let Some(tls) = tls.map(Arc::clone) else {
-                    tracing::info!("SIGHUP: nothing to reload (no [http.tls])");
-                    continue;
-                };
-                match tokio::task::spawn_blocking(move || tls.reload()).await {
-                    Ok(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
-                    Ok(Err(err)) => tracing::error!(
-                        error = %err,
-                        "SIGHUP: kept the TLS certificate in use"
-                    ),
-                    Err(err) => tracing::error!(
-                        error = %err,
-                        "SIGHUP: kept the TLS certificate in use (the reload did not finish)"
-                    ),
-                }
-            }
+            _ = hangup.recv() => reload.run().await,
         }
     }
 }

@@ -164,7 +164,7 @@ fn refused(dir: &Path) -> (i32, String) {
 /// Flips one byte in the middle of a segment.
 fn flip_byte(path: &Path) -> u64 {
     let at = std::fs::metadata(path).expect("stat segment").len() / 2;
-    common::faults::xor_byte(path, at, 0x5a);
+    common::xor_byte(path, at, 0x5a);
     at
 }
 

@@ -26,8 +26,8 @@
 
 mod common;
 
-use common::faults::{Outage, Producer, SmallDisk, connection_pid, rabbitmqctl, xor_byte};
-use common::{Daemon, Rng};
+use common::faults::{Outage, Producer, SmallDisk, connection_pid, rabbitmqctl};
+use common::{Daemon, Rng, xor_byte};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -256,7 +256,7 @@ fn apply(
             // The served snapshot covers what the next full run will read.
             let (code, body) = subject.recompute(false);
             assert_eq!(code, 200, "{body}");
-            let segment = &all[rng.between(0, all.len() as u64 - 3) as usize];
+            let segment = &all[rng.below(all.len() as u64 - 2) as usize];
             let len = std::fs::metadata(segment).expect("stat").len();
             let at = rng.between(0, len - 1);
             let mask = rng.between(1, 255) as u8;
@@ -346,7 +346,7 @@ fn faults_at_random_lose_nothing_and_count_nothing_twice() {
         let fault = if deck.is_empty() {
             rng.pick(&FAULTS)
         } else {
-            deck.remove(rng.between(0, deck.len() as u64 - 1) as usize)
+            deck.remove(rng.below(deck.len() as u64) as usize)
         };
         let at = started.elapsed();
         match apply(fault, &mut subject, &disk, &case.queue, &mut rng) {

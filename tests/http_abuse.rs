@@ -171,7 +171,7 @@ fn abuse_gets_4xx_never_5xx_and_the_daemon_keeps_answering() {
         } else {
             rng.pick(TOKENS)
         };
-        let (content_type, body) = BODIES[rng.between(0, BODIES.len() as u64 - 1) as usize];
+        let (content_type, body) = rng.pick(BODIES);
         let target = if params.is_empty() {
             path.to_owned()
         } else {

@@ -175,10 +175,8 @@ fn a_damaged_snapshot_is_refused_and_an_older_one_used() {
     let snapshots = tandem::store::list_snapshots(&DataPaths::new(dir.path())).expect("list");
     assert_eq!(snapshots.len(), 2);
     let newest = &snapshots[0];
-    let mut bytes = std::fs::read(&newest.1).expect("read");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&newest.1, bytes).expect("damage");
+    let last = std::fs::metadata(&newest.1).expect("stat").len() - 1;
+    common::xor_byte(&newest.1, last, 0xff);
     let (after, startup) = second_run(dir.path());
     assert_eq!(
         startup.snapshot,

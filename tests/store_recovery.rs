@@ -116,7 +116,7 @@ fn zeros_after_the_last_record_are_a_torn_tail() {
 }
 
 fn flip_byte(path: &Path, offset: u64) {
-    common::faults::xor_byte(path, offset, 0x20);
+    common::xor_byte(path, offset, 0x20);
 }
 
 #[test]

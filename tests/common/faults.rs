@@ -91,26 +91,6 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Damage, in place: XORs the byte at `at` of the file with `mask` (doing
-/// it again with the same mask restores it, as a backup would).
-pub fn xor_byte(path: &Path, at: u64, mask: u8) {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
-    let mut byte = [0u8];
-    file.seek(SeekFrom::Start(at))
-        .and_then(|_| file.read_exact(&mut byte))
-        .expect("read the byte");
-    byte[0] ^= mask;
-    file.seek(SeekFrom::Start(at))
-        .and_then(|_| file.write_all(&byte))
-        .and_then(|()| file.sync_all())
-        .expect("write the byte");
-}
-
 /// The pid of the broker connection named `name`.
 pub fn connection_pid(name: &str) -> Option<String> {
     let out = std::process::Command::new("rabbitmqctl")
@@ -170,6 +150,17 @@ impl Producer {
     /// were published.
     pub fn finish(self) -> usize {
         self.stop.store(true, Ordering::Release);
+        super::poll_until(
+            Duration::from_secs(120),
+            "the producer's last batch confirmed",
+            || {
+                if self.thread.is_finished() {
+                    Ok(())
+                } else {
+                    Err("publishing")
+                }
+            },
+        );
         self.thread.join().expect("the producer panicked");
         self.published.load(Ordering::Acquire)
     }

@@ -364,24 +364,25 @@ impl Daemon {
         });
     }
 
-    /// Sends SIGHUP: the daemon reads its certificate and token files again.
-    pub fn hangup(&self) {
+    /// Sends the signal `name` (`HUP`, `TERM`).
+    fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill");
-        assert!(status.success());
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Sends SIGHUP: the daemon reads its certificate and token files again.
+    pub fn hangup(&self) {
+        self.signal("HUP");
     }
 
     /// Sends SIGTERM and waits (up to a minute) for the exit; answers the
     /// exit code and how long it took.
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {
         let started = Instant::now();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.signal("TERM");
         let code = self.wait_exit(Duration::from_secs(60)).code();
         (code, started.elapsed())
     }
@@ -423,6 +424,26 @@ impl Rng {
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.between(0, items.len() as u64 - 1) as usize]
     }
+}
+
+/// Damage, in place: XORs the byte at `at` of the file with `mask` (doing
+/// it again with the same mask restores it, as a backup would).
+pub fn xor_byte(path: &std::path::Path, at: u64, mask: u8) {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.read_exact(&mut byte))
+        .expect("read the byte");
+    byte[0] ^= mask;
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.write_all(&byte))
+        .and_then(|()| file.sync_all())
+        .expect("write the byte");
 }
 
 /// The files in `dir` whose extension is `ext`, sorted by name.

@@ -1,5 +1,6 @@
 //! Benchmarks of the small paths: event parsing, record encoding, group commit
-//! with fsync, metric updates per aggregation, and applying events to views.
+//! with fsync, metric updates per aggregation, merging distinct states, and
+//! applying events to views.
 //! Events come from the reference generator (seed 7).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -134,7 +135,39 @@ fn views(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, append, metrics, views);
+/// What a range query pays per bucket for a distinct metric: merging one
+/// state into the answer, then reading the answer once. Sixty states: an
+/// hour of one-minute buckets, each past its exact form, as coupon sets
+/// (700 values each) and as register arrays (3,000 values each).
+fn distinct_merge(c: &mut Criterion) {
+    let mut group = c.benchmark_group("distinct_merge");
+    group.throughput(Throughput::Elements(60));
+    for (label, per_state) in [("coupons", 700u64), ("registers", 3_000)] {
+        let states: Vec<MetricState> = (0..60u64)
+            .map(|bucket| {
+                let mut state = MetricState::empty(&Agg::Distinct);
+                for value in 0..per_state {
+                    // Half of each bucket's values also appear in the next.
+                    let value = bucket * per_state / 2 + value;
+                    state.update(Input::Hash(hash_text(&format!("u-{value:07}"))));
+                }
+                state
+            })
+            .collect();
+        group.bench_function(format!("60_states/{label}"), |b| {
+            b.iter(|| {
+                let mut merged = MetricState::empty(&Agg::Distinct);
+                for state in &states {
+                    merged.merge(black_box(state));
+                }
+                black_box(merged.value(&Agg::Distinct))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, append, metrics, views, distinct_merge);
 criterion_main!(benches, floor_group);
 
 fn floor(c: &mut Criterion) {

@@ -4,6 +4,7 @@
 //! Streams are long enough to push distinct and quantile past their exact
 //! forms into their sketches.
 
+use datasketches::hll::{HllSketch, HllType, HllUnion};
 use proptest::prelude::*;
 use tandem::aggregate::{Agg, Distinct, Input, MetricState, MetricValue, Quantiles};
 use tandem::event::hash_text;
@@ -185,6 +186,50 @@ proptest! {
             let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
             prop_assert_eq!(bytes(&merged), bytes(&whole), "{:?} over {} values cut at {:?}", agg, values.len(), cuts);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Merging distinct sketches is DataSketches' own union, register for
+    /// register: a state merged from parts (coupon sets and register arrays,
+    /// some parts read between merges, some small enough to be exact)
+    /// estimates what DataSketches' `HllUnion` of the same values estimates,
+    /// and stores the same bytes as the state of all the values at once.
+    #[test]
+    fn merged_distinct_states_estimate_as_the_datasketches_union(
+        parts in proptest::collection::vec((0u64..5_000, 0u64..40_000, any::<bool>()), 2..8),
+    ) {
+        let hash = |value: u64| hash_text(&format!("u-{value:07}"));
+        let mut merged = MetricState::empty(&Agg::Distinct);
+        let mut union = HllUnion::new(14).expect("lgK 14");
+        let mut all = MetricState::empty(&Agg::Distinct);
+        let mut seen = 0u64;
+        for (len, from, read) in &parts {
+            let mut part = MetricState::empty(&Agg::Distinct);
+            let mut sketch = HllSketch::new(14, HllType::Hll8).expect("lgK 14");
+            for value in *from..from + len {
+                part.update(Input::Hash(hash(value)));
+                all.update(Input::Hash(hash(value)));
+                sketch.update(hash(value));
+            }
+            merged.merge(&part);
+            union.update(&sketch);
+            seen += len;
+            if *read {
+                state_read(&merged, &Agg::Distinct);
+            }
+        }
+        let distinct = |state: &MetricState| match state.value(&Agg::Distinct) {
+            MetricValue::Int(count) => count,
+            other => panic!("a distinct state reads {other:?}"),
+        };
+        if matches!(&merged, MetricState::Distinct(Distinct::Sketch(_))) {
+            prop_assert_eq!(distinct(&merged), union.composite_estimate().round() as u64, "{} values in {} parts", seen, parts.len());
+        }
+        let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
+        prop_assert_eq!(bytes(&merged), bytes(&all));
     }
 }
 

@@ -51,22 +51,143 @@ pub struct HllSketch {
     estimate: OnceLock<u64>,
 }
 
+/// The number of registers.
+const HLL_K: usize = 1 << HLL_LG_K;
+/// The preamble's length in 4-byte words, the first byte of a DataSketches
+/// HLL image: it says which form follows (a coupon list from byte 8, a
+/// coupon set from byte 12, a register array from byte 40).
+const HLL_LIST_WORDS: u8 = 2;
+const HLL_SET_WORDS: u8 = 3;
+const HLL_ARRAY_WORDS: u8 = 10;
+
 /// A sketch's registers: built by inserts (or loaded), a plain sketch, which
-/// a union reads without a copy; once merged into, a union, which takes
-/// further sketches in place.
+/// a union reads without a copy; once merged into while every side is a
+/// coupon list or set, DataSketches' union, which takes further sketches in
+/// place; once merged with a register array, the registers themselves.
 #[derive(Debug, Clone)]
 enum Registers {
     Sketch(DsHll),
     Union(HllUnion),
+    /// One byte per register, the maximum over every sketch merged in, and
+    /// the values inserted since, in a sketch of their own. A union of
+    /// register arrays recomputes its estimator's sums over all 16,384
+    /// registers at every merge; here a merge is one pass of `max` and the
+    /// sums are computed once, when the estimate is read.
+    Dense {
+        registers: Box<[u8]>,
+        inserted: Option<Box<DsHll>>,
+    },
 }
 
 impl Registers {
+    /// Whether DataSketches holds these as a register array (the largest
+    /// coupon set of lgK 14, 2^11 coupons of 4 bytes, is half its size).
+    fn is_array(&self) -> bool {
+        match self {
+            Registers::Sketch(sketch) => sketch.estimated_size() >= HLL_K,
+            Registers::Union(union) => union.estimated_size() >= HLL_K,
+            Registers::Dense { .. } => true,
+        }
+    }
+
     /// Merges these registers into `union`.
     fn merge_into(&self, union: &mut HllUnion) {
         match self {
             Registers::Sketch(sketch) => union.update(sketch),
             Registers::Union(other) => union.update(&other.to_sketch(HllType::Hll8)),
+            Registers::Dense { .. } => union.update(&self.to_sketch()),
         }
+    }
+
+    /// Raises `registers` to these registers where they are higher.
+    fn max_into(&self, registers: &mut [u8]) {
+        match self {
+            Registers::Sketch(sketch) => max_image_into(&sketch.serialize(), registers),
+            Registers::Union(union) => {
+                max_image_into(&union.to_sketch(HllType::Hll8).serialize(), registers)
+            }
+            Registers::Dense {
+                registers: mine,
+                inserted,
+            } => {
+                for (register, mine) in registers.iter_mut().zip(mine.iter()) {
+                    *register = (*register).max(*mine);
+                }
+                if let Some(inserted) = inserted {
+                    max_image_into(&inserted.serialize(), registers);
+                }
+            }
+        }
+    }
+
+    /// These registers as one array.
+    fn to_array(&self) -> Box<[u8]> {
+        let mut registers = vec![0u8; HLL_K].into_boxed_slice();
+        self.max_into(&mut registers);
+        registers
+    }
+
+    /// These registers as a DataSketches sketch (for dense registers, read
+    /// from the image DataSketches would write for them).
+    fn to_sketch(&self) -> DsHll {
+        match self {
+            Registers::Sketch(sketch) => sketch.clone(),
+            Registers::Union(union) => union.to_sketch(HllType::Hll8),
+            Registers::Dense { .. } => {
+                let image = canonical_hll(array_image(&self.to_array()));
+                DsHll::deserialize(&image).expect("a register array's image reads back")
+            }
+        }
+    }
+}
+
+/// The image DataSketches writes of an HLL_8 register array of lgK 14 (its
+/// preamble, taken once from a sketch of its own, then the registers); its
+/// estimator's fields are left to [`canonical_hll`].
+fn array_image(registers: &[u8]) -> Vec<u8> {
+    static PREAMBLE: OnceLock<Vec<u8>> = OnceLock::new();
+    let preamble = PREAMBLE.get_or_init(|| {
+        let mut sketch = DsHll::new(HLL_LG_K, HllType::Hll8).expect("lgK 14 lies within 4..=21");
+        let mut value = 0u64;
+        while sketch.estimated_size() < HLL_K {
+            sketch.update(value);
+            value += 1;
+        }
+        let image = sketch.serialize();
+        image[..image.len() - HLL_K].to_vec()
+    });
+    let mut image = Vec::with_capacity(preamble.len() + HLL_K);
+    image.extend_from_slice(preamble);
+    image.extend_from_slice(registers);
+    image
+}
+
+/// Raises `registers` to the registers of a DataSketches HLL image of lgK
+/// 14: a register array's bytes, or a coupon list's or set's coupons (each a
+/// register's value in its upper 6 bits and its slot in the lower 26, as the
+/// image format defines them).
+fn max_image_into(image: &[u8], registers: &mut [u8]) {
+    const COUPON_VALUE_SHIFT: u32 = 26;
+    let coupons = |from: usize, registers: &mut [u8]| {
+        for word in image.get(from..).unwrap_or_default().chunks_exact(4) {
+            let coupon = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            if coupon != 0 {
+                let slot = coupon as usize & (HLL_K - 1);
+                let value = (coupon >> COUPON_VALUE_SHIFT) as u8;
+                registers[slot] = registers[slot].max(value);
+            }
+        }
+    };
+    match image.first().copied() {
+        Some(HLL_LIST_WORDS) => coupons(8, registers),
+        Some(HLL_SET_WORDS) => coupons(12, registers),
+        Some(HLL_ARRAY_WORDS) if image.len() >= HLL_K => {
+            let theirs = &image[image.len() - HLL_K..];
+            for (register, theirs) in registers.iter_mut().zip(theirs) {
+                *register = (*register).max(*theirs);
+            }
+        }
+        other => debug_assert!(false, "an HLL image of preamble {other:?}"),
     }
 }
 
@@ -94,19 +215,34 @@ impl HllSketch {
         match &mut self.registers {
             Registers::Sketch(sketch) => sketch.update(*hash),
             Registers::Union(union) => union.update_value(*hash),
+            Registers::Dense { inserted, .. } => inserted
+                .get_or_insert_with(|| {
+                    Box::new(
+                        DsHll::new(HLL_LG_K, HllType::Hll8).expect("lgK 14 lies within 4..=21"),
+                    )
+                })
+                .update(*hash),
         }
         self.changed();
     }
 
     fn merge(&mut self, other: &HllSketch) {
-        match &mut self.registers {
-            Registers::Union(union) => other.registers.merge_into(union),
-            Registers::Sketch(sketch) => {
-                let mut union = HllUnion::new(HLL_LG_K).expect("lgK 14 lies within 4..=21");
-                union.update(sketch);
-                other.registers.merge_into(&mut union);
-                self.registers = Registers::Union(union);
-            }
+        if let Registers::Dense { registers, .. } = &mut self.registers {
+            other.registers.max_into(registers);
+        } else if self.registers.is_array() || other.registers.is_array() {
+            let mut registers = self.registers.to_array();
+            other.registers.max_into(&mut registers);
+            self.registers = Registers::Dense {
+                registers,
+                inserted: None,
+            };
+        } else if let Registers::Union(union) = &mut self.registers {
+            other.registers.merge_into(union);
+        } else if let Registers::Sketch(sketch) = &self.registers {
+            let mut union = HllUnion::new(HLL_LG_K).expect("lgK 14 lies within 4..=21");
+            union.update(sketch);
+            other.registers.merge_into(&mut union);
+            self.registers = Registers::Union(union);
         }
         self.changed();
     }
@@ -116,6 +252,7 @@ impl HllSketch {
             let estimate = match &self.registers {
                 Registers::Sketch(sketch) => sketch.composite_estimate(),
                 Registers::Union(union) => union.composite_estimate(),
+                Registers::Dense { .. } => self.registers.to_sketch().composite_estimate(),
             };
             estimate.round() as u64
         })
@@ -131,6 +268,7 @@ impl Serialize for HllSketch {
         let bytes = match &self.registers {
             Registers::Sketch(sketch) => sketch.serialize(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
+            Registers::Dense { .. } => array_image(&self.registers.to_array()),
         };
         canonical_hll(bytes).serialize(serializer)
     }
@@ -145,10 +283,17 @@ impl Serialize for HllSketch {
 /// again in slot order, as DataSketches rebuilds them after a merge). An image
 /// of another shape is returned as it is.
 fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
-    /// Preamble sizes in bytes, by the preamble's length in words (byte 0).
-    const LIST_WORDS: u8 = 2;
-    const SET_WORDS: u8 = 3;
-    const ARRAY_WORDS: u8 = 10;
+    /// 2^-v for every register value, each exact in an f64: the sums
+    /// without a division per register, bit for bit the same.
+    const INVERSE_POWERS: [f64; 64] = {
+        let mut powers = [0.0; 64];
+        let mut value = 0;
+        while value < 64 {
+            powers[value] = 1.0 / (1u64 << value) as f64;
+            value += 1;
+        }
+        powers
+    };
     const OUT_OF_ORDER: u8 = 16;
     let sort_coupons = |bytes: &mut [u8], from: usize| {
         let Some(coupons) = bytes.get_mut(from..) else {
@@ -164,9 +309,9 @@ fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
         }
     };
     match bytes.first().copied() {
-        Some(LIST_WORDS) => sort_coupons(&mut bytes, 8),
-        Some(SET_WORDS) => sort_coupons(&mut bytes, 12),
-        Some(ARRAY_WORDS) if bytes.len() > 40 => {
+        Some(HLL_LIST_WORDS) => sort_coupons(&mut bytes, 8),
+        Some(HLL_SET_WORDS) => sort_coupons(&mut bytes, 12),
+        Some(HLL_ARRAY_WORDS) if bytes.len() > 40 => {
             let (mut kxq0, mut kxq1, mut zeros) = (0.0f64, 0.0f64, 0u32);
             for &value in &bytes[40..] {
                 match value {
@@ -174,8 +319,8 @@ fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
                         kxq0 += 1.0;
                         zeros += 1;
                     }
-                    1..32 => kxq0 += 1.0 / (1u64 << value) as f64,
-                    _ => kxq1 += 1.0 / (1u64 << value.min(63)) as f64,
+                    1..32 => kxq0 += INVERSE_POWERS[usize::from(value)],
+                    _ => kxq1 += INVERSE_POWERS[usize::from(value.min(63))],
                 }
             }
             bytes[5] |= OUT_OF_ORDER;

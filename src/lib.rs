@@ -20,6 +20,7 @@ pub mod actors;
 pub mod aggregate;
 pub mod config;
 pub mod event;
+pub mod export;
 pub mod faults;
 pub mod fuzzing;
 pub mod http;

@@ -13,6 +13,7 @@ macro_rules! say {
 }
 
 mod check;
+mod export;
 mod generate;
 mod inspect;
 mod publish;
@@ -94,6 +95,21 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Write the sealed epochs of the master dataset as Parquet, one file per
+    /// epoch (OUT/epoch=E/part-00000.parquet), skipping epochs exported whole
+    /// already; reads only sealed records, so the daemon may be running.
+    Export {
+        /// The TOML config file: its data_dir, and the fields its views use,
+        /// which become typed columns.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The directory to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Export only the sealed epochs up to this one.
+        #[arg(long, value_name = "E")]
+        upto_epoch: Option<u64>,
+    },
     /// Describe a data_dir: segments, sealed epochs, snapshots, the batch cache, and a CRC check of everything.
     Inspect {
         /// The data_dir.
@@ -162,6 +178,11 @@ fn main() -> ExitCode {
         Command::Check { config } => check::run(&config),
         Command::Inspect { data } => inspect::run(&data),
         Command::Recompute { config, full } => recompute::run(&config, full),
+        Command::Export {
+            config,
+            out,
+            upto_epoch,
+        } => export::run(&config, &out, upto_epoch),
         Command::Generate(args) => generate::run(args),
     };
     match result {

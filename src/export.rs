@@ -1,0 +1,521 @@
+//! The master dataset as Parquet: `tandem export`.
+//!
+//! Each sealed epoch becomes one file, `OUT/epoch=E/part-00000.parquet`
+//! (Hive-style partitions, which DuckDB, Spark and Trino read as a column),
+//! written under a temporary name, fsynced and renamed, so a reader never
+//! sees half a file. An export is incremental: an epoch whose file is whole
+//! (its footer reads and holds the row count written into its metadata) is
+//! skipped; any other is written again.
+//!
+//! One row per record, in log order, with the record as tandem stored it
+//! (`seq`, `epoch`, `ingest_ms`, `event_ms`, `id_hash`, `raw`) and every
+//! field the views use, read by the same parser a batch run uses: the id and
+//! key fields as tandem's canonical text, number fields as DOUBLE, and for
+//! each distinct field `<field>__xxh3`, the 64-bit hash tandem's distinct
+//! sketches are updated with (so an engine that sketches that column with
+//! DataSketches' HLL builds the registers tandem builds). A record the
+//! config's rules refuse has `rejected` set to the reason and its field
+//! columns null: the batch layer never counts it. The batch layer's other
+//! rule, the first copy of an id in log order, is `id_hash` and `seq`.
+
+use crate::Config;
+use crate::event::{Epoch, Need, ParsedEvent, Seq, hash_text};
+use crate::store::{self, DataPaths, RecordHeader, SealedEpoch};
+use parquet::basic::{Compression, LogicalType, Repetition, Type as PhysicalType, ZstdLevel};
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::writer::{SerializedFileWriter, SerializedRowGroupWriter};
+use parquet::schema::types::Type;
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The key of the file metadata entry holding the rows written.
+const ROWS_KEY: &str = "tandem.rows";
+/// Rows buffered before they are written as one row group.
+const ROW_GROUP_ROWS: usize = 131_072;
+/// The columns every export has, before the fields'.
+const RECORD_COLUMNS: [&str; 7] = [
+    "seq",
+    "epoch",
+    "ingest_ms",
+    "event_ms",
+    "id_hash",
+    "raw",
+    "rejected",
+];
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The master dataset or the epoch index cannot be read (corruption is
+    /// named with its segment and offset), or a file or directory of the
+    /// export cannot be written.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Writing Parquet failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// A field the views use has the name of one of the record's columns.
+    #[error(
+        "the field {field:?} has the name of a column every export has ({}): rename it in the events, or leave it out of the views",
+        RECORD_COLUMNS.join(", ")
+    )]
+    ColumnClash {
+        /// The field.
+        field: String,
+    },
+    /// `--upto-epoch` names an epoch that is not sealed.
+    #[error("epoch {asked} is not sealed (the newest sealed epoch is {newest})")]
+    NotSealed {
+        /// The epoch asked for.
+        asked: Epoch,
+        /// The newest sealed epoch, if any.
+        newest: String,
+    },
+}
+
+/// What an export did, per epoch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// Epochs written, with their rows.
+    pub written: Vec<(Epoch, u64)>,
+    /// Epochs whose file was whole already, with their rows.
+    pub skipped: Vec<(Epoch, u64)>,
+}
+
+/// The file of epoch `epoch` under `out`.
+pub fn epoch_file(out: &Path, epoch: Epoch) -> PathBuf {
+    out.join(format!("epoch={}", epoch.0))
+        .join("part-00000.parquet")
+}
+
+/// Exports every sealed epoch up to `upto` (every sealed one when `None`)
+/// of `config`'s data_dir to `out`, skipping those already exported whole.
+/// Reads only sealed records, so it can run beside the daemon.
+///
+/// # Errors
+/// See [`ExportError`]; epochs written before a failure stay written.
+pub fn export(config: &Config, out: &Path, upto: Option<Epoch>) -> Result<Exported, ExportError> {
+    let paths = DataPaths::new(&config.data_dir);
+    let epochs = store::read_epochs(&paths)?;
+    if let Some(asked) = upto
+        && !epochs.iter().any(|sealed| sealed.epoch == asked)
+    {
+        return Err(ExportError::NotSealed {
+            asked,
+            newest: epochs
+                .last()
+                .map_or("none".to_owned(), |sealed| sealed.epoch.to_string()),
+        });
+    }
+    let columns = Columns::of(config)?;
+    let mut exported = Exported::default();
+    let mut todo = Vec::new();
+    for (at, sealed) in epochs.iter().enumerate() {
+        if upto.is_some_and(|upto| sealed.epoch > upto) {
+            break;
+        }
+        match rows_of_whole_file(&epoch_file(out, sealed.epoch)) {
+            Some(rows) => exported.skipped.push((sealed.epoch, rows)),
+            None => todo.push((at, *sealed)),
+        }
+    }
+    // Records of an epoch lie at or after where the epoch before it saw its
+    // first later record, and before its own seal's end: one scan covers them.
+    let Some(&(first, _)) = todo.first() else {
+        return Ok(exported);
+    };
+    let from = first
+        .checked_sub(1)
+        .map_or(Seq(0), |before| epochs[before].later_from);
+    let Some(&(_, last)) = todo.last() else {
+        return Ok(exported);
+    };
+    let mut files: Vec<(SealedEpoch, EpochFile)> = todo
+        .iter()
+        .map(|(_, sealed)| Ok((*sealed, EpochFile::create(out, sealed.epoch, &columns)?)))
+        .collect::<Result<_, ExportError>>()?;
+    let mut failed = None;
+    store::scan_log_from(&paths, from, last.end, |header, raw| {
+        let Ok(at) = files.binary_search_by_key(&header.epoch, |(sealed, _)| sealed.epoch) else {
+            return ControlFlow::Continue(());
+        };
+        match files[at].1.push(config, &columns, header, raw) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                failed = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    for (sealed, file) in files {
+        let rows = file.finish(&columns)?;
+        exported.written.push((sealed.epoch, rows));
+    }
+    Ok(exported)
+}
+
+/// The rows of an epoch's file when it is whole: its footer reads and its
+/// row count is the one written into its metadata.
+fn rows_of_whole_file(path: &Path) -> Option<u64> {
+    let reader = SerializedFileReader::try_from(path).ok()?;
+    let meta = reader.metadata().file_metadata();
+    let promised = meta
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == ROWS_KEY)?
+        .value
+        .as_deref()?
+        .parse::<u64>()
+        .ok()?;
+    (u64::try_from(meta.num_rows()).ok()? == promised).then_some(promised)
+}
+
+/// The field columns: per schema slot, what is written of it.
+struct Columns {
+    schema: Arc<Type>,
+    fields: Vec<FieldColumns>,
+}
+
+/// What one field of the schema is exported as.
+struct FieldColumns {
+    slot: usize,
+    /// Its canonical text (id, key and distinct fields).
+    text: bool,
+    /// Its number (number fields).
+    number: bool,
+    /// The hash of its text that distinct sketches take.
+    hash: bool,
+}
+
+impl Columns {
+    fn of(config: &Config) -> Result<Columns, ExportError> {
+        let distinct: Vec<usize> = config
+            .views
+            .iter()
+            .flat_map(|view| &view.metrics)
+            .filter(|metric| matches!(metric.agg, crate::aggregate::Agg::Distinct))
+            .filter_map(|metric| metric.slot)
+            .collect();
+        let int64 = |name: &str, repetition| {
+            Type::primitive_type_builder(name, PhysicalType::INT64)
+                .with_repetition(repetition)
+                .build()
+        };
+        let string = |name: &str, repetition| {
+            Type::primitive_type_builder(name, PhysicalType::BYTE_ARRAY)
+                .with_repetition(repetition)
+                .with_logical_type(Some(LogicalType::String))
+                .build()
+        };
+        let double = |name: &str| {
+            Type::primitive_type_builder(name, PhysicalType::DOUBLE)
+                .with_repetition(Repetition::OPTIONAL)
+                .build()
+        };
+        let mut types = vec![
+            int64("seq", Repetition::REQUIRED),
+            int64("epoch", Repetition::REQUIRED),
+            int64("ingest_ms", Repetition::REQUIRED),
+            int64("event_ms", Repetition::REQUIRED),
+            int64("id_hash", Repetition::REQUIRED),
+            string("raw", Repetition::REQUIRED),
+            string("rejected", Repetition::OPTIONAL),
+        ];
+        let mut fields = Vec::new();
+        for (slot, field) in config.schema.fields().iter().enumerate() {
+            if RECORD_COLUMNS.contains(&field.name.as_str()) {
+                return Err(ExportError::ColumnClash {
+                    field: field.name.clone(),
+                });
+            }
+            let column = FieldColumns {
+                slot,
+                text: field.text,
+                number: field.need == Need::Number,
+                hash: distinct.contains(&slot),
+            };
+            // A field read both ways (a number also counted distinct) is
+            // exported as its number, and its text under `<field>__text`.
+            if column.number {
+                types.push(double(&field.name));
+            }
+            if column.text {
+                let name = if column.number {
+                    format!("{}__text", field.name)
+                } else {
+                    field.name.clone()
+                };
+                types.push(string(&name, Repetition::OPTIONAL));
+            }
+            if column.hash {
+                types.push(int64(
+                    &format!("{}__xxh3", field.name),
+                    Repetition::OPTIONAL,
+                ));
+            }
+            fields.push(column);
+        }
+        let types = types
+            .into_iter()
+            .map(|built| built.map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ExportError::Parquet {
+                path: PathBuf::from("<schema>"),
+                source,
+            })?;
+        let schema = Type::group_type_builder("tandem_record")
+            .with_fields(types)
+            .build()
+            .map_err(|source| ExportError::Parquet {
+                path: PathBuf::from("<schema>"),
+                source,
+            })?;
+        Ok(Columns {
+            schema: Arc::new(schema),
+            fields,
+        })
+    }
+}
+
+/// One epoch's file being written: its rows buffered by column, written a
+/// row group at a time.
+struct EpochFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: SerializedFileWriter<BufWriter<File>>,
+    rows: u64,
+    buffer: Buffer,
+}
+
+/// Buffered rows, one vector per column (optional columns: the values
+/// present and a definition level per row).
+#[derive(Default)]
+struct Buffer {
+    seq: Vec<i64>,
+    epoch: Vec<i64>,
+    ingest_ms: Vec<i64>,
+    event_ms: Vec<i64>,
+    id_hash: Vec<i64>,
+    raw: Vec<ByteArray>,
+    rejected: (Vec<ByteArray>, Vec<i16>),
+    /// Per field, in schema order: numbers, texts, hashes.
+    numbers: Vec<(Vec<f64>, Vec<i16>)>,
+    texts: Vec<(Vec<ByteArray>, Vec<i16>)>,
+    hashes: Vec<(Vec<i64>, Vec<i16>)>,
+}
+
+impl EpochFile {
+    fn create(out: &Path, epoch: Epoch, columns: &Columns) -> Result<EpochFile, ExportError> {
+        let path = epoch_file(out, epoch);
+        let dir = path.parent().unwrap_or(out).to_owned();
+        fs::create_dir_all(&dir).map_err(|source| store::Error::io("create", &dir, source))?;
+        let tmp = path.with_extension("parquet.tmp");
+        let file = File::create(&tmp).map_err(|source| store::Error::io("create", &tmp, source))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_created_by(format!("tandem {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let writer = SerializedFileWriter::new(
+            BufWriter::with_capacity(1 << 20, file),
+            Arc::clone(&columns.schema),
+            Arc::new(properties),
+        )
+        .map_err(|source| ExportError::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok(EpochFile {
+            path,
+            tmp,
+            writer,
+            rows: 0,
+            buffer: Buffer::new(columns),
+        })
+    }
+
+    /// Adds one record, parsed as a batch run parses it.
+    fn push(
+        &mut self,
+        config: &Config,
+        columns: &Columns,
+        header: &RecordHeader,
+        raw: &[u8],
+    ) -> Result<(), ExportError> {
+        let parsed = config.schema.parse(raw, header.ingest_ms);
+        let buffer = &mut self.buffer;
+        buffer.seq.push(header.seq.0 as i64);
+        buffer.epoch.push(header.epoch.0 as i64);
+        buffer.ingest_ms.push(header.ingest_ms);
+        buffer.event_ms.push(header.event_ms);
+        buffer.id_hash.push(header.id_hash as i64);
+        buffer.raw.push(ByteArray::from(
+            String::from_utf8_lossy(raw).as_bytes().to_vec(),
+        ));
+        let event: Option<&ParsedEvent> = match &parsed {
+            Ok(event) => {
+                buffer.rejected.1.push(0);
+                Some(event)
+            }
+            Err(reject) => {
+                buffer
+                    .rejected
+                    .0
+                    .push(ByteArray::from(config.schema.describe(reject).as_str()));
+                buffer.rejected.1.push(1);
+                None
+            }
+        };
+        for (at, field) in columns.fields.iter().enumerate() {
+            let text = event.map(|event| event.text(field.slot));
+            if field.number {
+                push_optional(
+                    &mut buffer.numbers[at],
+                    event.map(|event| event.number(field.slot)),
+                );
+            }
+            if field.text {
+                push_optional(&mut buffer.texts[at], text.map(ByteArray::from));
+            }
+            if field.hash {
+                push_optional(
+                    &mut buffer.hashes[at],
+                    text.map(|text| hash_text(text) as i64),
+                );
+            }
+        }
+        self.rows += 1;
+        if buffer.seq.len() >= ROW_GROUP_ROWS {
+            self.flush(columns)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered rows as one row group.
+    fn flush(&mut self, columns: &Columns) -> Result<(), ExportError> {
+        if self.buffer.seq.is_empty() {
+            return Ok(());
+        }
+        let tmp = self.tmp.clone();
+        let parquet = |source| ExportError::Parquet {
+            path: tmp.clone(),
+            source,
+        };
+        let buffer = std::mem::replace(&mut self.buffer, Buffer::new(columns));
+        let mut group = self.writer.next_row_group().map_err(parquet)?;
+        let mut write = || -> parquet::errors::Result<()> {
+            for values in [
+                &buffer.seq,
+                &buffer.epoch,
+                &buffer.ingest_ms,
+                &buffer.event_ms,
+                &buffer.id_hash,
+            ] {
+                write_column::<Int64Type>(&mut group, values, None)?;
+            }
+            write_column::<ByteArrayType>(&mut group, &buffer.raw, None)?;
+            let (values, levels) = &buffer.rejected;
+            write_column::<ByteArrayType>(&mut group, values, Some(levels))?;
+            for (at, field) in columns.fields.iter().enumerate() {
+                if field.number {
+                    let (values, levels) = &buffer.numbers[at];
+                    write_column::<DoubleType>(&mut group, values, Some(levels))?;
+                }
+                if field.text {
+                    let (values, levels) = &buffer.texts[at];
+                    write_column::<ByteArrayType>(&mut group, values, Some(levels))?;
+                }
+                if field.hash {
+                    let (values, levels) = &buffer.hashes[at];
+                    write_column::<Int64Type>(&mut group, values, Some(levels))?;
+                }
+            }
+            Ok(())
+        };
+        write().map_err(parquet)?;
+        group.close().map_err(parquet)?;
+        Ok(())
+    }
+
+    /// Writes what is buffered and the footer (with the rows written in its
+    /// metadata), fsyncs the file, renames it to its name and fsyncs its
+    /// directory; answers the rows.
+    fn finish(mut self, columns: &Columns) -> Result<u64, ExportError> {
+        self.flush(columns)?;
+        self.writer
+            .append_key_value_metadata(KeyValue::new(ROWS_KEY.to_owned(), self.rows.to_string()));
+        let tmp = self.tmp;
+        let io = |op, path: &Path| {
+            let path = path.to_owned();
+            move |source| ExportError::Store(store::Error::io(op, &path, source))
+        };
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|source| ExportError::Parquet {
+                path: tmp.clone(),
+                source,
+            })?
+            .into_inner()
+            .map_err(|err| io("write", &tmp)(err.into_error()))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, &self.path).map_err(io("rename", &tmp))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io("fsync", dir))?;
+        }
+        Ok(self.rows)
+    }
+}
+
+impl Buffer {
+    fn new(columns: &Columns) -> Buffer {
+        let n = columns.fields.len();
+        Buffer {
+            numbers: (0..n).map(|_| Default::default()).collect(),
+            texts: (0..n).map(|_| Default::default()).collect(),
+            hashes: (0..n).map(|_| Default::default()).collect(),
+            ..Buffer::default()
+        }
+    }
+}
+
+/// Writes the next column of a row group.
+fn write_column<T: DataType>(
+    group: &mut SerializedRowGroupWriter<'_, BufWriter<File>>,
+    values: &[T::T],
+    levels: Option<&[i16]>,
+) -> parquet::errors::Result<()> {
+    let mut column = group.next_column()?.ok_or_else(|| {
+        parquet::errors::ParquetError::General("more columns than the schema has".into())
+    })?;
+    column.typed::<T>().write_batch(values, levels, None)?;
+    column.close()
+}
+
+/// Appends an optional value: the value when present, and its definition
+/// level (1 present, 0 null).
+fn push_optional<T>((values, levels): &mut (Vec<T>, Vec<i16>), value: Option<T>) {
+    match value {
+        Some(value) => {
+            values.push(value);
+            levels.push(1);
+        }
+        None => levels.push(0),
+    }
+}

@@ -33,13 +33,14 @@ use std::io::BufWriter;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The key of the file metadata entry holding the rows written.
 const ROWS_KEY: &str = "tandem.rows";
 /// Rows buffered before they are written as one row group.
 const ROW_GROUP_ROWS: usize = 131_072;
 /// The columns every export has, before the fields'.
-const RECORD_COLUMNS: [&str; 7] = [
+pub const RECORD_COLUMNS: [&str; 7] = [
     "seq",
     "epoch",
     "ingest_ms",
@@ -75,6 +76,10 @@ pub enum ExportError {
         /// The field.
         field: String,
     },
+    /// The export was told to stop (the daemon is stopping); the epochs it
+    /// was writing are left to the next export.
+    #[error("stopped before it finished")]
+    Stopped,
     /// `--upto-epoch` names an epoch that is not sealed.
     #[error("epoch {asked} is not sealed (the newest sealed epoch is {newest})")]
     NotSealed {
@@ -107,6 +112,20 @@ pub fn epoch_file(out: &Path, epoch: Epoch) -> PathBuf {
 /// # Errors
 /// See [`ExportError`]; epochs written before a failure stay written.
 pub fn export(config: &Config, out: &Path, upto: Option<Epoch>) -> Result<Exported, ExportError> {
+    export_until(config, out, upto, &AtomicBool::new(false))
+}
+
+/// As [`export`], stopping with [`ExportError::Stopped`] once `stop` is set
+/// (the files it was writing are removed).
+///
+/// # Errors
+/// See [`ExportError`].
+pub fn export_until(
+    config: &Config,
+    out: &Path,
+    upto: Option<Epoch>,
+    stop: &AtomicBool,
+) -> Result<Exported, ExportError> {
     let paths = DataPaths::new(&config.data_dir);
     let epochs = store::read_epochs(&paths)?;
     if let Some(asked) = upto
@@ -147,7 +166,11 @@ pub fn export(config: &Config, out: &Path, upto: Option<Epoch>) -> Result<Export
         .map(|(_, sealed)| Ok((*sealed, EpochFile::create(out, sealed.epoch, &columns)?)))
         .collect::<Result<_, ExportError>>()?;
     let mut failed = None;
-    store::scan_log_from(&paths, from, last.end, |header, raw| {
+    let scanned = store::scan_log_from(&paths, from, last.end, |header, raw| {
+        if stop.load(Ordering::Relaxed) {
+            failed = Some(ExportError::Stopped);
+            return ControlFlow::Break(());
+        }
         let Ok(at) = files.binary_search_by_key(&header.epoch, |(sealed, _)| sealed.epoch) else {
             return ControlFlow::Continue(());
         };
@@ -158,8 +181,11 @@ pub fn export(config: &Config, out: &Path, upto: Option<Epoch>) -> Result<Export
                 ControlFlow::Break(())
             }
         }
-    })?;
-    if let Some(err) = failed {
+    });
+    if let Some(err) = scanned.err().map(ExportError::from).or(failed) {
+        for (_, file) in files {
+            file.abandon();
+        }
         return Err(err);
     }
     for (sealed, file) in files {
@@ -449,6 +475,15 @@ impl EpochFile {
         write().map_err(parquet)?;
         group.close().map_err(parquet)?;
         Ok(())
+    }
+
+    /// Removes the temporary file of an export that did not finish.
+    fn abandon(self) {
+        let tmp = self.tmp.clone();
+        drop(self.writer);
+        if let Err(err) = fs::remove_file(&tmp) {
+            tracing::warn!(file = %tmp.display(), error = %err, "cannot remove an unfinished export file");
+        }
     }
 
     /// Writes what is buffered and the footer (with the rows written in its

@@ -35,6 +35,12 @@ pub struct Shared {
     pub recompute_records: AtomicU64,
     /// Batch runs that failed (writer: the supervisor).
     pub recompute_failures: AtomicU64,
+    /// Sealed epochs exported to `master.parquet_dir` (writer: the supervisor).
+    pub exported_epochs: AtomicU64,
+    /// Exports to `master.parquet_dir` that failed (writer: the supervisor).
+    pub export_failures: AtomicU64,
+    /// Why the last export failed, until one succeeds (writer: the supervisor).
+    pub export_error: ErrorText,
     /// How far the batch run going on (or the last one) has read (writer: the run).
     pub recompute_progress: crate::actors::recompute::Progress,
     /// Rejections before this process started, in `Reason::ALL` order (set once at start).
@@ -424,6 +430,18 @@ impl Collector for Live {
             "tandem_recompute_failures",
             "Batch runs that failed",
             shared.recompute_failures.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "tandem_export_epochs",
+            "Sealed epochs exported as Parquet to master.parquet_dir",
+            shared.exported_epochs.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "tandem_export_failures",
+            "Exports to master.parquet_dir that failed (each is tried again at the next seal)",
+            shared.export_failures.load(Ordering::Relaxed),
         )?;
         gauge(
             &mut encoder,

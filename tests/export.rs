@@ -322,3 +322,68 @@ fn records_the_rules_refuse_are_exported_with_the_reason() {
         assert_eq!((row.product, row.amount, row.user), (None, None, None));
     }
 }
+
+/// With `master.parquet_dir`, the daemon exports each epoch as it is
+/// sealed, off the async threads, and counts them for `/metrics`.
+#[test]
+fn the_daemon_exports_each_sealed_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let text = CONFIG.replace(
+        "[event]",
+        &format!("[master]\nparquet_dir = {:?}\n[event]", out.path()),
+    );
+    let config = common::config(&text, dir.path());
+    let stream = common::workload::dirty(600, 14, 10, &[]);
+    let lines = common::workload::lines(&stream);
+    let accepted = lines.len() - common::expected(&lines).dead.len();
+    let shared = actix::System::new().block_on(async move {
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
+        for part in lines.chunks(lines.len().div_ceil(2)) {
+            handle
+                .ingest_many(part.iter().map(|line| line.to_vec()).collect())
+                .await
+                .expect("ingest");
+            handle.recompute_now().await.expect("a batch run");
+        }
+        let shared = std::sync::Arc::clone(handle.shared());
+        common::eventually(
+            std::time::Duration::from_secs(30),
+            "both epochs exported",
+            async || {
+                let exported = shared
+                    .exported_epochs
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if exported == 2 { Ok(()) } else { Err(exported) }
+            },
+        )
+        .await;
+        handle.stop().await;
+        shared
+    });
+    assert_eq!(
+        shared
+            .export_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let rows: usize = read_back(out.path(), 2).values().map(Vec::len).sum();
+    assert_eq!(rows, accepted, "every accepted line exported once");
+}
+
+#[test]
+fn a_parquet_dir_with_a_field_named_like_a_record_column_is_refused() {
+    let text = CONFIG
+        .replace("[event]", "[master]\nparquet_dir = \"out\"\n[event]")
+        .replace("\"order_id\"", "\"seq\"");
+    let errors = Config::parse(&text, "test.toml").expect_err("refused");
+    let text = errors.to_string();
+    assert!(
+        text.contains("master.parquet_dir")
+            && text.contains("the field \"seq\" has the name of a column every export has"),
+        "{text}"
+    );
+    assert!(Config::parse(&CONFIG.replace("\"order_id\"", "\"seq\""), "test.toml").is_ok());
+}

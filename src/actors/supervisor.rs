@@ -6,7 +6,10 @@
 //! seals that arrive during a run coalesce into one run for the newest. It
 //! owns the pool of recompute workers; a run that fails because a worker
 //! panicked (the worker is restarted) is tried again, up to
-//! [`RUN_ATTEMPTS`] times, while the served snapshot stays.
+//! [`RUN_ATTEMPTS`] times, while the served snapshot stays. With
+//! `master.parquet_dir`, it also exports each sealed epoch as Parquet, one
+//! export at a time on the blocking pool (seals during one coalesce, and a
+//! failed one is tried again at the next seal).
 
 use super::recompute::{Batch, RunMode, recompute};
 use super::recompute_worker::Pool;
@@ -84,6 +87,11 @@ pub struct RunStatus {
 #[rtype(result = "()")]
 struct RunFinished(SealedEpoch, RunMode, Result<Batch, RecomputeFailed>);
 
+/// A finished export to `master.parquet_dir` (sent to self).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ExportFinished(Result<crate::export::Exported, String>);
+
 /// The supervisor's state.
 pub struct Supervisor {
     paths: DataPaths,
@@ -116,6 +124,18 @@ pub struct Supervisor {
     /// Messages handled (made durable or rejected) when the timer last
     /// started an epoch: an idle tick seals nothing and runs no batch.
     handled_at_tick: u64,
+    /// An export to `master.parquet_dir` is going on.
+    exporting: bool,
+    /// An epoch was sealed during it: export again when it ends.
+    export_again: bool,
+    /// Set when the supervisor goes: an export going on stops.
+    export_stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.export_stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Supervisor {
@@ -159,6 +179,9 @@ impl Supervisor {
             shared,
             interval,
             handled_at_tick: 0,
+            exporting: false,
+            export_again: false,
+            export_stop: Arc::default(),
         }
     }
 
@@ -236,6 +259,36 @@ impl Supervisor {
         );
     }
 
+    /// Exports the sealed epochs not exported yet to `master.parquet_dir`,
+    /// unless an export is going on (then once it ends).
+    fn maybe_export(&mut self, ctx: &mut Context<Self>) {
+        let Some(dir) = self.config.master.parquet_dir.clone() else {
+            return;
+        };
+        if self.exporting {
+            self.export_again = true;
+            return;
+        }
+        self.exporting = true;
+        let (config, stop) = (Arc::clone(&self.config), Arc::clone(&self.export_stop));
+        let export = async move {
+            let outcome = tokio::task::spawn_blocking(move || {
+                crate::export::export_until(&config, &dir, None, &stop)
+            })
+            .await;
+            ExportFinished(match outcome {
+                Ok(Ok(exported)) => Ok(exported),
+                Ok(Err(err)) => Err(crate::error_chain(&err)),
+                Err(join) => Err(format!("the export panicked: {join}")),
+            })
+        };
+        ctx.spawn(
+            export
+                .into_actor(self)
+                .map(|finished, _, ctx| ctx.notify(finished)),
+        );
+    }
+
     fn answer_waiters(&mut self, upto: Epoch, outcome: &Result<Epoch, RecomputeFailed>) {
         let (ready, waiting): (Vec<_>, Vec<_>) = self
             .waiters
@@ -266,6 +319,7 @@ impl Actor for Supervisor {
             });
         }
         self.maybe_run(ctx);
+        self.maybe_export(ctx);
     }
 }
 
@@ -305,6 +359,34 @@ impl Handler<Sealed> for Supervisor {
             self.pending = Some(sealed);
         }
         self.maybe_run(ctx);
+        self.maybe_export(ctx);
+    }
+}
+
+impl Handler<ExportFinished> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, ExportFinished(outcome): ExportFinished, ctx: &mut Self::Context) {
+        self.exporting = false;
+        match outcome {
+            Ok(exported) => {
+                for (epoch, rows) in &exported.written {
+                    tracing::info!(epoch = %epoch, rows, "exported the epoch as Parquet");
+                }
+                self.shared
+                    .exported_epochs
+                    .fetch_add(exported.written.len() as u64, Ordering::Relaxed);
+                self.shared.export_error.set(None);
+            }
+            Err(reason) => {
+                tracing::error!(error = %reason, "the Parquet export failed; it is tried again at the next seal");
+                self.shared.export_failures.fetch_add(1, Ordering::Relaxed);
+                self.shared.export_error.set(Some(reason));
+            }
+        }
+        if std::mem::take(&mut self.export_again) {
+            self.maybe_export(ctx);
+        }
     }
 }
 

@@ -311,6 +311,9 @@ pub struct MasterConfig {
     /// A segment file is closed and a new one started past this size
     /// (1 MiB ..= 4 GiB). Default 64 MiB.
     pub segment_max_bytes: u64,
+    /// When set, every sealed epoch is exported there as Parquet
+    /// ([`crate::export`]), off the async threads.
+    pub parquet_dir: Option<PathBuf>,
 }
 
 fn serialize_duration<S: serde::Serializer>(

@@ -118,6 +118,7 @@ pub(crate) struct RawToken {
 pub(crate) struct RawMaster {
     #[serde(default, deserialize_with = "whole_number")]
     pub segment_max_bytes: Option<u64>,
+    pub parquet_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

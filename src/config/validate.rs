@@ -366,6 +366,13 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
     if raw.view.is_empty() {
         problems.push("view", "at least one [[view]] is required");
     }
+    let parquet_dir = match raw.master.parquet_dir {
+        Some(dir) if dir.trim().is_empty() => {
+            problems.push("master.parquet_dir", "cannot be empty");
+            None
+        }
+        dir => dir.map(PathBuf::from),
+    };
     let mut view_names = HashSet::new();
     let mut views = Vec::new();
     for (i, view) in raw.view.into_iter().enumerate() {
@@ -377,6 +384,20 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
                 );
             }
             views.push(Arc::new(view));
+        }
+    }
+    if parquet_dir.is_some() {
+        for field in schema.fields() {
+            if crate::export::RECORD_COLUMNS.contains(&field.name.as_str()) {
+                problems.push(
+                    "master.parquet_dir",
+                    format!(
+                        "the field {:?} has the name of a column every export has ({}): rename it, or export without it",
+                        field.name,
+                        crate::export::RECORD_COLUMNS.join(", ")
+                    ),
+                );
+            }
         }
     }
 
@@ -406,6 +427,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         },
         master: MasterConfig {
             segment_max_bytes: segment_max_bytes?,
+            parquet_dir,
         },
         views,
         schema: Arc::new(schema),

@@ -465,6 +465,11 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
             "write_failures": shared.store_write_failures.load(Ordering::Relaxed),
         },
         "recompute_error": shared.recompute_error.get(),
+        "export": {
+            "epochs": shared.exported_epochs.load(Ordering::Relaxed),
+            "failures": shared.export_failures.load(Ordering::Relaxed),
+            "error": shared.export_error.get(),
+        },
         "recompute_failing": {
             "runs": shared.recompute_failing.load(Ordering::Relaxed),
             "since": match shared.recompute_failing_since_ms.load(Ordering::Relaxed) {

@@ -265,12 +265,19 @@ impl HllSketch {
 /// sketch was merged (see [`canonical_hll`]).
 impl Serialize for HllSketch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.image().serialize(serializer)
+    }
+}
+
+impl HllSketch {
+    /// DataSketches' image of the registers, made canonical.
+    fn image(&self) -> Vec<u8> {
         let bytes = match &self.registers {
             Registers::Sketch(sketch) => sketch.serialize(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
             Registers::Dense { .. } => array_image(&self.registers.to_array()),
         };
-        canonical_hll(bytes).serialize(serializer)
+        canonical_hll(bytes)
     }
 }
 
@@ -434,6 +441,16 @@ impl Distinct {
                     }
                 }
             }
+        }
+    }
+
+    /// DataSketches' serialized image of the sketch, as snapshots store it
+    /// (any DataSketches library reads it: Java, C++, Python, Spark's
+    /// `hll_sketch_agg`); `None` while the values are counted exactly.
+    pub fn datasketches_image(&self) -> Option<Vec<u8>> {
+        match self {
+            Distinct::Sketch(hll) => Some(hll.image()),
+            _ => None,
         }
     }
 

@@ -3,9 +3,13 @@
 //! Each sealed epoch becomes one file, `OUT/epoch=E/part-00000.parquet`
 //! (Hive-style partitions, which DuckDB, Spark and Trino read as a column),
 //! written under a temporary name, fsynced and renamed, so a reader never
-//! sees half a file. An export is incremental: an epoch whose file is whole
-//! (its footer reads and holds the row count written into its metadata) is
-//! skipped; any other is written again.
+//! sees half a file; one scan writes the epochs in turn, each finished as
+//! soon as the scan passes its seal's end. A record goes to the file of the
+//! first sealed epoch at or above its own: an epoch that was never sealed
+//! (the one open when the daemon stopped) is covered by the next seal, as
+//! in a batch run. An export is incremental: an epoch whose file is whole
+//! (its footer reads and holds the row count and the columns written into
+//! its metadata) is skipped; any other is written again.
 //!
 //! One row per record, in log order, with the record as tandem stored it
 //! (`seq`, `epoch`, `ingest_ms`, `event_ms`, `id_hash`, `raw`) and every
@@ -19,7 +23,8 @@
 //! rule, the first copy of an id in log order, is `id_hash` and `seq`.
 
 use crate::Config;
-use crate::event::{Epoch, Need, ParsedEvent, Seq, hash_text};
+use crate::aggregate::{Agg, ViewSpec};
+use crate::event::{Epoch, Need, ParsedEvent, Schema, Seq, hash_text};
 use crate::store::{self, DataPaths, RecordHeader, SealedEpoch};
 use parquet::basic::{Compression, LogicalType, Repetition, Type as PhysicalType, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
@@ -37,6 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The key of the file metadata entry holding the rows written.
 const ROWS_KEY: &str = "tandem.rows";
+/// The key of the file metadata entry holding the column names, comma
+/// separated: a file of other columns (the views changed) is written again.
+const COLUMNS_KEY: &str = "tandem.columns";
 /// Rows buffered before they are written as one row group.
 const ROW_GROUP_ROWS: usize = 131_072;
 /// The columns every export has, before the fields'.
@@ -67,9 +75,9 @@ pub enum ExportError {
         #[source]
         source: parquet::errors::ParquetError,
     },
-    /// A field the views use has the name of one of the record's columns.
+    /// A field the views use has the name of another column of the export.
     #[error(
-        "the field {field:?} has the name of a column every export has ({}): rename it in the events, or leave it out of the views",
+        "the field {field:?} would be exported under the name of another column (the record's: {}; a field's `<field>__text` and `<field>__xxh3`): rename it in the events, or leave it out of the views",
         RECORD_COLUMNS.join(", ")
     )]
     ColumnClash {
@@ -112,11 +120,13 @@ pub fn epoch_file(out: &Path, epoch: Epoch) -> PathBuf {
 /// # Errors
 /// See [`ExportError`]; epochs written before a failure stay written.
 pub fn export(config: &Config, out: &Path, upto: Option<Epoch>) -> Result<Exported, ExportError> {
-    export_until(config, out, upto, &AtomicBool::new(false))
+    export_until(config, out, upto, None, &AtomicBool::new(false))
 }
 
-/// As [`export`], stopping with [`ExportError::Stopped`] once `stop` is set
-/// (the files it was writing are removed).
+/// As [`export`], taking the epochs up to `after` as exported without
+/// reading their files (a caller that exported them already), and stopping
+/// with [`ExportError::Stopped`] once `stop` is set (the files it was
+/// writing are removed; those it finished stay).
 ///
 /// # Errors
 /// See [`ExportError`].
@@ -124,6 +134,7 @@ pub fn export_until(
     config: &Config,
     out: &Path,
     upto: Option<Epoch>,
+    after: Option<Epoch>,
     stop: &AtomicBool,
 ) -> Result<Exported, ExportError> {
     let paths = DataPaths::new(&config.data_dir);
@@ -138,43 +149,48 @@ pub fn export_until(
                 .map_or("none".to_owned(), |sealed| sealed.epoch.to_string()),
         });
     }
-    let columns = Columns::of(config)?;
+    let columns = Columns::of(&config.schema, &config.views)?;
     let mut exported = Exported::default();
+    // Indexes into `epochs` of the epochs to write.
     let mut todo = Vec::new();
     for (at, sealed) in epochs.iter().enumerate() {
         if upto.is_some_and(|upto| sealed.epoch > upto) {
             break;
         }
-        match rows_of_whole_file(&epoch_file(out, sealed.epoch)) {
+        if after.is_some_and(|after| sealed.epoch <= after) {
+            continue;
+        }
+        match rows_of_whole_file(&epoch_file(out, sealed.epoch), &columns) {
             Some(rows) => exported.skipped.push((sealed.epoch, rows)),
-            None => todo.push((at, *sealed)),
+            None => todo.push(at),
         }
     }
-    // Records of an epoch lie at or after where the epoch before it saw its
-    // first later record, and before its own seal's end: one scan covers them.
-    let Some(&(first, _)) = todo.first() else {
+    let (Some(&first), Some(&last)) = (todo.first(), todo.last()) else {
         return Ok(exported);
     };
+    // Records with a seq below the `later_from` of the epoch before the
+    // first one to write belong to earlier epochs: the scan starts there.
     let from = first
         .checked_sub(1)
         .map_or(Seq(0), |before| epochs[before].later_from);
-    let Some(&(_, last)) = todo.last() else {
-        return Ok(exported);
+    let mut writing = Writing {
+        config,
+        columns: &columns,
+        out,
+        epochs: &epochs,
+        todo: &todo,
+        next: 0,
+        open: Vec::new(),
+        exported,
     };
-    let mut files: Vec<(SealedEpoch, EpochFile)> = todo
-        .iter()
-        .map(|(_, sealed)| Ok((*sealed, EpochFile::create(out, sealed.epoch, &columns)?)))
-        .collect::<Result<_, ExportError>>()?;
     let mut failed = None;
-    let scanned = store::scan_log_from(&paths, from, last.end, |header, raw| {
-        if stop.load(Ordering::Relaxed) {
-            failed = Some(ExportError::Stopped);
-            return ControlFlow::Break(());
-        }
-        let Ok(at) = files.binary_search_by_key(&header.epoch, |(sealed, _)| sealed.epoch) else {
-            return ControlFlow::Continue(());
+    let scanned = store::scan_log_from(&paths, from, epochs[last].end, |header, raw| {
+        let pushed = if stop.load(Ordering::Relaxed) {
+            Err(ExportError::Stopped)
+        } else {
+            writing.push(header, raw)
         };
-        match files[at].1.push(config, &columns, header, raw) {
+        match pushed {
             Ok(()) => ControlFlow::Continue(()),
             Err(err) => {
                 failed = Some(err);
@@ -182,38 +198,107 @@ pub fn export_until(
             }
         }
     });
-    if let Some(err) = scanned.err().map(ExportError::from).or(failed) {
-        for (_, file) in files {
+    let finished = match scanned.map_err(ExportError::from) {
+        Ok(_) => failed.map_or_else(|| writing.finish_upto(u64::MAX), Err),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = finished {
+        for (_, file) in writing.open.drain(..) {
             file.abandon();
         }
         return Err(err);
     }
-    for (sealed, file) in files {
-        let rows = file.finish(&columns)?;
-        exported.written.push((sealed.epoch, rows));
-    }
-    Ok(exported)
+    Ok(writing.exported)
 }
 
-/// The rows of an epoch's file when it is whole: its footer reads and its
-/// row count is the one written into its metadata.
-fn rows_of_whole_file(path: &Path) -> Option<u64> {
+/// An export's scan: the files of the epochs to write, each opened at its
+/// first record and finished (renamed into place) once the scan is past its
+/// seal's end, so few are open at once whatever the number of epochs.
+struct Writing<'a> {
+    config: &'a Config,
+    columns: &'a Columns,
+    out: &'a Path,
+    epochs: &'a [SealedEpoch],
+    /// Indexes into `epochs` of the epochs to write, ascending.
+    todo: &'a [usize],
+    /// The first of `todo` not finished yet.
+    next: usize,
+    /// Files open, by their index into `todo`.
+    open: Vec<(usize, EpochFile)>,
+    exported: Exported,
+}
+
+impl Writing<'_> {
+    /// Adds one record to the file of the epoch whose seal covers it: the
+    /// first sealed epoch at or above its own (an epoch never sealed, such
+    /// as the one open when the daemon stopped, is covered by the next
+    /// seal, as a batch run counts it).
+    fn push(&mut self, header: &RecordHeader, raw: &[u8]) -> Result<(), ExportError> {
+        self.finish_upto(header.seq.0)?;
+        let covering = self
+            .epochs
+            .partition_point(|sealed| sealed.epoch < header.epoch);
+        let Ok(at) = self.todo.binary_search(&covering) else {
+            return Ok(());
+        };
+        let position = match self.open.iter().position(|(open, _)| *open == at) {
+            Some(position) => position,
+            None => {
+                let epoch = self.epochs[covering].epoch;
+                let file = EpochFile::create(self.out, epoch, self.columns)?;
+                self.open.push((at, file));
+                self.open.len() - 1
+            }
+        };
+        self.open[position]
+            .1
+            .push(self.config, self.columns, header, raw)
+    }
+
+    /// Finishes, in order, every epoch to write whose records all lie before
+    /// `seq` (an epoch without records gets a file without rows).
+    fn finish_upto(&mut self, seq: u64) -> Result<(), ExportError> {
+        while let Some(&at) = self.todo.get(self.next) {
+            let sealed = self.epochs[at];
+            if sealed.next_seq.0 > seq {
+                break;
+            }
+            let file = match self.open.iter().position(|(open, _)| *open == self.next) {
+                Some(position) => self.open.swap_remove(position).1,
+                None => EpochFile::create(self.out, sealed.epoch, self.columns)?,
+            };
+            let rows = file.finish(self.columns)?;
+            self.exported.written.push((sealed.epoch, rows));
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of an epoch's file when it is whole and of these columns: its
+/// footer reads, and holds the row count and the columns written into its
+/// metadata.
+fn rows_of_whole_file(path: &Path, columns: &Columns) -> Option<u64> {
     let reader = SerializedFileReader::try_from(path).ok()?;
     let meta = reader.metadata().file_metadata();
-    let promised = meta
-        .key_value_metadata()?
-        .iter()
-        .find(|kv| kv.key == ROWS_KEY)?
-        .value
-        .as_deref()?
-        .parse::<u64>()
-        .ok()?;
-    (u64::try_from(meta.num_rows()).ok()? == promised).then_some(promised)
+    let said = |key: &str| {
+        meta.key_value_metadata()?
+            .iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .clone()
+    };
+    let promised = said(ROWS_KEY)?.parse::<u64>().ok()?;
+    (said(COLUMNS_KEY)? == columns.names.join(",")
+        && u64::try_from(meta.num_rows()).ok()? == promised)
+        .then_some(promised)
 }
 
 /// The field columns: per schema slot, what is written of it.
 struct Columns {
     schema: Arc<Type>,
+    /// Every column's name, in order.
+    names: Vec<String>,
     fields: Vec<FieldColumns>,
 }
 
@@ -228,57 +313,67 @@ struct FieldColumns {
     hash: bool,
 }
 
+/// Checks that the fields `views` use give an export whose columns all have
+/// names of their own (a field named like a record column, or like another
+/// field's `__text` or `__xxh3` column, would not).
+///
+/// # Errors
+/// [`ExportError::ColumnClash`], naming the field.
+pub fn check_columns(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<(), ExportError> {
+    Columns::of(schema, views).map(drop)
+}
+
 impl Columns {
-    fn of(config: &Config) -> Result<Columns, ExportError> {
-        let distinct: Vec<usize> = config
-            .views
+    fn of(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<Columns, ExportError> {
+        let distinct: Vec<usize> = views
             .iter()
             .flat_map(|view| &view.metrics)
-            .filter(|metric| matches!(metric.agg, crate::aggregate::Agg::Distinct))
+            .filter(|metric| matches!(metric.agg, Agg::Distinct))
             .filter_map(|metric| metric.slot)
             .collect();
-        let int64 = |name: &str, repetition| {
-            Type::primitive_type_builder(name, PhysicalType::INT64)
-                .with_repetition(repetition)
-                .build()
-        };
-        let string = |name: &str, repetition| {
-            Type::primitive_type_builder(name, PhysicalType::BYTE_ARRAY)
-                .with_repetition(repetition)
-                .with_logical_type(Some(LogicalType::String))
-                .build()
-        };
-        let double = |name: &str| {
-            Type::primitive_type_builder(name, PhysicalType::DOUBLE)
-                .with_repetition(Repetition::OPTIONAL)
-                .build()
-        };
+        let mut names: Vec<String> = RECORD_COLUMNS
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
         let mut types = vec![
-            int64("seq", Repetition::REQUIRED),
-            int64("epoch", Repetition::REQUIRED),
-            int64("ingest_ms", Repetition::REQUIRED),
-            int64("event_ms", Repetition::REQUIRED),
-            int64("id_hash", Repetition::REQUIRED),
-            string("raw", Repetition::REQUIRED),
-            string("rejected", Repetition::OPTIONAL),
+            (PhysicalType::INT64, Repetition::REQUIRED, None),
+            (PhysicalType::INT64, Repetition::REQUIRED, None),
+            (PhysicalType::INT64, Repetition::REQUIRED, None),
+            (PhysicalType::INT64, Repetition::REQUIRED, None),
+            (PhysicalType::INT64, Repetition::REQUIRED, None),
+            (
+                PhysicalType::BYTE_ARRAY,
+                Repetition::REQUIRED,
+                Some(LogicalType::String),
+            ),
+            (
+                PhysicalType::BYTE_ARRAY,
+                Repetition::OPTIONAL,
+                Some(LogicalType::String),
+            ),
         ];
         let mut fields = Vec::new();
-        for (slot, field) in config.schema.fields().iter().enumerate() {
-            if RECORD_COLUMNS.contains(&field.name.as_str()) {
-                return Err(ExportError::ColumnClash {
-                    field: field.name.clone(),
-                });
-            }
+        for (slot, field) in schema.fields().iter().enumerate() {
             let column = FieldColumns {
                 slot,
                 text: field.text,
                 number: field.need == Need::Number,
                 hash: distinct.contains(&slot),
             };
+            let mut add = |name: String, physical, logical| {
+                if names.contains(&name) {
+                    return Err(ExportError::ColumnClash {
+                        field: field.name.clone(),
+                    });
+                }
+                names.push(name);
+                types.push((physical, Repetition::OPTIONAL, logical));
+                Ok(())
+            };
             // A field read both ways (a number also counted distinct) is
             // exported as its number, and its text under `<field>__text`.
             if column.number {
-                types.push(double(&field.name));
+                add(field.name.clone(), PhysicalType::DOUBLE, None)?;
             }
             if column.text {
                 let name = if column.number {
@@ -286,33 +381,36 @@ impl Columns {
                 } else {
                     field.name.clone()
                 };
-                types.push(string(&name, Repetition::OPTIONAL));
+                add(name, PhysicalType::BYTE_ARRAY, Some(LogicalType::String))?;
             }
             if column.hash {
-                types.push(int64(
-                    &format!("{}__xxh3", field.name),
-                    Repetition::OPTIONAL,
-                ));
+                add(format!("{}__xxh3", field.name), PhysicalType::INT64, None)?;
             }
             fields.push(column);
         }
-        let types = types
-            .into_iter()
-            .map(|built| built.map(Arc::new))
+        let schema_error = |source| ExportError::Parquet {
+            path: PathBuf::from("<schema>"),
+            source,
+        };
+        let types = names
+            .iter()
+            .zip(types)
+            .map(|(name, (physical, repetition, logical))| {
+                Type::primitive_type_builder(name, physical)
+                    .with_repetition(repetition)
+                    .with_logical_type(logical)
+                    .build()
+                    .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ExportError::Parquet {
-                path: PathBuf::from("<schema>"),
-                source,
-            })?;
+            .map_err(schema_error)?;
         let schema = Type::group_type_builder("tandem_record")
             .with_fields(types)
             .build()
-            .map_err(|source| ExportError::Parquet {
-                path: PathBuf::from("<schema>"),
-                source,
-            })?;
+            .map_err(schema_error)?;
         Ok(Columns {
             schema: Arc::new(schema),
+            names,
             fields,
         })
     }
@@ -350,7 +448,8 @@ impl EpochFile {
         let path = epoch_file(out, epoch);
         let dir = path.parent().unwrap_or(out).to_owned();
         fs::create_dir_all(&dir).map_err(|source| store::Error::io("create", &dir, source))?;
-        let tmp = path.with_extension("parquet.tmp");
+        // Another exporter (the CLI beside the daemon) writes a name of its own.
+        let tmp = path.with_extension(format!("parquet.{}.tmp", std::process::id()));
         let file = File::create(&tmp).map_err(|source| store::Error::io("create", &tmp, source))?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -493,6 +592,10 @@ impl EpochFile {
         self.flush(columns)?;
         self.writer
             .append_key_value_metadata(KeyValue::new(ROWS_KEY.to_owned(), self.rows.to_string()));
+        self.writer.append_key_value_metadata(KeyValue::new(
+            COLUMNS_KEY.to_owned(),
+            columns.names.join(","),
+        ));
         let tmp = self.tmp;
         let io = |op, path: &Path| {
             let path = path.to_owned();

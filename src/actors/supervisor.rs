@@ -130,6 +130,9 @@ pub struct Supervisor {
     export_again: bool,
     /// Set when the supervisor goes: an export going on stops.
     export_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The newest epoch an export of this process wrote or found whole: the
+    /// next export reads no file up to it.
+    exported_upto: Option<Epoch>,
 }
 
 impl Drop for Supervisor {
@@ -182,6 +185,7 @@ impl Supervisor {
             exporting: false,
             export_again: false,
             export_stop: Arc::default(),
+            exported_upto: None,
         }
     }
 
@@ -271,9 +275,10 @@ impl Supervisor {
         }
         self.exporting = true;
         let (config, stop) = (Arc::clone(&self.config), Arc::clone(&self.export_stop));
+        let after = self.exported_upto;
         let export = async move {
             let outcome = tokio::task::spawn_blocking(move || {
-                crate::export::export_until(&config, &dir, None, &stop)
+                crate::export::export_until(&config, &dir, None, after, &stop)
             })
             .await;
             ExportFinished(match outcome {
@@ -370,6 +375,13 @@ impl Handler<ExportFinished> for Supervisor {
         self.exporting = false;
         match outcome {
             Ok(exported) => {
+                let newest = exported
+                    .written
+                    .iter()
+                    .chain(&exported.skipped)
+                    .map(|(epoch, _)| *epoch)
+                    .max();
+                self.exported_upto = self.exported_upto.max(newest);
                 for (epoch, rows) in &exported.written {
                     tracing::info!(epoch = %epoch, rows, "exported the epoch as Parquet");
                 }

@@ -386,19 +386,10 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
             views.push(Arc::new(view));
         }
     }
-    if parquet_dir.is_some() {
-        for field in schema.fields() {
-            if crate::export::RECORD_COLUMNS.contains(&field.name.as_str()) {
-                problems.push(
-                    "master.parquet_dir",
-                    format!(
-                        "the field {:?} has the name of a column every export has ({}): rename it, or export without it",
-                        field.name,
-                        crate::export::RECORD_COLUMNS.join(", ")
-                    ),
-                );
-            }
-        }
+    if parquet_dir.is_some()
+        && let Err(err) = crate::export::check_columns(&schema, &views)
+    {
+        problems.push("master.parquet_dir", err.to_string());
     }
 
     Some(Config {

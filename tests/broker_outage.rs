@@ -150,7 +150,8 @@ fn the_broker_closing_the_sources_connection_twenty_times_in_a_minute_costs_noth
                 Err(source)
             }
         });
-        // Spread over the minute.
+        // Spread over the minute: a timer (each close was synchronised on
+        // above, by the disconnect it caused).
         let due = Duration::from_secs(3 * closed);
         if let Some(ahead) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(ahead);

@@ -233,6 +233,7 @@ fn apply(
                     }
                 },
             );
+            // The fault's length, not a wait for an event.
             let full = rng.millis(500, 5_000);
             std::thread::sleep(full);
             std::fs::remove_file(ballast).expect("remove the ballast");
@@ -342,6 +343,7 @@ fn faults_at_random_lose_nothing_and_count_nothing_twice() {
     let mut deck: Vec<Fault> = FAULTS.to_vec();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
+        // The schedule's gap between faults (a timer).
         std::thread::sleep(rng.millis(500, 4_000));
         let fault = if deck.is_empty() {
             rng.pick(&FAULTS)

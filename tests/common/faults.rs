@@ -173,34 +173,14 @@ async fn produce(
     stop: &AtomicBool,
     published: &AtomicUsize,
 ) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
     let started = Instant::now();
     let mut next = 0;
     // A batch sent is sent again until confirmed, even once told to stop:
     // no line at or after `published` reaches the queue.
     let mut unconfirmed = false;
     'connect: while next < lines.len() && (unconfirmed || !stop.load(Ordering::Acquire)) {
-        let connected = async {
-            let connection = lapin::Connection::connect(
-                &super::amqp_uri(),
-                lapin::ConnectionProperties::default(),
-            )
-            .await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions::durable(),
-                    lapin::types::FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, lapin::Error>((connection, channel))
-        }
-        .await;
-        let Ok((_connection, channel)) = connected else {
+        let Ok((_connection, channel)) = super::confirming_channel(queue).await else {
+            // A backoff while the broker is away.
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         };
@@ -209,16 +189,7 @@ async fn produce(
             unconfirmed = true;
             let mut confirms = Vec::with_capacity(batch.len());
             for line in batch {
-                let sent = channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        line,
-                        lapin::BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await;
-                match sent {
+                match super::publish_persistent(&channel, queue, line).await {
                     Ok(confirm) => confirms.push(confirm),
                     Err(_) => continue 'connect,
                 }
@@ -232,7 +203,7 @@ async fn produce(
             next += batch.len();
             unconfirmed = false;
             published.store(next, Ordering::Release);
-            // The pace: line `next` is due at next / rate seconds.
+            // The pace (a timer): line `next` is due at next / rate seconds.
             let due = Duration::from_secs_f64(next as f64 / rate as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(ahead).await;

@@ -693,37 +693,52 @@ pub fn assert_products(daemon: &Daemon, expect: &Expected, layer: &str) {
     }
 }
 
-/// Publishes arbitrary message bodies (empty, huge, binary) to `queue` with
-/// publisher confirms, declaring it durable; persistent messages.
-pub async fn publish_bodies<B: AsRef<[u8]>>(queue: &str, bodies: impl IntoIterator<Item = B>) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+/// A connection to the test broker, and a channel on it with publisher
+/// confirms on which `queue` is declared durable.
+pub async fn confirming_channel(
+    queue: &str,
+) -> Result<(lapin::Connection, lapin::Channel), lapin::Error> {
+    use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
     let connection =
-        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+        .await?;
     channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions::durable(),
             lapin::types::FieldTable::default(),
         )
+        .await?;
+    Ok((connection, channel))
+}
+
+/// Publishes one persistent message to `queue`; answers its confirm.
+pub async fn publish_persistent(
+    channel: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+) -> Result<lapin::PublisherConfirm, lapin::Error> {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
         .await
-        .expect("declare");
+}
+
+/// Publishes arbitrary message bodies (empty, huge, binary) to `queue` with
+/// publisher confirms, declaring it durable; persistent messages.
+pub async fn publish_bodies<B: AsRef<[u8]>>(queue: &str, bodies: impl IntoIterator<Item = B>) {
+    let (connection, channel) = confirming_channel(queue).await.expect("a channel");
     let mut confirms = std::collections::VecDeque::new();
     for body in bodies {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body.as_ref(),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
+        let confirm = publish_persistent(&channel, queue, body.as_ref())
             .await
             .expect("publish");
         confirms.push_back(confirm);

@@ -4,30 +4,33 @@
 //! (Hive-style partitions, which DuckDB, Spark and Trino read as a column),
 //! written under a temporary name, fsynced and renamed, so a reader never
 //! sees half a file; one scan writes the epochs in turn, each finished as
-//! soon as the scan passes its seal's end. A record goes to the file of the
-//! first sealed epoch at or above its own: an epoch that was never sealed
-//! (the one open when the daemon stopped) is covered by the next seal, as
-//! in a batch run. An export is incremental: an epoch whose file is whole
-//! (its footer reads and holds the row count and the columns written into
-//! its metadata) is skipped; any other is written again.
+//! soon as the scan passes its seal's end. Epoch E's file holds the log
+//! between the seal before it and its own: the files up to E hold exactly
+//! the records a batch run of epoch E reads (every record of an epoch <= E,
+//! and the few of later epochs written before E's seal, which take part in
+//! the first-copy rule). An export is incremental: an epoch whose file is
+//! whole (its footer reads and holds the row count and the columns written
+//! into its metadata) is skipped; any other is written again.
 //!
 //! One row per record, in log order, with the record as tandem stored it
-//! (`seq`, `epoch`, `ingest_ms`, `event_ms`, `id_hash`, `raw`) and every
-//! field the views use, read by the same parser a batch run uses: the id and
-//! key fields as tandem's canonical text, number fields as DOUBLE, and for
-//! each distinct field `<field>__xxh3`, the 64-bit hash tandem's distinct
-//! sketches are updated with (so an engine that sketches that column with
-//! DataSketches' HLL builds the registers tandem builds). A record the
+//! (`seq`, `epoch` (the file's), `stamped_epoch` (the record's own),
+//! `ingest_ms`, `event_ms`, `id_hash`, `raw`) and every field the views
+//! use, read by the same parser a batch run uses: the id and key fields as
+//! tandem's canonical text, number fields as DOUBLE, for each distinct
+//! field `<field>__xxh3`, the 64-bit hash tandem's distinct sketches are
+//! updated with (so an engine that sketches that column with DataSketches'
+//! HLL builds the registers tandem builds), and for each quantile field
+//! `<field>__bin`, the DDSketch bin tandem puts the value in. A record the
 //! config's rules refuse has `rejected` set to the reason and its field
 //! columns null: the batch layer never counts it. The batch layer's other
 //! rule, the first copy of an id in log order, is `id_hash` and `seq`.
 
 use crate::Config;
-use crate::aggregate::{Agg, ViewSpec};
+use crate::aggregate::{Agg, ViewSpec, quantile_bin};
 use crate::event::{Epoch, Need, ParsedEvent, Schema, Seq, hash_text};
 use crate::store::{self, DataPaths, RecordHeader, SealedEpoch};
 use parquet::basic::{Compression, LogicalType, Repetition, Type as PhysicalType, ZstdLevel};
-use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int32Type, Int64Type};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -48,9 +51,10 @@ const COLUMNS_KEY: &str = "tandem.columns";
 /// Rows buffered before they are written as one row group.
 const ROW_GROUP_ROWS: usize = 131_072;
 /// The columns every export has, before the fields'.
-pub const RECORD_COLUMNS: [&str; 7] = [
+pub const RECORD_COLUMNS: [&str; 8] = [
     "seq",
     "epoch",
+    "stamped_epoch",
     "ingest_ms",
     "event_ms",
     "id_hash",
@@ -77,7 +81,7 @@ pub enum ExportError {
     },
     /// A field the views use has the name of another column of the export.
     #[error(
-        "the field {field:?} would be exported under the name of another column (the record's: {}; a field's `<field>__text` and `<field>__xxh3`): rename it in the events, or leave it out of the views",
+        "the field {field:?} would be exported under the name of another column (the record's: {}; a field's `<field>__text`, `<field>__xxh3` and `<field>__bin`): rename it in the events, or leave it out of the views",
         RECORD_COLUMNS.join(", ")
     )]
     ColumnClash {
@@ -229,15 +233,12 @@ struct Writing<'a> {
 }
 
 impl Writing<'_> {
-    /// Adds one record to the file of the epoch whose seal covers it: the
-    /// first sealed epoch at or above its own (an epoch never sealed, such
-    /// as the one open when the daemon stopped, is covered by the next
-    /// seal, as a batch run counts it).
+    /// Adds one record to the file of the first seal after it in the log.
     fn push(&mut self, header: &RecordHeader, raw: &[u8]) -> Result<(), ExportError> {
         self.finish_upto(header.seq.0)?;
         let covering = self
             .epochs
-            .partition_point(|sealed| sealed.epoch < header.epoch);
+            .partition_point(|sealed| sealed.next_seq <= header.seq);
         let Ok(at) = self.todo.binary_search(&covering) else {
             return Ok(());
         };
@@ -294,6 +295,17 @@ fn rows_of_whole_file(path: &Path, columns: &Columns) -> Option<u64> {
         .then_some(promised)
 }
 
+/// The column a field's canonical text is exported as: its name, or
+/// `<field>__text` for a field also read as a number (whose number has the
+/// name).
+pub fn text_column(field: &str, number: bool) -> String {
+    if number {
+        format!("{field}__text")
+    } else {
+        field.to_owned()
+    }
+}
+
 /// The field columns: per schema slot, what is written of it.
 struct Columns {
     schema: Arc<Type>,
@@ -309,6 +321,8 @@ struct FieldColumns {
     text: bool,
     /// Its number (number fields).
     number: bool,
+    /// Its DDSketch bin (quantile fields).
+    bin: bool,
     /// The hash of its text that distinct sketches take.
     hash: bool,
 }
@@ -325,17 +339,22 @@ pub fn check_columns(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<(), Exp
 
 impl Columns {
     fn of(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<Columns, ExportError> {
-        let distinct: Vec<usize> = views
-            .iter()
-            .flat_map(|view| &view.metrics)
-            .filter(|metric| matches!(metric.agg, Agg::Distinct))
-            .filter_map(|metric| metric.slot)
-            .collect();
+        let slots_of = |wanted: fn(&Agg) -> bool| -> Vec<usize> {
+            views
+                .iter()
+                .flat_map(|view| &view.metrics)
+                .filter(|metric| wanted(&metric.agg))
+                .filter_map(|metric| metric.slot)
+                .collect()
+        };
+        let distinct = slots_of(|agg| matches!(agg, Agg::Distinct));
+        let quantile = slots_of(|agg| matches!(agg, Agg::Quantile { .. }));
         let mut names: Vec<String> = RECORD_COLUMNS
             .iter()
             .map(|name| (*name).to_owned())
             .collect();
         let mut types = vec![
+            (PhysicalType::INT64, Repetition::REQUIRED, None),
             (PhysicalType::INT64, Repetition::REQUIRED, None),
             (PhysicalType::INT64, Repetition::REQUIRED, None),
             (PhysicalType::INT64, Repetition::REQUIRED, None),
@@ -359,6 +378,7 @@ impl Columns {
                 text: field.text,
                 number: field.need == Need::Number,
                 hash: distinct.contains(&slot),
+                bin: quantile.contains(&slot),
             };
             let mut add = |name: String, physical, logical| {
                 if names.contains(&name) {
@@ -376,15 +396,14 @@ impl Columns {
                 add(field.name.clone(), PhysicalType::DOUBLE, None)?;
             }
             if column.text {
-                let name = if column.number {
-                    format!("{}__text", field.name)
-                } else {
-                    field.name.clone()
-                };
+                let name = text_column(&field.name, column.number);
                 add(name, PhysicalType::BYTE_ARRAY, Some(LogicalType::String))?;
             }
             if column.hash {
                 add(format!("{}__xxh3", field.name), PhysicalType::INT64, None)?;
+            }
+            if column.bin {
+                add(format!("{}__bin", field.name), PhysicalType::INT32, None)?;
             }
             fields.push(column);
         }
@@ -419,6 +438,7 @@ impl Columns {
 /// One epoch's file being written: its rows buffered by column, written a
 /// row group at a time.
 struct EpochFile {
+    epoch: Epoch,
     path: PathBuf,
     tmp: PathBuf,
     writer: SerializedFileWriter<BufWriter<File>>,
@@ -432,15 +452,17 @@ struct EpochFile {
 struct Buffer {
     seq: Vec<i64>,
     epoch: Vec<i64>,
+    stamped_epoch: Vec<i64>,
     ingest_ms: Vec<i64>,
     event_ms: Vec<i64>,
     id_hash: Vec<i64>,
     raw: Vec<ByteArray>,
     rejected: (Vec<ByteArray>, Vec<i16>),
-    /// Per field, in schema order: numbers, texts, hashes.
+    /// Per field, in schema order: numbers, texts, hashes, bins.
     numbers: Vec<(Vec<f64>, Vec<i16>)>,
     texts: Vec<(Vec<ByteArray>, Vec<i16>)>,
     hashes: Vec<(Vec<i64>, Vec<i16>)>,
+    bins: Vec<(Vec<i32>, Vec<i16>)>,
 }
 
 impl EpochFile {
@@ -465,6 +487,7 @@ impl EpochFile {
             source,
         })?;
         Ok(EpochFile {
+            epoch,
             path,
             tmp,
             writer,
@@ -484,9 +507,15 @@ impl EpochFile {
         let parsed = config.schema.parse(raw, header.ingest_ms);
         let buffer = &mut self.buffer;
         buffer.seq.push(header.seq.0 as i64);
-        buffer.epoch.push(header.epoch.0 as i64);
+        buffer.epoch.push(self.epoch.0 as i64);
+        buffer.stamped_epoch.push(header.epoch.0 as i64);
         buffer.ingest_ms.push(header.ingest_ms);
-        buffer.event_ms.push(header.event_ms);
+        // The time the views bucket the event by, as this config reads it.
+        buffer.event_ms.push(
+            parsed
+                .as_ref()
+                .map_or(header.event_ms, |event| event.event_ms),
+        );
         buffer.id_hash.push(header.id_hash as i64);
         buffer.raw.push(ByteArray::from(
             String::from_utf8_lossy(raw).as_bytes().to_vec(),
@@ -522,6 +551,12 @@ impl EpochFile {
                     text.map(|text| hash_text(text) as i64),
                 );
             }
+            if field.bin {
+                push_optional(
+                    &mut buffer.bins[at],
+                    event.and_then(|event| quantile_bin(event.number(field.slot))),
+                );
+            }
         }
         self.rows += 1;
         if buffer.seq.len() >= ROW_GROUP_ROWS {
@@ -546,6 +581,7 @@ impl EpochFile {
             for values in [
                 &buffer.seq,
                 &buffer.epoch,
+                &buffer.stamped_epoch,
                 &buffer.ingest_ms,
                 &buffer.event_ms,
                 &buffer.id_hash,
@@ -567,6 +603,10 @@ impl EpochFile {
                 if field.hash {
                     let (values, levels) = &buffer.hashes[at];
                     write_column::<Int64Type>(&mut group, values, Some(levels))?;
+                }
+                if field.bin {
+                    let (values, levels) = &buffer.bins[at];
+                    write_column::<Int32Type>(&mut group, values, Some(levels))?;
                 }
             }
             Ok(())
@@ -628,6 +668,7 @@ impl Buffer {
             numbers: (0..n).map(|_| Default::default()).collect(),
             texts: (0..n).map(|_| Default::default()).collect(),
             hashes: (0..n).map(|_| Default::default()).collect(),
+            bins: (0..n).map(|_| Default::default()).collect(),
             ..Buffer::default()
         }
     }

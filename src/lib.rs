@@ -25,6 +25,7 @@ pub mod faults;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod spark;
 pub mod store;
 pub mod workload;
 

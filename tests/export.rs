@@ -37,6 +37,7 @@ metrics = [
 struct Row {
     seq: i64,
     epoch: i64,
+    stamped: i64,
     id_hash: i64,
     raw: String,
     rejected: Option<String>,
@@ -64,9 +65,10 @@ fn read_epoch(out: &Path, epoch: u64) -> Vec<Row> {
             .find(|&at| schema.column(at).name() == name)
             .unwrap_or_else(|| panic!("no column {name}"))
     };
-    let (seq, ep, id_hash, raw, rejected) = (
+    let (seq, ep, stamped, id_hash, raw, rejected) = (
         column("seq"),
         column("epoch"),
+        column("stamped_epoch"),
         column("id_hash"),
         column("raw"),
         column("rejected"),
@@ -85,6 +87,7 @@ fn read_epoch(out: &Path, epoch: u64) -> Vec<Row> {
             Row {
                 seq: row.get_long(seq).expect("seq"),
                 epoch: row.get_long(ep).expect("epoch"),
+                stamped: row.get_long(stamped).expect("stamped_epoch"),
                 id_hash: row.get_long(id_hash).expect("id_hash"),
                 raw: row.get_string(raw).expect("raw").clone(),
                 rejected: row.get_string(rejected).ok().cloned(),
@@ -254,7 +257,7 @@ fn records_of_an_epoch_never_sealed_go_to_the_seal_that_covers_them() {
         by_epoch.insert(epoch, read_epoch(out.path(), epoch));
     }
     let stamped: std::collections::BTreeSet<i64> =
-        by_epoch[&3].iter().map(|row| row.epoch).collect();
+        by_epoch[&3].iter().map(|row| row.stamped).collect();
     assert_eq!(
         stamped,
         [2, 3].into(),

@@ -6,7 +6,10 @@
 
 use datasketches::hll::{HllSketch, HllType, HllUnion};
 use proptest::prelude::*;
-use tandem::aggregate::{Agg, Distinct, Input, MetricState, MetricValue, Quantiles};
+use std::collections::BTreeMap;
+use tandem::aggregate::{
+    Agg, Distinct, Input, MetricState, MetricValue, QUANTILE_EXACT_LIMIT, Quantiles, quantile_bin,
+};
 use tandem::event::hash_text;
 
 const AGGS: [Agg; 8] = [
@@ -186,6 +189,82 @@ proptest! {
             let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
             prop_assert_eq!(bytes(&merged), bytes(&whole), "{:?} over {} values cut at {:?}", agg, values.len(), cuts);
         }
+    }
+}
+
+proptest! {
+    /// A batch computed elsewhere (Spark, from `tandem export`'s columns)
+    /// hands over each group's distinct and quantile state in parts: the
+    /// value hashes or the values while few, beyond that the DDSketch bin
+    /// of every value (`quantile_bin`, the export's `<field>__bin`) with
+    /// the smallest and largest value. Those parts give the bytes inserting
+    /// the values one by one gives, in any order. Values include negatives,
+    /// zeros, values too small to bin and values at bin edges.
+    #[test]
+    fn states_from_hashes_values_and_bins_are_the_states_of_inserts(
+        values in proptest::collection::vec(any::<u32>(), 0..1500),
+        edges in proptest::collection::vec((-300i32..300, any::<bool>(), 0u8..3), 0..200),
+    ) {
+        let gamma_ln = (2.0f64 * 0.01 / 0.99).ln_1p();
+        let numbers: Vec<f64> = values
+            .iter()
+            .map(|value| match input(&Agg::Sum, *value) {
+                Input::Number(number) => number,
+                _ => 0.0,
+            })
+            .chain(edges.iter().map(|(k, negative, nudge)| {
+                let edge = (f64::from(*k) * gamma_ln).exp();
+                let edge = match nudge {
+                    0 => edge,
+                    1 => edge.next_up(),
+                    _ => edge.next_down(),
+                };
+                if *negative { -edge } else { edge }
+            }))
+            .chain([0.0, 1e-12, -1e-12])
+            .collect();
+        let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
+
+        let mut inserted = MetricState::empty(&Agg::Quantile { q: 0.5 });
+        for number in &numbers {
+            inserted.update(Input::Number(*number));
+        }
+        let handed = if numbers.len() <= QUANTILE_EXACT_LIMIT {
+            Quantiles::from_values(numbers.iter().rev().copied().collect())
+        } else {
+            let (mut positive, mut negative, mut zero) = (BTreeMap::new(), BTreeMap::new(), 0);
+            for number in &numbers {
+                match quantile_bin(*number) {
+                    Some(bin) if *number > 0.0 => *positive.entry(bin).or_insert(0u64) += 1,
+                    Some(bin) => *negative.entry(bin).or_insert(0u64) += 1,
+                    None => zero += 1,
+                }
+            }
+            let min = numbers.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = numbers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let positive: Vec<(i32, u64)> = positive.into_iter().collect();
+            let negative: Vec<(i32, u64)> = negative.into_iter().collect();
+            Quantiles::from_bins(&positive, &negative, zero, (min, max)).expect("bins")
+        };
+        prop_assert_eq!(bytes(&MetricState::Quantile(handed)), bytes(&inserted));
+
+        let distinct = build(&Agg::Distinct, &values);
+        let hashes: Vec<u64> = values
+            .iter()
+            .rev()
+            .map(|value| match input(&Agg::Distinct, *value) {
+                Input::Hash(hash) => hash,
+                _ => 0,
+            })
+            .collect();
+        let handed = match &distinct {
+            MetricState::Distinct(state @ Distinct::Sketch(_)) => {
+                let image = state.datasketches_image().expect("an image");
+                Distinct::from_datasketches_image(&image).expect("an image reads")
+            }
+            _ => Distinct::from_hashes(hashes),
+        };
+        prop_assert_eq!(bytes(&MetricState::Distinct(handed)), bytes(&distinct));
     }
 }
 

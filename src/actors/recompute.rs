@@ -258,7 +258,7 @@ pub fn build_indexes(specs: &[Arc<ViewSpec>], states: &[&ViewState]) -> Option<V
 
 /// What a stored view state must match to be used: the view's spec and how
 /// this build represents its states (the sketches' parameters).
-fn spec_fingerprint(spec: &ViewSpec) -> String {
+pub fn spec_fingerprint(spec: &ViewSpec) -> String {
     format!(
         "{}; {}",
         serde_json::to_string(spec).unwrap_or_default(),

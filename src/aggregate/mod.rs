@@ -16,8 +16,8 @@ pub use query::{
     series_body,
 };
 pub use sketch::{
-    DISTINCT_EXACT_LIMIT, Distinct, QUANTILE_EXACT_LIMIT, Quantiles,
-    parameters as sketch_parameters,
+    DDSKETCH_MIN_VALUE, DISTINCT_EXACT_LIMIT, Distinct, HLL_LG_K, QUANTILE_EXACT_LIMIT, Quantiles,
+    parameters as sketch_parameters, quantile_bin,
 };
 pub use view::{KeyGroups, ViewState};
 

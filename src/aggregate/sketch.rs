@@ -16,13 +16,14 @@ pub const DISTINCT_EXACT_LIMIT: usize = 512;
 /// Values kept exactly up to this many for quantiles; beyond, DDSketch.
 pub const QUANTILE_EXACT_LIMIT: usize = 128;
 /// HyperLogLog size: 2^14 registers, standard error 1.04 / 128 = 0.81%.
-const HLL_LG_K: u8 = 14;
+pub const HLL_LG_K: u8 = 14;
 /// DDSketch relative accuracy.
 const DDSKETCH_ALPHA: f64 = 0.01;
 /// DDSketch bin limit: with alpha 0.01 this spans about 36 orders of magnitude.
 const DDSKETCH_MAX_BINS: u32 = 4096;
-/// Values closer to zero than this count as zero in a DDSketch.
-const DDSKETCH_MIN_VALUE: f64 = 1e-9;
+/// Values closer to zero than this count as zero in a DDSketch (their bin
+/// is none: see [`quantile_bin`]).
+pub const DDSKETCH_MIN_VALUE: f64 = 1e-9;
 
 /// Everything above that decides how a stored state reads, in one line: a
 /// snapshot's view states are used only by a build with the same parameters
@@ -344,15 +345,25 @@ fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
 impl<'de> Deserialize<'de> for HllSketch {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes = Vec::<u8>::deserialize(deserializer)?;
-        let sketch = DsHll::deserialize(&bytes).map_err(serde::de::Error::custom)?;
+        Self::from_image(&bytes)
+            .map(|sketch| *sketch)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl HllSketch {
+    /// The sketch of a DataSketches HLL image (any library's) of lgK 14 and
+    /// 8-bit registers; anything else is refused, saying what it is.
+    fn from_image(bytes: &[u8]) -> Result<Box<HllSketch>, String> {
+        let sketch = DsHll::deserialize(bytes).map_err(|err| err.to_string())?;
         if sketch.lg_config_k() != HLL_LG_K || sketch.target_type() != HllType::Hll8 {
-            return Err(serde::de::Error::custom(format!(
+            return Err(format!(
                 "a distinct sketch of lgK {} ({:?}), not {HLL_LG_K} (Hll8)",
                 sketch.lg_config_k(),
                 sketch.target_type()
-            )));
+            ));
         }
-        Ok(*Self::from_registers(Registers::Sketch(sketch)))
+        Ok(Self::from_registers(Registers::Sketch(sketch)))
     }
 }
 
@@ -442,6 +453,24 @@ impl Distinct {
                 }
             }
         }
+    }
+
+    /// The state of these value hashes (in any order, repeats allowed), as
+    /// inserting them one by one builds it.
+    pub fn from_hashes(mut hashes: Vec<u64>) -> Distinct {
+        hashes.sort_unstable();
+        hashes.dedup();
+        Distinct::from_sorted(hashes)
+    }
+
+    /// The state of more than [`DISTINCT_EXACT_LIMIT`] values, from a
+    /// DataSketches HLL image of lgK 14 with 8-bit registers built from
+    /// their hashes (as Spark's `hll_sketch_agg(col, 14)` builds it).
+    ///
+    /// # Errors
+    /// The bytes are not such an image; the message says what they are.
+    pub fn from_datasketches_image(bytes: &[u8]) -> Result<Distinct, String> {
+        HllSketch::from_image(bytes).map(Distinct::Sketch)
     }
 
     /// DataSketches' serialized image of the sketch, as snapshots store it
@@ -565,6 +594,32 @@ struct DdStoreImage {
 }
 
 impl DdStoreImage {
+    /// The store holding `bins` (`(key, values)`), bins past its limit
+    /// folded into the lowest key kept.
+    fn fill(&mut self, bins: &[(i32, u64)]) -> Result<(), String> {
+        let mut bins = bins.to_vec();
+        bins.sort_unstable();
+        if bins.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            return Err("a quantile bin given twice".to_owned());
+        }
+        let (Some(&(first, _)), Some(&(last, _))) = (bins.first(), bins.last()) else {
+            return Ok(());
+        };
+        let limit = i32::try_from(self.bin_limit).unwrap_or(i32::MAX).max(1);
+        let lowest = first.max(last.saturating_sub(limit - 1));
+        let mut counts =
+            vec![0u64; usize::try_from(i64::from(last) - i64::from(lowest) + 1).unwrap_or(0)];
+        for (key, values) in bins {
+            let at = usize::try_from(i64::from(key.max(lowest)) - i64::from(lowest)).unwrap_or(0);
+            counts[at] += values;
+        }
+        self.count = counts.iter().sum();
+        self.bins = counts;
+        (self.min_key, self.max_key, self.offset) = (lowest, last, lowest);
+        self.is_collapsed = lowest > first;
+        Ok(())
+    }
+
     /// The bins cut to the keys seen (none for an empty store, as a new one has).
     fn trim(&mut self) {
         if self.count == 0 {
@@ -594,6 +649,23 @@ impl<'de> Deserialize<'de> for QuantileSketch {
     }
 }
 
+/// The DDSketch bin of a value: the key of its magnitude in the store of
+/// its sign, `ceil(ln |value| / ln γ)`; `None` for the values the sketch
+/// counts as zero. Computed here once for both sides of a batch run done
+/// elsewhere (`tandem export` writes it): a JVM's logarithm and this
+/// build's can differ in the last bit, and a value within a bit of a bin's
+/// edge would then fall in the next bin.
+pub fn quantile_bin(value: f64) -> Option<i32> {
+    let config = dd_config();
+    (value.abs() > config.min_possible()).then(|| config.key(value.abs()))
+}
+
+/// The configuration every quantile sketch is built with.
+fn dd_config() -> DdConfig {
+    static CONFIG: OnceLock<DdConfig> = OnceLock::new();
+    *CONFIG.get_or_init(|| DdConfig::new(DDSKETCH_ALPHA, DDSKETCH_MAX_BINS, DDSKETCH_MIN_VALUE))
+}
+
 impl std::fmt::Debug for Quantiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -611,11 +683,7 @@ impl Default for Quantiles {
 }
 
 fn new_ddsketch<'a>(values: impl IntoIterator<Item = &'a f64>) -> Box<QuantileSketch> {
-    let mut sketch = DDSketch::new(DdConfig::new(
-        DDSKETCH_ALPHA,
-        DDSKETCH_MAX_BINS,
-        DDSKETCH_MIN_VALUE,
-    ));
+    let mut sketch = DDSketch::new(dd_config());
     for value in values {
         sketch.add(*value);
     }
@@ -692,6 +760,52 @@ impl Quantiles {
                 }
             }
         }
+    }
+
+    /// The state of these values (in any order), as inserting them one by
+    /// one builds it.
+    pub fn from_values(mut values: Vec<f64>) -> Quantiles {
+        values.sort_by(f64::total_cmp);
+        Quantiles::from_sorted(values)
+    }
+
+    /// The state of more than [`QUANTILE_EXACT_LIMIT`] values given as
+    /// their DDSketch bins ([`quantile_bin`]): `(key, values)` of the
+    /// positive values, of the negative values (by their magnitude), the
+    /// values counted as zero, and the smallest and largest value. Equal to
+    /// the state inserts build unless the keys of one sign span more than
+    /// the sketch's bin limit (values over some 35 orders of magnitude):
+    /// then the lowest keys are folded into the lowest one kept, as the
+    /// sketch folds them, whatever order they came in.
+    ///
+    /// # Errors
+    /// A key repeated, or no value at all.
+    pub fn from_bins(
+        positive: &[(i32, u64)],
+        negative: &[(i32, u64)],
+        zero: u64,
+        (min, max): (f64, f64),
+    ) -> Result<Quantiles, String> {
+        let fresh = new_ddsketch(&[]);
+        let mut image: DdImage = postcard::to_allocvec(&fresh.sketch)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .ok_or("a quantile sketch did not encode")?;
+        image.store.fill(positive)?;
+        image.negative_store.fill(negative)?;
+        image.zero_count = zero;
+        (image.min, image.max) = (min, max);
+        if image.store.count + image.negative_store.count + zero == 0 {
+            return Err("a quantile sketch of no values".to_owned());
+        }
+        let sketch = postcard::to_allocvec(&image)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes::<DDSketch>(&bytes).ok())
+            .ok_or("a quantile sketch did not decode")?;
+        Ok(Quantiles::Sketch(Box::new(QuantileSketch {
+            sketch,
+            cached: OnceLock::new(),
+        })))
     }
 
     /// The value at rank `floor(q * (n - 1))`, as DDSketch defines it; `None` when empty.

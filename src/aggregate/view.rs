@@ -211,6 +211,26 @@ impl ViewState {
         }
     }
 
+    /// Merges `states` (one per metric) into the group of `key` and
+    /// `bucket`; answers whether the group is new.
+    pub fn merge_group(
+        &mut self,
+        spec: &ViewSpec,
+        key: &str,
+        bucket: i64,
+        states: &[MetricState],
+    ) -> bool {
+        let index = self.intern(key);
+        let groups = &mut self.keys[index];
+        let before = groups.buckets.len();
+        for (mine, theirs) in groups.entry(spec, bucket).iter_mut().zip(states) {
+            mine.merge(theirs);
+        }
+        let new = groups.buckets.len() > before;
+        self.groups += usize::from(new);
+        new
+    }
+
     /// Merges every group of `other` (a state of the same view) into this one.
     pub fn merge(&mut self, spec: &ViewSpec, other: &ViewState) {
         for (key, theirs) in &other.keys {

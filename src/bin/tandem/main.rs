@@ -19,6 +19,7 @@ mod inspect;
 mod publish;
 mod recompute;
 mod run;
+mod spark;
 
 use clap::{Parser, Subcommand};
 
@@ -110,6 +111,31 @@ enum Command {
         #[arg(long, value_name = "E")]
         upto_epoch: Option<u64>,
     },
+    /// Write the PySpark program that computes the config's views over the
+    /// Parquet master dataset (`tandem export`) up to a sealed epoch, for
+    /// `spark-submit JOB --master EXPORT_DIR --epoch E --out OUT`.
+    SparkJob {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where to write the program (standard output when absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Serve what the Spark job computed for a sealed epoch as the batch
+    /// snapshot of that epoch, after checking it against the master dataset
+    /// (offline: the daemon stopped).
+    Import {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The sealed epoch the job covered.
+        #[arg(long, value_name = "E")]
+        epoch: u64,
+        /// The job's output folder (its --out).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// Describe a data_dir: segments, sealed epochs, snapshots, the batch cache, and a CRC check of everything.
     Inspect {
         /// The data_dir.
@@ -184,6 +210,12 @@ fn main() -> ExitCode {
             upto_epoch,
         } => export::run(&config, &out, upto_epoch),
         Command::Generate(args) => generate::run(args),
+        Command::SparkJob { config, out } => spark::job(&config, out.as_deref()),
+        Command::Import {
+            config,
+            epoch,
+            from,
+        } => spark::import(&config, epoch, &from),
     };
     match result {
         Ok(code) => code,

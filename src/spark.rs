@@ -1,0 +1,706 @@
+//! The batch layer on Apache Spark: `tandem spark-job` writes a PySpark
+//! program from the config, and `tandem import` turns what it wrote into a
+//! batch snapshot, checked before it is served.
+//!
+//! The program is one template (`src/spark_job.py`) and a description of
+//! the views that this module writes from the config (their key columns,
+//! buckets and metrics, named as `tandem export` names the columns), so the
+//! logic is written once. It reads the exported master dataset up to a
+//! sealed epoch, applies the batch layer's rules, and writes per view one
+//! row per (key, bucket) holding each metric's state in the form tandem
+//! holds it (see the template), per quantile metric the DDSketch bins of
+//! the groups past the exact limit, the first copy of every id, and last a
+//! manifest of what it read and counted.
+//!
+//! The import checks the manifest against the master dataset (the epoch is
+//! sealed, the run read every record the seal covers, the config's
+//! fingerprint is the one served, the counts add up, per view and in all)
+//! and writes the snapshot a native run of that epoch writes: the same
+//! views, counts and ids (`tests/spark.rs` compares them byte for byte).
+
+use crate::Config;
+use crate::actors::recompute::{
+    BatchStats, SealedEpochData, SnapshotData, SnapshotView, spec_fingerprint, view_fingerprint,
+};
+use crate::aggregate::{
+    Agg, DISTINCT_EXACT_LIMIT, Distinct, MetricState, Micros, QUANTILE_EXACT_LIMIT, Quantiles,
+    ViewSpec, ViewState,
+};
+use crate::event::{Epoch, Need};
+use crate::export;
+use crate::store::{self, DataPaths, SnapshotMeta};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::{Field, Row, RowAccessor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The job's template; `@JOB@` stands for the description of the views.
+const TEMPLATE: &str = include_str!("spark_job.py");
+
+/// Why a Spark batch cannot be imported (nothing is served then).
+#[derive(Debug, thiserror::Error)]
+pub enum SparkError {
+    /// The master dataset or the snapshot directory cannot be read or written.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A field the views use cannot be exported (see `tandem export`).
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    /// A file of the job's output cannot be read as Parquet.
+    #[error("{}: {source}", path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// The job's manifest is missing: the run did not finish.
+    #[error(
+        "{}: no manifest: the Spark run did not finish (it writes its manifest last)",
+        dir.display()
+    )]
+    Unfinished {
+        /// The job's output folder.
+        dir: PathBuf,
+    },
+    /// The job's output does not hold what it must, or its counts disagree
+    /// with the master dataset or with each other.
+    #[error("{}: {problem}", path.display())]
+    Invalid {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong, with the view, key and bucket where there is one.
+        problem: String,
+    },
+}
+
+/// The job's manifest: what it read and counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    epoch: u64,
+    fingerprint: String,
+    /// Rows read (every record of the files up to `epoch`).
+    rows: u64,
+    max_seq: i64,
+    records: u64,
+    duplicates: u64,
+    invalid: u64,
+    counted: u64,
+    views: Vec<ManifestView>,
+    took_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestView {
+    name: String,
+    quantile_metrics: Vec<usize>,
+}
+
+/// The description of the views the job is generated with.
+#[derive(Debug, Serialize)]
+struct JobSpec {
+    tandem: &'static str,
+    fingerprint: String,
+    hll_lg_k: u8,
+    distinct_exact_limit: usize,
+    quantile_exact_limit: usize,
+    ddsketch_min_value: f64,
+    views: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+struct JobView {
+    name: String,
+    key_columns: Vec<String>,
+    bucket_ms: i64,
+    /// Every column the metrics read.
+    columns: Vec<String>,
+    metrics: Vec<JobMetric>,
+}
+
+#[derive(Debug, Serialize)]
+struct JobMetric {
+    agg: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    column: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bin: Option<String>,
+}
+
+/// What a Spark batch must match to be served: every view's fingerprint
+/// (its spec, the sketches' parameters, the event rules, this build).
+pub fn fingerprint(config: &Config) -> String {
+    let all: Vec<String> = config
+        .views
+        .iter()
+        .map(|spec| view_fingerprint(config, spec))
+        .collect();
+    format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(all.join("\n").as_bytes())
+    )
+}
+
+/// The PySpark program computing `config`'s views.
+///
+/// # Errors
+/// A field the views use cannot be exported under its own name.
+pub fn job_source(config: &Config) -> Result<String, SparkError> {
+    export::check_columns(&config.schema, &config.views)?;
+    let fields = config.schema.fields();
+    let number = |slot: Option<usize>| {
+        slot.and_then(|slot| fields.get(slot))
+            .map(|field| field.name.clone())
+    };
+    let views = config
+        .views
+        .iter()
+        .map(|spec| {
+            let key_columns = spec
+                .key_slots
+                .iter()
+                .filter_map(|slot| fields.get(*slot))
+                .map(|field| export::text_column(&field.name, field.need == Need::Number))
+                .collect();
+            let metrics: Vec<JobMetric> = spec
+                .metrics
+                .iter()
+                .map(|metric| {
+                    let field = number(metric.slot);
+                    let (column, bin) = match metric.agg {
+                        Agg::Count => (None, None),
+                        Agg::Distinct => (field.map(|name| format!("{name}__xxh3")), None),
+                        Agg::Quantile { .. } => {
+                            (field.clone(), field.map(|name| format!("{name}__bin")))
+                        }
+                        _ => (field, None),
+                    };
+                    JobMetric {
+                        agg: metric.agg.name(),
+                        column,
+                        bin,
+                    }
+                })
+                .collect();
+            let mut columns: Vec<String> = metrics
+                .iter()
+                .flat_map(|metric| metric.column.iter().chain(&metric.bin))
+                .cloned()
+                .collect();
+            columns.sort();
+            columns.dedup();
+            JobView {
+                name: spec.name.clone(),
+                key_columns,
+                bucket_ms: spec.bucket_ms,
+                columns,
+                metrics,
+            }
+        })
+        .collect();
+    let spec = JobSpec {
+        tandem: env!("CARGO_PKG_VERSION"),
+        fingerprint: fingerprint(config),
+        hll_lg_k: crate::aggregate::HLL_LG_K,
+        distinct_exact_limit: DISTINCT_EXACT_LIMIT,
+        quantile_exact_limit: QUANTILE_EXACT_LIMIT,
+        ddsketch_min_value: crate::aggregate::DDSKETCH_MIN_VALUE,
+        views,
+    };
+    let json = serde_json::to_string_pretty(&spec).map_err(|err| SparkError::Invalid {
+        path: PathBuf::from("<job>"),
+        problem: err.to_string(),
+    })?;
+    Ok(TEMPLATE.replace("@JOB@", &json))
+}
+
+/// What an import served.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The snapshot written.
+    pub meta: SnapshotMeta,
+    /// The counts of the run.
+    pub stats: BatchStats,
+    /// Groups per view, in config order.
+    pub groups: Vec<usize>,
+}
+
+/// Reads the output of the job for `epoch` in `from`, checks it against
+/// `config`'s master dataset and writes it as the batch snapshot of
+/// `epoch`. The caller holds the data_dir (the daemon, or the offline
+/// command with its lock).
+///
+/// # Errors
+/// See [`SparkError`]; nothing is written then.
+pub fn import(config: &Config, epoch: Epoch, from: &Path) -> Result<Imported, SparkError> {
+    let (data, groups) = read_output(config, epoch, from)?;
+    let paths = DataPaths::new(&config.data_dir);
+    let sealed = data.sealed.map_or(0, |sealed| sealed.next_seq);
+    let meta = store::write_snapshot(
+        &paths,
+        epoch,
+        sealed,
+        crate::now_ms(),
+        &data,
+        config.batch.keep_snapshots,
+    )?;
+    Ok(Imported {
+        meta,
+        stats: data.stats,
+        groups,
+    })
+}
+
+/// The snapshot the job's output in `from` gives for `epoch`, checked, and
+/// the groups of each view.
+///
+/// # Errors
+/// See [`SparkError`].
+pub fn read_output(
+    config: &Config,
+    epoch: Epoch,
+    from: &Path,
+) -> Result<(SnapshotData<'static>, Vec<usize>), SparkError> {
+    let paths = DataPaths::new(&config.data_dir);
+    let manifest = read_manifest(from)?;
+    let invalid = |path: &Path, problem: String| SparkError::Invalid {
+        path: path.to_owned(),
+        problem,
+    };
+    let sealed = store::read_epochs(&paths)?
+        .into_iter()
+        .find(|sealed| sealed.epoch == epoch)
+        .ok_or_else(|| {
+            invalid(
+                &config.data_dir,
+                format!("epoch {epoch} is not sealed in this master dataset"),
+            )
+        })?;
+    let manifest_path = from.join("manifest");
+    if manifest.epoch != epoch.0 {
+        return Err(invalid(
+            &manifest_path,
+            format!("the run covers epoch {}, not {epoch}", manifest.epoch),
+        ));
+    }
+    if manifest.fingerprint != fingerprint(config) {
+        return Err(invalid(
+            &manifest_path,
+            "the job was generated from another config or tandem version (its fingerprint differs): write it again with `tandem spark-job`".to_owned(),
+        ));
+    }
+    let expected_max = i64::try_from(sealed.next_seq.0).unwrap_or(i64::MAX) - 1;
+    if manifest.rows != sealed.next_seq.0 || manifest.max_seq != expected_max {
+        return Err(invalid(
+            &manifest_path,
+            format!(
+                "the run read {} records (up to seq {}), and epoch {epoch}'s seal covers {}: the export it read is incomplete",
+                manifest.rows, manifest.max_seq, sealed.next_seq.0
+            ),
+        ));
+    }
+    if manifest.records != manifest.counted + manifest.duplicates + manifest.invalid {
+        return Err(invalid(
+            &manifest_path,
+            format!(
+                "{} records are not {} counted + {} duplicates + {} invalid",
+                manifest.records, manifest.counted, manifest.duplicates, manifest.invalid
+            ),
+        ));
+    }
+    let names: Vec<&str> = manifest
+        .views
+        .iter()
+        .map(|view| view.name.as_str())
+        .collect();
+    let configured: Vec<&str> = config.views.iter().map(|view| view.name.as_str()).collect();
+    if names != configured {
+        return Err(invalid(
+            &manifest_path,
+            format!("the run computed views {names:?}, the config has {configured:?}"),
+        ));
+    }
+    let now = crate::now_ms();
+    let mut stats = BatchStats {
+        records: manifest.records,
+        counted: manifest.counted,
+        duplicates: manifest.duplicates,
+        invalid: manifest.invalid,
+        expired: 0,
+    };
+    let mut views = Vec::with_capacity(config.views.len());
+    let mut groups = Vec::with_capacity(config.views.len());
+    for (at, spec) in config.views.iter().enumerate() {
+        let dir = from.join("views").join(at.to_string());
+        let (state, events, expired) = read_view(spec, &dir, from, at, spec.retention_cutoff(now))?;
+        if events != manifest.counted {
+            return Err(invalid(
+                &dir,
+                format!(
+                    "view {}: its groups hold {events} events, the run counted {}",
+                    spec.name, manifest.counted
+                ),
+            ));
+        }
+        stats.expired += expired;
+        groups.push(state.len());
+        views.push((
+            spec.name.clone(),
+            SnapshotView {
+                spec: spec_fingerprint(spec),
+                state,
+            },
+        ));
+    }
+    let ids = read_ids(&from.join("ids"), sealed.later_from.0)?;
+    let data = SnapshotData {
+        views,
+        stats,
+        sealed: Some(SealedEpochData {
+            epoch: sealed.epoch.0,
+            next_seq: sealed.next_seq.0,
+            later_from: sealed.later_from.0,
+        }),
+        took_ms: manifest.took_ms,
+        ids: ids.into(),
+    };
+    Ok((data, groups))
+}
+
+fn read_manifest(from: &Path) -> Result<Manifest, SparkError> {
+    let dir = from.join("manifest");
+    let unfinished = || SparkError::Unfinished {
+        dir: from.to_owned(),
+    };
+    let files = output_files(&dir, "").map_err(|_| unfinished())?;
+    let mut text = String::new();
+    for file in files {
+        text.push_str(
+            &std::fs::read_to_string(&file)
+                .map_err(|source| store::Error::io("read", &file, source))?,
+        );
+    }
+    let line = text.lines().find(|line| !line.trim().is_empty());
+    let line = line.ok_or_else(unfinished)?;
+    serde_json::from_str(line).map_err(|err| SparkError::Invalid {
+        path: dir,
+        problem: format!("the manifest does not read: {err}"),
+    })
+}
+
+/// The data files of one output folder (Spark's `part-*` files; its
+/// markers and checksums left out), in name order.
+fn output_files(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, SparkError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| store::Error::io("read", dir, source))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| store::Error::io("read", dir, source))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-") && name.ends_with(extension) {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every row of the Parquet files of `dir`, with the positions of the named
+/// columns (in `names`' order) in each.
+fn for_each_row(
+    dir: &Path,
+    names: &[&str],
+    mut each: impl FnMut(&Path, &Row, &[usize]) -> Result<(), SparkError>,
+) -> Result<(), SparkError> {
+    for path in output_files(dir, ".parquet")? {
+        let parquet = |source| SparkError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        let reader = SerializedFileReader::try_from(path.as_path()).map_err(parquet)?;
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let top = schema.root_schema().get_fields();
+        let at = names
+            .iter()
+            .map(|name| {
+                top.iter()
+                    .position(|field| field.name() == *name)
+                    .ok_or_else(|| SparkError::Invalid {
+                        path: path.clone(),
+                        problem: format!("no column {name}"),
+                    })
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        for row in reader.get_row_iter(None).map_err(parquet)? {
+            each(&path, &row.map_err(parquet)?, &at)?;
+        }
+    }
+    Ok(())
+}
+
+/// The distinct ids of the first copies before `later_from`, sorted.
+fn read_ids(dir: &Path, later_from: u64) -> Result<Vec<u64>, SparkError> {
+    let mut ids = Vec::new();
+    for_each_row(dir, &["id_hash", "seq"], |path, row, at| {
+        let field = |at: usize, name: &str| {
+            row.get_long(at).map_err(|err| SparkError::Invalid {
+                path: path.to_owned(),
+                problem: format!("{name}: {err}"),
+            })
+        };
+        let (id, seq) = (field(at[0], "id_hash")?, field(at[1], "seq")?);
+        if u64::try_from(seq).is_ok_and(|seq| seq < later_from) {
+            ids.push(id as u64);
+        }
+        Ok(())
+    })?;
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    if ids.len() != before {
+        return Err(SparkError::Invalid {
+            path: dir.to_owned(),
+            problem: format!("{} ids given twice", before - ids.len()),
+        });
+    }
+    Ok(ids)
+}
+
+/// The bins of one quantile metric's large groups: per (key, bucket), the
+/// positive and negative bins and the values counted as zero.
+type Bins = BTreeMap<(String, i64), (Vec<(i32, u64)>, Vec<(i32, u64)>, u64)>;
+
+fn read_bins(dir: &Path) -> Result<Bins, SparkError> {
+    let mut bins = Bins::new();
+    for_each_row(
+        dir,
+        &["key", "bucket", "sign", "bin", "n"],
+        |path, row, at| {
+            let bad = |problem: String| SparkError::Invalid {
+                path: path.to_owned(),
+                problem,
+            };
+            let key = row.get_string(at[0]).map_err(|err| bad(err.to_string()))?;
+            let bucket = row.get_long(at[1]).map_err(|err| bad(err.to_string()))?;
+            let sign = row.get_int(at[2]).map_err(|err| bad(err.to_string()))?;
+            let bin = row.get_int(at[3]).map_err(|err| bad(err.to_string()))?;
+            let n = row.get_long(at[4]).map_err(|err| bad(err.to_string()))?;
+            let n = u64::try_from(n)
+                .map_err(|_| bad(format!("key {key:?} bucket {bucket}: {n} values")))?;
+            let entry = bins.entry((key.clone(), bucket)).or_default();
+            match sign {
+                1 => entry.0.push((bin, n)),
+                -1 => entry.1.push((bin, n)),
+                _ => entry.2 += n,
+            }
+            Ok(())
+        },
+    )?;
+    Ok(bins)
+}
+
+/// One view's state from its rows (groups before `cutoff` dropped, as
+/// retention drops them), the events its groups hold, and those dropped.
+fn read_view(
+    spec: &ViewSpec,
+    dir: &Path,
+    from: &Path,
+    view: usize,
+    cutoff: Option<i64>,
+) -> Result<(ViewState, u64, u64), SparkError> {
+    let mut bins: BTreeMap<usize, Bins> = BTreeMap::new();
+    for (at, metric) in spec.metrics.iter().enumerate() {
+        if matches!(metric.agg, Agg::Quantile { .. }) {
+            let dir = from
+                .join("bins")
+                .join(view.to_string())
+                .join(at.to_string());
+            bins.insert(at, read_bins(&dir)?);
+        }
+    }
+    let mut names: Vec<String> = vec!["key".into(), "bucket".into(), "count".into()];
+    for (at, metric) in spec.metrics.iter().enumerate() {
+        match metric.agg {
+            Agg::Count => {}
+            Agg::Sum | Agg::Mean => names.push(format!("m{at}_sum")),
+            Agg::Min | Agg::Max => names.push(format!("m{at}")),
+            Agg::Distinct => {
+                names.push(format!("m{at}_exact"));
+                names.push(format!("m{at}_hll"));
+            }
+            Agg::Quantile { .. } => {
+                names.push(format!("m{at}_values"));
+                names.push(format!("m{at}_min"));
+                names.push(format!("m{at}_max"));
+            }
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut state = ViewState::new();
+    let (mut events, mut expired) = (0u64, 0u64);
+    let mut states = Vec::with_capacity(spec.metrics.len());
+    for_each_row(dir, &names, |path, row, at| {
+        let fields = row
+            .get_column_iter()
+            .map(|(_, field)| field)
+            .collect::<Vec<_>>();
+        let key = row.get_string(at[0]).ok();
+        let bucket = row.get_long(at[1]).ok();
+        let (Some(key), Some(bucket)) = (key, bucket) else {
+            return Err(SparkError::Invalid {
+                path: path.to_owned(),
+                problem: format!("view {}: a row without its key or bucket", spec.name),
+            });
+        };
+        let bad = |problem: String| SparkError::Invalid {
+            path: path.to_owned(),
+            problem: format!("view {} key {key:?} bucket {bucket}: {problem}", spec.name),
+        };
+        let count = row
+            .get_long(at[2])
+            .ok()
+            .and_then(|count| u64::try_from(count).ok())
+            .filter(|count| *count > 0)
+            .ok_or_else(|| bad("no events".to_owned()))?;
+        events += count;
+        if cutoff.is_some_and(|cutoff| bucket < cutoff) {
+            expired += count;
+            for bins in bins.values_mut() {
+                bins.remove(&(key.clone(), bucket));
+            }
+            return Ok(());
+        }
+        if spec.bucket_of(bucket) != bucket {
+            return Err(bad(format!(
+                "not a start of a {} ms bucket",
+                spec.bucket_ms
+            )));
+        }
+        states.clear();
+        let mut next = 3;
+        let mut take = || {
+            let field = fields[at[next]];
+            next += 1;
+            field
+        };
+        for (metric_at, metric) in spec.metrics.iter().enumerate() {
+            let state = match metric.agg {
+                Agg::Count => MetricState::Count(count),
+                Agg::Sum | Agg::Mean => {
+                    let sum = match take() {
+                        Field::Str(text) => text.parse::<i128>().ok(),
+                        _ => None,
+                    }
+                    .map(Micros::from_i128)
+                    .ok_or_else(|| bad(format!("metric {}: no sum", metric.name)))?;
+                    if matches!(metric.agg, Agg::Sum) {
+                        MetricState::Sum(sum)
+                    } else {
+                        MetricState::Mean { sum, count }
+                    }
+                }
+                Agg::Min | Agg::Max => {
+                    let Field::Double(value) = take() else {
+                        return Err(bad(format!("metric {}: no value", metric.name)));
+                    };
+                    if matches!(metric.agg, Agg::Min) {
+                        MetricState::Min(*value)
+                    } else {
+                        MetricState::Max(*value)
+                    }
+                }
+                Agg::Distinct => {
+                    let (exact, hll) = (take(), take());
+                    let distinct = match (exact, hll) {
+                        (Field::ListInternal(list), _) => Distinct::from_hashes(
+                            list.elements()
+                                .iter()
+                                .map(|element| match element {
+                                    Field::Long(hash) => Ok(*hash as u64),
+                                    other => Err(bad(format!(
+                                        "metric {}: a hash {other:?}",
+                                        metric.name
+                                    ))),
+                                })
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        (_, Field::Bytes(bytes)) => Distinct::from_datasketches_image(bytes.data())
+                            .map_err(|problem| bad(format!("metric {}: {problem}", metric.name)))?,
+                        _ => return Err(bad(format!("metric {}: no distinct state", metric.name))),
+                    };
+                    MetricState::Distinct(distinct)
+                }
+                Agg::Quantile { .. } => {
+                    let (values, min, max) = (take(), take(), take());
+                    let quantiles = match values {
+                        Field::ListInternal(list) => Quantiles::from_values(
+                            list.elements()
+                                .iter()
+                                .map(|element| match element {
+                                    Field::Double(value) => Ok(*value),
+                                    other => Err(bad(format!(
+                                        "metric {}: a value {other:?}",
+                                        metric.name
+                                    ))),
+                                })
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        _ => {
+                            let (Field::Double(min), Field::Double(max)) = (min, max) else {
+                                return Err(bad(format!("metric {}: no min or max", metric.name)));
+                            };
+                            let (positive, negative, zero) = bins
+                                .get_mut(&metric_at)
+                                .and_then(|bins| bins.remove(&(key.clone(), bucket)))
+                                .ok_or_else(|| {
+                                    bad(format!("metric {}: no values and no bins", metric.name))
+                                })?;
+                            let binned: u64 = positive
+                                .iter()
+                                .chain(&negative)
+                                .map(|(_, values)| values)
+                                .sum::<u64>()
+                                + zero;
+                            if binned != count {
+                                return Err(bad(format!(
+                                    "metric {}: {binned} values in its bins, {count} events",
+                                    metric.name
+                                )));
+                            }
+                            Quantiles::from_bins(&positive, &negative, zero, (*min, *max)).map_err(
+                                |problem| bad(format!("metric {}: {problem}", metric.name)),
+                            )?
+                        }
+                    };
+                    MetricState::Quantile(quantiles)
+                }
+            };
+            states.push(state);
+        }
+        if !state.merge_group(spec, key, bucket, &states) {
+            return Err(bad("given twice".to_owned()));
+        }
+        Ok(())
+    })?;
+    if let Some((metric, (key, bucket))) = bins
+        .iter()
+        .find_map(|(metric, bins)| Some((metric, bins.keys().next()?)))
+    {
+        return Err(SparkError::Invalid {
+            path: from
+                .join("bins")
+                .join(view.to_string())
+                .join(metric.to_string()),
+            problem: format!(
+                "view {} key {key:?} bucket {bucket}: bins of a group that is not past the exact limit",
+                spec.name
+            ),
+        });
+    }
+    state.check(spec).map_err(|problem| SparkError::Invalid {
+        path: dir.to_owned(),
+        problem: format!("view {}: {problem}", spec.name),
+    })?;
+    Ok((state, events, expired))
+}

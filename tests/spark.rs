@@ -1,0 +1,339 @@
+//! The batch layer on Apache Spark: `tandem export`, the job `tandem
+//! spark-job` writes, run by `spark-submit` in `local[2]` (PySpark from
+//! `scripts/services`), and `tandem import`, against tandem's own batch run
+//! of the same epoch over the same master dataset: the same view states
+//! byte for byte (counts, exact sums, min, max, means, distinct sets and
+//! HLL registers, quantile values and DDSketch bins), the same counts and
+//! the same ids; then served: merged answers = the Spark batch + the speed
+//! layer, equal to the oracle while events keep coming.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tandem::actors::recompute::SnapshotData;
+use tandem::aggregate::{Body, MetricState, Quantiles};
+use tandem::event::Epoch;
+use tandem::store::{self, DataPaths};
+use tandem::{Config, Options, Query, Question};
+
+/// Every aggregation, in a view of small groups (exact forms) and in views
+/// of few large groups (sketches: HLL coupon sets and register arrays,
+/// DDSketch bins).
+const CONFIG: &str = r#"
+data_dir = "unused"
+[event]
+id = "order_id"
+time = "ts"
+[[view]]
+name = "by_product"
+key = ["product_id"]
+bucket = "1h"
+metrics = [
+  { name = "orders", agg = "count" },
+  { name = "revenue", agg = "sum", field = "amount" },
+  { name = "low", agg = "min", field = "amount" },
+  { name = "high", agg = "max", field = "amount" },
+  { name = "avg", agg = "mean", field = "amount" },
+  { name = "buyers", agg = "distinct", field = "user_id" },
+  { name = "p90", agg = "quantile", field = "amount", q = 0.9 },
+]
+[[view]]
+name = "by_country_category"
+key = ["country", "category"]
+bucket = "1d"
+metrics = [
+  { name = "orders", agg = "count" },
+  { name = "buyers", agg = "distinct", field = "user_id" },
+  { name = "median", agg = "quantile", field = "amount", q = 0.5 },
+]
+[[view]]
+name = "by_country"
+key = ["country"]
+bucket = "1d"
+metrics = [
+  { name = "buyers", agg = "distinct", field = "user_id" },
+  { name = "products", agg = "distinct", field = "product_id" },
+  { name = "p99", agg = "quantile", field = "amount", q = 0.99 },
+  { name = "revenue", agg = "sum", field = "amount" },
+]
+"#;
+
+/// Orders whose amounts test the arithmetic both sides must agree on:
+/// millionths exactly half way (rounded away from zero), negative amounts
+/// (DDSketch's negative store), zeros and values too small to bin, values
+/// at DDSketch bin edges, large ones; enough in one country and day to make
+/// its quantile a sketch, and some under one product, where they stay exact.
+fn edge_values() -> Vec<Vec<u8>> {
+    let gamma_ln = (2.0f64 * 0.01 / 0.99).ln_1p();
+    let mut amounts = vec![
+        0.0,
+        -0.0,
+        1e-10,
+        -1e-10,
+        0.0000005,
+        -0.0000005,
+        2.5000005,
+        -2.5000005,
+        1234567.0000005,
+        -9876543.2100015,
+        4503599627.370496,
+        1e15,
+        -3.0e14,
+    ];
+    for k in -40..160 {
+        let edge = (f64::from(k) * gamma_ln).exp();
+        amounts.extend([edge, -edge, edge.next_up(), edge.next_down()]);
+    }
+    amounts
+        .iter()
+        .enumerate()
+        .map(|(at, amount)| {
+            let product = if at % 16 == 0 { "p-edge" } else { "p-edge-many" };
+            format!(
+                r#"{{"order_id":"e-{at}","ts":"2026-11-24T12:{:02}:00.000Z","product_id":"{product}","category":"c-edge","user_id":"u-e{}","amount":{amount:?},"qty":1,"country":"ZZ"}}"#,
+                at % 60,
+                at % 700
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// `spark-submit` of the PySpark that `scripts/services` installs
+/// (`TANDEM_PYSPARK_VENV`, default `~/.cache/tandem/pyspark`).
+fn spark_submit() -> Option<(PathBuf, PathBuf)> {
+    let venv = std::env::var_os("TANDEM_PYSPARK_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tandem/pyspark"))
+        })?;
+    let submit = venv.join("bin/spark-submit");
+    let python = venv.join("bin/python");
+    (submit.exists() && python.exists()).then_some((submit, python))
+}
+
+/// Runs the job for `epoch` in `local[2]`; false when PySpark is missing
+/// (and the test may skip).
+fn run_job(config: &Config, master: &Path, epoch: u64, out: &Path) -> bool {
+    let Some((submit, python)) = spark_submit() else {
+        common::missing(
+            "PySpark",
+            "no spark-submit in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
+        );
+        return false;
+    };
+    let job = out.with_extension("py");
+    std::fs::write(&job, tandem::spark::job_source(config).expect("a job")).expect("write job");
+    let ran = Command::new(submit)
+        .args(["--master", "local[2]", "--conf", "spark.ui.enabled=false"])
+        .arg(&job)
+        .arg("--master")
+        .arg(master)
+        .args(["--epoch", &epoch.to_string()])
+        .arg("--out")
+        .arg(out)
+        .env("PYSPARK_PYTHON", &python)
+        .output()
+        .expect("spark-submit runs");
+    assert!(
+        ran.status.success(),
+        "the Spark job failed: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    true
+}
+
+/// The metrics of the view whose stored spec is `spec`.
+fn states_per_group(config: &Config, spec: &str) -> usize {
+    config
+        .views
+        .iter()
+        .find(|view| tandem::actors::recompute::spec_fingerprint(view) == spec)
+        .map_or(0, |view| view.metrics.len())
+}
+
+/// The newest snapshot's payload.
+fn newest(config: &Config) -> (Epoch, SnapshotData<'static>) {
+    let loaded = store::load_newest::<SnapshotData<'static>>(&DataPaths::new(&config.data_dir))
+        .expect("snapshots read")
+        .expect("a snapshot");
+    (loaded.meta.epoch, loaded.data)
+}
+
+/// Each view's state as the snapshot stores it.
+fn view_bytes(data: &SnapshotData<'_>) -> Vec<(String, Vec<u8>)> {
+    data.views
+        .iter()
+        .map(|(name, view)| {
+            (
+                name.clone(),
+                postcard::to_allocvec(&view.state).expect("a state encodes"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_spark_batch_is_the_native_batch_byte_for_byte_and_serves_with_the_speed_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exported = tempfile::tempdir().expect("tempdir");
+    let config = common::config(CONFIG, dir.path());
+    // Few countries and categories: large groups. Duplicates (some sent
+    // again two epochs later), late and malformed events.
+    let stream = common::workload::dirty(12_000, 21, 60, &["--categories", "4", "--users", "3000"]);
+    let lines = common::workload::lines(&stream);
+    let thirds: Vec<Vec<Vec<u8>>> = lines
+        .chunks(lines.len().div_ceil(3))
+        .map(|part| part.iter().map(|line| line.to_vec()).collect())
+        .collect();
+    let mut parts = thirds.clone();
+    parts[2].extend(thirds[0].iter().step_by(40).cloned());
+    parts[1].extend(edge_values());
+    let ingested: Vec<Vec<u8>> = parts.iter().flatten().cloned().collect();
+
+    let started = config.clone();
+    let first_parts = parts.clone();
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(started, Options::manual_epochs())
+            .await
+            .expect("start");
+        for part in first_parts {
+            handle.ingest_many(part).await.expect("ingest");
+            handle.recompute_now().await.expect("a native batch run");
+        }
+        handle.stop().await;
+    });
+    let (epoch, native) = newest(&config);
+    assert_eq!(epoch, Epoch(3));
+
+    tandem::export::export(&config, exported.path(), None).expect("export");
+    let out = tempfile::tempdir().expect("tempdir");
+    let out = out.path().join("batch");
+    if !run_job(&config, exported.path(), 3, &out) {
+        return;
+    }
+    let (spark, groups) = tandem::spark::read_output(&config, Epoch(3), &out).expect("import");
+
+    assert_eq!(
+        spark.stats, native.stats,
+        "records, counted, duplicates, invalid"
+    );
+    assert!(native.stats.duplicates > 0, "{:?}", native.stats);
+    assert_eq!(spark.sealed, native.sealed);
+    assert_eq!(spark.ids, native.ids, "the ids before the seal");
+    assert_eq!(groups.len(), 3);
+    for ((name, native), (_, spark)) in view_bytes(&native).iter().zip(view_bytes(&spark)) {
+        assert!(*native == spark, "view {name}: the Spark state differs");
+    }
+    // Every form took part: exact sets and values, HLL coupon sets and
+    // register arrays, DDSketch bins.
+    let (mut exact, mut coupons, mut registers, mut bins) = (0, 0, 0, 0);
+    for (_, view) in &native.views {
+        for (_, groups) in view.state.keys() {
+            for (_, states) in groups.iter(states_per_group(&config, &view.spec)) {
+                for state in states {
+                    match state {
+                        MetricState::Distinct(distinct) => match distinct.datasketches_image() {
+                            Some(image) if image[0] == 10 => registers += 1,
+                            Some(_) => coupons += 1,
+                            None => exact += 1,
+                        },
+                        MetricState::Quantile(Quantiles::Sketch(_)) => bins += 1,
+                        MetricState::Quantile(_) => exact += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        exact > 0 && coupons > 0 && registers > 0 && bins > 0,
+        "exact {exact}, coupon sets {coupons}, register arrays {registers}, DDSketches {bins}"
+    );
+
+    // Served: the Spark batch replaces the native one, then the speed layer
+    // counts what comes after; merged answers equal the oracle throughout.
+    tandem::spark::import(&config, Epoch(3), &out).expect("import");
+    let more = common::workload::dirty(
+        3_000,
+        22,
+        60,
+        &["--categories", "4", "--users", "3000", "--id-prefix", "q-"],
+    );
+    let more: Vec<Vec<u8>> = common::workload::lines(&more)
+        .iter()
+        .map(|line| line.to_vec())
+        .collect();
+    let all: Vec<&[u8]> = ingested.iter().chain(&more).map(Vec::as_slice).collect();
+    let before: Vec<&[u8]> = ingested.iter().map(Vec::as_slice).collect();
+    // The oracle sums cents; the edge products' sub-cent amounts were
+    // compared above, state for state.
+    let oracle = |lines: &[&[u8]]| {
+        let mut expected = common::expected(lines);
+        expected
+            .products
+            .retain(|product, _| !product.starts_with("p-edge"));
+        expected
+    };
+    let oracle_before = oracle(&before);
+    let oracle_all = oracle(&all);
+    let started = config.clone();
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(started, Options::manual_epochs())
+            .await
+            .expect("start");
+        let (batch, seen) = products(&handle, &oracle_all).await;
+        assert_eq!(batch, Some(Epoch(3)), "the imported snapshot is served");
+        assert_eq!(seen, oracle_before.products, "the Spark batch alone");
+        for part in more.chunks(more.len().div_ceil(3)) {
+            handle.ingest_many(part.to_vec()).await.expect("ingest");
+            // Every event of the part is merged in once it is applied.
+        }
+        common::eventually(
+            std::time::Duration::from_secs(30),
+            "Spark batch + speed layer = the oracle",
+            async || {
+                let (_, seen) = products(&handle, &oracle_all).await;
+                if seen == oracle_all.products {
+                    Ok(())
+                } else {
+                    Err(seen.len())
+                }
+            },
+        )
+        .await;
+        handle.stop().await;
+    });
+}
+
+/// The merged orders and revenue (cents) of every product the oracle
+/// knows, and the batch epoch the answers rest on.
+async fn products(
+    handle: &tandem::Handle,
+    oracle: &common::Expected,
+) -> (Option<Epoch>, BTreeMap<String, (u64, i64)>) {
+    let mut seen = BTreeMap::new();
+    let mut batch = None;
+    for product in oracle.products.keys() {
+        let answer = handle
+            .query(Query::new("by_product", Question::Key(product.clone())))
+            .await
+            .expect("a key query");
+        batch = answer.as_of.batch_epoch;
+        let Body::Metrics(metrics) = answer.body else {
+            panic!("a key's answer is metrics")
+        };
+        let value = |name: &str| metrics.get(name).and_then(|value| value.as_f64());
+        if let (Some(orders), Some(revenue)) = (value("orders"), value("revenue"))
+            && orders > 0.0
+        {
+            seen.insert(
+                product.clone(),
+                (orders as u64, (revenue * 100.0).round() as i64),
+            );
+        }
+    }
+    (batch, seen)
+}

@@ -20,7 +20,8 @@
 
 use crate::Config;
 use crate::actors::recompute::{
-    BatchStats, SealedEpochData, SnapshotData, SnapshotView, spec_fingerprint, view_fingerprint,
+    Batch, BatchStats, SealedEpochData, SnapshotData, SnapshotView, build_indexes,
+    spec_fingerprint, view_fingerprint,
 };
 use crate::aggregate::{
     Agg, DISTINCT_EXACT_LIMIT, Distinct, MetricState, Micros, QUANTILE_EXACT_LIMIT, Quantiles,
@@ -28,12 +29,14 @@ use crate::aggregate::{
 };
 use crate::event::{Epoch, Need};
 use crate::export;
-use crate::store::{self, DataPaths, SnapshotMeta};
+use crate::store::{self, DataPaths, SealedEpoch, SnapshotMeta};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row, RowAccessor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The job's template; `@JOB@` stands for the description of the views.
 const TEMPLATE: &str = include_str!("spark_job.py");
@@ -64,6 +67,27 @@ pub enum SparkError {
     Unfinished {
         /// The job's output folder.
         dir: PathBuf,
+    },
+    /// The submit command could not be started.
+    #[error("cannot run {program:?} (batch.submit): {source}")]
+    Submit {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Spark run failed.
+    #[error("the Spark run of epoch {epoch} {how}; its log is {}: {tail}", log.display())]
+    Run {
+        /// The epoch.
+        epoch: Epoch,
+        /// How it ended: the exit status, or killed after the timeout.
+        how: String,
+        /// The file holding its output.
+        log: PathBuf,
+        /// The last lines of the log.
+        tail: String,
     },
     /// The job's output does not hold what it must, or its counts disagree
     /// with the master dataset or with each other.
@@ -236,21 +260,155 @@ pub struct Imported {
 /// See [`SparkError`]; nothing is written then.
 pub fn import(config: &Config, epoch: Epoch, from: &Path) -> Result<Imported, SparkError> {
     let (data, groups) = read_output(config, epoch, from)?;
-    let paths = DataPaths::new(&config.data_dir);
-    let sealed = data.sealed.map_or(0, |sealed| sealed.next_seq);
-    let meta = store::write_snapshot(
-        &paths,
-        epoch,
-        sealed,
-        crate::now_ms(),
-        &data,
-        config.batch.keep_snapshots,
-    )?;
+    let meta = write_snapshot(config, epoch, &data)?;
     Ok(Imported {
         meta,
         stats: data.stats,
         groups,
     })
+}
+
+fn write_snapshot(
+    config: &Config,
+    epoch: Epoch,
+    data: &SnapshotData<'_>,
+) -> Result<SnapshotMeta, SparkError> {
+    let records = data.sealed.map_or(0, |sealed| sealed.next_seq);
+    Ok(store::write_snapshot(
+        &DataPaths::new(&config.data_dir),
+        epoch,
+        records,
+        crate::now_ms(),
+        data,
+        config.batch.keep_snapshots,
+    )?)
+}
+
+/// The daemon's batch run of `sealed` on Spark: writes the job under
+/// `data_dir/spark/`, runs `submit` on it (its output to
+/// `data_dir/spark/epoch-E.log`), kills it after `timeout`, and imports its
+/// output as the snapshot, answering the batch to serve (its indexes
+/// built). The output is removed once imported; a failed run's stays until
+/// the next run of that epoch.
+///
+/// # Errors
+/// The run could not start, failed or timed out (named with its log's last
+/// lines), or its output does not check out ([`import`]).
+pub async fn run_batch(
+    config: Arc<Config>,
+    sealed: SealedEpoch,
+    submit: &[String],
+    timeout: Duration,
+) -> Result<Batch, SparkError> {
+    let dir = config.data_dir.join("spark");
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| SparkError::Store(store::Error::io(op, &path, source))
+    };
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(io("create", &dir))?;
+    let job = dir.join("job.py");
+    tokio::fs::write(&job, job_source(&config)?)
+        .await
+        .map_err(io("write", &job))?;
+    let epoch = sealed.epoch;
+    let out = dir.join(format!("epoch-{}", epoch.0));
+    let log = dir.join(format!("epoch-{}.log", epoch.0));
+    let log_file = tokio::fs::File::create(&log)
+        .await
+        .map_err(io("create", &log))?
+        .into_std()
+        .await;
+    let errors = log_file.try_clone().map_err(io("open", &log))?;
+    let (program, leading) = submit.split_first().ok_or_else(|| SparkError::Submit {
+        program: String::new(),
+        source: std::io::Error::other("batch.submit is empty"),
+    })?;
+    let master = config.master.parquet_dir.clone().unwrap_or_default();
+    let mut child = tokio::process::Command::new(program)
+        .args(leading)
+        .arg(&job)
+        .arg("--master")
+        .arg(&master)
+        .args(["--epoch", &epoch.0.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file)
+        .stderr(errors)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SparkError::Submit {
+            program: program.clone(),
+            source,
+        })?;
+    tracing::info!(%epoch, log = %log.display(), "Spark batch run started");
+    let how = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => None,
+        Ok(Ok(status)) => Some(format!("failed ({status})")),
+        Ok(Err(err)) => Some(format!("could not be waited for ({err})")),
+        Err(_) => {
+            child.kill().await.ok();
+            Some(format!(
+                "took longer than batch.spark_timeout ({}) and was killed",
+                crate::config::format_duration(timeout)
+            ))
+        }
+    };
+    if let Some(how) = how {
+        let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+        return Err(SparkError::Run {
+            epoch,
+            how,
+            log,
+            tail,
+        });
+    }
+    let imported = tokio::task::spawn_blocking(move || {
+        let batch = import_batch(&config, epoch, &out);
+        if batch.is_ok() {
+            for done in [out.as_path(), log.as_path()] {
+                let removed = if done.is_dir() {
+                    std::fs::remove_dir_all(done)
+                } else {
+                    std::fs::remove_file(done)
+                };
+                if let Err(err) = removed {
+                    tracing::warn!(path = %done.display(), error = %err, "cannot remove a Spark run's output");
+                }
+            }
+        }
+        batch
+    })
+    .await;
+    imported.unwrap_or_else(|join| {
+        Err(SparkError::Invalid {
+            path: dir,
+            problem: format!("importing the run's output panicked: {join}"),
+        })
+    })
+}
+
+/// [`import`], answering the batch to serve, its indexes built.
+fn import_batch(config: &Config, epoch: Epoch, from: &Path) -> Result<Batch, SparkError> {
+    let (data, _) = read_output(config, epoch, from)?;
+    let meta = write_snapshot(config, epoch, &data)?;
+    let batch =
+        Batch::from_snapshot(&config.views, meta, data).map_err(|problem| SparkError::Invalid {
+            path: from.to_owned(),
+            problem,
+        })?;
+    let states: Vec<&ViewState> = batch.views.iter().collect();
+    if let Some(indexes) = build_indexes(&config.views, &states) {
+        batch.indexes.set(indexes).ok();
+    }
+    Ok(batch)
 }
 
 /// The snapshot the job's output in `from` gives for `epoch`, checked, and

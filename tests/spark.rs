@@ -337,3 +337,69 @@ async fn products(
     }
     (batch, seen)
 }
+
+/// `batch.engine = "spark"`: the daemon exports each sealed epoch to
+/// `master.parquet_dir`, runs the job on it with `batch.submit`, and
+/// serves the imported snapshot; events keep coming during each run, and
+/// merged answers (Spark batch of epochs <= E + speed layer of the later
+/// ones) equal the oracle after each swap.
+#[test]
+fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
+    let Some((submit, python)) = spark_submit() else {
+        common::missing(
+            "PySpark",
+            "no spark-submit in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exported = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "{CONFIG}\n[batch]\nengine = \"spark\"\nsubmit = [\"env\", \"PYSPARK_PYTHON={}\", \"{}\", \"--master\", \"local[2]\", \"--conf\", \"spark.ui.enabled=false\"]\nspark_timeout = \"10m\"\n[master]\nparquet_dir = \"{}\"\n",
+        python.display(),
+        submit.display(),
+        exported.path().display()
+    );
+    let config = common::config(&text, dir.path());
+    let stream = common::workload::dirty(8_000, 31, 40, &["--categories", "4"]);
+    let lines = common::workload::lines(&stream);
+    let parts: Vec<Vec<Vec<u8>>> = lines
+        .chunks(lines.len().div_ceil(4))
+        .map(|part| part.iter().map(|line| line.to_vec()).collect())
+        .collect();
+    let upto = |n: usize| {
+        let lines: Vec<&[u8]> = parts[..n].iter().flatten().map(Vec::as_slice).collect();
+        common::expected(&lines)
+    };
+    let (after_two, after_four) = (upto(2), upto(4));
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("start");
+        handle.ingest_many(parts[0].clone()).await.expect("ingest");
+        // The run of epoch 1 goes on while the second part comes in.
+        let (served, ingested) =
+            tokio::join!(handle.recompute_now(), handle.ingest_many(parts[1].clone()));
+        ingested.expect("ingest");
+        assert_eq!(served.expect("a Spark batch run"), Epoch(1));
+        let (batch, seen) = products(&handle, &after_four).await;
+        assert_eq!(batch, Some(Epoch(1)));
+        assert_eq!(seen, after_two.products, "Spark batch 1 + speed");
+
+        handle.ingest_many(parts[2].clone()).await.expect("ingest");
+        let (served, ingested) =
+            tokio::join!(handle.recompute_now(), handle.ingest_many(parts[3].clone()));
+        ingested.expect("ingest");
+        assert_eq!(served.expect("a Spark batch run"), Epoch(2));
+        let (batch, seen) = products(&handle, &after_four).await;
+        assert_eq!(batch, Some(Epoch(2)));
+        assert_eq!(seen, after_four.products, "Spark batch 2 + speed");
+        handle.stop().await;
+    });
+    // The runs' outputs are removed once imported.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("spark"))
+        .expect("the Spark folder")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left, ["job.py"], "only the job stays");
+}

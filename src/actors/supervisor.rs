@@ -16,7 +16,7 @@ use super::recompute_worker::Pool;
 use super::recorder::{IdIndexReady, Sealed};
 use super::serving::{Serving, SnapshotReady};
 use super::source::SourceHandle;
-use crate::config::Config;
+use crate::config::{BatchEngine, Config};
 use crate::event::Epoch;
 use crate::metrics::Shared;
 use crate::store::{DataPaths, IdIndex, SealedEpoch};
@@ -217,6 +217,35 @@ impl Supervisor {
         let Some(sealed) = self.pending.take() else {
             return;
         };
+        if let BatchEngine::Spark { submit, timeout } = &self.config.batch.engine {
+            // Spark reads the epoch from `master.parquet_dir`: the run waits
+            // for the export that covers it (its end calls this again).
+            if self
+                .exported_upto
+                .is_none_or(|exported| exported < sealed.epoch)
+            {
+                self.pending = Some(sealed);
+                return;
+            }
+            self.running = true;
+            let (config, submit, timeout) = (Arc::clone(&self.config), submit.clone(), *timeout);
+            tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started on Spark");
+            let run = async move {
+                let outcome = crate::spark::run_batch(config, sealed, &submit, timeout)
+                    .await
+                    .map_err(|err| RecomputeFailed {
+                        epoch: sealed.epoch,
+                        reason: crate::error_chain(&err),
+                        retryable: false,
+                    });
+                RunFinished(sealed, RunMode::Full, outcome)
+            };
+            ctx.spawn(
+                run.into_actor(self)
+                    .map(|finished, _, ctx| ctx.notify(finished)),
+            );
+            return;
+        }
         self.running = true;
         // Asked for until a full run succeeds: a failed one does not use it up.
         let mode = if self.full_next {
@@ -399,6 +428,8 @@ impl Handler<ExportFinished> for Supervisor {
         if std::mem::take(&mut self.export_again) {
             self.maybe_export(ctx);
         }
+        // A Spark run waits for its epoch's export.
+        self.maybe_run(ctx);
     }
 }
 

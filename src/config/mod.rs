@@ -154,6 +154,28 @@ pub struct BatchConfig {
     /// (1ms..=366d). Default 1d. The runs between start from the batch cache.
     #[serde(serialize_with = "serialize_duration")]
     pub full_run_every: Duration,
+    /// What carries out the batch runs.
+    #[serde(flatten)]
+    pub engine: BatchEngine,
+}
+
+/// `batch.engine`: what computes the batch views of a sealed epoch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "engine", rename_all = "snake_case")]
+pub enum BatchEngine {
+    /// tandem's own batch run (the default).
+    Native,
+    /// Apache Spark: for each sealed epoch, once `master.parquet_dir` holds
+    /// it, `submit` runs the job `tandem spark-job` writes, and its output
+    /// is imported as the snapshot ([`crate::spark`]).
+    Spark {
+        /// The command line that runs a PySpark program, before the program
+        /// and its arguments: `["spark-submit", "--master", "..."]`.
+        submit: Vec<String>,
+        /// A run still going after this long is killed and fails. Default 1h.
+        #[serde(serialize_with = "serialize_duration")]
+        timeout: Duration,
+    },
 }
 
 /// `[http]`.

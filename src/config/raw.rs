@@ -84,6 +84,9 @@ pub(crate) struct RawBatch {
     pub interval: Option<String>,
     pub keep_snapshots: Option<u64>,
     pub full_run_every: Option<String>,
+    pub engine: Option<String>,
+    pub submit: Option<Vec<String>>,
+    pub spark_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

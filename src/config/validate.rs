@@ -1,11 +1,11 @@
 //! `RawConfig` to `Config`: checks the meaning of every setting and collects
 //! every problem before returning, so one `tandem check` shows them all.
 
-use super::raw::{RawConfig, RawMetric, RawSource, RawToken, RawView};
+use super::raw::{RawBatch, RawConfig, RawMetric, RawSource, RawToken, RawView};
 use super::{
-    BatchConfig, Config, ConfigError, ConfigErrors, DemoSource, EventConfig, HttpConfig,
-    HttpSource, MasterConfig, RabbitmqSource, Role, SourceConfig, SourceKind, SpeedConfig,
-    TlsConfig, TokenFrom, TokenSpec, parse_duration,
+    BatchConfig, BatchEngine, Config, ConfigError, ConfigErrors, DemoSource, EventConfig,
+    HttpConfig, HttpSource, MasterConfig, RabbitmqSource, Role, SourceConfig, SourceKind,
+    SpeedConfig, TlsConfig, TokenFrom, TokenSpec, parse_duration,
 };
 use crate::aggregate::{Agg, MetricSpec, ViewSpec};
 use crate::event::{Need, Schema};
@@ -31,6 +31,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_KEEP_SNAPSHOTS: u64 = 2;
 /// A batch run reads the whole master dataset at least this often.
 const DEFAULT_FULL_RUN_EVERY: Duration = Duration::from_secs(86_400);
+/// How long a Spark run may take by default.
+const DEFAULT_SPARK_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Most snapshots kept: each is a whole copy of the views.
 const MAX_KEEP_SNAPSHOTS: u64 = 100;
 /// How long the API answers 503 after the sources drained on SIGTERM.
@@ -290,6 +292,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         ),
         None => Some(DEFAULT_FULL_RUN_EVERY),
     };
+    let engine = validate_engine(&raw.batch, raw.master.parquet_dir.is_some(), problems);
     let keep_snapshots = problems.range(
         raw.batch.keep_snapshots.unwrap_or(DEFAULT_KEEP_SNAPSHOTS),
         "batch.keep_snapshots",
@@ -407,6 +410,7 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
             interval: interval?,
             keep_snapshots: keep_snapshots? as usize,
             full_run_every: full_run_every?,
+            engine: engine?,
         },
         http: HttpConfig {
             listen: listen?,
@@ -423,6 +427,75 @@ fn validate(raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
         views,
         schema: Arc::new(schema),
     })
+}
+
+/// `batch.engine`, and for Spark its `submit` and `spark_timeout`.
+fn validate_engine(
+    batch: &RawBatch,
+    parquet_dir: bool,
+    problems: &mut Problems,
+) -> Option<BatchEngine> {
+    match batch.engine.as_deref().unwrap_or("native") {
+        "native" => {
+            for (given, key) in [
+                (batch.submit.is_some(), "batch.submit"),
+                (batch.spark_timeout.is_some(), "batch.spark_timeout"),
+            ] {
+                if given {
+                    problems.push(key, "is used only with batch.engine = \"spark\"");
+                }
+            }
+            Some(BatchEngine::Native)
+        }
+        "spark" => {
+            if !parquet_dir {
+                problems.push(
+                    "batch.engine",
+                    "\"spark\" reads the master dataset as Parquet: set master.parquet_dir (shared storage the Spark cluster reads)",
+                );
+            }
+            let submit = match batch.submit.clone() {
+                Some(submit)
+                    if submit
+                        .first()
+                        .is_some_and(|program| !program.trim().is_empty()) =>
+                {
+                    Some(submit)
+                }
+                Some(_) => {
+                    problems.push("batch.submit", "must name a program first, e.g. [\"spark-submit\", \"--master\", \"yarn\"]");
+                    None
+                }
+                None => {
+                    problems.push(
+                        "batch.submit",
+                        "is required with batch.engine = \"spark\": the command that runs a PySpark program, e.g. [\"spark-submit\", \"--master\", \"yarn\"]",
+                    );
+                    None
+                }
+            };
+            let timeout = match batch.spark_timeout.as_deref() {
+                Some(text) => problems.duration(
+                    Some(text),
+                    "batch.spark_timeout",
+                    Duration::from_secs(1),
+                    Duration::from_secs(7 * 86_400),
+                ),
+                None => Some(DEFAULT_SPARK_TIMEOUT),
+            };
+            Some(BatchEngine::Spark {
+                submit: submit?,
+                timeout: timeout?,
+            })
+        }
+        other => {
+            problems.push(
+                "batch.engine",
+                format!("{other:?} is not an engine: use \"native\" or \"spark\""),
+            );
+            None
+        }
+    }
 }
 
 /// One `[[http.token]]`: a role and exactly one of `env` and `file`.

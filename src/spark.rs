@@ -491,17 +491,12 @@ pub fn read_output(
     let mut views = Vec::with_capacity(config.views.len());
     let mut groups = Vec::with_capacity(config.views.len());
     for (at, spec) in config.views.iter().enumerate() {
-        let dir = from.join("views").join(at.to_string());
-        let (state, events, expired) = read_view(spec, &dir, from, at, spec.retention_cutoff(now))?;
-        if events != manifest.counted {
-            return Err(invalid(
-                &dir,
-                format!(
-                    "view {}: its groups hold {events} events, the run counted {}",
-                    spec.name, manifest.counted
-                ),
-            ));
-        }
+        let (state, expired) = read_view(
+            spec,
+            (from, at),
+            manifest.counted,
+            spec.retention_cutoff(now),
+        )?;
         stats.expired += expired;
         groups.push(state.len());
         views.push((
@@ -658,15 +653,16 @@ fn read_bins(dir: &Path) -> Result<Bins, SparkError> {
     Ok(bins)
 }
 
-/// One view's state from its rows (groups before `cutoff` dropped, as
-/// retention drops them), the events its groups hold, and those dropped.
+/// One view's state from the rows of view `view` in `from` (groups before
+/// `cutoff` dropped, as retention drops them), and the events dropped;
+/// its groups must hold the `counted` events.
 fn read_view(
     spec: &ViewSpec,
-    dir: &Path,
-    from: &Path,
-    view: usize,
+    (from, view): (&Path, usize),
+    counted: u64,
     cutoff: Option<i64>,
-) -> Result<(ViewState, u64, u64), SparkError> {
+) -> Result<(ViewState, u64), SparkError> {
+    let dir = &from.join("views").join(view.to_string());
     let mut bins: BTreeMap<usize, Bins> = BTreeMap::new();
     for (at, metric) in spec.metrics.iter().enumerate() {
         if matches!(metric.agg, Agg::Quantile { .. }) {
@@ -841,6 +837,15 @@ fn read_view(
         }
         Ok(())
     })?;
+    if events != counted {
+        return Err(SparkError::Invalid {
+            path: dir.to_owned(),
+            problem: format!(
+                "view {}: its groups hold {events} events, the run counted {counted}",
+                spec.name
+            ),
+        });
+    }
     if let Some((metric, (key, bucket))) = bins
         .iter()
         .find_map(|(metric, bins)| Some((metric, bins.keys().next()?)))
@@ -860,5 +865,5 @@ fn read_view(
         path: dir.to_owned(),
         problem: format!("view {}: {problem}", spec.name),
     })?;
-    Ok((state, events, expired))
+    Ok((state, expired))
 }

@@ -354,3 +354,66 @@ fn the_plan_names_each_token_with_its_role_and_where_it_comes_from() {
         "{plan}"
     );
 }
+
+#[test]
+fn the_spark_engine_needs_its_command_and_the_parquet_master_dataset() {
+    let spark = |extra: &'static str| {
+        move |text: String| {
+            text.replace(
+                "interval = \"60s\"",
+                &format!("interval = \"60s\"\nengine = \"spark\"\n{extra}"),
+            )
+        }
+    };
+    let (code, err) = check_edited(spark(""));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "batch.engine: \"spark\" reads the master dataset as Parquet: set master.parquet_dir"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("batch.submit: is required with batch.engine = \"spark\""),
+        "{err}"
+    );
+    let (code, err) = check_edited(spark("submit = []\nspark_timeout = \"forever\""));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batch.submit: must name a program first"),
+        "{err}"
+    );
+    assert!(
+        err.contains("batch.spark_timeout: \"forever\" is not a duration"),
+        "{err}"
+    );
+    let (code, err) = check_edited(|text| {
+        text.replace(
+            "interval = \"60s\"",
+            "interval = \"60s\"\nengine = \"flink\"",
+        )
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batch.engine: \"flink\" is not an engine: use \"native\" or \"spark\""),
+        "{err}"
+    );
+    let (code, err) = check_edited(|text| {
+        text.replace(
+            "interval = \"60s\"",
+            "interval = \"60s\"\nsubmit = [\"spark-submit\"]",
+        )
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batch.submit: is used only with batch.engine = \"spark\""),
+        "{err}"
+    );
+    let (code, err) = check_edited(|text| {
+        text.replace(
+            "interval = \"60s\"",
+            "interval = \"60s\"\nengine = \"spark\"\nsubmit = [\"spark-submit\", \"--master\", \"yarn\"]",
+        ) + "\n[master]\nparquet_dir = \"/shared/tandem\"\n"
+    });
+    assert_eq!(code, 0, "{err}");
+}

@@ -465,3 +465,60 @@ fn a_parquet_dir_with_a_field_named_like_a_record_column_is_refused() {
     );
     assert!(Config::parse(&CONFIG.replace("\"order_id\"", "\"seq\""), "test.toml").is_ok());
 }
+
+/// Another engine reads tandem's truth from the export alone: DuckDB, with
+/// the batch layer's rules written in SQL as the README writes them (the
+/// files up to the epoch, the first copy of an id by `seq`, records the
+/// rules refuse left out, then the epochs <= E), gives the oracle's
+/// orders and revenue for every product.
+#[test]
+fn duckdb_over_the_export_gives_the_batch_layer_answer() {
+    let Some((_, python)) = common::pyspark() else {
+        common::missing(
+            "DuckDB",
+            "no Python in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
+        );
+        return;
+    };
+    let Recorded {
+        dir: _data,
+        out,
+        config,
+        stream,
+    } = recorded(3_000, 16, 30, 3);
+    export(&config, out.path(), None).expect("export");
+    let query = format!(
+        r#"
+import duckdb, json
+rows = duckdb.sql("""
+WITH first AS (
+  SELECT * FROM read_parquet('{}/*/*.parquet', hive_partitioning = true)
+  WHERE epoch <= 3
+  QUALIFY row_number() OVER (PARTITION BY id_hash ORDER BY seq) = 1
+)
+SELECT product_id, count(*), sum(round(amount * 100))::BIGINT
+FROM first WHERE rejected IS NULL AND stamped_epoch <= 3
+GROUP BY product_id
+""").fetchall()
+print(json.dumps(rows))
+"#,
+        out.path().display()
+    );
+    let ran = std::process::Command::new(python)
+        .args(["-c", &query])
+        .output()
+        .expect("python runs");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let rows: Vec<(String, u64, i64)> =
+        serde_json::from_slice(&ran.stdout).expect("DuckDB's rows as JSON");
+    let products: BTreeMap<String, (u64, i64)> = rows
+        .into_iter()
+        .map(|(product, orders, cents)| (product, (orders, cents)))
+        .collect();
+    let lines = common::workload::lines(&stream);
+    assert_eq!(products, common::expected(&lines).products);
+}

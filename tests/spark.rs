@@ -101,23 +101,10 @@ fn edge_values() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// `spark-submit` of the PySpark that `scripts/services` installs
-/// (`TANDEM_PYSPARK_VENV`, default `~/.cache/tandem/pyspark`).
-fn spark_submit() -> Option<(PathBuf, PathBuf)> {
-    let venv = std::env::var_os("TANDEM_PYSPARK_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tandem/pyspark"))
-        })?;
-    let submit = venv.join("bin/spark-submit");
-    let python = venv.join("bin/python");
-    (submit.exists() && python.exists()).then_some((submit, python))
-}
-
 /// Runs the job for `epoch` in `local[2]`; false when PySpark is missing
 /// (and the test may skip).
 fn run_job(config: &Config, master: &Path, epoch: u64, out: &Path) -> bool {
-    let Some((submit, python)) = spark_submit() else {
+    let Some((submit, python)) = common::pyspark() else {
         common::missing(
             "PySpark",
             "no spark-submit in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
@@ -253,6 +240,8 @@ fn a_spark_batch_is_the_native_batch_byte_for_byte_and_serves_with_the_speed_lay
         "exact {exact}, coupon sets {coupons}, register arrays {registers}, DDSketches {bins}"
     );
 
+    refuses_what_does_not_check_out(&config, dir.path(), &out);
+
     // Served: the Spark batch replaces the native one, then the speed layer
     // counts what comes after; merged answers equal the oracle throughout.
     tandem::spark::import(&config, Epoch(3), &out).expect("import");
@@ -345,7 +334,7 @@ async fn products(
 /// ones) equal the oracle after each swap.
 #[test]
 fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
-    let Some((submit, python)) = spark_submit() else {
+    let Some((submit, python)) = common::pyspark() else {
         common::missing(
             "PySpark",
             "no spark-submit in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
@@ -402,4 +391,105 @@ fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
         .map(|entry| entry.expect("an entry").file_name())
         .collect();
     assert_eq!(left, ["job.py"], "only the job stays");
+}
+
+/// The import refuses, by name, an output that does not check out against
+/// the master dataset and the config; the output itself is left as it was.
+fn refuses_what_does_not_check_out(config: &Config, data: &Path, out: &Path) {
+    let refused = |config: &Config, epoch: u64, out: &Path| match tandem::spark::read_output(
+        config,
+        Epoch(epoch),
+        out,
+    ) {
+        Ok(_) => panic!("imported"),
+        Err(err) => err.to_string(),
+    };
+    let err = refused(config, 2, out);
+    assert!(err.contains("the run covers epoch 3, not 2"), "{err}");
+    let err = refused(config, 9, out);
+    assert!(err.contains("epoch 9 is not sealed"), "{err}");
+    let changed = common::config(&CONFIG.replace("q = 0.9", "q = 0.95"), data);
+    let err = refused(&changed, 3, out);
+    assert!(err.contains("its fingerprint differs"), "{err}");
+
+    let broken = tempfile::tempdir().expect("tempdir");
+    let copy = broken.path().join("batch");
+    common::copy_dir(out, &copy);
+    let manifest = common::files_ending(&copy.join("manifest"), "txt");
+    let text = std::fs::read_to_string(&manifest[0]).expect("the manifest");
+    let rows: serde_json::Value = serde_json::from_str(&text).expect("a manifest");
+    let fewer = text.replace(
+        &format!("\"rows\": {}", rows["rows"]),
+        &format!("\"rows\": {}", rows["rows"].as_u64().expect("rows") - 1),
+    );
+    assert_ne!(fewer, text);
+    std::fs::write(&manifest[0], &fewer).expect("write");
+    let err = refused(config, 3, &copy);
+    assert!(err.contains("the export it read is incomplete"), "{err}");
+    std::fs::write(&manifest[0], &text).expect("write");
+
+    let part = common::files_ending(&copy.join("views/0"), "parquet");
+    std::fs::remove_file(&part[0]).expect("remove a part");
+    let err = refused(config, 3, &copy);
+    assert!(
+        err.contains("view by_product: its groups hold") && err.contains("the run counted"),
+        "{err}"
+    );
+
+    std::fs::remove_dir_all(copy.join("manifest")).expect("remove the manifest");
+    let err = refused(config, 3, &copy);
+    assert!(
+        err.contains("no manifest: the Spark run did not finish"),
+        "{err}"
+    );
+}
+
+/// A Spark run that fails is named, with its log's last lines; the
+/// snapshot served before stays served, and answers stay exact.
+#[test]
+fn a_failed_spark_run_is_named_and_the_last_snapshot_stays_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exported = tempfile::tempdir().expect("tempdir");
+    let native = common::config(CONFIG, dir.path());
+    let failing = common::config(
+        &format!(
+            "{CONFIG}\n[batch]\nengine = \"spark\"\nsubmit = [\"sh\", \"-c\", \"echo no cluster here >&2; exit 3\", \"submit\"]\n[master]\nparquet_dir = \"{}\"\n",
+            exported.path().display()
+        ),
+        dir.path(),
+    );
+    let stream = common::workload::dirty(2_000, 41, 20, &[]);
+    let lines = common::workload::lines(&stream);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let owned = |part: &[&[u8]]| part.iter().map(|line| line.to_vec()).collect::<Vec<_>>();
+    let (first, second) = (owned(first), owned(second));
+    let oracle = common::expected(&lines);
+    actix::System::new().block_on(async move {
+        let handle = tandem::start(native, Options::manual_epochs())
+            .await
+            .expect("start");
+        handle.ingest_many(first).await.expect("ingest");
+        handle.recompute_now().await.expect("a native batch run");
+        handle.stop().await;
+
+        let handle = tandem::start(failing, Options::manual_epochs())
+            .await
+            .expect("start");
+        handle.ingest_many(second).await.expect("ingest");
+        let failed = handle
+            .recompute_now()
+            .await
+            .expect_err("the Spark run fails");
+        assert!(
+            failed
+                .reason
+                .contains("the Spark run of epoch 2 failed (exit status: 3)")
+                && failed.reason.contains("no cluster here"),
+            "{failed}"
+        );
+        let (batch, seen) = products(&handle, &oracle).await;
+        assert_eq!(batch, Some(Epoch(1)), "the native snapshot stays served");
+        assert_eq!(seen, oracle.products);
+        handle.stop().await;
+    });
 }

@@ -792,6 +792,21 @@ pub fn scrape(base: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// `spark-submit` and the Python of the virtualenv `scripts/services`
+/// installs PySpark and DuckDB in (`TANDEM_PYSPARK_VENV`, default
+/// `~/.cache/tandem/pyspark`).
+pub fn pyspark() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let venv = std::env::var_os("TANDEM_PYSPARK_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| std::path::PathBuf::from(home).join(".cache/tandem/pyspark"))
+        })?;
+    let submit = venv.join("bin/spark-submit");
+    let python = venv.join("bin/python");
+    (submit.exists() && python.exists()).then_some((submit, python))
+}
+
 /// What a test needs from the machine is missing: the test fails, naming it,
 /// unless the user asked to skip such tests with `TANDEM_SKIP_SERVICES=1`
 /// (then this says so loudly and returns, and the caller skips its checks).

@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tandem::actors::recompute::SnapshotData;
 use tandem::aggregate::{Body, MetricState, Quantiles};

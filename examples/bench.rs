@@ -36,7 +36,15 @@
 //!   `duckdb_recompute_eps` for the by-product view when `duckdb` is installed
 //!   for python3 (`bench/duckdb_reference.py`);
 //! - `restart`: `restart_s`, from process start to ready on a data_dir whose
-//!   snapshot covers all but the last tenth of the events.
+//!   snapshot covers all but the last tenth of the events;
+//! - `spark` (not in `--quick`): on a master dataset of its own (2 M events),
+//!   `export_eps` and `export_mib_s` (`tandem export`, in process),
+//!   `spark_batch_s` (the job of `tandem spark-job` by `spark-submit` in
+//!   `local[2]`, 6 GiB for the driver), `spark_import_s` (reading and
+//!   checking its output), `native_batch_s` (a full native run, in a child)
+//!   and `duckdb_batch_s` (DuckDB's first-copy query of the three views'
+//!   counts and sums over the same Parquet files), all in the same run;
+//!   PySpark and DuckDB from the virtualenv `scripts/services` installs.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -81,6 +89,8 @@ struct Sizes {
     query_feed: usize,
     freshness: usize,
     recompute: usize,
+    /// Events of the Spark comparison's master dataset (0: not run).
+    spark: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -93,6 +103,7 @@ const FULL: Sizes = Sizes {
     query_feed: 1_500_000,
     freshness: 200,
     recompute: 10_000_000,
+    spark: 2_000_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -105,9 +116,10 @@ const QUICK: Sizes = Sizes {
     query_feed: 2_000,
     freshness: 10,
     recompute: 30_000,
+    spark: 0,
 };
 
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "ingest",
     "rabbitmq",
     "http_ingest",
@@ -115,6 +127,7 @@ const GROUPS: [&str; 7] = [
     "freshness",
     "recompute",
     "restart",
+    "spark",
 ];
 
 /// Events per push in process, and per HTTP request.
@@ -1112,6 +1125,179 @@ fn bench_restart(results: &mut Results, master: &Path, tail: u64) -> Result<(), 
     Ok(())
 }
 
+/// A sealed master dataset for the batch figures.
+struct Master {
+    dir: PathBuf,
+    /// The first seal (a snapshot covers it) and the last.
+    first: SealedEpoch,
+    sealed: SealedEpoch,
+    /// The generated events, as JSON lines.
+    file: PathBuf,
+    /// Removed at the end, unless the dataset is kept.
+    _scratch: tempfile::TempDir,
+}
+
+/// The master dataset of `n` events, built (or, when kept under
+/// `$TANDEM_BENCH_DIR`, found from an earlier run) with a snapshot of its
+/// first epoch.
+fn prepare_master(args: &Args, n: usize) -> Result<Master, BoxError> {
+    let scratch = tempfile::tempdir_in(&args.dir)?;
+    let dir = if args.keep {
+        args.dir
+            .join(format!("tandem-bench-master-{n}-{}", &stream_day().2[..10]))
+    } else {
+        scratch.path().to_path_buf()
+    };
+    let built = dir.join("built");
+    let started = Instant::now();
+    let file = dir.join("events.jsonl");
+    if !built.exists() {
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir)?;
+        build_master(&dir, n)?;
+        child("snapshot", &dir, false)?;
+        std::fs::write(&built, "")?;
+    }
+    keep_first_snapshot(&dir)?;
+    let seals = EpochIndex::open(&DataPaths::new(&dir))?;
+    let (Some(first), Some(sealed)) = (seals.entries().first().copied(), seals.last().copied())
+    else {
+        return Err(format!("{} has no sealed epochs: remove it", dir.display()).into());
+    };
+    println!(
+        "master dataset: {} records ({} after the snapshot), ready in {:.1} s",
+        sealed.next_seq.0,
+        sealed.next_seq.0 - first.next_seq.0,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Master {
+        dir,
+        first,
+        sealed,
+        file,
+        _scratch: scratch,
+    })
+}
+
+/// The Spark figures and their references, on one master dataset in one run.
+fn bench_spark(results: &mut Results, master: &Master) -> Result<(), BoxError> {
+    let venv = std::env::var_os("TANDEM_PYSPARK_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tandem/pyspark"))
+        })
+        .ok_or("no HOME")?;
+    let (submit, python) = (venv.join("bin/spark-submit"), venv.join("bin/python"));
+    if !submit.exists() || !python.exists() {
+        println!(
+            "spark: not run (no PySpark in {}; bash scripts/services installs it)",
+            venv.display()
+        );
+        return Ok(());
+    }
+    let config = config("", &master.dir)?;
+    let records = master.sealed.next_seq.0 as f64;
+    let scratch = tempfile::tempdir_in(master.dir.parent().unwrap_or(&master.dir))?;
+    let exported = scratch.path().join("export");
+
+    let started = Instant::now();
+    tandem::export::export(&config, &exported, Some(master.sealed.epoch))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes: u64 = walk_bytes(&exported)?;
+    results.record("export_eps", records / seconds, "events/s");
+    results.record(
+        "export_mib_s",
+        bytes as f64 / (1 << 20) as f64 / seconds,
+        "MiB/s",
+    );
+
+    let job = scratch.path().join("job.py");
+    std::fs::write(&job, tandem::spark::job_source(&config)?)?;
+    let out = scratch.path().join("batch");
+    let started = Instant::now();
+    let ran = Command::new(&submit)
+        .args([
+            "--master",
+            "local[2]",
+            "--driver-memory",
+            "6g",
+            "--conf",
+            "spark.ui.enabled=false",
+        ])
+        .arg(&job)
+        .arg("--master")
+        .arg(&exported)
+        .args(["--epoch", &master.sealed.epoch.0.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .env("PYSPARK_PYTHON", &python)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !ran.success() {
+        return Err("the Spark job failed (run it by hand to see its log)".into());
+    }
+    results.record("spark_batch_s", started.elapsed().as_secs_f64(), "s");
+    let started = Instant::now();
+    let (imported, _) = tandem::spark::read_output(&config, master.sealed.epoch, &out)?;
+    results.record("spark_import_s", started.elapsed().as_secs_f64(), "s");
+
+    let (line, _) = child("recompute", &master.dir, false)?;
+    keep_first_snapshot(&master.dir)?;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let [seconds, _, counted] = fields[..] else {
+        return Err(format!("unexpected recompute output {line:?}").into());
+    };
+    if counted as u64 != imported.stats.counted {
+        return Err(format!(
+            "Spark counted {}, the native run {counted}",
+            imported.stats.counted
+        )
+        .into());
+    }
+    results.record("native_batch_s", seconds, "s");
+
+    let query = format!(
+        r#"
+import duckdb, time
+started = time.perf_counter()
+con = duckdb.connect()
+con.sql("""CREATE TEMP TABLE counted AS
+  SELECT * FROM read_parquet('{}/*/*.parquet', hive_partitioning = true)
+  QUALIFY row_number() OVER (PARTITION BY id_hash ORDER BY seq) = 1""")
+for key, width in (("product_id", 60000), ("category", 300000), ("country", 3600000)):
+    con.sql(f"""SELECT {{key}}, event_ms - event_ms % {{width}} AS bucket, count(*), sum(amount)
+      FROM counted WHERE rejected IS NULL GROUP BY ALL""").fetchall()
+print(time.perf_counter() - started)
+"#,
+        exported.display()
+    );
+    let ran = Command::new(&python).args(["-c", &query]).output()?;
+    let seconds: f64 = String::from_utf8_lossy(&ran.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| format!("DuckDB: {}", String::from_utf8_lossy(&ran.stderr)))?;
+    results.record("duckdb_batch_s", seconds, "s");
+    Ok(())
+}
+
+/// The bytes of every file under `dir`.
+fn walk_bytes(dir: &Path) -> Result<u64, BoxError> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        bytes += if entry.file_type()?.is_dir() {
+            walk_bytes(&entry.path())?
+        } else {
+            entry.metadata()?.len()
+        };
+    }
+    Ok(bytes)
+}
+
 fn main() -> Result<(), BoxError> {
     let mut raw = std::env::args().skip(1);
     if raw.next().as_deref() == Some("--child") {
@@ -1141,40 +1327,12 @@ fn main() -> Result<(), BoxError> {
         Vec::new()
     };
     let master = if wants("recompute") || wants("restart") {
-        // Kept in the bench dir for the next run when `keep`, like the events.
-        let scratch = tempfile::tempdir_in(&args.dir)?;
-        let dir = if args.keep {
-            args.dir.join(format!(
-                "tandem-bench-master-{}-{}",
-                sizes.recompute,
-                &stream_day().2[..10]
-            ))
-        } else {
-            scratch.path().to_path_buf()
-        };
-        let built = dir.join("built");
-        let started = Instant::now();
-        let file = dir.join("events.jsonl");
-        if !built.exists() {
-            std::fs::remove_dir_all(&dir).ok();
-            std::fs::create_dir_all(&dir)?;
-            build_master(&dir, sizes.recompute)?;
-            child("snapshot", &dir, false)?;
-            std::fs::write(&built, "")?;
-        }
-        keep_first_snapshot(&dir)?;
-        let seals = EpochIndex::open(&DataPaths::new(&dir))?;
-        let (Some(first), Some(sealed)) = (seals.entries().first().copied(), seals.last().copied())
-        else {
-            return Err(format!("{} has no sealed epochs: remove it", dir.display()).into());
-        };
-        println!(
-            "master dataset: {} records ({} after the snapshot), ready in {:.1} s",
-            sealed.next_seq.0,
-            sealed.next_seq.0 - first.next_seq.0,
-            started.elapsed().as_secs_f64()
-        );
-        Some((dir, first, sealed, file, scratch))
+        Some(prepare_master(&args, sizes.recompute)?)
+    } else {
+        None
+    };
+    let spark_master = if wants("spark") && sizes.spark > 0 {
+        Some(prepare_master(&args, sizes.spark)?)
     } else {
         None
     };
@@ -1219,13 +1377,18 @@ fn main() -> Result<(), BoxError> {
         if wants("freshness") {
             system.block_on(bench_freshness(&mut results, &args.dir, sizes.freshness))?;
         }
-        if let Some((dir, first, sealed, file, _)) = &master {
+        if let Some(master) = &master {
+            let records = master.sealed.next_seq.0;
             if wants("recompute") {
-                bench_recompute(&mut results, dir, file, sealed.next_seq.0)?;
+                bench_recompute(&mut results, &master.dir, &master.file, records)?;
             }
             if wants("restart") {
-                bench_restart(&mut results, dir, sealed.next_seq.0 - first.next_seq.0)?;
+                let tail = records - master.first.next_seq.0;
+                bench_restart(&mut results, &master.dir, tail)?;
             }
+        }
+        if let Some(master) = &spark_master {
+            bench_spark(&mut results, master)?;
         }
     }
     results.table();

@@ -284,10 +284,10 @@ fn write_snapshot(
     )?)
 }
 
-/// The daemon's batch run of `sealed` on Spark: writes the job under
-/// `data_dir/spark/`, runs `submit` on it (its output to
-/// `data_dir/spark/epoch-E.log`), kills it after `timeout`, and imports its
-/// output as the snapshot, answering the batch to serve (its indexes
+/// The daemon's batch run of `sealed` on Spark: writes the job under `dir`
+/// (`batch.spark_dir`), runs `submit` on it (its output to
+/// `dir/epoch-E`, its log to `dir/epoch-E.log`), kills it after `timeout`,
+/// and imports its output as the snapshot, answering the batch to serve (its indexes
 /// built). The output is removed once imported; a failed run's stays until
 /// the next run of that epoch.
 ///
@@ -297,10 +297,10 @@ fn write_snapshot(
 pub async fn run_batch(
     config: Arc<Config>,
     sealed: SealedEpoch,
-    submit: &[String],
+    (submit, dir): (&[String], &Path),
     timeout: Duration,
 ) -> Result<Batch, SparkError> {
-    let dir = config.data_dir.join("spark");
+    let dir = dir.to_owned();
     let io = |op: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| SparkError::Store(store::Error::io(op, &path, source))

@@ -409,11 +409,24 @@ fn the_spark_engine_needs_its_command_and_the_parquet_master_dataset() {
         err.contains("batch.submit: is used only with batch.engine = \"spark\""),
         "{err}"
     );
-    let (code, err) = check_edited(|text| {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spark.toml");
+    let text = std::fs::read_to_string(shipped()).expect("read shipped config");
+    std::fs::write(
+        &path,
         text.replace(
             "interval = \"60s\"",
-            "interval = \"60s\"\nengine = \"spark\"\nsubmit = [\"spark-submit\", \"--master\", \"yarn\"]",
-        ) + "\n[master]\nparquet_dir = \"/shared/tandem\"\n"
-    });
-    assert_eq!(code, 0, "{err}");
+            "interval = \"60s\"\nengine = \"spark\"\nsubmit = [\"spark-submit\", \"--master\", \"yarn\"]\nspark_dir = \"/shared/batch\"",
+        ) + "\n[master]\nparquet_dir = \"/shared/tandem\"\n",
+    )
+    .expect("write config");
+    let out = tandem_check(&path);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{plan}");
+    assert!(
+        plan.contains(
+            "on Spark: spark-submit --master yarn JOB (in /shared/batch), killed after 1h"
+        ),
+        "{plan}"
+    );
 }

@@ -217,7 +217,12 @@ impl Supervisor {
         let Some(sealed) = self.pending.take() else {
             return;
         };
-        if let BatchEngine::Spark { submit, timeout } = &self.config.batch.engine {
+        if let BatchEngine::Spark {
+            submit,
+            timeout,
+            dir,
+        } = &self.config.batch.engine
+        {
             // Spark reads the epoch from `master.parquet_dir`: the run waits
             // for the export that covers it (its end calls this again).
             if self
@@ -229,9 +234,12 @@ impl Supervisor {
             }
             self.running = true;
             let (config, submit, timeout) = (Arc::clone(&self.config), submit.clone(), *timeout);
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| self.config.data_dir.join("spark"));
             tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started on Spark");
             let run = async move {
-                let outcome = crate::spark::run_batch(config, sealed, &submit, timeout)
+                let outcome = crate::spark::run_batch(config, sealed, (&submit, &dir), timeout)
                     .await
                     .map_err(|err| RecomputeFailed {
                         epoch: sealed.epoch,

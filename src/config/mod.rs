@@ -175,6 +175,10 @@ pub enum BatchEngine {
         /// A run still going after this long is killed and fails. Default 1h.
         #[serde(serialize_with = "serialize_duration")]
         timeout: Duration,
+        /// Where the job, its output and its log go: storage the cluster
+        /// writes and tandem reads. Default `<data_dir>/spark`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dir: Option<PathBuf>,
     },
 }
 

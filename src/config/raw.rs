@@ -87,6 +87,7 @@ pub(crate) struct RawBatch {
     pub engine: Option<String>,
     pub submit: Option<Vec<String>>,
     pub spark_timeout: Option<String>,
+    pub spark_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -440,6 +440,7 @@ fn validate_engine(
             for (given, key) in [
                 (batch.submit.is_some(), "batch.submit"),
                 (batch.spark_timeout.is_some(), "batch.spark_timeout"),
+                (batch.spark_dir.is_some(), "batch.spark_dir"),
             ] {
                 if given {
                     problems.push(key, "is used only with batch.engine = \"spark\"");
@@ -483,9 +484,17 @@ fn validate_engine(
                 ),
                 None => Some(DEFAULT_SPARK_TIMEOUT),
             };
+            let dir = match batch.spark_dir.as_deref() {
+                Some(dir) if dir.trim().is_empty() => {
+                    problems.push("batch.spark_dir", "cannot be empty");
+                    return None;
+                }
+                dir => dir.map(PathBuf::from),
+            };
             Some(BatchEngine::Spark {
                 submit: submit?,
                 timeout: timeout?,
+                dir,
             })
         }
         other => {

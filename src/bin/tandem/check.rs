@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use tandem::Config;
 use tandem::aggregate::Agg;
-use tandem::config::{SourceKind, TokenFrom, format_duration};
+use tandem::config::{BatchEngine, SourceKind, TokenFrom, format_duration};
 use tandem::event::Need;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -103,6 +103,21 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
         config.batch.keep_snapshots,
         format_duration(config.batch.full_run_every)
     );
+    if let BatchEngine::Spark {
+        submit,
+        timeout,
+        dir,
+    } = &config.batch.engine
+    {
+        say!(
+            "  on Spark: {} JOB (in {}), killed after {}",
+            submit.join(" "),
+            dir.as_ref()
+                .map_or_else(|| config.data_dir.join("spark"), Clone::clone)
+                .display(),
+            format_duration(*timeout)
+        );
+    }
     let tokens: Vec<String> = config
         .http
         .tokens

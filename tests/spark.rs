@@ -16,7 +16,7 @@ use tandem::actors::recompute::SnapshotData;
 use tandem::aggregate::{Body, MetricState, Quantiles};
 use tandem::event::Epoch;
 use tandem::store::{self, DataPaths};
-use tandem::{Config, Options, Query, Question};
+use tandem::{Config, Layer, Options, Query, Question};
 
 /// Every aggregation, in a view of small groups (exact forms) and in views
 /// of few large groups (sketches: HLL coupon sets and register arrays,
@@ -303,13 +303,21 @@ async fn products(
     handle: &tandem::Handle,
     oracle: &common::Expected,
 ) -> (Option<Epoch>, BTreeMap<String, (u64, i64)>) {
+    layer_products(handle, oracle, Layer::Merged).await
+}
+
+/// As [`products`], from one layer.
+async fn layer_products(
+    handle: &tandem::Handle,
+    oracle: &common::Expected,
+    layer: Layer,
+) -> (Option<Epoch>, BTreeMap<String, (u64, i64)>) {
     let mut seen = BTreeMap::new();
     let mut batch = None;
     for product in oracle.products.keys() {
-        let answer = handle
-            .query(Query::new("by_product", Question::Key(product.clone())))
-            .await
-            .expect("a key query");
+        let mut query = Query::new("by_product", Question::Key(product.clone()));
+        query.layer = layer;
+        let answer = handle.query(query).await.expect("a key query");
         batch = answer.as_of.batch_epoch;
         let Body::Metrics(metrics) = answer.body else {
             panic!("a key's answer is metrics")
@@ -374,6 +382,7 @@ fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
         let (batch, seen) = products(&handle, &after_four).await;
         assert_eq!(batch, Some(Epoch(1)));
         assert_eq!(seen, after_two.products, "Spark batch 1 + speed");
+        assert_parts_add_up(&handle, &after_four).await;
 
         handle.ingest_many(parts[2].clone()).await.expect("ingest");
         let (served, ingested) =
@@ -383,6 +392,7 @@ fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
         let (batch, seen) = products(&handle, &after_four).await;
         assert_eq!(batch, Some(Epoch(2)));
         assert_eq!(seen, after_four.products, "Spark batch 2 + speed");
+        assert_parts_add_up(&handle, &after_four).await;
         handle.stop().await;
     });
     // The runs' outputs are removed once imported.
@@ -492,4 +502,20 @@ fn a_failed_spark_run_is_named_and_the_last_snapshot_stays_served() {
         assert_eq!(seen, oracle.products);
         handle.stop().await;
     });
+}
+
+/// Per product, the batch layer's part plus the speed layer's is the
+/// merged answer.
+async fn assert_parts_add_up(handle: &tandem::Handle, oracle: &common::Expected) {
+    let (_, merged) = layer_products(handle, oracle, Layer::Merged).await;
+    let (_, batch) = layer_products(handle, oracle, Layer::Batch).await;
+    let (_, speed) = layer_products(handle, oracle, Layer::Speed).await;
+    assert!(!batch.is_empty() && !speed.is_empty());
+    let mut added = batch;
+    for (product, (orders, cents)) in speed {
+        let entry = added.entry(product).or_default();
+        entry.0 += orders;
+        entry.1 += cents;
+    }
+    assert_eq!(added, merged, "batch part + speed part = merged");
 }

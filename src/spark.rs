@@ -112,14 +112,9 @@ struct Manifest {
     duplicates: u64,
     invalid: u64,
     counted: u64,
-    views: Vec<ManifestView>,
+    /// The views computed, by name, in config order.
+    views: Vec<String>,
     took_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ManifestView {
-    name: String,
-    quantile_metrics: Vec<usize>,
 }
 
 /// The description of the views the job is generated with.
@@ -288,8 +283,8 @@ fn write_snapshot(
 /// (`batch.spark_dir`), runs `submit` on it (its output to
 /// `dir/epoch-E`, its log to `dir/epoch-E.log`), kills it after `timeout`,
 /// and imports its output as the snapshot, answering the batch to serve (its indexes
-/// built). The output is removed once imported; a failed run's stays until
-/// the next run of that epoch.
+/// built). The outputs and logs of this epoch and earlier ones are removed
+/// once it is imported; a failed run's stay until a later run succeeds.
 ///
 /// # Errors
 /// The run could not start, failed or timed out (named with its log's last
@@ -370,19 +365,11 @@ pub async fn run_batch(
             tail,
         });
     }
+    let spark_dir = dir.clone();
     let imported = tokio::task::spawn_blocking(move || {
         let batch = import_batch(&config, epoch, &out);
         if batch.is_ok() {
-            for done in [out.as_path(), log.as_path()] {
-                let removed = if done.is_dir() {
-                    std::fs::remove_dir_all(done)
-                } else {
-                    std::fs::remove_file(done)
-                };
-                if let Err(err) = removed {
-                    tracing::warn!(path = %done.display(), error = %err, "cannot remove a Spark run's output");
-                }
-            }
+            remove_outputs(&spark_dir, epoch);
         }
         batch
     })
@@ -393,6 +380,33 @@ pub async fn run_batch(
             problem: format!("importing the run's output panicked: {join}"),
         })
     })
+}
+
+/// Removes the outputs and logs of the runs of `epoch` and earlier from
+/// `dir` (a failed run's are kept until a later run succeeds).
+fn remove_outputs(dir: &Path, epoch: Epoch) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let of = name
+            .strip_prefix("epoch-")
+            .map(|rest| rest.trim_end_matches(".log"))
+            .and_then(|number| number.parse::<u64>().ok());
+        if of.is_none_or(|of| of > epoch.0) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(err) = removed {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove a Spark run's output");
+        }
+    }
 }
 
 /// [`import`], answering the batch to serve, its indexes built.
@@ -468,13 +482,9 @@ pub fn read_output(
             ),
         ));
     }
-    let names: Vec<&str> = manifest
-        .views
-        .iter()
-        .map(|view| view.name.as_str())
-        .collect();
+    let names = &manifest.views;
     let configured: Vec<&str> = config.views.iter().map(|view| view.name.as_str()).collect();
-    if names != configured {
+    if *names != configured {
         return Err(invalid(
             &manifest_path,
             format!("the run computed views {names:?}, the config has {configured:?}"),

@@ -80,7 +80,8 @@ def view_groups(valid, view):
             aggregates.append(F.collect_list(column).alias(f"m{at}_values"))
             aggregates.append(F.min(column).alias(f"m{at}_min"))
             aggregates.append(F.max(column).alias(f"m{at}_max"))
-    groups = rows.groupBy("key", "bucket").agg(*aggregates)
+    # Written, and read again for the groups whose quantiles are binned.
+    groups = rows.groupBy("key", "bucket").agg(*aggregates).persist()
     # The exact forms while small, the sketches beyond.
     for at, metric in enumerate(view["metrics"]):
         if metric["agg"] == "distinct":
@@ -117,6 +118,16 @@ def main():
     spark = SparkSession.builder.appName(f"tandem batch, epoch {args.epoch}").getOrCreate()
     # The one codec tandem reads (its parquet build has zstd alone).
     spark.conf.set("spark.sql.parquet.compression.codec", "zstd")
+    # Unless the command line says otherwise: four shuffle partitions per
+    # core the job has (Spark's 200 cost a small cluster more in tasks and
+    # files than they save), and hash aggregation of the groups' lists up to
+    # a million groups a task before Spark falls back to sorting them.
+    given = spark.sparkContext.getConf()
+    if not given.contains("spark.sql.shuffle.partitions"):
+        partitions = 4 * spark.sparkContext.defaultParallelism
+        spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    if not given.contains("spark.sql.objectHashAggregate.sortBased.fallbackThreshold"):
+        spark.conf.set("spark.sql.objectHashAggregate.sortBased.fallbackThreshold", "1000000")
 
     # The manifest goes first and comes back last: an output without one is
     # a run that did not finish.
@@ -158,7 +169,7 @@ def main():
         groups.write.mode("overwrite").parquet(f"{args.out}/views/{at}")
         for metric, table in bins.items():
             table.write.mode("overwrite").parquet(f"{args.out}/bins/{at}/{metric}")
-        views.append({"name": view["name"], "quantile_metrics": sorted(bins)})
+        views.append(view["name"])
     first.select("id_hash", "seq").write.mode("overwrite").parquet(f"{args.out}/ids")
 
     manifest = {

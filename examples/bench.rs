@@ -51,6 +51,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../tests/common/proc_status.rs"]
 mod proc_status;
+#[path = "../tests/common/pyspark.rs"]
+mod pyspark;
 #[path = "../tests/common/workload.rs"]
 mod workload;
 
@@ -1181,20 +1183,12 @@ fn prepare_master(args: &Args, n: usize) -> Result<Master, BoxError> {
 
 /// The Spark figures and their references, on one master dataset in one run.
 fn bench_spark(results: &mut Results, master: &Master) -> Result<(), BoxError> {
-    let venv = std::env::var_os("TANDEM_PYSPARK_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tandem/pyspark"))
-        })
-        .ok_or("no HOME")?;
-    let (submit, python) = (venv.join("bin/spark-submit"), venv.join("bin/python"));
-    if !submit.exists() || !python.exists() {
+    let Some((submit, python)) = pyspark::venv() else {
         println!(
-            "spark: not run (no PySpark in {}; bash scripts/services installs it)",
-            venv.display()
+            "spark: not run (no PySpark in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark; bash scripts/services installs it)"
         );
         return Ok(());
-    }
+    };
     let config = config("", &master.dir)?;
     let records = master.sealed.next_seq.0 as f64;
     let scratch = tempfile::tempdir_in(master.dir.parent().unwrap_or(&master.dir))?;

@@ -48,6 +48,12 @@ const ROWS_KEY: &str = "tandem.rows";
 /// The key of the file metadata entry holding the column names, comma
 /// separated: a file of other columns (the views changed) is written again.
 const COLUMNS_KEY: &str = "tandem.columns";
+/// The key of the file metadata entry holding the fingerprint of the rules
+/// the rows were read with (the event schema and this layout): a file read
+/// under other rules (another time field, other checks) is written again.
+const RULES_KEY: &str = "tandem.rules";
+/// The layout of the files: a change makes every file be written again.
+const LAYOUT: u32 = 2;
 /// Rows buffered before they are written as one row group.
 const ROW_GROUP_ROWS: usize = 131_072;
 /// The columns every export has, before the fields'.
@@ -92,6 +98,13 @@ pub enum ExportError {
     /// was writing are left to the next export.
     #[error("stopped before it finished")]
     Stopped,
+    /// An epoch's file is missing, cut, of other columns or event rules, or
+    /// of another record count than its stretch of the log.
+    #[error("{}: not the whole export of its epoch under this config (missing, cut, or written under other columns or event rules): export again", path.display())]
+    NotWhole {
+        /// The file.
+        path: PathBuf,
+    },
     /// `--upto-epoch` names an epoch that is not sealed.
     #[error("epoch {asked} is not sealed (the newest sealed epoch is {newest})")]
     NotSealed {
@@ -164,7 +177,7 @@ pub fn export_until(
         if after.is_some_and(|after| sealed.epoch <= after) {
             continue;
         }
-        match rows_of_whole_file(&epoch_file(out, sealed.epoch), &columns) {
+        match rows_of_whole_file(out, &epochs, at, &columns) {
             Some(rows) => exported.skipped.push((sealed.epoch, rows)),
             None => todo.push(at),
         }
@@ -172,11 +185,10 @@ pub fn export_until(
     let (Some(&first), Some(&last)) = (todo.first(), todo.last()) else {
         return Ok(exported);
     };
-    // Records with a seq below the `later_from` of the epoch before the
-    // first one to write belong to earlier epochs: the scan starts there.
+    // The first file to write starts where the seal before it ended.
     let from = first
         .checked_sub(1)
-        .map_or(Seq(0), |before| epochs[before].later_from);
+        .map_or(Seq(0), |before| epochs[before].next_seq);
     let mut writing = Writing {
         config,
         columns: &columns,
@@ -276,11 +288,57 @@ impl Writing<'_> {
     }
 }
 
-/// The rows of an epoch's file when it is whole and of these columns: its
-/// footer reads, and holds the row count and the columns written into its
-/// metadata.
-fn rows_of_whole_file(path: &Path, columns: &Columns) -> Option<u64> {
-    let reader = SerializedFileReader::try_from(path).ok()?;
+/// Checks that `out` holds the export of every sealed epoch up to `upto`,
+/// whole and written under `config`'s rules: what an engine that read those
+/// files computed is what the batch layer computes.
+///
+/// # Errors
+/// The epochs cannot be read, `upto` is not sealed, or an epoch's file is
+/// missing, cut, of other columns or rules, or of another record count
+/// ([`ExportError::NotWhole`]).
+pub fn check_export(config: &Config, out: &Path, upto: Epoch) -> Result<(), ExportError> {
+    let epochs = store::read_epochs(&DataPaths::new(&config.data_dir))?;
+    let columns = Columns::of(&config.schema, &config.views)?;
+    let mut found = false;
+    for (at, sealed) in epochs.iter().enumerate() {
+        if sealed.epoch > upto {
+            break;
+        }
+        found |= sealed.epoch == upto;
+        if rows_of_whole_file(out, &epochs, at, &columns).is_none() {
+            return Err(ExportError::NotWhole {
+                path: epoch_file(out, sealed.epoch),
+            });
+        }
+    }
+    if !found {
+        return Err(ExportError::NotSealed {
+            asked: upto,
+            newest: epochs
+                .last()
+                .map_or("none".to_owned(), |sealed| sealed.epoch.to_string()),
+        });
+    }
+    Ok(())
+}
+
+/// The rows of the file of `epochs[at]` under `out` when it is whole: its
+/// footer reads, holds the row count, the columns and the rules written
+/// into its metadata, and as many rows as the log holds between the seal
+/// before and its own.
+fn rows_of_whole_file(
+    out: &Path,
+    epochs: &[SealedEpoch],
+    at: usize,
+    columns: &Columns,
+) -> Option<u64> {
+    let sealed = epochs.get(at)?;
+    let from = at
+        .checked_sub(1)
+        .map_or(0, |before| epochs[before].next_seq.0);
+    let records = sealed.next_seq.0.checked_sub(from)?;
+    let path = epoch_file(out, sealed.epoch);
+    let reader = SerializedFileReader::try_from(path.as_path()).ok()?;
     let meta = reader.metadata().file_metadata();
     let said = |key: &str| {
         meta.key_value_metadata()?
@@ -291,6 +349,8 @@ fn rows_of_whole_file(path: &Path, columns: &Columns) -> Option<u64> {
     };
     let promised = said(ROWS_KEY)?.parse::<u64>().ok()?;
     (said(COLUMNS_KEY)? == columns.names.join(",")
+        && said(RULES_KEY)? == columns.rules
+        && promised == records
         && u64::try_from(meta.num_rows()).ok()? == promised)
         .then_some(promised)
 }
@@ -309,6 +369,8 @@ pub fn text_column(field: &str, number: bool) -> String {
 /// The field columns: per schema slot, what is written of it.
 struct Columns {
     schema: Arc<Type>,
+    /// The fingerprint of the event rules the rows are read with.
+    rules: String,
     /// Every column's name, in order.
     names: Vec<String>,
     fields: Vec<FieldColumns>,
@@ -339,6 +401,7 @@ pub fn check_columns(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<(), Exp
 
 impl Columns {
     fn of(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<Columns, ExportError> {
+        let schema_rules = schema;
         let slots_of = |wanted: fn(&Agg) -> bool| -> Vec<usize> {
             views
                 .iter()
@@ -427,7 +490,12 @@ impl Columns {
             .with_fields(types)
             .build()
             .map_err(schema_error)?;
+        let rules = format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(format!("{schema_rules:?}; layout {LAYOUT}").as_bytes())
+        );
         Ok(Columns {
+            rules,
             schema: Arc::new(schema),
             names,
             fields,
@@ -636,6 +704,8 @@ impl EpochFile {
             COLUMNS_KEY.to_owned(),
             columns.names.join(","),
         ));
+        self.writer
+            .append_key_value_metadata(KeyValue::new(RULES_KEY.to_owned(), columns.rules.clone()));
         let tmp = self.tmp;
         let io = |op, path: &Path| {
             let path = path.to_owned();

@@ -104,6 +104,10 @@ pub enum SparkError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     epoch: u64,
+    /// The export it read.
+    master: PathBuf,
+    /// Rows of `ids/`: the first copy of every id.
+    ids: u64,
     fingerprint: String,
     /// Rows read (every record of the files up to `epoch`).
     rows: u64,
@@ -254,8 +258,7 @@ pub struct Imported {
 /// # Errors
 /// See [`SparkError`]; nothing is written then.
 pub fn import(config: &Config, epoch: Epoch, from: &Path) -> Result<Imported, SparkError> {
-    let (data, groups) = read_output(config, epoch, from)?;
-    let meta = write_snapshot(config, epoch, &data)?;
+    let (meta, data, groups) = read_and_write(config, epoch, from)?;
     Ok(Imported {
         meta,
         stats: data.stats,
@@ -263,20 +266,25 @@ pub fn import(config: &Config, epoch: Epoch, from: &Path) -> Result<Imported, Sp
     })
 }
 
-fn write_snapshot(
+/// The checked output of the job for `epoch` in `from`, written as the
+/// snapshot of `epoch`; the snapshot's header, its payload and the groups
+/// of each view.
+fn read_and_write(
     config: &Config,
     epoch: Epoch,
-    data: &SnapshotData<'_>,
-) -> Result<SnapshotMeta, SparkError> {
+    from: &Path,
+) -> Result<(SnapshotMeta, SnapshotData<'static>, Vec<usize>), SparkError> {
+    let (data, groups) = read_output(config, epoch, from)?;
     let records = data.sealed.map_or(0, |sealed| sealed.next_seq);
-    Ok(store::write_snapshot(
+    let meta = store::write_snapshot(
         &DataPaths::new(&config.data_dir),
         epoch,
         records,
         crate::now_ms(),
-        data,
+        &data,
         config.batch.keep_snapshots,
-    )?)
+    )?;
+    Ok((meta, data, groups))
 }
 
 /// The daemon's batch run of `sealed` on Spark: writes the job under `dir`
@@ -332,6 +340,9 @@ pub async fn run_batch(
         .stdin(std::process::Stdio::null())
         .stdout(log_file)
         .stderr(errors)
+        // A group of its own, so that a timeout stops everything the run
+        // started (spark-submit's JVM, the Python driver it starts).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| SparkError::Submit {
@@ -344,6 +355,15 @@ pub async fn run_batch(
         Ok(Ok(status)) => Some(format!("failed ({status})")),
         Ok(Err(err)) => Some(format!("could not be waited for ({err})")),
         Err(_) => {
+            let group = child
+                .id()
+                .and_then(|pid| rustix::process::Pid::from_raw(pid.cast_signed()));
+            if let Some(group) = group
+                && let Err(err) =
+                    rustix::process::kill_process_group(group, rustix::process::Signal::KILL)
+            {
+                tracing::warn!(error = %err, "cannot kill the Spark run's process group");
+            }
             child.kill().await.ok();
             Some(format!(
                 "took longer than batch.spark_timeout ({}) and was killed",
@@ -352,12 +372,22 @@ pub async fn run_batch(
         }
     };
     if let Some(how) = how {
-        let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
-        let tail: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+        // Spark's own INFO and WARN lines (its shutdown's last) say nothing
+        // of why: the last lines besides them do (a Python traceback's end).
+        let tail = match tokio::fs::read_to_string(&log).await {
+            Ok(text) => {
+                let said: Vec<&str> = text
+                    .lines()
+                    .filter(|line| {
+                        !line.trim().is_empty()
+                            && !line.contains(" INFO ")
+                            && !line.contains(" WARN ")
+                    })
+                    .collect();
+                said[said.len().saturating_sub(3)..].join(" | ")
+            }
+            Err(err) => format!("(the log cannot be read: {err})"),
+        };
         return Err(SparkError::Run {
             epoch,
             how,
@@ -411,8 +441,7 @@ fn remove_outputs(dir: &Path, epoch: Epoch) {
 
 /// [`import`], answering the batch to serve, its indexes built.
 fn import_batch(config: &Config, epoch: Epoch, from: &Path) -> Result<Batch, SparkError> {
-    let (data, _) = read_output(config, epoch, from)?;
-    let meta = write_snapshot(config, epoch, &data)?;
+    let (meta, data, _) = read_and_write(config, epoch, from)?;
     let batch =
         Batch::from_snapshot(&config.views, meta, data).map_err(|problem| SparkError::Invalid {
             path: from.to_owned(),
@@ -463,6 +492,15 @@ pub fn read_output(
             "the job was generated from another config or tandem version (its fingerprint differs): write it again with `tandem spark-job`".to_owned(),
         ));
     }
+    export::check_export(config, &manifest.master, epoch).map_err(|err| {
+        invalid(
+            &manifest_path,
+            format!(
+                "the export the run read cannot be served as this config's: {}",
+                crate::error_chain(&err)
+            ),
+        )
+    })?;
     let expected_max = i64::try_from(sealed.next_seq.0).unwrap_or(i64::MAX) - 1;
     if manifest.rows != sealed.next_seq.0 || manifest.max_seq != expected_max {
         return Err(invalid(
@@ -517,7 +555,7 @@ pub fn read_output(
             },
         ));
     }
-    let ids = read_ids(&from.join("ids"), sealed.later_from.0)?;
+    let ids = read_ids(&from.join("ids"), sealed.later_from.0, manifest.ids)?;
     let data = SnapshotData {
         views,
         stats,
@@ -537,7 +575,12 @@ fn read_manifest(from: &Path) -> Result<Manifest, SparkError> {
     let unfinished = || SparkError::Unfinished {
         dir: from.to_owned(),
     };
-    let files = output_files(&dir, "").map_err(|_| unfinished())?;
+    match std::fs::metadata(&dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(unfinished()),
+        Err(err) => return Err(store::Error::io("read", &dir, err).into()),
+        Ok(_) => {}
+    }
+    let files = output_files(&dir, "")?;
     let mut text = String::new();
     for file in files {
         text.push_str(
@@ -602,9 +645,11 @@ fn for_each_row(
     Ok(())
 }
 
-/// The distinct ids of the first copies before `later_from`, sorted.
-fn read_ids(dir: &Path, later_from: u64) -> Result<Vec<u64>, SparkError> {
+/// The distinct ids of the first copies before `later_from`, sorted, of
+/// the `written` rows of `dir`.
+fn read_ids(dir: &Path, later_from: u64, written: u64) -> Result<Vec<u64>, SparkError> {
     let mut ids = Vec::new();
+    let mut rows = 0u64;
     for_each_row(dir, &["id_hash", "seq"], |path, row, at| {
         let field = |at: usize, name: &str| {
             row.get_long(at).map_err(|err| SparkError::Invalid {
@@ -613,11 +658,20 @@ fn read_ids(dir: &Path, later_from: u64) -> Result<Vec<u64>, SparkError> {
             })
         };
         let (id, seq) = (field(at[0], "id_hash")?, field(at[1], "seq")?);
+        rows += 1;
         if u64::try_from(seq).is_ok_and(|seq| seq < later_from) {
             ids.push(id as u64);
         }
         Ok(())
     })?;
+    if rows != written {
+        return Err(SparkError::Invalid {
+            path: dir.to_owned(),
+            problem: format!(
+                "{rows} first copies of ids, the run wrote {written}: a part is missing"
+            ),
+        });
+    }
     ids.sort_unstable();
     let before = ids.len();
     ids.dedup();

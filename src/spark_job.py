@@ -36,18 +36,20 @@ JOB = json.loads(r"""@JOB@""")
 
 def micros(value):
     """The value in integer millionths, rounded half away from zero, as
-    tandem's `(value * 1e6).round()`: exact double arithmetic on two halves
-    (above and below 2^32), then DECIMAL(38, 0)."""
+    tandem's `(value * 1e6).round()`: the magnitude split into its halves
+    above and below 2^32 (each exact in a double, as is its fraction), then
+    DECIMAL(38, 0) with the sign put back."""
     scaled = value * F.lit(1000000.0)
+    magnitude = F.abs(scaled)
     two32 = F.lit(4294967296.0)
-    high = F.floor(scaled / two32)
-    low = scaled - high * two32
+    high = F.floor(magnitude / two32)
+    low = magnitude - high * two32
     whole = F.floor(low)
-    fraction = low - whole
-    up = F.when((fraction > 0.5) | ((fraction == 0.5) & (scaled >= 0)), 1).otherwise(0)
-    return high.cast("decimal(38,0)") * F.lit(4294967296).cast("decimal(38,0)") + (
+    up = F.when(low - whole >= 0.5, 1).otherwise(0)
+    rounded = high.cast("decimal(38,0)") * F.lit(4294967296).cast("decimal(38,0)") + (
         whole + up
     ).cast("decimal(38,0)")
+    return F.when(scaled < 0, -rounded).otherwise(rounded)
 
 
 def key_of(view):
@@ -170,10 +172,13 @@ def main():
         for metric, table in bins.items():
             table.write.mode("overwrite").parquet(f"{args.out}/bins/{at}/{metric}")
         views.append(view["name"])
-    first.select("id_hash", "seq").write.mode("overwrite").parquet(f"{args.out}/ids")
+    firsts = survivors.where(F.col("id_hash") != 0).select("id_hash", "seq")
+    firsts.write.mode("overwrite").parquet(f"{args.out}/ids")
 
     manifest = {
         "epoch": args.epoch,
+        "master": args.master,
+        "ids": firsts.count(),
         "fingerprint": JOB["fingerprint"],
         "rows": read["rows"],
         "max_seq": read["max_seq"],

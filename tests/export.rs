@@ -473,7 +473,7 @@ fn a_parquet_dir_with_a_field_named_like_a_record_column_is_refused() {
 /// orders and revenue for every product.
 #[test]
 fn duckdb_over_the_export_gives_the_batch_layer_answer() {
-    let Some((_, python)) = common::pyspark() else {
+    let Some((_, python)) = common::pyspark::venv() else {
         common::missing(
             "DuckDB",
             "no Python in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
@@ -521,4 +521,34 @@ print(json.dumps(rows))
         .collect();
     let lines = common::workload::lines(&stream);
     assert_eq!(products, common::expected(&lines).products);
+}
+
+/// A file is whole only for the event rules it was read under: exported
+/// again under others (here a smaller size limit, which could refuse
+/// records), every epoch is written again, and the files no longer pass
+/// for the first config's export.
+#[test]
+fn an_export_under_other_event_rules_is_written_again() {
+    let Recorded {
+        dir: _data,
+        out,
+        config,
+        ..
+    } = recorded(900, 17, 10, 2);
+    let first = export(&config, out.path(), None).expect("export");
+    assert_eq!(first.written.len(), 2, "{first:?}");
+    tandem::export::check_export(&config, out.path(), Epoch(2)).expect("whole");
+
+    let other = common::config(
+        &CONFIG.replace("time = \"ts\"", "time = \"ts\"\nmax_bytes = 4096"),
+        &config.data_dir,
+    );
+    let again = export(&other, out.path(), None).expect("export");
+    assert!(again.skipped.is_empty(), "{again:?}");
+    assert_eq!(again.written, first.written);
+    let err = tandem::export::check_export(&config, out.path(), Epoch(2))
+        .expect_err("not the first config's export");
+    assert!(matches!(err, ExportError::NotWhole { .. }), "{err}");
+    let whole = export(&other, out.path(), None).expect("export");
+    assert_eq!(whole.skipped, first.written, "whole under its own rules");
 }

@@ -104,7 +104,7 @@ fn edge_values() -> Vec<Vec<u8>> {
 /// Runs the job for `epoch` in `local[2]`; false when PySpark is missing
 /// (and the test may skip).
 fn run_job(config: &Config, master: &Path, epoch: u64, out: &Path) -> bool {
-    let Some((submit, python)) = common::pyspark() else {
+    let Some((submit, python)) = common::pyspark::venv() else {
         common::missing(
             "PySpark",
             "no spark-submit in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
@@ -139,6 +139,22 @@ fn states_per_group(config: &Config, spec: &str) -> usize {
         .iter()
         .find(|view| tandem::actors::recompute::spec_fingerprint(view) == spec)
         .map_or(0, |view| view.metrics.len())
+}
+
+/// The epochs the records of an exported file were stamped with.
+fn stamped_epochs(path: &Path) -> std::collections::BTreeSet<i64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let reader = SerializedFileReader::try_from(path).expect("an exported file");
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let column = (0..schema.num_columns())
+        .find(|&at| schema.column(at).name() == "stamped_epoch")
+        .expect("a stamped_epoch column");
+    reader
+        .get_row_iter(None)
+        .expect("rows")
+        .map(|row| row.expect("a row").get_long(column).expect("an epoch"))
+        .collect()
 }
 
 /// The newest snapshot's payload.
@@ -178,30 +194,61 @@ fn a_spark_batch_is_the_native_batch_byte_for_byte_and_serves_with_the_speed_lay
     let mut parts = thirds.clone();
     parts[2].extend(thirds[0].iter().step_by(40).cloned());
     parts[1].extend(edge_values());
-    let ingested: Vec<Vec<u8>> = parts.iter().flatten().cloned().collect();
+    // An order that one feed sends after passing epoch 4's barrier, while
+    // the other, held in epoch 4, sends it again: its first copy is of
+    // epoch 5 and lies before epoch 4's seal, and the copy of epoch 4 after
+    // it is a duplicate. Batch 4 counts neither.
+    let raced = br#"{"order_id":"x-race","ts":"2026-11-24T12:00:00.000Z","product_id":"p-race","category":"c-edge","user_id":"u-race","amount":1.5,"qty":1,"country":"ZZ"}"#.to_vec();
+    let mut ingested: Vec<Vec<u8>> = parts.iter().flatten().cloned().collect();
+    ingested.extend([raced.clone(), raced.clone()]);
 
     let started = config.clone();
     let first_parts = parts.clone();
     actix::System::new().block_on(async move {
-        let handle = tandem::start(started, Options::manual_epochs())
-            .await
-            .expect("start");
+        let options = Options {
+            epoch_timer: false,
+            feeds: 2,
+        };
+        let handle = tandem::start(started, options).await.expect("start");
         for part in first_parts {
             handle.ingest_many(part).await.expect("ingest");
             handle.recompute_now().await.expect("a native batch run");
         }
+        let (first, held) = (
+            handle.feed(0).expect("feed 0"),
+            handle.feed(1).expect("feed 1"),
+        );
+        let hold = held.hold_epoch();
+        let finished = handle
+            .start_epoch(tandem::actors::RunMode::Incremental)
+            .await
+            .expect("a new epoch");
+        assert_eq!(finished, Epoch(4));
+        first.push(vec![raced.clone()]).await.expect("push");
+        held.push(vec![raced]).await.expect("push");
+        drop(hold);
+        handle
+            .wait_served(Epoch(4))
+            .await
+            .expect("a native batch run");
         handle.stop().await;
     });
     let (epoch, native) = newest(&config);
-    assert_eq!(epoch, Epoch(3));
+    assert_eq!(epoch, Epoch(4));
 
     tandem::export::export(&config, exported.path(), None).expect("export");
+    let stamped = stamped_epochs(&tandem::export::epoch_file(exported.path(), Epoch(4)));
+    assert_eq!(
+        stamped,
+        [4, 5].into(),
+        "epoch 4's file holds the order of epoch 5"
+    );
     let out = tempfile::tempdir().expect("tempdir");
     let out = out.path().join("batch");
-    if !run_job(&config, exported.path(), 3, &out) {
+    if !run_job(&config, exported.path(), 4, &out) {
         return;
     }
-    let (spark, groups) = tandem::spark::read_output(&config, Epoch(3), &out).expect("import");
+    let (spark, groups) = tandem::spark::read_output(&config, Epoch(4), &out).expect("import");
 
     assert_eq!(
         spark.stats, native.stats,
@@ -210,7 +257,12 @@ fn a_spark_batch_is_the_native_batch_byte_for_byte_and_serves_with_the_speed_lay
     assert!(native.stats.duplicates > 0, "{:?}", native.stats);
     assert_eq!(spark.sealed, native.sealed);
     assert_eq!(spark.ids, native.ids, "the ids before the seal");
-    assert_eq!(groups.len(), 3);
+    let native_groups: Vec<usize> = native
+        .views
+        .iter()
+        .map(|(_, view)| view.state.len())
+        .collect();
+    assert_eq!(groups, native_groups, "groups per view");
     for ((name, native), (_, spark)) in view_bytes(&native).iter().zip(view_bytes(&spark)) {
         assert!(*native == spark, "view {name}: the Spark state differs");
     }
@@ -240,11 +292,11 @@ fn a_spark_batch_is_the_native_batch_byte_for_byte_and_serves_with_the_speed_lay
         "exact {exact}, coupon sets {coupons}, register arrays {registers}, DDSketches {bins}"
     );
 
-    refuses_what_does_not_check_out(&config, dir.path(), &out);
+    refuses_what_does_not_check_out(&config, exported.path(), &out);
 
     // Served: the Spark batch replaces the native one, then the speed layer
     // counts what comes after; merged answers equal the oracle throughout.
-    tandem::spark::import(&config, Epoch(3), &out).expect("import");
+    tandem::spark::import(&config, Epoch(4), &out).expect("import");
     let more = common::workload::dirty(
         3_000,
         22,
@@ -274,7 +326,7 @@ fn a_spark_batch_is_the_native_batch_byte_for_byte_and_serves_with_the_speed_lay
             .await
             .expect("start");
         let (batch, seen) = products(&handle, &oracle_all).await;
-        assert_eq!(batch, Some(Epoch(3)), "the imported snapshot is served");
+        assert_eq!(batch, Some(Epoch(4)), "the imported snapshot is served");
         assert_eq!(seen, oracle_before.products, "the Spark batch alone");
         for part in more.chunks(more.len().div_ceil(3)) {
             handle.ingest_many(part.to_vec()).await.expect("ingest");
@@ -342,7 +394,7 @@ async fn layer_products(
 /// ones) equal the oracle after each swap.
 #[test]
 fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
-    let Some((submit, python)) = common::pyspark() else {
+    let Some((submit, python)) = common::pyspark::venv() else {
         common::missing(
             "PySpark",
             "no spark-submit in TANDEM_PYSPARK_VENV or ~/.cache/tandem/pyspark",
@@ -405,7 +457,7 @@ fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
 
 /// The import refuses, by name, an output that does not check out against
 /// the master dataset and the config; the output itself is left as it was.
-fn refuses_what_does_not_check_out(config: &Config, data: &Path, out: &Path) {
+fn refuses_what_does_not_check_out(config: &Config, exported: &Path, out: &Path) {
     let refused = |config: &Config, epoch: u64, out: &Path| match tandem::spark::read_output(
         config,
         Epoch(epoch),
@@ -415,11 +467,11 @@ fn refuses_what_does_not_check_out(config: &Config, data: &Path, out: &Path) {
         Err(err) => err.to_string(),
     };
     let err = refused(config, 2, out);
-    assert!(err.contains("the run covers epoch 3, not 2"), "{err}");
+    assert!(err.contains("the run covers epoch 4, not 2"), "{err}");
     let err = refused(config, 9, out);
     assert!(err.contains("epoch 9 is not sealed"), "{err}");
-    let changed = common::config(&CONFIG.replace("q = 0.9", "q = 0.95"), data);
-    let err = refused(&changed, 3, out);
+    let changed = common::config(&CONFIG.replace("q = 0.9", "q = 0.95"), &config.data_dir);
+    let err = refused(&changed, 4, out);
     assert!(err.contains("its fingerprint differs"), "{err}");
 
     let broken = tempfile::tempdir().expect("tempdir");
@@ -434,20 +486,51 @@ fn refuses_what_does_not_check_out(config: &Config, data: &Path, out: &Path) {
     );
     assert_ne!(fewer, text);
     std::fs::write(&manifest[0], &fewer).expect("write");
-    let err = refused(config, 3, &copy);
+    let err = refused(config, 4, &copy);
     assert!(err.contains("the export it read is incomplete"), "{err}");
     std::fs::write(&manifest[0], &text).expect("write");
 
+    // The export the run read, written again under other event rules (a
+    // file of it cut short here): the run's states cannot be trusted.
+    let export_copy = broken.path().join("export");
+    common::copy_dir(exported, &export_copy);
+    let file = tandem::export::epoch_file(&export_copy, Epoch(2));
+    let bytes = std::fs::read(&file).expect("an exported file");
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("cut it");
+    let elsewhere = text.replace(
+        &format!("\"master\": {}", rows["master"]),
+        &format!("\"master\": {:?}", export_copy.display().to_string()),
+    );
+    assert_ne!(elsewhere, text);
+    std::fs::write(&manifest[0], &elsewhere).expect("write");
+    let err = refused(config, 4, &copy);
+    assert!(
+        err.contains("the export the run read cannot be served")
+            && err.contains("not the whole export of its epoch"),
+        "{err}"
+    );
+    std::fs::write(&manifest[0], &text).expect("write");
+
+    let largest = common::files_ending(&copy.join("ids"), "parquet")
+        .into_iter()
+        .max_by_key(|part| std::fs::metadata(part).map_or(0, |meta| meta.len()))
+        .expect("an ids part");
+    let moved = broken.path().join("an ids part");
+    std::fs::rename(&largest, &moved).expect("move an ids part");
+    let err = refused(config, 4, &copy);
+    assert!(err.contains("a part is missing"), "{err}");
+    std::fs::rename(&moved, &largest).expect("put it back");
+
     let part = common::files_ending(&copy.join("views/0"), "parquet");
     std::fs::remove_file(&part[0]).expect("remove a part");
-    let err = refused(config, 3, &copy);
+    let err = refused(config, 4, &copy);
     assert!(
         err.contains("view by_product: its groups hold") && err.contains("the run counted"),
         "{err}"
     );
 
     std::fs::remove_dir_all(copy.join("manifest")).expect("remove the manifest");
-    let err = refused(config, 3, &copy);
+    let err = refused(config, 4, &copy);
     assert!(
         err.contains("no manifest: the Spark run did not finish"),
         "{err}"
@@ -464,6 +547,15 @@ fn a_failed_spark_run_is_named_and_the_last_snapshot_stays_served() {
     let failing = common::config(
         &format!(
             "{CONFIG}\n[batch]\nengine = \"spark\"\nsubmit = [\"sh\", \"-c\", \"echo no cluster here >&2; exit 3\", \"submit\"]\n[master]\nparquet_dir = \"{}\"\n",
+            exported.path().display()
+        ),
+        dir.path(),
+    );
+    let pid_file = dir.path().join("child.pid");
+    let slow = common::config(
+        &format!(
+            "{CONFIG}\n[batch]\nengine = \"spark\"\nspark_timeout = \"1s\"\nsubmit = [\"sh\", \"-c\", \"sleep 600 & echo $! > {}; wait\", \"submit\"]\n[master]\nparquet_dir = \"{}\"\n",
+            pid_file.display(),
             exported.path().display()
         ),
         dir.path(),
@@ -497,6 +589,46 @@ fn a_failed_spark_run_is_named_and_the_last_snapshot_stays_served() {
                 && failed.reason.contains("no cluster here"),
             "{failed}"
         );
+        let (batch, seen) = products(&handle, &oracle).await;
+        assert_eq!(batch, Some(Epoch(1)), "the native snapshot stays served");
+        assert_eq!(seen, oracle.products);
+        handle.stop().await;
+
+        // A run past batch.spark_timeout is killed with everything it
+        // started (here a child of the submit command).
+        let handle = tandem::start(slow, Options::manual_epochs())
+            .await
+            .expect("start");
+        let failed = handle
+            .recompute_now()
+            .await
+            .expect_err("the Spark run is killed");
+        assert!(
+            failed
+                .reason
+                .contains("took longer than batch.spark_timeout (1s) and was killed"),
+            "{failed}"
+        );
+        let pid = std::fs::read_to_string(&pid_file).expect("the child's pid");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        common::eventually(
+            std::time::Duration::from_secs(10),
+            "the run's child is killed",
+            async || match std::fs::read_to_string(&stat) {
+                // Gone, or dead and not yet reaped by its new parent.
+                Err(_) => Ok(()),
+                Ok(text)
+                    if text
+                        .rsplit(')')
+                        .next()
+                        .is_some_and(|rest| rest.trim_start().starts_with('Z')) =>
+                {
+                    Ok(())
+                }
+                Ok(text) => Err(text),
+            },
+        )
+        .await;
         let (batch, seen) = products(&handle, &oracle).await;
         assert_eq!(batch, Some(Epoch(1)), "the native snapshot stays served");
         assert_eq!(seen, oracle.products);

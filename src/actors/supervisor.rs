@@ -218,9 +218,7 @@ impl Supervisor {
             return;
         };
         if let BatchEngine::Spark {
-            submit,
-            timeout,
-            dir,
+            submit, timeout, ..
         } = &self.config.batch.engine
         {
             // Spark reads the epoch from `master.parquet_dir`: the run waits
@@ -234,9 +232,9 @@ impl Supervisor {
             }
             self.running = true;
             let (config, submit, timeout) = (Arc::clone(&self.config), submit.clone(), *timeout);
-            let dir = dir
-                .clone()
-                .unwrap_or_else(|| self.config.data_dir.join("spark"));
+            let dir = (self.config.batch.engine)
+                .spark_dir(&self.config.data_dir)
+                .unwrap_or_default();
             tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, "batch run started on Spark");
             let run = async move {
                 let outcome = crate::spark::run_batch(config, sealed, (&submit, &dir), timeout)

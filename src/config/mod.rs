@@ -159,6 +159,19 @@ pub struct BatchConfig {
     pub engine: BatchEngine,
 }
 
+impl BatchEngine {
+    /// With Spark, where its job, outputs and logs go: `batch.spark_dir`,
+    /// or `<data_dir>/spark`.
+    pub fn spark_dir(&self, data_dir: &Path) -> Option<PathBuf> {
+        match self {
+            BatchEngine::Native => None,
+            BatchEngine::Spark { dir, .. } => {
+                Some(dir.clone().unwrap_or_else(|| data_dir.join("spark")))
+            }
+        }
+    }
+}
+
 /// `batch.engine`: what computes the batch views of a sealed epoch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "engine", rename_all = "snake_case")]

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod proc_status;
+pub mod pyspark;
 pub mod workload;
 
 use std::time::{Duration, Instant};
@@ -790,21 +791,6 @@ pub fn scrape(base: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
-}
-
-/// `spark-submit` and the Python of the virtualenv `scripts/services`
-/// installs PySpark and DuckDB in (`TANDEM_PYSPARK_VENV`, default
-/// `~/.cache/tandem/pyspark`).
-pub fn pyspark() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let venv = std::env::var_os("TANDEM_PYSPARK_VENV")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|home| std::path::PathBuf::from(home).join(".cache/tandem/pyspark"))
-        })?;
-    let submit = venv.join("bin/spark-submit");
-    let python = venv.join("bin/python");
-    (submit.exists() && python.exists()).then_some((submit, python))
 }
 
 /// What a test needs from the machine is missing: the test fails, naming it,

@@ -104,16 +104,15 @@ fn print_plan(config: &Config, path: &Path) -> std::io::Result<()> {
         format_duration(config.batch.full_run_every)
     );
     if let BatchEngine::Spark {
-        submit,
-        timeout,
-        dir,
+        submit, timeout, ..
     } = &config.batch.engine
     {
         say!(
             "  on Spark: {} JOB (in {}), killed after {}",
             submit.join(" "),
-            dir.as_ref()
-                .map_or_else(|| config.data_dir.join("spark"), Clone::clone)
+            (config.batch.engine)
+                .spark_dir(&config.data_dir)
+                .unwrap_or_default()
                 .display(),
             format_duration(*timeout)
         );

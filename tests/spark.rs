@@ -82,6 +82,12 @@ fn edge_values() -> Vec<Vec<u8>> {
         1e15,
         -3.0e14,
     ];
+    // Small negative amounts whose millionths lie just short of a half:
+    // rounded as their magnitude is, not as the sum with 2^32 would be.
+    amounts.extend([-0.0012344999999999, -3.4999999e-6, -4.999999999999999e-7]);
+    for k in 1..40 {
+        amounts.push(-(f64::from(k) * 0.0013 + 0.0000004999999));
+    }
     for k in -40..160 {
         let edge = (f64::from(k) * gamma_ln).exp();
         amounts.extend([edge, -edge, edge.next_up(), edge.next_down()]);

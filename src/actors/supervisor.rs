@@ -9,7 +9,11 @@
 //! [`RUN_ATTEMPTS`] times, while the served snapshot stays. With
 //! `master.parquet_dir`, it also exports each sealed epoch as Parquet, one
 //! export at a time on the blocking pool (seals during one coalesce, and a
-//! failed one is tried again at the next seal).
+//! failed one is tried again at the next seal). With `batch.engine =
+//! "spark"`, a run is the Spark job on the epoch's export instead
+//! ([`crate::spark::run_batch`]), started once the export covers the epoch;
+//! it fails by name (not tried again before the next seal) and the served
+//! snapshot stays.
 
 use super::recompute::{Batch, RunMode, recompute};
 use super::recompute_worker::Pool;

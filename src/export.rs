@@ -401,7 +401,10 @@ pub fn check_columns(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<(), Exp
 
 impl Columns {
     fn of(schema: &Schema, views: &[Arc<ViewSpec>]) -> Result<Columns, ExportError> {
-        let schema_rules = schema;
+        let rules = format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(format!("{schema:?}; layout {LAYOUT}").as_bytes())
+        );
         let slots_of = |wanted: fn(&Agg) -> bool| -> Vec<usize> {
             views
                 .iter()
@@ -490,10 +493,6 @@ impl Columns {
             .with_fields(types)
             .build()
             .map_err(schema_error)?;
-        let rules = format!(
-            "{:016x}",
-            xxhash_rust::xxh3::xxh3_64(format!("{schema_rules:?}; layout {LAYOUT}").as_bytes())
-        );
         Ok(Columns {
             rules,
             schema: Arc::new(schema),

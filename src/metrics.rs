@@ -6,7 +6,7 @@
 //! they happen. Label values come from closed sets: source names, reject
 //! reasons, view names, routes and status codes; never a key or an event id.
 
-use crate::actors::source::SourceHandle;
+use crate::actors::source::{SourceHandle, SourceStats};
 use crate::event::Reason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -326,16 +326,24 @@ impl Collector for Live {
                 ConstGauge::new(connected).encode(family.encode_family(&labels)?)?;
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
+        type Count = fn(&SourceStats) -> &AtomicU64;
+        let counts: [(&str, &str, Count); 2] = [
+            (
                 "tandem_source_disconnects",
                 "Times the source lost its broker, or could not reach it, and tried again",
-                None,
-                MetricType::Counter,
-            )?;
+                |stats| &stats.disconnects,
+            ),
+            (
+                "tandem_source_restarts",
+                "Times its supervisor restarted the source's actor",
+                |stats| &stats.restarts,
+            ),
+        ];
+        for (name, help, count) in counts {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for source in self.sources.iter().filter(|source| source.listed()) {
                 let labels = [("source", source.name.as_str())];
-                ConstCounter::new(source.stats.disconnects.load(Ordering::Relaxed))
+                ConstCounter::new(count(&source.stats).load(Ordering::Relaxed))
                     .encode(family.encode_family(&labels)?)?;
             }
         }

@@ -180,6 +180,8 @@ pub struct Handle {
     recorder_thread: std::sync::Mutex<Option<Arbiter>>,
     /// The speed partitions' threads; taken on shutdown.
     speed_threads: std::sync::Mutex<Vec<Arbiter>>,
+    /// One thread per RabbitMQ source, ended once the sources have stopped.
+    source_threads: std::sync::Mutex<Vec<Arbiter>>,
     /// Held while the system runs (one process per data_dir); released on shutdown.
     lock: std::sync::Mutex<Option<DataDirLock>>,
 }
@@ -347,6 +349,11 @@ impl Handle {
             Ok(Err(err)) => tracing::error!(error = %err, "cannot save the counters"),
             Err(_) => tracing::error!("saving the counters was interrupted"),
         }
+        let sources = self
+            .source_threads
+            .lock()
+            .map(|mut threads| std::mem::take(&mut *threads))
+            .unwrap_or_default();
         let recorder = self
             .recorder_thread
             .lock()
@@ -358,9 +365,10 @@ impl Handle {
             .map(|mut threads| std::mem::take(&mut *threads))
             .unwrap_or_default();
         // The recorder first: its last answers may still route events to the speed layer.
-        for (what, thread) in recorder
+        for (what, thread) in sources
             .into_iter()
-            .map(|thread| ("recorder", thread))
+            .map(|thread| ("source", thread))
+            .chain(recorder.into_iter().map(|thread| ("recorder", thread)))
             .chain(speed.into_iter().map(|thread| ("speed", thread)))
         {
             thread.stop();
@@ -774,16 +782,20 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         })
         .collect();
     let mut http_push = None;
+    let mut source_threads = Vec::new();
     for ((index, source), control) in config.sources.iter().enumerate().zip(controls) {
         let index = index + n_feeds - 1;
         match &source.kind {
             SourceKind::Rabbitmq(rabbit) => {
-                actix::spawn(source::run_rabbitmq(
-                    pipeline(index + 1),
-                    control,
-                    rabbit.clone(),
-                    startup.epoch,
-                ));
+                // On a thread of its own: parsing its deliveries stays off
+                // the system thread.
+                let thread = Arbiter::new();
+                let (pipeline, rabbit) = (pipeline(index + 1), rabbit.clone());
+                let addr = actix::Supervisor::start_in_arbiter(&thread.handle(), move |_| {
+                    source::Rabbitmq::new(pipeline, rabbit, startup.epoch)
+                });
+                thread.spawn(source::forward_control(control, addr.recipient()));
+                source_threads.push(thread);
             }
             SourceKind::Http(limits) => {
                 http_push = Some(HttpPush {
@@ -817,6 +829,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         startup,
         recorder_thread: std::sync::Mutex::new(Some(recorder_thread)),
         speed_threads: std::sync::Mutex::new(speed_threads),
+        source_threads: std::sync::Mutex::new(source_threads),
         lock: std::sync::Mutex::new(Some(lock)),
     })
 }

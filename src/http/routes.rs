@@ -419,6 +419,7 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
                 "accepted": stats.accepted.load(Ordering::Relaxed),
                 "last_error": stats.last_error.get(),
                 "disconnects": stats.disconnects.load(Ordering::Relaxed),
+                "restarts": stats.restarts.load(Ordering::Relaxed),
             });
             if let (Some(demo), Value::Object(entry)) = (&stats.demo, &mut entry) {
                 entry.insert(

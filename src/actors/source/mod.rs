@@ -1,50 +1,37 @@
-//! Sources: where events come in. Each source is a task with a control
-//! channel (barriers) and one shared pipeline: parse once, send valid events
-//! as one batch to the Recorder, and once the batch is durable send them, by
-//! key, to the speed partitions; only then acknowledge (ack the delivery, or
-//! answer the in-process caller). Rejected messages are dead-lettered with
-//! their reason (RabbitMQ) or answered with it (in process).
+//! Sources: where events come in. Every source shares one pipeline: parse
+//! once, send valid events as one batch to the Recorder, and once the batch
+//! is durable send them, by key, to the speed partitions; only then
+//! acknowledge (ack the delivery, or answer the in-process caller). Rejected
+//! messages are dead-lettered with their reason (RabbitMQ) or answered with
+//! it (in process). Barriers reach a source as [`Control`] messages, handled
+//! while its broker is away too, so a dead broker never stalls sealing.
 //!
-//! Sources are tasks, not actors: a lapin consumer is a stream with its own
-//! reconnect loop, and the control channel lets barriers through while the
-//! broker is away, so a dead broker never stalls sealing. The kinds: the
-//! in-process feed and the HTTP source ([`run_push`]), RabbitMQ
-//! ([`run_rabbitmq`]) and the demo generator ([`demo::run_demo`]).
+//! The kinds: RabbitMQ ([`Rabbitmq`], a supervised actor on a thread of its
+//! own, restarted with a backoff when its connection is lost), the in-process
+//! feed and the HTTP source ([`run_push`]), and the demo generator
+//! ([`demo::run_demo`]); the last two are tasks on the system thread.
 
 pub mod demo;
+mod rabbitmq;
 
 use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
 use super::speed::{Apply, owners};
 use crate::aggregate::ViewSpec;
-use crate::config::RabbitmqSource;
 use crate::event::{Epoch, ParsedEvent, Reject, Schema};
 use crate::store;
 use actix::{Addr, Recipient};
-use futures_util::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+pub use rabbitmq::{FIELD_HEADER, REASON_HEADER, Rabbitmq};
 
 /// Most events in one batch.
 pub(crate) const MAX_BATCH: usize = 2_000;
-/// Header carrying a dead letter's rejection reason.
-pub const REASON_HEADER: &str = "x-tandem-reason";
-/// Header carrying the field a dead letter's rejection names.
-pub const FIELD_HEADER: &str = "x-tandem-field";
-/// Reconnect delays: doubling from the first to the cap.
-const BACKOFF_FIRST: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Control messages to a source.
-#[derive(Debug)]
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
 pub enum Control {
     /// Finish epoch `.0`: send its barrier after every event of it.
     Barrier(Epoch),
@@ -71,6 +58,8 @@ pub struct SourceStats {
     pub last_error: crate::metrics::ErrorText,
     /// Times the source lost its broker (or could not reach it) and tried again.
     pub disconnects: AtomicU64,
+    /// Times its supervisor restarted the source's actor (RabbitMQ sources).
+    pub restarts: AtomicU64,
     /// What a demo source generated; `None` for every other kind.
     pub demo: Option<demo::DemoStats>,
 }
@@ -260,31 +249,15 @@ impl Pipeline {
     }
 }
 
-/// What the recorder answered for a batch.
-type DurableOutcome = Result<Result<Durable, Arc<store::Error>>, oneshot::error::RecvError>;
-
-/// Waits until the oldest batch in flight can be acknowledged: its dead
-/// letters confirmed by the broker and its valid events answered by the
-/// recorder; `None` when nothing is in flight. Cancel-safe: a confirm is
-/// removed only once it has resolved.
-async fn oldest_ready(
-    in_flight: &mut VecDeque<InFlight>,
-) -> Option<Result<DurableOutcome, SessionError>> {
-    let oldest = in_flight.front_mut()?;
-    while let Some(confirm) = oldest.confirms.last_mut() {
-        match confirm.await {
-            Ok(confirmation) if confirmation.is_ack() => {
-                oldest.confirms.pop();
-            }
-            Ok(_) => return Some(Err(SessionError::DeadLetterNacked)),
-            Err(err) => return Some(Err(err.into())),
-        }
+/// Hands a source's control messages to its actor, in order, until the
+/// source's handle is gone.
+pub async fn forward_control(
+    mut control: mpsc::UnboundedReceiver<Control>,
+    actor: Recipient<Control>,
+) {
+    while let Some(message) = control.recv().await {
+        actor.do_send(message);
     }
-    Some(Ok(match oldest.pending.reply.as_mut() {
-        Some(reply) => reply.await,
-        // A batch of dead letters only: nothing to wait for.
-        None => Ok(Ok(Durable::default())),
-    }))
 }
 
 /// The control side of a running source.
@@ -502,248 +475,6 @@ fn push_batch(
         for (outcome, reply) in outcomes {
             // The caller may have stopped waiting.
             reply.send(durable.clone().map(|_| outcome)).ok();
-        }
-    }
-}
-
-/// Runs a RabbitMQ source forever: consume, batch, make durable, ack; reconnect with backoff.
-pub async fn run_rabbitmq(
-    pipeline: Pipeline,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    config: RabbitmqSource,
-    mut epoch: Epoch,
-) {
-    let mut backoff = BACKOFF_FIRST;
-    loop {
-        let outcome = session(&pipeline, &mut control, &config, &mut epoch, &mut backoff).await;
-        pipeline.stats.connected.store(false, Ordering::Relaxed);
-        match outcome {
-            Ok(()) => return,
-            Err(err) => {
-                pipeline.stats.disconnects.fetch_add(1, Ordering::Relaxed);
-                let error = crate::error_chain(&err);
-                tracing::warn!(source = pipeline.index, queue = %config.queue, error = %error, retry_in_ms = backoff.as_millis() as u64, "rabbitmq source disconnected; unacknowledged messages stay in the queue");
-                pipeline.stats.last_error.set(Some(error));
-            }
-        }
-        // Keep passing barriers while the broker is away.
-        let wait = tokio::time::sleep(backoff);
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                () = &mut wait => break,
-                                ctrl = control.recv() => {
-                    if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
-                        if let Some(done) = done {
-                        done.send(()).ok();
-                    }
-                        return;
-                    }
-                }
-            }
-        }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
-    }
-}
-
-/// A dead letter's properties: persistent, with the reason (and the field)
-/// in headers.
-fn dead_letter_properties(schema: &Schema, reject: &Reject) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        REASON_HEADER.into(),
-        AMQPValue::LongString(LongString::from(reject.reason.as_str())),
-    );
-    if let Some(field) = reject.field {
-        headers.insert(
-            FIELD_HEADER.into(),
-            AMQPValue::LongString(LongString::from(schema.field_name(field))),
-        );
-    }
-    BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2)
-}
-
-/// Why a session ended.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("amqp")]
-    Amqp(#[from] lapin::Error),
-    #[error("the consumer was cancelled")]
-    Cancelled,
-    #[error("dead-letter publish was not confirmed")]
-    DeadLetterNacked,
-    #[error(transparent)]
-    NotDurable(#[from] NotDurable),
-}
-
-/// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is
-/// durable and every dead letter of it is confirmed.
-struct InFlight {
-    pending: Pending,
-    confirms: Vec<lapin::PublisherConfirm>,
-    /// The delivery tags of the dead-lettered messages.
-    dead_tags: Vec<u64>,
-    last_tag: u64,
-}
-
-/// Hands the oldest batch in flight to the speed layer once durable, then
-/// acks every delivery up to its last, dead letters included: each was either
-/// made durable or dead-lettered with a confirm.
-async fn ack_oldest(
-    pipeline: &Pipeline,
-    consume: &lapin::Channel,
-    in_flight: &mut VecDeque<InFlight>,
-    outcome: Result<DurableOutcome, SessionError>,
-) -> Result<(), SessionError> {
-    let outcome = outcome?;
-    let Some(mut oldest) = in_flight.pop_front() else {
-        return Ok(());
-    };
-    oldest.pending.reply = None;
-    let InFlight {
-        pending,
-        confirms,
-        dead_tags,
-        last_tag,
-    } = oldest;
-    if let Err(err) = pipeline.finish(pending, outcome).await {
-        // The valid events go back to the queue; the dead letters confirmed
-        // in theirs are acked now, so they are not dead-lettered (and counted)
-        // again on every retry while the store fails.
-        let later = in_flight
-            .drain(..)
-            .map(|batch| (batch.confirms, batch.dead_tags));
-        for (confirms, dead_tags) in std::iter::once((confirms, dead_tags)).chain(later) {
-            let mut confirmed = true;
-            for confirm in confirms {
-                confirmed &= confirm
-                    .await
-                    .is_ok_and(|confirmation| confirmation.is_ack());
-            }
-            if confirmed {
-                for tag in dead_tags {
-                    consume
-                        .basic_ack(tag, BasicAckOptions { multiple: false })
-                        .await?;
-                }
-            }
-        }
-        return Err(err.into());
-    }
-    consume
-        .basic_ack(last_tag, BasicAckOptions { multiple: true })
-        .await?;
-    Ok(())
-}
-
-async fn session(
-    pipeline: &Pipeline,
-    control: &mut mpsc::UnboundedReceiver<Control>,
-    config: &RabbitmqSource,
-    epoch: &mut Epoch,
-    backoff: &mut Duration,
-) -> Result<(), SessionError> {
-    // Named (`connection_name` in `rabbitmqctl list_connections
-    // client_properties`), so an operator can tell which connection consumes what.
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("tandem source of {}", config.queue).into());
-    let connection = Connection::connect(&config.uri, properties).await?;
-    let consume = connection.create_channel().await?;
-    let dead_letters = connection.create_channel().await?;
-    consume
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    for queue in [&config.queue, &config.dead_letter_queue] {
-        consume
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    dead_letters
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let tag = format!("tandem-{}", pipeline.index);
-    let mut consumer = consume
-        .basic_consume(
-            config.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    pipeline.stats.connected.store(true, Ordering::Relaxed);
-    pipeline.stats.last_error.set(None);
-    tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source connected");
-
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    loop {
-        tokio::select! {
-            biased;
-                        ctrl = control.recv() => match pipeline.control(ctrl, epoch) {
-                Next::Go => {}
-                Next::Stop(done) => {
-                    // No new deliveries; finish (make durable and ack) what is in flight.
-                    consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
-                                        while let Some(outcome) = oldest_ready(&mut in_flight).await {
-                        ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
-                    }
-                    connection.close(200, "tandem is stopping".into()).await.ok();
-                    tracing::info!(source = pipeline.index, queue = %config.queue, "rabbitmq source stopped");
-                    if let Some(done) = done {
-                        done.send(()).ok();
-                    }
-                    return Ok(());
-                }
-
-            },
-                        Some(outcome) = oldest_ready(&mut in_flight) => {
-                ack_oldest(pipeline, &consume, &mut in_flight, outcome).await?;
-                // Progress: a session that fails at once (a full disk) backs off, one that worked starts over.
-                *backoff = BACKOFF_FIRST;
-            },
-            delivery = consumer.next() => {
-                let first = match delivery {
-                    Some(delivery) => delivery?,
-                    None => return Err(SessionError::Cancelled),
-                };
-                let mut deliveries = vec![first];
-                while deliveries.len() < MAX_BATCH {
-                    match consumer.next().now_or_never() {
-                        Some(Some(delivery)) => deliveries.push(delivery?),
-                        Some(None) => return Err(SessionError::Cancelled),
-                        None => break,
-                    }
-                }
-                let last_tag = deliveries.last().map_or(0, |delivery| delivery.delivery_tag);
-                let ingest_ms = crate::now_ms();
-                let mut batch = Vec::with_capacity(deliveries.len());
-                let mut dead = Vec::new();
-                for delivery in deliveries {
-                    match pipeline.schema.parse(&delivery.data, ingest_ms) {
-                        Ok(event) => batch.push((delivery.data, ingest_ms, event)),
-                        Err(reject) => {
-                            pipeline.stats.count_reject(&reject);
-                            dead.push((delivery.delivery_tag, delivery.data, reject));
-                        }
-                    }
-                }
-                // Every dead letter of the batch is handed to the connection at
-                // once: one write for all, not a round trip each.
-                let confirms = futures_util::future::try_join_all(dead.iter().map(|(_, data, reject)| {
-                    dead_letters.basic_publish("".into(), config.dead_letter_queue.as_str().into(), BasicPublishOptions::default(), data, dead_letter_properties(&pipeline.schema, reject))
-                }))
-                .await?;
-                let dead_tags = dead.into_iter().map(|(tag, _, _)| tag).collect();
-                // The dead letters' confirms are awaited with the batch's ack,
-                // so the broker's disk does not hold up the next deliveries.
-                let pending = pipeline.send(*epoch, batch);
-                in_flight.push_back(InFlight { pending, confirms, dead_tags, last_tag });
-            },
         }
     }
 }

@@ -1,0 +1,515 @@
+//! The RabbitMQ source: an actor under [`actix::Supervisor`], on an arbiter
+//! (thread) of its own, so that parsing and routing its deliveries never run
+//! on the actix system thread.
+//!
+//! One session is one connection: the actor consumes the lapin consumer as
+//! an actor stream (deliveries that are ready together make one batch),
+//! parses each batch, publishes its dead letters (confirmed) and sends its
+//! valid events to the Recorder, and hands the batch to the session's
+//! acknowledger, a task that acks batches in order once each is durable (and
+//! applied by the speed layer) and its dead letters are confirmed.
+//!
+//! A lost connection (or a batch the store refused, or a dead letter the
+//! broker refused) ends the session: the actor stops and the supervisor
+//! restarts it, which connects again after a backoff. What a restart keeps is
+//! in the actor: its epoch (barriers are messages, handled while the broker
+//! is away) and the acknowledgers of earlier sessions, which still hand their
+//! durable batches to the speed layer but no longer ack them (the broker
+//! delivers those messages again; the Recorder finds their ids in the log
+//! and neither layer counts them twice).
+
+use super::{Control, MAX_BATCH, NotDurable, Pending, Pipeline};
+use crate::config::RabbitmqSource;
+use crate::event::{Epoch, Reject, Schema};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    SpawnHandle, StreamHandler, Supervised, WrapFuture,
+};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Header carrying a dead letter's rejection reason.
+pub const REASON_HEADER: &str = "x-tandem-reason";
+/// Header carrying the field a dead letter's rejection names.
+pub const FIELD_HEADER: &str = "x-tandem-field";
+/// Reconnect delays: doubling from the first to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The broker connection or a channel failed.
+    #[error("amqp")]
+    Amqp(#[from] lapin::Error),
+    /// The broker cancelled the consumer (the queue was deleted, say).
+    #[error("the consumer was cancelled")]
+    Cancelled,
+    /// The broker refused a dead letter.
+    #[error("dead-letter publish was not confirmed")]
+    DeadLetterNacked,
+    /// The store refused a batch: its messages go back to the queue.
+    #[error(transparent)]
+    NotDurable(#[from] NotDurable),
+    /// The task publishing a batch's dead letters ended abnormally.
+    #[error("the dead-letter publish task ended abnormally")]
+    Publisher,
+}
+
+/// A RabbitMQ source, restarted by its supervisor whenever a session ends.
+pub struct Rabbitmq {
+    pipeline: Pipeline,
+    config: RabbitmqSource,
+    /// The epoch new batches belong to.
+    epoch: Epoch,
+    /// The wait before the next connect (none at the first start).
+    delay: Duration,
+    /// The wait after the next failure that follows no progress.
+    backoff: Duration,
+    /// Sessions are numbered, so that news of an ended one is told apart.
+    generation: u64,
+    session: Option<Session>,
+    /// The connect under way, cancelled by a stop.
+    connecting: Option<SpawnHandle>,
+    /// Acknowledgers of this and earlier sessions, awaited by a stop.
+    acknowledgers: Vec<JoinHandle<()>>,
+    stopped: bool,
+}
+
+/// A connected session.
+struct Session {
+    generation: u64,
+    consume: Channel,
+    dead_letters: Channel,
+    tag: String,
+    /// Batches to the session's acknowledger, in delivery order.
+    batches: mpsc::UnboundedSender<InFlight>,
+    /// Set once the session acked a batch: the next failure backs off from the start.
+    progressed: Arc<AtomicBool>,
+}
+
+/// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is
+/// durable and every dead letter of it is confirmed.
+struct InFlight {
+    pending: Pending,
+    /// The batch's dead letters, published and confirmed (or not).
+    dead: Option<JoinHandle<Result<(), SessionError>>>,
+    /// The delivery tags of the dead-lettered messages.
+    dead_tags: Vec<u64>,
+    last_tag: u64,
+}
+
+/// A session's acknowledger found it broken.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Lost {
+    generation: u64,
+    error: SessionError,
+}
+
+/// A connect that worked: the connection, its channels, and the consumer.
+struct Connected {
+    connection: Connection,
+    consume: Channel,
+    dead_letters: Channel,
+    consumer: Consumer,
+    tag: String,
+}
+
+impl Rabbitmq {
+    /// A source that consumes `config`'s queue into `pipeline`, starting in `epoch`.
+    pub fn new(pipeline: Pipeline, config: RabbitmqSource, epoch: Epoch) -> Rabbitmq {
+        Rabbitmq {
+            pipeline,
+            config,
+            epoch,
+            delay: Duration::ZERO,
+            backoff: BACKOFF_FIRST,
+            generation: 0,
+            session: None,
+            connecting: None,
+            acknowledgers: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Ends the current session (or connect): the actor stops, and its
+    /// supervisor restarts it, to connect again after the backoff.
+    fn lost(&mut self, error: &SessionError, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        // Dropping the session closes its acknowledger's queue: it finishes
+        // the batches it has (no ack once the channel is gone), then closes
+        // the connection, so the broker delivers again what was not acked.
+        let progressed = self
+            .session
+            .take()
+            .is_some_and(|session| session.progressed.load(Ordering::Relaxed));
+        if progressed {
+            self.backoff = BACKOFF_FIRST;
+        }
+        self.delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
+        let stats = &self.pipeline.stats;
+        stats.connected.store(false, Ordering::Relaxed);
+        stats.disconnects.fetch_add(1, Ordering::Relaxed);
+        let text = crate::error_chain(error);
+        tracing::warn!(source = self.pipeline.index, queue = %self.config.queue, error = %text, retry_in_ms = self.delay.as_millis() as u64, "rabbitmq source disconnected; unacknowledged messages stay in the queue");
+        stats.last_error.set(Some(text));
+        ctx.stop();
+    }
+
+    /// Starts the session a connect opened.
+    fn begin(&mut self, connected: Connected, ctx: &mut Context<Self>) {
+        let Connected {
+            connection,
+            consume,
+            dead_letters,
+            consumer,
+            tag,
+        } = connected;
+        let (batches, queue) = mpsc::unbounded_channel();
+        let progressed = Arc::new(AtomicBool::new(false));
+        self.acknowledgers.retain(|task| !task.is_finished());
+        self.acknowledgers.push(actix::spawn(acknowledge(
+            self.pipeline.clone(),
+            connection,
+            consume.clone(),
+            queue,
+            Arc::clone(&progressed),
+            (ctx.address(), self.generation),
+        )));
+        self.session = Some(Session {
+            generation: self.generation,
+            consume,
+            dead_letters,
+            tag,
+            batches,
+            progressed,
+        });
+        ctx.add_stream(consumer.ready_chunks(MAX_BATCH));
+        self.pipeline.stats.connected.store(true, Ordering::Relaxed);
+        self.pipeline.stats.last_error.set(None);
+        tracing::info!(source = self.pipeline.index, queue = %self.config.queue, "rabbitmq source connected");
+    }
+
+    /// Parses a batch of deliveries, publishes its dead letters and sends its
+    /// valid events to the Recorder, then hands it to the acknowledger.
+    fn take(&self, deliveries: Vec<lapin::message::Delivery>, session: &Session) {
+        let Some(last_tag) = deliveries.last().map(|delivery| delivery.delivery_tag) else {
+            return;
+        };
+        let pipeline = &self.pipeline;
+        let ingest_ms = crate::now_ms();
+        let mut batch = Vec::with_capacity(deliveries.len());
+        let mut dead = Vec::new();
+        for delivery in deliveries {
+            match pipeline.schema.parse(&delivery.data, ingest_ms) {
+                Ok(event) => batch.push((delivery.data, ingest_ms, event)),
+                Err(reject) => {
+                    pipeline.stats.count_reject(&reject);
+                    dead.push((delivery.delivery_tag, delivery.data, reject));
+                }
+            }
+        }
+        let dead_tags = dead.iter().map(|(tag, _, _)| *tag).collect();
+        let dead = (!dead.is_empty()).then(|| {
+            actix::spawn(dead_letter(
+                session.dead_letters.clone(),
+                self.config.dead_letter_queue.clone(),
+                Arc::clone(&pipeline.schema),
+                dead,
+            ))
+        });
+        let pending = pipeline.send(self.epoch, batch);
+        // The acknowledger ends only when this sender is dropped.
+        session
+            .batches
+            .send(InFlight {
+                pending,
+                dead,
+                dead_tags,
+                last_tag,
+            })
+            .ok();
+    }
+
+    /// Stops for good: no new deliveries; every batch in flight is finished
+    /// (made durable, applied and acked) before `done` is answered.
+    fn stop(&mut self, done: tokio::sync::oneshot::Sender<()>, ctx: &mut Context<Self>) {
+        self.stopped = true;
+        if let Some(connecting) = self.connecting.take() {
+            ctx.cancel_future(connecting);
+        }
+        let session = self.session.take();
+        let acknowledgers = std::mem::take(&mut self.acknowledgers);
+        let (index, queue) = (self.pipeline.index, self.config.queue.clone());
+        self.pipeline
+            .stats
+            .connected
+            .store(false, Ordering::Relaxed);
+        ctx.spawn(
+            async move {
+                if let Some(session) = session {
+                    let tag = session.tag.as_str().into();
+                    session
+                        .consume
+                        .basic_cancel(tag, BasicCancelOptions::default())
+                        .await
+                        .ok();
+                }
+                for task in acknowledgers {
+                    task.await.ok();
+                }
+                tracing::info!(source = index, queue = %queue, "rabbitmq source stopped");
+                done.send(()).ok();
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for Rabbitmq {
+    type Context = Context<Self>;
+
+    /// Connects (after the backoff, on a restart); barriers are handled meanwhile.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        self.generation += 1;
+        let (config, index, delay) = (self.config.clone(), self.pipeline.index, self.delay);
+        let connect = async move {
+            tokio::time::sleep(delay).await;
+            connect(&config, index).await
+        };
+        self.connecting = Some(
+            ctx.spawn(connect.into_actor(self).map(|outcome, source, ctx| {
+                source.connecting = None;
+                match outcome {
+                    Ok(connected) => source.begin(connected, ctx),
+                    Err(err) => source.lost(&err, ctx),
+                }
+            })),
+        );
+    }
+}
+
+impl Supervised for Rabbitmq {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.pipeline.stats.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl StreamHandler<Vec<lapin::Result<lapin::message::Delivery>>> for Rabbitmq {
+    fn handle(
+        &mut self,
+        ready: Vec<lapin::Result<lapin::message::Delivery>>,
+        ctx: &mut Context<Self>,
+    ) {
+        match ready.into_iter().collect::<lapin::Result<Vec<_>>>() {
+            Ok(deliveries) => {
+                // Without a session (stopping), deliveries go back to the queue.
+                if let Some(session) = &self.session {
+                    self.take(deliveries, session);
+                }
+            }
+            // What came before the error in this batch is sent nowhere: the
+            // broker delivers it again.
+            Err(err) => self.lost(&err.into(), ctx),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.session.is_some() {
+            self.lost(&SessionError::Cancelled, ctx);
+        }
+    }
+}
+
+impl Handler<Control> for Rabbitmq {
+    type Result = ();
+
+    fn handle(&mut self, control: Control, ctx: &mut Context<Self>) {
+        match control {
+            // Every batch is sent to the Recorder as it is read, so nothing of
+            // the finished epoch is held back: the barrier goes at once, and
+            // while the broker is away too.
+            Control::Barrier(finished) => {
+                self.pipeline.barrier(finished);
+                self.epoch = self.epoch.max(finished.next());
+            }
+            Control::Stop(done) => self.stop(done, ctx),
+            // Only push sources keep an epoch open on request.
+            Control::Hold | Control::Release => {}
+        }
+    }
+}
+
+impl Handler<Lost> for Rabbitmq {
+    type Result = ();
+
+    fn handle(&mut self, lost: Lost, ctx: &mut Context<Self>) {
+        let current = self.session.as_ref().map(|session| session.generation);
+        if current == Some(lost.generation) {
+            self.lost(&lost.error, ctx);
+        }
+    }
+}
+
+/// Opens a connection and its two channels (consume; dead letters, with
+/// publisher confirms), declares the queues and starts consuming.
+async fn connect(config: &RabbitmqSource, index: usize) -> Result<Connected, SessionError> {
+    // Named (`connection_name` in `rabbitmqctl list_connections
+    // client_properties`), so an operator can tell which connection consumes what.
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("tandem source of {}", config.queue).into());
+    let connection = Connection::connect(&config.uri, properties).await?;
+    let consume = connection.create_channel().await?;
+    let dead_letters = connection.create_channel().await?;
+    consume
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    for queue in [&config.queue, &config.dead_letter_queue] {
+        consume
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let tag = format!("tandem-{index}");
+    let consumer = consume
+        .basic_consume(
+            config.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(Connected {
+        connection,
+        consume,
+        dead_letters,
+        consumer,
+        tag,
+    })
+}
+
+/// Publishes one batch's dead letters, all handed to the connection at once
+/// (one write, not a round trip each), then waits for the broker's confirms.
+async fn dead_letter(
+    channel: Channel,
+    queue: String,
+    schema: Arc<Schema>,
+    dead: Vec<(u64, Vec<u8>, Reject)>,
+) -> Result<(), SessionError> {
+    let confirms = futures_util::future::try_join_all(dead.iter().map(|(_, data, reject)| {
+        channel.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            data,
+            dead_letter_properties(&schema, reject),
+        )
+    }))
+    .await?;
+    for confirm in confirms {
+        if !confirm.await?.is_ack() {
+            return Err(SessionError::DeadLetterNacked);
+        }
+    }
+    Ok(())
+}
+
+/// A dead letter's properties: persistent, with the reason (and the field)
+/// in headers.
+fn dead_letter_properties(schema: &Schema, reject: &Reject) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reject.reason.as_str())),
+    );
+    if let Some(field) = reject.field {
+        headers.insert(
+            FIELD_HEADER.into(),
+            AMQPValue::LongString(LongString::from(schema.field_name(field))),
+        );
+    }
+    BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+}
+
+/// A session's acknowledger: takes its batches in delivery order; once a
+/// batch is durable it is handed to the speed layer (by `Pipeline::durable`),
+/// and once its dead letters are confirmed too, every delivery up to its last
+/// is acked. After a failure (told to the actor as [`Lost`]) nothing more is
+/// acked but the dead letters confirmed in their queue (so they are not
+/// dead-lettered again on every retry while the store fails); durable batches
+/// still reach the speed layer. Once the actor drops the session, the
+/// connection is closed: the broker delivers again what was not acked.
+async fn acknowledge(
+    pipeline: Pipeline,
+    connection: Connection,
+    consume: Channel,
+    mut batches: mpsc::UnboundedReceiver<InFlight>,
+    progressed: Arc<AtomicBool>,
+    (source, generation): (Addr<Rabbitmq>, u64),
+) {
+    let mut failed = false;
+    while let Some(batch) = batches.recv().await {
+        let confirmed = match batch.dead {
+            Some(task) => task.await.unwrap_or(Err(SessionError::Publisher)),
+            None => Ok(()),
+        };
+        let durable = pipeline.durable(batch.pending).await;
+        let outcome = match (confirmed, durable) {
+            (Ok(()), Ok(_)) if !failed => consume
+                .basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(SessionError::from),
+            (Ok(()), durable) => {
+                // Not acked with their batch: the dead letters, confirmed in
+                // their queue, are acked alone.
+                for tag in batch.dead_tags {
+                    consume
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await
+                        .ok();
+                }
+                durable.map(drop).map_err(SessionError::from)
+            }
+            (Err(err), _) => Err(err),
+        };
+        match outcome {
+            Ok(()) if !failed => progressed.store(true, Ordering::Relaxed),
+            Ok(()) => {}
+            Err(error) => {
+                if !failed {
+                    source.do_send(Lost { generation, error });
+                }
+                failed = true;
+            }
+        }
+    }
+    connection
+        .close(200, "tandem is stopping".into())
+        .await
+        .ok();
+}

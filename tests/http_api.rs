@@ -130,6 +130,16 @@ fn every_route_answers_its_shape_and_refuses_bad_input_with_a_4xx() {
     // Batch and speed parts add up to the merged answer, before and after a batch run.
     let total_orders: u64 = expect.products.values().map(|(orders, _)| orders).sum();
     let total_cents: i64 = expect.products.values().map(|(_, cents)| cents).sum();
+    // Handled means durable; the speed layer applies a batch just after, so
+    // the parts are compared once the last one is in.
+    common::poll_until(Duration::from_secs(30), "every order visible", || {
+        let (_, merged) = get(&daemon, "/v1/views/by_product/totals");
+        if count(&merged) == total_orders {
+            Ok(())
+        } else {
+            Err(count(&merged))
+        }
+    });
     for round in 0..2 {
         let (code, merged) = get(&daemon, "/v1/views/by_product/totals");
         assert_eq!(code, 200, "{merged}");

@@ -466,26 +466,28 @@ fn the_daemon_runs_its_batch_on_spark_while_events_keep_coming() {
         let handle = tandem::start(config, Options::manual_epochs())
             .await
             .expect("start");
-        handle.ingest_many(parts[0].clone()).await.expect("ingest");
-        // The run of epoch 1 goes on while the second part comes in.
-        let (served, ingested) =
-            tokio::join!(handle.recompute_now(), handle.ingest_many(parts[1].clone()));
-        ingested.expect("ingest");
-        assert_eq!(served.expect("a Spark batch run"), Epoch(1));
-        let (batch, seen) = products(&handle, &after_four).await;
-        assert_eq!(batch, Some(Epoch(1)));
-        assert_eq!(seen, after_two.products, "Spark batch 1 + speed");
-        assert_parts_add_up(&handle, &after_four).await;
-
-        handle.ingest_many(parts[2].clone()).await.expect("ingest");
-        let (served, ingested) =
-            tokio::join!(handle.recompute_now(), handle.ingest_many(parts[3].clone()));
-        ingested.expect("ingest");
-        assert_eq!(served.expect("a Spark batch run"), Epoch(2));
-        let (batch, seen) = products(&handle, &after_four).await;
-        assert_eq!(batch, Some(Epoch(2)));
-        assert_eq!(seen, after_four.products, "Spark batch 2 + speed");
-        assert_parts_add_up(&handle, &after_four).await;
+        // Each run goes on while the next part comes in (after the epoch's
+        // barrier: in the next epoch).
+        for (run, expected) in [(1, &after_two), (2, &after_four)] {
+            handle
+                .ingest_many(parts[2 * run - 2].clone())
+                .await
+                .expect("ingest");
+            let finished = handle
+                .start_epoch(tandem::actors::RunMode::Incremental)
+                .await
+                .expect("a new epoch");
+            let (served, ingested) = tokio::join!(
+                handle.wait_served(finished),
+                handle.ingest_many(parts[2 * run - 1].clone())
+            );
+            ingested.expect("ingest");
+            assert_eq!(served.expect("a Spark batch run"), Epoch(run as u64));
+            let (batch, seen) = products(&handle, &after_four).await;
+            assert_eq!(batch, Some(Epoch(run as u64)));
+            assert_eq!(seen, expected.products, "Spark batch {run} + speed");
+            assert_parts_add_up(&handle, &after_four).await;
+        }
         handle.stop().await;
     });
     // The runs' outputs are removed once imported.

@@ -31,15 +31,12 @@ use source::{
 use speed::{SpeedPartition, SpeedState};
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
-use tokio::sync::{mpsc, oneshot};
-
-/// Pushes (in-process calls, HTTP requests) queued before callers wait.
-const INGEST_QUEUE: usize = 4_096;
+use tokio::sync::oneshot;
 
 /// The sending side of a push source.
 #[derive(Debug, Clone)]
 pub struct Pusher {
-    sender: mpsc::Sender<IngestRequest>,
+    source: Addr<source::Push>,
 }
 
 impl Pusher {
@@ -51,7 +48,8 @@ impl Pusher {
     /// the system is stopping.
     pub async fn push(&self, messages: Vec<Vec<u8>>) -> Result<PushOutcome, IngestError> {
         let (reply, rx) = oneshot::channel();
-        self.sender
+        // Waits while the source's mailbox is full; a stopped source drops the reply.
+        self.source
             .send(IngestRequest { messages, reply })
             .await
             .map_err(|_| IngestError::Stopped)?;
@@ -681,21 +679,18 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     // then the configured ones.
     let n_feeds = options.feeds.max(1);
     let mut handles = Vec::with_capacity(config.sources.len() + n_feeds);
-    let mut controls = Vec::with_capacity(config.sources.len());
-    let mut feed_controls = Vec::with_capacity(n_feeds);
     for feed in 0..n_feeds {
         let name = match feed {
             0 => source::IN_PROCESS.to_owned(),
             _ => format!("{}-{feed}", source::IN_PROCESS),
         };
-        let (handle, control) = SourceHandle::new(
+        let handle = SourceHandle::new(
             name,
             source::IN_PROCESS,
             None,
             Arc::new(SourceStats::default()),
         );
         handles.push(handle);
-        feed_controls.push(control);
     }
     for source in &config.sources {
         let (queue, demo) = match &source.kind {
@@ -707,10 +702,8 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
             demo,
             ..SourceStats::default()
         });
-        let (handle, control) =
-            SourceHandle::new(source.name.clone(), source.kind.name(), queue, stats);
+        let handle = SourceHandle::new(source.name.clone(), source.kind.name(), queue, stats);
         handles.push(handle);
-        controls.push(control);
     }
     let metrics = Arc::new(Metrics::new(handles.clone(), Arc::clone(&shared)));
 
@@ -763,54 +756,49 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         stats: Arc::clone(&handles[index].stats),
         ack_lag: metrics.ack_lag.clone(),
     };
-    let push_source = |index: usize, control| {
-        let (sender, receiver) = mpsc::channel(INGEST_QUEUE);
-        actix::spawn(source::run_push(
-            pipeline(index),
-            control,
-            receiver,
-            startup.epoch,
-        ));
-        Pusher { sender }
+    // Every source parses on a thread of its own, off the system thread;
+    // the threads end once the sources have stopped.
+    let mut source_threads = Vec::new();
+    let push_source = |index: usize, threads: &mut Vec<Arbiter>| {
+        let thread = Arbiter::new();
+        let pipeline = pipeline(index);
+        let source = source::Push::start_in_arbiter(&thread.handle(), move |_| {
+            source::Push::new(pipeline, startup.epoch)
+        });
+        handles[index].attach(source.clone().recipient());
+        threads.push(thread);
+        Pusher { source }
     };
-    let feeds: Vec<Feed> = feed_controls
-        .into_iter()
-        .enumerate()
-        .map(|(index, control)| Feed {
-            pusher: push_source(index, control),
+    let feeds: Vec<Feed> = (0..n_feeds)
+        .map(|index| Feed {
+            pusher: push_source(index, &mut source_threads),
             source: handles[index].clone(),
         })
         .collect();
     let mut http_push = None;
-    let mut source_threads = Vec::new();
-    for ((index, source), control) in config.sources.iter().enumerate().zip(controls) {
-        let index = index + n_feeds - 1;
+    for (index, source) in config.sources.iter().enumerate() {
+        let index = index + n_feeds;
         match &source.kind {
             SourceKind::Rabbitmq(rabbit) => {
-                // On a thread of its own: parsing its deliveries stays off
-                // the system thread.
                 let thread = Arbiter::new();
-                let (pipeline, rabbit) = (pipeline(index + 1), rabbit.clone());
+                let (pipeline, rabbit) = (pipeline(index), rabbit.clone());
                 let addr = actix::Supervisor::start_in_arbiter(&thread.handle(), move |_| {
                     source::Rabbitmq::new(pipeline, rabbit, startup.epoch)
                 });
-                thread.spawn(source::forward_control(control, addr.recipient()));
+                handles[index].attach(addr.recipient());
                 source_threads.push(thread);
             }
             SourceKind::Http(limits) => {
                 http_push = Some(HttpPush {
                     name: source.name.clone(),
                     limits: limits.clone(),
-                    pusher: push_source(index + 1, control),
+                    pusher: push_source(index, &mut source_threads),
                 });
             }
             SourceKind::Demo(demo) => {
-                actix::spawn(source::demo::run_demo(
-                    pipeline(index + 1),
-                    control,
-                    demo.clone(),
-                    startup.epoch,
-                ));
+                let addr =
+                    source::demo::Demo::new(pipeline(index), demo.clone(), startup.epoch).start();
+                handles[index].attach(addr.recipient());
             }
         }
     }

@@ -5,18 +5,18 @@
 //! wall clock (late events lie in the past), so a fresh daemon shows live
 //! numbers at once.
 //!
-//! One batch is in flight at a time; a batch the store refuses is sent again,
+//! An actor ([`Demo`]): a tick (every 100 ms) sends what is due as one batch;
+//! one batch is in flight at a time; a batch the store refuses is sent again,
 //! so a full disk delays the demo but loses none of its events.
 
-use super::{Control, MAX_BATCH, Next, NotDurable, Pipeline};
+use super::{Control, MAX_BATCH, NotDurable, Pipeline};
 use crate::config::DemoSource;
 use crate::event::{Epoch, ParsedEvent};
 use crate::workload::{Generator, LineKind, Workload};
-use std::future::Future;
-use std::pin::Pin;
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// How often the demo looks at the clock and sends what is due.
 const TICK: Duration = Duration::from_millis(100);
@@ -41,18 +41,6 @@ struct Batch {
     lines: Vec<(Vec<u8>, i64, ParsedEvent)>,
     /// How many of `lines` are second copies.
     duplicates: u64,
-}
-
-type Durability = Pin<Box<dyn Future<Output = Result<usize, NotDurable>>>>;
-
-/// What the demo is doing between ticks.
-enum State {
-    /// Nothing in flight: the next tick sends what is due.
-    Idle,
-    /// A batch is on its way to being durable.
-    Sending(Batch, Durability),
-    /// A batch was refused; it is sent again at the instant.
-    Waiting(Batch, tokio::time::Instant),
 }
 
 /// The generator behind a demo source started at `start_ms`: order ids
@@ -113,102 +101,161 @@ fn demo_stats(pipeline: &Pipeline) -> Option<&DemoStats> {
     pipeline.stats.demo.as_ref()
 }
 
-/// Sends a batch's lines in `epoch`; resolves once they are durable.
-fn send(pipeline: &Pipeline, epoch: Epoch, batch: &Batch) -> Durability {
-    let pending = pipeline.send(epoch, batch.lines.clone());
-    let pipeline = pipeline.clone();
-    Box::pin(async move { pipeline.durable(pending).await })
+/// A demo source: on every tick it generates what is due and sends it as one
+/// batch; the next waits until that one is durable.
+pub struct Demo {
+    pipeline: Pipeline,
+    demo: DemoSource,
+    /// The epoch new batches belong to.
+    epoch: Epoch,
+    started: Instant,
+    generator: Generator,
+    /// The batch in flight, or the refused one waiting for its retry.
+    batch: Option<Batch>,
+    /// Whether `batch` is in flight (else it waits for its retry).
+    sending: bool,
+    /// Set by a stop: answered once the batch in flight is done.
+    stopping: Option<oneshot::Sender<()>>,
+    stopped: bool,
 }
 
-/// Runs a demo source until it is stopped.
-pub async fn run_demo(
-    pipeline: Pipeline,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    demo: DemoSource,
-    mut epoch: Epoch,
-) {
-    let started = Instant::now();
-    let mut generator = workload(&demo, pipeline.index, crate::now_ms()).generator();
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut state = State::Idle;
-    pipeline.stats.connected.store(true, Ordering::Relaxed);
-    tracing::info!(
-        source = pipeline.index,
-        rate = demo.rate,
-        seed = demo.seed,
-        "demo source started"
-    );
-    let exhausted = |generator: &Generator| {
-        demo.events
-            .is_some_and(|events| generator.has_emitted(events))
-    };
-    loop {
-        let idle = matches!(state, State::Idle);
-        let retry_at = match &state {
-            State::Waiting(_, at) => Some(*at),
-            _ => None,
-        };
-        tokio::select! {
-            biased;
-            ctrl = control.recv() => {
-                if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
-                    // What is in flight finishes; a refused batch waiting for
-                    // its retry was never accepted and is dropped.
-                    if let State::Sending(batch, durability) = state
-                        && !finished(&pipeline, &batch, durability.await)
-                    {
-                        tracing::warn!(source = pipeline.index, events = batch.lines.len(), "demo stopped; its last batch was not durable and is dropped");
-                    }
-                    if let Some(done) = done {
-                        done.send(()).ok();
-                    }
-                    return;
-                }
-            }
-            outcome = async {
-                match &mut state {
-                    State::Sending(_, durability) => durability.as_mut().await,
-                    _ => std::future::pending().await,
-                }
-            } => {
-                let State::Sending(batch, _) = std::mem::replace(&mut state, State::Idle) else {
-                    continue;
-                };
-                if !finished(&pipeline, &batch, outcome) {
-                    state = State::Waiting(batch, tokio::time::Instant::now() + RETRY);
-                } else if generator.events() + MAX_BATCH as u64 <= due(&demo, started) {
-                    // Behind by a whole batch (a rate above what ticks
-                    // carry, or a slow disk): the next one goes at once.
-                    let batch = due_lines(&pipeline, &mut generator, &demo, started);
-                    let durability = send(&pipeline, epoch, &batch);
-                    state = State::Sending(batch, durability);
-                }
-            }
-            () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
-                if let State::Waiting(batch, _) = std::mem::replace(&mut state, State::Idle) {
-                    let durability = send(&pipeline, epoch, &batch);
-                    state = State::Sending(batch, durability);
-                }
-            }
-            _ = ticks.tick(), if idle && !exhausted(&generator) => {
-                let batch = due_lines(&pipeline, &mut generator, &demo, started);
-                if !batch.lines.is_empty() {
-                    let durability = send(&pipeline, epoch, &batch);
-                    state = State::Sending(batch, durability);
-                }
-            }
+impl Demo {
+    /// A demo source of `demo` sending into `pipeline`, starting in `epoch`.
+    pub fn new(pipeline: Pipeline, demo: DemoSource, epoch: Epoch) -> Demo {
+        let generator = workload(&demo, pipeline.index, crate::now_ms()).generator();
+        Demo {
+            pipeline,
+            demo,
+            epoch,
+            started: Instant::now(),
+            generator,
+            batch: None,
+            sending: false,
+            stopping: None,
+            stopped: false,
         }
-        if exhausted(&generator)
-            && matches!(state, State::Idle)
-            && let Some(stats) = demo_stats(&pipeline)
-            && !stats.finished.swap(true, Ordering::Relaxed)
-        {
-            tracing::info!(
-                source = pipeline.index,
-                events = generator.events(),
-                "demo source generated every event it was asked for"
+    }
+
+    fn exhausted(&self) -> bool {
+        self.demo
+            .events
+            .is_some_and(|events| self.generator.has_emitted(events))
+    }
+
+    /// Sends what is due, if nothing is in flight or waiting.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped || self.batch.is_some() {
+            return;
+        }
+        if self.exhausted() {
+            if let Some(stats) = demo_stats(&self.pipeline)
+                && !stats.finished.swap(true, Ordering::Relaxed)
+            {
+                tracing::info!(
+                    source = self.pipeline.index,
+                    events = self.generator.events(),
+                    "demo source generated every event it was asked for"
+                );
+            }
+            return;
+        }
+        let batch = due_lines(
+            &self.pipeline,
+            &mut self.generator,
+            &self.demo,
+            self.started,
+        );
+        if !batch.lines.is_empty() {
+            self.send(batch, ctx);
+        }
+    }
+
+    /// Sends a batch's lines in the current epoch; [`Demo::sent`] hears the outcome.
+    fn send(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+        let pending = self.pipeline.send(self.epoch, batch.lines.clone());
+        self.batch = Some(batch);
+        self.sending = true;
+        let pipeline = self.pipeline.clone();
+        ctx.spawn(
+            async move { pipeline.durable(pending).await }
+                .into_actor(self)
+                .map(|outcome, demo, ctx| demo.sent(outcome, ctx)),
+        );
+    }
+
+    fn sent(&mut self, outcome: Result<usize, NotDurable>, ctx: &mut Context<Self>) {
+        self.sending = false;
+        let Some(batch) = self.batch.take() else {
+            return;
+        };
+        let durable = finished(&self.pipeline, &batch, outcome);
+        if let Some(done) = self.stopping.take() {
+            // What was in flight is finished; a refused batch was never
+            // accepted and is dropped.
+            if !durable {
+                tracing::warn!(
+                    source = self.pipeline.index,
+                    events = batch.lines.len(),
+                    "demo stopped; its last batch was not durable and is dropped"
+                );
+            }
+            self.stop(done);
+        } else if !durable {
+            self.batch = Some(batch);
+            ctx.run_later(RETRY, |demo, ctx| {
+                if let Some(batch) = demo.batch.take().filter(|_| !demo.stopped) {
+                    demo.send(batch, ctx);
+                }
+            });
+        } else if self.generator.events() + MAX_BATCH as u64 <= due(&self.demo, self.started) {
+            // Behind by a whole batch (a rate above what ticks carry, or a
+            // slow disk): the next one goes at once.
+            let batch = due_lines(
+                &self.pipeline,
+                &mut self.generator,
+                &self.demo,
+                self.started,
             );
+            self.send(batch, ctx);
+        }
+    }
+
+    fn stop(&mut self, done: oneshot::Sender<()>) {
+        self.stopped = true;
+        self.batch = None;
+        self.pipeline
+            .stats
+            .connected
+            .store(false, Ordering::Relaxed);
+        done.send(()).ok();
+    }
+}
+
+impl Actor for Demo {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.pipeline.stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(
+            source = self.pipeline.index,
+            rate = self.demo.rate,
+            seed = self.demo.seed,
+            "demo source started"
+        );
+        ctx.run_interval(TICK, Demo::tick);
+    }
+}
+
+impl Handler<Control> for Demo {
+    type Result = ();
+
+    fn handle(&mut self, control: Control, _: &mut Context<Self>) {
+        match control {
+            Control::Barrier(finished) => self.pipeline.barrier(finished, &mut self.epoch),
+            // A batch in flight finishes first.
+            Control::Stop(done) if self.sending => self.stopping = Some(done),
+            Control::Stop(done) => self.stop(done),
+            Control::Hold | Control::Release => {}
         }
     }
 }

@@ -6,12 +6,14 @@
 //! it (in process). Barriers reach a source as [`Control`] messages, handled
 //! while its broker is away too, so a dead broker never stalls sealing.
 //!
-//! The kinds: RabbitMQ ([`Rabbitmq`], a supervised actor on a thread of its
-//! own, restarted with a backoff when its connection is lost), the in-process
-//! feed and the HTTP source ([`run_push`]), and the demo generator
-//! ([`demo::run_demo`]); the last two are tasks on the system thread.
+//! Every source is an actor: RabbitMQ ([`Rabbitmq`], supervised, restarted
+//! with a backoff when its connection is lost), the in-process feed and the
+//! HTTP source ([`Push`]), each on a thread of its own where it parses, and
+//! the demo generator ([`demo::Demo`]). Waiting for durability and routing to
+//! the speed layer run on the system thread ([`spawn_on_system`]).
 
 pub mod demo;
+mod push;
 mod rabbitmq;
 
 use super::recorder::{Append, Barrier, Durable, RecordIn, Recorder};
@@ -22,8 +24,9 @@ use crate::store;
 use actix::{Addr, Recipient};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+pub use push::Push;
 pub use rabbitmq::{FIELD_HEADER, REASON_HEADER, Rabbitmq};
 
 /// Most events in one batch.
@@ -48,7 +51,7 @@ pub enum Control {
 /// Counters of one source, shared with the status API.
 #[derive(Debug, Default)]
 pub struct SourceStats {
-    /// Valid deliveries made durable (redeliveries included).
+    /// Valid deliveries made durable and applied by the speed layer (redeliveries included).
     pub accepted: AtomicU64,
     /// Rejected deliveries, per reason, in [`crate::event::Reason::ALL`] order.
     pub rejected: [AtomicU64; 7],
@@ -91,14 +94,6 @@ pub struct Pipeline {
     pub stats: Arc<SourceStats>,
     /// Observed when a batch is acknowledged.
     pub ack_lag: prometheus_client::metrics::histogram::Histogram,
-}
-
-/// What a source does after a control message.
-pub(crate) enum Next {
-    /// Go on.
-    Go,
-    /// Stop; answer the sender, if any, once stopped.
-    Stop(Option<oneshot::Sender<()>>),
 }
 
 /// A batch on its way to being durable.
@@ -159,30 +154,14 @@ impl Pipeline {
         }
     }
 
-    /// Sends this source's barrier for `epoch`, after everything it sent before.
-    pub fn barrier(&self, epoch: Epoch) {
+    /// Sends this source's barrier for `finished`, after everything it sent
+    /// before, and moves `epoch` (the one new events get) past it.
+    pub fn barrier(&self, finished: Epoch, epoch: &mut Epoch) {
         self.recorder.do_send(Barrier {
             source: self.index,
-            epoch,
+            epoch: finished,
         });
-    }
-
-    /// Handles a control message: a barrier is passed on at once (every batch
-    /// is sent as soon as it is read, so nothing of the finished epoch is held
-    /// back) and new events get the next epoch; a stop, or a closed control
-    /// channel, is handed back to the caller.
-    pub(crate) fn control(&self, control: Option<Control>, epoch: &mut Epoch) -> Next {
-        match control {
-            Some(Control::Barrier(finished)) => {
-                self.barrier(finished);
-                *epoch = (*epoch).max(finished.next());
-                Next::Go
-            }
-            Some(Control::Stop(done)) => Next::Stop(Some(done)),
-            // Only push sources keep an epoch open on request.
-            Some(Control::Hold | Control::Release) => Next::Go,
-            None => Next::Stop(None),
-        }
+        *epoch = (*epoch).max(finished.next());
     }
 
     /// Waits until a batch is durable, then hands its events to the speed layer.
@@ -211,9 +190,6 @@ impl Pipeline {
             Err(_) => return Err(NotDurable::Stopped),
         };
         let n = pending.events.len();
-        self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
-        self.ack_lag
-            .observe(pending.received.elapsed().as_secs_f64());
         let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
             vec![Vec::new(); self.partitions.len()];
         let mut scratch = String::new();
@@ -245,19 +221,27 @@ impl Pipeline {
             // durable all the same, and a restart replays it.
             rx.await.ok();
         }
+        // Counted once visible: a query after `accepted` moved sees the batch.
+        self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+        self.ack_lag
+            .observe(pending.received.elapsed().as_secs_f64());
         Ok(n)
     }
 }
 
-/// Hands a source's control messages to its actor, in order, until the
-/// source's handle is gone.
-pub async fn forward_control(
-    mut control: mpsc::UnboundedReceiver<Control>,
-    actor: Recipient<Control>,
-) {
-    while let Some(message) = control.recv().await {
-        actor.do_send(message);
-    }
+/// Runs `task` on the system thread, which only routes; a handle to await
+/// its end, on the calling one.
+pub(crate) fn spawn_on_system(
+    task: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let (done, ended) = oneshot::channel();
+    actix::System::current().arbiter().spawn(async move {
+        task.await;
+        done.send(()).ok();
+    });
+    actix::spawn(async move {
+        ended.await.ok();
+    })
 }
 
 /// The control side of a running source.
@@ -272,19 +256,35 @@ pub struct SourceHandle {
     pub queue: Option<String>,
     /// Its counters.
     pub stats: Arc<SourceStats>,
-    control: mpsc::UnboundedSender<Control>,
+    control: SourceControl,
+}
+
+/// Where a source's control messages go: its actor's mailbox, the one its
+/// events come through too, so a hold or a barrier sent before a push is
+/// handled before it. Set once the actor runs.
+type SourceControl = Arc<std::sync::OnceLock<Recipient<Control>>>;
+
+/// Sends `message` to the source's actor; false if it is gone (or not started).
+fn send_control(control: &SourceControl, message: Control) -> bool {
+    match control.get() {
+        Some(actor) if actor.connected() => {
+            actor.do_send(message);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Keeps a push source's epoch open while it lives; see [`SourceHandle::hold_epoch`].
 #[derive(Debug)]
 pub struct EpochHold {
-    control: mpsc::UnboundedSender<Control>,
+    control: SourceControl,
 }
 
 impl Drop for EpochHold {
     fn drop(&mut self) {
         // A stopped source holds nothing.
-        self.control.send(Control::Release).ok();
+        send_control(&self.control, Control::Release);
     }
 }
 
@@ -292,24 +292,25 @@ impl Drop for EpochHold {
 pub const IN_PROCESS: &str = "in_process";
 
 impl SourceHandle {
-    /// A handle and the receiving end of its control channel.
+    /// A handle to a source whose actor is not started yet ([`SourceHandle::attach`]).
     pub fn new(
         name: String,
         kind: &'static str,
         queue: Option<String>,
         stats: Arc<SourceStats>,
-    ) -> (SourceHandle, mpsc::UnboundedReceiver<Control>) {
-        let (control, rx) = mpsc::unbounded_channel();
-        (
-            SourceHandle {
-                name,
-                kind,
-                queue,
-                stats,
-                control,
-            },
-            rx,
-        )
+    ) -> SourceHandle {
+        SourceHandle {
+            name,
+            kind,
+            queue,
+            stats,
+            control: SourceControl::default(),
+        }
+    }
+
+    /// Sends this handle's control messages to `actor` from now on (once).
+    pub fn attach(&self, actor: Recipient<Control>) {
+        self.control.set(actor).ok();
     }
 
     /// Whether status pages and metrics list this source: every configured
@@ -326,16 +327,16 @@ impl SourceHandle {
 
     /// Asks the source to finish `epoch`. False if the source has stopped.
     pub fn barrier(&self, epoch: Epoch) -> bool {
-        self.control.send(Control::Barrier(epoch)).is_ok()
+        send_control(&self.control, Control::Barrier(epoch))
     }
 
     /// Keeps this source's current epoch open until the returned hold is
     /// dropped (push sources only; others ignore it): events it takes
     /// meanwhile all belong to that epoch, and the epoch is sealed only after.
     pub fn hold_epoch(&self) -> EpochHold {
-        self.control.send(Control::Hold).ok();
+        send_control(&self.control, Control::Hold);
         EpochHold {
-            control: self.control.clone(),
+            control: Arc::clone(&self.control),
         }
     }
 
@@ -343,7 +344,7 @@ impl SourceHandle {
     /// had in flight is durable and acknowledged.
     pub async fn stop(&self) {
         let (done, finished) = oneshot::channel();
-        if self.control.send(Control::Stop(done)).is_ok() {
+        if send_control(&self.control, Control::Stop(done)) {
             // A source that ended meanwhile has nothing in flight.
             finished.await.ok();
         }
@@ -351,6 +352,8 @@ impl SourceHandle {
 }
 
 /// One push of messages: an in-process ingest call, or one HTTP request.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
 pub struct IngestRequest {
     /// The messages, in order.
     pub messages: Vec<Vec<u8>>,
@@ -374,107 +377,4 @@ pub enum Ingested {
     Durable,
     /// Rejected, with the reason.
     Rejected(Reject),
-}
-
-/// Runs a push source (an in-process feed or the HTTP source) until it is
-/// stopped or its ingest channel closes. Pushes that queue up together share
-/// one batch, up to [`MAX_BATCH`] messages; each is answered once its batch is
-/// durable. On a stop it drains: the channel is closed, so a push from then on
-/// fails at once (HTTP answers 503), and every push queued before is made
-/// durable and answered before the stop is acknowledged.
-pub async fn run_push(
-    pipeline: Pipeline,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    mut ingest: mpsc::Receiver<IngestRequest>,
-    mut epoch: Epoch,
-) {
-    pipeline.stats.connected.store(true, Ordering::Relaxed);
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut holds = 0usize;
-    let mut deferred: Vec<Epoch> = Vec::new();
-    let stopped = loop {
-        while in_flight.try_join_next().is_some() {}
-        tokio::select! {
-            biased;
-            ctrl = control.recv() => match ctrl {
-                Some(Control::Hold) => holds += 1,
-                Some(Control::Release) => {
-                    holds = holds.saturating_sub(1);
-                    if holds == 0 {
-                        for finished in deferred.drain(..) {
-                            pipeline.control(Some(Control::Barrier(finished)), &mut epoch);
-                        }
-                    }
-                }
-                Some(Control::Barrier(finished)) if holds > 0 => deferred.push(finished),
-                ctrl => {
-                    if let Next::Stop(done) = pipeline.control(ctrl, &mut epoch) {
-                        break done;
-                    }
-                }
-            },
-            request = ingest.recv() => {
-                let Some(first) = request else { break None };
-                in_flight.spawn(push_batch(&pipeline, epoch, first, &mut ingest));
-            }
-        }
-    };
-    ingest.close();
-    while let Some(first) = ingest.recv().await {
-        in_flight.spawn(push_batch(&pipeline, epoch, first, &mut ingest));
-    }
-    while in_flight.join_next().await.is_some() {}
-    if let Some(done) = stopped {
-        done.send(()).ok();
-    }
-}
-
-/// Parses `first` and the pushes queued behind it (up to [`MAX_BATCH`]
-/// messages), sends the valid events as one batch of `epoch`, and returns the
-/// task that answers each push once the batch is durable.
-fn push_batch(
-    pipeline: &Pipeline,
-    epoch: Epoch,
-    first: IngestRequest,
-    ingest: &mut mpsc::Receiver<IngestRequest>,
-) -> impl Future<Output = ()> + Send + 'static {
-    let mut messages = first.messages.len();
-    let mut requests = vec![first];
-    while messages < MAX_BATCH {
-        match ingest.try_recv() {
-            Ok(request) => {
-                messages += request.messages.len();
-                requests.push(request);
-            }
-            Err(_) => break,
-        }
-    }
-    let ingest_ms = crate::now_ms();
-    let mut batch = Vec::with_capacity(messages);
-    let mut outcomes = Vec::with_capacity(requests.len());
-    for request in requests {
-        let mut outcome = PushOutcome::default();
-        for (index, raw) in request.messages.into_iter().enumerate() {
-            match pipeline.schema.parse(&raw, ingest_ms) {
-                Ok(event) => {
-                    batch.push((raw, ingest_ms, event));
-                    outcome.accepted += 1;
-                }
-                Err(reject) => {
-                    pipeline.stats.count_reject(&reject);
-                    outcome.rejected.push((index, reject));
-                }
-            }
-        }
-        outcomes.push((outcome, request.reply));
-    }
-    let pending = pipeline.send(epoch, batch);
-    let pipeline = pipeline.clone();
-    async move {
-        let durable = pipeline.durable(pending).await;
-        for (outcome, reply) in outcomes {
-            // The caller may have stopped waiting.
-            reply.send(durable.clone().map(|_| outcome)).ok();
-        }
-    }
 }

@@ -7,7 +7,10 @@
 //! parses each batch, publishes its dead letters (confirmed) and sends its
 //! valid events to the Recorder, and hands the batch to the session's
 //! acknowledger, a task that acks batches in order once each is durable (and
-//! applied by the speed layer) and its dead letters are confirmed.
+//! routed to and applied by the speed layer) and its dead letters are
+//! confirmed. The acknowledger runs on the system thread, which only routes:
+//! on the source's own thread it waited behind the parsing of the next
+//! batches, and the broker, its prefetch window full, behind it.
 //!
 //! A lost connection (or a batch the store refused, or a dead letter the
 //! broker refused) ends the session: the actor stops and the supervisor
@@ -18,7 +21,7 @@
 //! delivers those messages again; the Recorder finds their ids in the log
 //! and neither layer counts them twice).
 
-use super::{Control, MAX_BATCH, NotDurable, Pending, Pipeline};
+use super::{Control, MAX_BATCH, NotDurable, Pending, Pipeline, spawn_on_system};
 use crate::config::RabbitmqSource;
 use crate::event::{Epoch, Reject, Schema};
 use actix::{
@@ -182,7 +185,7 @@ impl Rabbitmq {
         let (batches, queue) = mpsc::unbounded_channel();
         let progressed = Arc::new(AtomicBool::new(false));
         self.acknowledgers.retain(|task| !task.is_finished());
-        self.acknowledgers.push(actix::spawn(acknowledge(
+        self.acknowledgers.push(spawn_on_system(acknowledge(
             self.pipeline.clone(),
             connection,
             consume.clone(),
@@ -261,13 +264,19 @@ impl Rabbitmq {
             .store(false, Ordering::Relaxed);
         ctx.spawn(
             async move {
-                if let Some(session) = session {
-                    let tag = session.tag.as_str().into();
-                    session
-                        .consume
-                        .basic_cancel(tag, BasicCancelOptions::default())
+                if let Some(Session {
+                    consume,
+                    tag,
+                    batches,
+                    ..
+                }) = session
+                {
+                    consume
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                         .await
                         .ok();
+                    // Its acknowledger acks what it has, then closes the connection.
+                    drop(batches);
                 }
                 for task in acknowledgers {
                     task.await.ok();
@@ -346,10 +355,7 @@ impl Handler<Control> for Rabbitmq {
             // Every batch is sent to the Recorder as it is read, so nothing of
             // the finished epoch is held back: the barrier goes at once, and
             // while the broker is away too.
-            Control::Barrier(finished) => {
-                self.pipeline.barrier(finished);
-                self.epoch = self.epoch.max(finished.next());
-            }
+            Control::Barrier(finished) => self.pipeline.barrier(finished, &mut self.epoch),
             Control::Stop(done) => self.stop(done, ctx),
             // Only push sources keep an epoch open on request.
             Control::Hold | Control::Release => {}

@@ -5,7 +5,7 @@
 //! `supervisor` (epochs and batch runs), `recompute_worker` (a batch run's
 //! key-sharded workers, one thread each; `recompute` is the run's reader and
 //! what it writes), `serving` (merged answers); `source` holds the source
-//! tasks.
+//! actors.
 
 pub mod recompute;
 pub mod recompute_worker;
@@ -178,7 +178,7 @@ pub struct Handle {
     recorder_thread: std::sync::Mutex<Option<Arbiter>>,
     /// The speed partitions' threads; taken on shutdown.
     speed_threads: std::sync::Mutex<Vec<Arbiter>>,
-    /// One thread per RabbitMQ source, ended once the sources have stopped.
+    /// One thread per RabbitMQ or push source, ended once the sources have stopped.
     source_threads: std::sync::Mutex<Vec<Arbiter>>,
     /// Held while the system runs (one process per data_dir); released on shutdown.
     lock: std::sync::Mutex<Option<DataDirLock>>,
@@ -362,7 +362,8 @@ impl Handle {
             .lock()
             .map(|mut threads| std::mem::take(&mut *threads))
             .unwrap_or_default();
-        // The recorder first: its last answers may still route events to the speed layer.
+        // The sources' threads first (they have stopped), then the recorder:
+        // its last answers may still route events to the speed layer.
         for (what, thread) in sources
             .into_iter()
             .map(|thread| ("source", thread))
@@ -756,7 +757,8 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         stats: Arc::clone(&handles[index].stats),
         ack_lag: metrics.ack_lag.clone(),
     };
-    // Every source parses on a thread of its own, off the system thread;
+    // RabbitMQ and push sources parse on a thread of their own, off the
+    // system thread (the demo, a steady trickle, stays on it);
     // the threads end once the sources have stopped.
     let mut source_threads = Vec::new();
     let push_source = |index: usize, threads: &mut Vec<Arbiter>| {

@@ -86,12 +86,9 @@ fn due_lines(
         if let Some(stats) = stats {
             stats.generated.fetch_add(1, Ordering::Relaxed);
         }
-        match pipeline.schema.parse(&line.bytes, ingest_ms) {
-            Ok(event) => {
-                batch.duplicates += u64::from(line.kind == LineKind::Duplicate);
-                batch.lines.push((line.bytes, ingest_ms, event));
-            }
-            Err(reject) => pipeline.stats.count_reject(&reject),
+        if let Ok(event) = pipeline.parse(&line.bytes, ingest_ms) {
+            batch.duplicates += u64::from(line.kind == LineKind::Duplicate);
+            batch.lines.push((line.bytes, ingest_ms, event));
         }
     }
     batch
@@ -114,8 +111,8 @@ pub struct Demo {
     batch: Option<Batch>,
     /// Whether `batch` is in flight (else it waits for its retry).
     sending: bool,
-    /// Set by a stop: answered once the batch in flight is done.
-    stopping: Option<oneshot::Sender<()>>,
+    /// Stops waiting for the batch in flight.
+    stopping: Vec<oneshot::Sender<()>>,
     stopped: bool,
 }
 
@@ -131,7 +128,7 @@ impl Demo {
             generator,
             batch: None,
             sending: false,
-            stopping: None,
+            stopping: Vec::new(),
             stopped: false,
         }
     }
@@ -189,7 +186,7 @@ impl Demo {
             return;
         };
         let durable = finished(&self.pipeline, &batch, outcome);
-        if let Some(done) = self.stopping.take() {
+        if !self.stopping.is_empty() {
             // What was in flight is finished; a refused batch was never
             // accepted and is dropped.
             if !durable {
@@ -199,7 +196,9 @@ impl Demo {
                     "demo stopped; its last batch was not durable and is dropped"
                 );
             }
-            self.stop(done);
+            for done in std::mem::take(&mut self.stopping) {
+                self.stop(done);
+            }
         } else if !durable {
             self.batch = Some(batch);
             ctx.run_later(RETRY, |demo, ctx| {
@@ -253,7 +252,7 @@ impl Handler<Control> for Demo {
         match control {
             Control::Barrier(finished) => self.pipeline.barrier(finished, &mut self.epoch),
             // A batch in flight finishes first.
-            Control::Stop(done) if self.sending => self.stopping = Some(done),
+            Control::Stop(done) if self.sending => self.stopping.push(done),
             Control::Stop(done) => self.stop(done),
             Control::Hold | Control::Release => {}
         }

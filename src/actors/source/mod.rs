@@ -22,6 +22,8 @@ use crate::aggregate::ViewSpec;
 use crate::event::{Epoch, ParsedEvent, Reject, Schema};
 use crate::store;
 use actix::{Addr, Recipient};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::oneshot;
@@ -117,6 +119,16 @@ pub enum NotDurable {
 }
 
 impl Pipeline {
+    /// Parses one message (once) at `ingest_ms`; a rejection is counted.
+    ///
+    /// # Errors
+    /// The message breaks the event rules: why.
+    pub fn parse(&self, raw: &[u8], ingest_ms: i64) -> Result<ParsedEvent, Reject> {
+        self.schema.parse(raw, ingest_ms).inspect_err(|reject| {
+            self.stats.count_reject(reject);
+        })
+    }
+
     /// Sends a batch of valid events of `epoch` to the recorder.
     pub fn send(&self, epoch: Epoch, batch: Vec<(Vec<u8>, i64, ParsedEvent)>) -> Pending {
         if batch.is_empty() {
@@ -244,6 +256,51 @@ pub(crate) fn spawn_on_system(
     })
 }
 
+/// A source's tasks that a stop waits for (its batches in flight), and the
+/// drain the first stop starts, which every later stop waits for too.
+#[derive(Default)]
+pub(crate) struct InFlightTasks {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    drained: Option<Shared<BoxFuture<'static, ()>>>,
+}
+
+impl InFlightTasks {
+    /// Tracks a task, forgetting those that ended.
+    pub(crate) fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.retain(|task| !task.is_finished());
+        self.tasks.push(task);
+    }
+
+    /// Answers `done` once the drain has ended: the first stop's drain runs
+    /// `first`, then waits for every task tracked until then, then `last`.
+    pub(crate) fn stop(
+        &mut self,
+        first: impl Future<Output = ()> + Send + 'static,
+        last: impl FnOnce() + Send + 'static,
+        done: oneshot::Sender<()>,
+    ) {
+        let drained = self
+            .drained
+            .get_or_insert_with(|| {
+                let tasks = std::mem::take(&mut self.tasks);
+                async move {
+                    first.await;
+                    for task in tasks {
+                        task.await.ok();
+                    }
+                    last();
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        actix::spawn(async move {
+            drained.await;
+            done.send(()).ok();
+        });
+    }
+}
+
 /// The control side of a running source.
 #[derive(Debug, Clone)]
 pub struct SourceHandle {
@@ -325,7 +382,8 @@ impl SourceHandle {
                 .any(|count| count.load(Ordering::Relaxed) > 0)
     }
 
-    /// Asks the source to finish `epoch`. False if the source has stopped.
+    /// Asks the source to finish `epoch` (a stopped source still passes its
+    /// barriers on). False if the source's actor is gone.
     pub fn barrier(&self, epoch: Epoch) -> bool {
         send_control(&self.control, Control::Barrier(epoch))
     }

@@ -11,12 +11,13 @@
 //! durable and answered before the stop is; a request after it is refused at
 //! once (its reply dropped: `IngestError::Stopped`, HTTP 503).
 
-use super::{Control, IngestRequest, MAX_BATCH, Pipeline, PushOutcome, spawn_on_system};
+use super::{
+    Control, InFlightTasks, IngestRequest, MAX_BATCH, Pipeline, PushOutcome, spawn_on_system,
+};
 use crate::event::Epoch;
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Requests waiting in a push source's mailbox before a sender waits.
 const MAILBOX: usize = 4_096;
@@ -34,7 +35,7 @@ pub struct Push {
     staged_messages: usize,
     flush_scheduled: bool,
     /// Batches waiting to be durable and answered, awaited by a stop.
-    in_flight: Vec<JoinHandle<()>>,
+    in_flight: InFlightTasks,
     stopped: bool,
 }
 
@@ -54,7 +55,7 @@ impl Push {
             staged: Vec::new(),
             staged_messages: 0,
             flush_scheduled: false,
-            in_flight: Vec::new(),
+            in_flight: InFlightTasks::default(),
             stopped: false,
         }
     }
@@ -72,15 +73,12 @@ impl Push {
         for request in self.staged.drain(..) {
             let mut outcome = PushOutcome::default();
             for (index, raw) in request.messages.into_iter().enumerate() {
-                match pipeline.schema.parse(&raw, ingest_ms) {
+                match pipeline.parse(&raw, ingest_ms) {
                     Ok(event) => {
                         batch.push((raw, ingest_ms, event));
                         outcome.accepted += 1;
                     }
-                    Err(reject) => {
-                        pipeline.stats.count_reject(&reject);
-                        outcome.rejected.push((index, reject));
-                    }
+                    Err(reject) => outcome.rejected.push((index, reject)),
                 }
             }
             outcomes.push((outcome, request.reply));
@@ -88,7 +86,6 @@ impl Push {
         self.staged_messages = 0;
         let pending = pipeline.send(self.epoch, batch);
         let pipeline = pipeline.clone();
-        self.in_flight.retain(|task| !task.is_finished());
         self.in_flight.push(spawn_on_system(async move {
             let durable = pipeline.durable(pending).await;
             for (outcome, reply) in outcomes {
@@ -108,13 +105,7 @@ impl Push {
     fn stop(&mut self, done: oneshot::Sender<()>) {
         self.stopped = true;
         self.flush();
-        let in_flight = std::mem::take(&mut self.in_flight);
-        actix::spawn(async move {
-            for task in in_flight {
-                task.await.ok();
-            }
-            done.send(()).ok();
-        });
+        self.in_flight.stop(async {}, || {}, done);
     }
 }
 

@@ -1,6 +1,6 @@
 //! The RabbitMQ source: an actor under [`actix::Supervisor`], on an arbiter
-//! (thread) of its own, so that parsing and routing its deliveries never run
-//! on the actix system thread.
+//! (thread) of its own, so that parsing its deliveries never runs on the
+//! actix system thread.
 //!
 //! One session is one connection: the actor consumes the lapin consumer as
 //! an actor stream (deliveries that are ready together make one batch),
@@ -17,11 +17,12 @@
 //! restarts it, which connects again after a backoff. What a restart keeps is
 //! in the actor: its epoch (barriers are messages, handled while the broker
 //! is away) and the acknowledgers of earlier sessions, which still hand their
-//! durable batches to the speed layer but no longer ack them (the broker
-//! delivers those messages again; the Recorder finds their ids in the log
-//! and neither layer counts them twice).
+//! durable batches to the speed layer; once their session failed (or its
+//! channel is gone) they ack nothing more, the broker delivers those messages
+//! again, and with an `event.id` the Recorder finds their ids in the log and
+//! neither layer counts them twice.
 
-use super::{Control, MAX_BATCH, NotDurable, Pending, Pipeline, spawn_on_system};
+use super::{Control, InFlightTasks, MAX_BATCH, NotDurable, Pending, Pipeline, spawn_on_system};
 use crate::config::RabbitmqSource;
 use crate::event::{Epoch, Reject, Schema};
 use actix::{
@@ -48,6 +49,8 @@ pub const FIELD_HEADER: &str = "x-tandem-field";
 /// Reconnect delays: doubling from the first to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// How long a stop waits for the broker to confirm the consumer's cancel.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,7 @@ pub struct Rabbitmq {
     /// The connect under way, cancelled by a stop.
     connecting: Option<SpawnHandle>,
     /// Acknowledgers of this and earlier sessions, awaited by a stop.
-    acknowledgers: Vec<JoinHandle<()>>,
+    acknowledgers: InFlightTasks,
     stopped: bool,
 }
 
@@ -141,7 +144,7 @@ impl Rabbitmq {
             generation: 0,
             session: None,
             connecting: None,
-            acknowledgers: Vec::new(),
+            acknowledgers: InFlightTasks::default(),
             stopped: false,
         }
     }
@@ -184,7 +187,6 @@ impl Rabbitmq {
         } = connected;
         let (batches, queue) = mpsc::unbounded_channel();
         let progressed = Arc::new(AtomicBool::new(false));
-        self.acknowledgers.retain(|task| !task.is_finished());
         self.acknowledgers.push(spawn_on_system(acknowledge(
             self.pipeline.clone(),
             connection,
@@ -218,12 +220,9 @@ impl Rabbitmq {
         let mut batch = Vec::with_capacity(deliveries.len());
         let mut dead = Vec::new();
         for delivery in deliveries {
-            match pipeline.schema.parse(&delivery.data, ingest_ms) {
+            match pipeline.parse(&delivery.data, ingest_ms) {
                 Ok(event) => batch.push((delivery.data, ingest_ms, event)),
-                Err(reject) => {
-                    pipeline.stats.count_reject(&reject);
-                    dead.push((delivery.delivery_tag, delivery.data, reject));
-                }
+                Err(reject) => dead.push((delivery.delivery_tag, delivery.data, reject)),
             }
         }
         let dead_tags = dead.iter().map(|(tag, _, _)| *tag).collect();
@@ -256,36 +255,31 @@ impl Rabbitmq {
             ctx.cancel_future(connecting);
         }
         let session = self.session.take();
-        let acknowledgers = std::mem::take(&mut self.acknowledgers);
         let (index, queue) = (self.pipeline.index, self.config.queue.clone());
         self.pipeline
             .stats
             .connected
             .store(false, Ordering::Relaxed);
-        ctx.spawn(
-            async move {
-                if let Some(Session {
-                    consume,
-                    tag,
-                    batches,
-                    ..
-                }) = session
-                {
-                    consume
-                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                        .await
-                        .ok();
-                    // Its acknowledger acks what it has, then closes the connection.
-                    drop(batches);
-                }
-                for task in acknowledgers {
-                    task.await.ok();
-                }
-                tracing::info!(source = index, queue = %queue, "rabbitmq source stopped");
-                done.send(()).ok();
+        let first = async move {
+            if let Some(Session {
+                consume,
+                tag,
+                batches,
+                ..
+            }) = session
+            {
+                // A broker that blocks the connection never answers: the
+                // stop goes on without its answer.
+                let cancel =
+                    consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+                tokio::time::timeout(CANCEL_WAIT, cancel).await.ok();
+                // Its acknowledger acks what it has, then closes the connection.
+                drop(batches);
             }
-            .into_actor(self),
-        );
+        };
+        let last =
+            move || tracing::info!(source = index, queue = %queue, "rabbitmq source stopped");
+        self.acknowledgers.stop(first, last, done);
     }
 }
 

@@ -241,33 +241,33 @@ impl Pipeline {
     }
 }
 
-/// Runs `task` on the system thread, which only routes; a handle to await
-/// its end, on the calling one.
+/// Runs `task` on the system thread, which only routes; the receiver hears
+/// when it has ended (or was dropped, the system stopping).
 pub(crate) fn spawn_on_system(
     task: impl Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
+) -> oneshot::Receiver<()> {
     let (done, ended) = oneshot::channel();
     actix::System::current().arbiter().spawn(async move {
         task.await;
         done.send(()).ok();
     });
-    actix::spawn(async move {
-        ended.await.ok();
-    })
+    ended
 }
 
 /// A source's tasks that a stop waits for (its batches in flight), and the
 /// drain the first stop starts, which every later stop waits for too.
 #[derive(Default)]
 pub(crate) struct InFlightTasks {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<oneshot::Receiver<()>>,
     drained: Option<Shared<BoxFuture<'static, ()>>>,
 }
 
 impl InFlightTasks {
-    /// Tracks a task, forgetting those that ended.
-    pub(crate) fn push(&mut self, task: tokio::task::JoinHandle<()>) {
-        self.tasks.retain(|task| !task.is_finished());
+    /// Tracks a task by the receiver [`spawn_on_system`] gave, forgetting
+    /// those that ended.
+    pub(crate) fn push(&mut self, task: oneshot::Receiver<()>) {
+        self.tasks
+            .retain_mut(|task| matches!(task.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         self.tasks.push(task);
     }
 

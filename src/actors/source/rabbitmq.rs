@@ -85,7 +85,7 @@ pub struct Rabbitmq {
     /// Sessions are numbered, so that news of an ended one is told apart.
     generation: u64,
     session: Option<Session>,
-    /// The connect under way, cancelled by a stop.
+    /// The backoff's timer or the connect under way, cancelled by a stop.
     connecting: Option<SpawnHandle>,
     /// Acknowledgers of this and earlier sessions, awaited by a stop.
     acknowledgers: InFlightTasks,
@@ -94,7 +94,6 @@ pub struct Rabbitmq {
 
 /// A connected session.
 struct Session {
-    generation: u64,
     consume: Channel,
     dead_letters: Channel,
     tag: String,
@@ -176,6 +175,19 @@ impl Rabbitmq {
         ctx.stop();
     }
 
+    /// Opens a session; the connect under way is cancelled by a stop.
+    fn open(&mut self, ctx: &mut Context<Self>) -> SpawnHandle {
+        let (config, index) = (self.config.clone(), self.pipeline.index);
+        let connect = async move { connect(&config, index).await };
+        ctx.spawn(connect.into_actor(self).map(|outcome, source, ctx| {
+            source.connecting = None;
+            match outcome {
+                Ok(connected) => source.begin(connected, ctx),
+                Err(err) => source.lost(&err, ctx),
+            }
+        }))
+    }
+
     /// Starts the session a connect opened.
     fn begin(&mut self, connected: Connected, ctx: &mut Context<Self>) {
         let Connected {
@@ -196,7 +208,6 @@ impl Rabbitmq {
             (ctx.address(), self.generation),
         )));
         self.session = Some(Session {
-            generation: self.generation,
             consume,
             dead_letters,
             tag,
@@ -292,20 +303,13 @@ impl Actor for Rabbitmq {
             return;
         }
         self.generation += 1;
-        let (config, index, delay) = (self.config.clone(), self.pipeline.index, self.delay);
-        let connect = async move {
-            tokio::time::sleep(delay).await;
-            connect(&config, index).await
-        };
-        self.connecting = Some(
-            ctx.spawn(connect.into_actor(self).map(|outcome, source, ctx| {
-                source.connecting = None;
-                match outcome {
-                    Ok(connected) => source.begin(connected, ctx),
-                    Err(err) => source.lost(&err, ctx),
-                }
-            })),
-        );
+        self.connecting = Some(if self.delay.is_zero() {
+            self.open(ctx)
+        } else {
+            ctx.run_later(self.delay, |source, ctx| {
+                source.connecting = Some(source.open(ctx));
+            })
+        });
     }
 }
 
@@ -361,8 +365,8 @@ impl Handler<Lost> for Rabbitmq {
     type Result = ();
 
     fn handle(&mut self, lost: Lost, ctx: &mut Context<Self>) {
-        let current = self.session.as_ref().map(|session| session.generation);
-        if current == Some(lost.generation) {
+        // Sessions are cleared on a restart, which starts the next generation.
+        if self.session.is_some() && lost.generation == self.generation {
             self.lost(&lost.error, ctx);
         }
     }

@@ -11,6 +11,11 @@
 //!   top-N answer): a top-N over a range that holds every bucket of the view
 //!   is the head of the ranking.
 //!
+//! - per key whose buckets hold many values, blocks of its consecutive
+//!   buckets kept merged (8 and 64 buckets), where merging the buckets one
+//!   by one would insert thousands of values into a sketch: a key over part
+//!   of its buckets merges a few blocks and at most 2·(8 + 7) buckets.
+//!
 //! A top-N over a range that cuts the view's buckets (a time window, or the
 //! retention cutoff passing the oldest buckets) walks the same ranking when
 //! the metric is monotone (count, max, and sum while no group's sum is
@@ -23,7 +28,7 @@
 //! `n` keys kept are read in full.
 
 use super::query::{merge_states, rank_order};
-use super::{Agg, MetricState, TimeRange, ViewSpec, ViewState};
+use super::{Agg, KeyGroups, MetricState, TimeRange, ViewSpec, ViewState};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
@@ -41,6 +46,8 @@ pub struct ViewIndex {
     tree: Vec<MetricState>,
     /// Per key position, its states over every bucket.
     rollups: Vec<MetricState>,
+    /// Per key position whose buckets hold many values, its blocks.
+    blocks: FxHashMap<u32, KeyBlocks>,
     /// Per metric, key positions in answer order of their roll-up's value.
     rankings: Vec<Box<[u32]>>,
     /// Per metric, whether a key's value over some of its buckets never
@@ -48,9 +55,120 @@ pub struct ViewIndex {
     monotone: Vec<bool>,
 }
 
+/// Sizes of the blocks of a key's buckets kept merged, each a multiple of the one before.
+const BLOCK_SIZES: [usize; 2] = [8, 64];
+
+/// A block is kept merged when merging its buckets one by one would insert
+/// at least this many values ([`MetricState::merge_weight`]): then it costs
+/// a query as much time as a few sketch merges, and holds no more memory than
+/// its buckets' states do.
+const BLOCK_WEIGHT: usize = 1024;
+
+/// The blocks of one key's buckets kept merged: per size of [`BLOCK_SIZES`],
+/// block `k` (the buckets at positions `k * size..(k + 1) * size`, whole
+/// blocks only), its states if kept.
+#[derive(Debug, Clone, Default)]
+struct KeyBlocks {
+    levels: [Vec<Option<Box<[MetricState]>>>; BLOCK_SIZES.len()],
+}
+
+/// A part of a key's buckets, as a range merge reads it.
+enum Part<'a> {
+    /// Buckets at these positions, read one by one.
+    Buckets(std::ops::Range<usize>),
+    /// A block's states.
+    Block(&'a [MetricState]),
+}
+
+impl KeyBlocks {
+    /// The blocks of `groups` (states of `n` metrics) of at least `weight`
+    /// (see [`BLOCK_WEIGHT`]); `None` if there is none.
+    fn build(spec: &ViewSpec, n: usize, groups: &KeyGroups, weight: usize) -> Option<KeyBlocks> {
+        let weights: Vec<usize> = (0..groups.len())
+            .map(|at| {
+                groups
+                    .states(n, at)
+                    .iter()
+                    .map(MetricState::merge_weight)
+                    .sum()
+            })
+            .collect();
+        if weights.iter().sum::<usize>() < weight {
+            return None;
+        }
+        let mut blocks = KeyBlocks::default();
+        for (level, size) in BLOCK_SIZES.iter().enumerate() {
+            let kept = (0..groups.len() / size)
+                .map(|k| {
+                    let span = k * size..(k + 1) * size;
+                    (weights[span.clone()].iter().sum::<usize>() >= weight).then(|| {
+                        let mut states = spec.empty_states();
+                        blocks.merge(groups, level, span, &mut states);
+                        states
+                    })
+                })
+                .collect();
+            blocks.levels[level] = kept;
+        }
+        blocks
+            .levels
+            .iter()
+            .flatten()
+            .any(Option::is_some)
+            .then_some(blocks)
+    }
+
+    /// Calls `visit` with parts that together are exactly the buckets at
+    /// positions `span`, reading the blocks of the first `levels` sizes.
+    fn parts<'a>(
+        &'a self,
+        levels: usize,
+        span: std::ops::Range<usize>,
+        visit: &mut dyn FnMut(Part<'a>),
+    ) {
+        if span.is_empty() {
+            return;
+        }
+        let Some(level) = levels.checked_sub(1) else {
+            visit(Part::Buckets(span));
+            return;
+        };
+        let size = BLOCK_SIZES[level];
+        let mut from = span.start;
+        for k in span.start.div_ceil(size)..span.end / size {
+            if let Some(Some(states)) = self.levels[level].get(k) {
+                self.parts(level, from..k * size, visit);
+                visit(Part::Block(states));
+                from = (k + 1) * size;
+            }
+        }
+        self.parts(level, from..span.end, visit);
+    }
+
+    /// Merges the states of the buckets at positions `span` into `into`,
+    /// reading the blocks of the first `levels` sizes.
+    fn merge(
+        &self,
+        groups: &KeyGroups,
+        levels: usize,
+        span: std::ops::Range<usize>,
+        into: &mut [MetricState],
+    ) {
+        self.parts(levels, span, &mut |part| match part {
+            Part::Buckets(span) => groups.merge_span(span, into),
+            Part::Block(states) => merge_states(into, states),
+        });
+    }
+}
+
 impl ViewIndex {
     /// Builds the index of `state`, a state of the view `spec`.
     pub fn build(spec: &ViewSpec, state: &ViewState) -> ViewIndex {
+        Self::build_with(spec, state, BLOCK_WEIGHT)
+    }
+
+    /// [`ViewIndex::build`], keeping the blocks of at least `block_weight`.
+    fn build_with(spec: &ViewSpec, state: &ViewState, block_weight: usize) -> ViewIndex {
         let n = spec.metrics.len();
         let mut buckets: Vec<i64> = state
             .keys()
@@ -90,6 +208,13 @@ impl ViewIndex {
             parent.clone_from_slice(&children[..n]);
             merge_states(parent, &children[n..2 * n]);
         }
+        let blocks = state
+            .keys()
+            .enumerate()
+            .filter_map(|(at, (_, groups))| {
+                KeyBlocks::build(spec, n, groups, block_weight).map(|blocks| (at as u32, blocks))
+            })
+            .collect();
         let rankings = (0..n)
             .map(|metric| {
                 let agg = &spec.metrics[metric].agg;
@@ -113,6 +238,7 @@ impl ViewIndex {
             buckets,
             tree,
             rollups,
+            blocks,
             rankings,
             monotone,
         }
@@ -177,7 +303,15 @@ impl ViewIndex {
     /// `into`: its roll-up when the range holds all its buckets.
     pub fn key(&self, state: &ViewState, key: usize, range: TimeRange, into: &mut [MetricState]) {
         if let Some((_, groups)) = state.key_at(key) {
-            groups.merge_in(range, &self.rollups[key * self.n..(key + 1) * self.n], into);
+            let span = groups.span(range);
+            match self.blocks.get(&(key as u32)) {
+                Some(blocks) if span != (0..groups.len()) => {
+                    blocks.merge(groups, BLOCK_SIZES.len(), span, into);
+                }
+                _ => {
+                    groups.merge_in(range, &self.rollups[key * self.n..(key + 1) * self.n], into);
+                }
+            }
         }
     }
 
@@ -325,8 +459,25 @@ impl ViewIndex {
         into: &mut MetricState,
     ) -> bool {
         state.key_at(at).is_some_and(|(_, groups)| {
-            let rollup = &self.rollups[at * self.n + metric];
-            groups.merge_metric_in(range, self.n, metric, rollup, into)
+            let span = groups.span(range);
+            match self.blocks.get(&(at as u32)) {
+                Some(blocks) if span != (0..groups.len()) => {
+                    let any = !span.is_empty();
+                    blocks.parts(BLOCK_SIZES.len(), span, &mut |part| match part {
+                        Part::Buckets(span) => {
+                            for at in span {
+                                into.merge(&groups.states(self.n, at)[metric]);
+                            }
+                        }
+                        Part::Block(states) => into.merge(&states[metric]),
+                    });
+                    any
+                }
+                _ => {
+                    let rollup = &self.rollups[at * self.n + metric];
+                    groups.merge_metric_in(range, self.n, metric, rollup, into)
+                }
+            }
         })
     }
 }
@@ -890,19 +1041,29 @@ mod tests {
     /// (key, minute, value, user); `speed` says which state it goes to.
     type Event = (u8, i64, i32, u8, bool);
 
-    fn events() -> impl Strategy<Value = Vec<Event>> {
+    /// Up to `most` events of `keys` keys over `minutes` minutes.
+    fn events(keys: u8, minutes: i64, most: usize) -> impl Strategy<Value = Vec<Event>> {
         proptest::collection::vec(
-            (0..12u8, 0..40i64, -20..400i32, 0..9u8, any::<bool>()),
-            0..80,
+            (0..keys, 0..minutes, -20..400i32, 0..9u8, any::<bool>()),
+            0..most,
         )
     }
 
-    fn bound() -> impl Strategy<Value = Option<i64>> {
-        // Bucket edges and points inside buckets, before, within and after the data.
+    /// Bucket edges and points inside buckets, before, within and after
+    /// data over `minutes` minutes.
+    fn bound(minutes: i64) -> impl Strategy<Value = Option<i64>> {
         prop_oneof![
             Just(None),
-            (-2..43i64, 0..3i64).prop_map(|(m, part)| Some(m * 60_000 + part * 20_000))
+            (-2..minutes + 3, 0..3i64).prop_map(|(m, part)| Some(m * 60_000 + part * 20_000))
         ]
+    }
+
+    /// Events and a range's bounds: sparse keys, or few keys with a bucket
+    /// most minutes (so that their blocks are kept).
+    fn data() -> impl Strategy<Value = (Vec<Event>, Option<i64>, Option<i64>)> {
+        prop_oneof![Just((12u8, 40i64, 80usize)), Just((3, 150, 600))].prop_flat_map(
+            |(keys, minutes, most)| (events(keys, minutes, most), bound(minutes), bound(minutes)),
+        )
     }
 
     fn build(config: &Config, events: &[Event], speed: bool, allow_negative: bool) -> ViewState {
@@ -948,9 +1109,8 @@ mod tests {
         /// layer's equals the scan of both.
         #[test]
         fn indexed_answers_equal_the_scan(
-            events in events(),
-            from in bound(),
-            to in bound(),
+            (events, from, to) in data(),
+            block_weight in prop_oneof![Just(1usize), 2..40usize, Just(BLOCK_WEIGHT)],
             negative in any::<bool>(),
             n in 1..6usize,
             list_limit in prop_oneof![Just(0usize), 0..40usize, Just(usize::MAX)],
@@ -960,7 +1120,7 @@ mod tests {
             let spec = &config.views[0];
             let batch = build(&config, &events, false, negative);
             let speed = build(&config, &events, true, negative);
-            let index = ViewIndex::build(spec, &batch);
+            let index = ViewIndex::build_with(spec, &batch, block_weight);
             let range = TimeRange { from, to };
 
             let scan = |kind: &QueryKind| batch.partial(spec, kind, range).finish(spec, kind);
@@ -971,7 +1131,7 @@ mod tests {
             let series = Partial::PerBucket(index.series(range).map(|(start, states)| (start, states.into())).collect());
             prop_assert_eq!(series.finish(spec, &QueryKind::Series(None)), scan(&QueryKind::Series(None)));
 
-            for key in ["k0", "k3", "k11", "nope"] {
+            for key in ["k0", "k1", "k3", "k11", "nope"] {
                 let kind = QueryKind::Key(key.to_owned());
                 let mut states = spec.empty_states();
                 if let Some(at) = batch.key_index(key) {

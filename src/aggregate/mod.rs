@@ -318,6 +318,17 @@ impl MetricState {
         }
     }
 
+    /// What merging this state costs beyond a few instructions, in values
+    /// inserted one by one into a sketch: the values of an exact distinct or
+    /// quantile state; zero for the others.
+    pub fn merge_weight(&self) -> usize {
+        match self {
+            MetricState::Distinct(distinct) => distinct.merge_weight(),
+            MetricState::Quantile(quantiles) => quantiles.merge_weight(),
+            _ => 0,
+        }
+    }
+
     /// Reads the metric's value.
     pub fn value(&self, agg: &Agg) -> MetricValue {
         match self {

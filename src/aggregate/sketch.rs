@@ -17,6 +17,9 @@ pub const DISTINCT_EXACT_LIMIT: usize = 512;
 pub const QUANTILE_EXACT_LIMIT: usize = 128;
 /// HyperLogLog size: 2^14 registers, standard error 1.04 / 128 = 0.81%.
 pub const HLL_LG_K: u8 = 14;
+/// What merging a sketch into another costs, in values inserted one by one
+/// (about what raising 16,384 registers, or adding a DDSketch's bins, takes).
+pub const SKETCH_MERGE_WEIGHT: usize = 128;
 /// DDSketch relative accuracy.
 const DDSKETCH_ALPHA: f64 = 0.01;
 /// DDSketch bin limit: with alpha 0.01 this spans about 36 orders of magnitude.
@@ -483,6 +486,12 @@ impl Distinct {
         }
     }
 
+    /// What merging this state into a sketch costs, in values inserted one
+    /// by one (a sketch's registers count as [`SKETCH_MERGE_WEIGHT`]).
+    pub fn merge_weight(&self) -> usize {
+        self.exact().map_or(SKETCH_MERGE_WEIGHT, <[u64]>::len)
+    }
+
     /// The number of distinct values: exact while small, estimated beyond.
     pub fn count(&self) -> u64 {
         match self {
@@ -806,6 +815,12 @@ impl Quantiles {
             sketch,
             cached: OnceLock::new(),
         })))
+    }
+
+    /// What merging this state into a sketch costs, in values inserted one
+    /// by one (a sketch's bins count as [`SKETCH_MERGE_WEIGHT`]).
+    pub fn merge_weight(&self) -> usize {
+        self.exact().map_or(SKETCH_MERGE_WEIGHT, <[f64]>::len)
     }
 
     /// The value at rank `floor(q * (n - 1))`, as DDSketch defines it; `None` when empty.

@@ -9,14 +9,14 @@
 //!   quarters of the inner nodes;
 //! - per key, its roll-up over every bucket: a key query over a range that
 //!   holds all of the key's buckets reads one state;
-//! - per metric, every key ranked by its roll-up's value (the order of a
-//!   top-N answer): a top-N over a range that holds every bucket of the view
-//!   is the head of the ranking.
-//!
 //! - per key whose buckets hold many values, blocks of its consecutive
 //!   buckets kept merged (8 and 64 buckets), where merging the buckets one
 //!   by one would insert thousands of values into a sketch: a key over part
-//!   of its buckets merges a few blocks and at most 2·(8 + 7) buckets.
+//!   of its buckets then merges its blocks of 64 in range, at most 2·7
+//!   blocks of 8 and at most 2·7 buckets (where each of those blocks is kept);
+//! - per metric, every key ranked by its roll-up's value (the order of a
+//!   top-N answer): a top-N over a range that holds every bucket of the view
+//!   is the head of the ranking.
 //!
 //! A top-N over a range that cuts the view's buckets (a time window, or the
 //! retention cutoff passing the oldest buckets) walks the same ranking when

@@ -7,8 +7,9 @@
 //! (serving, on any thread) read it in place through its maps, so a query
 //! never waits behind queued `Apply` batches. Per view and key, a dashmap
 //! holds the key's buckets and its roll-up per epoch; per view, a mutex holds
-//! each epoch's totals per bucket and over all buckets, and per bucket the
-//! keys with a group there; per view and
+//! each epoch's totals per bucket and over all buckets (and, once a range
+//! read merged them, over blocks of 8 and 64 buckets, until an event lands
+//! in them), and per bucket the keys with a group there; per view and
 //! monotone metric, a mutex holds the keys filed in bands of their value
 //! (`Bands`), which a top-N walks from the top. Each is updated as an event
 //! is applied, so a key, totals or top-N query reads a few states instead of
@@ -173,11 +174,23 @@ impl LiveKey {
     }
 }
 
-/// One epoch's totals of a view: per bucket, and over all buckets.
+/// The runs of consecutive bucket positions whose totals an epoch keeps
+/// merged once a range read needed them, smallest first; each size is a
+/// multiple of the one before.
+const TOTALS_BLOCKS: [i64; 2] = [8, 64];
+
+/// One epoch's totals of a view: per bucket, over all buckets, and over
+/// the blocks of buckets a range read merged.
 #[derive(Debug)]
 struct EpochTotals {
     buckets: BTreeMap<i64, BucketTotals>,
     all: Box<[MetricState]>,
+    /// Per size of [`TOTALS_BLOCKS`], by the start of their first bucket
+    /// position (a multiple of the size times the bucket's length): the
+    /// totals of the blocks a range read merged since an event last landed
+    /// in them. A range that holds a block whole merges it instead of its
+    /// buckets; an event drops the blocks holding its bucket.
+    blocks: [BTreeMap<i64, Box<[MetricState]>>; TOTALS_BLOCKS.len()],
 }
 
 /// One bucket's totals in an epoch, and the keys with a group there.
@@ -189,20 +202,127 @@ struct BucketTotals {
 }
 
 impl EpochTotals {
-    /// Calls `visit` with the totals over `range`: those over all buckets
-    /// when the range holds every bucket, else each bucket's in range.
-    fn each_in(&self, range: TimeRange, mut visit: impl FnMut(&[MetricState])) {
-        let first = self.buckets.keys().next();
-        let last = self.buckets.keys().next_back();
-        if first.is_some_and(|first| range.contains(*first))
-            && last.is_some_and(|last| range.contains(*last))
-        {
-            visit(&self.all);
-        } else {
-            for (_, bucket) in self.in_range(range) {
-                visit(&bucket.states);
+    fn new(spec: &ViewSpec) -> EpochTotals {
+        EpochTotals {
+            buckets: BTreeMap::new(),
+            all: spec.empty_states(),
+            blocks: Default::default(),
+        }
+    }
+
+    /// Adds an event with `inputs` in `bucket`, whose group of `key` it
+    /// opened if `new_group`.
+    fn update(
+        &mut self,
+        spec: &ViewSpec,
+        bucket: i64,
+        inputs: &[Input],
+        new_group: Option<Arc<str>>,
+    ) {
+        update_states(&mut self.all, inputs);
+        let bucket_totals = self.buckets.entry(bucket).or_insert_with(|| BucketTotals {
+            states: spec.empty_states(),
+            keys: Vec::new(),
+        });
+        update_states(&mut bucket_totals.states, inputs);
+        bucket_totals.keys.extend(new_group);
+        for (blocks, size) in self.blocks.iter_mut().zip(TOTALS_BLOCKS) {
+            if !blocks.is_empty() {
+                let span = size * spec.bucket_ms;
+                blocks.remove(&(bucket - bucket.rem_euclid(span)));
             }
         }
+    }
+
+    /// Calls `visit` with totals that together cover `range` once: those
+    /// over all buckets when the range holds every bucket, else those of
+    /// the largest blocks of [`TOTALS_BLOCKS`] the range holds whole, and
+    /// of its buckets outside them.
+    fn each_in(
+        &mut self,
+        spec: &ViewSpec,
+        range: TimeRange,
+        mut visit: impl FnMut(&[MetricState]),
+    ) {
+        let (Some(&first), Some(&last)) =
+            (self.buckets.keys().next(), self.buckets.keys().next_back())
+        else {
+            return;
+        };
+        if range.contains(first) && range.contains(last) {
+            visit(&self.all);
+            return;
+        }
+        let step = spec.bucket_ms;
+        // The bucket starts in range held here: `from` rounded up to a
+        // bucket's start, no earlier than the first, up to `to`.
+        let end = range.to.map_or(last + step, |to| to.min(last + step));
+        let mut at = range.from.map_or(first, |from| {
+            let from = from.clamp(first, end.max(first));
+            from + (step - from.rem_euclid(step)) % step
+        });
+        while at < end {
+            let whole = TOTALS_BLOCKS
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, size)| at.rem_euclid(*size * step) == 0 && at + *size * step <= end);
+            if let Some((level, size)) = whole {
+                if self.buckets.range(at..at + size * step).next().is_some() {
+                    visit(self.block(spec, level, at));
+                }
+                at += size * step;
+                continue;
+            }
+            match self.buckets.range(at..end).next() {
+                Some((&bucket, totals)) if bucket == at => {
+                    visit(&totals.states);
+                    at += step;
+                }
+                // Past empty positions, to the next held bucket or to the
+                // start of a block holding it, whichever comes first.
+                Some((&bucket, _)) => {
+                    at = TOTALS_BLOCKS
+                        .iter()
+                        .rev()
+                        .map(|size| bucket - bucket.rem_euclid(size * step))
+                        .find(|start| *start > at)
+                        .unwrap_or(bucket);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The totals of the block of size `TOTALS_BLOCKS[level]` starting at
+    /// `start`, merged now from its buckets (or the blocks of the size
+    /// below) unless kept since an event last landed in it.
+    fn block(&mut self, spec: &ViewSpec, level: usize, start: i64) -> &[MetricState] {
+        if !self.blocks[level].contains_key(&start) {
+            let span = TOTALS_BLOCKS[level] * spec.bucket_ms;
+            let mut states = spec.empty_states();
+            match level.checked_sub(1) {
+                None => self
+                    .buckets
+                    .range(start..start + span)
+                    .for_each(|(_, bucket)| merge_states(&mut states, &bucket.states)),
+                Some(below) => {
+                    let part = TOTALS_BLOCKS[below] * spec.bucket_ms;
+                    for part_start in (start..start + span).step_by(part as usize) {
+                        if self
+                            .buckets
+                            .range(part_start..part_start + part)
+                            .next()
+                            .is_some()
+                        {
+                            merge_states(&mut states, self.block(spec, below, part_start));
+                        }
+                    }
+                }
+            }
+            self.blocks[level].insert(start, states);
+        }
+        &self.blocks[level][&start]
     }
 
     fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &BucketTotals)> {
@@ -393,6 +513,17 @@ impl LiveView {
     }
 }
 
+/// The totals of the epochs after `after`, to merge blocks into.
+fn later_mut(
+    totals: &mut BTreeMap<Epoch, EpochTotals>,
+    after: Option<Epoch>,
+) -> impl Iterator<Item = &mut EpochTotals> {
+    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    totals
+        .range_mut((from, std::ops::Bound::Unbounded))
+        .map(|(_, epoch_totals)| epoch_totals)
+}
+
 /// The totals of the epochs after `after`.
 fn later(
     totals: &BTreeMap<Epoch, EpochTotals>,
@@ -466,21 +597,10 @@ impl SpeedState {
         if new_group.is_some() {
             self.groups.fetch_add(1, Ordering::Relaxed);
         }
-        let mut totals = live.totals();
-        let epoch_totals = totals.entry(epoch).or_insert_with(|| EpochTotals {
-            buckets: BTreeMap::new(),
-            all: spec.empty_states(),
-        });
-        update_states(&mut epoch_totals.all, inputs);
-        let bucket_totals = epoch_totals
-            .buckets
-            .entry(bucket)
-            .or_insert_with(|| BucketTotals {
-                states: spec.empty_states(),
-                keys: Vec::new(),
-            });
-        update_states(&mut bucket_totals.states, inputs);
-        bucket_totals.keys.extend(new_group);
+        live.totals()
+            .entry(epoch)
+            .or_insert_with(|| EpochTotals::new(spec))
+            .update(spec, bucket, inputs, new_group);
     }
 
     /// The partial of a key, totals or series query over epochs after
@@ -501,8 +621,8 @@ impl SpeedState {
         let mut partial = Partial::empty(spec, kind);
         match (kind, &mut partial) {
             (QueryKind::Totals, Partial::States(states)) => {
-                for epoch_totals in later(&live.totals(), after) {
-                    epoch_totals.each_in(range, |totals| merge_states(states, totals));
+                for epoch_totals in later_mut(&mut live.totals(), after) {
+                    epoch_totals.each_in(spec, range, |totals| merge_states(states, totals));
                 }
             }
             (QueryKind::Series(None), Partial::PerBucket(per_bucket)) => {
@@ -614,8 +734,9 @@ impl SpeedState {
         metric: usize,
         into: &mut MetricState,
     ) {
-        for epoch_totals in later(&self.live[view].totals(), after) {
-            epoch_totals.each_in(range, |totals| into.merge(&totals[metric]));
+        let spec = &self.views[view];
+        for epoch_totals in later_mut(&mut self.live[view].totals(), after) {
+            epoch_totals.each_in(spec, range, |totals| into.merge(&totals[metric]));
         }
     }
 
@@ -736,6 +857,11 @@ impl SpeedState {
                     kept.values()
                         .for_each(|bucket| merge_states(&mut all, &bucket.states));
                     epoch_totals.all = all;
+                    // A range read starts at the first bucket held, so a
+                    // block starting before it is never read again.
+                    for blocks in &mut epoch_totals.blocks {
+                        *blocks = blocks.split_off(&cutoff);
+                    }
                 }
                 epoch_totals.buckets = kept;
             }
@@ -879,6 +1005,7 @@ mod tests {
     use super::*;
     use crate::aggregate::{Body, MetricValue, ViewState, band_of};
     use crate::config::Config;
+    use proptest::prop_oneof;
 
     const CONFIG: &str = crate::config::ONE_COUNT_VIEW;
 
@@ -1027,6 +1154,12 @@ mod tests {
     /// (key, minute, value, epoch)
     type Event = (u8, i64, u16, u64);
 
+    /// Event minutes: most within half an hour, some over two and a half
+    /// hours (so that ranges hold blocks of 8 and 64 buckets).
+    fn minutes() -> impl proptest::strategy::Strategy<Value = i64> {
+        prop_oneof![0..30i64, 0..150i64]
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
 
@@ -1035,11 +1168,11 @@ mod tests {
         /// and retention, over ranges aligned to buckets or not.
         #[test]
         fn live_partials_equal_a_scan_of_the_epochs_asked_for(
-            events in proptest::collection::vec((0..6u8, 0..30i64, 0..500u16, 1..5u64), 0..60),
+            events in proptest::collection::vec((0..6u8, minutes(), 0..500u16, 1..5u64), 0..80),
             expire_at in proptest::option::of(1..4u64),
             after in proptest::option::of(0..5u64),
-            from in proptest::option::of(-1..31i64),
-            width in 1..40i64,
+            from in proptest::option::of(-1..151i64),
+            width in prop_oneof![1..40i64, 40..160i64],
             retain_minute in proptest::option::of(0..30i64),
         ) {
             let config = Config::parse(
@@ -1074,6 +1207,15 @@ mod tests {
             for (i, event) in events.iter().enumerate().take(half) {
                 state.apply(Epoch(event.3), 0, &parse(i, event), &mut scratch);
             }
+            // Read once midway, so that blocks of totals are kept merged
+            // while later events land in some of them.
+            let range = TimeRange {
+                from: from.map(|m| m * 60_000 + 30_000 * (m % 2)),
+                to: from.map(|m| (m + width) * 60_000),
+            };
+            for after in [None, Some(Epoch(1))] {
+                state.partial(after, 0, &QueryKind::Totals, range);
+            }
             if let Some(upto) = expire_at {
                 state.expire(Epoch(upto));
             }
@@ -1095,10 +1237,6 @@ mod tests {
                     expected.apply(spec, &parse(i, event));
                 }
             }
-            let range = TimeRange {
-                from: from.map(|m| m * 60_000 + 30_000 * (m % 2)),
-                to: from.map(|m| (m + width) * 60_000),
-            };
             let mut kinds = vec![
                 QueryKind::Totals,
                 QueryKind::Series(None),

@@ -164,6 +164,35 @@ fn distinct_merge(c: &mut Criterion) {
             })
         });
     }
+    // A key over part of its buckets: its blocks (register arrays, merged
+    // into registers), then sixty buckets at the edges, exact sets of 40
+    // values each, inserted into those registers.
+    let hashes = |from: u64, count: u64| {
+        (from..from + count).map(|value| hash_text(&format!("u-{value:07}")))
+    };
+    let mut blocks = [
+        MetricState::empty(&Agg::Distinct),
+        MetricState::empty(&Agg::Distinct),
+    ];
+    for (block, (from, count)) in blocks.iter_mut().zip([(0, 3_000), (3_000, 700)]) {
+        hashes(from, count).for_each(|hash| block.update(Input::Hash(hash)));
+    }
+    let edges: Vec<MetricState> = (0..60u64)
+        .map(|bucket| {
+            let mut state = MetricState::empty(&Agg::Distinct);
+            hashes(4_000 + bucket * 40, 40).for_each(|hash| state.update(Input::Hash(hash)));
+            state
+        })
+        .collect();
+    group.bench_function("60_states/exact_into_registers", |b| {
+        b.iter(|| {
+            let mut merged = MetricState::empty(&Agg::Distinct);
+            for state in blocks.iter().chain(&edges) {
+                merged.merge(black_box(state));
+            }
+            black_box(merged.value(&Agg::Distinct))
+        })
+    });
     group.finish();
 }
 

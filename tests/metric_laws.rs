@@ -317,6 +317,42 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A distinct state merged from a register array raises its registers
+    /// itself for each value inserted afterwards (by the value's DataSketches
+    /// coupon): it stores the bytes, and reads the estimate, of the state
+    /// that was sent every value one by one.
+    #[test]
+    fn values_inserted_into_merged_registers_raise_the_registers_datasketches_would(
+        array in 2_000u64..4_000,
+        set in 600u64..1_500,
+        later in proptest::collection::vec(any::<u64>(), 1..3_000),
+        reads in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let hash = |value: u64| hash_text(&format!("u-{value}"));
+        let build = |values: &mut dyn Iterator<Item = u64>| {
+            let mut state = MetricState::empty(&Agg::Distinct);
+            values.for_each(|value| state.update(Input::Hash(hash(value))));
+            state
+        };
+        let mut merged = build(&mut (0..array));
+        merged.merge(&build(&mut (array..array + set)));
+        let reads: Vec<usize> = reads.iter().map(|read| read.index(later.len())).collect();
+        for (at, value) in later.iter().enumerate() {
+            merged.update(Input::Hash(hash(*value)));
+            if reads.contains(&at) {
+                state_read(&merged, &Agg::Distinct);
+            }
+        }
+        let all = build(&mut (0..array + set).chain(later.iter().copied()));
+        let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
+        prop_assert_eq!(bytes(&merged), bytes(&all));
+        prop_assert_eq!(merged.value(&Agg::Distinct), all.value(&Agg::Distinct));
+    }
+}
+
 #[test]
 fn update_equals_merge_with_a_singleton() {
     for agg in &AGGS {

@@ -72,15 +72,28 @@ const HLL_ARRAY_WORDS: u8 = 10;
 enum Registers {
     Sketch(DsHll),
     Union(HllUnion),
-    /// One byte per register, the maximum over every sketch merged in, and
-    /// the values inserted since, in a sketch of their own. A union of
-    /// register arrays recomputes its estimator's sums over all 16,384
-    /// registers at every merge; here a merge is one pass of `max` and the
-    /// sums are computed once, when the estimate is read.
-    Dense {
-        registers: Box<[u8]>,
-        inserted: Option<Box<DsHll>>,
-    },
+    /// One byte per register, the maximum over every sketch merged in and
+    /// every value inserted (raised by its [`coupon`]). A union of register
+    /// arrays recomputes its estimator's sums over all 16,384 registers at
+    /// every merge; here a merge is one pass of `max`, an insert raises one
+    /// register, and the sums are computed once, when the estimate is read.
+    Dense(Box<[u8]>),
+}
+
+/// The seed of DataSketches' hash of an inserted value.
+const HLL_SEED: u64 = 9001;
+
+/// The register an inserted value hash raises, and the value it raises it
+/// to: DataSketches' coupon of the hash (MurmurHash3 x64 128 of its 8 bytes,
+/// as `Hash` writes them, under seed 9001; the low word's last bits pick the
+/// register, the high word's leading zeros plus one, at most 63, are the
+/// value), so that registers raised here equal those of a DataSketches
+/// sketch that was sent the same hashes.
+fn coupon(hash: u64) -> (usize, u8) {
+    let both = fastmurmur3::murmur3_x64_128(&hash.to_ne_bytes(), HLL_SEED);
+    let (low, high) = (both as u64, (both >> 64) as u64);
+    let value = high.leading_zeros().min(62) + 1;
+    (low as usize & (HLL_K - 1), value as u8)
 }
 
 impl Registers {
@@ -90,7 +103,7 @@ impl Registers {
         match self {
             Registers::Sketch(sketch) => sketch.estimated_size() >= HLL_K,
             Registers::Union(union) => union.estimated_size() >= HLL_K,
-            Registers::Dense { .. } => true,
+            Registers::Dense(_) => true,
         }
     }
 
@@ -99,7 +112,7 @@ impl Registers {
         match self {
             Registers::Sketch(sketch) => union.update(sketch),
             Registers::Union(other) => union.update(&other.to_sketch(HllType::Hll8)),
-            Registers::Dense { .. } => union.update(&self.to_sketch()),
+            Registers::Dense(_) => union.update(&self.to_sketch()),
         }
     }
 
@@ -110,15 +123,9 @@ impl Registers {
             Registers::Union(union) => {
                 max_image_into(&union.to_sketch(HllType::Hll8).serialize(), registers)
             }
-            Registers::Dense {
-                registers: mine,
-                inserted,
-            } => {
+            Registers::Dense(mine) => {
                 for (register, mine) in registers.iter_mut().zip(mine.iter()) {
                     *register = (*register).max(*mine);
-                }
-                if let Some(inserted) = inserted {
-                    max_image_into(&inserted.serialize(), registers);
                 }
             }
         }
@@ -137,7 +144,7 @@ impl Registers {
         match self {
             Registers::Sketch(sketch) => sketch.clone(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8),
-            Registers::Dense { .. } => {
+            Registers::Dense(_) => {
                 let image = canonical_hll(array_image(&self.to_array()));
                 DsHll::deserialize(&image).expect("a register array's image reads back")
             }
@@ -219,27 +226,21 @@ impl HllSketch {
         match &mut self.registers {
             Registers::Sketch(sketch) => sketch.update(*hash),
             Registers::Union(union) => union.update_value(*hash),
-            Registers::Dense { inserted, .. } => inserted
-                .get_or_insert_with(|| {
-                    Box::new(
-                        DsHll::new(HLL_LG_K, HllType::Hll8).expect("lgK 14 lies within 4..=21"),
-                    )
-                })
-                .update(*hash),
+            Registers::Dense(registers) => {
+                let (slot, value) = coupon(*hash);
+                registers[slot] = registers[slot].max(value);
+            }
         }
         self.changed();
     }
 
     fn merge(&mut self, other: &HllSketch) {
-        if let Registers::Dense { registers, .. } = &mut self.registers {
+        if let Registers::Dense(registers) = &mut self.registers {
             other.registers.max_into(registers);
         } else if self.registers.is_array() || other.registers.is_array() {
             let mut registers = self.registers.to_array();
             other.registers.max_into(&mut registers);
-            self.registers = Registers::Dense {
-                registers,
-                inserted: None,
-            };
+            self.registers = Registers::Dense(registers);
         } else if let Registers::Union(union) = &mut self.registers {
             other.registers.merge_into(union);
         } else if let Registers::Sketch(sketch) = &self.registers {
@@ -256,7 +257,7 @@ impl HllSketch {
             let estimate = match &self.registers {
                 Registers::Sketch(sketch) => sketch.composite_estimate(),
                 Registers::Union(union) => union.composite_estimate(),
-                Registers::Dense { .. } => self.registers.to_sketch().composite_estimate(),
+                Registers::Dense(_) => self.registers.to_sketch().composite_estimate(),
             };
             estimate.round() as u64
         })
@@ -279,7 +280,7 @@ impl HllSketch {
         let bytes = match &self.registers {
             Registers::Sketch(sketch) => sketch.serialize(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
-            Registers::Dense { .. } => array_image(&self.registers.to_array()),
+            Registers::Dense(_) => array_image(&self.registers.to_array()),
         };
         canonical_hll(bytes)
     }

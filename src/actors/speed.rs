@@ -210,8 +210,8 @@ impl EpochTotals {
         }
     }
 
-    /// Adds an event with `inputs` in `bucket`, whose group of `key` it
-    /// opened if `new_group`.
+    /// Adds an event with `inputs` in `bucket`; `new_group` names its key
+    /// when the event opened the key's group in that bucket.
     fn update(
         &mut self,
         spec: &ViewSpec,

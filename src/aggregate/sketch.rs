@@ -144,8 +144,8 @@ impl Registers {
         match self {
             Registers::Sketch(sketch) => sketch.clone(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8),
-            Registers::Dense(_) => {
-                let image = canonical_hll(array_image(&self.to_array()));
+            Registers::Dense(registers) => {
+                let image = canonical_hll(array_image(registers));
                 DsHll::deserialize(&image).expect("a register array's image reads back")
             }
         }
@@ -280,7 +280,7 @@ impl HllSketch {
         let bytes = match &self.registers {
             Registers::Sketch(sketch) => sketch.serialize(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
-            Registers::Dense(_) => array_image(&self.registers.to_array()),
+            Registers::Dense(registers) => array_image(registers),
         };
         canonical_hll(bytes)
     }

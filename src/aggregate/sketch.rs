@@ -90,8 +90,15 @@ const HLL_SEED: u64 = 9001;
 /// value), so that registers raised here equal those of a DataSketches
 /// sketch that was sent the same hashes.
 fn coupon(hash: u64) -> (usize, u8) {
-    let both = fastmurmur3::murmur3_x64_128(&hash.to_ne_bytes(), HLL_SEED);
-    let (low, high) = (both as u64, (both >> 64) as u64);
+    // The crate lays the two words out in memory in order (low first),
+    // whatever the byte order.
+    let both = fastmurmur3::murmur3_x64_128(&hash.to_ne_bytes(), HLL_SEED).to_ne_bytes();
+    let word = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&both[at..at + 8]);
+        u64::from_ne_bytes(bytes)
+    };
+    let (low, high) = (word(0), word(8));
     let value = high.leading_zeros().min(62) + 1;
     (low as usize & (HLL_K - 1), value as u8)
 }

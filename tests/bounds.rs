@@ -1,6 +1,6 @@
 //! Memory and waits that stay bounded: a batch run never builds the buckets
 //! retention drops, and `recompute?wait=true` gives up after its `timeout`
-//! with a 504. (The speed layer's retention and the dropping of keys whose
+//! with a 504 (and, answered, is already what the next query reads). (The speed layer's retention and the dropping of keys whose
 //! buckets all expired are unit tests in `src/actors/speed.rs` and
 //! `src/aggregate/view.rs`; a failing batch run's visibility is in
 //! `tests/corrupt.rs`.)
@@ -90,6 +90,60 @@ fn a_batch_run_builds_only_the_buckets_within_retention() {
             Some(kept.len() as f64)
         );
         handle.stop().await;
+    });
+}
+
+/// Once a wait for a batch run is answered (`recompute_now`, as
+/// `recompute?wait=true`), the next query already reads the new snapshot:
+/// queries read the served snapshot in place, so the wait ends only after
+/// Serving swapped it in, not when the swap was sent.
+#[test]
+fn a_query_after_a_waited_batch_run_reads_its_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::config(CONFIG, dir.path());
+    actix::System::new().block_on(async move {
+        let handle = Arc::new(
+            tandem::start(config, Options::manual_epochs())
+                .await
+                .expect("start"),
+        );
+        // Waited for and queried from another thread, as an HTTP worker
+        // does, while this one runs the actors.
+        let client = Arc::clone(&handle);
+        let rounds = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let now = tandem::now_ms();
+                for round in 0..40u64 {
+                    let event = format!(r#"{{"id":{round},"k":"k{round}","ts":{now}}}"#);
+                    let outcome = client
+                        .ingest_many(vec![event.into_bytes()])
+                        .await
+                        .expect("ingest");
+                    assert_eq!(outcome.accepted, 1);
+                    let covered = client.recompute_now().await.expect("batch run");
+                    let mut query = Query::new("by_key", Question::Totals);
+                    query.layer = tandem::Layer::Batch;
+                    let answer = client.query(query).await.expect("totals");
+                    assert_eq!(answer.as_of.batch_epoch, Some(covered), "round {round}");
+                    let tandem::aggregate::Body::Metrics(metrics) = answer.body else {
+                        panic!("totals are metrics")
+                    };
+                    assert_eq!(
+                        metrics.get("n").and_then(|value| value.as_f64()),
+                        Some((round + 1) as f64),
+                        "round {round}: the batch layer holds every event so far"
+                    );
+                }
+            })
+        });
+        rounds.await.expect("the rounds");
+        if let Ok(handle) = Arc::try_unwrap(handle) {
+            handle.stop().await;
+        }
     });
 }
 

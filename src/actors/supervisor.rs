@@ -462,8 +462,6 @@ impl Handler<RunFinished> for Supervisor {
                     duplicates = batch.stats.duplicates,
                     "batch run finished"
                 );
-                // Serving swaps before any waiter hears of it: whatever a waiter
-                // asks next is enqueued behind this.
                 self.shared
                     .recompute_ms
                     .store(batch.took_ms.max(1), Ordering::Relaxed);
@@ -478,9 +476,22 @@ impl Handler<RunFinished> for Supervisor {
                 self.served_ids = Arc::clone(&batch.ids);
                 self.id_index_to
                     .do_send(IdIndexReady(Arc::clone(&batch.ids)));
-                self.serving.do_send(SnapshotReady(Arc::new(batch)));
-                self.served = Some(sealed.epoch);
-                self.answer_waiters(sealed.epoch, &Ok(sealed.epoch));
+                // Waiters hear of the snapshot once Serving has swapped it
+                // in: queries read the served snapshot in place, not through
+                // Serving's mailbox, so whatever a waiter asks next must find
+                // it there. The supervisor handles no other message meanwhile
+                // (the swap is a pointer swap), so no `WaitServed` finds
+                // `served` ahead of the snapshot queries read.
+                let epoch = sealed.epoch;
+                ctx.wait(
+                    self.serving
+                        .send(SnapshotReady(Arc::new(batch)))
+                        .into_actor(self)
+                        .map(move |_, act, _| {
+                            act.served = Some(epoch);
+                            act.answer_waiters(epoch, &Ok(epoch));
+                        }),
+                );
             }
             Err(failed) => {
                 tracing::error!(error = %failed, "batch run failed");

@@ -516,15 +516,20 @@ impl LiveView {
     }
 }
 
+/// The epochs after `after`, as a range of a map keyed by epoch.
+fn epochs_after(after: Option<Epoch>) -> (std::ops::Bound<Epoch>, std::ops::Bound<Epoch>) {
+    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    (from, std::ops::Bound::Unbounded)
+}
+
 /// The totals of the epochs after `after`, to merge blocks into.
 fn later_mut(
     totals: &mut BTreeMap<Epoch, EpochTotals>,
     after: Option<Epoch>,
 ) -> impl Iterator<Item = &mut EpochTotals> {
-    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
     totals
-        .range_mut((from, std::ops::Bound::Unbounded))
-        .map(|(_, epoch_totals)| epoch_totals)
+        .range_mut(epochs_after(after))
+        .map(|(_, totals)| totals)
 }
 
 /// The totals of the epochs after `after`.
@@ -532,10 +537,7 @@ fn later(
     totals: &BTreeMap<Epoch, EpochTotals>,
     after: Option<Epoch>,
 ) -> impl Iterator<Item = &EpochTotals> {
-    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-    totals
-        .range((from, std::ops::Bound::Unbounded))
-        .map(|(_, epoch_totals)| epoch_totals)
+    totals.range(epochs_after(after)).map(|(_, totals)| totals)
 }
 
 /// A partition's state, shared by its actor (the one writer) and readers:

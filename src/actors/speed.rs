@@ -6,10 +6,11 @@
 //! order. The state is shared: the actor is its only writer, and readers
 //! (serving, on any thread) read it in place through its maps, so a query
 //! never waits behind queued `Apply` batches. Per view and key, a dashmap
-//! holds the key's buckets and its roll-up per epoch; per view, a mutex holds
+//! holds the key's buckets and its roll-up per epoch (and, once a range read
+//! merged them, blocks of its buckets: `KeyBlocks`); per view, a mutex holds
 //! each epoch's totals per bucket and over all buckets (and, once a range
-//! read merged them, over blocks of 8 and 64 buckets, until an event lands
-//! in them), and per bucket the keys with a group there; per view and
+//! read merged them, over blocks of buckets, until an event lands in them:
+//! `aggregate::Blocks`), and per bucket the keys with a group there; per view and
 //! monotone metric, a mutex holds the keys filed in bands of their value
 //! (`Bands`), which a top-N walks from the top. Each is updated as an event
 //! is applied, so a key, totals or top-N query reads a few states instead of
@@ -20,16 +21,16 @@
 //! new expiry before it drops anything, so a reader that raced an `Expire`
 //! sees it and asks again against the newer snapshot.
 use crate::aggregate::{
-    Agg, Input, KeyGroups, MetricState, Partial, QueryKind, TimeRange, ViewSpec, band_of,
-    merge_states, update_states,
+    Agg, BLOCK_SIZES, Blocks, BucketSource, Input, KeyBuckets, KeyGroups, MetricState, Partial,
+    QueryKind, SKETCH_MERGE_WEIGHT, TimeRange, ViewSpec, band_of, merge_states, update_states,
 };
 use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use dashmap::DashMap;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// How often a partition drops the buckets past its views' retention.
 const RETAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -87,6 +88,95 @@ struct KeyEpoch {
     epoch: Epoch,
     groups: KeyGroups,
     rollup: Box<[MetricState]>,
+    /// The blocks of the groups a range read merged (see [`KeyBlocks`]),
+    /// once one did.
+    blocks: Mutex<Option<Box<Blocks>>>,
+}
+
+/// Limits on the blocks of keys' groups the speed layer keeps merged once a
+/// range read of the key needed them (an event drops the blocks holding its
+/// bucket). Reads of a busy key over part of its buckets, as a dashboard's
+/// top-N asks for its winners every second, then merge a few blocks instead
+/// of inserting every value of every bucket into a sketch. The limits bound
+/// what they cost: keys read over ranges only, at most `limit` (key, epoch)
+/// pairs with blocks in a partition, each block kept only when merging its
+/// buckets would insert at least `weight` values (a lighter block costs
+/// little to merge and could hold more than its buckets).
+#[derive(Debug)]
+struct KeyBlocks {
+    limit: usize,
+    weight: usize,
+    /// (key, epoch) pairs with blocks, as of the last recount.
+    held: AtomicUsize,
+}
+
+impl KeyBlocks {
+    /// At most this many (key, epoch) pairs of a partition keep blocks.
+    const LIMIT: usize = 4096;
+    /// See [`KeyBlocks`]: the merge weight of a sketch's registers.
+    const WEIGHT: usize = SKETCH_MERGE_WEIGHT;
+
+    /// Takes room for one more (key, epoch) pair's blocks, if left.
+    fn reserve(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held < self.limit).then_some(held + 1)
+            })
+            .is_ok()
+    }
+}
+
+impl KeyEpoch {
+    /// Merges the states over `range` into `into`, through blocks of the
+    /// groups (see [`KeyBlocks`]); answers whether any bucket lies in range.
+    fn merge_in(
+        &self,
+        spec: &ViewSpec,
+        limits: &KeyBlocks,
+        range: TimeRange,
+        into: &mut [MetricState],
+    ) -> bool {
+        let groups = &self.groups;
+        let span = groups.span(range);
+        if span.len() < BLOCK_SIZES[0] as usize || span == (0..groups.len()) {
+            return groups.merge_in(range, &self.rollup, into);
+        }
+        let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+        if blocks.is_none() && !limits.reserve() {
+            groups.merge_span(span, into);
+            return true;
+        }
+        let buckets = groups.buckets();
+        let from_to = (buckets[span.start], buckets[span.end - 1] + spec.bucket_ms);
+        let source = KeyBuckets {
+            groups,
+            n: spec.metrics.len(),
+        };
+        blocks.get_or_insert_default().each_in(
+            spec,
+            &source,
+            limits.weight,
+            from_to,
+            &mut |states| merge_states(into, states),
+        );
+        true
+    }
+
+    /// Whether a range read kept blocks of these groups.
+    fn has_blocks(&self) -> bool {
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// The blocks kept, for the one writer.
+    fn blocks_mut(&mut self) -> Option<&mut Blocks> {
+        self.blocks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref_mut()
+    }
 }
 
 /// One key's groups, per epoch, ascending, and its band per metric (see [`Bands`]).
@@ -132,6 +222,7 @@ impl LiveKey {
                     epoch,
                     groups: KeyGroups::default(),
                     rollup: spec.empty_states(),
+                    blocks: Mutex::new(None),
                 };
                 self.epochs.insert(at, entry);
                 at
@@ -139,14 +230,23 @@ impl LiveKey {
         };
         let entry = &mut self.epochs[at];
         update_states(&mut entry.rollup, inputs);
+        if let Some(blocks) = entry.blocks_mut() {
+            blocks.landed(spec.bucket_ms, bucket);
+        }
         entry.groups.apply(spec, bucket, inputs)
     }
 
     /// Merges the key's states over `range` in epochs after `after` into
     /// `into`; answers whether any bucket of it lies in the range.
-    fn merge(&self, after: Option<Epoch>, range: TimeRange, into: &mut [MetricState]) -> bool {
+    fn merge(
+        &self,
+        (spec, limits): (&ViewSpec, &KeyBlocks),
+        after: Option<Epoch>,
+        range: TimeRange,
+        into: &mut [MetricState],
+    ) -> bool {
         self.later(after).fold(false, |any, entry| {
-            entry.groups.merge_in(range, &entry.rollup, into) | any
+            entry.merge_in(spec, limits, range, into) | any
         })
     }
 
@@ -174,23 +274,15 @@ impl LiveKey {
     }
 }
 
-/// The runs of consecutive bucket positions whose totals an epoch keeps
-/// merged once a range read needed them, smallest first; each size is a
-/// multiple of the one before.
-const TOTALS_BLOCKS: [i64; 2] = [8, 64];
-
 /// One epoch's totals of a view: per bucket, over all buckets, and over
 /// the blocks of buckets a range read merged.
 #[derive(Debug)]
 struct EpochTotals {
     buckets: BTreeMap<i64, BucketTotals>,
     all: Box<[MetricState]>,
-    /// Per size of [`TOTALS_BLOCKS`], by the start of their first bucket
-    /// position (a multiple of the size times the bucket's length): the
-    /// totals of the blocks a range read merged since an event last landed
-    /// in them. A range that holds a block whole merges it instead of its
-    /// buckets; an event drops the blocks holding its bucket.
-    blocks: [BTreeMap<i64, Box<[MetricState]>>; TOTALS_BLOCKS.len()],
+    /// The totals of the blocks of buckets a range read merged since an
+    /// event last landed in them.
+    blocks: Blocks,
 }
 
 /// One bucket's totals in an epoch, and the keys with a group there.
@@ -201,12 +293,24 @@ struct BucketTotals {
     keys: Vec<Arc<str>>,
 }
 
+/// An epoch's totals per bucket, as blocks of them are merged from.
+struct TotalsBuckets<'a>(&'a BTreeMap<i64, BucketTotals>);
+
+impl BucketSource for TotalsBuckets<'_> {
+    fn first_in(&self, from: i64, to: i64) -> Option<(i64, &[MetricState])> {
+        (from < to)
+            .then(|| self.0.range(from..to).next())
+            .flatten()
+            .map(|(bucket, totals)| (*bucket, &*totals.states))
+    }
+}
+
 impl EpochTotals {
     fn new(spec: &ViewSpec) -> EpochTotals {
         EpochTotals {
             buckets: BTreeMap::new(),
             all: spec.empty_states(),
-            blocks: Default::default(),
+            blocks: Blocks::default(),
         }
     }
 
@@ -226,19 +330,12 @@ impl EpochTotals {
         });
         update_states(&mut bucket_totals.states, inputs);
         bucket_totals.keys.extend(new_group);
-        for (blocks, size) in self.blocks.iter_mut().zip(TOTALS_BLOCKS) {
-            if !blocks.is_empty() {
-                let span = size * spec.bucket_ms;
-                blocks.remove(&(bucket - bucket.rem_euclid(span)));
-            }
-        }
+        self.blocks.landed(spec.bucket_ms, bucket);
     }
 
     /// Calls `visit` with totals that together cover `range` once: those
-    /// over all buckets when the range holds every bucket, else, between
-    /// the first bucket held and the last, those of the largest blocks of
-    /// [`TOTALS_BLOCKS`] the range holds whole, and of its buckets outside
-    /// them.
+    /// over all buckets when the range holds every bucket, else those of
+    /// the blocks and buckets in range (see [`Blocks::each_in`]).
     fn each_in(
         &mut self,
         spec: &ViewSpec,
@@ -254,78 +351,13 @@ impl EpochTotals {
             visit(&self.all);
             return;
         }
-        let step = spec.bucket_ms;
-        // The bucket starts in range held here: `from` rounded up to a
-        // bucket's start, no earlier than the first, up to `to`.
-        let end = range.to.map_or(last + step, |to| to.min(last + step));
-        let mut at = range.from.map_or(first, |from| {
-            let from = from.clamp(first, end.max(first));
-            from + (step - from.rem_euclid(step)) % step
-        });
-        while at < end {
-            let whole = TOTALS_BLOCKS
-                .iter()
-                .enumerate()
-                .rev()
-                .find(|(_, size)| at.rem_euclid(*size * step) == 0 && at + *size * step <= end);
-            if let Some((level, size)) = whole {
-                if self.buckets.range(at..at + size * step).next().is_some() {
-                    visit(self.block(spec, level, at));
-                }
-                at += size * step;
-                continue;
-            }
-            match self.buckets.range(at..end).next() {
-                Some((&bucket, totals)) if bucket == at => {
-                    visit(&totals.states);
-                    at += step;
-                }
-                // Past empty positions, to the next held bucket or to the
-                // start of a block holding it, whichever comes first.
-                Some((&bucket, _)) => {
-                    at = TOTALS_BLOCKS
-                        .iter()
-                        .rev()
-                        .map(|size| bucket - bucket.rem_euclid(size * step))
-                        .find(|start| *start > at)
-                        .unwrap_or(bucket);
-                }
-                None => break,
-            }
-        }
-    }
-
-    /// The totals of the block of size `TOTALS_BLOCKS[level]` starting at
-    /// `start`, merged now from its buckets (or the blocks of the size
-    /// below) unless kept since an event last landed in it.
-    fn block(&mut self, spec: &ViewSpec, level: usize, start: i64) -> &[MetricState] {
-        if !self.blocks[level].contains_key(&start) {
-            let span = TOTALS_BLOCKS[level] * spec.bucket_ms;
-            let mut states = spec.empty_states();
-            match level.checked_sub(1) {
-                None => self
-                    .buckets
-                    .range(start..start + span)
-                    .for_each(|(_, bucket)| merge_states(&mut states, &bucket.states)),
-                Some(below) => {
-                    let part = TOTALS_BLOCKS[below] * spec.bucket_ms;
-                    let mut part_start = start;
-                    while part_start < start + span {
-                        if self
-                            .buckets
-                            .range(part_start..part_start + part)
-                            .next()
-                            .is_some()
-                        {
-                            merge_states(&mut states, self.block(spec, below, part_start));
-                        }
-                        part_start += part;
-                    }
-                }
-            }
-            self.blocks[level].insert(start, states);
-        }
-        &self.blocks[level][&start]
+        let from = range.from.map_or(first, |from| from.max(first));
+        let to = range
+            .to
+            .map_or(last + spec.bucket_ms, |to| to.min(last + spec.bucket_ms));
+        let buckets = TotalsBuckets(&self.buckets);
+        self.blocks
+            .each_in(spec, &buckets, 0, (from, to), &mut visit);
     }
 
     fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &BucketTotals)> {
@@ -550,6 +582,8 @@ pub struct SpeedState {
     expired: AtomicU64,
     /// (key, bucket) groups held, over all epochs and views.
     groups: AtomicU64,
+    /// What blocks of keys' groups it keeps.
+    key_blocks: KeyBlocks,
 }
 
 impl SpeedState {
@@ -561,7 +595,21 @@ impl SpeedState {
             live,
             expired: AtomicU64::new(0),
             groups: AtomicU64::new(0),
+            key_blocks: KeyBlocks {
+                limit: KeyBlocks::LIMIT,
+                weight: KeyBlocks::WEIGHT,
+                held: AtomicUsize::new(0),
+            },
         }
+    }
+
+    /// The partition with other limits on the blocks of keys' groups it
+    /// keeps (see `KeyBlocks`).
+    #[cfg(test)]
+    fn with_key_blocks(mut self, limit: usize, weight: usize) -> SpeedState {
+        self.key_blocks.limit = limit;
+        self.key_blocks.weight = weight;
+        self
     }
 
     /// The newest epoch expired: events of it or older are in the snapshot.
@@ -826,7 +874,7 @@ impl SpeedState {
         into: &mut [MetricState],
     ) {
         if let Some(entry) = self.live[view].keys.get(key) {
-            entry.merge(after, range, into);
+            entry.merge((&self.views[view], &self.key_blocks), after, range, into);
         }
     }
 
@@ -842,6 +890,9 @@ impl SpeedState {
             live.keys.retain(|_, entry| {
                 for key_epoch in &mut entry.epochs {
                     if key_epoch.groups.retain_from(n, cutoff) > 0 {
+                        if let Some(blocks) = key_epoch.blocks_mut() {
+                            blocks.retain_from(cutoff);
+                        }
                         let mut rollup = spec.empty_states();
                         key_epoch
                             .groups
@@ -862,11 +913,7 @@ impl SpeedState {
                     kept.values()
                         .for_each(|bucket| merge_states(&mut all, &bucket.states));
                     epoch_totals.all = all;
-                    // A range read starts at the first bucket held, so a
-                    // block starting before it is never read again.
-                    for blocks in &mut epoch_totals.blocks {
-                        *blocks = blocks.split_off(&cutoff);
-                    }
+                    epoch_totals.blocks.retain_from(cutoff);
                 }
                 epoch_totals.buckets = kept;
             }
@@ -893,21 +940,17 @@ impl SpeedState {
     }
 
     fn recount(&self) {
-        let groups: usize = self
-            .live
-            .iter()
-            .flat_map(|live| {
-                live.keys.iter().map(|entry| {
-                    entry
-                        .value()
-                        .epochs
-                        .iter()
-                        .map(|key_epoch| key_epoch.groups.len())
-                        .sum::<usize>()
-                })
-            })
-            .sum();
+        let (mut groups, mut with_blocks) = (0, 0);
+        for live in &self.live {
+            for entry in live.keys.iter() {
+                for key_epoch in &entry.value().epochs {
+                    groups += key_epoch.groups.len();
+                    with_blocks += usize::from(key_epoch.has_blocks());
+                }
+            }
+        }
         self.groups.store(groups as u64, Ordering::Relaxed);
+        self.key_blocks.held.store(with_blocks, Ordering::Relaxed);
     }
 
     /// (key, bucket) groups held, over all epochs and views.
@@ -1011,6 +1054,7 @@ mod tests {
     use crate::aggregate::{Body, MetricValue, ViewState, band_of};
     use crate::config::Config;
     use proptest::prop_oneof;
+    use proptest::strategy::Just;
 
     const CONFIG: &str = crate::config::ONE_COUNT_VIEW;
 
@@ -1110,6 +1154,71 @@ mod tests {
         );
     }
 
+    /// Blocks of keys' groups are kept for at most the limit's (key, epoch)
+    /// pairs, and only when heavy enough; the room of an expired epoch's
+    /// pairs is given back.
+    #[test]
+    fn key_blocks_are_kept_within_their_limits() {
+        let config = Config::parse(LIVE_CONFIG, "test.toml").expect("config");
+        let state = SpeedState::new(config.views.iter().cloned().collect()).with_key_blocks(2, 5);
+        let mut scratch = Scratch::default();
+        // Keys k0..k3 in epoch 1, k0 again in epoch 2: one value a bucket in
+        // k0..k2, four distinct values a bucket in k3: its blocks weigh 8 and more, those
+        // of k0..k2 at most 4, below the weight of 5 kept.
+        let mut id = 0;
+        for (epoch, key, values) in [(1, 0, 1), (1, 1, 1), (1, 2, 1), (1, 3, 4), (2, 0, 1)] {
+            for minute in 0..8 {
+                for value in 0..values {
+                    id += 1;
+                    let raw = format!(
+                        r#"{{"id":{id},"k":"k{key}","ts":{},"x":{value}}}"#,
+                        minute * 60_000
+                    );
+                    let event = config.schema.parse(raw.as_bytes(), 0).expect("event");
+                    state.apply(Epoch(epoch), 0, &event, &mut scratch);
+                }
+            }
+        }
+        let range = TimeRange {
+            from: Some(0),
+            to: Some(6 * 60_000),
+        };
+        let with_blocks = |key: &str| {
+            let entry = state.live[0].keys.get(key).expect("key");
+            entry
+                .epochs
+                .iter()
+                .filter(|key_epoch| key_epoch.has_blocks())
+                .count()
+        };
+        let kept_blocks = |key: &str| {
+            let entry = state.live[0].keys.get(key).expect("key");
+            let kept = entry.epochs.iter().map(|key_epoch| {
+                let blocks = key_epoch.blocks.lock().expect("blocks");
+                blocks.as_ref().map_or(0, |blocks| blocks.kept_count())
+            });
+            kept.sum::<usize>()
+        };
+        for key in ["k3", "k0", "k1", "k2"] {
+            state.partial(None, 0, &QueryKind::Key(key.into()), range);
+        }
+        // k3's pair and one of k0's two; none left for k1 and k2.
+        assert_eq!(["k3", "k0", "k1", "k2"].map(with_blocks), [1, 1, 0, 0]);
+        assert!(kept_blocks("k3") > 0, "k3's blocks weigh 8 and more");
+        assert_eq!(
+            kept_blocks("k0"),
+            0,
+            "k0's blocks of 2 to 4 values are too light"
+        );
+        state.expire(Epoch(1));
+        state.partial(None, 0, &QueryKind::Key("k0".into()), range);
+        assert_eq!(
+            with_blocks("k0"),
+            1,
+            "the room of epoch 1's pairs is given back"
+        );
+    }
+
     #[test]
     fn retention_drops_old_buckets_keys_and_epochs() {
         let config = Config::parse(
@@ -1182,9 +1291,9 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
-        /// Totals over ranges read between applies (so that blocks of
-        /// buckets are kept, then landed in by later events) equal a scan of
-        /// the events applied so far, on both sides of time 0.
+        /// Totals and keys over ranges read between applies (so that blocks
+        /// of buckets are kept, then landed in by later events) equal a scan
+        /// of the events applied so far, on both sides of time 0.
         #[test]
         fn range_totals_read_between_applies_equal_a_scan(
             phases in proptest::collection::vec(
@@ -1194,7 +1303,9 @@ mod tests {
         ) {
             let config = Config::parse(LIVE_CONFIG, "test.toml").expect("config");
             let spec = &config.views[0];
-            let state = SpeedState::new(config.views.iter().cloned().collect());
+            // Every key's blocks kept, however light.
+            let state = SpeedState::new(config.views.iter().cloned().collect())
+                .with_key_blocks(usize::MAX, 0);
             let parse = |i: usize, (minute, value): (i64, u16)| {
                 let raw = format!(r#"{{"id":{i},"k":"k{}","ts":{},"x":{value}}}"#, value % 3, minute * 60_000 + 7_000);
                 config.schema.parse(raw.as_bytes(), 0).expect("event")
@@ -1214,11 +1325,14 @@ mod tests {
                 for (i, event) in applied.iter().enumerate() {
                     expected.apply(spec, &parse(i, *event));
                 }
-                proptest::prop_assert_eq!(
-                    state.partial(None, 0, &QueryKind::Totals, range).finish(spec, &QueryKind::Totals),
-                    expected.partial(spec, &QueryKind::Totals, range).finish(spec, &QueryKind::Totals),
-                    "over {:?} after {} events", range, applied.len()
-                );
+                let kinds = [QueryKind::Totals, QueryKind::Key("k0".into()), QueryKind::Key("k1".into())];
+                for kind in &kinds {
+                    proptest::prop_assert_eq!(
+                        state.partial(None, 0, kind, range).finish(spec, kind),
+                        expected.partial(spec, kind, range).finish(spec, kind),
+                        "{:?} over {:?} after {} events", kind, range, applied.len()
+                    );
+                }
             }
         }
     }
@@ -1244,10 +1358,14 @@ mod tests {
             from in proptest::option::of(-71..151i64),
             width in prop_oneof![1..40i64, 40..160i64],
             retain_minute in proptest::option::of(0..30i64),
+            // How many (key, epoch) pairs may keep blocks, and the weight of
+            // a block kept (a distinct metric's values weigh one each).
+            key_blocks in (prop_oneof![Just(0usize), Just(1), Just(usize::MAX)], 0..4usize),
         ) {
             let config = Config::parse(LIVE_CONFIG, "test.toml").expect("config");
             let spec = &config.views[0];
-            let state = SpeedState::new(config.views.iter().cloned().collect());
+            let state = SpeedState::new(config.views.iter().cloned().collect())
+                .with_key_blocks(key_blocks.0, key_blocks.1);
             let parse = |i: usize, (key, minute, value, _): &Event| {
                 let raw = format!(r#"{{"id":{i},"k":"k{key}","ts":{},"x":{value}}}"#, minute * 60_000 + 7_000);
                 config.schema.parse(raw.as_bytes(), 0).expect("event")
@@ -1257,14 +1375,17 @@ mod tests {
             for (i, event) in events.iter().enumerate().take(half) {
                 state.apply(Epoch(event.3), 0, &parse(i, event), &mut scratch);
             }
-            // Read once midway, so that blocks of totals are kept merged
-            // while later events land in some of them.
+            // Read once midway, so that blocks of totals and keys are kept
+            // merged while later events land in some of them.
             let range = TimeRange {
                 from: from.map(|m| m * 60_000 + 30_000 * (m % 2)),
                 to: from.map(|m| (m + width) * 60_000 + 20_000 * (width % 2)),
             };
             for after in [None, Some(Epoch(1))] {
                 state.partial(after, 0, &QueryKind::Totals, range);
+                for key in 0..6 {
+                    state.partial(after, 0, &QueryKind::Key(format!("k{key}")), range);
+                }
             }
             if let Some(upto) = expire_at {
                 state.expire(Epoch(upto));

@@ -5,11 +5,13 @@
 //! one event, `merge` of two states, and `value` to read it. Sums are kept
 //! exact in integer micro-units, so merging in any order gives the same bits.
 
+mod blocks;
 mod index;
 mod query;
 mod sketch;
 mod view;
 
+pub use blocks::{BLOCK_SIZES, Blocks, BucketSource, KeyBuckets};
 pub use index::{LiveTop, ViewIndex, band_of, merged_top};
 pub use query::{
     Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
@@ -17,7 +19,7 @@ pub use query::{
 };
 pub use sketch::{
     DDSKETCH_MIN_VALUE, DISTINCT_EXACT_LIMIT, Distinct, HLL_LG_K, QUANTILE_EXACT_LIMIT, Quantiles,
-    parameters as sketch_parameters, quantile_bin,
+    SKETCH_MERGE_WEIGHT, parameters as sketch_parameters, quantile_bin,
 };
 pub use view::{KeyGroups, ViewState};
 

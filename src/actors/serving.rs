@@ -510,8 +510,15 @@ impl Live<'_> {
     }
 
     /// The speed layer's partial of a key, totals or series query: the
-    /// partitions' partials merged into the first.
+    /// partitions' partials merged into the first (of a key's query, its
+    /// owner's alone: no other holds the key).
     fn partial(&self, kind: &QueryKind) -> Partial {
+        if let QueryKind::Key(key) | QueryKind::Series(Some(key)) = kind {
+            return self.owner(key).map_or_else(
+                || Partial::empty(self.spec, kind),
+                |partition| partition.partial(self.after, self.view, kind, self.range),
+            );
+        }
         let mut partials = self
             .partitions()
             .map(|partition| partition.partial(self.after, self.view, kind, self.range));

@@ -28,6 +28,7 @@ use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use dashmap::DashMap;
 use rustc_hash::{FxBuildHasher, FxHashSet};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -699,12 +700,13 @@ impl SpeedState {
                     for key_epoch in entry.later(after) {
                         let groups = &key_epoch.groups;
                         for at in groups.span(range) {
-                            merge_states(
-                                per_bucket
-                                    .entry(groups.buckets()[at])
-                                    .or_insert_with(|| spec.empty_states()),
-                                groups.states(n, at),
-                            );
+                            let states = groups.states(n, at);
+                            match per_bucket.entry(groups.buckets()[at]) {
+                                Entry::Vacant(vacant) => {
+                                    vacant.insert(states.into());
+                                }
+                                Entry::Occupied(mut held) => merge_states(held.get_mut(), states),
+                            }
                         }
                     }
                 }

@@ -148,7 +148,8 @@ impl KeyBlocks {
     }
 
     /// Calls `visit` with parts that together are exactly the buckets at
-    /// positions `span`, reading the blocks of the first `levels` sizes.
+    /// positions `span`, reading the blocks of the first `levels` sizes,
+    /// larger parts first.
     fn parts<'a>(
         &'a self,
         levels: usize,
@@ -163,15 +164,22 @@ impl KeyBlocks {
             return;
         };
         let size = BLOCK_SIZES[level];
+        // The blocks first, then the parts between them: a sketch merged
+        // into takes the form of the largest part first (a register array
+        // takes values and small sketches at the cost of a register each).
+        let mut gaps = Vec::new();
         let mut from = span.start;
         for k in span.start.div_ceil(size)..span.end / size {
             if let Some(Some(states)) = self.levels[level].get(k) {
-                self.parts(level, from..k * size, visit);
                 visit(Part::Block(states));
+                gaps.push(from..k * size);
                 from = (k + 1) * size;
             }
         }
-        self.parts(level, from..span.end, visit);
+        gaps.push(from..span.end);
+        for gap in gaps {
+            self.parts(level, gap, visit);
+        }
     }
 
     /// Merges the states of the buckets at positions `span` into `into`,
@@ -1163,7 +1171,8 @@ mod tests {
 
     proptest! {
         /// The parts of a key's buckets are the buckets of the span, each
-        /// once and in order, whichever blocks are kept.
+        /// once, whichever blocks are kept; the first is a block of the
+        /// largest size among them.
         #[test]
         fn block_parts_are_exactly_the_span(
             len in 0..300usize,
@@ -1182,17 +1191,23 @@ mod tests {
                     .collect();
             }
             let span = start.min(len)..(start + width).min(len);
-            let mut visited = Vec::new();
+            let (mut visited, mut sizes) = (Vec::new(), Vec::new());
             blocks.parts(BLOCK_SIZES.len(), span.clone(), &mut |part| match part {
-                Part::Buckets(positions) => visited.extend(positions),
+                Part::Buckets(positions) => {
+                    sizes.push(1);
+                    visited.extend(positions);
+                }
                 Part::Block([MetricState::Count(code)]) => {
                     let (level, k) = (*code as usize / 1000, *code as usize % 1000);
                     let size = BLOCK_SIZES[level];
+                    sizes.push(size);
                     visited.extend(k * size..(k + 1) * size);
                 }
                 Part::Block(other) => panic!("a block of states {other:?}"),
             });
+            visited.sort_unstable();
             prop_assert_eq!(visited, span.collect::<Vec<usize>>());
+            prop_assert_eq!(sizes.first(), sizes.iter().max());
         }
     }
 

@@ -302,17 +302,6 @@ impl HllSketch {
 /// again in slot order, as DataSketches rebuilds them after a merge). An image
 /// of another shape is returned as it is.
 fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
-    /// 2^-v for every register value, each exact in an f64: the sums
-    /// without a division per register, bit for bit the same.
-    const INVERSE_POWERS: [f64; 64] = {
-        let mut powers = [0.0; 64];
-        let mut value = 0;
-        while value < 64 {
-            powers[value] = 1.0 / (1u64 << value) as f64;
-            value += 1;
-        }
-        powers
-    };
     const OUT_OF_ORDER: u8 = 16;
     let sort_coupons = |bytes: &mut [u8], from: usize| {
         let Some(coupons) = bytes.get_mut(from..) else {
@@ -331,17 +320,7 @@ fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
         Some(HLL_LIST_WORDS) => sort_coupons(&mut bytes, 8),
         Some(HLL_SET_WORDS) => sort_coupons(&mut bytes, 12),
         Some(HLL_ARRAY_WORDS) if bytes.len() > 40 => {
-            let (mut kxq0, mut kxq1, mut zeros) = (0.0f64, 0.0f64, 0u32);
-            for &value in &bytes[40..] {
-                match value {
-                    0 => {
-                        kxq0 += 1.0;
-                        zeros += 1;
-                    }
-                    1..32 => kxq0 += INVERSE_POWERS[usize::from(value)],
-                    _ => kxq1 += INVERSE_POWERS[usize::from(value.min(63))],
-                }
-            }
+            let (kxq0, kxq1, zeros) = register_sums(&bytes[40..]);
             bytes[5] |= OUT_OF_ORDER;
             bytes[8..16].copy_from_slice(&0f64.to_le_bytes());
             bytes[16..24].copy_from_slice(&kxq0.to_le_bytes());
@@ -351,6 +330,48 @@ fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
         _ => {}
     }
     bytes
+}
+
+/// DataSketches' sums over HLL registers, as it rebuilds them after a merge
+/// by adding in slot order: `kxq0`, the sum of 2^-v over registers of value
+/// v < 32 (a zero adds 1), `kxq1` that over the others (a value above 63
+/// counts as 63), and the number of zeros.
+///
+/// Each term of `kxq0` is a multiple of 2^-31 and their sum at most 2^14, so
+/// every partial sum has at most 46 significant bits and is exact in an f64,
+/// whatever the order of the additions; likewise `kxq1`, multiples of 2^-63
+/// up to 2^-18. Summed here as integers, then scaled: the same bits, without
+/// a chain of floating-point additions 16,384 long.
+fn register_sums(registers: &[u8]) -> (f64, f64, u32) {
+    /// Per register value, its term of `kxq0` in units of 2^-31 and of
+    /// `kxq1` in units of 2^-63.
+    const TERMS: [(u64, u64); 256] = {
+        let mut terms = [(0, 0); 256];
+        let mut value = 0;
+        while value < 256 {
+            terms[value] = if value < 32 {
+                (1 << (31 - value), 0)
+            } else {
+                (0, 1 << (63 - if value < 63 { value } else { 63 }))
+            };
+            value += 1;
+        }
+        terms
+    };
+    let (mut low, mut high, mut zeros) = (0u64, 0u64, 0u32);
+    for &value in registers {
+        let (kxq0, kxq1) = TERMS[usize::from(value)];
+        low += kxq0;
+        high += kxq1;
+        zeros += u32::from(value == 0);
+    }
+    // Exact: the sums have at most 46 significant bits (see above), and
+    // scaling by a power of two is exact.
+    (
+        low as f64 / (1u64 << 31) as f64,
+        high as f64 / (1u64 << 63) as f64,
+        zeros,
+    )
 }
 
 impl<'de> Deserialize<'de> for HllSketch {
@@ -893,4 +914,49 @@ fn sorted_union<T: Copy>(
     out.extend_from_slice(&a[i..]);
     out.extend_from_slice(&b[j..]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::register_sums;
+    use proptest::prelude::*;
+
+    /// The sums as DataSketches computes them: floating-point additions in
+    /// slot order.
+    fn summed_in_order(registers: &[u8]) -> (f64, f64, u32) {
+        let (mut kxq0, mut kxq1, mut zeros) = (0.0f64, 0.0f64, 0u32);
+        for &value in registers {
+            match value {
+                0 => {
+                    kxq0 += 1.0;
+                    zeros += 1;
+                }
+                1..32 => kxq0 += 0.5f64.powi(i32::from(value)),
+                _ => kxq1 += 0.5f64.powi(i32::from(value.min(63))),
+            }
+        }
+        (kxq0, kxq1, zeros)
+    }
+
+    proptest! {
+        /// The integer sums give the bits of the floating-point ones, for
+        /// register arrays of every kind: mostly low values (a sketch of
+        /// few values), mostly high ones, any byte at all.
+        #[test]
+        fn register_sums_are_the_floating_point_sums_bit_for_bit(
+            registers in prop_oneof![
+                proptest::collection::vec(0..4u8, 16_384),
+                proptest::collection::vec(0..40u8, 16_384),
+                proptest::collection::vec(30..64u8, 16_384),
+                proptest::collection::vec(any::<u8>(), 16_384),
+                proptest::collection::vec(any::<u8>(), 0..100),
+            ],
+        ) {
+            let (kxq0, kxq1, zeros) = register_sums(&registers);
+            let (expected0, expected1, expected_zeros) = summed_in_order(&registers);
+            prop_assert_eq!(kxq0.to_bits(), expected0.to_bits());
+            prop_assert_eq!(kxq1.to_bits(), expected1.to_bits());
+            prop_assert_eq!(zeros, expected_zeros);
+        }
+    }
 }

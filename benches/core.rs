@@ -139,21 +139,26 @@ fn views(c: &mut Criterion) {
 /// state into the answer, then reading the answer once. Sixty states: an
 /// hour of one-minute buckets, each past its exact form, as coupon sets
 /// (700 values each) and as register arrays (3,000 values each).
+/// Sixty distinct states of `per_state` values each, half of each state's
+/// values also in the next.
+fn states_of(per_state: u64) -> Vec<MetricState> {
+    (0..60u64)
+        .map(|bucket| {
+            let mut state = MetricState::empty(&Agg::Distinct);
+            for value in 0..per_state {
+                let value = bucket * per_state / 2 + value;
+                state.update(Input::Hash(hash_text(&format!("u-{value:07}"))));
+            }
+            state
+        })
+        .collect()
+}
+
 fn distinct_merge(c: &mut Criterion) {
     let mut group = c.benchmark_group("distinct_merge");
     group.throughput(Throughput::Elements(60));
     for (label, per_state) in [("coupons", 700u64), ("registers", 3_000)] {
-        let states: Vec<MetricState> = (0..60u64)
-            .map(|bucket| {
-                let mut state = MetricState::empty(&Agg::Distinct);
-                for value in 0..per_state {
-                    // Half of each bucket's values also appear in the next.
-                    let value = bucket * per_state / 2 + value;
-                    state.update(Input::Hash(hash_text(&format!("u-{value:07}"))));
-                }
-                state
-            })
-            .collect();
+        let states = states_of(per_state);
         group.bench_function(format!("60_states/{label}"), |b| {
             b.iter(|| {
                 let mut merged = MetricState::empty(&Agg::Distinct);
@@ -193,6 +198,21 @@ fn distinct_merge(c: &mut Criterion) {
             }
             black_box(merged.value(&Agg::Distinct))
         })
+    });
+    // The estimate of a register array merged from others, read once (a
+    // top-N reads it for each key it answers): the estimator's sums over
+    // its 16,384 registers, then DataSketches' composite estimate.
+    let mut unread = MetricState::empty(&Agg::Distinct);
+    for state in &states_of(3_000) {
+        unread.merge(state);
+    }
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("registers_estimate", |b| {
+        b.iter_batched_ref(
+            || unread.clone(),
+            |state| black_box(state.value(&Agg::Distinct)),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

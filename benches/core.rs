@@ -135,10 +135,6 @@ fn views(c: &mut Criterion) {
     group.finish();
 }
 
-/// What a range query pays per bucket for a distinct metric: merging one
-/// state into the answer, then reading the answer once. Sixty states: an
-/// hour of one-minute buckets, each past its exact form, as coupon sets
-/// (700 values each) and as register arrays (3,000 values each).
 /// Sixty distinct states of `per_state` values each, half of each state's
 /// values also in the next.
 fn states_of(per_state: u64) -> Vec<MetricState> {
@@ -154,6 +150,10 @@ fn states_of(per_state: u64) -> Vec<MetricState> {
         .collect()
 }
 
+/// What a range query pays per bucket for a distinct metric: merging one
+/// state into the answer, then reading the answer once. Sixty states: an
+/// hour of one-minute buckets, each past its exact form, as coupon sets
+/// (700 values each) and as register arrays (3,000 values each).
 fn distinct_merge(c: &mut Criterion) {
     let mut group = c.benchmark_group("distinct_merge");
     group.throughput(Throughput::Elements(60));

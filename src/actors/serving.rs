@@ -790,21 +790,8 @@ mod tests {
 
     #[test]
     fn a_batch_answers_the_same_before_and_after_it_is_indexed() {
-        let config = Config::parse(
-            r#"
-            data_dir = "d"
-            [event]
-            id = "id"
-            time = "ts"
-            [[view]]
-            name = "v"
-            key = ["k"]
-            bucket = "1m"
-            metrics = [{ name = "n", agg = "count" }, { name = "users", agg = "distinct", field = "u" }]
-            "#,
-            "test.toml",
-        )
-        .expect("config");
+        let config =
+            Config::parse(crate::aggregate::COUNT_AND_USERS_CONFIG, "test.toml").expect("config");
         let views: Arc<[Arc<ViewSpec>]> = config.views.iter().cloned().collect();
         let mut state = crate::aggregate::ViewState::new();
         for id in 0..200 {

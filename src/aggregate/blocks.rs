@@ -178,3 +178,86 @@ impl Blocks {
             .count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Input;
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    /// Buckets by start, as a test holds them.
+    struct Held(BTreeMap<i64, Box<[MetricState]>>);
+
+    impl BucketSource for Held {
+        fn first_in(&self, from: i64, to: i64) -> Option<(i64, &[MetricState])> {
+            (from < to)
+                .then(|| self.0.range(from..to).next())
+                .flatten()
+                .map(|(start, states)| (*start, &**states))
+        }
+    }
+
+    proptest! {
+        /// Whatever was read, landed in and kept before, a read visits each
+        /// bucket starting in its range exactly once: each event adds its
+        /// own bit to its bucket's count, and the counts visited add up to
+        /// the bits of the events in range (a bucket visited twice, or a
+        /// block kept past an event, adds up to something else). Blocks of
+        /// up to 256 buckets, on both sides of 0, ranges ending before they
+        /// start, and weights that keep every block, some, or none.
+        #[test]
+        fn a_read_visits_each_bucket_in_range_once(
+            steps in proptest::collection::vec(
+                (
+                    proptest::collection::vec((prop_oneof![-40..40i64, -300..300i64], 0..6u64), 0..12),
+                    -310..310i64,
+                    prop_oneof![1..80i64, -5..600i64],
+                ),
+                1..6,
+            ),
+            weight in prop_oneof![Just(0usize), 1..12usize, Just(usize::MAX)],
+        ) {
+            let config = Config::parse(crate::aggregate::COUNT_AND_USERS_CONFIG, "test.toml").expect("config");
+            let spec = &config.views[0];
+            let (mut held, mut blocks, mut bit) = (Held(BTreeMap::new()), Blocks::default(), 0u32);
+            let mut events: Vec<(i64, u64)> = Vec::new();
+            for (landed, from, width) in steps {
+                for (minute, users) in landed {
+                    if bit == 64 {
+                        break;
+                    }
+                    let start = minute * spec.bucket_ms;
+                    let states = held.0.entry(start).or_insert_with(|| spec.empty_states());
+                    // The count takes the event's bit; the distinct state a
+                    // few values, so that blocks weigh differently.
+                    if let MetricState::Count(count) = &mut states[0] {
+                        *count += 1 << bit;
+                    }
+                    for user in 0..users {
+                        states[1].update(Input::Hash(user * 1_000 + u64::from(bit)));
+                    }
+                    blocks.landed(spec.bucket_ms, start);
+                    events.push((start, 1 << bit));
+                    bit += 1;
+                }
+                let (from, to) = (from * spec.bucket_ms, (from + width) * spec.bucket_ms);
+                let mut visited = 0u64;
+                blocks.each_in(spec, &held, weight, (from, to), &mut |states| {
+                    if let MetricState::Count(count) = states[0] {
+                        visited = visited.wrapping_add(count);
+                    }
+                });
+                let expected: u64 = events
+                    .iter()
+                    .filter(|(start, _)| (from..to).contains(start))
+                    .map(|(_, bit)| bit)
+                    .sum();
+                prop_assert_eq!(visited, expected, "over [{}, {})", from, to);
+            }
+            if weight == usize::MAX {
+                prop_assert_eq!(blocks.kept_count(), 0, "no block weighs that much");
+            }
+        }
+    }
+}

@@ -24,6 +24,21 @@ pub use sketch::{
 pub use view::{KeyGroups, ViewState};
 
 use crate::event::{ParsedEvent, hash_text};
+
+/// For tests: one view, `v`, keyed by `k` in one-minute buckets, counting
+/// events (`n`) and distinct values of `u` (`users`).
+#[cfg(test)]
+pub(crate) const COUNT_AND_USERS_CONFIG: &str = r#"
+    data_dir = "d"
+    [event]
+    id = "id"
+    time = "ts"
+    [[view]]
+    name = "v"
+    key = ["k"]
+    bucket = "1m"
+    metrics = [{ name = "n", agg = "count" }, { name = "users", agg = "distinct", field = "u" }]
+"#;
 use serde::{Deserialize, Serialize};
 
 /// An aggregation, as named in the config's `agg`.

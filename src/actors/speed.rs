@@ -21,8 +21,8 @@
 //! new expiry before it drops anything, so a reader that raced an `Expire`
 //! sees it and asks again against the newer snapshot.
 use crate::aggregate::{
-    Agg, BLOCK_SIZES, Blocks, BucketSource, Input, KeyBuckets, KeyGroups, MetricState, Partial,
-    QueryKind, SKETCH_MERGE_WEIGHT, TimeRange, ViewSpec, band_of, merge_states, update_states,
+    Agg, BLOCK_SIZES, Blocks, Input, KeyBuckets, KeyGroups, MetricState, Partial, QueryKind,
+    SKETCH_MERGE_WEIGHT, TimeRange, ViewSpec, band_of, merge_states, update_states,
 };
 use crate::event::{Epoch, ParsedEvent, hash_text};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
@@ -148,7 +148,7 @@ impl KeyEpoch {
         let weighed = spec
             .metrics
             .iter()
-            .any(|metric| matches!(metric.agg, Agg::Distinct | Agg::Quantile { .. }));
+            .any(|metric| metric.agg.has_merge_weight());
         if !weighed || span.len() < BLOCK_SIZES[0] as usize || span == (0..groups.len()) {
             return groups.merge_in(range, &self.rollup, into);
         }
@@ -306,15 +306,10 @@ struct BucketTotals {
     keys: Vec<Arc<str>>,
 }
 
-/// An epoch's totals per bucket, as blocks of them are merged from.
-struct TotalsBuckets<'a>(&'a BTreeMap<i64, BucketTotals>);
-
-impl BucketSource for TotalsBuckets<'_> {
-    fn first_in(&self, from: i64, to: i64) -> Option<(i64, &[MetricState])> {
-        (from < to)
-            .then(|| self.0.range(from..to).next())
-            .flatten()
-            .map(|(bucket, totals)| (*bucket, &*totals.states))
+/// A bucket's totals, as blocks of them are merged from.
+impl AsRef<[MetricState]> for BucketTotals {
+    fn as_ref(&self) -> &[MetricState] {
+        &self.states
     }
 }
 
@@ -368,9 +363,8 @@ impl EpochTotals {
         let to = range
             .to
             .map_or(last + spec.bucket_ms, |to| to.min(last + spec.bucket_ms));
-        let buckets = TotalsBuckets(&self.buckets);
         self.blocks
-            .each_in(spec, &buckets, 0, (from, to), &mut visit);
+            .each_in(spec, &self.buckets, 0, (from, to), &mut visit);
     }
 
     fn in_range(&self, range: TimeRange) -> impl Iterator<Item = (&i64, &BucketTotals)> {

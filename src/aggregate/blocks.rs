@@ -17,6 +17,16 @@ pub trait BucketSource {
     fn first_in(&self, from: i64, to: i64) -> Option<(i64, &[MetricState])>;
 }
 
+/// Buckets by start, each with its states (an epoch's totals per bucket).
+impl<T: AsRef<[MetricState]>> BucketSource for BTreeMap<i64, T> {
+    fn first_in(&self, from: i64, to: i64) -> Option<(i64, &[MetricState])> {
+        (from < to)
+            .then(|| self.range(from..to).next())
+            .flatten()
+            .map(|(start, states)| (*start, states.as_ref()))
+    }
+}
+
 /// One key's groups, of a view of `n` metrics.
 pub struct KeyBuckets<'a> {
     /// The groups.
@@ -186,18 +196,6 @@ mod tests {
     use crate::config::Config;
     use proptest::prelude::*;
 
-    /// Buckets by start, as a test holds them.
-    struct Held(BTreeMap<i64, Box<[MetricState]>>);
-
-    impl BucketSource for Held {
-        fn first_in(&self, from: i64, to: i64) -> Option<(i64, &[MetricState])> {
-            (from < to)
-                .then(|| self.0.range(from..to).next())
-                .flatten()
-                .map(|(start, states)| (*start, &**states))
-        }
-    }
-
     proptest! {
         /// Whatever was read, landed in and kept before, a read visits each
         /// bucket starting in its range exactly once: each event adds its
@@ -220,7 +218,7 @@ mod tests {
         ) {
             let config = Config::parse(crate::aggregate::COUNT_AND_USERS_CONFIG, "test.toml").expect("config");
             let spec = &config.views[0];
-            let (mut held, mut blocks, mut bit) = (Held(BTreeMap::new()), Blocks::default(), 0u32);
+            let (mut held, mut blocks, mut bit) = (BTreeMap::<i64, Box<[MetricState]>>::new(), Blocks::default(), 0u32);
             let mut events: Vec<(i64, u64)> = Vec::new();
             for (landed, from, width) in steps {
                 for (minute, users) in landed {
@@ -228,7 +226,7 @@ mod tests {
                         break;
                     }
                     let start = minute * spec.bucket_ms;
-                    let states = held.0.entry(start).or_insert_with(|| spec.empty_states());
+                    let states = held.entry(start).or_insert_with(|| spec.empty_states());
                     // The count takes the event's bit; the distinct state a
                     // few values, so that blocks weigh differently.
                     if let MetricState::Count(count) = &mut states[0] {

@@ -167,19 +167,17 @@ impl KeyBlocks {
         // The blocks first, then the parts between them: a sketch merged
         // into takes the form of the largest part first (a register array
         // takes values and small sketches at the cost of a register each).
-        let mut gaps = Vec::new();
+        let whole = span.start.div_ceil(size)..span.end / size;
+        let kept = |k: usize| self.levels[level].get(k).and_then(Option::as_deref);
+        for states in whole.clone().filter_map(kept) {
+            visit(Part::Block(states));
+        }
         let mut from = span.start;
-        for k in span.start.div_ceil(size)..span.end / size {
-            if let Some(Some(states)) = self.levels[level].get(k) {
-                visit(Part::Block(states));
-                gaps.push(from..k * size);
-                from = (k + 1) * size;
-            }
+        for k in whole.filter(|k| kept(*k).is_some()) {
+            self.parts(level, from..k * size, visit);
+            from = (k + 1) * size;
         }
-        gaps.push(from..span.end);
-        for gap in gaps {
-            self.parts(level, gap, visit);
-        }
+        self.parts(level, from..span.end, visit);
     }
 
     /// Merges the states of the buckets at positions `span` into `into`,

@@ -91,6 +91,13 @@ impl Agg {
         matches!(self, Agg::Count | Agg::Sum | Agg::Max)
     }
 
+    /// Whether merging its states inserts values one by one while they are
+    /// exact (distinct and quantile: see [`MetricState::merge_weight`]);
+    /// other states merge at the cost of an addition.
+    pub fn has_merge_weight(&self) -> bool {
+        matches!(self, Agg::Distinct | Agg::Quantile { .. })
+    }
+
     /// Whether the aggregation reads a field that must be a number.
     pub fn needs_number(&self) -> bool {
         matches!(

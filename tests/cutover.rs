@@ -202,7 +202,12 @@ impl Oracle {
                 .collect::<Vec<_>>()
         };
         let to_metrics = |metrics: BTreeMap<String, MetricValue>| {
-            tandem::aggregate::Metrics(metrics.into_iter().collect())
+            tandem::aggregate::Metrics(
+                metrics
+                    .into_iter()
+                    .map(|(name, value)| (name.into(), value))
+                    .collect(),
+            )
         };
         match question {
             Question::Key(key) => Body::Metrics(to_metrics(Self::metrics(view, &of_key(key)))),

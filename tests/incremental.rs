@@ -281,7 +281,7 @@ fn assert_oracle(config: &Config, log: &[Logged], upto_epoch: u64, batch: &Batch
                 for (metric, state) in spec.metrics.iter().zip(states) {
                     let value = state.value(&metric.agg);
                     let name = format!("{} {key} {bucket} {}", spec.name, metric.name);
-                    match metric.name.as_str() {
+                    match &*metric.name {
                         "orders" => assert_eq!(value, MetricValue::Int(*count), "{name}"),
                         "revenue" | "spent" => {
                             let got = value.as_f64().expect("a sum");

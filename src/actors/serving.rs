@@ -21,13 +21,14 @@
 use super::recompute::{Batch, SnapshotData};
 use super::speed::{Expire, SpeedPartition, SpeedState};
 use crate::aggregate::{
-    Body, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top, series_body,
+    Body, LiveSeries, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top,
+    series_body,
 };
 use crate::event::Epoch;
 use crate::store::{self, DataPaths};
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Which layers answer.
@@ -349,7 +350,7 @@ impl Reader {
                 let index = spec
                     .metrics
                     .iter()
-                    .position(|m| m.name == *metric)
+                    .position(|m| *m.name == **metric)
                     .ok_or_else(|| QueryError::UnknownMetric {
                         view: spec.name.clone(),
                         metric: metric.clone(),
@@ -363,9 +364,11 @@ impl Reader {
         Ok((view, kind))
     }
 
-    /// Answers a query, merged per its layer: a key lookup on the caller's
-    /// thread, anything that reads more (a top-N over every live key, a
-    /// series, sketches to count, an older snapshot) on the blocking pool.
+    /// Answers a query, merged per its layer: on the caller's thread when
+    /// the snapshot's indexes (or one key's groups) bound what it reads (see
+    /// [`Reader::in_place`]), on the blocking pool otherwise (a scan of a
+    /// snapshot not indexed yet, an older snapshot read from disk, a top-N of
+    /// the speed layer alone over every live key).
     ///
     /// # Errors
     /// An unknown view or metric, a bad parameter, or a stopping system; for
@@ -373,14 +376,42 @@ impl Reader {
     /// a snapshot that cannot be read.
     pub async fn ask(self: &Arc<Self>, query: Query) -> Result<Answer, QueryError> {
         let (view, kind) = self.resolve(&query)?;
-        // An older snapshot may have to be read from disk first.
-        if matches!(kind, QueryKind::Key(_)) && !matches!(query.layer, Layer::Snapshot(_)) {
+        if self.in_place(view, &kind, query.layer) {
             return self.answer(view, &kind, &query);
         }
         let reader = Arc::clone(self);
         tokio::task::spawn_blocking(move || reader.answer(view, &kind, &query))
             .await
             .map_err(|_| QueryError::Stopped)?
+    }
+
+    /// Whether a query is answered on the caller's thread: a key's
+    /// questions (its metrics, its series) read that key's groups alone;
+    /// totals, every key's series and a top-N by a metric the snapshot's
+    /// roll-ups bound (count, max, a sum never negative: a walk down its
+    /// ranking) read the snapshot's indexes, once it has them, and the speed
+    /// layer's roll-ups. Those take from tens of microseconds to about a
+    /// millisecond at millions of groups (BENCHMARKS.md), where the hop to a
+    /// blocking-pool thread alone costs milliseconds at its tail on a busy
+    /// machine. The rest go to the pool: an older snapshot, which may be
+    /// read from disk first; a snapshot just loaded, scanned until it is
+    /// indexed; a top-N by another metric, which may read every live key
+    /// or scan the snapshot's keys; a top-N of the speed layer alone.
+    fn in_place(&self, view: usize, kind: &QueryKind, layer: Layer) -> bool {
+        match (kind, layer) {
+            (_, Layer::Snapshot(_)) | (QueryKind::Top { .. }, Layer::Speed) => false,
+            (QueryKind::Key(_) | QueryKind::Series(Some(_)), _) | (_, Layer::Speed) => true,
+            (QueryKind::Totals | QueryKind::Series(None), _) => {
+                let batch = self.batch();
+                !batch.has_view(view) || batch.indexes.get().is_some()
+            }
+            (QueryKind::Top { metric, .. }, _) => {
+                let batch = self.batch();
+                let indexed = batch.indexes.get().and_then(|indexes| indexes.get(view));
+                self.views[view].metrics[*metric].agg.is_monotone()
+                    && (!batch.has_view(view) || indexed.is_some_and(|index| index.bounds(*metric)))
+            }
+        }
     }
 
     /// The answer to a resolved query. Blocking: it reads as much as the
@@ -431,17 +462,7 @@ impl Reader {
                         .finish(spec, kind)
                 }
                 (QueryKind::Series(key), _) => {
-                    let Partial::PerBucket(speed) = live.partial(kind) else {
-                        unreachable!("a series' partial is per bucket")
-                    };
-                    batch_series(
-                        with_batch.then_some(&*batch),
-                        spec,
-                        view,
-                        key.as_deref(),
-                        range,
-                        speed,
-                    )
+                    batch_series(with_batch.then_some(&*batch), (view, key.as_deref()), &live)
                 }
                 _ => {
                     // Key and totals; or a batch not indexed yet (a snapshot
@@ -532,6 +553,21 @@ impl Live<'_> {
         )
     }
 
+    /// Calls `read` with the speed layer's buckets of `key` in range, read
+    /// in place (see [`SpeedState::read_key_series`]).
+    fn key_series<R>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&mut dyn Iterator<Item = (i64, &[MetricState])>) -> R,
+    ) -> R {
+        match self.owner(key) {
+            Some(partition) => {
+                partition.read_key_series(self.after, (self.view, key), self.range, read)
+            }
+            None => read(&mut std::iter::empty()),
+        }
+    }
+
     /// The partition holding `key`.
     fn owner(&self, key: &str) -> Option<&SpeedState> {
         let speed = self.speed?;
@@ -600,41 +636,43 @@ impl LiveTop for Live<'_> {
     }
 }
 
-/// A series of `key` (or of every key) over `range`: the batch layer's
+/// A series of `key` (or of every key) of view `view`: the batch layer's
 /// buckets read in place (the index's leaves, or the key's groups) and the
-/// speed layer's per-bucket partial `speed` merged into them.
-fn batch_series(
-    batch: Option<&Batch>,
-    spec: &ViewSpec,
-    view: usize,
-    key: Option<&str>,
-    range: TimeRange,
-    speed: BTreeMap<i64, Box<[MetricState]>>,
-) -> Body {
+/// speed layer's merged into them (a key's read in place too, under its
+/// entry's lock, except those the batch layer also holds).
+fn batch_series(batch: Option<&Batch>, (view, key): (usize, Option<&str>), live: &Live) -> Body {
+    let (spec, range) = (live.spec, live.range);
     let n = spec.metrics.len();
     let state = batch.and_then(|batch| batch.views.get(view));
+    if let Some(key) = key {
+        let groups = state.and_then(|state| state.key(key));
+        let span = groups.map_or(0..0, |groups| groups.span(range));
+        let starts = groups.map_or(&[][..], |groups| &groups.buckets()[span.clone()]);
+        let speed = live.key_series(key, |buckets| {
+            LiveSeries::gather(spec, |start| starts.binary_search(&start).is_ok(), buckets)
+        });
+        let stored = groups.into_iter().flat_map(|groups| {
+            span.clone()
+                .map(move |at| (groups.buckets()[at], groups.states(n, at)))
+        });
+        return series_body(spec, stored, speed);
+    }
+    let kind = QueryKind::Series(None);
+    let Partial::PerBucket(speed) = live.partial(&kind) else {
+        unreachable!("a series' partial is per bucket")
+    };
     let index = batch
         .and_then(|batch| batch.indexes.get())
         .and_then(|indexes| indexes.get(view));
-    match (state, index, key) {
-        (Some(state), _, Some(key)) => {
-            let groups = state.key(key);
-            let stored = groups.into_iter().flat_map(|groups| {
-                groups
-                    .span(range)
-                    .map(move |at| (groups.buckets()[at], groups.states(n, at)))
-            });
-            series_body(spec, stored, speed)
-        }
-        (Some(_), Some(index), None) => series_body(spec, index.series(range), speed),
-        (Some(state), None, None) => {
+    match (state, index) {
+        (Some(_), Some(index)) => series_body(spec, index.series(range), speed.into()),
+        (Some(state), None) => {
             // Not indexed yet (a snapshot just loaded): the scan.
-            let kind = QueryKind::Series(None);
             let mut partial = state.partial(spec, &kind, range);
             partial.merge(&Partial::PerBucket(speed));
             partial.finish(spec, &kind)
         }
-        (None, _, _) => series_body(spec, std::iter::empty(), speed),
+        (None, _) => series_body(spec, std::iter::empty(), speed.into()),
     }
 }
 

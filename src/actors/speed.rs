@@ -701,21 +701,16 @@ impl SpeedState {
                 self.merge_key(after, view, key, range, states);
             }
             (QueryKind::Series(Some(key)), Partial::PerBucket(per_bucket)) => {
-                if let Some(entry) = live.keys.get(key.as_str()) {
-                    let n = spec.metrics.len();
-                    for key_epoch in entry.later(after) {
-                        let groups = &key_epoch.groups;
-                        for at in groups.span(range) {
-                            let states = groups.states(n, at);
-                            match per_bucket.entry(groups.buckets()[at]) {
-                                Entry::Vacant(vacant) => {
-                                    vacant.insert(states.into());
-                                }
-                                Entry::Occupied(mut held) => merge_states(held.get_mut(), states),
+                self.read_key_series(after, (view, key), range, |buckets| {
+                    for (start, states) in buckets {
+                        match per_bucket.entry(start) {
+                            Entry::Vacant(vacant) => {
+                                vacant.insert(states.into());
                             }
+                            Entry::Occupied(mut held) => merge_states(held.get_mut(), states),
                         }
                     }
-                }
+                });
             }
             (QueryKind::Top { metric, .. }, Partial::PerKey(per_key)) => {
                 // Every key with its full states: the scan's shape, for tests.
@@ -732,6 +727,30 @@ impl SpeedState {
             _ => {}
         }
         partial
+    }
+
+    /// Calls `read` with the buckets in `range` of key `key` of view
+    /// `view` in the epochs after `after`, read in place: ascending within
+    /// each epoch, a bucket once per epoch that holds it. The key's entry
+    /// stays locked for reading (its writer waits) until `read` returns.
+    pub fn read_key_series<R>(
+        &self,
+        after: Option<Epoch>,
+        (view, key): (usize, &str),
+        range: TimeRange,
+        read: impl FnOnce(&mut dyn Iterator<Item = (i64, &[MetricState])>) -> R,
+    ) -> R {
+        let n = self.views[view].metrics.len();
+        let Some(entry) = self.live[view].keys.get(key) else {
+            return read(&mut std::iter::empty());
+        };
+        let mut buckets = entry.later(after).flat_map(|key_epoch| {
+            let groups = &key_epoch.groups;
+            groups
+                .span(range)
+                .map(move |at| (groups.buckets()[at], groups.states(n, at)))
+        });
+        read(&mut buckets)
     }
 
     /// The epochs after `after` holding events of view `view`.

@@ -378,7 +378,14 @@ impl ViewIndex {
     /// Whether a top-N by `metric` over `range` scans every key (see the module
     /// documentation), rather than walking the ranking.
     pub fn top_scans(&self, metric: usize, range: TimeRange) -> bool {
-        !self.covers(range) && !self.monotone.get(metric).copied().unwrap_or(false)
+        !self.covers(range) && !self.bounds(metric)
+    }
+
+    /// Whether each key's roll-up bounds its value of `metric` over any
+    /// range (the metric is monotone and no sum of it is negative), so that
+    /// a top-N by it walks the ranking from the top over any range.
+    pub fn bounds(&self, metric: usize) -> bool {
+        self.monotone.get(metric).copied().unwrap_or(false)
     }
 
     /// The first `n` keys in answer order of `metric` over `range` that
@@ -664,7 +671,7 @@ pub fn merged_top(
         range,
         live,
     };
-    let batch_bounds = batch.is_none_or(|(index, _)| index.monotone.get(metric) == Some(&true));
+    let batch_bounds = batch.is_none_or(|(index, _)| index.bounds(metric));
     // A walk that a key's move into the bands it read raced (or a negative
     // sum, after which the bands bound nothing) is read again; one that
     // keeps racing gives way to the rule that reads every live key. A key

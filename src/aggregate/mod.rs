@@ -14,8 +14,8 @@ mod view;
 pub use blocks::{BLOCK_SIZES, Blocks, BucketSource, KeyBuckets};
 pub use index::{LiveTop, ViewIndex, band_of, merged_top};
 pub use query::{
-    Body, Bucket, Item, Metrics, Partial, QueryKind, TimeRange, merge_states, rank_order,
-    series_body,
+    Body, Bucket, Item, LiveSeries, Metrics, Partial, QueryKind, TimeRange, merge_states,
+    rank_order, series_body,
 };
 pub use sketch::{
     DDSKETCH_MIN_VALUE, DISTINCT_EXACT_LIMIT, Distinct, HLL_LG_K, QUANTILE_EXACT_LIMIT, Quantiles,
@@ -24,6 +24,7 @@ pub use sketch::{
 pub use view::{KeyGroups, ViewState};
 
 use crate::event::{ParsedEvent, hash_text};
+use std::sync::Arc;
 
 /// For tests: one view, `v`, keyed by `k` in one-minute buckets, counting
 /// events (`n`) and distinct values of `u` (`users`).
@@ -110,8 +111,8 @@ impl Agg {
 /// One metric of a view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricSpec {
-    /// Name, unique in its view.
-    pub name: String,
+    /// Name, unique in its view (shared by every answer that names it).
+    pub name: Arc<str>,
     /// What it computes.
     #[serde(flatten)]
     pub agg: Agg,

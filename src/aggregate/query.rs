@@ -7,6 +7,8 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use std::collections::BTreeMap;
+use std::iter::Peekable;
+use std::sync::Arc;
 
 /// Buckets counted: those whose start lies in `[from, to)`; either end may be open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,43 +163,115 @@ impl Partial {
                 )
             }
             (Partial::PerBucket(per_bucket), _) => {
-                series_body(spec, std::iter::empty(), per_bucket)
+                series_body(spec, std::iter::empty(), per_bucket.into())
             }
             (Partial::PerKey(_), _) => Body::Top(Vec::new()),
         }
     }
 }
 
+/// A live layer's buckets of a series, gathered while its states can be
+/// read in place (under the lock that guards them): a bucket no other layer
+/// holds is read where it lies, and only a bucket the stored layer also holds,
+/// or that several live epochs hold, is copied, to be merged.
+#[derive(Debug, Default)]
+pub struct LiveSeries {
+    /// Buckets already read, ascending.
+    read: Vec<Bucket>,
+    /// Buckets to merge with the stored layer's, by start.
+    held: BTreeMap<i64, Box<[MetricState]>>,
+}
+
+impl LiveSeries {
+    /// Gathers `live` (ascending within each epoch; a bucket may come once
+    /// per epoch that holds it): `stored` tells whether the stored layer
+    /// holds a bucket start.
+    pub fn gather<'a>(
+        spec: &ViewSpec,
+        stored: impl Fn(i64) -> bool,
+        live: impl Iterator<Item = (i64, &'a [MetricState])>,
+    ) -> LiveSeries {
+        let mut buckets: Vec<(i64, &[MetricState])> = live.collect();
+        // Stable, and linear on runs already in order (one per epoch).
+        buckets.sort_by_key(|(start, _)| *start);
+        let mut series = LiveSeries::default();
+        for same in buckets.chunk_by(|a, b| a.0 == b.0) {
+            let (start, states) = same[0];
+            if same.len() == 1 && !stored(start) {
+                series.read.push(Bucket::read(spec, start, states));
+            } else {
+                let mut merged: Box<[MetricState]> = states.into();
+                for (_, more) in &same[1..] {
+                    merge_states(&mut merged, more);
+                }
+                series.held.insert(start, merged);
+            }
+        }
+        series
+    }
+}
+
+impl From<BTreeMap<i64, Box<[MetricState]>>> for LiveSeries {
+    /// A live layer's states per bucket, all to be merged (or read) later.
+    fn from(held: BTreeMap<i64, Box<[MetricState]>>) -> LiveSeries {
+        LiveSeries {
+            read: Vec::new(),
+            held,
+        }
+    }
+}
+
+/// A live layer's buckets to merge, in order.
+type Held = Peekable<std::collections::btree_map::IntoIter<i64, Box<[MetricState]>>>;
+
 /// The series answer of one layer's buckets read in place (`stored`,
-/// ascending, borrowed: an index's leaves, a key's groups) and another
-/// layer's per-bucket partial (`live`): a bucket that one layer alone holds
-/// is read where it lies, and only the buckets both hold are merged, so a
-/// series of the batch layer copies no state.
+/// ascending, borrowed: an index's leaves, a key's groups) and the live
+/// layer's (`live`): a bucket that one layer alone holds is read where it
+/// lies, and only the buckets both hold are merged, so a series of the batch
+/// layer copies no state.
 pub fn series_body<'a>(
     spec: &ViewSpec,
     stored: impl Iterator<Item = (i64, &'a [MetricState])>,
-    live: BTreeMap<i64, Box<[MetricState]>>,
+    live: LiveSeries,
 ) -> Body {
-    let read = |start: i64, states: &[MetricState]| Bucket {
-        start,
-        metrics: Metrics::read(spec, states),
-    };
-    let mut live = live.into_iter().peekable();
-    let mut buckets = Vec::new();
-    for (start, states) in stored {
-        while let Some((at, theirs)) = live.next_if(|(at, _)| *at < start) {
-            buckets.push(read(at, &theirs));
+    let mut held = live.held.into_iter().peekable();
+    let mut done = live.read.into_iter().peekable();
+    let mut buckets = Vec::with_capacity(stored.size_hint().0 + held.len() + done.len());
+    // The live buckets starting before `until` (every one for `None`), in order.
+    let mut live_before = |until: Option<i64>, held: &mut Held, buckets: &mut Vec<Bucket>| {
+        let before = |at: i64| until.is_none_or(|until| at < until);
+        loop {
+            let next_held = held.peek().map(|(at, _)| *at).filter(|at| before(*at));
+            let next_done = done
+                .peek()
+                .map(|bucket| bucket.start)
+                .filter(|at| before(*at));
+            match (next_held, next_done) {
+                (Some(at), Some(other)) if at < other => {}
+                (Some(_), None) => {}
+                (_, Some(_)) => {
+                    buckets.extend(done.next());
+                    continue;
+                }
+                (None, None) => break,
+            }
+            if let Some((at, states)) = held.next() {
+                buckets.push(Bucket::read(spec, at, &states));
+            }
         }
-        match live.next_if(|(at, _)| *at == start) {
+    };
+    for (start, states) in stored {
+        live_before(Some(start), &mut held, &mut buckets);
+        match held.next_if(|(at, _)| *at == start) {
             // Merged into the live copy, which is owned: the monoid commutes.
             Some((_, mut theirs)) => {
                 merge_states(&mut theirs, states);
-                buckets.push(read(start, &theirs));
+                buckets.push(Bucket::read(spec, start, &theirs));
             }
-            None => buckets.push(read(start, states)),
+            None => buckets.push(Bucket::read(spec, start, states)),
         }
     }
-    buckets.extend(live.map(|(at, theirs)| read(at, &theirs)));
+    live_before(None, &mut held, &mut buckets);
     Body::Series(buckets)
 }
 
@@ -279,7 +353,7 @@ impl ViewState {
 
 /// Metric values by name, in the view's metric order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Metrics(pub Vec<(String, MetricValue)>);
+pub struct Metrics(pub Vec<(Arc<str>, MetricValue)>);
 
 impl Metrics {
     fn read(spec: &ViewSpec, states: &[MetricState]) -> Metrics {
@@ -296,7 +370,7 @@ impl Metrics {
     pub fn get(&self, name: &str) -> Option<MetricValue> {
         self.0
             .iter()
-            .find(|(metric, _)| metric == name)
+            .find(|(metric, _)| &**metric == name)
             .map(|(_, value)| *value)
     }
 }
@@ -327,6 +401,16 @@ pub struct Bucket {
     pub start: i64,
     /// Its metrics.
     pub metrics: Metrics,
+}
+
+impl Bucket {
+    /// The bucket starting at `start` with `states`.
+    fn read(spec: &ViewSpec, start: i64, states: &[MetricState]) -> Bucket {
+        Bucket {
+            start,
+            metrics: Metrics::read(spec, states),
+        }
+    }
 }
 
 /// A finished answer.

@@ -878,7 +878,7 @@ fn validate_metric(
         }
     };
     Some(MetricSpec {
-        name: name?,
+        name: name?.into(),
         agg,
         field,
         slot,

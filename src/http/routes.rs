@@ -123,9 +123,47 @@ fn range_and_layer(params: &Params) -> Result<(TimeRange, Layer), ApiError> {
 }
 
 fn rfc3339(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |at| {
-        Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    })
+    serde_json::to_value(Rfc3339(ms)).unwrap_or(Value::Null)
+}
+
+/// A time in epoch milliseconds, serialized as RFC 3339 in UTC with
+/// milliseconds (chrono's `to_rfc3339_opts(Millis, true)`), or null out of
+/// chrono's range: written in place, as a series writes one per bucket.
+struct Rfc3339(i64);
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use chrono::{Datelike, Timelike};
+        let Some(at) = chrono::DateTime::from_timestamp_millis(self.0) else {
+            return serializer.serialize_none();
+        };
+        let (date, time) = (at.date_naive(), at.time());
+        let Some(year) = u32::try_from(date.year())
+            .ok()
+            .filter(|year| *year <= 9_999)
+        else {
+            // Signed or five-digit years, as chrono writes them.
+            return serializer
+                .serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        };
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        for (digits, value) in [
+            (0..4, year),
+            (5..7, date.month()),
+            (8..10, date.day()),
+            (11..13, time.hour()),
+            (14..16, time.minute()),
+            (17..19, time.second()),
+            (20..23, at.timestamp_subsec_millis()),
+        ] {
+            let mut value = value;
+            for digit in text[digits].iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        serializer.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
+    }
 }
 
 fn as_of(as_of: &AsOf) -> Value {
@@ -325,21 +363,35 @@ async fn series(
     }
     #[derive(serde::Serialize)]
     struct SeriesBucket<'a> {
-        start: Value,
+        start: Rfc3339,
         metrics: &'a Metrics,
     }
-    Ok(HttpResponse::Ok().json(Series {
+    let series = Series {
         view: &answer.view,
         key,
         buckets: buckets
             .iter()
             .map(|bucket| SeriesBucket {
-                start: rfc3339(bucket.start),
+                start: Rfc3339(bucket.start),
                 metrics: &bucket.metrics,
             })
             .collect(),
         as_of: as_of(&answer.as_of),
-    }))
+    };
+    // Sized for every bucket at once (about 32 bytes for its start and 32
+    // per metric), not grown by doubling.
+    let mut body = Vec::with_capacity(256 + 32 * buckets.len() * (1 + answer_width(buckets)));
+    match serde_json::to_writer(&mut body, &series) {
+        Ok(()) => Ok(HttpResponse::Ok()
+            .content_type(actix_web::http::header::ContentType::json())
+            .body(body)),
+        Err(err) => Ok(HttpResponse::InternalServerError().body(err.to_string())),
+    }
+}
+
+/// How many metrics a series' buckets hold.
+fn answer_width(buckets: &[crate::aggregate::Bucket]) -> usize {
+    buckets.first().map_or(0, |bucket| bucket.metrics.0.len())
 }
 
 async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {
@@ -484,4 +536,29 @@ async fn status(state: web::Data<ApiState>, params: Params) -> Result<HttpRespon
             "ids_indexed": shared.ids_indexed.load(Ordering::Relaxed),
         },
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A time is written as chrono writes it, in and out of four-digit
+        /// years, before 1970 and out of chrono's range.
+        #[test]
+        fn rfc3339_is_chronos_text(ms in prop_oneof![
+            -62_167_219_200_000i64..253_402_300_800_000,
+            any::<i64>(),
+            Just(253_402_300_799_999i64),
+            Just(253_402_300_800_000i64),
+            Just(-62_167_219_200_001i64),
+            Just(-1i64),
+        ]) {
+            let chrono = chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |at| {
+                Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            });
+            prop_assert_eq!(rfc3339(ms), chrono);
+        }
+    }
 }

@@ -365,10 +365,8 @@ impl Reader {
     }
 
     /// Answers a query, merged per its layer: on the caller's thread when
-    /// the snapshot's indexes (or one key's groups) bound what it reads (see
-    /// [`Reader::in_place`]), on the blocking pool otherwise (a scan of a
-    /// snapshot not indexed yet, an older snapshot read from disk, a top-N of
-    /// the speed layer alone over every live key).
+    /// the snapshot's indexes (or one key's groups) bound what it reads, on
+    /// the blocking pool otherwise (see [`Reader::in_place`]).
     ///
     /// # Errors
     /// An unknown view or metric, a bad parameter, or a stopping system; for

@@ -241,22 +241,20 @@ pub fn series_body<'a>(
     let mut live_before = |until: Option<i64>, held: &mut Held, buckets: &mut Vec<Bucket>| {
         let before = |at: i64| until.is_none_or(|until| at < until);
         loop {
-            let next_held = held.peek().map(|(at, _)| *at).filter(|at| before(*at));
-            let next_done = done
+            let held_at = held.peek().map(|(at, _)| *at).filter(|at| before(*at));
+            let done_at = done
                 .peek()
                 .map(|bucket| bucket.start)
                 .filter(|at| before(*at));
-            match (next_held, next_done) {
-                (Some(at), Some(other)) if at < other => {}
-                (Some(_), None) => {}
-                (_, Some(_)) => {
-                    buckets.extend(done.next());
-                    continue;
-                }
+            // A start is held or read, never both.
+            match (held_at, done_at) {
                 (None, None) => break,
-            }
-            if let Some((at, states)) = held.next() {
-                buckets.push(Bucket::read(spec, at, &states));
+                (Some(first), done_at) if done_at.is_none_or(|other| first < other) => {
+                    if let Some((at, states)) = held.next() {
+                        buckets.push(Bucket::read(spec, at, &states));
+                    }
+                }
+                _ => buckets.extend(done.next()),
             }
         }
     };

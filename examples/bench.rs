@@ -720,8 +720,8 @@ async fn bench_query(
                     "key" => format!("{base}{path}{}", product(i)),
                     _ => format!("{base}{path}"),
                 };
-                // Timed until the body's last byte is read (as `wrk` and
-                // `hey` time a request), not through a conversion to text.
+                // Timed until the body's last byte is read, as `wrk` and
+                // `hey` time a request.
                 let started = Instant::now();
                 let mut body = Vec::new();
                 agent

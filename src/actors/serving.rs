@@ -21,8 +21,8 @@
 use super::recompute::{Batch, SnapshotData};
 use super::speed::{Expire, SpeedPartition, SpeedState};
 use crate::aggregate::{
-    Body, LiveSeries, LiveTop, MetricState, Partial, QueryKind, TimeRange, ViewSpec, merged_top,
-    series_body,
+    Body, LiveSeries, LiveTop, MetricState, Partial, QueryKind, Reach, TimeRange, ViewSpec,
+    merged_top, series_body,
 };
 use crate::event::Epoch;
 use crate::store::{self, DataPaths};
@@ -69,6 +69,26 @@ pub enum Question {
 /// takes one message, so a second read normally succeeds; this bounds a
 /// reader that would otherwise never see the batch an expiry belongs to.
 const MAX_READS: usize = 64;
+
+/// How many keys a query answered on its caller's thread may read (a top-N's
+/// walk, the keys it meets in either layer) before it is handed to the
+/// blocking pool: a walk that reads about as many keys as it answers stays
+/// well within it, one down a long ranking does not.
+pub const IN_PLACE_KEYS: usize = 2_048;
+
+/// Why [`Reader::answer`] gave no answer.
+enum Unanswered {
+    /// The query failed.
+    Failed(QueryError),
+    /// It would read more keys than its reach allows.
+    TooFar,
+}
+
+impl From<QueryError> for Unanswered {
+    fn from(err: QueryError) -> Unanswered {
+        Unanswered::Failed(err)
+    }
+}
 
 /// Most keys a top-N query returns.
 pub const MAX_TOP: usize = 1_000;
@@ -364,9 +384,18 @@ impl Reader {
         Ok((view, kind))
     }
 
-    /// Answers a query, merged per its layer: on the caller's thread when
-    /// the snapshot's indexes (or one key's groups) bound what it reads, on
-    /// the blocking pool otherwise (see [`Reader::in_place`]).
+    /// Answers a query, merged per its layer. It is read on the caller's
+    /// thread within a reach of [`IN_PLACE_KEYS`] keys: a key's questions
+    /// (its metrics, its series) read that key's groups alone; totals and
+    /// every key's series read the served snapshot's indexes and the speed
+    /// layer's roll-ups; a top-N walks the rankings and reads the keys it
+    /// meets. Those take from tens of microseconds to about a millisecond at
+    /// millions of groups (BENCHMARKS.md), where the hop to a blocking-pool
+    /// thread alone costs milliseconds at its tail on a busy machine. A
+    /// query that would read further (a scan of a snapshot not indexed yet,
+    /// a top-N that visits every live key or scans the snapshot's keys, a
+    /// walk past the reach) is handed to the blocking pool, as is one of an
+    /// older snapshot, which may be read from disk first.
     ///
     /// # Errors
     /// An unknown view or metric, a bad parameter, or a stopping system; for
@@ -374,47 +403,40 @@ impl Reader {
     /// a snapshot that cannot be read.
     pub async fn ask(self: &Arc<Self>, query: Query) -> Result<Answer, QueryError> {
         let (view, kind) = self.resolve(&query)?;
-        if self.in_place(view, &kind, query.layer) {
-            return self.answer(view, &kind, &query);
+        if !matches!(query.layer, Layer::Snapshot(_)) {
+            let reach = Reach::keys(IN_PLACE_KEYS);
+            let read = || self.answer(view, &kind, &query, &reach);
+            // A panic is answered as the pool's would be, not unwound into
+            // the caller (an HTTP worker, an actor).
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(Unanswered::Failed(err))) => return Err(err),
+                Ok(Err(Unanswered::TooFar)) => {}
+                Err(_) => return Err(QueryError::Stopped),
+            }
         }
         let reader = Arc::clone(self);
-        tokio::task::spawn_blocking(move || reader.answer(view, &kind, &query))
-            .await
-            .map_err(|_| QueryError::Stopped)?
+        let answered = tokio::task::spawn_blocking(move || {
+            reader.answer(view, &kind, &query, &Reach::unlimited())
+        })
+        .await
+        .map_err(|_| QueryError::Stopped)?;
+        answered.map_err(|unanswered| match unanswered {
+            Unanswered::Failed(err) => err,
+            // An unlimited reach does not run out.
+            Unanswered::TooFar => QueryError::Stopped,
+        })
     }
 
-    /// Whether a query is answered on the caller's thread: a key's
-    /// questions (its metrics, its series) read that key's groups alone;
-    /// totals, every key's series and a top-N by a metric the snapshot's
-    /// roll-ups bound (count, max, a sum never negative: a walk down its
-    /// ranking) read the snapshot's indexes, once it has them, and the speed
-    /// layer's roll-ups. Those take from tens of microseconds to about a
-    /// millisecond at millions of groups (BENCHMARKS.md), where the hop to a
-    /// blocking-pool thread alone costs milliseconds at its tail on a busy
-    /// machine. The rest go to the pool: an older snapshot, which may be
-    /// read from disk first; a snapshot just loaded, scanned until it is
-    /// indexed; a top-N by another metric, which may read every live key
-    /// or scan the snapshot's keys; a top-N of the speed layer alone.
-    fn in_place(&self, view: usize, kind: &QueryKind, layer: Layer) -> bool {
-        match (kind, layer) {
-            (_, Layer::Snapshot(_)) | (QueryKind::Top { .. }, Layer::Speed) => false,
-            (QueryKind::Key(_) | QueryKind::Series(Some(_)), _) | (_, Layer::Speed) => true,
-            (QueryKind::Totals | QueryKind::Series(None), _) => {
-                let batch = self.batch();
-                !batch.has_view(view) || batch.indexes.get().is_some()
-            }
-            (QueryKind::Top { metric, .. }, _) => {
-                let batch = self.batch();
-                let indexed = batch.indexes.get().and_then(|indexes| indexes.get(view));
-                self.views[view].metrics[*metric].agg.is_monotone()
-                    && (!batch.has_view(view) || indexed.is_some_and(|index| index.bounds(*metric)))
-            }
-        }
-    }
-
-    /// The answer to a resolved query. Blocking: it reads as much as the
-    /// query needs.
-    fn answer(&self, view: usize, kind: &QueryKind, query: &Query) -> Result<Answer, QueryError> {
+    /// The answer to a resolved query, unless it would read more keys than
+    /// `reach` allows. Blocking: it reads as much as the query needs.
+    fn answer(
+        &self,
+        view: usize,
+        kind: &QueryKind,
+        query: &Query,
+        reach: &Reach,
+    ) -> Result<Answer, Unanswered> {
         let spec = &self.views[view];
         let range = query.range.at_least(spec.retention_cutoff(crate::now_ms()));
         let with_speed = matches!(query.layer, Layer::Merged | Layer::Speed);
@@ -425,7 +447,8 @@ impl Reader {
                     return Err(QueryError::NotInSnapshot {
                         epoch,
                         view: spec.name.clone(),
-                    });
+                    }
+                    .into());
                 }
                 Some(batch)
             }
@@ -450,14 +473,25 @@ impl Reader {
                 .and_then(|indexes| indexes.get(view))
                 .zip(batch.views.get(view))
                 .filter(|_| with_batch);
+            // A snapshot not indexed yet (one just loaded) is scanned,
+            // except for one key's groups.
+            let scans = with_batch
+                && indexed.is_none()
+                && !matches!(kind, QueryKind::Key(_) | QueryKind::Series(Some(_)));
+            if scans && reach.is_limited() {
+                return Err(Unanswered::TooFar);
+            }
             let body = match (kind, indexed) {
                 (QueryKind::Top { metric, n }, Some(indexed)) => {
-                    Partial::PerKey(merged_top(spec, Some(indexed), *metric, *n, range, &live))
-                        .finish(spec, kind)
+                    let live: &dyn LiveTop = &live;
+                    merged_top(spec, (Some(indexed), live), (*metric, *n), range, reach)
+                        .map(|top| Partial::PerKey(top).finish(spec, kind))
+                        .ok_or(Unanswered::TooFar)?
                 }
                 (QueryKind::Top { metric, n }, None) if !with_batch => {
-                    Partial::PerKey(merged_top(spec, None, *metric, *n, range, &live))
-                        .finish(spec, kind)
+                    merged_top(spec, (None, &live), (*metric, *n), range, reach)
+                        .map(|top| Partial::PerKey(top).finish(spec, kind))
+                        .ok_or(Unanswered::TooFar)?
                 }
                 (QueryKind::Series(key), _) => {
                     batch_series(with_batch.then_some(&*batch), (view, key.as_deref()), &live)
@@ -496,7 +530,7 @@ impl Reader {
                 as_of,
             });
         }
-        Err(QueryError::Raced(MAX_READS))
+        Err(QueryError::Raced(MAX_READS).into())
     }
 
     /// Whether a speed partition has expired an epoch after `after`.
@@ -528,11 +562,11 @@ impl Live<'_> {
             .map(|partition| &**partition)
     }
 
-    /// The speed layer's partial of a key, totals or series query: the
-    /// partitions' partials merged into the first (of a key's query, its
+    /// The speed layer's partial of a key, totals or every key's series:
+    /// the partitions' partials merged into the first (of a key's query, its
     /// owner's alone: no other holds the key).
     fn partial(&self, kind: &QueryKind) -> Partial {
-        if let QueryKind::Key(key) | QueryKind::Series(Some(key)) = kind {
+        if let QueryKind::Key(key) = kind {
             return self.owner(key).map_or_else(
                 || Partial::empty(self.spec, kind),
                 |partition| partition.partial(self.after, self.view, kind, self.range),

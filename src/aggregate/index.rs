@@ -32,6 +32,7 @@
 use super::query::{merge_states, rank_order};
 use super::{Agg, KeyGroups, MetricState, TimeRange, ViewSpec, ViewState};
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::cell::Cell;
 use std::sync::Arc;
 
 /// The index of one view state; it holds positions into that state's keys,
@@ -390,14 +391,17 @@ impl ViewIndex {
 
     /// The first `n` keys in answer order of `metric` over `range` that
     /// `skip` does not name, with their values there.
+    ///
+    /// A scan of every key, or a walk down the ranking, stops once `reach`
+    /// runs out (see [`Reach::ran_out`]).
     pub fn head(
         &self,
         spec: &ViewSpec,
         state: &ViewState,
-        metric: usize,
-        n: usize,
+        (metric, n): (usize, usize),
         range: TimeRange,
         skip: &dyn Fn(&str) -> bool,
+        reach: &Reach,
     ) -> Vec<(Option<f64>, usize)> {
         if self.covers(range) {
             let agg = &spec.metrics[metric].agg;
@@ -414,9 +418,13 @@ impl ViewIndex {
                 })
                 .collect()
         } else if self.top_scans(metric, range) {
+            if reach.is_limited() {
+                reach.run_out();
+                return Vec::new();
+            }
             self.scan_top(spec, state, metric, n, range, skip)
         } else {
-            self.bounded_top(spec, state, metric, n, range, skip)
+            self.bounded_top(spec, state, (metric, n), range, skip, reach)
         }
     }
 
@@ -445,10 +453,10 @@ impl ViewIndex {
         &self,
         spec: &ViewSpec,
         state: &ViewState,
-        metric: usize,
-        n: usize,
+        (metric, n): (usize, usize),
         range: TimeRange,
         skip: &dyn Fn(&str) -> bool,
+        reach: &Reach,
     ) -> Vec<(Option<f64>, usize)> {
         let agg = &spec.metrics[metric].agg;
         if range.span(&self.buckets).is_empty() {
@@ -467,6 +475,9 @@ impl ViewIndex {
             }
             if skip(key(at)) {
                 continue;
+            }
+            if !reach.step() {
+                break;
             }
             let Some(value) = self.value_in(spec, state, at, metric, range) else {
                 continue;
@@ -643,6 +654,55 @@ impl Best {
     }
 }
 
+/// How many keys a top-N merge may read (each key's value in range, in
+/// either layer) before it gives up: a query answered on its caller's
+/// thread is handed to the blocking pool rather than read further there.
+#[derive(Debug)]
+pub struct Reach {
+    left: Cell<usize>,
+}
+
+impl Reach {
+    /// At most `keys` keys.
+    pub fn keys(keys: usize) -> Reach {
+        Reach {
+            left: Cell::new(keys),
+        }
+    }
+
+    /// As many keys as the merge needs.
+    pub fn unlimited() -> Reach {
+        Reach::keys(usize::MAX)
+    }
+
+    /// Whether this reach can run out.
+    pub fn is_limited(&self) -> bool {
+        self.left.get() < usize::MAX
+    }
+
+    /// Takes a step (a key read); false, from then on, once none is left.
+    fn step(&self) -> bool {
+        match self.left.get() {
+            0 => false,
+            usize::MAX => true,
+            left => {
+                self.left.set(left - 1);
+                true
+            }
+        }
+    }
+
+    /// Whether a step was refused: what was merged is not the answer.
+    pub fn ran_out(&self) -> bool {
+        self.left.get() == 0
+    }
+
+    /// Refuses every further step (for a read that would visit every key).
+    fn run_out(&self) {
+        self.left.set(0);
+    }
+}
+
 /// The merged top-N by `metric` over `range` of a batch state (with its
 /// index) and a live layer, as the keys and their merged states.
 ///
@@ -655,14 +715,16 @@ impl Best {
 /// one, and the batch's first `n` keys the live layer does not hold, whose
 /// merged value is their batch value: O(n + live keys) merges of the
 /// ranking metric. Either way the `n` keys kept are then read in full.
+///
+/// `None` when `reach` ran out first: a read of every live key, a scan of
+/// the batch's keys, or a walk longer than it allows.
 pub fn merged_top(
     spec: &ViewSpec,
-    batch: Option<(&ViewIndex, &ViewState)>,
-    metric: usize,
-    n: usize,
+    (batch, live): (Option<(&ViewIndex, &ViewState)>, &dyn LiveTop),
+    (metric, n): (usize, usize),
     range: TimeRange,
-    live: &dyn LiveTop,
-) -> FxHashMap<String, Box<[MetricState]>> {
+    reach: &Reach,
+) -> Option<FxHashMap<String, Box<[MetricState]>>> {
     let merge = TopMerge {
         agg: &spec.metrics[metric].agg,
         batch,
@@ -670,6 +732,7 @@ pub fn merged_top(
         n,
         range,
         live,
+        reach,
     };
     let batch_bounds = batch.is_none_or(|(index, _)| index.bounds(metric));
     // A walk that a key's move into the bands it read raced (or a negative
@@ -691,7 +754,11 @@ pub fn merged_top(
         })
         .flatten();
     let best = walked.unwrap_or_else(|| merge.by_live_keys(spec));
-    best.items
+    if reach.ran_out() {
+        return None;
+    }
+    let top = best
+        .items
         .into_iter()
         .map(|(_, key)| {
             let mut states = spec.empty_states();
@@ -703,7 +770,8 @@ pub fn merged_top(
             live.key(&key, &mut states);
             (key, states)
         })
-        .collect()
+        .collect();
+    Some(top)
 }
 
 /// How often a threshold walk is tried before the rule that reads every
@@ -726,6 +794,7 @@ struct TopMerge<'a> {
     n: usize,
     range: TimeRange,
     live: &'a dyn LiveTop,
+    reach: &'a Reach,
 }
 
 impl TopMerge<'_> {
@@ -742,7 +811,7 @@ impl TopMerge<'_> {
     /// Offers `key` with its merged value of the metric in range, unless
     /// `met` holds it; then `met` does.
     fn offer(&self, key: &str, met: &mut FxHashSet<Box<str>>, best: &mut Best) {
-        if met.contains(key) {
+        if met.contains(key) || !self.reach.step() {
             return;
         }
         met.insert(key.into());
@@ -764,6 +833,10 @@ impl TopMerge<'_> {
             for key in &keys {
                 self.offer(key, &mut met, &mut best);
             }
+        } else if self.reach.is_limited() {
+            // Every live key: more than a limited reach allows.
+            self.reach.run_out();
+            return best;
         } else {
             self.live.each(self.metric, &mut |key, live_state| {
                 let mut state = MetricState::empty(self.agg);
@@ -778,7 +851,15 @@ impl TopMerge<'_> {
         // before.
         if let Some((index, state)) = self.batch {
             let skip = |key: &str| met.contains(key);
-            for (value, at) in index.head(spec, state, self.metric, self.n, self.range, &skip) {
+            let head = index.head(
+                spec,
+                state,
+                (self.metric, self.n),
+                self.range,
+                &skip,
+                self.reach,
+            );
+            for (value, at) in head {
                 if let Some((key, _)) = state.key_at(at) {
                     best.offer(value, key);
                 }
@@ -844,7 +925,7 @@ impl TopMerge<'_> {
         };
         loop {
             let next = ranked.as_mut().and_then(|ranked| ranked.peek().copied());
-            if next.is_none() && band.is_none() {
+            if (next.is_none() && band.is_none()) || self.reach.ran_out() {
                 break;
             }
             let batch_bound = next.map_or(f64::NEG_INFINITY, |(bound, _)| bound.min(batch_cap));
@@ -1230,6 +1311,7 @@ mod tests {
             n in 1..6usize,
             list_limit in prop_oneof![Just(0usize), 0..40usize, Just(usize::MAX)],
             moved in any::<prop::sample::Index>(),
+            reach in 0..24usize,
         ) {
             let config = Config::parse(CONFIG, "test.toml").expect("config");
             let spec = &config.views[0];
@@ -1257,10 +1339,17 @@ mod tests {
 
             for metric in 0..spec.metrics.len() {
                 let kind = QueryKind::Top { metric, n };
+                // Unlimited, the merge always answers; within a reach of a
+                // few keys it answers the same or gives up.
+                let top = |live: &dyn LiveTop, reach: &Reach| {
+                    merged_top(spec, (Some((&index, &batch)), live), (metric, n), range, reach)
+                        .map(Partial::PerKey)
+                };
                 let live = Other { spec, state: &speed, range, list_limit };
-                let merged = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &live));
+                let merged = top(&live, &Reach::unlimited()).expect("an unlimited reach");
+                let within = top(&live, &Reach::keys(reach));
                 let racing = Moved { other: Other { spec, state: &speed, range, list_limit: 0 }, moves: Moves::Every };
-                let raced = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &racing));
+                let raced = top(&racing, &Reach::unlimited()).expect("an unlimited reach");
                 let mut expected = batch.partial(spec, &kind, range);
                 expected.merge(&speed.partial(spec, &kind, range));
                 let expected = expected.finish(spec, &kind);
@@ -1270,9 +1359,12 @@ mod tests {
                     "top {} by {}", n, spec.metrics[metric].name
                 );
                 prop_assert_eq!(raced.finish(spec, &kind), expected.clone(), "raced top {} by {}", n, spec.metrics[metric].name);
+                if let Some(within) = within {
+                    prop_assert_eq!(within.finish(spec, &kind), expected.clone(), "top {} by {} within {} keys", n, spec.metrics[metric].name, reach);
+                }
                 if speed.key_count() > 0 && let Some((moved, _)) = speed.key_at(moved.index(speed.key_count())) {
                     let moving = Moved { other: Other { spec, state: &speed, range, list_limit: 0 }, moves: Moves::One(moved) };
-                    let raced = Partial::PerKey(merged_top(spec, Some((&index, &batch)), metric, n, range, &moving));
+                    let raced = top(&moving, &Reach::unlimited()).expect("an unlimited reach");
                     prop_assert_eq!(raced.finish(spec, &kind), expected, "top {} by {} with {} moved", n, spec.metrics[metric].name, moved);
                 }
             }

@@ -12,7 +12,7 @@ mod sketch;
 mod view;
 
 pub use blocks::{BLOCK_SIZES, Blocks, BucketSource, KeyBuckets};
-pub use index::{LiveTop, ViewIndex, band_of, merged_top};
+pub use index::{LiveTop, Reach, ViewIndex, band_of, merged_top};
 pub use query::{
     Body, Bucket, Item, LiveSeries, Metrics, Partial, QueryKind, TimeRange, merge_states,
     rank_order, series_body,

@@ -380,7 +380,7 @@ async fn series(
     };
     // Sized for every bucket at once (about 32 bytes for its start and 32
     // per metric), not grown by doubling.
-    let mut body = Vec::with_capacity(256 + 32 * buckets.len() * (1 + answer_width(buckets)));
+    let mut body = Vec::with_capacity(256 + 32 * buckets.len() * (1 + metrics_per_bucket(buckets)));
     match serde_json::to_writer(&mut body, &series) {
         Ok(()) => Ok(HttpResponse::Ok()
             .content_type(actix_web::http::header::ContentType::json())
@@ -390,7 +390,7 @@ async fn series(
 }
 
 /// How many metrics a series' buckets hold.
-fn answer_width(buckets: &[crate::aggregate::Bucket]) -> usize {
+fn metrics_per_bucket(buckets: &[crate::aggregate::Bucket]) -> usize {
     buckets.first().map_or(0, |bucket| bucket.metrics.0.len())
 }
 

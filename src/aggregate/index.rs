@@ -660,6 +660,8 @@ impl Best {
 #[derive(Debug)]
 pub struct Reach {
     left: Cell<usize>,
+    /// Whether a step was refused.
+    refused: Cell<bool>,
 }
 
 impl Reach {
@@ -667,6 +669,7 @@ impl Reach {
     pub fn keys(keys: usize) -> Reach {
         Reach {
             left: Cell::new(keys),
+            refused: Cell::new(false),
         }
     }
 
@@ -683,7 +686,10 @@ impl Reach {
     /// Takes a step (a key read); false, from then on, once none is left.
     fn step(&self) -> bool {
         match self.left.get() {
-            0 => false,
+            0 => {
+                self.refused.set(true);
+                false
+            }
             usize::MAX => true,
             left => {
                 self.left.set(left - 1);
@@ -694,12 +700,14 @@ impl Reach {
 
     /// Whether a step was refused: what was merged is not the answer.
     pub fn ran_out(&self) -> bool {
-        self.left.get() == 0
+        self.refused.get()
     }
 
-    /// Refuses every further step (for a read that would visit every key).
+    /// Refuses this and every further step (for a read that would visit
+    /// every key).
     fn run_out(&self) {
         self.left.set(0);
+        self.refused.set(true);
     }
 }
 

@@ -202,12 +202,7 @@ impl Oracle {
                 .collect::<Vec<_>>()
         };
         let to_metrics = |metrics: BTreeMap<String, MetricValue>| {
-            tandem::aggregate::Metrics(
-                metrics
-                    .into_iter()
-                    .map(|(name, value)| (name.into(), value))
-                    .collect(),
-            )
+            metrics.into_iter().collect::<tandem::aggregate::Metrics>()
         };
         match question {
             Question::Key(key) => Body::Metrics(to_metrics(Self::metrics(view, &of_key(key)))),
@@ -264,9 +259,10 @@ impl Oracle {
 
 /// Sorts an answer's metrics by name, so answers compare independently of metric order.
 fn normalise(body: Body) -> Body {
-    let sort = |mut metrics: tandem::aggregate::Metrics| {
-        metrics.0.sort_by(|a, b| a.0.cmp(&b.0));
-        metrics
+    let sort = |metrics: tandem::aggregate::Metrics| {
+        let mut pairs: Vec<(&str, MetricValue)> = metrics.iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        pairs.into_iter().collect::<tandem::aggregate::Metrics>()
     };
     match body {
         Body::Metrics(metrics) => Body::Metrics(sort(metrics)),

@@ -123,6 +123,39 @@ proptest! {
         }
     }
 
+    /// A state merged into another between its own changes (as a query
+    /// merges a live bucket into its answer, then the bucket takes more
+    /// events) merges as one built whole: whatever a merge keeps of it is
+    /// dropped when it changes. `big` makes the distinct state merged into
+    /// a register array, which takes a coupon set's coupons.
+    #[test]
+    fn merges_between_changes_change_nothing(
+        a in stream(),
+        b in stream(),
+        big in proptest::collection::vec(any::<u32>(), 2000..6000),
+    ) {
+        let bytes = |state: &MetricState| postcard::to_allocvec(state).expect("a state encodes");
+        for agg in &AGGS {
+            let into = build(agg, &big);
+            let mut grown = build(agg, &a);
+            for (at, chunk) in b.chunks(97).enumerate() {
+                std::hint::black_box(merged(agg, &into, &grown));
+                if at % 2 == 0 {
+                    chunk.iter().for_each(|value| grown.update(input(agg, *value)));
+                } else {
+                    grown.merge(&build(agg, chunk));
+                }
+            }
+            let whole: Vec<u32> = a.iter().chain(&b).copied().collect();
+            prop_assert_eq!(
+                bytes(&merged(agg, &into, &grown)),
+                bytes(&merged(agg, &into, &build(agg, &whole))),
+                "{:?}",
+                agg
+            );
+        }
+    }
+
     #[test]
     fn empty_is_the_identity(a in stream()) {
         for agg in &AGGS {

@@ -152,6 +152,10 @@ pub struct ViewSpec {
     pub retention_ms: Option<i64>,
     /// The metrics, in config order.
     pub metrics: Vec<MetricSpec>,
+    /// Their names, in the same order, shared by every answer's
+    /// [`Metrics`](crate::aggregate::Metrics).
+    #[serde(skip)]
+    pub metric_names: Arc<[Arc<str>]>,
 }
 
 impl ViewSpec {

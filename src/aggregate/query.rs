@@ -350,34 +350,73 @@ impl ViewState {
 }
 
 /// Metric values by name, in the view's metric order.
+///
+/// The names are the view's, shared (see [`ViewSpec::metric_names`]): a
+/// series holds a bucket's values only, not a copy of every name per bucket.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Metrics(pub Vec<(Arc<str>, MetricValue)>);
+pub struct Metrics {
+    names: Arc<[Arc<str>]>,
+    values: Box<[MetricValue]>,
+}
 
 impl Metrics {
     fn read(spec: &ViewSpec, states: &[MetricState]) -> Metrics {
-        Metrics(
-            spec.metrics
+        Metrics {
+            names: Arc::clone(&spec.metric_names),
+            values: spec
+                .metrics
                 .iter()
                 .zip(states)
-                .map(|(metric, state)| (metric.name.clone(), state.value(&metric.agg)))
+                .map(|(metric, state)| state.value(&metric.agg))
                 .collect(),
-        )
+        }
     }
 
     /// The value of the metric named `name`.
     pub fn get(&self, name: &str) -> Option<MetricValue> {
-        self.0
+        self.iter()
+            .find(|(metric, _)| *metric == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Each metric's name and value, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, MetricValue)> + '_ {
+        self.names
             .iter()
-            .find(|(metric, _)| &**metric == name)
-            .map(|(_, value)| *value)
+            .zip(self.values.iter())
+            .map(|(name, value)| (&**name, *value))
+    }
+
+    /// The number of metrics.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Metrics from (name, value) pairs, in the order given.
+impl<N: Into<Arc<str>>> FromIterator<(N, MetricValue)> for Metrics {
+    fn from_iter<I: IntoIterator<Item = (N, MetricValue)>>(pairs: I) -> Metrics {
+        let (names, values): (Vec<Arc<str>>, Vec<MetricValue>) = pairs
+            .into_iter()
+            .map(|(name, value)| (name.into(), value))
+            .unzip();
+        Metrics {
+            names: names.into(),
+            values: values.into(),
+        }
     }
 }
 
 impl Serialize for Metrics {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, value) in &self.0 {
-            map.serialize_entry(name, value)?;
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (name, value) in self.iter() {
+            map.serialize_entry(name, &value)?;
         }
         map.end()
     }

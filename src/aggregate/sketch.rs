@@ -47,12 +47,30 @@ pub fn parameters() -> String {
 /// sketches merged in any order, or stored and loaded again, answer the
 /// same. It reads every register, while most sketches are read far more
 /// often than they change (a snapshot's, a closed bucket's), so it is kept
-/// until the next change.
-#[derive(Debug, Clone)]
+/// until the next change. So are the coupons of a sketch in list or set
+/// form, which a merge into a register array reads.
+#[derive(Debug)]
 pub struct HllSketch {
     registers: Registers,
     /// The estimate since the last change.
     estimate: OnceLock<u64>,
+    /// The coupons (each a register's slot and value) of registers in list
+    /// or set form since the last change: DataSketches gives them only in
+    /// its image, whose writing cost more than the rest of a merge of a
+    /// closed bucket's sketch into a register array, done at every query
+    /// that reads that bucket.
+    coupons: OnceLock<Box<[u32]>>,
+}
+
+/// A copy is usually changed next, so the coupons are not copied.
+impl Clone for HllSketch {
+    fn clone(&self) -> Self {
+        HllSketch {
+            registers: self.registers.clone(),
+            estimate: self.estimate.clone(),
+            coupons: OnceLock::new(),
+        }
+    }
 }
 
 /// The number of registers.
@@ -123,26 +141,13 @@ impl Registers {
         }
     }
 
-    /// Raises `registers` to these registers where they are higher.
-    fn max_into(&self, registers: &mut [u8]) {
+    /// DataSketches' image of these registers, as it writes it.
+    fn serialize(&self) -> Vec<u8> {
         match self {
-            Registers::Sketch(sketch) => max_image_into(&sketch.serialize(), registers),
-            Registers::Union(union) => {
-                max_image_into(&union.to_sketch(HllType::Hll8).serialize(), registers)
-            }
-            Registers::Dense(mine) => {
-                for (register, mine) in registers.iter_mut().zip(mine.iter()) {
-                    *register = (*register).max(*mine);
-                }
-            }
+            Registers::Sketch(sketch) => sketch.serialize(),
+            Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
+            Registers::Dense(registers) => array_image(registers),
         }
-    }
-
-    /// These registers as one array.
-    fn to_array(&self) -> Box<[u8]> {
-        let mut registers = vec![0u8; HLL_K].into_boxed_slice();
-        self.max_into(&mut registers);
-        registers
     }
 
     /// These registers as a DataSketches sketch (for dense registers, read
@@ -151,8 +156,8 @@ impl Registers {
         match self {
             Registers::Sketch(sketch) => sketch.clone(),
             Registers::Union(union) => union.to_sketch(HllType::Hll8),
-            Registers::Dense(registers) => {
-                let image = canonical_hll(array_image(registers));
+            Registers::Dense(_) => {
+                let image = canonical_hll(self.serialize());
                 DsHll::deserialize(&image).expect("a register array's image reads back")
             }
         }
@@ -180,32 +185,43 @@ fn array_image(registers: &[u8]) -> Vec<u8> {
     image
 }
 
-/// Raises `registers` to the registers of a DataSketches HLL image of lgK
-/// 14: a register array's bytes, or a coupon list's or set's coupons (each a
-/// register's value in its upper 6 bits and its slot in the lower 26, as the
-/// image format defines them).
-fn max_image_into(image: &[u8], registers: &mut [u8]) {
-    const COUPON_VALUE_SHIFT: u32 = 26;
-    let coupons = |from: usize, registers: &mut [u8]| {
-        for word in image.get(from..).unwrap_or_default().chunks_exact(4) {
-            let coupon = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            if coupon != 0 {
-                let slot = coupon as usize & (HLL_K - 1);
-                let value = (coupon >> COUPON_VALUE_SHIFT) as u8;
-                registers[slot] = registers[slot].max(value);
-            }
+/// The coupons of a DataSketches HLL image of lgK 14 in list or set form
+/// (each a register's value in its upper 6 bits and its slot in the lower
+/// 26, as the image format defines them); none for any other image.
+fn image_coupons(image: &[u8]) -> Box<[u32]> {
+    let from = match image.first().copied() {
+        Some(HLL_LIST_WORDS) => 8,
+        Some(HLL_SET_WORDS) => 12,
+        other => {
+            debug_assert!(false, "an HLL image of preamble {other:?}");
+            image.len()
         }
     };
-    match image.first().copied() {
-        Some(HLL_LIST_WORDS) => coupons(8, registers),
-        Some(HLL_SET_WORDS) => coupons(12, registers),
-        Some(HLL_ARRAY_WORDS) if image.len() >= HLL_K => {
-            let theirs = &image[image.len() - HLL_K..];
-            for (register, theirs) in registers.iter_mut().zip(theirs) {
-                *register = (*register).max(*theirs);
-            }
-        }
-        other => debug_assert!(false, "an HLL image of preamble {other:?}"),
+    image
+        .get(from..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+        .filter(|coupon| *coupon != 0)
+        .collect()
+}
+
+/// Raises `registers` to the value of each coupon in its slot.
+fn raise_coupons(coupons: &[u32], registers: &mut [u8]) {
+    const COUPON_VALUE_SHIFT: u32 = 26;
+    for coupon in coupons {
+        let slot = *coupon as usize & (HLL_K - 1);
+        let value = (coupon >> COUPON_VALUE_SHIFT) as u8;
+        registers[slot] = registers[slot].max(value);
+    }
+}
+
+/// Raises `registers` to the registers of a register array's DataSketches
+/// image of lgK 14 (its last 2^14 bytes).
+fn raise_to_array(image: &[u8], registers: &mut [u8]) {
+    let theirs = &image[image.len().saturating_sub(HLL_K)..];
+    for (register, theirs) in registers.iter_mut().zip(theirs) {
+        *register = (*register).max(*theirs);
     }
 }
 
@@ -214,7 +230,39 @@ impl HllSketch {
         Box::new(HllSketch {
             registers,
             estimate: OnceLock::new(),
+            coupons: OnceLock::new(),
         })
+    }
+
+    /// Raises `registers` to these registers where they are higher.
+    fn max_into(&self, registers: &mut [u8]) {
+        match &self.registers {
+            Registers::Dense(mine) => {
+                for (register, mine) in registers.iter_mut().zip(mine.iter()) {
+                    *register = (*register).max(*mine);
+                }
+            }
+            held => {
+                if let Some(coupons) = self.coupons.get() {
+                    return raise_coupons(coupons, registers);
+                }
+                let image = held.serialize();
+                match image.first().copied() {
+                    Some(HLL_ARRAY_WORDS) => raise_to_array(&image, registers),
+                    _ => raise_coupons(
+                        self.coupons.get_or_init(|| image_coupons(&image)),
+                        registers,
+                    ),
+                }
+            }
+        }
+    }
+
+    /// These registers as one array.
+    fn to_array(&self) -> Box<[u8]> {
+        let mut registers = vec![0u8; HLL_K].into_boxed_slice();
+        self.max_into(&mut registers);
+        registers
     }
 
     fn new<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Box<HllSketch> {
@@ -227,6 +275,7 @@ impl HllSketch {
 
     fn changed(&mut self) {
         self.estimate.take();
+        self.coupons.take();
     }
 
     fn insert(&mut self, hash: &u64) {
@@ -243,10 +292,10 @@ impl HllSketch {
 
     fn merge(&mut self, other: &HllSketch) {
         if let Registers::Dense(registers) = &mut self.registers {
-            other.registers.max_into(registers);
+            other.max_into(registers);
         } else if self.registers.is_array() || other.registers.is_array() {
-            let mut registers = self.registers.to_array();
-            other.registers.max_into(&mut registers);
+            let mut registers = self.to_array();
+            other.max_into(&mut registers);
             self.registers = Registers::Dense(registers);
         } else if let Registers::Union(union) = &mut self.registers {
             other.registers.merge_into(union);
@@ -284,12 +333,7 @@ impl Serialize for HllSketch {
 impl HllSketch {
     /// DataSketches' image of the registers, made canonical.
     fn image(&self) -> Vec<u8> {
-        let bytes = match &self.registers {
-            Registers::Sketch(sketch) => sketch.serialize(),
-            Registers::Union(union) => union.to_sketch(HllType::Hll8).serialize(),
-            Registers::Dense(registers) => array_image(registers),
-        };
-        canonical_hll(bytes)
+        canonical_hll(self.registers.serialize())
     }
 }
 

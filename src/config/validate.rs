@@ -800,6 +800,10 @@ fn validate_view(
         key_slots,
         bucket_ms: bucket?.as_millis() as i64,
         retention_ms: retention?.map(|retention| retention.as_millis() as i64),
+        metric_names: metrics
+            .iter()
+            .map(|metric| Arc::clone(&metric.name))
+            .collect(),
         metrics,
     })
 }

@@ -391,7 +391,7 @@ async fn series(
 
 /// How many metrics a series' buckets hold.
 fn metrics_per_bucket(buckets: &[crate::aggregate::Bucket]) -> usize {
-    buckets.first().map_or(0, |bucket| bucket.metrics.0.len())
+    buckets.first().map_or(0, |bucket| bucket.metrics.len())
 }
 
 async fn recompute(state: web::Data<ApiState>, params: Params) -> Result<HttpResponse, ApiError> {

@@ -387,6 +387,32 @@ fn canonical_hll(mut bytes: Vec<u8>) -> Vec<u8> {
 /// up to 2^-18. Summed here as integers, then scaled: the same bits, without
 /// a chain of floating-point additions 16,384 long.
 fn register_sums(registers: &[u8]) -> (f64, f64, u32) {
+    #[cfg(target_arch = "x86_64")]
+    let (low, high, zeros) = if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, as just checked.
+        unsafe { shifted_sums_avx2(registers) }
+    } else {
+        table_sums(registers)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (low, high, zeros) = table_sums(registers);
+    scaled((low, high, zeros))
+}
+
+/// Integer sums (see [`table_sums`]) as `kxq0` and `kxq1`. Exact: the sums
+/// have at most 46 significant bits (see [`register_sums`]), and scaling by
+/// a power of two is exact.
+fn scaled((low, high, zeros): (u64, u64, u32)) -> (f64, f64, u32) {
+    (
+        low as f64 / (1u64 << 31) as f64,
+        high as f64 / (1u64 << 63) as f64,
+        zeros,
+    )
+}
+
+/// [`register_sums`] in units of 2^-31 (`kxq0`) and 2^-63 (`kxq1`), each
+/// register's terms read from a table.
+fn table_sums(registers: &[u8]) -> (u64, u64, u32) {
     /// Per register value, its term of `kxq0` in units of 2^-31 and of
     /// `kxq1` in units of 2^-63.
     const TERMS: [(u64, u64); 256] = {
@@ -409,13 +435,36 @@ fn register_sums(registers: &[u8]) -> (f64, f64, u32) {
         high += kxq1;
         zeros += u32::from(value == 0);
     }
-    // Exact: the sums have at most 46 significant bits (see above), and
-    // scaling by a power of two is exact.
-    (
-        low as f64 / (1u64 << 31) as f64,
-        high as f64 / (1u64 << 63) as f64,
-        zeros,
-    )
+    (low, high, zeros)
+}
+
+/// [`table_sums`] by shifts: in any sketch of fewer than about 2^40 values
+/// every register is below 32, so `kxq1` is 0 and each term of `kxq0` is
+/// one shifted left by 31 less the register. A compiler turns each pass
+/// into operations on many registers at once, the shifts too where the CPU
+/// shifts lanes by different amounts (x86's AVX2, see
+/// [`shifted_sums_avx2`]); without that a table read a register at a time
+/// is faster.
+#[inline(always)]
+fn shifted_sums(registers: &[u8]) -> (u64, u64, u32) {
+    // Below 32 each, exactly when no register has a bit from 32 up.
+    if registers.iter().fold(0u8, |bits, value| bits | value) >= 32 {
+        return table_sums(registers);
+    }
+    let zeros = registers.iter().map(|value| u32::from(*value == 0)).sum();
+    let low = registers
+        .iter()
+        .map(|value| 1u64 << (31 - u32::from(*value)))
+        .sum();
+    (low, 0, zeros)
+}
+
+/// [`shifted_sums`] compiled for AVX2: a register array's sums in a
+/// fraction of the table's time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn shifted_sums_avx2(registers: &[u8]) -> (u64, u64, u32) {
+    shifted_sums(registers)
 }
 
 impl<'de> Deserialize<'de> for HllSketch {
@@ -962,7 +1011,7 @@ fn sorted_union<T: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::register_sums;
+    use super::{register_sums, scaled, shifted_sums, table_sums};
     use proptest::prelude::*;
 
     /// The sums as DataSketches computes them: floating-point additions in
@@ -996,11 +1045,17 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..100),
             ],
         ) {
-            let (kxq0, kxq1, zeros) = register_sums(&registers);
             let (expected0, expected1, expected_zeros) = summed_in_order(&registers);
-            prop_assert_eq!(kxq0.to_bits(), expected0.to_bits());
-            prop_assert_eq!(kxq1.to_bits(), expected1.to_bits());
-            prop_assert_eq!(zeros, expected_zeros);
+            // Whichever way this CPU takes, and each way there is.
+            for (way, (kxq0, kxq1, zeros)) in [
+                ("this CPU's", register_sums(&registers)),
+                ("the table's", scaled(table_sums(&registers))),
+                ("the shifts'", scaled(shifted_sums(&registers))),
+            ] {
+                prop_assert_eq!(kxq0.to_bits(), expected0.to_bits(), "{}", way);
+                prop_assert_eq!(kxq1.to_bits(), expected1.to_bits(), "{}", way);
+                prop_assert_eq!(zeros, expected_zeros, "{}", way);
+            }
         }
     }
 }

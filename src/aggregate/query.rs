@@ -353,7 +353,7 @@ impl ViewState {
 ///
 /// The names are the view's, shared (see [`ViewSpec::metric_names`]): a
 /// series holds a bucket's values only, not a copy of every name per bucket.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Metrics {
     names: Arc<[Arc<str>]>,
     values: Box<[MetricValue]>,
@@ -395,6 +395,13 @@ impl Metrics {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+}
+
+/// Each name with its value, as a map.
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 

@@ -482,14 +482,10 @@ impl Reader {
                 return Err(Unanswered::TooFar);
             }
             let body = match (kind, indexed) {
-                (QueryKind::Top { metric, n }, Some(indexed)) => {
+                // The batch's indexes, or no batch part at all.
+                (QueryKind::Top { metric, n }, indexed) if indexed.is_some() || !with_batch => {
                     let live: &dyn LiveTop = &live;
-                    merged_top(spec, (Some(indexed), live), (*metric, *n), range, reach)
-                        .map(|top| Partial::PerKey(top).finish(spec, kind))
-                        .ok_or(Unanswered::TooFar)?
-                }
-                (QueryKind::Top { metric, n }, None) if !with_batch => {
-                    merged_top(spec, (None, &live), (*metric, *n), range, reach)
+                    merged_top(spec, (indexed, live), (*metric, *n), range, reach)
                         .map(|top| Partial::PerKey(top).finish(spec, kind))
                         .ok_or(Unanswered::TooFar)?
                 }

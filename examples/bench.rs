@@ -4,6 +4,7 @@
 //!     cargo build --release && cargo run --release --example bench
 //!     cargo run --release --example bench -- --runs 3 --only recompute,restart
 //!     cargo run --example bench -- --quick        # small sizes, under a minute
+//!     cargo run --release --example bench -- --only recompute --recompute-events 20000000
 //!
 //! Uses the three views of `config/tandem.toml`, events from
 //! `tandem generate` (seed 7), its own temporary data_dirs (under
@@ -156,11 +157,18 @@ fn parse_args() -> Result<Args, BoxError> {
         dir: std::env::var_os("TANDEM_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into),
         keep: std::env::var_os("TANDEM_BENCH_DIR").is_some(),
     };
-    let mut runs = None;
+    let (mut runs, mut recompute) = (None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => parsed.sizes = QUICK,
             "--runs" => runs = Some(args.next().ok_or("--runs needs a number")?.parse()?),
+            "--recompute-events" => {
+                recompute = Some(
+                    args.next()
+                        .ok_or("--recompute-events needs a number")?
+                        .parse()?,
+                )
+            }
             "--only" => {
                 let only = args.next().ok_or("--only needs group names")?;
                 parsed.only = only.split(',').map(str::to_owned).collect();
@@ -178,12 +186,15 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}: usage: bench [--quick] [--runs N] [--only {}]",
+                    "unknown argument {other:?}: usage: bench [--quick] [--runs N] [--recompute-events N] [--only {}]",
                     GROUPS.join(",")
                 )
                 .into());
             }
         }
+    }
+    if let Some(events) = recompute {
+        parsed.sizes.recompute = events;
     }
     parsed.runs = runs.unwrap_or(if parsed.sizes.ingest == QUICK.ingest {
         1

@@ -2,15 +2,18 @@
 //! a sealed epoch, and writes the snapshot. Plain blocking code, run by the
 //! supervisor with `spawn_blocking`, never on an async thread.
 //!
-//! One reader streams the segments in log order (CRC-checking every record),
-//! drops every copy of an id but the first in the log (over all of `[0, end)`,
-//! whatever their epochs, as the Recorder decides for the speed layer), then
-//! keeps the records of epochs <= the sealed one. Worker threads parse the
-//! survivors with the current config and apply them to their own view states
-//! (skipping buckets a view's retention has dropped), which are merged at the
-//! end. Memory is the views, the id set and a few batches in flight. The ids
-//! of the records before `later_from` become the run's [`IdIndex`], stored in
-//! the snapshot: the Recorder's first-copy check for the records after it.
+//! One reader first finds the later copies of ids in the records' headers
+//! ([`store::find_copies`]: partitions by hash, in memory that does not grow
+//! with the log), then streams the segments in log order (CRC-checking every
+//! record), drops every copy of an id but the first in the log (over all of
+//! `[0, end)`, whatever their epochs, as the Recorder decides for the speed
+//! layer), then keeps the records of epochs <= the sealed one. Worker threads
+//! parse the survivors with the current config and apply them to their own
+//! view states (skipping buckets a view's retention has dropped). Memory is
+//! the views, the distinct ids, one partition of the first pass and a few
+//! batches in flight. The ids of the records before `later_from` become the
+//! run's [`IdIndex`], stored in the snapshot: the Recorder's first-copy check
+//! for the records after it.
 
 use super::recompute_worker::{
     Begin, Credit, Finish, Flush, Part, Plan, Pool, Records, WorkBatch, flag,
@@ -20,7 +23,6 @@ use crate::config::Config;
 use crate::event::Epoch;
 use crate::event::Seq;
 use crate::store::{self, DataPaths, IdIndex, SealedEpoch, SnapshotMeta};
-use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -706,19 +708,10 @@ pub fn build_views(
         next += 1;
         true
     };
-    let presize = config.schema.id_field().is_some();
     // The run is ended on the workers whatever the reader does, so that none
     // holds its shares (or the plan) past it.
     let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        read_survivors(
-            paths,
-            sealed,
-            presize,
-            &start,
-            &mut send,
-            &mut read_stats,
-            progress,
-        )
+        read_survivors(paths, sealed, &start, &mut send, &mut read_stats, progress)
     }));
     let done = finish(&plan, pool);
     let read = read.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -757,9 +750,6 @@ pub fn build_views(
             state.retain_from(spec, *cutoff);
         }
     }
-    let mut new_ids = new_ids;
-    new_ids.sort_unstable();
-    new_ids.dedup();
     let (ids, extends) = match start.ids {
         Some(earlier) => (
             store::merge_sorted(&earlier, &new_ids),
@@ -901,7 +891,6 @@ fn write_cache(
 fn read_survivors(
     paths: &DataPaths,
     sealed: SealedEpoch,
-    presize: bool,
     start: &Start,
     send: &mut impl FnMut(WorkBatch) -> bool,
     stats: &mut [BatchStats; 2],
@@ -913,16 +902,27 @@ fn read_survivors(
     let (mut anchor_seen, mut new_anchor) = (false, 0u32);
     let total = sealed.next_seq.0.saturating_sub(from);
     progress.start(total);
+    // First the later copies of ids, from the records' headers, in memory
+    // that does not grow with the log; then the records, skipping them.
+    let clock = std::time::Instant::now();
+    let copies = store::find_copies(
+        paths,
+        Seq(from),
+        sealed.end,
+        sealed.later_from,
+        start.ids.as_deref().unwrap_or_default(),
+        total,
+        store::PARTITION_ENTRIES,
+    )?;
+    tracing::info!(
+        epoch = %sealed.epoch,
+        later_copies = copies.later.len(),
+        ms = clock.elapsed().as_millis() as u64,
+        "batch run found the later copies of ids"
+    );
+    let mut later_copies = copies.later.iter().copied().peekable();
     let mut read = 0u64;
     let mut logged = std::time::Instant::now();
-    // With an id field, sized for every record up front: growing a set of
-    // millions rehashes it several times. Without one, old records may still
-    // carry ids, and the set grows only with them.
-    let capacity = if presize { total as usize } else { 0 };
-    let mut seen: FxHashSet<u64> =
-        FxHashSet::with_capacity_and_hasher(capacity, Default::default());
-    let earlier = start.ids.as_ref();
-    let mut indexed: Vec<u64> = Vec::new();
     let mut batch = WorkBatch::with_capacity(BATCH_RECORDS);
     // Set when a worker failed: reading stops, and the run's failure is
     // reported once the workers have ended it.
@@ -962,18 +962,9 @@ fn read_survivors(
         // The first copy in log order wins, whatever its epoch: a later copy
         // of an older epoch is dropped here as the Recorder dropped it for the
         // speed layer.
-        if header.id_hash != 0 {
-            // The new ids are few against those cached: a search each costs
-            // less than building a filter over all of them.
-            if earlier.is_some_and(|earlier| earlier.binary_search(&header.id_hash).is_ok())
-                || !seen.insert(header.id_hash)
-            {
-                counts.duplicates += u64::from(covered);
-                return ControlFlow::Continue(());
-            }
-            if !tail {
-                indexed.push(header.id_hash);
-            }
+        if later_copies.next_if_eq(&header.seq.0).is_some() {
+            counts.duplicates += u64::from(covered);
+            return ControlFlow::Continue(());
         }
         if !covered {
             return ControlFlow::Continue(());
@@ -1002,5 +993,5 @@ fn read_survivors(
     if anchored && !anchor_seen {
         return Ok(None);
     }
-    Ok(Some((indexed, new_anchor)))
+    Ok(Some((copies.first_ids, new_anchor)))
 }

@@ -3,10 +3,12 @@
 //! - `master/segment-NNNNNNNNNN.log`: framed records `[len][!len][crc32c][header][raw]`.
 //! - `master/epochs`: the sealed epochs and their log positions.
 //! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, the newest `batch.keep_snapshots` kept.
-//! - `cache/ids.bin`, `cache/view-<name>.bin`: what an incremental batch run starts from.
+//! - `cache/ids.bin`, `cache/view-<name>.bin`: what an incremental batch run starts from;
+//!   `cache/copies-*.tmp`: a batch run's partitions of ids, unlinked while open.
 //! - `LOCK`: held by the running daemon.
 
 mod cache;
+mod copies;
 mod counters;
 pub(crate) mod epochs;
 mod ids;
@@ -20,6 +22,7 @@ pub use cache::{
     CACHE_FORMAT_VERSION, CacheInfo, list_cache, read_cache, remove_stale_cache, verify_cache,
     write_cache,
 };
+pub use copies::{Copies, PARTITION_ENTRIES, find_copies};
 pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, parse_entries, read_epochs};
 pub use ids::{FirstCopies, IdFilter, IdIndex, merge_sorted};

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::oneshot;
 
+/// How long stopping a source waits for its batches in flight.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub use push::Push;
 pub use rabbitmq::{FIELD_HEADER, REASON_HEADER, Rabbitmq};
 
@@ -399,12 +402,21 @@ impl SourceHandle {
     }
 
     /// Stops the source: it stops consuming and returns once every batch it
-    /// had in flight is durable and acknowledged.
+    /// had in flight is durable and acknowledged, or after [`STOP_WAIT`]
+    /// (a store that cannot write, or a broker that does not answer): what
+    /// was not acknowledged by then RabbitMQ redelivers after a restart
+    /// (counted once, by its id), and a push gets no success.
     pub async fn stop(&self) {
         let (done, finished) = oneshot::channel();
         if send_control(&self.control, Control::Stop(done)) {
             // A source that ended meanwhile has nothing in flight.
-            finished.await.ok();
+            if tokio::time::timeout(STOP_WAIT, finished).await.is_err() {
+                tracing::warn!(
+                    source = %self.name,
+                    wait_s = STOP_WAIT.as_secs(),
+                    "the source did not finish its batches in flight: stopping without them, unacknowledged (RabbitMQ redelivers them; a push gets no success)"
+                );
+            }
         }
     }
 }

@@ -35,7 +35,8 @@
 //! - `recompute`: `recompute_eps` and `recompute_peak_rss_mb` of a full batch
 //!   run (in a child process, so the peak is the run's own), and
 //!   `duckdb_recompute_eps` for the by-product view when `duckdb` is installed
-//!   for python3 (`bench/duckdb_reference.py`);
+//!   (`bench/duckdb_reference.py`, by the python of the virtualenv
+//!   `scripts/services` installs, else by python3);
 //! - `restart`: `restart_s`, from process start to ready on a data_dir whose
 //!   snapshot covers all but the last tenth of the events;
 //! - `spark` (not in `--quick`): on a master dataset of its own (2 M events),
@@ -1101,7 +1102,9 @@ fn bench_recompute(
     };
     results.record("recompute_eps", records as f64 / seconds, "events/s");
     results.record("recompute_peak_rss_mb", peak_kb / 1024.0, "MiB");
-    match Command::new("python3")
+    // The virtualenv `scripts/services` installs has DuckDB; else the system's python3.
+    let python = pyspark::venv().map_or_else(|| PathBuf::from("python3"), |(_, python)| python);
+    match Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/duckdb_reference.py"))
         .arg(file)
         .arg("1")
@@ -1119,7 +1122,10 @@ fn bench_recompute(
                 None => println!("duckdb: unexpected output {text:?}"),
             }
         }
-        _ => println!("duckdb: not run (python3 -c 'import duckdb' fails; pip install duckdb)"),
+        _ => println!(
+            "duckdb: not run ({} -c 'import duckdb' fails; bash scripts/services installs it)",
+            python.display()
+        ),
     }
     Ok(())
 }

@@ -39,6 +39,25 @@ fn source_once(daemon: &mut Daemon, connected: bool) -> serde_json::Value {
     })
 }
 
+/// The source reports itself disconnected, then (once an attempt has
+/// failed) the reason.
+fn disconnected_with_reason(daemon: &mut Daemon) {
+    source_once(daemon, false);
+    daemon.until(
+        Duration::from_secs(60),
+        "the source gives the reason it is not connected",
+        |daemon| {
+            let source = common::source_entry(&daemon.status(), "orders");
+            let reason = source["last_error"].as_str().is_some_and(|e| !e.is_empty());
+            if source["connected"] == false && reason {
+                Ok(())
+            } else {
+                Err(source)
+            }
+        },
+    );
+}
+
 /// For `span` (the outage), the daemon keeps answering: ready, and a query.
 fn keeps_answering(daemon: &Daemon, span: Duration) {
     let answers = common::holds_for(span, || {
@@ -72,21 +91,7 @@ fn a_broker_restart_costs_nothing() {
     daemon.wait_handled(None, first.len() as u64);
 
     let outage = Outage::begin();
-    source_once(&mut daemon, false);
-    // Not connected from the start; the reason once the first attempt has failed.
-    daemon.until(
-        Duration::from_secs(60),
-        "the source gives the reason it is not connected",
-        |daemon| {
-            let source = common::source_entry(&daemon.status(), "orders");
-            let reason = source["last_error"].as_str().is_some_and(|e| !e.is_empty());
-            if source["connected"] == false && reason {
-                Ok(())
-            } else {
-                Err(source)
-            }
-        },
-    );
+    disconnected_with_reason(&mut daemon);
     keeps_answering(&daemon, Duration::from_secs(10));
     outage.end();
     let back = Instant::now();
@@ -116,21 +121,7 @@ fn a_broker_down_at_start_is_waited_for() {
 
     let outage = Outage::begin();
     let mut daemon = Daemon::start(&case.config, case.dir.path(), &[]);
-    source_once(&mut daemon, false);
-    // Not connected from the start; the reason once the first attempt has failed.
-    daemon.until(
-        Duration::from_secs(60),
-        "the source gives the reason it is not connected",
-        |daemon| {
-            let source = common::source_entry(&daemon.status(), "orders");
-            let reason = source["last_error"].as_str().is_some_and(|e| !e.is_empty());
-            if source["connected"] == false && reason {
-                Ok(())
-            } else {
-                Err(source)
-            }
-        },
-    );
+    disconnected_with_reason(&mut daemon);
     keeps_answering(&daemon, Duration::from_secs(3));
     outage.end();
     source_once(&mut daemon, true);

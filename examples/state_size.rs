@@ -18,6 +18,10 @@ use std::path::Path;
 use tandem::Config;
 use tandem::aggregate::{ViewIndex, ViewState};
 
+/// The daemon's allocator, so that the memory measured is what the daemon holds.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_bytes() -> u64 {
     proc_status::status_kib(None, "VmRSS:") * 1024
 }

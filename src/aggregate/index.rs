@@ -14,6 +14,8 @@
 //!   by one would insert thousands of values into a sketch: a key over part
 //!   of its buckets then merges its blocks of 64 in range, at most 2·7
 //!   blocks of 8 and at most 2·7 buckets (where each of those blocks is kept);
+//!   the keys holding the most values get theirs first, while the whole
+//!   index stays within [`INDEX_SHARE`] of the state's memory;
 //! - per metric, every key ranked by its roll-up's value (the order of a
 //!   top-N answer): a top-N over a range that holds every bucket of the view
 //!   is the head of the ranking.
@@ -94,6 +96,27 @@ const BLOCK_SIZES: [usize; 2] = [8, 64];
 /// instead of 3.3 ms.
 const BLOCK_WEIGHT: usize = 2048;
 
+/// The most memory a view's index takes, as a share of its state's (both as
+/// [`MetricState::bytes`] counts them): the blocks are what it keeps within
+/// that share, for the keys that hold the most values first. A view whose
+/// keys are all busy (by category on the reference workload: 200 keys, each
+/// with about 90 values a bucket) would otherwise keep blocks for every key,
+/// about as much memory again as the rest of its index (BENCHMARKS.md).
+const INDEX_SHARE: f64 = 0.28;
+
+/// About the bytes a view state's groups take ([`MetricState::bytes`] for
+/// their `n` states each, and their bucket starts).
+fn state_bytes(state: &ViewState, n: usize) -> usize {
+    state
+        .keys()
+        .map(|(_, groups)| {
+            (0..groups.len())
+                .map(|at| MetricState::bytes(groups.states(n, at)) + size_of::<i64>())
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 /// The blocks of one key's buckets kept merged: per size of [`BLOCK_SIZES`],
 /// block `k` (the buckets at positions `k * size..(k + 1) * size`, whole
 /// blocks only), its states if kept.
@@ -148,6 +171,18 @@ impl KeyBlocks {
             .then_some(blocks)
     }
 
+    /// About the bytes the blocks take.
+    fn bytes(&self) -> usize {
+        self.levels
+            .iter()
+            .flatten()
+            .map(|block| {
+                size_of::<Option<Box<[MetricState]>>>()
+                    + block.as_deref().map_or(0, MetricState::bytes)
+            })
+            .sum()
+    }
+
     /// Calls `visit` with parts that together are exactly the buckets at
     /// positions `span`, reading the blocks of the first `levels` sizes,
     /// larger parts first.
@@ -200,11 +235,17 @@ impl KeyBlocks {
 impl ViewIndex {
     /// Builds the index of `state`, a state of the view `spec`.
     pub fn build(spec: &ViewSpec, state: &ViewState) -> ViewIndex {
-        Self::build_with(spec, state, BLOCK_WEIGHT)
+        Self::build_with(spec, state, BLOCK_WEIGHT, INDEX_SHARE)
     }
 
-    /// [`ViewIndex::build`], keeping the blocks of at least `block_weight`.
-    fn build_with(spec: &ViewSpec, state: &ViewState, block_weight: usize) -> ViewIndex {
+    /// [`ViewIndex::build`], keeping the blocks of at least `block_weight`
+    /// while the index takes at most `index_share` of the state's memory.
+    fn build_with(
+        spec: &ViewSpec,
+        state: &ViewState,
+        block_weight: usize,
+        index_share: f64,
+    ) -> ViewIndex {
         let n = spec.metrics.len();
         let mut buckets: Vec<i64> = state
             .keys()
@@ -249,13 +290,38 @@ impl ViewIndex {
                 *state = merged;
             }
         }
-        let blocks = state
+        // Blocks for the keys that hold the most values first, while the
+        // index stays within its share of the state's memory.
+        let unblocked = ViewIndex::bytes_without_blocks(&buckets, &tree, &rollups, n);
+        let mut spare =
+            ((state_bytes(state, n) as f64 * index_share) as usize).saturating_sub(unblocked);
+        let mut heaviest: Vec<(usize, u32)> = state
             .keys()
             .enumerate()
-            .filter_map(|(at, (_, groups))| {
-                KeyBlocks::build(spec, n, groups, block_weight).map(|blocks| (at as u32, blocks))
+            .map(|(at, (_, groups))| {
+                let weight = (0..groups.len())
+                    .flat_map(|at| groups.states(n, at))
+                    .map(MetricState::merge_weight)
+                    .sum();
+                (weight, at as u32)
             })
+            .filter(|(weight, _)| *weight >= block_weight)
             .collect();
+        heaviest.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut blocks = FxHashMap::default();
+        for (_, at) in heaviest {
+            let Some((_, groups)) = state.key_at(at as usize) else {
+                continue;
+            };
+            let Some(kept) = KeyBlocks::build(spec, n, groups, block_weight) else {
+                continue;
+            };
+            let Some(left) = spare.checked_sub(kept.bytes()) else {
+                break;
+            };
+            spare = left;
+            blocks.insert(at, kept);
+        }
         let rankings = (0..n)
             .map(|metric| {
                 let agg = &spec.metrics[metric].agg;
@@ -283,6 +349,26 @@ impl ViewIndex {
             rankings,
             monotone,
         }
+    }
+
+    /// About the bytes the index takes ([`MetricState::bytes`] for its states).
+    pub fn bytes(&self) -> usize {
+        Self::bytes_without_blocks(&self.buckets, &self.tree, &self.rollups, self.n)
+            + self.blocks.values().map(KeyBlocks::bytes).sum::<usize>()
+    }
+
+    /// The bytes of an index's buckets, tree, roll-ups and rankings.
+    fn bytes_without_blocks(
+        buckets: &[i64],
+        tree: &[MetricState],
+        rollups: &[MetricState],
+        n: usize,
+    ) -> usize {
+        let keys = rollups.len() / n.max(1);
+        size_of_val(buckets)
+            + MetricState::bytes(tree)
+            + MetricState::bytes(rollups)
+            + size_of::<u32>() * n * keys
     }
 
     fn node(&self, node: usize) -> &[MetricState] {
@@ -1249,6 +1335,69 @@ mod tests {
         state
     }
 
+    /// The blocks go to the keys that hold the most values first, and only
+    /// while the index stays within its share of the state's memory.
+    #[test]
+    fn blocks_go_to_the_heaviest_keys_within_the_index_share() {
+        let config = Config::parse(CONFIG, "test.toml").expect("config");
+        let spec = &config.views[0];
+        // Over 128 minutes, key 1 has 6 events a minute, key 2 three, key 0 one.
+        let mut events: Vec<Event> = Vec::new();
+        for (key, per_minute) in [(0u8, 1usize), (1, 6), (2, 3)] {
+            for minute in 0..128i64 {
+                for _ in 0..per_minute {
+                    let at = events.len();
+                    events.push((key, minute, (at % 397) as i32, (at % 251) as u8, false));
+                }
+            }
+        }
+        let state = build(&config, &events, false, false);
+        let state_bytes = state_bytes(&state, spec.metrics.len());
+        let position = |key: &str| state.key_index(key).expect("key") as u32;
+        let heaviest = [position("k1"), position("k2"), position("k0")];
+        let (mut kept_before, mut seen) = (0, FxHashSet::default());
+        // Blocks of exact values copy them twice (blocks of 8 and of 64), and
+        // the tree and the roll-ups twice more: a share of 8 holds them all.
+        for share in (0..=80).map(|step| f64::from(step) * 0.1) {
+            let index = ViewIndex::build_with(spec, &state, 1, share);
+            let kept = heaviest
+                .iter()
+                .take_while(|at| index.blocks.contains_key(at))
+                .count();
+            assert_eq!(
+                kept,
+                index.blocks.len(),
+                "share {share}: the heaviest keys first"
+            );
+            assert!(
+                kept >= kept_before,
+                "share {share}: a larger share keeps as much"
+            );
+            if kept > 0 {
+                assert!(
+                    index.bytes() as f64 <= share * state_bytes as f64,
+                    "share {share}: {} bytes of index for {state_bytes} of state",
+                    index.bytes()
+                );
+            }
+            kept_before = kept;
+            seen.insert(kept);
+        }
+        assert_eq!(
+            seen.len(),
+            4,
+            "some shares keep one key's blocks, some two: {seen:?}"
+        );
+        assert_eq!(kept_before, 3, "a share of 8 keeps every key's blocks");
+        let unlimited = ViewIndex::build_with(spec, &state, 1, f64::INFINITY);
+        assert_eq!(unlimited.blocks.len(), 3);
+        assert!(
+            ViewIndex::build_with(spec, &state, 1, 0.0)
+                .blocks
+                .is_empty()
+        );
+    }
+
     proptest! {
         /// Bands ascend with the values in them, and each band's bound lies
         /// above every value in it and at or below every value of higher bands.
@@ -1315,6 +1464,8 @@ mod tests {
         fn indexed_answers_equal_the_scan(
             (events, from, to) in data(),
             block_weight in prop_oneof![Just(1usize), 2..40usize, Just(BLOCK_WEIGHT)],
+            // Every key's blocks, some keys' (the budget runs out), none.
+            index_share in prop_oneof![Just(f64::INFINITY), 0.0..4.0f64, Just(INDEX_SHARE)],
             negative in any::<bool>(),
             n in 1..6usize,
             list_limit in prop_oneof![Just(0usize), 0..40usize, Just(usize::MAX)],
@@ -1325,7 +1476,7 @@ mod tests {
             let spec = &config.views[0];
             let batch = build(&config, &events, false, negative);
             let speed = build(&config, &events, true, negative);
-            let index = ViewIndex::build_with(spec, &batch, block_weight);
+            let index = ViewIndex::build_with(spec, &batch, block_weight, index_share);
             let range = TimeRange { from, to };
 
             let scan = |kind: &QueryKind| batch.partial(spec, kind, range).finish(spec, kind);

@@ -358,6 +358,20 @@ impl MetricState {
         }
     }
 
+    /// About the bytes these states take, themselves and what they hold on
+    /// the heap.
+    pub fn bytes(states: &[MetricState]) -> usize {
+        std::mem::size_of_val(states)
+            + states
+                .iter()
+                .map(|state| match state {
+                    MetricState::Distinct(distinct) => distinct.heap_bytes(),
+                    MetricState::Quantile(quantiles) => quantiles.heap_bytes(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+    }
+
     /// Reads the metric's value.
     pub fn value(&self, agg: &Agg) -> MetricValue {
         match self {

@@ -478,6 +478,16 @@ impl<'de> Deserialize<'de> for HllSketch {
 }
 
 impl HllSketch {
+    /// About the bytes it holds on the heap besides itself.
+    fn heap_bytes(&self) -> usize {
+        let registers = match &self.registers {
+            Registers::Sketch(sketch) => sketch.estimated_size(),
+            Registers::Union(_) => HLL_K,
+            Registers::Dense(registers) => registers.len(),
+        };
+        registers + self.coupons.get().map_or(0, |coupons| 4 * coupons.len())
+    }
+
     /// The sketch of a DataSketches HLL image (any library's) of lgK 14 and
     /// 8-bit registers; anything else is refused, saying what it is.
     fn from_image(bytes: &[u8]) -> Result<Box<HllSketch>, String> {
@@ -613,6 +623,15 @@ impl Distinct {
     /// by one (a sketch's registers count as [`SKETCH_MERGE_WEIGHT`]).
     pub fn merge_weight(&self) -> usize {
         self.exact().map_or(SKETCH_MERGE_WEIGHT, <[u64]>::len)
+    }
+
+    /// About the bytes it holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Distinct::One(_) => 0,
+            Distinct::Exact(hashes) => std::mem::size_of_val(&**hashes),
+            Distinct::Sketch(hll) => std::mem::size_of::<HllSketch>() + hll.heap_bytes(),
+        }
     }
 
     /// The number of distinct values: exact while small, estimated beyond.
@@ -944,6 +963,17 @@ impl Quantiles {
     /// by one (a sketch's bins count as [`SKETCH_MERGE_WEIGHT`]).
     pub fn merge_weight(&self) -> usize {
         self.exact().map_or(SKETCH_MERGE_WEIGHT, <[f64]>::len)
+    }
+
+    /// About the bytes it holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Quantiles::One(_) => 0,
+            Quantiles::Exact(values) => std::mem::size_of_val(&**values),
+            Quantiles::Sketch(sketch) => {
+                std::mem::size_of::<QuantileSketch>() + 8 * sketch.sketch.length()
+            }
+        }
     }
 
     /// The value at rank `floor(q * (n - 1))`, as DDSketch defines it; `None` when empty.

@@ -281,6 +281,8 @@ fn one_json_object_is_one_event_and_a_wrong_method_gets_405_with_allow() {
         ("PUT", "/v1/recompute", "POST"),
         ("POST", "/metrics", "GET, HEAD"),
         ("POST", "/", "GET, HEAD"),
+        ("POST", "/v1/views/sales_by_product/totals", "GET, HEAD"),
+        ("PUT", "/v1/views/sales_by_product/keys/p-x", "GET, HEAD"),
     ] {
         let response = match ureq::request(method, &format!("{}{path}", daemon.base)).call() {
             Err(ureq::Error::Status(_, response)) | Ok(response) => response,
@@ -289,8 +291,10 @@ fn one_json_object_is_one_event_and_a_wrong_method_gets_405_with_allow() {
         assert_eq!(response.status(), 405, "{method} {path}");
         assert_eq!(response.header("allow"), Some(allow), "{method} {path}");
     }
-    let (code, _) = http("GET", &format!("{}/v1/nothing", daemon.base), None);
-    assert_eq!(code, 404);
+    for path in ["/v1/nothing", "/v1/views/sales_by_product/nothing"] {
+        let (code, _) = http("GET", &format!("{}{path}", daemon.base), None);
+        assert_eq!(code, 404, "{path}");
+    }
     // A load balancer's HEAD probe: 200 and no body.
     for path in ["/healthz", "/readyz", "/v1/status"] {
         let response = ureq::head(&format!("{}{path}", daemon.base))

@@ -14,8 +14,9 @@
 //!   by one would insert thousands of values into a sketch: a key over part
 //!   of its buckets then merges its blocks of 64 in range, at most 2·7
 //!   blocks of 8 and at most 2·7 buckets (where each of those blocks is kept);
-//!   the keys holding the most values get theirs first, while the whole
-//!   index stays within [`INDEX_SHARE`] of the state's memory;
+//!   the keys of the largest merge weight (values a read would insert)
+//!   get theirs first, while the whole index stays within [`INDEX_SHARE`]
+//!   of the state's memory;
 //! - per metric, every key ranked by its roll-up's value (the order of a
 //!   top-N answer): a top-N over a range that holds every bucket of the view
 //!   is the head of the ranking.
@@ -90,17 +91,19 @@ const BLOCK_SIZES: [usize; 2] = [8, 64];
 /// at least this many values ([`MetricState::merge_weight`]): a query then
 /// merges one state instead of inserting thousands of values, and the block
 /// holds about as much memory as its buckets' values (2,048 values of 8 bytes
-/// are the 16 KiB of a dense distinct sketch). On the reference workload
-/// (BENCHMARKS.md), half this weight took the index from 28.4% to 30.3% of
-/// the state's memory, past its budget, for an unaligned top-10 of 2.8 ms
-/// instead of 3.3 ms.
+/// are the 16 KiB of a dense distinct sketch). Which keys keep their blocks
+/// is bounded by [`INDEX_SHARE`]. On the reference workload (BENCHMARKS.md),
+/// four times this weight dropped the hot keys' blocks of 8 and took an
+/// unaligned top-10 from 0.55 ms to 2.0 ms.
 const BLOCK_WEIGHT: usize = 2048;
 
-/// The most memory a view's index takes, as a share of its state's (both as
-/// [`MetricState::bytes`] counts them): the blocks are what it keeps within
-/// that share, for the keys that hold the most values first. A view whose
-/// keys are all busy (by category on the reference workload: 200 keys, each
-/// with about 90 values a bucket) would otherwise keep blocks for every key,
+/// The share of its state's memory within which a view's index keeps blocks
+/// (both as [`MetricState::bytes`] counts them): blocks are kept, for the
+/// keys of the largest merge weight first and until one key's do not fit,
+/// only while the whole index stays within it. The rest of the index (the
+/// tree, the roll-ups, the rankings) is not bounded by it. A view whose keys
+/// are all busy (by category on the reference workload: 200 keys, each with
+/// about 90 values a bucket) would otherwise keep blocks for every key,
 /// about as much memory again as the rest of its index (BENCHMARKS.md).
 const INDEX_SHARE: f64 = 0.28;
 
@@ -290,7 +293,7 @@ impl ViewIndex {
                 *state = merged;
             }
         }
-        // Blocks for the keys that hold the most values first, while the
+        // Blocks for the keys of the largest merge weight first, while the
         // index stays within its share of the state's memory.
         let unblocked = ViewIndex::bytes_without_blocks(&buckets, &tree, &rollups, n);
         let mut spare =
@@ -1335,7 +1338,7 @@ mod tests {
         state
     }
 
-    /// The blocks go to the keys that hold the most values first, and only
+    /// The blocks go to the keys of the largest merge weight first, and only
     /// while the index stays within its share of the state's memory.
     #[test]
     fn blocks_go_to_the_heaviest_keys_within_the_index_share() {

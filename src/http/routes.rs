@@ -17,8 +17,8 @@ type Params = web::Query<HashMap<String, String>>;
 /// Registers every route. A known path asked with another method gets 405
 /// and `Allow`; an unknown path 404.
 ///
-/// A view's routes share one scope: actix matches a path with a `{view}`
-/// segment by a regular expression, once for the scope, where one resource
+/// A view's routes share one scope: actix's router matches a path with a
+/// `{view}` segment by a regular expression, once for the scope, where one resource
 /// per route would try each route's expression in turn (a tenth of a
 /// series' CPU over HTTP, by `perf`).
 pub fn configure(config: &mut web::ServiceConfig) {

@@ -242,7 +242,8 @@ impl ViewIndex {
     }
 
     /// [`ViewIndex::build`], keeping the blocks of at least `block_weight`
-    /// while the index takes at most `index_share` of the state's memory.
+    /// only while the whole index stays within `index_share` of the state's
+    /// memory.
     fn build_with(
         spec: &ViewSpec,
         state: &ViewState,

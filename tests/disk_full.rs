@@ -14,23 +14,46 @@ fn field<'a>(status: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Va
     path.iter().fold(status, |value, key| &value[*key])
 }
 
+/// A broker case whose data_dir is a small tmpfs, and a dirty stream of
+/// `events` in two halves (seeds `seed` and `seed + 1`): one published
+/// before the disk fills, one while it is full.
+struct FullDisk {
+    // Unmounted before the case's directory is removed.
+    disk: SmallDisk,
+    case: common::BrokerCase,
+    before: Vec<u8>,
+    during: Vec<u8>,
+}
+
+impl FullDisk {
+    fn new(prefix: &str, events: u64, seed: u64) -> Option<FullDisk> {
+        let case = common::broker_case(prefix, "1s")?;
+        let disk = SmallDisk::mount(&case.dir.path().join("data"), 16)?;
+        Some(FullDisk {
+            disk,
+            case,
+            before: common::workload::dirty(events, seed, 50, &[]),
+            during: common::workload::dirty(events, seed + 1, 50, &[]),
+        })
+    }
+
+    /// The two halves' messages.
+    fn halves(&self) -> (Vec<&[u8]>, Vec<&[u8]>) {
+        (
+            common::workload::lines(&self.before),
+            common::workload::lines(&self.during),
+        )
+    }
+}
+
 #[test]
 fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
-    let Some(case) = common::broker_case("disk-full", "1s") else {
+    let Some(setup) = FullDisk::new("disk-full", 3000, 61) else {
         return;
     };
-    let Some(disk) = SmallDisk::mount(&case.dir.path().join("data"), 16) else {
-        return;
-    };
+    let (case, disk) = (&setup.case, &setup.disk);
     let (runtime, queue, dead) = (&case.runtime, &case.queue, &case.dead);
-    let (before, during) = (
-        common::workload::dirty(3000, 61, 50, &[]),
-        common::workload::dirty(3000, 62, 50, &[]),
-    );
-    let (before, during) = (
-        common::workload::lines(&before),
-        common::workload::lines(&during),
-    );
+    let (before, during) = setup.halves();
     let all: Vec<&[u8]> = before.iter().chain(&during).copied().collect();
     let expect = common::expected(&all);
     let valid = |lines: &[&[u8]]| (lines.len() - common::expected(lines).dead.len()) as u64;
@@ -154,21 +177,12 @@ fn a_full_disk_stops_acks_and_space_coming_back_resumes_them() {
 /// the disk every message counts once.
 #[test]
 fn sigterm_on_a_full_disk_stops_and_a_restart_loses_nothing() {
-    let Some(case) = common::broker_case("disk-full-stop", "1s") else {
+    let Some(setup) = FullDisk::new("disk-full-stop", 2000, 71) else {
         return;
     };
-    let Some(disk) = SmallDisk::mount(&case.dir.path().join("data"), 16) else {
-        return;
-    };
+    let (case, disk) = (&setup.case, &setup.disk);
     let (runtime, queue, dead) = (&case.runtime, &case.queue, &case.dead);
-    let (before, during) = (
-        common::workload::dirty(2000, 71, 50, &[]),
-        common::workload::dirty(2000, 72, 50, &[]),
-    );
-    let (before, during) = (
-        common::workload::lines(&before),
-        common::workload::lines(&during),
-    );
+    let (before, during) = setup.halves();
     let all: Vec<&[u8]> = before.iter().chain(&during).copied().collect();
     let expect = common::expected(&all);
 

@@ -38,7 +38,10 @@
 //!   (`bench/duckdb_reference.py`, by the python of the virtualenv
 //!   `scripts/services` installs, else by python3);
 //! - `restart`: `restart_s`, from process start to ready on a data_dir whose
-//!   snapshot covers all but the last tenth of the events;
+//!   snapshot covers all but the last tenth of the events; and
+//!   `restart_snapshot_s` (when the snapshot was loaded, from the start of
+//!   recovery) and `restart_replay_s` (the replay of the tenth after it,
+//!   beside the decoding of the snapshot's states);
 //! - `spark` (not in `--quick`): on a master dataset of its own (2 M events),
 //!   `export_eps` and `export_mib_s` (`tandem export`, in process),
 //!   `spark_batch_s` (the job of `tandem spark-job` by `spark-submit` in
@@ -1075,7 +1078,11 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
         _ => {
             actix::System::new().block_on(async {
                 let handle = tandem::start(config, Options::manual_epochs()).await?;
-                println!("ready {}", handle.startup().replayed);
+                let startup = handle.startup();
+                println!(
+                    "ready {} {} {}",
+                    startup.replayed, startup.snapshot_ms, startup.replay_ms
+                );
                 std::io::Write::flush(&mut std::io::stdout())?;
                 handle.shutdown().await;
                 Ok::<_, BoxError>(())
@@ -1133,11 +1140,14 @@ fn bench_recompute(
 fn bench_restart(results: &mut Results, master: &Path, tail: u64) -> Result<(), BoxError> {
     let (out, took) = child("start", master, true)?;
     keep_first_snapshot(master)?;
-    let replayed: u64 = out
+    let fields: Vec<u64> = out
         .trim()
         .strip_prefix("ready ")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("unexpected start output {out:?}"))?;
+        .map(|rest| rest.split(' ').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let [replayed, snapshot_ms, replay_ms] = fields[..] else {
+        return Err(format!("unexpected start output {out:?}").into());
+    };
     if replayed != tail {
         return Err(format!(
             "the restart replayed {replayed} records, not the {tail} after the snapshot"
@@ -1145,6 +1155,8 @@ fn bench_restart(results: &mut Results, master: &Path, tail: u64) -> Result<(), 
         .into());
     }
     results.record("restart_s", took, "s");
+    results.record("restart_snapshot_s", snapshot_ms as f64 / 1e3, "s");
+    results.record("restart_replay_s", replay_ms as f64 / 1e3, "s");
     Ok(())
 }
 

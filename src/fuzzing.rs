@@ -281,6 +281,7 @@ pub fn snapshot(data: &[u8]) {
         records: 0,
         created_ms: 0,
         payload_bytes: data.len() as u64,
+        version: crate::store::FORMAT_VERSION,
     };
     if let Ok(batch) = Batch::from_snapshot(&config.views, meta, decoded) {
         for (spec, state) in config.views.iter().zip(&batch.views) {

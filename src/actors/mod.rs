@@ -15,13 +15,16 @@ pub mod source;
 pub mod speed;
 pub mod supervisor;
 
+use crate::aggregate::{ViewSpec, ViewState};
 use crate::config::{Config, HttpSource, SourceKind};
 use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
-use crate::store::{self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog};
+use crate::store::{
+    self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog, SealedEpoch, SnapshotMeta,
+};
 use actix::{Actor, Addr, Arbiter, AsyncContext};
 pub use recompute::RunMode;
-use recompute::{Batch, SnapshotData};
+use recompute::{Batch, SnapshotData, SnapshotHead};
 use recorder::Recorder;
 use serving::{Answer, BatchQuery, Query, QueryError, Reader, Serving};
 use source::{
@@ -29,6 +32,7 @@ use source::{
     SourceStats,
 };
 use speed::{SpeedPartition, SpeedState};
+use std::path::PathBuf;
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
 use tokio::sync::oneshot;
@@ -157,6 +161,11 @@ pub struct Startup {
     pub epoch: Epoch,
     /// How long recovery took, milliseconds.
     pub took_ms: u64,
+    /// When the snapshot was loaded (read, checked, decoded), milliseconds
+    /// after the start; its states decode while the log after it replays.
+    pub snapshot_ms: u64,
+    /// How long the replay of the log after the snapshot took, milliseconds.
+    pub replay_ms: u64,
 }
 
 /// The running system.
@@ -414,52 +423,100 @@ type Replayed = (Epoch, usize, usize, Arc<crate::event::ParsedEvent>);
 /// Events sent to a replay thread at a time.
 const REPLAY_BATCH: usize = 1024;
 
-/// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
-/// replays the records after it into fresh speed states. Blocking.
-///
-/// The replay reads from the snapshot's `later_from`, deciding first copies
-/// as the Recorder did (its id index covers the records before), and applies
-/// the epochs after the snapshot's. A view the snapshot has no state for (new,
-/// or changed) is replayed from the start of the log, all epochs, so its
-/// answers are complete from the speed layer alone until a batch run covers it.
-fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error> {
-    let started = std::time::Instant::now();
-    let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
-    let epochs = EpochIndex::open(paths)?;
-    let last_sealed = epochs.last().copied();
-    if let Some(sealed) = last_sealed
-        && sealed.end > log.end()
-    {
-        return Err(store::Error::SealedBeyondLog {
-            path: paths.epochs(),
-            epoch: sealed.epoch,
-            sealed: sealed.end,
-            log_end: log.end(),
-        });
+/// A snapshot read back whole (its length and checksum hold) with its head
+/// decoded.
+struct OpenedSnapshot {
+    path: PathBuf,
+    meta: SnapshotMeta,
+    head: SnapshotHead<'static>,
+    states: States,
+}
+
+/// A snapshot's states, in the order its head lists them.
+enum States {
+    /// Still to decode: from `at` in `payload`.
+    Stored { payload: memmap2::Mmap, at: usize },
+    /// Decoded with the head (a format that stores them before it).
+    Decoded(Vec<ViewState>),
+}
+
+impl OpenedSnapshot {
+    fn open(path: PathBuf) -> Result<Self, store::Error> {
+        let (meta, payload) = store::read_snapshot_payload(&path)?;
+        let undecodable = |err| store::undecodable(&path, &err);
+        let (head, states) = if meta.version == store::FORMAT_VERSION {
+            let (head, states) = postcard::take_from_bytes::<SnapshotHead<'static>>(&payload)
+                .map_err(undecodable)?;
+            let at = payload.len() - states.len();
+            (head, States::Stored { payload, at })
+        } else {
+            let (head, states) = SnapshotData::decode(meta.version, &payload)
+                .map_err(undecodable)?
+                .into_parts();
+            (head, States::Decoded(states))
+        };
+        Ok(Self {
+            path,
+            meta,
+            head,
+            states,
+        })
     }
-    let views: Arc<[_]> = config.views.iter().cloned().collect();
-    let batch = match store::load_newest::<SnapshotData>(paths)? {
-        Some(loaded) if last_sealed.is_some_and(|sealed| loaded.meta.epoch <= sealed.epoch) => {
-            let path = loaded.path;
-            Batch::from_snapshot(&views, loaded.meta, loaded.data).unwrap_or_else(|problem| {
-                tracing::error!(
-                    snapshot = %path.display(),
-                    %problem,
-                    "snapshot reads back whole but holds states its views cannot have; ignoring it and recomputing"
-                );
-                Batch::default()
-            })
+}
+
+impl States {
+    fn decode(self, path: &std::path::Path) -> Result<Vec<ViewState>, store::Error> {
+        match self {
+            States::Stored { payload, at } => {
+                postcard::from_bytes(&payload[at..]).map_err(|err| store::undecodable(path, &err))
+            }
+            States::Decoded(states) => Ok(states),
         }
-        Some(loaded) => {
-            tracing::error!(
-                snapshot = %loaded.path.display(),
-                epoch = %loaded.meta.epoch,
-                "snapshot is newer than every sealed epoch; ignoring it and recomputing"
-            );
-            Batch::default()
+    }
+}
+
+/// What a start recovered: the batch it stands on and the speed layer
+/// replayed over it.
+struct Replay {
+    batch: Batch,
+    partitions: Vec<SpeedState>,
+    /// The first-copy check, up to date with the log.
+    first_copies: FirstCopies,
+    replayed: u64,
+    newest_epoch: Epoch,
+    /// When the snapshot was in (its states decoded and checked),
+    /// milliseconds after the start.
+    snapshot_ms: u64,
+    /// How long the replay took, milliseconds.
+    replay_ms: u64,
+}
+
+/// Replays the log after `snapshot` (all of it without one) into fresh speed
+/// states, while the snapshot's states decode on a thread of their own.
+///
+/// The outer error: the log cannot be read. The inner: the snapshot's states
+/// do not decode, or do not fit their views; it must not be used.
+fn replay(
+    config: &Config,
+    views: &Arc<[Arc<ViewSpec>]>,
+    segments: &[store::SegmentInfo],
+    last_sealed: Option<SealedEpoch>,
+    snapshot: Option<OpenedSnapshot>,
+    started: std::time::Instant,
+) -> Result<Result<Replay, store::Error>, store::Error> {
+    let (mut batch, stored, path, states) = match snapshot {
+        Some(OpenedSnapshot {
+            path,
+            meta,
+            head,
+            states,
+        }) => {
+            let (batch, stored) = Batch::from_head(views, meta, head);
+            (batch, stored, path, Some(states))
         }
-        None => Batch::default(),
+        None => (Batch::default(), Vec::new(), PathBuf::new(), None),
     };
+    let head_ms = started.elapsed().as_millis() as u64;
     let missing: Vec<usize> = (0..views.len())
         .filter(|view| batch.epoch.is_some() && !batch.has_view(*view))
         .collect();
@@ -471,9 +528,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
         tracing::warn!(views = ?names, "the snapshot has no state for these views (new or changed): replaying them from the start of the log until a batch run covers them");
     }
     let n = usize::from(config.speed.partitions);
-    let partitions: Vec<SpeedState> = (0..n)
-        .map(|_| SpeedState::new(Arc::clone(&views)))
-        .collect();
+    let partitions: Vec<SpeedState> = (0..n).map(|_| SpeedState::new(Arc::clone(views))).collect();
     let mut newest_epoch = last_sealed
         .map_or(Epoch(0), |sealed| sealed.epoch)
         .max(batch.epoch.unwrap_or(Epoch(0)));
@@ -490,8 +545,16 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let appliers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, n.max(1));
-    let segments = store::list_segments(paths)?;
-    std::thread::scope(|scope| {
+    let (read, decoded) = std::thread::scope(|scope| {
+        // The snapshot's states decode beside the replay, which needs only
+        // its head.
+        let path = &path;
+        let decoding = states.map(|states| {
+            scope.spawn(move || {
+                let states = states.decode(path);
+                (states, started.elapsed().as_millis() as u64)
+            })
+        });
         let mut senders = Vec::with_capacity(appliers);
         for _ in 0..appliers {
             let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<Replayed>>(8);
@@ -522,6 +585,7 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                 }
             }
         };
+        let mut outcome = Ok(());
         for (i, segment) in segments.iter().enumerate() {
             let under_snapshot = segments
                 .get(i + 1)
@@ -556,30 +620,141 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                 Err(err) if under_snapshot => {
                     tracing::warn!(error = %err, "cannot read a segment under the snapshot; views replayed from the start of the log lack its records until a batch run covers them")
                 }
-                Err(err) => return Err(err),
+                Err(err) => {
+                    outcome = Err(err);
+                    break;
+                }
             }
         }
         for (sender, batch) in senders.iter().zip(pending) {
             sender.send(batch).ok();
         }
-        Ok::<(), store::Error>(())
-    })?;
+        drop(senders);
+        (outcome, decoding.map(|decoding| decoding.join()))
+    });
+    read?;
+    let replay_ms = started.elapsed().as_millis() as u64 - head_ms;
+    let snapshot_ms = match decoded {
+        Some(decoded) => {
+            let refused = |problem: String| {
+                Ok(Err(store::Error::BadSnapshot {
+                    path: path.clone(),
+                    problem,
+                }))
+            };
+            match decoded {
+                Err(_) => return refused("decoding its states panicked".into()),
+                Ok((Err(err), _)) => return Ok(Err(err)),
+                Ok((Ok(states), decoded_ms)) => {
+                    if let Err(problem) = batch.set_states(views, &stored, states) {
+                        return refused(format!("holds states its views cannot have: {problem}"));
+                    }
+                    decoded_ms
+                }
+            }
+        }
+        None => head_ms,
+    };
     first_copies.commit();
+    Ok(Ok(Replay {
+        batch,
+        partitions,
+        first_copies,
+        replayed,
+        newest_epoch,
+        snapshot_ms,
+        replay_ms,
+    }))
+}
+
+/// Opens the data_dir: cuts a torn tail, loads the newest usable snapshot and
+/// replays the records after it into fresh speed states. Blocking.
+///
+/// The replay reads from the snapshot's `later_from`, deciding first copies
+/// as the Recorder did (its id index covers the records before), and applies
+/// the epochs after the snapshot's. A view the snapshot has no state for (new,
+/// or changed) is replayed from the start of the log, all epochs, so its
+/// answers are complete from the speed layer alone until a batch run covers it.
+fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error> {
+    let started = std::time::Instant::now();
+    let (log, recovery) = MasterLog::open(paths, config.master.segment_max_bytes)?;
+    let epochs = EpochIndex::open(paths)?;
+    let last_sealed = epochs.last().copied();
+    if let Some(sealed) = last_sealed
+        && sealed.end > log.end()
+    {
+        return Err(store::Error::SealedBeyondLog {
+            path: paths.epochs(),
+            epoch: sealed.epoch,
+            sealed: sealed.end,
+            log_end: log.end(),
+        });
+    }
+    let views: Arc<[_]> = config.views.iter().cloned().collect();
+    let segments = store::list_segments(paths)?;
+    // The newest snapshot that reads back whole and whose states fit their
+    // views; else none (the speed layer replays every epoch, and the next
+    // batch run recomputes).
+    let mut snapshots = store::list_snapshots(paths)?.into_iter();
+    let mut refused = 0usize;
+    let replay = loop {
+        let snapshot = match snapshots.next() {
+            None => {
+                if refused > 0 {
+                    tracing::error!(
+                        refused,
+                        "no usable snapshot: the next batch run recomputes from the master dataset"
+                    );
+                }
+                None
+            }
+            Some((_, path)) => match OpenedSnapshot::open(path) {
+                Ok(opened)
+                    if last_sealed.is_some_and(|sealed| opened.meta.epoch <= sealed.epoch) =>
+                {
+                    Some(opened)
+                }
+                Ok(opened) => {
+                    tracing::error!(
+                        snapshot = %opened.path.display(),
+                        epoch = %opened.meta.epoch,
+                        "snapshot is newer than every sealed epoch; ignoring it and recomputing"
+                    );
+                    snapshots = Vec::new().into_iter();
+                    None
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "refused a snapshot; trying an older one");
+                    refused += 1;
+                    continue;
+                }
+            },
+        };
+        match replay(config, &views, &segments, last_sealed, snapshot, started)? {
+            Ok(replay) => break replay,
+            Err(err) => {
+                tracing::error!(error = %err, "refused a snapshot; trying an older one");
+                refused += 1;
+            }
+        }
+    };
     let startup = Startup {
         records: recovery.next_seq,
-        snapshot: batch.epoch,
-        replayed,
-        epoch: newest_epoch.next(),
+        snapshot: replay.batch.epoch,
+        replayed: replay.replayed,
+        epoch: replay.newest_epoch.next(),
         took_ms: started.elapsed().as_millis() as u64,
+        snapshot_ms: replay.snapshot_ms,
+        replay_ms: replay.replay_ms,
     };
     let counters = store::load_counters(paths)?;
     Ok(Recovered {
-        first_copies,
+        first_copies: replay.first_copies,
         counters,
         log,
         epochs,
-        batch,
-        partitions,
+        batch: replay.batch,
+        partitions: replay.partitions,
         startup,
     })
 }
@@ -615,6 +790,8 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         replayed = startup.replayed,
         epoch = %startup.epoch,
         took_ms = startup.took_ms,
+        snapshot_ms = startup.snapshot_ms,
+        replay_ms = startup.replay_ms,
         "recovered"
     );
     let last_sealed = epochs.last().copied();

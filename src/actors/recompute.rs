@@ -113,7 +113,11 @@ pub struct SnapshotView {
 }
 
 /// The snapshot file's payload: owned when read, borrowing its ids when written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Stored as its [`SnapshotHead`] (everything but the views' states, which
+/// it lists) followed by the states in that order: a start decodes the head,
+/// replays the log after the snapshot with it, and decodes the states meanwhile.
+#[derive(Debug, Clone, Default)]
 pub struct SnapshotData<'a> {
     /// The views, by name.
     pub views: Vec<(String, SnapshotView)>,
@@ -125,6 +129,144 @@ pub struct SnapshotData<'a> {
     pub took_ms: u64,
     /// The distinct ids of the records before `sealed.later_from`, sorted.
     pub ids: std::borrow::Cow<'a, [u64]>,
+}
+
+/// What a snapshot's payload stores before the views' states.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SnapshotHead<'a> {
+    /// The run's counts.
+    pub stats: BatchStats,
+    /// The sealed epoch it covers.
+    pub sealed: Option<SealedEpochData>,
+    /// How long the run took, milliseconds.
+    pub took_ms: u64,
+    /// The distinct ids of the records before `sealed.later_from`, sorted.
+    pub ids: std::borrow::Cow<'a, [u64]>,
+    /// Each view's name and spec ([`SnapshotView::spec`]), in the order of
+    /// the states that follow.
+    pub views: Vec<(String, String)>,
+}
+
+impl SnapshotHead<'_> {
+    /// The whole payload: this head with the `states` that followed it.
+    ///
+    /// # Errors
+    /// Not one state per listed view.
+    pub fn with_states(self, states: Vec<ViewState>) -> Result<SnapshotData<'static>, String> {
+        if states.len() != self.views.len() {
+            return Err(format!(
+                "the snapshot lists {} views and holds {} states",
+                self.views.len(),
+                states.len()
+            ));
+        }
+        Ok(SnapshotData {
+            views: self
+                .views
+                .into_iter()
+                .zip(states)
+                .map(|((name, spec), state)| (name, SnapshotView { spec, state }))
+                .collect(),
+            stats: self.stats,
+            sealed: self.sealed,
+            took_ms: self.took_ms,
+            ids: std::borrow::Cow::Owned(self.ids.into_owned()),
+        })
+    }
+}
+
+impl Serialize for SnapshotData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let head = SnapshotHead {
+            stats: self.stats,
+            sealed: self.sealed,
+            took_ms: self.took_ms,
+            ids: std::borrow::Cow::Borrowed(&*self.ids),
+            views: self
+                .views
+                .iter()
+                .map(|(name, view)| (name.clone(), view.spec.clone()))
+                .collect(),
+        };
+        let states: Vec<&ViewState> = self.views.iter().map(|(_, view)| &view.state).collect();
+        (head, states).serialize(serializer)
+    }
+}
+
+impl SnapshotData<'_> {
+    /// Its head and its states, as stored.
+    pub fn into_parts(self) -> (SnapshotHead<'static>, Vec<ViewState>) {
+        let (views, states) = self
+            .views
+            .into_iter()
+            .map(|(name, view)| ((name, view.spec), view.state))
+            .unzip();
+        let head = SnapshotHead {
+            stats: self.stats,
+            sealed: self.sealed,
+            took_ms: self.took_ms,
+            ids: std::borrow::Cow::Owned(self.ids.into_owned()),
+            views,
+        };
+        (head, states)
+    }
+}
+
+impl SnapshotData<'static> {
+    /// Decodes a snapshot's payload of format `version` (format 3 stored the
+    /// views' states first and the head's fields after them).
+    ///
+    /// # Errors
+    /// The payload does not decode as that format.
+    pub fn decode(version: u32, payload: &[u8]) -> Result<Self, postcard::Error> {
+        /// Format 3's payload.
+        #[derive(Deserialize)]
+        struct V3 {
+            views: Vec<(String, SnapshotView)>,
+            stats: BatchStats,
+            sealed: Option<SealedEpochData>,
+            took_ms: u64,
+            ids: Vec<u64>,
+        }
+        if version == 3 {
+            let V3 {
+                views,
+                stats,
+                sealed,
+                took_ms,
+                ids,
+            } = postcard::from_bytes(payload)?;
+            return Ok(SnapshotData {
+                views,
+                stats,
+                sealed,
+                took_ms,
+                ids: std::borrow::Cow::Owned(ids),
+            });
+        }
+        postcard::from_bytes(payload)
+    }
+}
+
+/// Reads, checks and decodes the snapshot at `path`, of any format this build
+/// reads.
+///
+/// # Errors
+/// As [`store::read_snapshot`].
+pub fn read_snapshot_data(
+    path: &std::path::Path,
+) -> store::Result<(SnapshotMeta, SnapshotData<'static>)> {
+    let (meta, payload) = store::read_snapshot_payload(path)?;
+    let data = SnapshotData::decode(meta.version, &payload)
+        .map_err(|err| store::undecodable(path, &err))?;
+    Ok((meta, data))
+}
+
+impl<'de> Deserialize<'de> for SnapshotData<'static> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (head, states) = <(SnapshotHead<'static>, Vec<ViewState>)>::deserialize(deserializer)?;
+        head.with_states(states).map_err(serde::de::Error::custom)
+    }
 }
 
 /// [`SealedEpoch`] as stored in a snapshot.
@@ -178,41 +320,77 @@ impl Batch {
         meta: SnapshotMeta,
         data: SnapshotData<'_>,
     ) -> Result<Batch, String> {
-        let mut stored = data.views;
-        let mut missing = Vec::with_capacity(views.len());
-        let states = views
+        let (head, states) = data.into_parts();
+        let (mut batch, stored) = Batch::from_head(views, meta, head);
+        batch.set_states(views, &stored, states)?;
+        Ok(batch)
+    }
+
+    /// [`Batch::from_snapshot`] in two steps, for a reader that decodes the
+    /// states after the head: the batch without its states (`views` empty,
+    /// `missing` and the id index set), and for each configured view the
+    /// position of its state among the stored ones (`None`: missing).
+    pub fn from_head(
+        views: &[Arc<ViewSpec>],
+        meta: SnapshotMeta,
+        head: SnapshotHead<'_>,
+    ) -> (Batch, Vec<Option<usize>>) {
+        let stored: Vec<Option<usize>> = views
             .iter()
             .map(|spec| {
                 let fingerprint = spec_fingerprint(spec);
-                let at = stored
+                head.views
                     .iter()
-                    .position(|(name, view)| *name == spec.name && view.spec == fingerprint);
-                missing.push(at.is_none());
-                match at {
-                    Some(at) => {
-                        let state = stored.swap_remove(at).1.state;
-                        state
-                            .check(spec)
-                            .map_err(|problem| format!("view {}: {problem}", spec.name))?;
-                        Ok(state)
-                    }
-                    None => Ok(ViewState::new()),
-                }
+                    .position(|(name, stored)| *name == spec.name && *stored == fingerprint)
             })
-            .collect::<Result<_, String>>()?;
-        let later_from = data.sealed.map_or(0, |sealed| sealed.later_from);
-        Ok(Batch {
+            .collect();
+        let later_from = head.sealed.map_or(0, |sealed| sealed.later_from);
+        let batch = Batch {
             epoch: Some(meta.epoch),
             // Built by the caller, which can overlap it with other work.
             indexes: std::sync::OnceLock::new(),
-            views: states,
+            views: Vec::new(),
             meta: Some(meta),
-            stats: data.stats,
-            took_ms: data.took_ms,
+            stats: head.stats,
+            took_ms: head.took_ms,
             later_from,
-            ids: Arc::new(id_index(Seq(later_from), data.ids.into_owned())),
-            missing,
-        })
+            ids: Arc::new(id_index(Seq(later_from), head.ids.into_owned())),
+            missing: stored.iter().map(Option::is_none).collect(),
+        };
+        (batch, stored)
+    }
+
+    /// The second step of [`Batch::from_snapshot`]: the snapshot's `states`,
+    /// in the order its head lists them, placed as `stored` (from
+    /// [`Batch::from_head`]) says.
+    ///
+    /// # Errors
+    /// A matched view's state is not one its spec gives ([`ViewState::check`]),
+    /// or is not there.
+    pub fn set_states(
+        &mut self,
+        views: &[Arc<ViewSpec>],
+        stored: &[Option<usize>],
+        mut states: Vec<ViewState>,
+    ) -> Result<(), String> {
+        self.views = views
+            .iter()
+            .zip(stored)
+            .map(|(spec, at)| match at {
+                Some(at) => {
+                    let state = states
+                        .get_mut(*at)
+                        .map(std::mem::take)
+                        .ok_or_else(|| format!("view {}: no state stored", spec.name))?;
+                    state
+                        .check(spec)
+                        .map_err(|problem| format!("view {}: {problem}", spec.name))?;
+                    Ok(state)
+                }
+                None => Ok(ViewState::new()),
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(())
     }
 
     /// Whether the batch holds state for view `view` (a batch with no epoch holds none).

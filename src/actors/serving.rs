@@ -18,7 +18,7 @@
 //! raced a swap, and asks again against the newer batch. So an answer is
 //! always batch (epochs <= B) + speed (epochs > B) for one B.
 
-use super::recompute::{Batch, SnapshotData};
+use super::recompute::{Batch, read_snapshot_data};
 use super::speed::{Expire, SpeedPartition, SpeedState};
 use crate::aggregate::{
     Body, LiveSeries, LiveTop, MetricState, Partial, QueryKind, Reach, TimeRange, ViewSpec,
@@ -295,7 +295,7 @@ impl Reader {
         if let Some(batch) = held(&self.older.lock().unwrap_or_else(PoisonError::into_inner)) {
             return Ok(batch);
         }
-        let (meta, mut data) = match store::read_snapshot::<SnapshotData>(&path) {
+        let (meta, mut data) = match read_snapshot_data(&path) {
             Ok(read) => read,
             Err(err) => {
                 // Pruned by a batch run since it was listed: no longer kept.

@@ -14,7 +14,7 @@
 //! the master dataset. The cache only ever saves work; it is never the truth.
 
 use super::paths::{self, DataPaths};
-use super::snapshot::{read_framed, remove_leftovers, write_atomically};
+use super::snapshot::{read_framed, read_rest, remove_leftovers, write_atomically};
 use super::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -105,7 +105,7 @@ fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(Error::io("open", path, source)),
     };
-    read_framed(file, path, bad, |header: &[u8; HEADER_BYTES]| {
+    let header = |header: &[u8; HEADER_BYTES]| {
         let u32_at =
             |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         if &header[0..8] != MAGIC {
@@ -123,8 +123,8 @@ fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
         let mut len = [0u8; 8];
         len.copy_from_slice(&header[12..20]);
         Ok(((), u64::from_le_bytes(len), u32_at(20)))
-    })
-    .map(|((), payload)| Some(payload))
+    };
+    read_framed(file, path, bad, header, read_rest).map(|((), payload)| Some(payload))
 }
 
 /// The files under `cache/`, by name (temporary files left out).

@@ -34,8 +34,8 @@ pub use segment::{
     SegmentInfo, list_segments, scan_log, scan_log_from, scan_segment,
 };
 pub use snapshot::{
-    FORMAT_VERSION, Loaded, SnapshotMeta, list_snapshots, load_newest, read_snapshot,
-    verify_snapshot, write_snapshot,
+    FORMAT_VERSION, Loaded, OLDEST_READ_VERSION, SnapshotMeta, list_snapshots, load_newest,
+    read_snapshot, read_snapshot_payload, undecodable, verify_snapshot, write_snapshot,
 };
 
 use crate::event::{Epoch, Seq};

@@ -17,8 +17,11 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMSNAP";
-/// The payload format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+/// The payload format this build writes (4: what a start needs first, the
+/// views' states last).
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest payload format this build reads (3: the views' states first).
+pub const OLDEST_READ_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 56;
 
 /// What a snapshot's header says.
@@ -32,6 +35,8 @@ pub struct SnapshotMeta {
     pub created_ms: i64,
     /// Payload size in bytes.
     pub payload_bytes: u64,
+    /// The payload's format version.
+    pub version: u32,
 }
 
 impl SnapshotMeta {
@@ -69,9 +74,9 @@ impl SnapshotMeta {
             return Err(bad("header crc mismatch".into()));
         }
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(bad(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
+                "format version {version}, this build reads versions {OLDEST_READ_VERSION} to {FORMAT_VERSION}"
             )));
         }
         let meta = SnapshotMeta {
@@ -79,6 +84,7 @@ impl SnapshotMeta {
             records: u64_at(24),
             created_ms: u64_at(32) as i64,
             payload_bytes: u64_at(40),
+            version,
         };
         Ok((meta, u32_at(48)))
     }
@@ -118,6 +124,7 @@ pub fn write_snapshot<T: Serialize>(
         records,
         created_ms,
         payload_bytes: 0,
+        version: FORMAT_VERSION,
     };
     let (tmp, path) = (paths.snapshot_tmp(epoch), paths.snapshot(epoch));
     write_atomically(
@@ -330,17 +337,34 @@ pub fn list_snapshots(paths: &DataPaths) -> Result<Vec<(Epoch, PathBuf)>> {
     Ok(found)
 }
 
-/// Reads and checks one snapshot's header and payload.
+/// Reads and checks one snapshot's header and payload, of this build's
+/// format version (an older one's payload is read by its own decoder:
+/// `recompute::read_snapshot_data`).
 ///
 /// # Errors
-/// I/O errors, a damaged header or payload, or a payload this build cannot decode.
+/// I/O errors, a damaged header or payload, an older format, or a payload
+/// this build cannot decode.
 pub fn read_snapshot<T: DeserializeOwned>(path: &Path) -> Result<(SnapshotMeta, T)> {
-    let (meta, payload) = read_checked(path)?;
-    let data = postcard::from_bytes(&payload).map_err(|err| Error::BadSnapshot {
+    let (meta, payload) = read_snapshot_payload(path)?;
+    if meta.version != FORMAT_VERSION {
+        return Err(Error::BadSnapshot {
+            path: path.to_owned(),
+            problem: format!(
+                "format version {}, read here only at {FORMAT_VERSION}",
+                meta.version
+            ),
+        });
+    }
+    let data = postcard::from_bytes(&payload).map_err(|err| undecodable(path, &err))?;
+    Ok((meta, data))
+}
+
+/// The error of a snapshot at `path` whose checked payload does not decode.
+pub fn undecodable(path: &Path, err: &postcard::Error) -> Error {
+    Error::BadSnapshot {
         path: path.to_owned(),
         problem: format!("payload does not decode: {err}"),
-    })?;
-    Ok((meta, data))
+    }
 }
 
 /// Checks one snapshot's header and payload checksum without decoding it.
@@ -348,34 +372,59 @@ pub fn read_snapshot<T: DeserializeOwned>(path: &Path) -> Result<(SnapshotMeta, 
 /// # Errors
 /// As [`read_snapshot`].
 pub fn verify_snapshot(path: &Path) -> Result<SnapshotMeta> {
-    read_checked(path).map(|(meta, _)| meta)
+    read_snapshot_payload(path).map(|(meta, _)| meta)
 }
 
-fn read_checked(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
+/// Reads one snapshot's header and payload, checked against its length and
+/// checksum but not decoded: for a reader that decodes it in parts.
+///
+/// The payload is the file mapped into memory, not copied: its pages are the
+/// page cache's, so a start does not fault in (and zero) the payload's size
+/// in fresh memory before it decodes.
+///
+/// # Errors
+/// As [`read_snapshot`], but for decoding.
+pub fn read_snapshot_payload(path: &Path) -> Result<(SnapshotMeta, memmap2::Mmap)> {
     let file = File::open(path).map_err(|source| Error::io("open", path, source))?;
     let bad = |problem: String| Error::BadSnapshot {
         path: path.to_owned(),
         problem,
     };
-    read_framed(file, path, bad, |header: &[u8; HEADER_BYTES]| {
+    let header = |header: &[u8; HEADER_BYTES]| {
         let (meta, crc) = SnapshotMeta::decode(path, header)?;
         Ok((meta, meta.payload_bytes, crc))
+    };
+    read_framed(file, path, bad, header, |file, _| {
+        // SAFETY: the mapping is read-only and a snapshot file never changes
+        // once it has its name (it is written whole under another and
+        // renamed; its removal leaves a mapping valid). Only a file cut short
+        // by hand while mapped would fault a read.
+        let payload = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(HEADER_BYTES as u64)
+                .map(&*file)?
+        };
+        payload.advise(memmap2::Advice::Sequential).ok();
+        Ok(payload)
     })
 }
 
 /// Reads a file written by [`write_atomically`]: its `N`-byte header, which
 /// `decode` checks and reads into what it says and the length and crc32c it
-/// promises of the payload, then the payload, checked against those. `bad`
-/// names damage (a short header, a payload of another length or crc).
+/// promises of the payload, then the payload (by `payload`, given the file
+/// after the header and the length promised: [`read_rest`], or a mapping),
+/// checked against those. `bad` names damage (a short header, a payload of
+/// another length or crc).
 ///
 /// # Errors
 /// I/O errors, damage, or what `decode` refuses.
-pub(super) fn read_framed<const N: usize, H>(
+pub(super) fn read_framed<const N: usize, H, P: std::ops::Deref<Target = [u8]>>(
     mut file: File,
     path: &Path,
     bad: impl Fn(String) -> Error,
     decode: impl FnOnce(&[u8; N]) -> Result<(H, u64, u32)>,
-) -> Result<(H, Vec<u8>)> {
+    payload: impl FnOnce(&mut File, u64) -> std::io::Result<P>,
+) -> Result<(H, P)> {
     let mut header = [0u8; N];
     file.read_exact(&mut header)
         .map_err(|err| match err.kind() {
@@ -383,9 +432,7 @@ pub(super) fn read_framed<const N: usize, H>(
             _ => Error::io("read", path, err),
         })?;
     let (said, len, crc) = decode(&header)?;
-    let mut payload = Vec::with_capacity(len.min(1 << 30) as usize);
-    file.read_to_end(&mut payload)
-        .map_err(|source| Error::io("read", path, source))?;
+    let payload = payload(&mut file, len).map_err(|source| Error::io("read", path, source))?;
     if payload.len() as u64 != len {
         return Err(bad(format!(
             "payload is {} bytes, the header says {len}",
@@ -396,6 +443,13 @@ pub(super) fn read_framed<const N: usize, H>(
         return Err(bad("payload crc mismatch".into()));
     }
     Ok((said, payload))
+}
+
+/// The rest of `file`, of about `len` bytes: a [`read_framed`] payload.
+pub(super) fn read_rest(file: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut payload = Vec::with_capacity(len.min(1 << 30) as usize);
+    file.read_to_end(&mut payload)?;
+    Ok(payload)
 }
 
 /// Loads the newest snapshot that reads back whole, refusing (and reporting)

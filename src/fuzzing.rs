@@ -260,11 +260,33 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// A snapshot's payload (what follows its checksummed header): one that
-/// decodes re-encodes to bytes that decode to the same, and serving it
-/// (matching views to the config, building their indexes) does not panic.
+/// A snapshot's payload (what follows its checksummed header), read as
+/// each format this build reads: read as a start reads it (the head, then the
+/// states after it) it decodes to what a whole read does; one that decodes
+/// re-encodes to bytes that decode to the same; and serving it (matching
+/// views to the config, building their indexes) does not panic.
 pub fn snapshot(data: &[u8]) {
-    let Ok(decoded) = postcard::from_bytes::<SnapshotData<'_>>(data) else {
+    for version in crate::store::OLDEST_READ_VERSION..=crate::store::FORMAT_VERSION {
+        snapshot_of(version, data);
+    }
+}
+
+fn snapshot_of(version: u32, data: &[u8]) {
+    let whole = SnapshotData::decode(version, data).ok();
+    let split = SnapshotData::decode_head(version, data)
+        .ok()
+        .and_then(|(head, states)| Some((head, states.decode(data).ok()?)))
+        .and_then(|(head, states)| head.with_states(states).ok());
+    let encoded = |data: &Option<SnapshotData<'_>>| {
+        data.as_ref()
+            .map(|data| postcard::to_allocvec(data).expect("a decoded snapshot encodes"))
+    };
+    assert_eq!(
+        encoded(&whole),
+        encoded(&split),
+        "format {version}: the head and the states read apart decode as the whole"
+    );
+    let Some(decoded) = whole else {
         return;
     };
     let encoded = postcard::to_allocvec(&decoded).expect("a decoded snapshot encodes");

@@ -15,7 +15,7 @@ pub mod source;
 pub mod speed;
 pub mod supervisor;
 
-use crate::aggregate::{ViewSpec, ViewState};
+use crate::aggregate::ViewSpec;
 use crate::config::{Config, HttpSource, SourceKind};
 use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
@@ -24,7 +24,7 @@ use crate::store::{
 };
 use actix::{Actor, Addr, Arbiter, AsyncContext};
 pub use recompute::RunMode;
-use recompute::{Batch, SnapshotData, SnapshotHead};
+use recompute::{Batch, SnapshotData, SnapshotHead, StatesAfterHead};
 use recorder::Recorder;
 use serving::{Answer, BatchQuery, Query, QueryError, Reader, Serving};
 use source::{
@@ -429,49 +429,22 @@ struct OpenedSnapshot {
     path: PathBuf,
     meta: SnapshotMeta,
     head: SnapshotHead<'static>,
-    states: States,
-}
-
-/// A snapshot's states, in the order its head lists them.
-enum States {
-    /// Still to decode: from `at` in `payload`.
-    Stored { payload: memmap2::Mmap, at: usize },
-    /// Decoded with the head (a format that stores them before it).
-    Decoded(Vec<ViewState>),
+    payload: memmap2::Mmap,
+    states: StatesAfterHead,
 }
 
 impl OpenedSnapshot {
     fn open(path: PathBuf) -> Result<Self, store::Error> {
-        let (meta, payload) = store::read_snapshot_payload(&path)?;
-        let undecodable = |err| store::undecodable(&path, &err);
-        let (head, states) = if meta.version == store::FORMAT_VERSION {
-            let (head, states) = postcard::take_from_bytes::<SnapshotHead<'static>>(&payload)
-                .map_err(undecodable)?;
-            let at = payload.len() - states.len();
-            (head, States::Stored { payload, at })
-        } else {
-            let (head, states) = SnapshotData::decode(meta.version, &payload)
-                .map_err(undecodable)?
-                .into_parts();
-            (head, States::Decoded(states))
-        };
+        let (meta, payload) = store::map_snapshot_payload(&path)?;
+        let (head, states) = SnapshotData::decode_head(meta.version, &payload)
+            .map_err(|err| store::undecodable(&path, &err))?;
         Ok(Self {
             path,
             meta,
             head,
+            payload,
             states,
         })
-    }
-}
-
-impl States {
-    fn decode(self, path: &std::path::Path) -> Result<Vec<ViewState>, store::Error> {
-        match self {
-            States::Stored { payload, at } => {
-                postcard::from_bytes(&payload[at..]).map_err(|err| store::undecodable(path, &err))
-            }
-            States::Decoded(states) => Ok(states),
-        }
     }
 }
 
@@ -504,29 +477,27 @@ fn replay(
     snapshot: Option<OpenedSnapshot>,
     started: std::time::Instant,
 ) -> Result<Result<Replay, store::Error>, store::Error> {
-    let (mut batch, stored, path, states) = match snapshot {
+    let (mut batch, stored) = match snapshot {
         Some(OpenedSnapshot {
             path,
             meta,
             head,
+            payload,
             states,
         }) => {
-            let (batch, stored) = Batch::from_head(views, meta, head);
-            (batch, stored, path, Some(states))
+            let (batch, placement) = Batch::from_head(views, meta, head);
+            (batch, Some((path, payload, states, placement)))
         }
-        None => (Batch::default(), Vec::new(), PathBuf::new(), None),
+        None => (Batch::default(), None),
     };
+    let path = stored
+        .as_ref()
+        .map(|(path, ..)| path.clone())
+        .unwrap_or_default();
     let head_ms = started.elapsed().as_millis() as u64;
     let missing: Vec<usize> = (0..views.len())
         .filter(|view| batch.epoch.is_some() && !batch.has_view(*view))
         .collect();
-    if !missing.is_empty() {
-        let names: Vec<&str> = missing
-            .iter()
-            .map(|view| views[*view].name.as_str())
-            .collect();
-        tracing::warn!(views = ?names, "the snapshot has no state for these views (new or changed): replaying them from the start of the log until a batch run covers them");
-    }
     let n = usize::from(config.speed.partitions);
     let partitions: Vec<SpeedState> = (0..n).map(|_| SpeedState::new(Arc::clone(views))).collect();
     let mut newest_epoch = last_sealed
@@ -545,14 +516,20 @@ fn replay(
     let appliers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, n.max(1));
-    let (read, decoded) = std::thread::scope(|scope| {
-        // The snapshot's states decode beside the replay, which needs only
-        // its head.
-        let path = &path;
-        let decoding = states.map(|states| {
+    let (read, replay_ms, decoded) = std::thread::scope(|scope| {
+        // The snapshot's states decode (and are checked against their views)
+        // beside the replay, which needs only its head.
+        let decoding = stored.map(|(_, payload, states, placement)| {
             scope.spawn(move || {
-                let states = states.decode(path);
-                (states, started.elapsed().as_millis() as u64)
+                let placed = states
+                    .decode(&payload)
+                    .map_err(|err| format!("its views' states do not decode: {err}"))
+                    .and_then(|states| {
+                        placement.place(views, states).map_err(|problem| {
+                            format!("holds states its views cannot have: {problem}")
+                        })
+                    });
+                (placed, started.elapsed().as_millis() as u64)
             })
         });
         let mut senders = Vec::with_capacity(appliers);
@@ -630,30 +607,30 @@ fn replay(
             sender.send(batch).ok();
         }
         drop(senders);
-        (outcome, decoding.map(|decoding| decoding.join()))
+        let replay_ms = started.elapsed().as_millis() as u64 - head_ms;
+        (outcome, replay_ms, decoding.map(|decoding| decoding.join()))
     });
     read?;
-    let replay_ms = started.elapsed().as_millis() as u64 - head_ms;
     let snapshot_ms = match decoded {
-        Some(decoded) => {
-            let refused = |problem: String| {
-                Ok(Err(store::Error::BadSnapshot {
-                    path: path.clone(),
-                    problem,
-                }))
-            };
-            match decoded {
-                Err(_) => return refused("decoding its states panicked".into()),
-                Ok((Err(err), _)) => return Ok(Err(err)),
-                Ok((Ok(states), decoded_ms)) => {
-                    if let Err(problem) = batch.set_states(views, &stored, states) {
-                        return refused(format!("holds states its views cannot have: {problem}"));
-                    }
-                    decoded_ms
-                }
-            }
-        }
         None => head_ms,
+        Some(Ok((Ok(states), decoded_ms))) => {
+            batch.views = states;
+            decoded_ms
+        }
+        Some(Ok((Err(problem), _))) => {
+            return Ok(Err(store::Error::BadSnapshot { path, problem }));
+        }
+        Some(Err(panic)) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|reason| (*reason).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            return Ok(Err(store::Error::BadSnapshot {
+                path,
+                problem: format!("decoding its states panicked: {reason}"),
+            }));
+        }
     };
     first_copies.commit();
     Ok(Ok(Replay {
@@ -738,6 +715,15 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
             }
         }
     };
+    let missing: Vec<&str> = views
+        .iter()
+        .enumerate()
+        .filter(|(view, _)| replay.batch.epoch.is_some() && !replay.batch.has_view(*view))
+        .map(|(_, spec)| spec.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(views = ?missing, "the snapshot has no state for these views (new or changed): replaying them from the start of the log until a batch run covers them");
+    }
     let startup = Startup {
         records: recovery.next_seq,
         snapshot: replay.batch.epoch,

@@ -160,8 +160,10 @@ mod fixed_width {
 
     /// Ids per block.
     const BLOCK: usize = 8_192;
-    /// The most ids reserved ahead of decoding (1 GiB).
-    const MAX_RESERVED: usize = 1 << 27;
+    /// The most ids reserved ahead of decoding (128 MiB of address space,
+    /// not touched until decoded into): a damaged count reserves no more, and
+    /// a larger list grows as it decodes.
+    const MAX_RESERVED: usize = 1 << 24;
 
     pub fn serialize<S: Serializer>(ids: &[u64], serializer: S) -> Result<S::Ok, S::Error> {
         struct Bytes<'a>(&'a [u8]);
@@ -327,6 +329,96 @@ impl SnapshotData<'static> {
         }
         postcard::from_bytes(payload)
     }
+
+    /// Decodes a snapshot payload's head alone, for a reader that decodes
+    /// the states after it (format 3, which stores them first, decodes them
+    /// with it).
+    ///
+    /// # Errors
+    /// The head does not decode as format `version`.
+    pub fn decode_head(
+        version: u32,
+        payload: &[u8],
+    ) -> Result<(SnapshotHead<'static>, StatesAfterHead), postcard::Error> {
+        if version == 3 {
+            let (head, states) = Self::decode(version, payload)?.into_parts();
+            return Ok((head, StatesAfterHead::Decoded(states)));
+        }
+        let (head, states) = postcard::take_from_bytes::<SnapshotHead<'static>>(payload)?;
+        Ok((head, StatesAfterHead::At(payload.len() - states.len())))
+    }
+}
+
+/// Where a snapshot's states are once its head is decoded.
+#[derive(Debug)]
+pub enum StatesAfterHead {
+    /// Still to decode, from this offset of the payload.
+    At(usize),
+    /// Decoded with the head.
+    Decoded(Vec<ViewState>),
+}
+
+impl StatesAfterHead {
+    /// The states, decoded from `payload` if they still are to be.
+    ///
+    /// # Errors
+    /// They do not decode.
+    pub fn decode(self, payload: &[u8]) -> Result<Vec<ViewState>, postcard::Error> {
+        match self {
+            StatesAfterHead::At(at) => postcard::from_bytes(payload.get(at..).unwrap_or_default()),
+            StatesAfterHead::Decoded(states) => Ok(states),
+        }
+    }
+}
+
+/// Where each configured view's state is among a snapshot's stored ones
+/// ([`Batch::from_head`]).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Per configured view, the position of its state (`None`: missing).
+    stored: Vec<Option<usize>>,
+    /// The states the snapshot lists.
+    listed: usize,
+}
+
+impl Placement {
+    /// The configured views' states, in config order, from the snapshot's
+    /// `states` (in the order its head lists them); a missing view's is empty.
+    ///
+    /// # Errors
+    /// Not one state per listed view, or a matched view's state is not one
+    /// its spec gives ([`ViewState::check`]).
+    pub fn place(
+        &self,
+        views: &[Arc<ViewSpec>],
+        states: Vec<ViewState>,
+    ) -> Result<Vec<ViewState>, String> {
+        if states.len() != self.listed {
+            return Err(format!(
+                "the snapshot lists {} views and holds {} states",
+                self.listed,
+                states.len()
+            ));
+        }
+        let mut states: Vec<Option<ViewState>> = states.into_iter().map(Some).collect();
+        views
+            .iter()
+            .zip(&self.stored)
+            .map(|(spec, at)| match at {
+                Some(at) => {
+                    let state = states
+                        .get_mut(*at)
+                        .and_then(Option::take)
+                        .ok_or_else(|| format!("view {}: its state is listed twice", spec.name))?;
+                    state
+                        .check(spec)
+                        .map_err(|problem| format!("view {}: {problem}", spec.name))?;
+                    Ok(state)
+                }
+                None => Ok(ViewState::new()),
+            })
+            .collect()
+    }
 }
 
 /// Reads, checks and decodes the snapshot at `path`, of any format this build
@@ -402,20 +494,20 @@ impl Batch {
         data: SnapshotData<'_>,
     ) -> Result<Batch, String> {
         let (head, states) = data.into_parts();
-        let (mut batch, stored) = Batch::from_head(views, meta, head);
-        batch.set_states(views, &stored, states)?;
+        let (mut batch, placement) = Batch::from_head(views, meta, head);
+        batch.views = placement.place(views, states)?;
         Ok(batch)
     }
 
-    /// [`Batch::from_snapshot`] in two steps, for a reader that decodes the
-    /// states after the head: the batch without its states (`views` empty,
-    /// `missing` and the id index set), and for each configured view the
-    /// position of its state among the stored ones (`None`: missing).
+    /// [`Batch::from_snapshot`] without the states, for a reader that decodes
+    /// them after the head: the batch with its `views` empty (`missing` and
+    /// the id index set), and where each configured view's state is among
+    /// the stored ones ([`Placement::place`] gives the `views`).
     pub fn from_head(
         views: &[Arc<ViewSpec>],
         meta: SnapshotMeta,
         head: SnapshotHead<'_>,
-    ) -> (Batch, Vec<Option<usize>>) {
+    ) -> (Batch, Placement) {
         let stored: Vec<Option<usize>> = views
             .iter()
             .map(|spec| {
@@ -438,40 +530,8 @@ impl Batch {
             ids: Arc::new(id_index(Seq(later_from), head.ids.into_owned())),
             missing: stored.iter().map(Option::is_none).collect(),
         };
-        (batch, stored)
-    }
-
-    /// The second step of [`Batch::from_snapshot`]: the snapshot's `states`,
-    /// in the order its head lists them, placed as `stored` (from
-    /// [`Batch::from_head`]) says.
-    ///
-    /// # Errors
-    /// A matched view's state is not one its spec gives ([`ViewState::check`]),
-    /// or is not there.
-    pub fn set_states(
-        &mut self,
-        views: &[Arc<ViewSpec>],
-        stored: &[Option<usize>],
-        mut states: Vec<ViewState>,
-    ) -> Result<(), String> {
-        self.views = views
-            .iter()
-            .zip(stored)
-            .map(|(spec, at)| match at {
-                Some(at) => {
-                    let state = states
-                        .get_mut(*at)
-                        .map(std::mem::take)
-                        .ok_or_else(|| format!("view {}: no state stored", spec.name))?;
-                    state
-                        .check(spec)
-                        .map_err(|problem| format!("view {}: {problem}", spec.name))?;
-                    Ok(state)
-                }
-                None => Ok(ViewState::new()),
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(())
+        let listed = head.views.len();
+        (batch, Placement { stored, listed })
     }
 
     /// Whether the batch holds state for view `view` (a batch with no epoch holds none).

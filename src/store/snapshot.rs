@@ -376,15 +376,46 @@ pub fn verify_snapshot(path: &Path) -> Result<SnapshotMeta> {
 }
 
 /// Reads one snapshot's header and payload, checked against its length and
-/// checksum but not decoded: for a reader that decodes it in parts.
-///
-/// The payload is the file mapped into memory, not copied: its pages are the
-/// page cache's, so a start does not fault in (and zero) the payload's size
-/// in fresh memory before it decodes.
+/// checksum but not decoded: for a reader that decodes it itself.
 ///
 /// # Errors
 /// As [`read_snapshot`], but for decoding.
-pub fn read_snapshot_payload(path: &Path) -> Result<(SnapshotMeta, memmap2::Mmap)> {
+pub fn read_snapshot_payload(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
+    open_snapshot(path, read_rest)
+}
+
+/// [`read_snapshot_payload`], the payload mapped into memory rather than
+/// copied: its pages are the page cache's, so a start does not fault in (and
+/// zero) the payload's size in fresh memory before it decodes. For the start
+/// only: a disk that fails to read a mapped page stops the process (SIGBUS)
+/// where a read would have refused the snapshot, which a running daemon
+/// must not risk.
+///
+/// # Errors
+/// As [`read_snapshot_payload`].
+pub fn map_snapshot_payload(path: &Path) -> Result<(SnapshotMeta, memmap2::Mmap)> {
+    open_snapshot(path, |file, _| {
+        // SAFETY: the mapping is read-only, and tandem never changes a
+        // snapshot file once it has its name (it is written whole under
+        // another and renamed; removing it leaves a mapping valid). A file
+        // cut short or rewritten in place by another program while mapped,
+        // or a disk that fails to read it, faults the process instead.
+        let payload = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(HEADER_BYTES as u64)
+                .map(&*file)?
+        };
+        payload.advise(memmap2::Advice::Sequential).ok();
+        Ok(payload)
+    })
+}
+
+/// A snapshot's header, checked, and its payload as `payload` fetches it,
+/// checked against the header.
+fn open_snapshot<P: std::ops::Deref<Target = [u8]>>(
+    path: &Path,
+    payload: impl FnOnce(&mut File, u64) -> std::io::Result<P>,
+) -> Result<(SnapshotMeta, P)> {
     let file = File::open(path).map_err(|source| Error::io("open", path, source))?;
     let bad = |problem: String| Error::BadSnapshot {
         path: path.to_owned(),
@@ -394,19 +425,7 @@ pub fn read_snapshot_payload(path: &Path) -> Result<(SnapshotMeta, memmap2::Mmap
         let (meta, crc) = SnapshotMeta::decode(path, header)?;
         Ok((meta, meta.payload_bytes, crc))
     };
-    read_framed(file, path, bad, header, |file, _| {
-        // SAFETY: the mapping is read-only and a snapshot file never changes
-        // once it has its name (it is written whole under another and
-        // renamed; its removal leaves a mapping valid). Only a file cut short
-        // by hand while mapped would fault a read.
-        let payload = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(HEADER_BYTES as u64)
-                .map(&*file)?
-        };
-        payload.advise(memmap2::Advice::Sequential).ok();
-        Ok(payload)
-    })
+    read_framed(file, path, bad, header, payload)
 }
 
 /// Reads a file written by [`write_atomically`]: its `N`-byte header, which

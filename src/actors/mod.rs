@@ -477,7 +477,7 @@ fn replay(
     snapshot: Option<OpenedSnapshot>,
     started: std::time::Instant,
 ) -> Result<Result<Replay, store::Error>, store::Error> {
-    let (mut batch, stored) = match snapshot {
+    let (mut batch, path, stored) = match snapshot {
         Some(OpenedSnapshot {
             path,
             meta,
@@ -486,18 +486,12 @@ fn replay(
             states,
         }) => {
             let (batch, placement) = Batch::from_head(views, meta, head);
-            (batch, Some((path, payload, states, placement)))
+            (batch, path, Some((payload, states, placement)))
         }
-        None => (Batch::default(), None),
+        None => (Batch::default(), PathBuf::new(), None),
     };
-    let path = stored
-        .as_ref()
-        .map(|(path, ..)| path.clone())
-        .unwrap_or_default();
     let head_ms = started.elapsed().as_millis() as u64;
-    let missing: Vec<usize> = (0..views.len())
-        .filter(|view| batch.epoch.is_some() && !batch.has_view(*view))
-        .collect();
+    let missing: Vec<usize> = batch.missing_views().collect();
     let n = usize::from(config.speed.partitions);
     let partitions: Vec<SpeedState> = (0..n).map(|_| SpeedState::new(Arc::clone(views))).collect();
     let mut newest_epoch = last_sealed
@@ -519,7 +513,7 @@ fn replay(
     let (read, replay_ms, decoded) = std::thread::scope(|scope| {
         // The snapshot's states decode (and are checked against their views)
         // beside the replay, which needs only its head.
-        let decoding = stored.map(|(_, payload, states, placement)| {
+        let decoding = stored.map(|(payload, states, placement)| {
             scope.spawn(move || {
                 let placed = states
                     .decode(&payload)
@@ -677,19 +671,14 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
     let replay = loop {
         let snapshot = match snapshots.next() {
             None => {
-                if refused > 0 {
-                    tracing::error!(
-                        refused,
-                        "no usable snapshot: the next batch run recomputes from the master dataset"
-                    );
-                }
+                store::report_none_usable(refused);
                 None
             }
             Some((_, path)) => match OpenedSnapshot::open(path) {
                 Ok(opened)
                     if last_sealed.is_some_and(|sealed| opened.meta.epoch <= sealed.epoch) =>
                 {
-                    Some(opened)
+                    Some(Ok(opened))
                 }
                 Ok(opened) => {
                     tracing::error!(
@@ -700,26 +689,27 @@ fn recover(paths: &DataPaths, config: &Config) -> Result<Recovered, store::Error
                     snapshots = Vec::new().into_iter();
                     None
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "refused a snapshot; trying an older one");
-                    refused += 1;
-                    continue;
-                }
+                Err(err) => Some(Err(err)),
             },
         };
-        match replay(config, &views, &segments, last_sealed, snapshot, started)? {
+        // A snapshot that does not open, or whose states turn out not to fit
+        // (after a replay over it), is refused.
+        let outcome = match snapshot.transpose() {
+            Ok(snapshot) => replay(config, &views, &segments, last_sealed, snapshot, started)?,
+            Err(err) => Err(err),
+        };
+        match outcome {
             Ok(replay) => break replay,
             Err(err) => {
-                tracing::error!(error = %err, "refused a snapshot; trying an older one");
+                store::report_refused(&err);
                 refused += 1;
             }
         }
     };
-    let missing: Vec<&str> = views
-        .iter()
-        .enumerate()
-        .filter(|(view, _)| replay.batch.epoch.is_some() && !replay.batch.has_view(*view))
-        .map(|(_, spec)| spec.name.as_str())
+    let missing: Vec<&str> = replay
+        .batch
+        .missing_views()
+        .map(|view| views[view].name.as_str())
         .collect();
     if !missing.is_empty() {
         tracing::warn!(views = ?missing, "the snapshot has no state for these views (new or changed): replaying them from the start of the log until a batch run covers them");

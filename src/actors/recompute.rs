@@ -539,6 +539,12 @@ impl Batch {
         self.epoch.is_some() && !self.missing.get(view).copied().unwrap_or(false)
     }
 
+    /// The views a snapshot holds no state for (none without a snapshot).
+    pub fn missing_views(&self) -> impl Iterator<Item = usize> + '_ {
+        let snapshot = self.epoch.is_some();
+        (0..self.missing.len()).filter(move |view| snapshot && self.missing[*view])
+    }
+
     /// Whether every view has its state here.
     pub fn is_complete(&self) -> bool {
         self.epoch.is_some() && !self.missing.contains(&true)

@@ -35,8 +35,8 @@ pub use segment::{
 };
 pub use snapshot::{
     FORMAT_VERSION, Loaded, OLDEST_READ_VERSION, SnapshotMeta, list_snapshots, load_newest,
-    map_snapshot_payload, read_snapshot, read_snapshot_payload, undecodable, verify_snapshot,
-    write_snapshot,
+    map_snapshot_payload, read_snapshot, read_snapshot_payload, report_none_usable, report_refused,
+    undecodable, verify_snapshot, write_snapshot,
 };
 
 use crate::event::{Epoch, Seq};

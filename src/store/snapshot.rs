@@ -489,16 +489,26 @@ pub fn load_newest<T: DeserializeOwned>(paths: &DataPaths) -> Result<Option<Load
                 }));
             }
             Err(err) => {
-                tracing::error!(error = %err, "refused a snapshot; trying an older one");
+                report_refused(&err);
                 refused.push(err);
             }
         }
     }
-    if !refused.is_empty() {
+    report_none_usable(refused.len());
+    Ok(None)
+}
+
+/// Logs a snapshot refused (`err` says why) before an older one is tried.
+pub fn report_refused(err: &Error) {
+    tracing::error!(error = %err, "refused a snapshot; trying an older one");
+}
+
+/// Logs that no snapshot was usable, if `refused` (> 0) were tried.
+pub fn report_none_usable(refused: usize) {
+    if refused > 0 {
         tracing::error!(
-            refused = refused.len(),
+            refused,
             "no usable snapshot: the next batch run recomputes from the master dataset"
         );
     }
-    Ok(None)
 }

@@ -1063,7 +1063,6 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
                     &config,
                     sealed,
                     tandem::actors::RunMode::Full,
-                    None,
                     &Default::default(),
                     pool,
                 )

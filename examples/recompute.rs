@@ -180,7 +180,6 @@ fn full(
             config,
             sealed,
             tandem::actors::RunMode::Full,
-            None,
             &Default::default(),
             pool,
         )?;
@@ -221,7 +220,6 @@ fn incremental(
         config,
         first,
         RunMode::Full,
-        None,
         &Progress::default(),
         pool,
     )?;
@@ -253,15 +251,7 @@ fn incremental(
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let progress = Progress::default();
         let started = std::time::Instant::now();
-        recompute(
-            paths,
-            config,
-            sealed,
-            RunMode::Incremental,
-            None,
-            &progress,
-            pool,
-        )?;
+        recompute(paths, config, sealed, RunMode::Incremental, &progress, pool)?;
         let took = started.elapsed().as_secs_f64();
         let (read, _) = progress.get();
         let (from_cache, from_master) = progress.views();
@@ -273,7 +263,6 @@ fn incremental(
             config,
             sealed,
             RunMode::Full,
-            None,
             &Progress::default(),
             pool,
         )?;

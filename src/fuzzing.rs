@@ -305,7 +305,7 @@ fn snapshot_of(version: u32, data: &[u8]) {
         payload_bytes: data.len() as u64,
         version: crate::store::FORMAT_VERSION,
     };
-    if let Ok(batch) = Batch::from_snapshot(&config.views, meta, decoded) {
+    if let Ok(batch) = Batch::from_snapshot(&config.views, meta, decoded, Default::default()) {
         for (spec, state) in config.views.iter().zip(&batch.views) {
             crate::aggregate::ViewIndex::build(spec, state);
         }

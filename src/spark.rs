@@ -20,16 +20,16 @@
 
 use crate::Config;
 use crate::actors::recompute::{
-    Batch, BatchStats, SealedEpochData, SnapshotData, SnapshotView, build_indexes,
-    spec_fingerprint, view_fingerprint,
+    Batch, BatchStats, SealedEpochData, SnapshotData, SnapshotView, StoredIds, build_indexes,
+    open_ids, spec_fingerprint, view_fingerprint,
 };
 use crate::aggregate::{
     Agg, DISTINCT_EXACT_LIMIT, Distinct, MetricState, Micros, QUANTILE_EXACT_LIMIT, Quantiles,
     ViewSpec, ViewState,
 };
-use crate::event::{Epoch, Need};
+use crate::event::{Epoch, Need, Seq};
 use crate::export;
-use crate::store::{self, DataPaths, SealedEpoch, SnapshotMeta};
+use crate::store::{self, DataPaths, IdIndex, SealedEpoch, SnapshotMeta};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row, RowAccessor};
 use serde::{Deserialize, Serialize};
@@ -258,7 +258,7 @@ pub struct Imported {
 /// # Errors
 /// See [`SparkError`]; nothing is written then.
 pub fn import(config: &Config, epoch: Epoch, from: &Path) -> Result<Imported, SparkError> {
-    let (meta, data, groups) = read_and_write(config, epoch, from)?;
+    let (meta, data, groups, _) = read_and_write(config, epoch, from)?;
     Ok(Imported {
         meta,
         stats: data.stats,
@@ -273,18 +273,23 @@ fn read_and_write(
     config: &Config,
     epoch: Epoch,
     from: &Path,
-) -> Result<(SnapshotMeta, SnapshotData<'static>, Vec<usize>), SparkError> {
-    let (data, groups) = read_output(config, epoch, from)?;
+) -> Result<(SnapshotMeta, SnapshotData<'static>, Vec<usize>, IdIndex), SparkError> {
+    let (mut data, groups) = read_output(config, epoch, from)?;
     let records = data.sealed.map_or(0, |sealed| sealed.next_seq);
+    let paths = DataPaths::new(&config.data_dir);
+    // The ids go to a level file, which the snapshot names.
+    let upto = Seq(data.sealed.map_or(0, |sealed| sealed.later_from));
+    let ids = open_ids(&paths, upto, &data.ids)?;
+    data.ids = StoredIds::Levels(ids.names());
     let meta = store::write_snapshot(
-        &DataPaths::new(&config.data_dir),
+        &paths,
         epoch,
         records,
         crate::now_ms(),
         &data,
         config.batch.keep_snapshots,
     )?;
-    Ok((meta, data, groups))
+    Ok((meta, data, groups, ids))
 }
 
 /// The daemon's batch run of `sealed` on Spark: writes the job under `dir`
@@ -441,11 +446,13 @@ fn remove_outputs(dir: &Path, epoch: Epoch) {
 
 /// [`import`], answering the batch to serve, its indexes built.
 fn import_batch(config: &Config, epoch: Epoch, from: &Path) -> Result<Batch, SparkError> {
-    let (meta, data, _) = read_and_write(config, epoch, from)?;
+    let (meta, data, _, ids) = read_and_write(config, epoch, from)?;
     let batch =
-        Batch::from_snapshot(&config.views, meta, data).map_err(|problem| SparkError::Invalid {
-            path: from.to_owned(),
-            problem,
+        Batch::from_snapshot(&config.views, meta, data, Arc::new(ids)).map_err(|problem| {
+            SparkError::Invalid {
+                path: from.to_owned(),
+                problem,
+            }
         })?;
     let states: Vec<&ViewState> = batch.views.iter().collect();
     if let Some(indexes) = build_indexes(&config.views, &states) {
@@ -565,7 +572,7 @@ pub fn read_output(
             later_from: sealed.later_from.0,
         }),
         took_ms: manifest.took_ms,
-        ids: ids.into(),
+        ids: StoredIds::Inline(ids.into()),
     };
     Ok((data, groups))
 }

@@ -93,6 +93,8 @@ fn write_fixture() {
         handle.stop().await;
     });
     std::fs::remove_file(dir.join("LOCK")).ok();
+    // The batch cache only saves a run work: not part of what a start reads.
+    std::fs::remove_dir_all(dir.join("cache")).ok();
 }
 
 fn metric(body: &Body, name: &str) -> Option<MetricValue> {
@@ -103,10 +105,18 @@ fn metric(body: &Body, name: &str) -> Option<MetricValue> {
 }
 
 #[test]
-fn a_data_dir_written_at_format_4_is_served_from_its_snapshot() {
+fn a_data_dir_written_at_format_5_is_served_from_its_snapshot() {
     if std::env::var("TANDEM_WRITE_FIXTURE").as_deref() == Ok("1") {
         write_fixture();
     }
+    serve_fixture(5, served_from_snapshot);
+}
+
+/// Format 4 held the ids in the snapshot's head (format 5 names the id
+/// level files under `ids/` that hold them): a start writes them as a level
+/// file, and the copy of event 7 after the snapshot is still not counted.
+#[test]
+fn a_data_dir_written_at_format_4_is_served_from_its_snapshot() {
     serve_fixture(4, served_from_snapshot);
 }
 

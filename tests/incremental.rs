@@ -22,7 +22,7 @@ use tandem::actors::recompute::{Batch, Progress, recompute};
 use tandem::actors::recompute_worker::with_pool;
 use tandem::aggregate::{Distinct, MetricState, MetricValue, Quantiles, ViewState};
 use tandem::event::Epoch;
-use tandem::store::{DataPaths, IdIndex, MasterLog, NewRecord, SealedEpoch};
+use tandem::store::{DataPaths, MasterLog, NewRecord, SealedEpoch};
 
 const BASE: &str = r#"
 data_dir = "unused"
@@ -203,28 +203,13 @@ fn config(views: &[&str], dir: &Path) -> Config {
     common::config(&format!("{BASE}{}", views.concat()), dir)
 }
 
-/// A run (extending `served`, the id index of the run before, as the daemon
-/// does), and which views it took from the cache and from the master dataset.
-fn run(
-    config: &Config,
-    store: &Store,
-    sealed: SealedEpoch,
-    mode: RunMode,
-    served: Option<&IdIndex>,
-) -> (Batch, (u64, u64)) {
+/// A run, and which views it took from the cache and from the master dataset.
+fn run(config: &Config, store: &Store, sealed: SealedEpoch, mode: RunMode) -> (Batch, (u64, u64)) {
     let progress = Progress::default();
     let config = std::sync::Arc::new(config.clone());
     // Three workers: most events are routed to the owners of their keys.
     let batch = with_pool(3, |pool| {
-        recompute(
-            &store.paths(),
-            &config,
-            sealed,
-            mode,
-            served,
-            &progress,
-            pool,
-        )
+        recompute(&store.paths(), &config, sealed, mode, &progress, pool)
     })
     .expect("batch run");
     (batch, progress.views())
@@ -325,7 +310,11 @@ fn assert_same(config: &Config, incremental: &Batch, full: &Batch) {
         "run counts"
     );
     assert_eq!(incremental.ids.upto(), full.ids.upto(), "id index");
-    assert_eq!(incremental.ids.sorted(), full.ids.sorted(), "id index");
+    assert_eq!(
+        incremental.ids.sorted().expect("ids"),
+        full.ids.sorted().expect("ids"),
+        "id index"
+    );
 }
 
 /// Both data_dirs, the records logged so far, and the stream.
@@ -334,8 +323,6 @@ struct Twin {
     full: Store,
     log: Vec<Logged>,
     stream: Stream,
-    /// The id index of the incremental data_dir's last run.
-    served: Option<std::sync::Arc<IdIndex>>,
 }
 
 impl Twin {
@@ -345,7 +332,6 @@ impl Twin {
             full: Store::new(),
             log: Vec::new(),
             stream: Stream::new(seed),
-            served: None,
         }
     }
 
@@ -368,16 +354,8 @@ impl Twin {
         // first record of the next epoch lies at it.
         let sealed = self.incremental.seal(epoch, later_from);
         assert_eq!(sealed, self.full.seal(epoch, later_from));
-        let served = self.served.take();
-        let (incremental, sources) = run(
-            config,
-            &self.incremental,
-            sealed,
-            RunMode::Incremental,
-            served.as_deref(),
-        );
-        let (full, _) = run(config, &self.full, sealed, RunMode::Full, None);
-        self.served = Some(std::sync::Arc::clone(&incremental.ids));
+        let (incremental, sources) = run(config, &self.incremental, sealed, RunMode::Incremental);
+        let (full, _) = run(config, &self.full, sealed, RunMode::Full);
         assert_same(config, &incremental, &full);
         assert_oracle(config, &self.log, epoch, &incremental);
         (incremental, sources)
@@ -500,18 +478,40 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
     let (_, sources) = twin.epoch(&config, 5, 1_500);
     assert_eq!(sources, (1, 1), "the damaged view from the master dataset");
 
+    // An id level the cache names, damaged: the run cannot dedup against
+    // it, so every view is recomputed (and a level written anew).
+    let (_, sources) = twin.epoch(&config, 6, 1_500);
+    assert_eq!(sources, (2, 0));
+    let levels: Vec<_> = std::fs::read_dir(paths.ids_dir())
+        .expect("ids/")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert!(!levels.is_empty());
+    for level in &levels {
+        let middle = std::fs::metadata(level).expect("stat").len() / 2;
+        common::xor_byte(level, middle, 0x40);
+    }
+    let (_, sources) = twin.epoch(&config, 7, 1_500);
+    assert_eq!(
+        sources,
+        (0, 2),
+        "without the id levels every view from the master dataset"
+    );
+    let (_, sources) = twin.epoch(&config, 8, 1_500);
+    assert_eq!(sources, (2, 0), "the levels are whole again");
+
     // A cut id file: nothing can be deduplicated against it, so every view is recomputed.
     let ids = paths.cache_ids();
     let file = std::fs::read(&ids).expect("read");
     std::fs::write(&ids, &file[..file.len() - 7]).expect("write");
-    let (_, sources) = twin.epoch(&config, 6, 1_500);
+    let (_, sources) = twin.epoch(&config, 9, 1_500);
     assert_eq!(
         sources,
         (0, 2),
         "without the ids every view from the master dataset"
     );
 
-    let (_, sources) = twin.epoch(&config, 7, 1_500);
+    let (_, sources) = twin.epoch(&config, 10, 1_500);
     assert_eq!(sources, (2, 0), "the cache is whole again");
 }
 

@@ -225,6 +225,45 @@ fn newest_snapshot_refused(damage: impl FnOnce(&std::path::Path, &std::path::Pat
 /// again (the snapshot's id index holds the first copy).
 #[test]
 fn a_redelivery_across_the_snapshot_is_not_counted_again_after_a_restart() {
+    redelivered_across_the_snapshot(|_| {});
+}
+
+/// The snapshot's id level damaged while the daemon was down: the start
+/// reads the ids again from the master dataset, and copies are still
+/// counted once, replayed and arriving after the restart.
+#[test]
+fn a_damaged_id_level_is_read_again_from_the_master_dataset() {
+    redelivered_across_the_snapshot(|dir| {
+        let levels: Vec<_> = std::fs::read_dir(dir.join("ids"))
+            .expect("ids/")
+            .map(|entry| entry.expect("entry").path())
+            .collect();
+        assert_eq!(levels.len(), 1, "{levels:?}");
+        let len = std::fs::metadata(&levels[0]).expect("stat").len();
+        common::xor_byte(&levels[0], len - 3, 0x10);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["inspect", "--data"])
+            .arg(dir)
+            .output()
+            .expect("run inspect");
+        let report = String::from_utf8_lossy(&out.stdout);
+        let name = levels[0].file_name().expect("name").to_string_lossy();
+        assert!(
+            report.contains(&format!("{name}  unusable"))
+                && report.contains("trailer crc mismatch"),
+            "{report}"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "recoverable, not damage: {report}"
+        );
+    });
+}
+
+/// One order, a batch run, the same order again; then `damage` to the
+/// stopped data_dir, a restart, and the same order a third time.
+fn redelivered_across_the_snapshot(damage: impl FnOnce(&std::path::Path)) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::config(CONFIG, dir.path());
     let order = br#"{"order_id":"o-x","ts":"2026-11-24T00:00:00Z","product_id":"p-x","amount":5,"user_id":"u-1","country":"DE"}"#;
@@ -247,9 +286,28 @@ fn a_redelivery_across_the_snapshot_is_not_counted_again_after_a_restart() {
         handle.stop().await;
         seen
     });
-    let (after, startup) = second_run(dir.path());
+    damage(dir.path());
+    let config = common::config(CONFIG, dir.path());
+    let (after, startup, again) = actix::System::new().block_on(async move {
+        let handle = tandem::start(config, Options::manual_epochs())
+            .await
+            .expect("restart");
+        let after = read_all(&handle).await;
+        // A third copy, decided by the Recorder against the index the start opened.
+        let durable = tandem::actors::source::Ingested::Durable;
+        assert_eq!(
+            handle.ingest(order.to_vec()).await.expect("ingest"),
+            durable
+        );
+        let again = read_all(&handle).await;
+        let startup = handle.startup();
+        handle.stop().await;
+        (after, startup, again)
+    });
+    assert!(startup.snapshot.is_some(), "served from the snapshot");
     assert_eq!(startup.replayed, 1, "the second copy is replayed");
     assert_eq!(after, before);
+    assert_eq!(again, before, "the third copy is not counted either");
     // The order counts once, in the batch layer.
     let orders = match &after[0] {
         Body::Metrics(totals) => totals.get("orders"),

@@ -20,7 +20,8 @@ use crate::config::{Config, HttpSource, SourceKind};
 use crate::event::{Epoch, Seq};
 use crate::metrics::{Metrics, Shared};
 use crate::store::{
-    self, DataDirLock, DataPaths, EpochIndex, FirstCopies, MasterLog, SealedEpoch, SnapshotMeta,
+    self, DataDirLock, DataPaths, EpochIndex, FirstCopies, IdIndex, MasterLog, SealedEpoch,
+    SnapshotMeta,
 };
 use actix::{Actor, Addr, Arbiter, AsyncContext};
 pub use recompute::RunMode;
@@ -32,7 +33,7 @@ use source::{
     SourceStats,
 };
 use speed::{SpeedPartition, SpeedState};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use supervisor::{RecomputeFailed, RunQuery, RunStatus, StartEpoch, Supervisor, WaitServed};
 use tokio::sync::oneshot;
@@ -464,6 +465,32 @@ struct Replay {
     replay_ms: u64,
 }
 
+/// The id index a snapshot names. One whose level files cannot be opened
+/// (removed since a newer snapshot was written, or damaged) is read again
+/// from the master dataset.
+fn snapshot_ids(
+    config: &Config,
+    path: &Path,
+    head: &SnapshotHead<'_>,
+    last_sealed: Option<SealedEpoch>,
+) -> Result<IdIndex, store::Error> {
+    let paths = DataPaths::new(&config.data_dir);
+    let upto = Seq(head.sealed.map_or(0, |sealed| sealed.later_from));
+    let err = match recompute::open_ids(&paths, upto, &head.ids) {
+        Ok(ids) => return Ok(ids),
+        Err(err) => err,
+    };
+    let Some(through) = last_sealed else {
+        return Err(err);
+    };
+    tracing::warn!(
+        snapshot = %path.display(),
+        error = %err,
+        "the snapshot's id levels cannot be read: the ids are read again from the master dataset"
+    );
+    recompute::rebuild_ids(&paths, upto, through)
+}
+
 /// Replays the log after `snapshot` (all of it without one) into fresh speed
 /// states, while the snapshot's states decode on a thread of their own.
 ///
@@ -485,7 +512,11 @@ fn replay(
             payload,
             states,
         }) => {
-            let (batch, placement) = Batch::from_head(views, meta, head);
+            let ids = match snapshot_ids(config, &path, &head, last_sealed) {
+                Ok(ids) => ids,
+                Err(err) => return Ok(Err(err)),
+            };
+            let (batch, placement) = Batch::from_head(views, meta, head, Arc::new(ids));
             (batch, path, Some((payload, states, placement)))
         }
         None => (Batch::default(), PathBuf::new(), None),
@@ -564,11 +595,19 @@ fn replay(
             if under_snapshot && missing.is_empty() {
                 continue;
             }
+            let mut unreadable = None;
             let read = store::scan_segment(segment, None, |header, raw| {
                 let first = if header.seq < from {
                     prefix.first(header.seq, header.id_hash)
                 } else {
                     first_copies.first(header.seq, header.id_hash)
+                };
+                let first = match first {
+                    Ok(first) => first,
+                    Err(err) => {
+                        unreadable.get_or_insert(err);
+                        return;
+                    }
                 };
                 let covered = batch.epoch.is_some_and(|covered| header.epoch <= covered);
                 if covered && missing.is_empty() {
@@ -583,8 +622,13 @@ fn replay(
                     apply(event, header.epoch, covered.then_some(missing.as_slice()));
                 }
             });
+            // The id index cannot be read: the start cannot decide first copies.
+            let read = match unreadable {
+                Some(err) => Err(err),
+                None => read.map(|_| ()),
+            };
             match read {
-                Ok(_) => {}
+                Ok(()) => {}
                 // A damaged segment wholly under the snapshot does not stop the
                 // start (the next batch run names it); the views replayed from the
                 // start lack its records meanwhile.
@@ -868,7 +912,6 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
     let n_sources = handles.len();
     let (recorder_paths, segment_max_bytes) = (paths.clone(), config.master.segment_max_bytes);
     let (recorder_shared, durable_write) = (Arc::clone(&shared), metrics.durable_write.clone());
-    let served_ids = Arc::clone(first_copies.index());
     let recorder = actix::Supervisor::start_in_arbiter(&recorder_thread.handle(), move |_| {
         Recorder::new(
             recorder_paths,
@@ -891,7 +934,7 @@ pub async fn start(config: Config, options: Options) -> Result<Handle, StartErro
         handles.clone(),
         serving.clone(),
         recorder.clone().recipient(),
-        (last_sealed, served, served_ids),
+        (last_sealed, served),
         interval,
         Arc::clone(&shared),
     );

@@ -12,8 +12,8 @@
 //! view states (skipping buckets a view's retention has dropped). Memory is
 //! the views, the distinct ids, one partition of the first pass and a few
 //! batches in flight. The ids of the records before `later_from` become the
-//! run's [`IdIndex`], stored in the snapshot: the Recorder's first-copy check
-//! for the records after it.
+//! run's [`IdIndex`] (level files under `ids/`, which the snapshot names):
+//! the Recorder's first-copy check for the records after it.
 
 use super::recompute_worker::{
     Begin, Credit, Finish, Flush, Part, Plan, Pool, Records, WorkBatch, flag,
@@ -127,8 +127,43 @@ pub struct SnapshotData<'a> {
     pub sealed: Option<SealedEpochData>,
     /// How long the run took, milliseconds.
     pub took_ms: u64,
-    /// The distinct ids of the records before `sealed.later_from`, sorted.
-    pub ids: std::borrow::Cow<'a, [u64]>,
+    /// The distinct ids of the records before `sealed.later_from`.
+    pub ids: StoredIds<'a>,
+}
+
+/// How a snapshot holds the distinct ids of the records before its `later_from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredIds<'a> {
+    /// The id level files under `ids/` that hold them (format 5 on).
+    Levels(Vec<String>),
+    /// The ids themselves, sorted (formats 3 and 4), stored as blocks of
+    /// little-endian bytes (a varint of a hash takes longer to decode, and
+    /// is no shorter).
+    Inline(#[serde(with = "fixed_width")] std::borrow::Cow<'a, [u64]>),
+}
+
+impl Default for StoredIds<'_> {
+    fn default() -> Self {
+        StoredIds::Levels(Vec::new())
+    }
+}
+
+impl StoredIds<'_> {
+    /// The same, borrowed.
+    pub fn borrowed(&self) -> StoredIds<'_> {
+        match self {
+            StoredIds::Levels(names) => StoredIds::Levels(names.clone()),
+            StoredIds::Inline(ids) => StoredIds::Inline(std::borrow::Cow::Borrowed(ids)),
+        }
+    }
+
+    /// The same, owned.
+    pub fn into_owned(self) -> StoredIds<'static> {
+        match self {
+            StoredIds::Levels(names) => StoredIds::Levels(names),
+            StoredIds::Inline(ids) => StoredIds::Inline(std::borrow::Cow::Owned(ids.into_owned())),
+        }
+    }
 }
 
 /// What a snapshot's payload stores before the views' states.
@@ -140,11 +175,8 @@ pub struct SnapshotHead<'a> {
     pub sealed: Option<SealedEpochData>,
     /// How long the run took, milliseconds.
     pub took_ms: u64,
-    /// The distinct ids of the records before `sealed.later_from`, sorted;
-    /// stored as little-endian bytes (a varint of a hash takes longer to
-    /// decode, and is no shorter).
-    #[serde(with = "fixed_width")]
-    pub ids: std::borrow::Cow<'a, [u64]>,
+    /// The distinct ids of the records before `sealed.later_from`.
+    pub ids: StoredIds<'a>,
     /// Each view's name and spec ([`SnapshotView::spec`]), in the order of
     /// the states that follow.
     pub views: Vec<(String, String)>,
@@ -253,7 +285,7 @@ impl SnapshotHead<'_> {
             stats: self.stats,
             sealed: self.sealed,
             took_ms: self.took_ms,
-            ids: std::borrow::Cow::Owned(self.ids.into_owned()),
+            ids: self.ids.into_owned(),
         })
     }
 }
@@ -264,7 +296,7 @@ impl Serialize for SnapshotData<'_> {
             stats: self.stats,
             sealed: self.sealed,
             took_ms: self.took_ms,
-            ids: std::borrow::Cow::Borrowed(&*self.ids),
+            ids: self.ids.borrowed(),
             views: self
                 .views
                 .iter()
@@ -288,7 +320,7 @@ impl SnapshotData<'_> {
             stats: self.stats,
             sealed: self.sealed,
             took_ms: self.took_ms,
-            ids: std::borrow::Cow::Owned(self.ids.into_owned()),
+            ids: self.ids.into_owned(),
             views,
         };
         (head, states)
@@ -297,7 +329,8 @@ impl SnapshotData<'_> {
 
 impl SnapshotData<'static> {
     /// Decodes a snapshot's payload of format `version` (format 3 stored the
-    /// views' states first and the head's fields after them).
+    /// views' states first and the head's fields after them; formats 3 and 4
+    /// held the ids themselves).
     ///
     /// # Errors
     /// The payload does not decode as that format.
@@ -324,8 +357,15 @@ impl SnapshotData<'static> {
                 stats,
                 sealed,
                 took_ms,
-                ids: std::borrow::Cow::Owned(ids),
+                ids: StoredIds::Inline(std::borrow::Cow::Owned(ids)),
             });
+        }
+        if version == 4 {
+            let (head, states) = postcard::from_bytes::<(V4Head, Vec<ViewState>)>(payload)?;
+            return head
+                .into_head()
+                .with_states(states)
+                .map_err(|_| postcard::Error::DeserializeBadEncoding);
         }
         postcard::from_bytes(payload)
     }
@@ -344,8 +384,36 @@ impl SnapshotData<'static> {
             let (head, states) = Self::decode(version, payload)?.into_parts();
             return Ok((head, StatesAfterHead::Decoded(states)));
         }
-        let (head, states) = postcard::take_from_bytes::<SnapshotHead<'static>>(payload)?;
+        let (head, states) = if version == 4 {
+            let (head, states) = postcard::take_from_bytes::<V4Head>(payload)?;
+            (head.into_head(), states)
+        } else {
+            postcard::take_from_bytes::<SnapshotHead<'static>>(payload)?
+        };
         Ok((head, StatesAfterHead::At(payload.len() - states.len())))
+    }
+}
+
+/// Format 4's head: the ids themselves.
+#[derive(Deserialize)]
+struct V4Head {
+    stats: BatchStats,
+    sealed: Option<SealedEpochData>,
+    took_ms: u64,
+    #[serde(with = "fixed_width")]
+    ids: std::borrow::Cow<'static, [u64]>,
+    views: Vec<(String, String)>,
+}
+
+impl V4Head {
+    fn into_head(self) -> SnapshotHead<'static> {
+        SnapshotHead {
+            stats: self.stats,
+            sealed: self.sealed,
+            took_ms: self.took_ms,
+            ids: StoredIds::Inline(self.ids),
+            views: self.views,
+        }
     }
 }
 
@@ -482,7 +550,8 @@ pub struct Batch {
 
 impl Batch {
     /// Views of a loaded snapshot, matched to the configured views by name and
-    /// fingerprint. A view that is new or whose spec changed is `missing`.
+    /// fingerprint, with `ids`, the index of the ids it names ([`open_ids`]).
+    /// A view that is new or whose spec changed is `missing`.
     /// Its `indexes` are left to the caller ([`build_indexes`]).
     ///
     /// # Errors
@@ -492,9 +561,10 @@ impl Batch {
         views: &[Arc<ViewSpec>],
         meta: SnapshotMeta,
         data: SnapshotData<'_>,
+        ids: Arc<IdIndex>,
     ) -> Result<Batch, String> {
         let (head, states) = data.into_parts();
-        let (mut batch, placement) = Batch::from_head(views, meta, head);
+        let (mut batch, placement) = Batch::from_head(views, meta, head, ids);
         batch.views = placement.place(views, states)?;
         Ok(batch)
     }
@@ -507,6 +577,7 @@ impl Batch {
         views: &[Arc<ViewSpec>],
         meta: SnapshotMeta,
         head: SnapshotHead<'_>,
+        ids: Arc<IdIndex>,
     ) -> (Batch, Placement) {
         let stored: Vec<Option<usize>> = views
             .iter()
@@ -527,7 +598,7 @@ impl Batch {
             stats: head.stats,
             took_ms: head.took_ms,
             later_from,
-            ids: Arc::new(id_index(Seq(later_from), head.ids.into_owned())),
+            ids,
             missing: stored.iter().map(Option::is_none).collect(),
         };
         let listed = head.views.len();
@@ -551,16 +622,46 @@ impl Batch {
     }
 }
 
-/// The index of a snapshot's ids, which every writer stores sorted and
-/// unique; ids that are not (a snapshot written by a bug, whose checksum
-/// holds) are sorted again rather than trusted, with a warning.
-fn id_index(upto: Seq, ids: Vec<u64>) -> IdIndex {
-    if ids.windows(2).all(|pair| pair[0] < pair[1]) {
-        IdIndex::from_sorted(upto, ids)
-    } else {
-        tracing::warn!("the snapshot's ids are not sorted and unique: sorted again");
-        IdIndex::new(upto, ids)
+/// The index of the ids of the records before `upto` as a snapshot stores
+/// them ([`StoredIds`]): its level files opened,
+/// or (formats 3 and 4, which hold the ids themselves) written as a level
+/// file under `paths`. Inline ids that are not sorted and unique (a
+/// snapshot written by a bug, whose checksum holds) are sorted again rather
+/// than trusted, with a warning.
+///
+/// # Errors
+/// A level file is missing, damaged or unreadable, or cannot be written.
+pub fn open_ids(paths: &DataPaths, upto: Seq, ids: &StoredIds<'_>) -> store::Result<IdIndex> {
+    match ids {
+        StoredIds::Levels(names) => IdIndex::open(paths, upto, names),
+        StoredIds::Inline(ids) if ids.windows(2).all(|pair| pair[0] < pair[1]) => {
+            let level = store::write_level(paths, Seq(0), upto, ids.iter().copied())?;
+            Ok(IdIndex::of_level(upto, level))
+        }
+        StoredIds::Inline(ids) => {
+            tracing::warn!("the snapshot's ids are not sorted and unique: sorted again");
+            IdIndex::new(paths, upto, ids.to_vec())
+        }
     }
+}
+
+/// The index of the ids of the records before `upto`, read again from the
+/// master dataset (up to `through`'s end, which lies past `upto`) in a
+/// pass over the records' headers.
+///
+/// # Errors
+/// The master dataset cannot be read, or the level file written.
+pub fn rebuild_ids(paths: &DataPaths, upto: Seq, through: SealedEpoch) -> store::Result<IdIndex> {
+    let copies = store::find_copies(
+        paths,
+        Seq(0),
+        through.end,
+        upto,
+        &IdIndex::default(),
+        through.next_seq.0,
+        store::PARTITION_ENTRIES,
+    )?;
+    Ok(IdIndex::of_level(upto, copies.first_ids))
 }
 
 /// The index of each view's state, built on threads of their own (the caller
@@ -634,17 +735,18 @@ pub enum RunMode {
     Full,
 }
 
-/// `cache/ids.bin`: the distinct ids of the records before `upto`, what the
-/// runs counted of those records, and when a run last read every record.
+/// `cache/ids.bin`: the id level files of the records before `upto`, what
+/// the runs counted of those records, and when a run last read every record.
 #[derive(Debug, Serialize, Deserialize)]
-struct CachedIds<'a> {
+struct CachedIds {
     upto: u64,
     /// [`anchor`] of the record at `upto - 1` (0 when `upto` is 0): the cache
     /// is used only on the log it was built from.
     anchor: u32,
     stats: BatchStats,
     full_at_ms: i64,
-    ids: std::borrow::Cow<'a, [u64]>,
+    /// [`IdIndex::names`].
+    levels: Vec<String>,
 }
 
 /// `cache/view-<name>.bin`: one view's state over the records before
@@ -661,8 +763,8 @@ struct CachedView<'a> {
 struct Start {
     /// The records before this seq are in the cached states (0: none is).
     upto: u64,
-    /// Their distinct ids, sorted (only when the run reads from `upto`).
-    ids: Option<Vec<u64>>,
+    /// Their distinct ids (only when the run reads from `upto`).
+    ids: Option<IdIndex>,
     /// [`anchor`] of the record at `upto - 1`, as the cache was built.
     anchor: u32,
     /// What earlier runs counted of them.
@@ -691,7 +793,9 @@ impl Start {
     /// the same fingerprint, over the same records as the id file, with a
     /// retention cutoff no later than the run's. Anything else is logged and
     /// left to the master dataset; so is everything once the last run that
-    /// read every record is `batch.full_run_every` old.
+    /// read every record is `batch.full_run_every` old. The id levels are
+    /// opened (and so checked whole) by every run: one damaged since, even
+    /// while the daemon had it open, is never read.
     fn load(
         paths: &DataPaths,
         config: &Config,
@@ -701,7 +805,7 @@ impl Start {
     ) -> Start {
         let views = config.views.len();
         let due = i64::try_from(config.batch.full_run_every.as_millis()).unwrap_or(i64::MAX);
-        let ids = match store::read_cache::<CachedIds<'static>>(&paths.cache_ids()) {
+        let ids = match store::read_cache::<CachedIds>(&paths.cache_ids()) {
             Ok(Some(ids)) if now_ms.saturating_sub(ids.full_at_ms) >= due => {
                 tracing::info!(
                     last_ms = ids.full_at_ms,
@@ -762,10 +866,21 @@ impl Start {
             return Start::empty(views);
         }
         let upto = ids.upto;
+        // Read from `upto`, a run dedups against these; from the start, it sees them again.
+        let index = if every {
+            match IdIndex::open(paths, Seq(upto), &ids.levels) {
+                Ok(index) => Some(index),
+                Err(err) => {
+                    tracing::warn!(error = %err, "every view from the master dataset");
+                    return Start::empty(views);
+                }
+            }
+        } else {
+            None
+        };
         Start {
             upto,
-            // Read from `upto`, a run dedups against these; from the start, it sees them again.
-            ids: every.then(|| ids.ids.into_owned()),
+            ids: index,
             anchor: ids.anchor,
             stats: if every {
                 ids.stats
@@ -821,9 +936,7 @@ pub fn view_fingerprint(config: &Config, spec: &ViewSpec) -> String {
 
 /// Rebuilds every view over epochs <= `sealed.epoch` and writes the
 /// snapshot, publishing how far it has read in `progress`. `mode` says
-/// whether the batch cache may be used; it is written either way. `earlier`,
-/// the id index served now, is extended with the ids the run saw first when
-/// it covers the records the cache does (else the run's index is built anew).
+/// whether the batch cache may be used; it is written either way.
 ///
 /// # Errors
 /// The master dataset cannot be read (corruption is named with segment and
@@ -833,7 +946,6 @@ pub fn recompute(
     config: &Arc<Config>,
     sealed: SealedEpoch,
     mode: RunMode,
-    earlier: Option<&IdIndex>,
     progress: &Progress,
     pool: &Pool,
 ) -> Result<Batch, RecomputeError> {
@@ -842,6 +954,7 @@ pub fn recompute(
     let built = build_views(paths, config, sealed, mode, pool, now, progress)?;
     let took_ms = started.elapsed().as_millis() as u64;
     let stats = built.stats;
+    let levels = built.ids.names();
     let data = SnapshotData {
         views: config
             .views
@@ -864,14 +977,14 @@ pub fn recompute(
             later_from: sealed.later_from.0,
         }),
         took_ms,
-        ids: std::borrow::Cow::Borrowed(&built.ids),
+        ids: StoredIds::Levels(levels.clone()),
     };
     crate::faults::crash_point("recompute.mid_run");
-    // The indexes and the id filter are built while the snapshot (and the
-    // batch cache, when it holds the same states) is written and fsynced.
+    // The indexes are built while the snapshot (and the batch cache, when
+    // it holds the same states) is written and fsynced.
     let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
     let writing = std::time::Instant::now();
-    let (meta, indexes, ids) = std::thread::scope(|scope| {
+    let (meta, indexes) = std::thread::scope(|scope| {
         let write = scope.spawn(|| {
             let keep = config.batch.keep_snapshots;
             store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
@@ -881,16 +994,6 @@ pub fn recompute(
                 write_cache(paths, config, sealed, &states, &built.ids, cache);
             }
         });
-        // An index extended by the new ids, or the filter of all of them
-        // (the list itself is moved into the index once the files are written).
-        let ids = scope.spawn(|| match (earlier, &built.extends) {
-            (Some(earlier), Some((from, later)))
-                if earlier.upto() == *from && earlier.len() + later.len() == built.ids.len() =>
-            {
-                Ok(earlier.extended(sealed.later_from, later.clone()))
-            }
-            _ => Err(store::IdFilter::of(&built.ids)),
-        });
         let indexes = build_indexes(&config.views, &states);
         let meta = write
             .join()
@@ -898,20 +1001,19 @@ pub fn recompute(
         cache
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the batch cache"))?;
-        let ids = ids
-            .join()
-            .map_err(|_| RecomputeError::Panicked("building the id index"))?;
-        Ok::<_, RecomputeError>((meta?, indexes, ids))
+        Ok::<_, RecomputeError>((meta?, indexes))
     })?;
+    // The snapshot and the cache name these levels; an older snapshot's,
+    // should a start fall back to it, are read again from the master dataset.
+    if let Err(err) = store::remove_other_levels(paths, &levels) {
+        tracing::warn!(error = %err, "cannot remove the id levels no longer used");
+    }
     tracing::info!(
         epoch = %sealed.epoch,
         ms = writing.elapsed().as_millis() as u64,
         "batch run wrote its snapshot and built its indexes"
     );
     let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
-    let ids = ids.unwrap_or_else(|filter| {
-        IdIndex::from_sorted_filtered(sealed.later_from, built.ids, filter)
-    });
     Ok(Batch {
         epoch: Some(sealed.epoch),
         missing: vec![false; views.len()],
@@ -921,7 +1023,7 @@ pub fn recompute(
         stats,
         took_ms,
         later_from: sealed.later_from.0,
-        ids: Arc::new(ids),
+        ids: Arc::new(built.ids),
     })
 }
 
@@ -931,11 +1033,8 @@ pub struct Built {
     pub views: Vec<ViewState>,
     /// The run's counts.
     pub stats: BatchStats,
-    /// The distinct ids of the records before `later_from`, sorted.
-    pub ids: Vec<u64>,
-    /// When the run read from the batch cache's end: that seq, and the ids
-    /// first seen since (sorted), which extend an index of the ids before it.
-    extends: Option<(Seq, Vec<u64>)>,
+    /// The distinct ids of the records before `later_from`.
+    pub ids: IdIndex,
     /// The batch cache still to write from `views` (no record after
     /// `later_from` added to them, so they are the cache's states); `None`
     /// when it is written already.
@@ -1075,12 +1174,9 @@ pub fn build_views(
             state.retain_from(spec, *cutoff);
         }
     }
-    let (ids, extends) = match start.ids {
-        Some(earlier) => (
-            store::merge_sorted(&earlier, &new_ids),
-            Some((Seq(start.upto), new_ids)),
-        ),
-        None => (new_ids, None),
+    let ids = match &start.ids {
+        Some(earlier) => earlier.extended(paths, sealed.later_from, new_ids)?,
+        None => IdIndex::of_level(sealed.later_from, new_ids),
     };
     let mut cache = Some(CacheContents {
         anchor: new_anchor,
@@ -1113,7 +1209,6 @@ pub fn build_views(
         views,
         stats,
         ids,
-        extends,
         cache,
     })
 }
@@ -1176,7 +1271,7 @@ fn write_cache(
     config: &Config,
     sealed: SealedEpoch,
     views: &[&ViewState],
-    ids: &[u64],
+    ids: &IdIndex,
     cache: &CacheContents,
 ) {
     let upto = sealed.later_from.0;
@@ -1188,7 +1283,7 @@ fn write_cache(
             anchor: cache.anchor,
             stats: cache.stats,
             full_at_ms: cache.full_at_ms,
-            ids: std::borrow::Cow::Borrowed(ids),
+            levels: ids.names(),
         },
     );
     for ((spec, state), cutoff) in config.views.iter().zip(views).zip(&cache.cutoffs) {
@@ -1209,7 +1304,7 @@ fn write_cache(
 
 /// The reader: streams records in log order from where `start` says, dedups
 /// over all of `[0, end)`, keeps epochs <= the sealed one, feeds the workers;
-/// returns the ids first seen in what it read before `later_from`, and the
+/// returns the level of the ids first seen in what it read before `later_from`, and the
 /// [`anchor`] of the record before `later_from`; `None` when the record
 /// before the cache's end is not the one the cache was built on. Counts go
 /// to `stats`: `[0]` those before `later_from`, `[1]` those after.
@@ -1220,7 +1315,7 @@ fn read_survivors(
     send: &mut impl FnMut(WorkBatch) -> bool,
     stats: &mut [BatchStats; 2],
     progress: &Progress,
-) -> Result<Option<(Vec<u64>, u32)>, store::Error> {
+) -> Result<Option<(Option<store::Level>, u32)>, store::Error> {
     let from = start.read_from();
     // From the cache's end, its last record first: the anchor that ties the cache to this log.
     let anchored = start.ids.is_some() && from > 0;
@@ -1235,7 +1330,7 @@ fn read_survivors(
         Seq(from),
         sealed.end,
         sealed.later_from,
-        start.ids.as_deref().unwrap_or_default(),
+        start.ids.as_ref().unwrap_or(&IdIndex::default()),
         total,
         store::PARTITION_ENTRIES,
     )?;

@@ -252,7 +252,9 @@ impl Recorder {
             let read = store::scan_segment(segment, None, |header, _| {
                 if header.seq >= from {
                     tracing::warn!(seq = %header.seq, "a record of a failed commit survived; the batch layer counts it");
-                    first_copies.first(header.seq, header.id_hash);
+                    if let Err(err) = first_copies.first(header.seq, header.id_hash) {
+                        tracing::error!(error = %err, "cannot read the id index: the record is counted as a first copy");
+                    }
                 }
             });
             if let Err(err) = read {
@@ -311,22 +313,35 @@ impl Handler<Append> for Recorder {
 
     fn handle(&mut self, msg: Append, ctx: &mut Self::Context) {
         let epoch = msg.epoch;
-        let (first, next) = self.log.stage(msg.records.iter().map(|record| NewRecord {
+        // First copies are decided before anything is staged: a lookup that
+        // cannot read the id index refuses the batch (the source sends it
+        // again), and its decisions are taken back.
+        let first = self.log.staged_seq();
+        let mark = self.first_copies.mark();
+        let mut repeats = Vec::new();
+        for (i, record) in (0u32..).zip(&msg.records) {
+            match self
+                .first_copies
+                .first(Seq(first.0 + u64::from(i)), record.id_hash)
+            {
+                Ok(true) => {}
+                Ok(false) => repeats.push(i),
+                Err(err) => {
+                    self.first_copies.rollback_to(mark);
+                    tracing::error!(error = %err, "cannot read the id index: the batch is refused");
+                    msg.reply.send(Err(Arc::new(err))).ok();
+                    return;
+                }
+            }
+        }
+        let (staged, next) = self.log.stage(msg.records.iter().map(|record| NewRecord {
             epoch,
             ingest_ms: record.ingest_ms,
             event_ms: record.event_ms,
             id_hash: record.id_hash,
             raw: &record.raw,
         }));
-        let repeats = (0u32..)
-            .zip(&msg.records)
-            .filter(|(i, record)| {
-                !self
-                    .first_copies
-                    .first(Seq(first.0 + u64::from(*i)), record.id_hash)
-            })
-            .map(|(i, _)| i)
-            .collect();
+        debug_assert_eq!(staged, first);
         self.waiting.push((
             msg.reply,
             Durable {

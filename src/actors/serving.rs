@@ -295,7 +295,7 @@ impl Reader {
         if let Some(batch) = held(&self.older.lock().unwrap_or_else(PoisonError::into_inner)) {
             return Ok(batch);
         }
-        let (meta, mut data) = match read_snapshot_data(&path) {
+        let (meta, data) = match read_snapshot_data(&path) {
             Ok(read) => read,
             Err(err) => {
                 // Pruned by a batch run since it was listed: no longer kept.
@@ -306,10 +306,9 @@ impl Reader {
                 });
             }
         };
-        // Only the served snapshot's ids decide first copies.
-        data.ids = std::borrow::Cow::Owned(Vec::new());
+        // Only the served snapshot's ids decide first copies: this one's are not opened.
         let batch = Arc::new(
-            Batch::from_snapshot(&self.views, meta, data).map_err(|reason| {
+            Batch::from_snapshot(&self.views, meta, data, Arc::default()).map_err(|reason| {
                 QueryError::Unreadable {
                     epoch,
                     reason: format!("{}: {reason}", path.display()),

@@ -23,7 +23,7 @@ use super::source::SourceHandle;
 use crate::config::{BatchEngine, Config};
 use crate::event::Epoch;
 use crate::metrics::Shared;
-use crate::store::{DataPaths, IdIndex, SealedEpoch};
+use crate::store::{DataPaths, SealedEpoch};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
     WrapFuture,
@@ -114,8 +114,6 @@ pub struct Supervisor {
     running: bool,
     /// The next run computes every view from the whole master dataset.
     full_next: bool,
-    /// The id index of the snapshot served: the next run extends it.
-    served_ids: Arc<IdIndex>,
     /// The newest sealed epoch no run has covered yet.
     pending: Option<SealedEpoch>,
     sealed: Option<Epoch>,
@@ -161,7 +159,7 @@ impl Supervisor {
         sources: Vec<SourceHandle>,
         serving: Addr<Serving>,
         id_index_to: Recipient<IdIndexReady>,
-        (last_sealed, served, served_ids): (Option<SealedEpoch>, Option<Epoch>, Arc<IdIndex>),
+        (last_sealed, served): (Option<SealedEpoch>, Option<Epoch>),
         interval: Option<Duration>,
         shared: Arc<Shared>,
     ) -> Supervisor {
@@ -178,7 +176,6 @@ impl Supervisor {
             id_index_to,
             running: false,
             full_next: false,
-            served_ids,
             pending,
             sealed: last_sealed.map(|sealed| sealed.epoch),
             served,
@@ -264,7 +261,7 @@ impl Supervisor {
             RunMode::Incremental
         };
         let (paths, config) = (self.paths.clone(), Arc::clone(&self.config));
-        let (shared, earlier) = (Arc::clone(&self.shared), Arc::clone(&self.served_ids));
+        let shared = Arc::clone(&self.shared);
         let pool = self.pool.clone();
         shared.recompute_progress.start(sealed.next_seq.0);
         tracing::info!(epoch = %sealed.epoch, records = sealed.next_seq.0, ?mode, "batch run started");
@@ -275,7 +272,6 @@ impl Supervisor {
                     &config,
                     sealed,
                     mode,
-                    Some(&earlier),
                     &shared.recompute_progress,
                     &pool,
                 )
@@ -473,7 +469,6 @@ impl Handler<RunFinished> for Supervisor {
                 self.shared
                     .recompute_failing_since_ms
                     .store(0, Ordering::Relaxed);
-                self.served_ids = Arc::clone(&batch.ids);
                 self.id_index_to
                     .do_send(IdIndexReady(Arc::clone(&batch.ids)));
                 // Waiters hear of the snapshot once Serving has swapped it

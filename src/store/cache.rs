@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMCACH";
 /// The payload format this build writes and reads.
-pub const CACHE_FORMAT_VERSION: u32 = 2;
+pub const CACHE_FORMAT_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 32;
 
 /// Writes one cache file atomically.
@@ -132,19 +132,11 @@ fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
 /// # Errors
 /// I/O errors listing the directory.
 pub fn list_cache(paths: &DataPaths) -> Result<Vec<PathBuf>> {
-    let dir = paths.cache_dir();
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(Error::io("list", &dir, source)),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::io("list", &dir, source))?;
-        if !entry.file_name().to_str().is_some_and(paths::is_tmp_name) {
-            found.push(entry.path());
-        }
-    }
+    let mut found: Vec<PathBuf> = super::list_dir(&paths.cache_dir())?
+        .into_iter()
+        .filter(|(name, _)| !paths::is_tmp_name(name))
+        .map(|(_, path)| path)
+        .collect();
     found.sort();
     Ok(found)
 }

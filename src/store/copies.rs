@@ -14,8 +14,11 @@
 //!
 //! Memory: one partition (16 bytes an entry, at most [`PARTITION_ENTRIES`]
 //! of them), a write buffer per partition, and the answer: the later
-//! copies' seqs (8 bytes each) and the ids first seen (8 bytes each).
+//! copies' seqs (8 bytes each). The ids first seen go, in order, to a level
+//! file (`store::levels`), whose filters alone stay in memory.
 
+use super::ids::IdIndex;
+use super::levels::{Level, LevelWriter};
 use super::paths::TMP_SUFFIX;
 use super::segment::{LogPosition, scan_log_from};
 use super::{DataPaths, Error, Result};
@@ -33,18 +36,19 @@ const BUFFER_BYTES: usize = 64 << 10;
 const ENTRY_BYTES: usize = 16;
 
 /// The later copies among the records of a stretch of the log.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Copies {
     /// The seqs of the records that hold a copy of an id that an earlier
     /// record holds, ascending.
     pub later: Vec<u64>,
-    /// The ids whose first copy is in the stretch and before `upto`, sorted.
-    pub first_ids: Vec<u64>,
+    /// The level of the ids whose first copy is in the stretch and before
+    /// `upto` (`None`: there are none).
+    pub first_ids: Option<Level>,
 }
 
 /// The later copies among the records from `from` to `end`, where `earlier`
-/// (sorted and unique) are the ids of the records before `from`, and the
-/// ids first seen from `from` up to `upto`. `records` (how many records the
+/// holds the ids of the records before `from`, and the level of the ids
+/// first seen from `from` up to `upto` (written under `paths`). `records` (how many records the
 /// stretch holds, at most) sizes the partitions, each kept within
 /// `partition_entries`. Records without an id (0) are never copies.
 ///
@@ -56,7 +60,7 @@ pub fn find_copies(
     from: Seq,
     end: LogPosition,
     upto: Seq,
-    earlier: &[u64],
+    earlier: &IdIndex,
     records: u64,
     partition_entries: u64,
 ) -> Result<Copies> {
@@ -83,42 +87,51 @@ pub fn find_copies(
     if let Some(err) = failed {
         return Err(err);
     }
-    let mut copies = Copies {
-        later: Vec::new(),
-        first_ids: Vec::with_capacity(before_upto),
+    let mut later = Vec::new();
+    // Partitions are ranges of hash in order: their first ids come out sorted.
+    let mut first_ids = match before_upto {
+        0 => None,
+        n => Some(LevelWriter::create(paths, from, upto, n as u64)?),
     };
     let mut entries = Vec::new();
     for part in 0..spill.parts() {
         spill.read(part, &mut entries)?;
-        let (low, high) = spill.hash_range(part);
-        let earlier = &earlier[earlier.partition_point(|id| *id < low)..];
-        let earlier = &earlier[..high.map_or(earlier.len(), |high| {
-            earlier.partition_point(|id| *id < high)
-        })];
-        sift(&mut entries, earlier, upto, &mut copies);
+        sift(&mut entries, earlier, upto, &mut later, first_ids.as_mut())?;
     }
-    copies.later.sort_unstable();
-    Ok(copies)
+    later.sort_unstable();
+    let first_ids = match first_ids {
+        Some(writer) => Some(writer.finish()?).filter(|level| !level.is_empty()),
+        None => None,
+    };
+    Ok(Copies { later, first_ids })
 }
 
-/// Sorts one partition's (id, seq) entries and adds what they show to `copies`.
-fn sift(entries: &mut [(u64, u64)], earlier: &[u64], upto: Seq, copies: &mut Copies) {
+/// Sorts one partition's (id, seq) entries: the seqs of later copies go to
+/// `later`, the ids first seen before `upto` to `first_ids`.
+fn sift(
+    entries: &mut [(u64, u64)],
+    earlier: &IdIndex,
+    upto: Seq,
+    later: &mut Vec<u64>,
+    mut first_ids: Option<&mut LevelWriter>,
+) -> Result<()> {
     entries.sort_unstable();
-    let mut earlier = earlier.iter().peekable();
     let mut previous = None;
     for &(id, seq) in entries.iter() {
         if previous == Some(id) {
-            copies.later.push(seq);
+            later.push(seq);
             continue;
         }
         previous = Some(id);
-        while earlier.next_if(|known| **known < id).is_some() {}
-        if earlier.peek().is_some_and(|known| **known == id) {
-            copies.later.push(seq);
-        } else if seq < upto.0 {
-            copies.first_ids.push(id);
+        if earlier.contains(id)? {
+            later.push(seq);
+        } else if seq < upto.0
+            && let Some(first_ids) = first_ids.as_deref_mut()
+        {
+            first_ids.push(id)?;
         }
     }
+    Ok(())
 }
 
 /// The partitions of one pass: in memory when there is one, else files.
@@ -167,17 +180,6 @@ impl Spill {
         match self {
             Spill::Memory(_) => 1,
             Spill::Files { files, .. } => files.len() as u64,
-        }
-    }
-
-    /// The hashes partition `part` holds: from the first, up to the second (or the end).
-    fn hash_range(&self, part: u64) -> (u64, Option<u64>) {
-        match self {
-            Spill::Memory(_) => (0, None),
-            Spill::Files { shift, files } => {
-                let last = part + 1 == files.len() as u64;
-                (part << shift, (!last).then(|| (part + 1) << shift))
-            }
         }
     }
 
@@ -244,22 +246,23 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashSet;
 
-    /// The first copy of each id in log order, one record at a time.
-    fn oracle(ids: &[u64], from: usize, upto: usize) -> Copies {
+    /// The first copy of each id in log order, one record at a time: the
+    /// later copies' seqs, and the ids first seen before `upto`, sorted.
+    fn oracle(ids: &[u64], from: usize, upto: usize) -> (Vec<u64>, Vec<u64>) {
         let mut seen: HashSet<u64> = ids[..from].iter().copied().filter(|id| *id != 0).collect();
-        let mut copies = Copies::default();
+        let (mut later, mut first_ids) = (Vec::new(), Vec::new());
         for (seq, id) in ids.iter().enumerate().skip(from) {
             if *id == 0 {
                 continue;
             }
             if !seen.insert(*id) {
-                copies.later.push(seq as u64);
+                later.push(seq as u64);
             } else if seq < upto {
-                copies.first_ids.push(*id);
+                first_ids.push(*id);
             }
         }
-        copies.first_ids.sort_unstable();
-        copies
+        first_ids.sort_unstable();
+        (later, first_ids)
     }
 
     proptest! {
@@ -293,9 +296,7 @@ mod tests {
                     raw: b"{}",
                 }))
                 .expect("append");
-            let mut earlier: Vec<u64> = ids[..from].iter().copied().filter(|id| *id != 0).collect();
-            earlier.sort_unstable();
-            earlier.dedup();
+            let earlier = IdIndex::new(&paths, Seq(from as u64), ids[..from].to_vec()).expect("earlier");
             let found = find_copies(
                 &paths,
                 Seq(from as u64),
@@ -306,7 +307,11 @@ mod tests {
                 partition_entries,
             )
             .expect("pass");
-            prop_assert_eq!(found, oracle(&ids, from, upto));
+            let first_ids = match &found.first_ids {
+                Some(level) => level.ids().collect::<Result<Vec<u64>>>().expect("ids"),
+                None => Vec::new(),
+            };
+            prop_assert_eq!((found.later, first_ids), oracle(&ids, from, upto));
             let left: Vec<_> = fs::read_dir(paths.cache_dir())
                 .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
                 .unwrap_or_default();

@@ -5,26 +5,27 @@
 //! reply names the copies that are not first, and the speed layer skips them).
 //! The Recorder knows every id in the log (after a restart of its own it
 //! reads back the ids of records a failed commit left): the records before a batch run's
-//! `later_from` through that run's [`IdIndex`] (sorted ids behind a binary fuse
-//! filter, about 9 bytes per distinct id), and the records from there on
+//! `later_from` through that run's [`IdIndex`] (sorted ids in level files
+//! behind binary fuse filters, about 1.1 bytes per distinct id in memory), and the records from there on
 //! through [`FirstCopies`]' own set, which a newer index empties again.
 
+use super::levels::{Level, merge_levels, write_level};
+use super::{DataPaths, Result};
 use crate::event::Seq;
 use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use xorf::{BinaryFuse8, Filter};
 
 /// The distinct ids of the records before `upto`; immutable once built.
 ///
-/// Held as a few levels, each sorted ids behind their filter: a batch run
-/// adds the ids it saw first as a new level over the levels of the index
-/// before it, shared, rather than rebuilding a filter over every id. A new
-/// level is merged into the one below while it is at least a quarter of its
-/// size (and the newest two are merged past [`MAX_LEVELS`]), so a lookup
-/// probes a handful of filters, and an id is rebuilt into a filter a
-/// logarithmic number of times over the life of the data.
-#[derive(Default)]
+/// Held as a few levels, each a level file (`store::levels`: sorted ids on
+/// disk behind filters in memory): a batch run adds the ids it saw first
+/// as a new level over the levels of the index before it, shared, rather
+/// than rewriting every id. A new level is merged into the one below while
+/// it is at least a quarter of its size (and the newest two are merged past
+/// [`MAX_LEVELS`]), so a lookup probes a handful of filters, and an id is
+/// rewritten a logarithmic number of times over the life of the data.
+#[derive(Default, Clone)]
 pub struct IdIndex {
     upto: Seq,
     /// Oldest (largest) first; no id in two of them.
@@ -34,115 +35,94 @@ pub struct IdIndex {
 /// The most levels an index keeps.
 pub const MAX_LEVELS: usize = 6;
 
-/// Sorted, unique ids behind a binary fuse filter.
-struct Level {
-    sorted: Vec<u64>,
-    /// In front of `sorted`: an id it rules out (99.6% of new ids) costs no search.
-    /// `None` if the filter could not be built.
-    filter: Option<BinaryFuse8>,
-}
-
-/// The filter of a level, built apart from the level (from a borrowed list,
-/// while the list is still written elsewhere).
-pub struct IdFilter(Option<BinaryFuse8>);
-
-impl IdFilter {
-    /// The filter of `sorted` (sorted and unique).
-    pub fn of(sorted: &[u64]) -> IdFilter {
-        // The keys are unique, for which construction does not fail; were it
-        // to, the search alone is still exact.
-        IdFilter(if sorted.is_empty() {
-            None
-        } else {
-            BinaryFuse8::try_from(sorted).ok()
-        })
-    }
-}
-
-impl Level {
-    fn new(sorted: Vec<u64>) -> Level {
-        let IdFilter(filter) = IdFilter::of(&sorted);
-        Level { sorted, filter }
-    }
-
-    fn contains(&self, id: u64) -> bool {
-        if self
-            .filter
-            .as_ref()
-            .is_some_and(|filter| !filter.contains(&id))
-        {
-            return false;
-        }
-        self.sorted.binary_search(&id).is_ok()
-    }
-}
-
 impl std::fmt::Debug for IdIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdIndex")
             .field("upto", &self.upto)
             .field("ids", &self.len())
-            .field("levels", &self.levels.len())
+            .field("levels", &self.names())
             .finish()
     }
 }
 
 impl IdIndex {
-    /// The index of `ids`, the ids of every record before `upto` (in any order,
-    /// repeats allowed).
-    pub fn new(upto: Seq, mut ids: Vec<u64>) -> IdIndex {
+    /// No id, covering the records before `upto` (none of which has one).
+    pub fn empty(upto: Seq) -> IdIndex {
+        IdIndex {
+            upto,
+            levels: Vec::new(),
+        }
+    }
+
+    /// The index of `ids`, the ids of every record before `upto` (in any
+    /// order, repeats allowed), written as one level file under `paths`.
+    ///
+    /// # Errors
+    /// The level file cannot be written.
+    pub fn new(paths: &DataPaths, upto: Seq, mut ids: Vec<u64>) -> Result<IdIndex> {
         ids.sort_unstable();
         ids.dedup();
-        IdIndex::from_sorted(upto, ids)
+        ids.retain(|id| *id != 0);
+        let level = write_level(paths, Seq(0), upto, ids.into_iter())?;
+        Ok(IdIndex::of_level(upto, level))
     }
 
-    /// The index of `sorted`, already sorted and unique, in one level.
-    pub fn from_sorted(upto: Seq, sorted: Vec<u64>) -> IdIndex {
-        let levels = if sorted.is_empty() {
-            Vec::new()
-        } else {
-            vec![Arc::new(Level::new(sorted))]
-        };
-        IdIndex { upto, levels }
+    /// The index of one level (or of none) covering the records before `upto`.
+    pub fn of_level(upto: Seq, level: Option<Level>) -> IdIndex {
+        IdIndex {
+            upto,
+            levels: level.into_iter().map(Arc::new).collect(),
+        }
     }
 
-    /// The index of `sorted` (sorted and unique) in one level, with its
-    /// filter built already ([`IdFilter::of`] the same ids).
-    pub fn from_sorted_filtered(upto: Seq, sorted: Vec<u64>, filter: IdFilter) -> IdIndex {
-        let levels = if sorted.is_empty() {
-            Vec::new()
-        } else {
-            vec![Arc::new(Level {
-                sorted,
-                filter: filter.0,
-            })]
-        };
-        IdIndex { upto, levels }
+    /// Opens the level files `names` (as [`IdIndex::names`] gave them), the
+    /// index of the records before `upto`.
+    ///
+    /// # Errors
+    /// A level file is missing, damaged or unreadable (named).
+    pub fn open(paths: &DataPaths, upto: Seq, names: &[String]) -> Result<IdIndex> {
+        let levels = names
+            .iter()
+            .map(|name| Level::open(paths, name).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(IdIndex { upto, levels })
     }
 
-    /// This index and `later`, the ids of the records from [`IdIndex::upto`]
-    /// to `upto` that this index does not hold (sorted and unique), as the
-    /// index of the records before `upto`. This index's levels are shared.
-    pub fn extended(&self, upto: Seq, later: Vec<u64>) -> IdIndex {
+    /// This index and `later`, the level of the ids of the records from
+    /// [`IdIndex::upto`] to `upto` that this index does not hold, as the
+    /// index of the records before `upto`. This index's levels are shared;
+    /// merged ones are written anew under `paths`.
+    ///
+    /// # Errors
+    /// A merged level cannot be read or written.
+    pub fn extended(&self, paths: &DataPaths, upto: Seq, later: Option<Level>) -> Result<IdIndex> {
         let mut levels = self.levels.clone();
-        let mut newest = later;
+        let Some(mut newest) = later else {
+            return Ok(IdIndex { upto, levels });
+        };
         while let Some(below) = levels.last() {
-            let small = newest.len() * 4 < below.sorted.len();
+            let small = newest.len() * 4 < below.len();
             if small && levels.len() < MAX_LEVELS {
                 break;
             }
-            newest = merge_sorted(&below.sorted, &newest);
+            newest = merge_levels(paths, below, &newest)?;
             levels.pop();
         }
-        if !newest.is_empty() {
-            levels.push(Arc::new(Level::new(newest)));
-        }
-        IdIndex { upto, levels }
+        levels.push(Arc::new(newest));
+        Ok(IdIndex { upto, levels })
     }
 
     /// Whether a record before [`IdIndex::upto`] has this id.
-    pub fn contains(&self, id: u64) -> bool {
-        self.levels.iter().any(|level| level.contains(id))
+    ///
+    /// # Errors
+    /// A level's page cannot be read.
+    pub fn contains(&self, id: u64) -> Result<bool> {
+        for level in &self.levels {
+            if level.contains(id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The records covered: every seq below this.
@@ -150,16 +130,33 @@ impl IdIndex {
         self.upto
     }
 
-    /// The ids, sorted and unique (a copy, merged from the levels).
-    pub fn sorted(&self) -> Vec<u64> {
-        self.levels.iter().fold(Vec::new(), |merged, level| {
-            merge_sorted(&merged, &level.sorted)
-        })
+    /// The names of its level files, oldest first: what a snapshot and the
+    /// batch cache store to open it again.
+    pub fn names(&self) -> Vec<String> {
+        self.levels
+            .iter()
+            .map(|level| level.name().to_owned())
+            .collect()
+    }
+
+    /// The ids, sorted and unique (read from every level).
+    ///
+    /// # Errors
+    /// A level cannot be read.
+    pub fn sorted(&self) -> Result<Vec<u64>> {
+        let mut all = Vec::with_capacity(self.len());
+        for level in &self.levels {
+            for id in level.ids() {
+                all.push(id?);
+            }
+        }
+        all.sort_unstable();
+        Ok(all)
     }
 
     /// Number of distinct ids.
     pub fn len(&self) -> usize {
-        self.levels.iter().map(|level| level.sorted.len()).sum()
+        self.levels.iter().map(|level| level.len() as usize).sum()
     }
 
     /// Whether no record before `upto` has an id.
@@ -171,32 +168,11 @@ impl IdIndex {
     pub fn levels(&self) -> usize {
         self.levels.len()
     }
-}
 
-/// Two sorted lists of unique ids as one (an id in both, once).
-pub fn merge_sorted(a: &[u64], b: &[u64]) -> Vec<u64> {
-    let mut merged = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => {
-                merged.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                merged.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                merged.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
+    /// Bytes held in memory: the levels' filters and page fences.
+    pub fn memory_bytes(&self) -> usize {
+        self.levels.iter().map(|level| level.memory_bytes()).sum()
     }
-    merged.extend_from_slice(&a[i..]);
-    merged.extend_from_slice(&b[j..]);
-    merged
 }
 
 /// Decides, record by record in log order, whether a record holds the first
@@ -224,17 +200,36 @@ impl FirstCopies {
     /// Whether the record at `seq` (the next in log order, at or after the
     /// index's `upto`) holds the first copy of `id`; remembers it. Records
     /// without an id (0) are always first.
-    pub fn first(&mut self, seq: Seq, id: u64) -> bool {
+    ///
+    /// # Errors
+    /// The index's files cannot be read: nothing is remembered.
+    pub fn first(&mut self, seq: Seq, id: u64) -> Result<bool> {
         if id == 0 {
-            return true;
+            return Ok(true);
         }
-        if self.later_set.contains(&id) || self.index.contains(id) {
-            return false;
+        if self.later_set.contains(&id) || self.index.contains(id)? {
+            return Ok(false);
         }
         self.later_set.insert(id);
         self.later.push_back((seq, id));
         self.staged += 1;
-        true
+        Ok(true)
+    }
+
+    /// How many decisions are staged: [`FirstCopies::rollback_to`] takes
+    /// back those made after it.
+    pub fn mark(&self) -> usize {
+        self.staged
+    }
+
+    /// Forgets the decisions staged since `mark`.
+    pub fn rollback_to(&mut self, mark: usize) {
+        while self.staged > mark {
+            if let Some((_, id)) = self.later.pop_back() {
+                self.later_set.remove(&id);
+            }
+            self.staged -= 1;
+        }
     }
 
     /// The records decided since the last commit are durable.
@@ -244,11 +239,7 @@ impl FirstCopies {
 
     /// The records decided since the last commit are not in the log: forget them.
     pub fn rollback(&mut self) {
-        for _ in 0..std::mem::take(&mut self.staged) {
-            if let Some((_, id)) = self.later.pop_back() {
-                self.later_set.remove(&id);
-            }
-        }
+        self.rollback_to(0);
     }
 
     /// Takes a newer index: the ids it covers are no longer held here. An
@@ -286,36 +277,58 @@ impl FirstCopies {
 mod tests {
     use super::*;
 
+    fn index(paths: &DataPaths, upto: u64, ids: Vec<u64>) -> Arc<IdIndex> {
+        Arc::new(IdIndex::new(paths, Seq(upto), ids).expect("index"))
+    }
+
     #[test]
     fn the_index_holds_exactly_its_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = DataPaths::new(dir.path());
         let ids: Vec<u64> = (0..10_000u64)
-            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
             .collect();
         let mut repeated = ids.clone();
         repeated.extend_from_slice(&ids[..100]);
-        let index = IdIndex::new(Seq(10_100), repeated);
+        let index = IdIndex::new(&paths, Seq(10_100), repeated).expect("index");
         assert_eq!(index.len(), 10_000);
-        assert!(ids.iter().all(|id| index.contains(*id)));
+        assert!(ids.iter().all(|id| index.contains(*id).expect("lookup")));
         let strangers = (0..100_000u64)
-            .map(|i| i.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1)
+            .map(|i| i.wrapping_mul(0xD1B5_4A32_D192_ED03) & !1)
             .filter(|id| !ids.contains(id));
-        assert!(strangers.into_iter().all(|id| !index.contains(id)));
-        assert!(!IdIndex::default().contains(7));
+        assert!(
+            strangers
+                .into_iter()
+                .all(|id| !index.contains(id).expect("lookup"))
+        );
+        assert!(!IdIndex::default().contains(7).expect("lookup"));
+        let reopened = IdIndex::open(&paths, Seq(10_100), &index.names()).expect("open");
+        assert_eq!(
+            reopened.sorted().expect("ids"),
+            index.sorted().expect("ids")
+        );
     }
 
     /// An index extended run after run holds exactly the ids given, in few
     /// levels, sharing the levels of the index it extends.
     #[test]
     fn an_extended_index_holds_exactly_its_ids_in_few_levels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = DataPaths::new(dir.path());
         let id = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut index = IdIndex::new(Seq(100_000), (0..100_000).map(id).collect());
+        let mut index =
+            IdIndex::new(&paths, Seq(100_000), (0..100_000).map(id).collect()).expect("index");
         let mut next = 100_000;
         for run in 0..60u64 {
             let size = [1_000, 30_000, 5][run as usize % 3];
             let mut later: Vec<u64> = (next..next + size).map(id).collect();
             later.sort_unstable();
+            let level =
+                write_level(&paths, Seq(next), Seq(next + size), later.into_iter()).expect("level");
             let before = Arc::new(index);
-            index = before.extended(Seq(next + size), later);
+            index = before
+                .extended(&paths, Seq(next + size), level)
+                .expect("extended");
             next += size;
             assert!(index.levels() <= MAX_LEVELS, "{index:?}");
             assert_eq!(index.len() as u64, next);
@@ -325,47 +338,63 @@ mod tests {
             );
         }
         let all: Vec<u64> = (0..next).map(id).collect();
-        assert!(all.iter().all(|id| index.contains(*id)));
+        assert!(all.iter().all(|id| index.contains(*id).expect("lookup")));
         let mut sorted = all.clone();
         sorted.sort_unstable();
-        assert_eq!(index.sorted(), sorted);
+        assert_eq!(index.sorted().expect("ids"), sorted);
         let strangers = (0..100_000u64).map(|i| i.wrapping_mul(0xD1B5_4A32_D192_ED03) & !1);
-        assert!(strangers.into_iter().all(|id| !index.contains(id)));
+        assert!(
+            strangers
+                .into_iter()
+                .all(|id| !index.contains(id).expect("lookup"))
+        );
+        let reopened = IdIndex::open(&paths, index.upto(), &index.names()).expect("open");
+        assert_eq!(reopened.len(), index.len());
     }
 
     #[test]
     fn the_first_copy_in_log_order_wins_across_the_index_and_memory() {
-        let index = Arc::new(IdIndex::new(Seq(3), vec![10, 11, 10]));
-        let mut first = FirstCopies::new(index);
-        assert!(!first.first(Seq(3), 10), "a copy of an indexed id");
-        assert!(first.first(Seq(4), 12));
-        assert!(!first.first(Seq(5), 12), "a copy of a held id");
-        assert!(first.first(Seq(6), 0), "no id: always counted");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = DataPaths::new(dir.path());
+        let mut first = FirstCopies::new(index(&paths, 3, vec![10, 11, 10]));
+        let first_at =
+            |first: &mut FirstCopies, seq, id| first.first(Seq(seq), id).expect("lookup");
+        assert!(!first_at(&mut first, 3, 10), "a copy of an indexed id");
+        assert!(first_at(&mut first, 4, 12));
+        assert!(!first_at(&mut first, 5, 12), "a copy of a held id");
+        assert!(first_at(&mut first, 6, 0), "no id: always counted");
         first.commit();
-        assert!(first.first(Seq(7), 13));
+        assert!(first_at(&mut first, 7, 13));
         first.rollback();
         assert!(
-            first.first(Seq(7), 13),
+            first_at(&mut first, 7, 13),
             "a rolled-back record was never in the log"
         );
+        let mark = first.mark();
+        assert!(first_at(&mut first, 8, 14));
+        first.rollback_to(mark);
+        assert!(first_at(&mut first, 8, 14), "taken back to the mark");
+        first.rollback_to(mark);
         first.commit();
         assert_eq!(first.held(), 2);
 
         // A newer index covers seq 4 (id 12) but not seq 7 (id 13).
-        first.advance(Arc::new(IdIndex::new(Seq(5), vec![10, 11, 12])));
+        first.advance(index(&paths, 5, vec![10, 11, 12]));
         assert_eq!(first.held(), 1);
-        assert!(!first.first(Seq(8), 12));
-        assert!(!first.first(Seq(8), 13));
+        assert!(!first_at(&mut first, 8, 12));
+        assert!(!first_at(&mut first, 8, 13));
         // An older index is ignored.
-        first.advance(Arc::new(IdIndex::new(Seq(1), vec![])));
-        assert!(!first.first(Seq(8), 11));
+        first.advance(Arc::new(IdIndex::empty(Seq(1))));
+        assert!(!first_at(&mut first, 8, 11));
     }
 
     #[test]
     fn staged_ids_survive_an_index_that_reaches_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = DataPaths::new(dir.path());
         let mut first = FirstCopies::new(Arc::new(IdIndex::default()));
-        assert!(first.first(Seq(0), 5));
-        first.advance(Arc::new(IdIndex::new(Seq(1), vec![5])));
+        assert!(first.first(Seq(0), 5).expect("lookup"));
+        first.advance(index(&paths, 1, vec![5]));
         // Still staged: a failed commit must be able to take it back.
         first.rollback();
         assert_eq!(first.held(), 0);

@@ -3,6 +3,8 @@
 //! - `master/segment-NNNNNNNNNN.log`: framed records `[len][!len][crc32c][header][raw]`.
 //! - `master/epochs`: the sealed epochs and their log positions.
 //! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, the newest `batch.keep_snapshots` kept.
+//! - `ids/<from>-<upto>.ids`: the distinct ids first seen in a stretch of the log, sorted
+//!   (the id levels a snapshot and the batch cache name).
 //! - `cache/ids.bin`, `cache/view-<name>.bin`: what an incremental batch run starts from;
 //!   `cache/copies-*.tmp`: a batch run's partitions of ids, unlinked while open.
 //! - `LOCK`: held by the running daemon.
@@ -12,6 +14,7 @@ mod copies;
 mod counters;
 pub(crate) mod epochs;
 mod ids;
+mod levels;
 mod lock;
 mod paths;
 pub(crate) mod record;
@@ -25,7 +28,11 @@ pub use cache::{
 pub use copies::{Copies, PARTITION_ENTRIES, find_copies};
 pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, parse_entries, read_epochs};
-pub use ids::{FirstCopies, IdFilter, IdIndex, merge_sorted};
+pub use ids::{FirstCopies, IdIndex, MAX_LEVELS};
+pub use levels::{
+    IDS_FORMAT_VERSION, Level, LevelWriter, level_name, list_levels, remove_other_levels,
+    write_level,
+};
 pub use lock::DataDirLock;
 pub use paths::DataPaths;
 pub use record::{Corruption, RecordHeader};
@@ -162,6 +169,15 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// An id level file is missing, damaged or of another format: what it
+    /// held is read again from the master dataset.
+    #[error("id level {}: {problem}", path.display())]
+    BadIds {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A batch cache file is damaged or of another format: what it held is recomputed.
     #[error("batch cache {}: {problem}", path.display())]
     BadCache {
@@ -217,6 +233,7 @@ impl Error {
                 | Error::CorruptEpochs { .. }
                 | Error::BadSnapshot { .. }
                 | Error::BadCache { .. }
+                | Error::BadIds { .. }
                 | Error::BadCounters { .. }
         )
     }
@@ -228,6 +245,25 @@ impl Error {
             source,
         }
     }
+}
+
+/// The entries of `dir` as (file name, path), in no order; none when it
+/// does not exist.
+fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::io("list", dir, source)),
+    };
+    entries
+        .map(|entry| {
+            let entry = entry.map_err(|source| Error::io("list", dir, source))?;
+            Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ))
+        })
+        .collect()
 }
 
 /// Fsyncs a directory, so that a rename or a new file in it is durable.

@@ -65,6 +65,11 @@ impl DataPaths {
         self.cache_dir().join(format!("view-{view}.bin"))
     }
 
+    /// `ids/`: the id level files.
+    pub fn ids_dir(&self) -> PathBuf {
+        self.root.join("ids")
+    }
+
     /// `snapshots/`.
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")

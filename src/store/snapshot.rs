@@ -17,9 +17,10 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMSNAP";
-/// The payload format this build writes (4: what a start needs first, the
-/// views' states last).
-pub const FORMAT_VERSION: u32 = 4;
+/// The payload format this build writes (5: what a start needs first, the
+/// views' states last, the ids in level files the head names; 4 held the
+/// ids in the head).
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest payload format this build reads (3: the views' states first).
 pub const OLDEST_READ_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 56;
@@ -316,23 +317,10 @@ pub(super) fn remove_leftovers(dir: &Path) {
 /// # Errors
 /// I/O errors listing the directory.
 pub fn list_snapshots(paths: &DataPaths) -> Result<Vec<(Epoch, PathBuf)>> {
-    let dir = paths.snapshots_dir();
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(Error::io("list", &dir, source)),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::io("list", &dir, source))?;
-        if let Some(epoch) = entry
-            .file_name()
-            .to_str()
-            .and_then(paths::parse_snapshot_name)
-        {
-            found.push((epoch, entry.path()));
-        }
-    }
+    let mut found: Vec<(Epoch, PathBuf)> = super::list_dir(&paths.snapshots_dir())?
+        .into_iter()
+        .filter_map(|(name, path)| Some((paths::parse_snapshot_name(&name)?, path)))
+        .collect();
     found.sort_unstable_by_key(|(epoch, _)| std::cmp::Reverse(*epoch));
     Ok(found)
 }

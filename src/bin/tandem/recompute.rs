@@ -35,7 +35,7 @@ pub fn run(path: &Path, full: bool) -> anyhow::Result<ExitCode> {
     let config = std::sync::Arc::new(config);
     let workers = tandem::actors::recompute_worker::cores();
     let batch = with_pool(workers, |pool| {
-        recompute(&paths, &config, sealed, mode, None, &progress, pool)
+        recompute(&paths, &config, sealed, mode, &progress, pool)
     })?;
     let (from_cache, from_master) = progress.views();
     say!(

@@ -33,7 +33,10 @@
 //! - `freshness`: from the publish of a marked event to RabbitMQ to the first
 //!   query that sees it;
 //! - `recompute`: `recompute_eps` and `recompute_peak_rss_mb` of a full batch
-//!   run (in a child process, so the peak is the run's own), and
+//!   run (in a child process, so the peak is the run's own), what its views
+//!   and their indexes take (`recompute_views_rss_mb`: its snapshot decoded
+//!   and indexed in a process of its own) and the peak beyond them
+//!   (`recompute_peak_beyond_views_mb`), and
 //!   `duckdb_recompute_eps` for the by-product view when `duckdb` is installed
 //!   (`bench/duckdb_reference.py`, by the python of the virtualenv
 //!   `scripts/services` installs, else by python3);
@@ -1033,21 +1036,72 @@ fn child(kind: &str, dir: &Path, kill: bool) -> Result<(String, f64), BoxError> 
 /// Removes every snapshot but epoch 1's, so that the restart figure always
 /// starts from a snapshot that covers all but the last tenth.
 fn keep_first_snapshot(master: &Path) -> Result<(), BoxError> {
-    for (epoch, path) in tandem::store::list_snapshots(&DataPaths::new(master))? {
+    let paths = DataPaths::new(master);
+    for (epoch, path) in tandem::store::list_snapshots(&paths)? {
         if epoch > Epoch(1) {
             std::fs::remove_file(path)?;
+        }
+    }
+    // A later run removes the id levels the first snapshot names: they are
+    // put back from the links kept when it was written.
+    let kept = master.join(FIRST_LEVELS);
+    std::fs::create_dir_all(paths.ids_dir())?;
+    for name in tandem::store::list_levels(&DataPaths::new(&kept))? {
+        let from = kept.join("ids").join(&name);
+        let to = paths.ids_dir().join(&name);
+        if !to.exists() {
+            std::fs::hard_link(from, to)?;
         }
     }
     Ok(())
 }
 
+/// Where the first snapshot's id levels are kept (hard links, as `ids/`).
+const FIRST_LEVELS: &str = "first-snapshot";
+
+/// Links the first snapshot's id levels into [`FIRST_LEVELS`].
+fn keep_first_levels(master: &Path) -> Result<(), BoxError> {
+    let paths = DataPaths::new(master);
+    let kept = master.join(FIRST_LEVELS).join("ids");
+    std::fs::create_dir_all(&kept)?;
+    for name in tandem::store::list_levels(&paths)? {
+        std::fs::hard_link(paths.ids_dir().join(&name), kept.join(&name))?;
+    }
+    Ok(())
+}
+
 /// The children: a full batch run over epoch 2 (prints seconds and peak RSS),
-/// a snapshot over epoch 1 only, or a start that prints once ready.
+/// a snapshot over epoch 1 only, the newest snapshot's views decoded and
+/// indexed (prints RSS), or a start that prints once ready.
 fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
     let config = config("", dir)?;
     let paths = DataPaths::new(dir);
     let epochs = EpochIndex::open(&paths)?;
     match kind {
+        "views" => {
+            // The newest snapshot's views and their indexes, as a batch run
+            // leaves them to be served: what a run holds that is the views'
+            // own, measured apart from the run.
+            let paths = DataPaths::new(dir);
+            let (_, path) = tandem::store::list_snapshots(&paths)?
+                .into_iter()
+                .next()
+                .ok_or("no snapshot")?;
+            let (meta, data) = tandem::actors::recompute::read_snapshot_data(&path)?;
+            let batch = tandem::actors::recompute::Batch::from_snapshot(
+                &config.views,
+                meta,
+                data,
+                Default::default(),
+            )?;
+            let states: Vec<&tandem::aggregate::ViewState> = batch.views.iter().collect();
+            let indexes = tandem::actors::recompute::build_indexes(&config.views, &states);
+            println!(
+                "{} {}",
+                proc_status::status_kib(None, "VmRSS:"),
+                indexes.map_or(0, |indexes| indexes.len())
+            );
+        }
         "recompute" | "snapshot" => {
             let sealed = *(if kind == "recompute" {
                 epochs.last()
@@ -1098,7 +1152,6 @@ fn bench_recompute(
     records: u64,
 ) -> Result<(), BoxError> {
     let (out, _) = child("recompute", master, false)?;
-    keep_first_snapshot(master)?;
     let fields: Vec<f64> = out
         .split_whitespace()
         .filter_map(|field| field.parse().ok())
@@ -1106,8 +1159,24 @@ fn bench_recompute(
     let [seconds, peak_kb, _] = fields[..] else {
         return Err(format!("unexpected recompute output {out:?}").into());
     };
+    // The views' own memory: the run's snapshot decoded and indexed in a
+    // process of its own. The rest of the run's peak is what it needs
+    // beyond its views.
+    let (views, _) = child("views", master, false)?;
+    keep_first_snapshot(master)?;
+    let views_kb: f64 = views
+        .split_whitespace()
+        .next()
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| format!("unexpected views output {views:?}"))?;
     results.record("recompute_eps", records as f64 / seconds, "events/s");
     results.record("recompute_peak_rss_mb", peak_kb / 1024.0, "MiB");
+    results.record("recompute_views_rss_mb", views_kb / 1024.0, "MiB");
+    results.record(
+        "recompute_peak_beyond_views_mb",
+        (peak_kb - views_kb) / 1024.0,
+        "MiB",
+    );
     // The virtualenv `scripts/services` installs has DuckDB; else the system's python3.
     let python = pyspark::venv().map_or_else(|| PathBuf::from("python3"), |(_, python)| python);
     match Command::new(&python)
@@ -1190,6 +1259,7 @@ fn prepare_master(args: &Args, n: usize) -> Result<Master, BoxError> {
         std::fs::create_dir_all(&dir)?;
         build_master(&dir, n)?;
         child("snapshot", &dir, false)?;
+        keep_first_levels(&dir)?;
         std::fs::write(&built, "")?;
     }
     keep_first_snapshot(&dir)?;

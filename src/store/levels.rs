@@ -339,9 +339,14 @@ pub struct LevelWriter {
     last: Option<u64>,
     fences: Vec<u64>,
     page_crcs: Vec<u32>,
-    /// The crc32c of the page being written.
-    page_crc: u32,
+    /// The bytes of the page being written.
+    page: Vec<u8>,
     filters: Vec<Option<BinaryFuse8>>,
+    /// Sections ended: those in `filters` and the one in `building`.
+    ended: usize,
+    /// The filter of the section before, built on a thread of its own while
+    /// the next section is written.
+    building: Option<std::thread::JoinHandle<Option<BinaryFuse8>>>,
     /// The ids of the section being written.
     section: Vec<u64>,
 }
@@ -387,8 +392,10 @@ impl LevelWriter {
             last: None,
             fences: Vec::new(),
             page_crcs: Vec::new(),
-            page_crc: 0,
+            page: Vec::with_capacity(PAGE_IDS * 8),
             filters: Vec::with_capacity(1 << bits),
+            ended: 0,
+            building: None,
             section: Vec::new(),
         })
     }
@@ -406,37 +413,61 @@ impl LevelWriter {
         }
         self.last = Some(id);
         let section = section_of(id, self.bits);
-        while self.filters.len() < section {
+        while self.ended < section {
             self.end_section();
         }
         if self.count.is_multiple_of(PAGE_IDS as u64) {
-            if self.count > 0 {
-                self.page_crcs.push(std::mem::take(&mut self.page_crc));
-            }
+            self.end_page()?;
             self.fences.push(id);
         }
-        let bytes = id.to_le_bytes();
-        self.crc = crc32c::crc32c_append(self.crc, &bytes);
-        self.page_crc = crc32c::crc32c_append(self.page_crc, &bytes);
-        self.out
-            .write_all(&bytes)
-            .map_err(|source| Error::io("write", &self.tmp, source))?;
+        self.page.extend_from_slice(&id.to_le_bytes());
         self.section.push(id);
         self.count += 1;
         Ok(())
     }
 
-    /// Builds the current section's filter and moves to the next section.
+    /// Writes the page being written, and keeps its crc.
+    fn end_page(&mut self) -> Result<()> {
+        if self.page.is_empty() {
+            return Ok(());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.page);
+        self.page_crcs.push(crc32c::crc32c(&self.page));
+        self.out
+            .write_all(&self.page)
+            .map_err(|source| Error::io("write", &self.tmp, source))?;
+        self.page.clear();
+        Ok(())
+    }
+
+    /// Ends the current section: its filter is built on a thread of its own
+    /// (the section before's is taken first, so at most one is built at a time).
     fn end_section(&mut self) {
-        // Unique keys, for which construction does not fail; were it to,
-        // the search alone is still exact.
-        let filter = if self.section.is_empty() {
-            None
-        } else {
-            BinaryFuse8::try_from(self.section.as_slice()).ok()
-        };
-        self.filters.push(filter);
-        self.section.clear();
+        self.take_built();
+        self.ended += 1;
+        if self.section.is_empty() {
+            self.filters.push(None);
+            return;
+        }
+        let capacity = self.section.len();
+        let ids = std::mem::replace(&mut self.section, Vec::with_capacity(capacity));
+        // Unique keys, for which construction does not fail; were it to (or
+        // the thread not start), the search alone is still exact.
+        let build = move || BinaryFuse8::try_from(ids.as_slice()).ok();
+        match std::thread::Builder::new()
+            .name("tandem-id-filter".into())
+            .spawn(build)
+        {
+            Ok(building) => self.building = Some(building),
+            Err(_) => self.filters.push(None),
+        }
+    }
+
+    /// The filter being built, once it is.
+    fn take_built(&mut self) {
+        if let Some(building) = self.building.take() {
+            self.filters.push(building.join().ok().flatten());
+        }
     }
 
     /// Writes the filters and the header, fsyncs and renames the file into
@@ -445,14 +476,12 @@ impl LevelWriter {
     /// # Errors
     /// I/O errors naming the file (which is then removed).
     pub fn finish(mut self) -> Result<Level> {
-        while self.filters.len() < 1 << self.bits {
+        while self.ended < 1 << self.bits {
             self.end_section();
         }
+        self.take_built();
         self.section = Vec::new();
-        if self.count > 0 {
-            self.page_crcs.push(self.page_crc);
-        }
-        let written = self.write_rest();
+        let written = self.end_page().and_then(|()| self.write_rest());
         if written.is_err() {
             fs::remove_file(&self.tmp).ok();
         }

@@ -228,8 +228,11 @@ fn incremental(
         first.next_seq.0,
         started.elapsed().as_secs_f64()
     );
-    let cache = paths.cache_dir();
-    let saved = paths.root().join("cache.saved");
+    // The cache and the id levels it names (a full run replaces them).
+    let dirs = [
+        (paths.cache_dir(), paths.root().join("cache.saved")),
+        (paths.ids_dir(), paths.root().join("ids.saved")),
+    ];
     let copy = |from: &Path, to: &Path| -> std::io::Result<()> {
         std::fs::remove_dir_all(to).ok();
         std::fs::create_dir_all(to)?;
@@ -239,15 +242,20 @@ fn incremental(
         }
         Ok(())
     };
-    copy(&cache, &saved)?;
-    let bytes: u64 = std::fs::read_dir(&saved)?
-        .filter_map(|entry| entry.ok()?.metadata().ok())
-        .map(|meta| meta.len())
-        .sum();
-    println!("batch cache: {} MiB", bytes >> 20);
+    let mut bytes = 0;
+    for (dir, saved) in &dirs {
+        copy(dir, saved)?;
+        bytes += std::fs::read_dir(saved)?
+            .filter_map(|entry| entry.ok()?.metadata().ok())
+            .map(|meta| meta.len())
+            .sum::<u64>();
+    }
+    println!("batch cache with its id levels: {} MiB", bytes >> 20);
     let mut ratios = Vec::with_capacity(runs);
     for run in 1..=runs {
-        copy(&saved, &cache)?;
+        for (dir, saved) in &dirs {
+            copy(saved, dir)?;
+        }
         std::fs::write("/proc/self/clear_refs", "5").ok();
         let progress = Progress::default();
         let started = std::time::Instant::now();

@@ -21,7 +21,7 @@
 use crate::Config;
 use crate::actors::recompute::{
     Batch, BatchStats, SealedEpochData, SnapshotData, SnapshotView, StoredIds, build_indexes,
-    open_ids, spec_fingerprint, view_fingerprint,
+    open_ids, remove_unused_levels, spec_fingerprint, view_fingerprint,
 };
 use crate::aggregate::{
     Agg, DISTINCT_EXACT_LIMIT, Distinct, MetricState, Micros, QUANTILE_EXACT_LIMIT, Quantiles,
@@ -289,6 +289,7 @@ fn read_and_write(
         &data,
         config.batch.keep_snapshots,
     )?;
+    remove_unused_levels(&paths, &ids.names());
     Ok((meta, data, groups, ids))
 }
 

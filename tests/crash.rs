@@ -87,7 +87,7 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
     common::drained(&queue, Duration::from_secs(120)).await;
     common::assert_every_product(&daemon, &expect);
     common::assert_dead_letters(&dead, &expect).await;
-    let leftovers: Vec<_> = ["data/snapshots", "data/cache"]
+    let leftovers: Vec<_> = ["data/snapshots", "data/cache", "data/ids"]
         .iter()
         .flat_map(|sub| std::fs::read_dir(dir.path().join(sub)).expect(sub))
         .filter_map(Result::ok)
@@ -144,6 +144,13 @@ async fn killed_mid_snapshot_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_cache_write() {
     crash_and_recover(60_000, Some("cache.mid_write:2"), 0).await;
+}
+
+/// The first batch run's id level written and fsynced under its temporary
+/// name, not renamed: no snapshot names it yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_an_id_level_is_renamed() {
+    crash_and_recover(60_000, Some("ids.before_rename:1"), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,13 @@ fn a_data_dir_written_at_format_5_is_served_from_its_snapshot() {
     if std::env::var("TANDEM_WRITE_FIXTURE").as_deref() == Ok("1") {
         write_fixture();
     }
+    // Its id level opens as it is (were it refused, a start would read the
+    // ids again from the log and still answer the same).
+    let paths = tandem::store::DataPaths::new(fixture(5));
+    let levels = tandem::store::list_levels(&paths).expect("ids/");
+    assert_eq!(levels.len(), 1, "{levels:?}");
+    let level = tandem::store::Level::open(&paths, &levels[0]).expect("the fixture's id level");
+    assert_eq!(level.len(), 16, "events 0..16");
     serve_fixture(5, served_from_snapshot);
 }
 

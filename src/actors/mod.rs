@@ -541,6 +541,8 @@ fn replay(
     let appliers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, n.max(1));
+    // Set when the snapshot's id index cannot be read during the replay.
+    let mut index_failed = None;
     let (read, replay_ms, decoded) = std::thread::scope(|scope| {
         // The snapshot's states decode (and are checked against their views)
         // beside the replay, which needs only its head.
@@ -622,13 +624,14 @@ fn replay(
                     apply(event, header.epoch, covered.then_some(missing.as_slice()));
                 }
             });
-            // The id index cannot be read: the start cannot decide first copies.
-            let read = match unreadable {
-                Some(err) => Err(err),
-                None => read.map(|_| ()),
-            };
+            // The snapshot's id index cannot be read: it is refused like a
+            // snapshot whose states do not decode.
+            if let Some(err) = unreadable {
+                index_failed = Some(err);
+                break;
+            }
             match read {
-                Ok(()) => {}
+                Ok(_) => {}
                 // A damaged segment wholly under the snapshot does not stop the
                 // start (the next batch run names it); the views replayed from the
                 // start lack its records meanwhile.
@@ -649,6 +652,9 @@ fn replay(
         (outcome, replay_ms, decoding.map(|decoding| decoding.join()))
     });
     read?;
+    if let Some(err) = index_failed {
+        return Ok(Err(err));
+    }
     let snapshot_ms = match decoded {
         None => head_ms,
         Some(Ok((Ok(states), decoded_ms))) => {

@@ -1003,11 +1003,7 @@ pub fn recompute(
             .map_err(|_| RecomputeError::Panicked("writing the batch cache"))?;
         Ok::<_, RecomputeError>((meta?, indexes))
     })?;
-    // The snapshot and the cache name these levels; an older snapshot's,
-    // should a start fall back to it, are read again from the master dataset.
-    if let Err(err) = store::remove_other_levels(paths, &levels) {
-        tracing::warn!(error = %err, "cannot remove the id levels no longer used");
-    }
+    remove_unused_levels(paths, &levels);
     tracing::info!(
         epoch = %sealed.epoch,
         ms = writing.elapsed().as_millis() as u64,
@@ -1025,6 +1021,20 @@ pub fn recompute(
         later_from: sealed.later_from.0,
         ids: Arc::new(built.ids),
     })
+}
+
+/// Removes the id levels that neither `named` (those of a snapshot just
+/// written) nor the batch cache names. An older snapshot's, should a start
+/// fall back to it, are read again from the master dataset.
+pub fn remove_unused_levels(paths: &DataPaths, named: &[String]) {
+    let mut keep = named.to_vec();
+    // A cache that did not take this run's levels (its write failed) keeps its own.
+    if let Ok(Some(cached)) = store::read_cache::<CachedIds>(&paths.cache_ids()) {
+        keep.extend(cached.levels);
+    }
+    if let Err(err) = store::remove_other_levels(paths, &keep) {
+        tracing::warn!(error = %err, "cannot remove the id levels no longer used");
+    }
 }
 
 /// What [`build_views`] built.

@@ -253,7 +253,8 @@ impl Recorder {
                 if header.seq >= from {
                     tracing::warn!(seq = %header.seq, "a record of a failed commit survived; the batch layer counts it");
                     if let Err(err) = first_copies.first(header.seq, header.id_hash) {
-                        tracing::error!(error = %err, "cannot read the id index: the record is counted as a first copy");
+                        tracing::error!(error = %err, "cannot read the id index: the record's id is remembered as seen");
+                        first_copies.remember(header.seq, header.id_hash);
                     }
                 }
             });

@@ -6,7 +6,7 @@
 //! The Recorder knows every id in the log (after a restart of its own it
 //! reads back the ids of records a failed commit left): the records before a batch run's
 //! `later_from` through that run's [`IdIndex`] (sorted ids in level files
-//! behind binary fuse filters, about 1.1 bytes per distinct id in memory), and the records from there on
+//! behind binary fuse filters, about 1.15 bytes per distinct id in memory), and the records from there on
 //! through [`FirstCopies`]' own set, which a newer index empties again.
 
 use super::levels::{Level, merge_levels, write_level};
@@ -214,6 +214,16 @@ impl FirstCopies {
         self.later.push_back((seq, id));
         self.staged += 1;
         Ok(true)
+    }
+
+    /// Remembers that the record at `seq` holds `id`, without deciding
+    /// whether it is the first copy (a record already in the log whose
+    /// decision could not be taken): no later copy is counted.
+    pub fn remember(&mut self, seq: Seq, id: u64) {
+        if id != 0 && self.later_set.insert(id) {
+            self.later.push_back((seq, id));
+            self.staged += 1;
+        }
     }
 
     /// How many decisions are staged: [`FirstCopies::rollback_to`] takes

@@ -6,18 +6,22 @@
 //! count, trailer length, the ids' crc32c, the trailer's crc32c, the
 //! header's own crc32c), the ids as little-endian `u64`s, then a trailer:
 //! one binary fuse filter per section (the ids whose top `bits` bits are the
-//! section's number, at most [`SECTION_IDS`] of them on average): a byte
-//! (0: none), then the filter's seed, its three segment sizes and its
-//! fingerprints' length in little-endian, then the fingerprints. It is written once, under a temporary name, fsynced and renamed;
+//! section's number, [`SECTION_IDS`] of them on average): a byte (0: the
+//! section is empty, 1: a filter follows, 2: no filter, every lookup
+//! searches), then the filter's seed, its three segment sizes and its
+//! fingerprints' length in little-endian, then the fingerprints. The
+//! header also holds the seqs the file covers, checked against its name. It is written once, under a temporary name, fsynced and renamed;
 //! opening it reads it whole once, checking both checksums and that the ids
-//! ascend, and keeps in memory only the filters (1.1 bytes an id), the
+//! ascend, and keeps in memory only the filters (1.13 bytes an id), the
 //! first id of each 4 KiB page (1/64 byte an id) and each page's crc32c
 //! (1/128 byte an id). A lookup the filter does not rule out reads one page
 //! with `pread` and checks its crc: a file damaged while open is refused by
 //! name, never read wrongly.
 //!
-//! Memory to write one: the ids of one section (8 bytes each) and that
-//! section's filter while it is built; nothing grows with the file.
+//! Memory to write one: the ids of two sections (8 bytes each: the one being
+//! written, and the one whose filter is built meanwhile) and that filter's
+//! working memory; then, as for an open level, the filters, fences and page
+//! crcs (1.15 bytes an id).
 
 use super::paths::TMP_SUFFIX;
 use super::{DataPaths, Error, Result, sync_dir};
@@ -63,9 +67,19 @@ pub struct Level {
     fences: Vec<u64>,
     /// The crc32c of each page's bytes.
     page_crcs: Vec<u32>,
-    /// One per section; `None` for an empty section (or one whose filter
-    /// could not be built: the search alone is still exact).
-    filters: Vec<Option<BinaryFuse8>>,
+    /// One per section.
+    filters: Vec<SectionFilter>,
+}
+
+/// What rules ids out of a section before a page is read.
+#[derive(Debug)]
+enum SectionFilter {
+    /// The section holds no id.
+    Empty,
+    /// Its filter.
+    Filter(BinaryFuse8),
+    /// None could be built: the search alone is still exact.
+    Unfiltered,
 }
 
 impl std::fmt::Debug for Level {
@@ -130,8 +144,10 @@ impl Level {
             + self
                 .filters
                 .iter()
-                .flatten()
-                .map(|filter| filter.fingerprints.len())
+                .map(|filter| match filter {
+                    SectionFilter::Filter(filter) => filter.fingerprints.len(),
+                    _ => 0,
+                })
                 .sum::<usize>()
     }
 
@@ -181,6 +197,13 @@ impl Level {
         }
         let count = le_u64(&header[16..]);
         let trailer_len = le_u64(&header[24..]);
+        let said = (Seq(le_u64(&header[40..])), Seq(le_u64(&header[48..])));
+        if said != (from, upto) {
+            return Err(bad(format!(
+                "holds the ids of seqs {} to {}, not those its name says",
+                said.0, said.1
+            )));
+        }
         let (ids_crc, trailer_crc) = (le_u32(&header[32..]), le_u32(&header[36..]));
         let file_len = file.metadata().map_err(io("stat"))?.len();
         let expected = count
@@ -248,10 +271,10 @@ impl Level {
         if self.count == 0 {
             return Ok(false);
         }
-        if let Some(filter) = &self.filters[section_of(id, self.bits)]
-            && !filter.contains(&id)
-        {
-            return Ok(false);
+        match &self.filters[section_of(id, self.bits)] {
+            SectionFilter::Empty => return Ok(false),
+            SectionFilter::Filter(filter) if !filter.contains(&id) => return Ok(false),
+            _ => {}
         }
         let page = self.fences.partition_point(|fence| *fence <= id);
         if page == 0 {
@@ -341,12 +364,12 @@ pub struct LevelWriter {
     page_crcs: Vec<u32>,
     /// The bytes of the page being written.
     page: Vec<u8>,
-    filters: Vec<Option<BinaryFuse8>>,
+    filters: Vec<SectionFilter>,
     /// Sections ended: those in `filters` and the one in `building`.
     ended: usize,
     /// The filter of the section before, built on a thread of its own while
     /// the next section is written.
-    building: Option<std::thread::JoinHandle<Option<BinaryFuse8>>>,
+    building: Option<std::thread::JoinHandle<SectionFilter>>,
     /// The ids of the section being written.
     section: Vec<u64>,
 }
@@ -359,7 +382,11 @@ impl LevelWriter {
     /// The file cannot be created.
     pub fn create(paths: &DataPaths, from: Seq, upto: Seq, at_most: u64) -> Result<LevelWriter> {
         let dir = paths.ids_dir();
-        fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
+            // The directory itself lasts once its parent is synced.
+            sync_dir(paths.root())?;
+        }
         let path = dir.join(level_name(from, upto));
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(TMP_SUFFIX);
@@ -446,36 +473,44 @@ impl LevelWriter {
         self.take_built();
         self.ended += 1;
         if self.section.is_empty() {
-            self.filters.push(None);
+            self.filters.push(SectionFilter::Empty);
             return;
         }
         let capacity = self.section.len();
         let ids = std::mem::replace(&mut self.section, Vec::with_capacity(capacity));
         // Unique keys, for which construction does not fail; were it to (or
         // the thread not start), the search alone is still exact.
-        let build = move || BinaryFuse8::try_from(ids.as_slice()).ok();
+        let build = move || {
+            BinaryFuse8::try_from(ids.as_slice())
+                .map_or(SectionFilter::Unfiltered, SectionFilter::Filter)
+        };
         match std::thread::Builder::new()
             .name("tandem-id-filter".into())
             .spawn(build)
         {
             Ok(building) => self.building = Some(building),
-            Err(_) => self.filters.push(None),
+            Err(_) => self.filters.push(SectionFilter::Unfiltered),
         }
     }
 
     /// The filter being built, once it is.
     fn take_built(&mut self) {
         if let Some(building) = self.building.take() {
-            self.filters.push(building.join().ok().flatten());
+            let built = building.join().unwrap_or(SectionFilter::Unfiltered);
+            self.filters.push(built);
         }
     }
 
     /// Writes the filters and the header, fsyncs and renames the file into
-    /// place: the level, open.
+    /// place: the level, open; `None` (and no file) when no id was pushed.
     ///
     /// # Errors
     /// I/O errors naming the file (which is then removed).
-    pub fn finish(mut self) -> Result<Level> {
+    pub fn finish(mut self) -> Result<Option<Level>> {
+        if self.count == 0 {
+            fs::remove_file(&self.tmp).map_err(|source| Error::io("remove", &self.tmp, source))?;
+            return Ok(None);
+        }
         while self.ended < 1 << self.bits {
             self.end_section();
         }
@@ -490,7 +525,7 @@ impl LevelWriter {
         fs::rename(&self.tmp, &self.path)
             .map_err(|source| Error::io("rename", &self.tmp, source))?;
         sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        Ok(Level {
+        Ok(Some(Level {
             path: self.path,
             file,
             from: self.from,
@@ -500,7 +535,7 @@ impl LevelWriter {
             fences: self.fences,
             page_crcs: self.page_crcs,
             filters: self.filters,
-        })
+        }))
     }
 
     fn write_rest(&mut self) -> Result<File> {
@@ -517,6 +552,8 @@ impl LevelWriter {
         header[24..32].copy_from_slice(&(trailer.len() as u64).to_le_bytes());
         header[32..36].copy_from_slice(&self.crc.to_le_bytes());
         header[36..40].copy_from_slice(&crc32c::crc32c(&trailer).to_le_bytes());
+        header[40..48].copy_from_slice(&self.from.0.to_le_bytes());
+        header[48..56].copy_from_slice(&self.upto.0.to_le_bytes());
         let header_crc = crc32c::crc32c(&header[..60]);
         header[60..64].copy_from_slice(&header_crc.to_le_bytes());
         let file = self.out.get_mut();
@@ -529,12 +566,19 @@ impl LevelWriter {
 const FILTER_HEAD_BYTES: usize = 1 + 8 + 4 * 3 + 8;
 
 /// The trailer of a level file: its sections' filters.
-fn encode_filters(filters: &[Option<BinaryFuse8>]) -> Vec<u8> {
+fn encode_filters(filters: &[SectionFilter]) -> Vec<u8> {
     let mut out = Vec::new();
     for filter in filters {
-        let Some(filter) = filter else {
-            out.push(0);
-            continue;
+        let filter = match filter {
+            SectionFilter::Empty => {
+                out.push(0);
+                continue;
+            }
+            SectionFilter::Unfiltered => {
+                out.push(2);
+                continue;
+            }
+            SectionFilter::Filter(filter) => filter,
         };
         let descriptor = &filter.descriptor;
         out.push(1);
@@ -553,13 +597,18 @@ fn encode_filters(filters: &[Option<BinaryFuse8>]) -> Vec<u8> {
 fn decode_filters(
     mut bytes: &[u8],
     sections: usize,
-) -> std::result::Result<Vec<Option<BinaryFuse8>>, String> {
-    let mut filters = Vec::with_capacity(sections);
+) -> std::result::Result<Vec<SectionFilter>, String> {
+    // At least a byte a section: a damaged count reserves no more than that.
+    let mut filters = Vec::with_capacity(sections.min(bytes.len()));
     for section in 0..sections {
         let short = || format!("the trailer ends in section {section}'s filter");
         let (&flag, rest) = bytes.split_first().ok_or_else(short)?;
-        if flag == 0 {
-            filters.push(None);
+        if flag == 0 || flag == 2 {
+            filters.push(if flag == 0 {
+                SectionFilter::Empty
+            } else {
+                SectionFilter::Unfiltered
+            });
             bytes = rest;
             continue;
         }
@@ -578,19 +627,24 @@ fn decode_filters(
             .ok()
             .filter(|len| *len <= bytes.len())
             .ok_or_else(short)?;
-        // A lookup reads up to two segments past the segment count's length.
-        let reach =
-            u64::from(descriptor.segment_count_length) + 2 * u64::from(descriptor.segment_length);
+        // A lookup reads below the segment count's length plus two segments,
+        // as long as that length is a whole number of segments (and the sum,
+        // which the filter takes in 32 bits, fits).
+        let (count_length, length) = (descriptor.segment_count_length, descriptor.segment_length);
+        let reach = u64::from(count_length) + 2 * u64::from(length);
         if flag != 1
-            || !descriptor.segment_length.is_power_of_two()
-            || descriptor.segment_length_mask != descriptor.segment_length - 1
+            || !length.is_power_of_two()
+            || descriptor.segment_length_mask != length - 1
+            || count_length == 0
+            || !count_length.is_multiple_of(length)
+            || reach > u64::from(u32::MAX)
             || reach > len as u64
         {
             return Err(format!(
                 "section {section}'s filter is not one this build writes"
             ));
         }
-        filters.push(Some(BinaryFuse8 {
+        filters.push(SectionFilter::Filter(BinaryFuse8 {
             descriptor,
             fingerprints: bytes[..len].into(),
         }));
@@ -620,7 +674,7 @@ pub fn write_level(
     for id in ids {
         writer.push(id)?;
     }
-    writer.finish().map(Some)
+    writer.finish()
 }
 
 /// Two levels as one, covering both their records (an id in both, once),
@@ -652,7 +706,10 @@ pub fn merge_levels(paths: &DataPaths, older: &Level, newer: &Level) -> Result<L
             writer.push(id?)?;
         }
     }
-    writer.finish()
+    writer.finish()?.ok_or_else(|| Error::BadIds {
+        path: paths.ids_dir().join(level_name(older.from, newer.upto)),
+        problem: "two levels merged to no id".into(),
+    })
 }
 
 /// The names of the level files under `ids/` (temporary files left out), sorted.
@@ -737,7 +794,7 @@ mod tests {
             writer.push(ids[0]).is_err(),
             "an id out of order is refused"
         );
-        let older = writer.finish().expect("finish");
+        let older = writer.finish().expect("finish").expect("some ids");
         let newer = write_level(&paths, Seq(10), Seq(20), ids[1_500..].iter().copied())
             .expect("write")
             .expect("some");
@@ -753,6 +810,48 @@ mod tests {
             older.contains(ids[0]).expect("still open"),
             "an open level stays readable"
         );
+    }
+
+    /// A trailer whose crc holds but whose filter would read past its
+    /// fingerprints is refused, not trusted.
+    #[test]
+    fn a_filter_that_would_read_out_of_bounds_is_refused() {
+        let ids = spread(1_000);
+        let filter = BinaryFuse8::try_from(ids.as_slice()).expect("filter");
+        let good = encode_filters(&[SectionFilter::Filter(filter), SectionFilter::Empty]);
+        let decoded = decode_filters(&good, 2).expect("decodes");
+        assert!(matches!(decoded[1], SectionFilter::Empty));
+        let SectionFilter::Filter(filter) = &decoded[0] else {
+            panic!("a filter")
+        };
+        assert!(ids.iter().all(|id| filter.contains(id)));
+        // The segment count's length: at 17, not a whole number of segments,
+        // and at 0.
+        for count_length in [17u32, 0] {
+            let mut bad = good.clone();
+            bad[17..21].copy_from_slice(&count_length.to_le_bytes());
+            let err = decode_filters(&bad, 2).expect_err("refused");
+            assert!(err.contains("section 0's filter is not one"), "{err}");
+        }
+        assert!(decode_filters(&good, 3).is_err(), "a section missing");
+        assert!(decode_filters(&good, 1).is_err(), "bytes left over");
+    }
+
+    #[test]
+    fn a_level_under_another_name_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = DataPaths::new(dir.path());
+        let level = write_level(&paths, Seq(0), Seq(100), spread(100).into_iter())
+            .expect("write")
+            .expect("some");
+        let other = level_name(Seq(0), Seq(200));
+        fs::copy(
+            paths.ids_dir().join(level.name()),
+            paths.ids_dir().join(&other),
+        )
+        .expect("copy");
+        let err = Level::open(&paths, &other).expect_err("another name");
+        assert!(err.to_string().contains("not those its name says"), "{err}");
     }
 
     #[test]

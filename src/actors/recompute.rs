@@ -828,38 +828,24 @@ impl Start {
                 return Start::empty(views);
             }
         };
-        let cached: Vec<Option<ViewState>> = config
-            .views
-            .iter()
-            .zip(cutoffs)
-            .map(|(spec, cutoff)| {
-                let path = paths.cache_view(&spec.name);
-                let why = match store::read_cache::<CachedView<'static>>(&path) {
-                    Ok(Some(view))
-                        if view.upto == ids.upto
-                            && view.fingerprint == view_fingerprint(config, spec)
-                            && cutoff_reaches(view.cutoff, *cutoff) =>
-                    {
-                        match view.state.check(spec) {
-                            Ok(()) => return Some(view.state.into_owned()),
-                            Err(problem) => format!("its cached state does not fit it: {problem}"),
-                        }
-                    }
-                    Ok(Some(view)) if view.fingerprint != view_fingerprint(config, spec) => {
-                        "its config or the event rules changed".to_owned()
-                    }
-                    Ok(Some(view)) if view.upto != ids.upto => format!(
-                        "its cache covers {} records, the id cache {}",
-                        view.upto, ids.upto
-                    ),
-                    Ok(Some(_)) => "its retention cutoff went back".to_owned(),
-                    Ok(None) => "it has no cache yet".to_owned(),
-                    Err(err) => err.to_string(),
-                };
-                tracing::info!(view = %spec.name, reason = %why, "view computed from the master dataset");
-                None
-            })
-            .collect();
+        // Each view's state decodes on a thread of its own, and the id levels
+        // open (and are checked) on another, meanwhile.
+        let (cached, index) = std::thread::scope(|scope| {
+            let index = scope.spawn(|| IdIndex::open(paths, Seq(ids.upto), &ids.levels));
+            let loads: Vec<_> = config
+                .views
+                .iter()
+                .zip(cutoffs)
+                .map(|(spec, cutoff)| {
+                    scope.spawn(move || load_view(paths, config, spec, *cutoff, ids.upto))
+                })
+                .collect();
+            let cached: Vec<Option<ViewState>> = loads
+                .into_iter()
+                .map(|load| load.join().unwrap_or(None))
+                .collect();
+            (cached, index.join())
+        });
         let every = cached.iter().all(Option::is_some);
         let any = cached.iter().any(Option::is_some);
         if !any {
@@ -868,10 +854,16 @@ impl Start {
         let upto = ids.upto;
         // Read from `upto`, a run dedups against these; from the start, it sees them again.
         let index = if every {
-            match IdIndex::open(paths, Seq(upto), &ids.levels) {
-                Ok(index) => Some(index),
-                Err(err) => {
+            match index {
+                Ok(Ok(index)) => Some(index),
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err, "every view from the master dataset");
+                    return Start::empty(views);
+                }
+                Err(_) => {
+                    tracing::error!(
+                        "opening the id levels panicked: every view from the master dataset"
+                    );
                     return Start::empty(views);
                 }
             }
@@ -909,6 +901,43 @@ fn anchor(header: &store::RecordHeader, raw: &[u8]) -> u32 {
     fields[..8].copy_from_slice(&header.ingest_ms.to_le_bytes());
     fields[8..].copy_from_slice(&header.id_hash.to_le_bytes());
     crc32c::crc32c_append(crc32c::crc32c(raw), &fields)
+}
+
+/// View `spec`'s cached state, if its file reads back whole, of the same
+/// fingerprint, over the records before `upto`, pruned no later than
+/// `cutoff`; else why not is logged.
+fn load_view(
+    paths: &DataPaths,
+    config: &Config,
+    spec: &ViewSpec,
+    cutoff: Option<i64>,
+    upto: u64,
+) -> Option<ViewState> {
+    let path = paths.cache_view(&spec.name);
+    let why = match store::read_cache::<CachedView<'static>>(&path) {
+        Ok(Some(view))
+            if view.upto == upto
+                && view.fingerprint == view_fingerprint(config, spec)
+                && cutoff_reaches(view.cutoff, cutoff) =>
+        {
+            match view.state.check(spec) {
+                Ok(()) => return Some(view.state.into_owned()),
+                Err(problem) => format!("its cached state does not fit it: {problem}"),
+            }
+        }
+        Ok(Some(view)) if view.fingerprint != view_fingerprint(config, spec) => {
+            "its config or the event rules changed".to_owned()
+        }
+        Ok(Some(view)) if view.upto != upto => format!(
+            "its cache covers {} records, the id cache {}",
+            view.upto, upto
+        ),
+        Ok(Some(_)) => "its retention cutoff went back".to_owned(),
+        Ok(None) => "it has no cache yet".to_owned(),
+        Err(err) => err.to_string(),
+    };
+    tracing::info!(view = %spec.name, reason = %why, "view computed from the master dataset");
+    None
 }
 
 /// Whether a state pruned at bucket `cached` can be pruned to `now` and be

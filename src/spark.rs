@@ -256,7 +256,8 @@ pub struct Imported {
 /// command with its lock).
 ///
 /// # Errors
-/// See [`SparkError`]; nothing is written then.
+/// See [`SparkError`]; no snapshot is written then (an id level may be,
+/// which the next batch run or import removes).
 pub fn import(config: &Config, epoch: Epoch, from: &Path) -> Result<Imported, SparkError> {
     let (meta, data, groups, _) = read_and_write(config, epoch, from)?;
     Ok(Imported {

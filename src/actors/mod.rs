@@ -495,7 +495,8 @@ fn snapshot_ids(
 /// states, while the snapshot's states decode on a thread of their own.
 ///
 /// The outer error: the log cannot be read. The inner: the snapshot's states
-/// do not decode, or do not fit their views; it must not be used.
+/// do not decode, or do not fit their views, or its id index cannot be read
+/// (neither as named nor again from the log); it must not be used.
 fn replay(
     config: &Config,
     views: &Arc<[Arc<ViewSpec>]>,

@@ -10,8 +10,9 @@
 //! layer), then keeps the records of epochs <= the sealed one. Worker threads
 //! parse the survivors with the current config and apply them to their own
 //! view states (skipping buckets a view's retention has dropped). Memory is
-//! the views, the distinct ids, one partition of the first pass and a few
-//! batches in flight. The ids of the records before `later_from` become the
+//! the views, one partition of the first pass, the id levels' filters
+//! (about 1.15 bytes a distinct id; the ids stay on disk) and a few batches
+//! in flight. The ids of the records before `later_from` become the
 //! run's [`IdIndex`] (level files under `ids/`, which the snapshot names):
 //! the Recorder's first-copy check for the records after it.
 
@@ -828,23 +829,32 @@ impl Start {
                 return Start::empty(views);
             }
         };
-        // Each view's state decodes on a thread of its own, and the id levels
-        // open (and are checked) on another, meanwhile.
-        let (cached, index) = std::thread::scope(|scope| {
-            let index = scope.spawn(|| IdIndex::open(paths, Seq(ids.upto), &ids.levels));
+        // Each view's state decodes on a thread of its own (or here, if
+        // none can be started).
+        let cached: Vec<Option<ViewState>> = std::thread::scope(|scope| {
             let loads: Vec<_> = config
                 .views
                 .iter()
                 .zip(cutoffs)
                 .map(|(spec, cutoff)| {
-                    scope.spawn(move || load_view(paths, config, spec, *cutoff, ids.upto))
+                    let load = move || load_view(paths, config, spec, *cutoff, ids.upto);
+                    std::thread::Builder::new()
+                        .name("tandem-cache-load".into())
+                        .spawn_scoped(scope, load)
+                        .map_err(|_| load())
                 })
                 .collect();
-            let cached: Vec<Option<ViewState>> = loads
+            loads
                 .into_iter()
-                .map(|load| load.join().unwrap_or(None))
-                .collect();
-            (cached, index.join())
+                .zip(&config.views)
+                .map(|(load, spec)| match load {
+                    Ok(thread) => thread.join().unwrap_or_else(|_| {
+                        tracing::error!(view = %spec.name, "decoding its cached state panicked: the view is computed from the master dataset");
+                        None
+                    }),
+                    Err(loaded) => loaded,
+                })
+                .collect()
         });
         let every = cached.iter().all(Option::is_some);
         let any = cached.iter().any(Option::is_some);
@@ -854,16 +864,10 @@ impl Start {
         let upto = ids.upto;
         // Read from `upto`, a run dedups against these; from the start, it sees them again.
         let index = if every {
-            match index {
-                Ok(Ok(index)) => Some(index),
-                Ok(Err(err)) => {
+            match IdIndex::open(paths, Seq(upto), &ids.levels) {
+                Ok(index) => Some(index),
+                Err(err) => {
                     tracing::warn!(error = %err, "every view from the master dataset");
-                    return Start::empty(views);
-                }
-                Err(_) => {
-                    tracing::error!(
-                        "opening the id levels panicked: every view from the master dataset"
-                    );
                     return Start::empty(views);
                 }
             }

@@ -330,8 +330,6 @@ impl Handler<Append> for Recorder {
                 Err(err) => {
                     self.first_copies.rollback_to(mark);
                     tracing::error!(error = %err, "cannot read the id index: the batch is refused");
-                    // Shown in /v1/status as a failed write is, until a commit writes again.
-                    self.shared.store_error.set(Some(crate::error_chain(&err)));
                     msg.reply.send(Err(Arc::new(err))).ok();
                     return;
                 }

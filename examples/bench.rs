@@ -1044,16 +1044,7 @@ fn keep_first_snapshot(master: &Path) -> Result<(), BoxError> {
     }
     // A later run removes the id levels the first snapshot names: they are
     // put back from the links kept when it was written.
-    let kept = master.join(FIRST_LEVELS);
-    std::fs::create_dir_all(paths.ids_dir())?;
-    for name in tandem::store::list_levels(&DataPaths::new(&kept))? {
-        let from = kept.join("ids").join(&name);
-        let to = paths.ids_dir().join(&name);
-        if !to.exists() {
-            std::fs::hard_link(from, to)?;
-        }
-    }
-    Ok(())
+    link_levels(&DataPaths::new(master.join(FIRST_LEVELS)), &paths)
 }
 
 /// Where the first snapshot's id levels are kept (hard links, as `ids/`).
@@ -1061,11 +1052,20 @@ const FIRST_LEVELS: &str = "first-snapshot";
 
 /// Links the first snapshot's id levels into [`FIRST_LEVELS`].
 fn keep_first_levels(master: &Path) -> Result<(), BoxError> {
-    let paths = DataPaths::new(master);
-    let kept = master.join(FIRST_LEVELS).join("ids");
-    std::fs::create_dir_all(&kept)?;
-    for name in tandem::store::list_levels(&paths)? {
-        std::fs::hard_link(paths.ids_dir().join(&name), kept.join(&name))?;
+    link_levels(
+        &DataPaths::new(master),
+        &DataPaths::new(master.join(FIRST_LEVELS)),
+    )
+}
+
+/// Hard-links the id levels of `from` that `to` lacks into `to`'s `ids/`.
+fn link_levels(from: &DataPaths, to: &DataPaths) -> Result<(), BoxError> {
+    std::fs::create_dir_all(to.ids_dir())?;
+    for name in tandem::store::list_levels(from)? {
+        let link = to.ids_dir().join(&name);
+        if !link.exists() {
+            std::fs::hard_link(from.ids_dir().join(&name), link)?;
+        }
     }
     Ok(())
 }
@@ -1082,7 +1082,6 @@ fn run_child(kind: &str, dir: &Path) -> Result<(), BoxError> {
             // The newest snapshot's views and their indexes, as a batch run
             // leaves them to be served: what a run holds that is the views'
             // own, measured apart from the run.
-            let paths = DataPaths::new(dir);
             let (_, path) = tandem::store::list_snapshots(&paths)?
                 .into_iter()
                 .next()

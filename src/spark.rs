@@ -281,7 +281,8 @@ fn read_and_write(
     // The ids go to a level file, which the snapshot names.
     let upto = Seq(data.sealed.map_or(0, |sealed| sealed.later_from));
     let ids = open_ids(&paths, upto, &data.ids)?;
-    data.ids = StoredIds::Levels(ids.names());
+    let levels = ids.names();
+    data.ids = StoredIds::Levels(levels.clone());
     let meta = store::write_snapshot(
         &paths,
         epoch,
@@ -290,7 +291,7 @@ fn read_and_write(
         &data,
         config.batch.keep_snapshots,
     )?;
-    remove_unused_levels(&paths, &ids.names());
+    remove_unused_levels(&paths, &levels);
     Ok((meta, data, groups, ids))
 }
 

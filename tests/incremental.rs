@@ -471,8 +471,7 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
 
     // One byte flipped in the middle of the payload: the crc refuses it.
     let path = paths.cache_view("by_product");
-    let middle = std::fs::metadata(&path).expect("stat").len() / 2;
-    common::xor_byte(&path, middle, 0x40);
+    flip_middle_byte(&path);
     let refused = tandem::store::verify_cache(&path).expect_err("a damaged file is refused");
     assert!(refused.to_string().contains("crc"), "{refused}");
     let (_, sources) = twin.epoch(&config, 5, 1_500);
@@ -488,8 +487,7 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
         .collect();
     assert!(!levels.is_empty());
     for level in &levels {
-        let middle = std::fs::metadata(level).expect("stat").len() / 2;
-        common::xor_byte(level, middle, 0x40);
+        flip_middle_byte(level);
     }
     let (_, sources) = twin.epoch(&config, 7, 1_500);
     assert_eq!(
@@ -513,6 +511,12 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
 
     let (_, sources) = twin.epoch(&config, 10, 1_500);
     assert_eq!(sources, (2, 0), "the cache is whole again");
+}
+
+/// Flips a bit of the byte in the middle of the file at `path`.
+fn flip_middle_byte(path: &Path) {
+    let middle = std::fs::metadata(path).expect("stat").len() / 2;
+    common::xor_byte(path, middle, 0x40);
 }
 
 /// A master dataset restored from a backup (or replaced) under a cache that

@@ -600,6 +600,10 @@ fn replay(
             }
             let mut unreadable = None;
             let read = store::scan_segment(segment, None, |header, raw| {
+                // The replay is given up once the index cannot be read.
+                if unreadable.is_some() {
+                    return;
+                }
                 let first = if header.seq < from {
                     prefix.first(header.seq, header.id_hash)
                 } else {

@@ -46,14 +46,6 @@ impl std::fmt::Debug for IdIndex {
 }
 
 impl IdIndex {
-    /// No id, covering the records before `upto` (none of which has one).
-    pub fn empty(upto: Seq) -> IdIndex {
-        IdIndex {
-            upto,
-            levels: Vec::new(),
-        }
-    }
-
     /// The index of `ids`, the ids of every record before `upto` (in any
     /// order, repeats allowed), written as one level file under `paths`.
     ///
@@ -168,11 +160,6 @@ impl IdIndex {
     pub fn levels(&self) -> usize {
         self.levels.len()
     }
-
-    /// Bytes held in memory: the levels' filters and page fences.
-    pub fn memory_bytes(&self) -> usize {
-        self.levels.iter().map(|level| level.memory_bytes()).sum()
-    }
 }
 
 /// Decides, record by record in log order, whether a record holds the first
@@ -210,9 +197,7 @@ impl FirstCopies {
         if self.later_set.contains(&id) || self.index.contains(id)? {
             return Ok(false);
         }
-        self.later_set.insert(id);
-        self.later.push_back((seq, id));
-        self.staged += 1;
+        self.remember(seq, id);
         Ok(true)
     }
 
@@ -394,7 +379,7 @@ mod tests {
         assert!(!first_at(&mut first, 8, 12));
         assert!(!first_at(&mut first, 8, 13));
         // An older index is ignored.
-        first.advance(Arc::new(IdIndex::empty(Seq(1))));
+        first.advance(Arc::new(IdIndex::of_level(Seq(1), None)));
         assert!(!first_at(&mut first, 8, 11));
     }
 

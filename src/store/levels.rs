@@ -365,8 +365,6 @@ pub struct LevelWriter {
     /// The bytes of the page being written.
     page: Vec<u8>,
     filters: Vec<SectionFilter>,
-    /// Sections ended: those in `filters` and the one in `building`.
-    ended: usize,
     /// The filter of the section before, built on a thread of its own while
     /// the next section is written.
     building: Option<std::thread::JoinHandle<SectionFilter>>,
@@ -421,7 +419,6 @@ impl LevelWriter {
             page_crcs: Vec::new(),
             page: Vec::with_capacity(PAGE_IDS * 8),
             filters: Vec::with_capacity(1 << bits),
-            ended: 0,
             building: None,
             section: Vec::new(),
         })
@@ -440,7 +437,7 @@ impl LevelWriter {
         }
         self.last = Some(id);
         let section = section_of(id, self.bits);
-        while self.ended < section {
+        while self.ended() < section {
             self.end_section();
         }
         if self.count.is_multiple_of(PAGE_IDS as u64) {
@@ -471,7 +468,6 @@ impl LevelWriter {
     /// (the section before's is taken first, so at most one is built at a time).
     fn end_section(&mut self) {
         self.take_built();
-        self.ended += 1;
         if self.section.is_empty() {
             self.filters.push(SectionFilter::Empty);
             return;
@@ -493,6 +489,11 @@ impl LevelWriter {
         }
     }
 
+    /// Sections ended: those in `filters` and the one in `building`.
+    fn ended(&self) -> usize {
+        self.filters.len() + usize::from(self.building.is_some())
+    }
+
     /// The filter being built, once it is.
     fn take_built(&mut self) {
         if let Some(building) = self.building.take() {
@@ -511,7 +512,7 @@ impl LevelWriter {
             fs::remove_file(&self.tmp).map_err(|source| Error::io("remove", &self.tmp, source))?;
             return Ok(None);
         }
-        while self.ended < 1 << self.bits {
+        while self.ended() < 1 << self.bits {
             self.end_section();
         }
         self.take_built();
@@ -753,6 +754,13 @@ mod tests {
         ids
     }
 
+    /// The level of [`spread`]`(100)`, the records before seq 100.
+    fn hundred_ids(paths: &DataPaths) -> Level {
+        write_level(paths, Seq(0), Seq(100), spread(100).into_iter())
+            .expect("write")
+            .expect("some ids")
+    }
+
     #[test]
     fn a_level_reads_back_exactly_its_ids() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -841,9 +849,7 @@ mod tests {
     fn a_level_under_another_name_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = DataPaths::new(dir.path());
-        let level = write_level(&paths, Seq(0), Seq(100), spread(100).into_iter())
-            .expect("write")
-            .expect("some");
+        let level = hundred_ids(&paths);
         let other = level_name(Seq(0), Seq(200));
         fs::copy(
             paths.ids_dir().join(level.name()),
@@ -858,9 +864,7 @@ mod tests {
     fn a_damaged_level_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = DataPaths::new(dir.path());
-        let level = write_level(&paths, Seq(0), Seq(100), spread(100).into_iter())
-            .expect("write")
-            .expect("some");
+        let level = hundred_ids(&paths);
         let path = paths.ids_dir().join(level.name());
         let mut bytes = fs::read(&path).expect("read");
         bytes[HEADER_BYTES as usize + 17] ^= 1;

@@ -28,11 +28,8 @@ pub use cache::{
 pub use copies::{Copies, PARTITION_ENTRIES, find_copies};
 pub use counters::{Counters, load_counters, save_counters};
 pub use epochs::{EpochIndex, SealedEpoch, parse_entries, read_epochs};
-pub use ids::{FirstCopies, IdIndex, MAX_LEVELS};
-pub use levels::{
-    IDS_FORMAT_VERSION, Level, LevelWriter, level_name, list_levels, remove_other_levels,
-    write_level,
-};
+pub use ids::{FirstCopies, IdIndex};
+pub use levels::{Level, list_levels, remove_other_levels, write_level};
 pub use lock::DataDirLock;
 pub use paths::DataPaths;
 pub use record::{Corruption, RecordHeader};

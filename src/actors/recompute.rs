@@ -1020,28 +1020,35 @@ pub fn recompute(
     let (meta, indexes) = std::thread::scope(|scope| {
         let write = scope.spawn(|| {
             let keep = config.batch.keep_snapshots;
-            store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
+            timed(|| {
+                store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
+            })
         });
         let cache = scope.spawn(|| {
-            if let Some(cache) = &built.cache {
-                write_cache(paths, config, sealed, &states, &built.ids, cache);
-            }
+            timed(|| {
+                if let Some(cache) = &built.cache {
+                    write_cache(paths, config, sealed, &states, &built.ids, cache);
+                }
+            })
         });
-        let indexes = build_indexes(&config.views, &states);
-        let meta = write
+        let (indexes, indexes_ms) = timed(|| build_indexes(&config.views, &states));
+        let (meta, snapshot_ms) = write
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the snapshot"))?;
-        cache
+        let ((), cache_ms) = cache
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the batch cache"))?;
+        tracing::info!(
+            epoch = %sealed.epoch,
+            ms = writing.elapsed().as_millis() as u64,
+            snapshot_ms,
+            cache_ms,
+            indexes_ms,
+            "batch run wrote its snapshot and built its indexes"
+        );
         Ok::<_, RecomputeError>((meta?, indexes))
     })?;
     remove_unused_levels(paths, &levels);
-    tracing::info!(
-        epoch = %sealed.epoch,
-        ms = writing.elapsed().as_millis() as u64,
-        "batch run wrote its snapshot and built its indexes"
-    );
     let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();
     Ok(Batch {
         epoch: Some(sealed.epoch),
@@ -1054,6 +1061,13 @@ pub fn recompute(
         later_from: sealed.later_from.0,
         ids: Arc::new(built.ids),
     })
+}
+
+/// What `work` returns, and the milliseconds it took.
+fn timed<T>(work: impl FnOnce() -> T) -> (T, u64) {
+    let started = std::time::Instant::now();
+    let done = work();
+    (done, started.elapsed().as_millis() as u64)
 }
 
 /// Removes the id levels that neither `named` (those of a snapshot just

@@ -67,6 +67,11 @@ pub struct ViewIndex {
 /// each through at most 2^`UNKEPT_LEVELS` leaves instead.
 const UNKEPT_LEVELS: u32 = 2;
 
+/// The leaves an index build merges the groups of at once: their states
+/// (a busy bucket's a register array of 16 KiB and a DDSketch) fit in a
+/// core's cache.
+const LEAVES_AT_ONCE: usize = 32;
+
 /// Whether the tree of `t` leaves keeps node `node < t`: one with at least
 /// [`UNKEPT_LEVELS`] levels of inner nodes below it.
 fn kept(node: usize, t: usize) -> bool {
@@ -269,18 +274,36 @@ impl ViewIndex {
         for (_, groups) in state.keys() {
             let start = rollups.len();
             rollups.extend(empty.iter().cloned());
-            let mut leaf = 0;
-            for (at, bucket) in groups.buckets().iter().enumerate() {
-                // A key's buckets ascend, so each one's leaf lies after the last.
-                leaf += buckets[leaf..].partition_point(|start| start < bucket);
+            for at in 0..groups.len() {
                 let states = groups.states(n, at);
                 for (monotone, state) in monotone.iter_mut().zip(states) {
                     if let MetricState::Sum(sum) = state {
                         *monotone &= sum.as_i128() >= 0;
                     }
                 }
-                merge_states(&mut tree[(t + leaf) * n..(t + leaf + 1) * n], states);
                 merge_states(&mut rollups[start..start + n], states);
+            }
+        }
+        // The leaves a few at a time, each taking every key's groups of its
+        // bucket: the leaves being merged into stay in the CPU's cache (a
+        // busy bucket's totals hold a register array of 16 KiB), where key
+        // by key every group would land in another bucket's.
+        let mut next: Vec<usize> = vec![0; state.key_count()];
+        for (chunk, starts) in buckets.chunks(LEAVES_AT_ONCE).enumerate() {
+            let Some(&chunk_end) = starts.last() else {
+                continue;
+            };
+            for ((_, groups), at) in state.keys().zip(&mut next) {
+                let mut leaf = chunk * LEAVES_AT_ONCE;
+                while let Some(bucket) = groups.buckets().get(*at).filter(|b| **b <= chunk_end) {
+                    // A key's buckets ascend, so each one's leaf lies after the last.
+                    leaf += buckets[leaf..].partition_point(|start| start < bucket);
+                    merge_states(
+                        &mut tree[(t + leaf) * n..(t + leaf + 1) * n],
+                        groups.states(n, *at),
+                    );
+                    *at += 1;
+                }
             }
         }
         for node in (1..t).rev().filter(|node| kept(*node, t)) {

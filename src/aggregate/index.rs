@@ -125,6 +125,83 @@ fn state_bytes(state: &ViewState, n: usize) -> usize {
         .sum()
 }
 
+/// Per key of `state` (a state of `spec`), its states over every bucket,
+/// one after another; and per metric, whether a key's value over some of
+/// its buckets never exceeds its value over all of them.
+fn rollups_of(
+    spec: &ViewSpec,
+    state: &ViewState,
+    empty: &[MetricState],
+) -> (Vec<MetricState>, Vec<bool>) {
+    let n = empty.len();
+    let mut monotone: Vec<bool> = spec
+        .metrics
+        .iter()
+        .map(|metric| metric.agg.is_monotone())
+        .collect();
+    let mut rollups: Vec<MetricState> = Vec::with_capacity(state.key_count() * n);
+    for (_, groups) in state.keys() {
+        let start = rollups.len();
+        rollups.extend(empty.iter().cloned());
+        for at in 0..groups.len() {
+            let states = groups.states(n, at);
+            for (monotone, state) in monotone.iter_mut().zip(states) {
+                if let MetricState::Sum(sum) = state {
+                    *monotone &= sum.as_i128() >= 0;
+                }
+            }
+            merge_states(&mut rollups[start..start + n], states);
+        }
+    }
+    (rollups, monotone)
+}
+
+/// The segment tree over `buckets` (every bucket start of `state`,
+/// ascending) of the bucket totals, `n` states a node.
+fn tree_of(
+    state: &ViewState,
+    buckets: &[i64],
+    n: usize,
+    empty: &[MetricState],
+) -> Vec<MetricState> {
+    let t = buckets.len();
+    let mut tree: Vec<MetricState> = (0..2 * t).flat_map(|_| empty.iter().cloned()).collect();
+    // The leaves a few at a time, each taking every key's groups of its
+    // bucket: the leaves being merged into stay in the CPU's cache (a
+    // busy bucket's totals hold a register array of 16 KiB), where key
+    // by key every group would land in another bucket's.
+    let mut next: Vec<usize> = vec![0; state.key_count()];
+    for (chunk, starts) in buckets.chunks(LEAVES_AT_ONCE).enumerate() {
+        let Some(&chunk_end) = starts.last() else {
+            continue;
+        };
+        for ((_, groups), at) in state.keys().zip(&mut next) {
+            let mut leaf = chunk * LEAVES_AT_ONCE;
+            while let Some(bucket) = groups.buckets().get(*at).filter(|b| **b <= chunk_end) {
+                // A key's buckets ascend, so each one's leaf lies after the last.
+                leaf += buckets[leaf..].partition_point(|start| start < bucket);
+                merge_states(
+                    &mut tree[(t + leaf) * n..(t + leaf + 1) * n],
+                    groups.states(n, *at),
+                );
+                *at += 1;
+            }
+        }
+    }
+    for node in (1..t).rev().filter(|node| kept(*node, t)) {
+        let mut merged = empty.to_vec();
+        for child in [2 * node, 2 * node + 1] {
+            expand(child, t, &mut |part| {
+                merge_states(&mut merged, &tree[part * n..(part + 1) * n]);
+            });
+        }
+        for (state, merged) in tree[node * n..(node + 1) * n].iter_mut().zip(merged) {
+            *state = merged;
+        }
+    }
+    tree
+}
+
 /// The blocks of one key's buckets kept merged: per size of [`BLOCK_SIZES`],
 /// block `k` (the buckets at positions `k * size..(k + 1) * size`, whole
 /// blocks only), its states if kept.
@@ -262,61 +339,23 @@ impl ViewIndex {
             .collect();
         buckets.sort_unstable();
         buckets.dedup();
-        let t = buckets.len();
         let empty = spec.empty_states();
-        let mut monotone: Vec<bool> = spec
-            .metrics
-            .iter()
-            .map(|metric| metric.agg.is_monotone())
-            .collect();
-        let mut tree: Vec<MetricState> = (0..2 * t).flat_map(|_| empty.iter().cloned()).collect();
-        let mut rollups: Vec<MetricState> = Vec::with_capacity(state.key_count() * n);
-        for (_, groups) in state.keys() {
-            let start = rollups.len();
-            rollups.extend(empty.iter().cloned());
-            for at in 0..groups.len() {
-                let states = groups.states(n, at);
-                for (monotone, state) in monotone.iter_mut().zip(states) {
-                    if let MetricState::Sum(sum) = state {
-                        *monotone &= sum.as_i128() >= 0;
-                    }
-                }
-                merge_states(&mut rollups[start..start + n], states);
-            }
-        }
-        // The leaves a few at a time, each taking every key's groups of its
-        // bucket: the leaves being merged into stay in the CPU's cache (a
-        // busy bucket's totals hold a register array of 16 KiB), where key
-        // by key every group would land in another bucket's.
-        let mut next: Vec<usize> = vec![0; state.key_count()];
-        for (chunk, starts) in buckets.chunks(LEAVES_AT_ONCE).enumerate() {
-            let Some(&chunk_end) = starts.last() else {
-                continue;
+        // The roll-ups on a thread of their own while the tree is built here
+        // (or here too, when no thread can be started).
+        let roll = || rollups_of(spec, state, &empty);
+        let (tree, (rollups, monotone)) = std::thread::scope(|scope| {
+            let rolling = std::thread::Builder::new()
+                .name("tandem-index".into())
+                .spawn_scoped(scope, roll);
+            let tree = tree_of(state, &buckets, n, &empty);
+            let rolled = match rolling {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => roll(),
             };
-            for ((_, groups), at) in state.keys().zip(&mut next) {
-                let mut leaf = chunk * LEAVES_AT_ONCE;
-                while let Some(bucket) = groups.buckets().get(*at).filter(|b| **b <= chunk_end) {
-                    // A key's buckets ascend, so each one's leaf lies after the last.
-                    leaf += buckets[leaf..].partition_point(|start| start < bucket);
-                    merge_states(
-                        &mut tree[(t + leaf) * n..(t + leaf + 1) * n],
-                        groups.states(n, *at),
-                    );
-                    *at += 1;
-                }
-            }
-        }
-        for node in (1..t).rev().filter(|node| kept(*node, t)) {
-            let mut merged = empty.clone();
-            for child in [2 * node, 2 * node + 1] {
-                expand(child, t, &mut |part| {
-                    merge_states(&mut merged, &tree[part * n..(part + 1) * n]);
-                });
-            }
-            for (state, merged) in tree[node * n..(node + 1) * n].iter_mut().zip(merged) {
-                *state = merged;
-            }
-        }
+            (tree, rolled)
+        });
         // Blocks for the keys of the largest merge weight first, while the
         // index stays within its share of the state's memory.
         let unblocked = ViewIndex::bytes_without_blocks(&buckets, &tree, &rollups, n);

@@ -1038,6 +1038,7 @@ pub fn recompute(
         let ((), cache_ms) = cache
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the batch cache"))?;
+        let meta = meta?;
         tracing::info!(
             epoch = %sealed.epoch,
             ms = writing.elapsed().as_millis() as u64,
@@ -1046,7 +1047,7 @@ pub fn recompute(
             indexes_ms,
             "batch run wrote its snapshot and built its indexes"
         );
-        Ok::<_, RecomputeError>((meta?, indexes))
+        Ok::<_, RecomputeError>((meta, indexes))
     })?;
     remove_unused_levels(paths, &levels);
     let views: Vec<ViewState> = data.views.into_iter().map(|(_, view)| view.state).collect();

@@ -86,7 +86,8 @@ const HLL_ARRAY_WORDS: u8 = 10;
 /// A sketch's registers: built by inserts (or loaded), a plain sketch, which
 /// a union reads without a copy; once merged into while every side is a
 /// coupon list or set, DataSketches' union, which takes further sketches in
-/// place; once merged with a register array, the registers themselves.
+/// place; once merged with a register array, or sent exact values by a
+/// merge while DataSketches holds them as one, the registers themselves.
 #[derive(Debug, Clone)]
 enum Registers {
     Sketch(DsHll),
@@ -296,6 +297,11 @@ impl HllSketch {
     /// registers as DataSketches' array would, at a fraction of its cost;
     /// a coupon list or set stays DataSketches' own.
     fn insert_all(&mut self, hashes: &[u64]) {
+        // Nothing changes: the estimate is kept (a merge with an empty state
+        // is how a query starts).
+        if hashes.is_empty() {
+            return;
+        }
         if !matches!(self.registers, Registers::Dense(_)) && self.registers.is_array() {
             self.registers = Registers::Dense(self.to_array());
         }

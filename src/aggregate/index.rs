@@ -67,9 +67,9 @@ pub struct ViewIndex {
 /// each through at most 2^`UNKEPT_LEVELS` leaves instead.
 const UNKEPT_LEVELS: u32 = 2;
 
-/// The leaves an index build merges the groups of at once: their states
-/// (a busy bucket's a register array of 16 KiB and a DDSketch) fit in a
-/// core's cache.
+/// The leaves an index build merges the groups of at once: their states (a
+/// busy bucket's a register array of 16 KiB and a DDSketch of a few KiB,
+/// up to about 1.5 MiB in all) fit in a core's L2 cache.
 const LEAVES_AT_ONCE: usize = 32;
 
 /// Whether the tree of `t` leaves keeps node `node < t`: one with at least

@@ -262,31 +262,7 @@ impl Payload<'_> {
             crate::faults::crash_point(self.crash_point);
         }
     }
-}
 
-/// Postcard writes into the gathered chunk directly, a field at a time
-/// (through `io::Write` each field cost a call, about a tenth of encoding).
-impl postcard::ser_flavors::Flavor for &mut Payload<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.buffer.push(byte);
-        self.drain_when_full()
-    }
-
-    #[inline]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.buffer.extend_from_slice(bytes);
-        self.drain_when_full()
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-impl Payload<'_> {
     /// Drains the chunk once it is full; an I/O error is kept for the caller
     /// (postcard reports any error of its output as its own).
     #[inline]
@@ -304,6 +280,28 @@ impl Payload<'_> {
             self.failed = Some(err);
             postcard::Error::SerializeBufferFull
         })
+    }
+}
+
+/// Postcard writes into the gathered chunk directly, a field at a time
+/// (through `io::Write`, each field cost a call of its own).
+impl postcard::ser_flavors::Flavor for &mut Payload<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.buffer.push(byte);
+        self.drain_when_full()
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.buffer.extend_from_slice(bytes);
+        self.drain_when_full()
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

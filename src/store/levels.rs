@@ -566,23 +566,28 @@ impl LevelWriter {
 
 const FILTER_HEAD_BYTES: usize = 1 + 8 + 4 * 3 + 8;
 
+/// The byte in front of each section's entry in the trailer.
+const SECTION_EMPTY: u8 = 0;
+const SECTION_FILTER: u8 = 1;
+const SECTION_UNFILTERED: u8 = 2;
+
 /// The trailer of a level file: its sections' filters.
 fn encode_filters(filters: &[SectionFilter]) -> Vec<u8> {
     let mut out = Vec::new();
     for filter in filters {
         let filter = match filter {
             SectionFilter::Empty => {
-                out.push(0);
+                out.push(SECTION_EMPTY);
                 continue;
             }
             SectionFilter::Unfiltered => {
-                out.push(2);
+                out.push(SECTION_UNFILTERED);
                 continue;
             }
             SectionFilter::Filter(filter) => filter,
         };
         let descriptor = &filter.descriptor;
-        out.push(1);
+        out.push(SECTION_FILTER);
         out.extend_from_slice(&descriptor.seed.to_le_bytes());
         out.extend_from_slice(&descriptor.segment_length.to_le_bytes());
         out.extend_from_slice(&descriptor.segment_length_mask.to_le_bytes());
@@ -604,12 +609,13 @@ fn decode_filters(
     for section in 0..sections {
         let short = || format!("the trailer ends in section {section}'s filter");
         let (&flag, rest) = bytes.split_first().ok_or_else(short)?;
-        if flag == 0 || flag == 2 {
-            filters.push(if flag == 0 {
-                SectionFilter::Empty
-            } else {
-                SectionFilter::Unfiltered
-            });
+        let plain = match flag {
+            SECTION_EMPTY => Some(SectionFilter::Empty),
+            SECTION_UNFILTERED => Some(SectionFilter::Unfiltered),
+            _ => None,
+        };
+        if let Some(plain) = plain {
+            filters.push(plain);
             bytes = rest;
             continue;
         }
@@ -633,7 +639,7 @@ fn decode_filters(
         // which the filter takes in 32 bits, fits).
         let (count_length, length) = (descriptor.segment_count_length, descriptor.segment_length);
         let reach = u64::from(count_length) + 2 * u64::from(length);
-        if flag != 1
+        if flag != SECTION_FILTER
             || !length.is_power_of_two()
             || descriptor.segment_length_mask != length - 1
             || count_length == 0

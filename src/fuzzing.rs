@@ -304,6 +304,7 @@ fn snapshot_of(version: u32, data: &[u8]) {
         created_ms: 0,
         payload_bytes: data.len() as u64,
         version: crate::store::FORMAT_VERSION,
+        payload_crc: 0,
     };
     if let Ok(batch) = Batch::from_snapshot(&config.views, meta, decoded, Default::default()) {
         for (spec, state) in config.views.iter().zip(&batch.views) {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tandem::Config;
 use tandem::actors::RunMode;
-use tandem::actors::recompute::{Batch, Progress, recompute};
+use tandem::actors::recompute::{Batch, Progress, recompute, snapshot_holding};
 use tandem::actors::recompute_worker::with_pool;
 use tandem::aggregate::{Distinct, MetricState, MetricValue, Quantiles, ViewState};
 use tandem::event::Epoch;
@@ -335,17 +335,23 @@ impl Twin {
         }
     }
 
-    /// Logs epoch `epoch`: some of its records, some of the next epoch's (a
-    /// source that saw the barrier first), then the rest of its own (one that
-    /// had not); seals it and runs both data_dirs. Answers the incremental
-    /// run's view sources.
+    /// Logs epoch `epoch`: some of its records, in even epochs some of the
+    /// next epoch's (a source that saw the barrier first), then the rest of
+    /// its own (one that had not); seals it and runs both data_dirs. Answers
+    /// the incremental run's view sources. (After an odd epoch the snapshot
+    /// holds the states the batch cache holds, and the cache names it; after
+    /// an even one the cache holds its states itself.)
     fn epoch(&mut self, config: &Config, epoch: u64, records: usize) -> (Batch, (u64, u64)) {
         let mut batch: Vec<Logged> = (0..records * 2 / 3)
             .map(|_| self.stream.record(epoch))
             .collect();
-        let later_from = self.log.len() as u64 + batch.len() as u64;
-        batch.extend((0..records / 10).map(|_| self.stream.record(epoch + 1)));
+        let ahead = if epoch.is_multiple_of(2) { records / 10 } else { 0 };
+        let mut later_from = self.log.len() as u64 + batch.len() as u64;
+        batch.extend((0..ahead).map(|_| self.stream.record(epoch + 1)));
         batch.extend((0..records / 3).map(|_| self.stream.record(epoch)));
+        if ahead == 0 {
+            later_from = self.log.len() as u64 + batch.len() as u64;
+        }
         for store in [&mut self.incremental, &mut self.full] {
             store.append(config, &batch);
         }
@@ -369,14 +375,27 @@ fn incremental_runs_store_the_bytes_of_full_runs_and_match_the_oracle() {
     let (_, first) = twin.epoch(&config, 1, 3_000);
     assert_eq!(first, (0, 2), "the first run has no cache");
     let mut last = None;
+    let mut most_levels = 0;
     for epoch in 2..=9 {
         let (batch, sources) = twin.epoch(&config, epoch, 1_500);
         assert_eq!(sources, (2, 0), "epoch {epoch}: both views from the cache");
+        // A snapshot over the cache's records holds the cached states: they
+        // are stored once, in it.
+        let holding = snapshot_holding(&twin.incremental.paths().cache_view("by_product"))
+            .expect("the view's cache file")
+            .map(|(epoch, _)| epoch);
+        let over_the_same_records = !epoch.is_multiple_of(2);
+        assert_eq!(
+            holding,
+            over_the_same_records.then_some(Epoch(epoch)),
+            "epoch {epoch}"
+        );
+        most_levels = most_levels.max(batch.ids.levels());
         last = Some(batch);
     }
     let last = last.expect("runs");
     assert!(
-        last.ids.levels() > 1,
+        most_levels > 1,
         "the id index was extended, not rebuilt: {:?}",
         last.ids
     );
@@ -511,6 +530,62 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
 
     let (_, sources) = twin.epoch(&config, 10, 1_500);
     assert_eq!(sources, (2, 0), "the cache is whole again");
+
+    // After an odd epoch the cache names the snapshot that holds its
+    // states: gone, damaged, or written again since, it is not read.
+    let (_, sources) = twin.epoch(&config, 11, 1_500);
+    assert_eq!(sources, (2, 0));
+    let report = inspect(&paths);
+    assert!(
+        report.contains("view-by_product.bin  covers seq ..")
+            && report.contains("its state in the snapshot of epoch 11  ok"),
+        "{report}"
+    );
+    let snapshot = paths.snapshot(Epoch(11));
+    std::fs::remove_file(&snapshot).expect("delete");
+    let report = inspect(&paths);
+    assert!(
+        report.contains("view-by_product.bin  unusable, recomputed by the next batch run: the snapshot of epoch 11 that holds its state is gone"),
+        "{report}"
+    );
+    let (_, sources) = twin.epoch(&config, 13, 1_500);
+    assert_eq!(sources, (0, 2), "the snapshot holding the states is gone");
+
+    flip_middle_byte(&paths.snapshot(Epoch(13)));
+    let (_, sources) = twin.epoch(&config, 15, 1_500);
+    assert_eq!(
+        sources,
+        (0, 2),
+        "the snapshot holding the states is damaged"
+    );
+
+    // The same epoch's snapshot written again (by an import, say) with the
+    // same states: another file all the same.
+    let snapshot = paths.snapshot(Epoch(15));
+    let (meta, data) = tandem::actors::recompute::read_snapshot_data(&snapshot).expect("read");
+    tandem::store::write_snapshot(
+        &paths,
+        meta.epoch,
+        meta.records,
+        meta.created_ms + 1,
+        &data,
+        2,
+    )
+    .expect("write");
+    let (_, sources) = twin.epoch(&config, 17, 1_500);
+    assert_eq!(sources, (0, 2), "the snapshot was written again");
+    let (_, sources) = twin.epoch(&config, 19, 1_500);
+    assert_eq!(sources, (2, 0), "the cache names the new snapshot");
+}
+
+/// What `tandem inspect` reports of the data_dir.
+fn inspect(paths: &DataPaths) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["inspect", "--data"])
+        .arg(paths.root())
+        .output()
+        .expect("run inspect");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Flips a bit of the byte in the middle of the file at `path`.

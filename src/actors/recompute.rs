@@ -757,7 +757,66 @@ struct CachedView<'a> {
     upto: u64,
     fingerprint: std::borrow::Cow<'a, str>,
     cutoff: Option<i64>,
-    state: std::borrow::Cow<'a, ViewState>,
+    state: CachedState<'a>,
+}
+
+/// Where a cached view's state is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum CachedState<'a> {
+    /// In the cache file itself: a run whose snapshot holds other states
+    /// (records after `later_from` counted) writes them here.
+    Here(std::borrow::Cow<'a, ViewState>),
+    /// In the snapshot this names, under the view's name: the run that
+    /// wrote the cache wrote that snapshot with these very states, so they
+    /// are stored once.
+    InSnapshot(SnapshotRef),
+}
+
+/// Names one snapshot file: its epoch, and what its header says of its
+/// payload, so that a snapshot of the same epoch written since (another
+/// run, an import) is told from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct SnapshotRef {
+    epoch: u64,
+    created_ms: i64,
+    payload_bytes: u64,
+    payload_crc: u32,
+}
+
+impl SnapshotRef {
+    fn of(meta: &SnapshotMeta) -> SnapshotRef {
+        SnapshotRef {
+            epoch: meta.epoch.0,
+            created_ms: meta.created_ms,
+            payload_bytes: meta.payload_bytes,
+            payload_crc: meta.payload_crc,
+        }
+    }
+}
+
+/// The snapshot (its epoch and payload crc) that holds the state of the
+/// batch cache's view file at `path`: `None` when the file holds the state
+/// itself. For `tandem inspect`, which checks that the snapshot is there.
+///
+/// # Errors
+/// As [`store::read_cache`]; a file that does not exist or is not a view's
+/// is [`store::Error::BadCache`].
+pub fn snapshot_holding(path: &std::path::Path) -> store::Result<Option<(Epoch, u32)>> {
+    let missing = || store::Error::BadCache {
+        path: path.to_owned(),
+        problem: "missing".to_owned(),
+    };
+    let view = store::read_cache::<CachedView<'static>>(path)?.ok_or_else(missing)?;
+    Ok(match view.state {
+        CachedState::Here(_) => None,
+        CachedState::InSnapshot(named) => Some((Epoch(named.epoch), named.payload_crc)),
+    })
+}
+
+/// What a view's cache file offers, before a snapshot it names is read.
+enum Found {
+    State(ViewState),
+    InSnapshot(SnapshotRef),
 }
 
 /// What a run starts from.
@@ -829,9 +888,9 @@ impl Start {
                 return Start::empty(views);
             }
         };
-        // Each view's state decodes on a thread of its own (or here, if
+        // Each view's file decodes on a thread of its own (or here, if
         // none can be started).
-        let cached: Vec<Option<ViewState>> = std::thread::scope(|scope| {
+        let found: Vec<Option<Found>> = std::thread::scope(|scope| {
             let loads: Vec<_> = config
                 .views
                 .iter()
@@ -856,6 +915,7 @@ impl Start {
                 })
                 .collect()
         });
+        let cached = take_from_snapshots(paths, config, ids.upto, found);
         let every = cached.iter().all(Option::is_some);
         let any = cached.iter().any(Option::is_some);
         if !any {
@@ -907,16 +967,16 @@ fn anchor(header: &store::RecordHeader, raw: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(raw), &fields)
 }
 
-/// View `spec`'s cached state, if its file reads back whole, of the same
-/// fingerprint, over the records before `upto`, pruned no later than
-/// `cutoff`; else why not is logged.
+/// View `spec`'s cached state (or the snapshot that holds it), if its
+/// file reads back whole, of the same fingerprint, over the records before
+/// `upto`, pruned no later than `cutoff`; else why not is logged.
 fn load_view(
     paths: &DataPaths,
     config: &Config,
     spec: &ViewSpec,
     cutoff: Option<i64>,
     upto: u64,
-) -> Option<ViewState> {
+) -> Option<Found> {
     let path = paths.cache_view(&spec.name);
     let why = match store::read_cache::<CachedView<'static>>(&path) {
         Ok(Some(view))
@@ -924,9 +984,12 @@ fn load_view(
                 && view.fingerprint == view_fingerprint(config, spec)
                 && cutoff_reaches(view.cutoff, cutoff) =>
         {
-            match view.state.check(spec) {
-                Ok(()) => return Some(view.state.into_owned()),
-                Err(problem) => format!("its cached state does not fit it: {problem}"),
+            match view.state {
+                CachedState::InSnapshot(named) => return Some(Found::InSnapshot(named)),
+                CachedState::Here(state) => match fits(spec, state.into_owned()) {
+                    Ok(state) => return Some(Found::State(state)),
+                    Err(why) => why,
+                },
             }
         }
         Ok(Some(view)) if view.fingerprint != view_fingerprint(config, spec) => {
@@ -940,8 +1003,128 @@ fn load_view(
         Ok(None) => "it has no cache yet".to_owned(),
         Err(err) => err.to_string(),
     };
-    tracing::info!(view = %spec.name, reason = %why, "view computed from the master dataset");
+    recomputed(spec, &why);
     None
+}
+
+/// Logs that view `spec` is computed from the master dataset, and why.
+fn recomputed(spec: &ViewSpec, why: &str) {
+    tracing::info!(view = %spec.name, reason = %why, "view computed from the master dataset");
+}
+
+/// `state`, if it is one `spec` gives; else why not.
+fn fits(spec: &ViewSpec, state: ViewState) -> Result<ViewState, String> {
+    match state.check(spec) {
+        Ok(()) => Ok(state),
+        Err(problem) => Err(format!("its cached state does not fit it: {problem}")),
+    }
+}
+
+/// Per view, the state its cache file offered: the states that files name
+/// in a snapshot are read from it, once per snapshot. A view whose
+/// snapshot is gone, was written again since, covers other records or
+/// does not hold the view as this config specifies it is logged and left
+/// to the master dataset.
+fn take_from_snapshots(
+    paths: &DataPaths,
+    config: &Config,
+    upto: u64,
+    found: Vec<Option<Found>>,
+) -> Vec<Option<ViewState>> {
+    let mut named: Vec<(usize, SnapshotRef)> = Vec::new();
+    let mut cached: Vec<Option<ViewState>> = found
+        .into_iter()
+        .enumerate()
+        .map(|(view, found)| match found? {
+            Found::State(state) => Some(state),
+            Found::InSnapshot(snapshot) => {
+                named.push((view, snapshot));
+                None
+            }
+        })
+        .collect();
+    while let Some(&(_, snapshot)) = named.first() {
+        let (these, others): (Vec<_>, Vec<_>) =
+            named.into_iter().partition(|(_, other)| *other == snapshot);
+        named = others;
+        let mut stored = match read_named(paths, snapshot, upto) {
+            Ok(stored) => stored,
+            Err(why) => {
+                for (view, _) in these {
+                    recomputed(&config.views[view], &why);
+                }
+                continue;
+            }
+        };
+        for (view, _) in these {
+            let spec = &config.views[view];
+            let at = stored.iter().position(|(name, fingerprint, state)| {
+                *name == spec.name && *fingerprint == spec_fingerprint(spec) && state.is_some()
+            });
+            match at
+                .and_then(|at| stored[at].2.take())
+                .map(|state| fits(spec, state))
+            {
+                Some(Ok(state)) => cached[view] = Some(state),
+                Some(Err(why)) => recomputed(spec, &why),
+                None => recomputed(
+                    spec,
+                    &format!(
+                        "the snapshot of epoch {} its cache names does not hold it",
+                        snapshot.epoch
+                    ),
+                ),
+            }
+        }
+    }
+    cached
+}
+
+/// The views (name, spec fingerprint, state) of the snapshot `snapshot`
+/// names, if it is still that file and covers the records before `upto`;
+/// else why not.
+fn read_named(
+    paths: &DataPaths,
+    snapshot: SnapshotRef,
+    upto: u64,
+) -> Result<Vec<(String, String, Option<ViewState>)>, String> {
+    let epoch = Epoch(snapshot.epoch);
+    let path = paths.snapshot(epoch);
+    let (meta, payload) = match store::read_snapshot_payload(&path) {
+        Ok(read) => read,
+        Err(store::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "the snapshot of epoch {epoch} that holds its cached state is gone"
+            ));
+        }
+        Err(err) => return Err(err.to_string()),
+    };
+    if SnapshotRef::of(&meta) != snapshot {
+        return Err(format!(
+            "the snapshot of epoch {epoch} that held its cached state was written again since"
+        ));
+    }
+    let undecodable = |err: postcard::Error| store::undecodable(&path, &err).to_string();
+    let (head, states) = SnapshotData::decode_head(meta.version, &payload).map_err(undecodable)?;
+    if head.sealed.map(|sealed| sealed.later_from) != Some(upto) {
+        return Err(format!(
+            "the snapshot of epoch {epoch} covers other records than the id cache"
+        ));
+    }
+    let states = states.decode(&payload).map_err(undecodable)?;
+    if states.len() != head.views.len() {
+        return Err(format!(
+            "the snapshot of epoch {epoch} lists {} views and holds {} states",
+            head.views.len(),
+            states.len()
+        ));
+    }
+    Ok(head
+        .views
+        .into_iter()
+        .zip(states)
+        .map(|((name, fingerprint), state)| (name, fingerprint, Some(state)))
+        .collect())
 }
 
 /// Whether a state pruned at bucket `cached` can be pruned to `now` and be
@@ -1013,8 +1196,8 @@ pub fn recompute(
         ids: StoredIds::Levels(levels.clone()),
     };
     crate::faults::crash_point("recompute.mid_run");
-    // The indexes are built while the snapshot (and the batch cache, when
-    // it holds the same states) is written and fsynced.
+    // The indexes are built while the snapshot is written and fsynced; then
+    // the batch cache, when it is over the same states, names the snapshot.
     let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
     let writing = std::time::Instant::now();
     let (meta, indexes) = std::thread::scope(|scope| {
@@ -1024,21 +1207,18 @@ pub fn recompute(
                 store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
             })
         });
-        let cache = scope.spawn(|| {
-            timed(|| {
-                if let Some(cache) = &built.cache {
-                    write_cache(paths, config, sealed, &states, &built.ids, cache);
-                }
-            })
-        });
         let (indexes, indexes_ms) = timed(|| build_indexes(&config.views, &states));
         let (meta, snapshot_ms) = write
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the snapshot"))?;
-        let ((), cache_ms) = cache
-            .join()
-            .map_err(|_| RecomputeError::Panicked("writing the batch cache"))?;
         let meta = meta?;
+        let ((), cache_ms) = timed(|| {
+            if let Some(cache) = &built.cache {
+                let named = CachedState::InSnapshot(SnapshotRef::of(&meta));
+                let states = vec![named; config.views.len()];
+                write_cache(paths, config, sealed, states, &built.ids, cache);
+            }
+        });
         tracing::info!(
             epoch = %sealed.epoch,
             ms = writing.elapsed().as_millis() as u64,
@@ -1244,11 +1424,12 @@ pub fn build_views(
     });
     let merged = clock.elapsed();
     let tail_counts = tails.iter().flatten().any(|state| !state.is_empty());
-    if tail_counts {
-        let states: Vec<&ViewState> = views.iter().collect();
-        if let Some(cache) = cache.take() {
-            write_cache(paths, config, sealed, &states, &ids, &cache);
-        }
+    if tail_counts && let Some(cache) = cache.take() {
+        let states = views
+            .iter()
+            .map(|state| CachedState::Here(std::borrow::Cow::Borrowed(state)))
+            .collect();
+        write_cache(paths, config, sealed, states, &ids, &cache);
     }
     let cached = clock.elapsed();
     let views = merge_parts(config, views.into_iter().map(Some).collect(), tails);
@@ -1320,15 +1501,15 @@ fn merge_parts(
     merged
 }
 
-/// Writes the views' states over the records before `later_from`, and those
-/// records' ids, to the batch cache, and removes what no configured view
-/// uses. A failure costs the next run time, not correctness (it computes
+/// Writes the views' states over the records before `later_from` (or the
+/// snapshot that holds them), and those records' ids, to the batch cache,
+/// and removes what no configured view uses. A failure costs the next run time, not correctness (it computes
 /// from the master dataset what it cannot read): it is logged, not raised.
 fn write_cache(
     paths: &DataPaths,
     config: &Config,
     sealed: SealedEpoch,
-    views: &[&ViewState],
+    views: Vec<CachedState<'_>>,
     ids: &IdIndex,
     cache: &CacheContents,
 ) {
@@ -1350,7 +1531,7 @@ fn write_cache(
             upto,
             fingerprint: view_fingerprint(config, spec).into(),
             cutoff: *cutoff,
-            state: std::borrow::Cow::Borrowed(state),
+            state,
         };
         outcome = outcome.and_then(|()| store::write_cache(&path, &view));
         written.push(path);

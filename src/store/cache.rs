@@ -4,7 +4,10 @@
 //!   with the counts of those records;
 //! - `cache/view-<name>.bin`: per view, its state over the records before
 //!   `upto` (retention applied as of the run that wrote it), with the
-//!   fingerprint of everything that decides it.
+//!   fingerprint of everything that decides it. The state is in the file
+//!   only when the snapshot of the run that wrote it holds other states;
+//!   else the file names that snapshot (its epoch, and the length and crc
+//!   of its payload), which holds the same state, so a run writes it once.
 //!
 //! Each file is written whole or not at all (temporary name, fsync, rename,
 //! fsync the directory) and checked when read: a 32-byte header (`TNDMCACH`,
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMCACH";
 /// The payload format this build writes and reads.
-pub const CACHE_FORMAT_VERSION: u32 = 3;
+pub const CACHE_FORMAT_VERSION: u32 = 4;
 const HEADER_BYTES: usize = 32;
 
 /// Writes one cache file atomically.

@@ -38,10 +38,14 @@ pub struct SnapshotMeta {
     pub payload_bytes: u64,
     /// The payload's format version.
     pub version: u32,
+    /// The payload's crc32c: what tells this file from another snapshot of
+    /// the same epoch written since (the batch cache names a snapshot by it).
+    #[serde(skip)]
+    pub payload_crc: u32,
 }
 
 impl SnapshotMeta {
-    fn encode(&self, payload_crc: u32) -> [u8; HEADER_BYTES] {
+    fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut out = [0u8; HEADER_BYTES];
         out[0..8].copy_from_slice(MAGIC);
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -49,14 +53,14 @@ impl SnapshotMeta {
         out[24..32].copy_from_slice(&self.records.to_le_bytes());
         out[32..40].copy_from_slice(&self.created_ms.to_le_bytes());
         out[40..48].copy_from_slice(&self.payload_bytes.to_le_bytes());
-        out[48..52].copy_from_slice(&payload_crc.to_le_bytes());
+        out[48..52].copy_from_slice(&self.payload_crc.to_le_bytes());
         let header_crc = crc32c::crc32c(&out[..52]);
         out[52..56].copy_from_slice(&header_crc.to_le_bytes());
         out
     }
 
-    /// The header and the payload crc it promises.
-    fn decode(path: &Path, bytes: &[u8; HEADER_BYTES]) -> Result<(SnapshotMeta, u32)> {
+    /// The header (with the payload crc it promises).
+    fn decode(path: &Path, bytes: &[u8; HEADER_BYTES]) -> Result<SnapshotMeta> {
         let bad = |problem: String| Error::BadSnapshot {
             path: path.to_owned(),
             problem,
@@ -86,8 +90,9 @@ impl SnapshotMeta {
             created_ms: u64_at(32) as i64,
             payload_bytes: u64_at(40),
             version,
+            payload_crc: u32_at(48),
         };
-        Ok((meta, u32_at(48)))
+        Ok(meta)
     }
 }
 
@@ -126,6 +131,7 @@ pub fn write_snapshot<T: Serialize>(
         created_ms,
         payload_bytes: 0,
         version: FORMAT_VERSION,
+        payload_crc: 0,
     };
     let (tmp, path) = (paths.snapshot_tmp(epoch), paths.snapshot(epoch));
     write_atomically(
@@ -134,7 +140,8 @@ pub fn write_snapshot<T: Serialize>(
         data,
         |payload_bytes, crc| {
             meta.payload_bytes = payload_bytes;
-            meta.encode(crc).to_vec()
+            meta.payload_crc = crc;
+            meta.encode().to_vec()
         },
         "snapshot.mid_write",
     )?;
@@ -423,8 +430,8 @@ fn open_snapshot<P: std::ops::Deref<Target = [u8]>>(
         problem,
     };
     let header = |header: &[u8; HEADER_BYTES]| {
-        let (meta, crc) = SnapshotMeta::decode(path, header)?;
-        Ok((meta, meta.payload_bytes, crc))
+        let meta = SnapshotMeta::decode(path, header)?;
+        Ok((meta, meta.payload_bytes, meta.payload_crc))
     };
     read_framed(file, path, bad, header, payload)
 }

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use std::path::Path;
 use std::process::ExitCode;
+use tandem::actors::recompute;
 use tandem::store::{self, DataPaths};
 
 pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
@@ -95,17 +96,21 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
 
     let snapshots = store::list_snapshots(&paths).context("cannot list snapshots")?;
     say!("snapshots {}", snapshots.len());
+    let mut whole = Vec::new();
     for (i, (_, path)) in snapshots.iter().enumerate() {
         let name = file_name(path);
         match store::verify_snapshot(path) {
-            Ok(meta) => say!(
-                "  {name}  epoch {}  {} records  {} bytes  created {}  ok{}",
-                meta.epoch,
-                meta.records,
-                meta.payload_bytes,
-                format_ms(meta.created_ms),
-                if i == 0 { "  (newest)" } else { "" }
-            ),
+            Ok(meta) => {
+                say!(
+                    "  {name}  epoch {}  {} records  {} bytes  created {}  ok{}",
+                    meta.epoch,
+                    meta.records,
+                    meta.payload_bytes,
+                    format_ms(meta.created_ms),
+                    if i == 0 { "  (newest)" } else { "" }
+                );
+                whole.push((meta.epoch, meta.payload_crc));
+            }
             Err(err) => {
                 damaged += 1;
                 say!("  {name}  DAMAGED: {err}");
@@ -119,13 +124,31 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     say!("batch cache {} files", cache.len());
     for path in &cache {
         let name = file_name(path);
+        let unusable = "unusable, recomputed by the next batch run";
         match store::verify_cache(path) {
-            Ok(info) => say!(
+            Ok(info) if path == &paths.cache_ids() => say!(
                 "  {name}  covers seq ..{}  {} bytes  ok",
                 info.upto,
                 info.payload_bytes
             ),
-            Err(err) => say!("  {name}  unusable, recomputed by the next batch run: {err}"),
+            // A view's state is in the file, or in a snapshot it names.
+            Ok(info) => match recompute::snapshot_holding(path) {
+                Ok(None) => say!(
+                    "  {name}  covers seq ..{}  {} bytes, its state in it  ok",
+                    info.upto,
+                    info.payload_bytes
+                ),
+                Ok(Some(named)) if whole.contains(&named) => say!(
+                    "  {name}  covers seq ..{}  its state in the snapshot of epoch {}  ok",
+                    info.upto,
+                    named.0
+                ),
+                Ok(Some((epoch, _))) => say!(
+                    "  {name}  {unusable}: the snapshot of epoch {epoch} that holds its state is gone, damaged or written again since"
+                ),
+                Err(err) => say!("  {name}  {unusable}: {err}"),
+            },
+            Err(err) => say!("  {name}  {unusable}: {err}"),
         }
     }
 

@@ -9,7 +9,11 @@
 //! - `commit.mid_write`: half of a group commit's bytes written, not fsynced;
 //! - `seal.after`: an epoch's seal is durable, nobody has been told yet;
 //! - `recompute.mid_run`: a batch run has read the master dataset, no snapshot yet;
-//! - `snapshot.mid_write`: half of a snapshot's temporary file written.
+//! - `snapshot.mid_write`: half of a snapshot's temporary file written;
+//! - `cache.mid_write`: a batch cache file's temporary file written in part
+//!   (all of a small one, its header not yet);
+//! - `ids.before_rename`: an id level file written whole under its
+//!   temporary name, not yet renamed.
 //!
 //! With `TANDEM_PANIC_AT=NAME:N` the thread that reaches panic point NAME
 //! for the Nth time panics there (`NAME:N+`: the Nth time and every time

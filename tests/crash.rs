@@ -139,8 +139,10 @@ async fn killed_mid_snapshot_write() {
     crash_and_recover(60_000, Some("snapshot.mid_write:1"), 0).await;
 }
 
-/// The second cache file of the first batch run (the first is the id file):
-/// a view's state half written under its temporary name.
+/// The second cache file of the first batch run (the first is the id file),
+/// half written under its temporary name: a view's file, which with one
+/// source names the snapshot just written (the states are in it) rather
+/// than holding them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_cache_write() {
     crash_and_recover(60_000, Some("cache.mid_write:2"), 0).await;

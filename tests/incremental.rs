@@ -345,7 +345,11 @@ impl Twin {
         let mut batch: Vec<Logged> = (0..records * 2 / 3)
             .map(|_| self.stream.record(epoch))
             .collect();
-        let ahead = if epoch.is_multiple_of(2) { records / 10 } else { 0 };
+        let ahead = if epoch.is_multiple_of(2) {
+            records / 10
+        } else {
+            0
+        };
         let mut later_from = self.log.len() as u64 + batch.len() as u64;
         batch.extend((0..ahead).map(|_| self.stream.record(epoch + 1)));
         batch.extend((0..records / 3).map(|_| self.stream.record(epoch)));
@@ -383,7 +387,7 @@ fn incremental_runs_store_the_bytes_of_full_runs_and_match_the_oracle() {
         // are stored once, in it.
         let holding = snapshot_holding(&twin.incremental.paths().cache_view("by_product"))
             .expect("the view's cache file")
-            .map(|(epoch, _)| epoch);
+            .map(|named| named.epoch());
         let over_the_same_records = !epoch.is_multiple_of(2);
         assert_eq!(
             holding,
@@ -535,19 +539,16 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
     // states: gone, damaged, or written again since, it is not read.
     let (_, sources) = twin.epoch(&config, 11, 1_500);
     assert_eq!(sources, (2, 0));
-    let report = inspect(&paths);
-    assert!(
-        report.contains("view-by_product.bin  covers seq ..")
-            && report.contains("its state in the snapshot of epoch 11  ok"),
-        "{report}"
-    );
+    let in_snapshot = |line: &str| {
+        line.starts_with("view-by_product.bin  covers seq ..")
+            && line.ends_with("its state in the snapshot of epoch 11  ok")
+    };
+    inspect_reports(&paths, in_snapshot);
     let snapshot = paths.snapshot(Epoch(11));
     std::fs::remove_file(&snapshot).expect("delete");
-    let report = inspect(&paths);
-    assert!(
-        report.contains("view-by_product.bin  unusable, recomputed by the next batch run: the snapshot of epoch 11 that holds its state is gone"),
-        "{report}"
-    );
+    inspect_reports(&paths, |line| {
+        line == "view-by_product.bin  unusable, recomputed by the next batch run: the snapshot of epoch 11 that held its state is gone, damaged or written again since"
+    });
     let (_, sources) = twin.epoch(&config, 13, 1_500);
     assert_eq!(sources, (0, 2), "the snapshot holding the states is gone");
 
@@ -559,33 +560,49 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
         "the snapshot holding the states is damaged"
     );
 
-    // The same epoch's snapshot written again (by an import, say) with the
-    // same states: another file all the same.
-    let snapshot = paths.snapshot(Epoch(15));
-    let (meta, data) = tandem::actors::recompute::read_snapshot_data(&snapshot).expect("read");
-    tandem::store::write_snapshot(
-        &paths,
-        meta.epoch,
-        meta.records,
-        meta.created_ms + 1,
-        &data,
-        2,
-    )
-    .expect("write");
+    // The same epoch's snapshot written again (by an import, say): with
+    // other contents at the same time, or the same contents later, it is
+    // another file all the same.
+    let rewrite = |epoch: u64, later_ms: i64, took_ms: u64| {
+        let snapshot = paths.snapshot(Epoch(epoch));
+        let (meta, mut data) =
+            tandem::actors::recompute::read_snapshot_data(&snapshot).expect("read");
+        data.took_ms += took_ms;
+        let created_ms = meta.created_ms + later_ms;
+        tandem::store::write_snapshot(&paths, meta.epoch, meta.records, created_ms, &data, 2)
+            .expect("write");
+    };
+    rewrite(15, 0, 1);
+    inspect_reports(&paths, |line| {
+        line.starts_with("view-by_product.bin  unusable") && line.contains("epoch 15")
+    });
     let (_, sources) = twin.epoch(&config, 17, 1_500);
-    assert_eq!(sources, (0, 2), "the snapshot was written again");
+    assert_eq!(
+        sources,
+        (0, 2),
+        "the snapshot was written again, its contents other"
+    );
+    rewrite(17, 1, 0);
     let (_, sources) = twin.epoch(&config, 19, 1_500);
+    assert_eq!(sources, (0, 2), "the snapshot was written again, later");
+    let (_, sources) = twin.epoch(&config, 21, 1_500);
     assert_eq!(sources, (2, 0), "the cache names the new snapshot");
 }
 
-/// What `tandem inspect` reports of the data_dir.
-fn inspect(paths: &DataPaths) -> String {
+/// Asserts that `tandem inspect` reports, of the data_dir, a line (its
+/// indent trimmed) that `expected` accepts.
+fn inspect_reports(paths: &DataPaths, expected: impl Fn(&str) -> bool) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["inspect", "--data"])
         .arg(paths.root())
         .output()
         .expect("run inspect");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.lines().any(|line| expected(line.trim_start())),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Flips a bit of the byte in the middle of the file at `path`.

@@ -451,17 +451,50 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// Where each of `views` is among the views a snapshot's head lists
+    /// (`listed`: name and spec fingerprint, in the order of its states).
+    pub fn of(views: &[Arc<ViewSpec>], listed: &[(String, String)]) -> Placement {
+        let stored = views
+            .iter()
+            .map(|spec| {
+                let fingerprint = spec_fingerprint(spec);
+                listed
+                    .iter()
+                    .position(|(name, stored)| *name == spec.name && *stored == fingerprint)
+            })
+            .collect();
+        Placement {
+            stored,
+            listed: listed.len(),
+        }
+    }
+
     /// The configured views' states, in config order, from the snapshot's
     /// `states` (in the order its head lists them); a missing view's is empty.
     ///
     /// # Errors
-    /// Not one state per listed view, or a matched view's state is not one
-    /// its spec gives ([`ViewState::check`]).
+    /// As [`Placement::offered`].
     pub fn place(
         &self,
         views: &[Arc<ViewSpec>],
         states: Vec<ViewState>,
     ) -> Result<Vec<ViewState>, String> {
+        let offered = self.offered(views, states)?;
+        Ok(offered.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// The configured views' states, in config order, from the snapshot's
+    /// `states` (in the order its head lists them); `None` for a view the
+    /// snapshot holds no state for.
+    ///
+    /// # Errors
+    /// Not one state per listed view, or a matched view's state is not one
+    /// its spec gives ([`ViewState::check`]).
+    pub fn offered(
+        &self,
+        views: &[Arc<ViewSpec>],
+        states: Vec<ViewState>,
+    ) -> Result<Vec<Option<ViewState>>, String> {
         if states.len() != self.listed {
             return Err(format!(
                 "the snapshot lists {} views and holds {} states",
@@ -482,9 +515,9 @@ impl Placement {
                     state
                         .check(spec)
                         .map_err(|problem| format!("view {}: {problem}", spec.name))?;
-                    Ok(state)
+                    Ok(Some(state))
                 }
-                None => Ok(ViewState::new()),
+                None => Ok(None),
             })
             .collect()
     }
@@ -580,15 +613,7 @@ impl Batch {
         head: SnapshotHead<'_>,
         ids: Arc<IdIndex>,
     ) -> (Batch, Placement) {
-        let stored: Vec<Option<usize>> = views
-            .iter()
-            .map(|spec| {
-                let fingerprint = spec_fingerprint(spec);
-                head.views
-                    .iter()
-                    .position(|(name, stored)| *name == spec.name && *stored == fingerprint)
-            })
-            .collect();
+        let placement = Placement::of(views, &head.views);
         let later_from = head.sealed.map_or(0, |sealed| sealed.later_from);
         let batch = Batch {
             epoch: Some(meta.epoch),
@@ -600,10 +625,9 @@ impl Batch {
             took_ms: head.took_ms,
             later_from,
             ids,
-            missing: stored.iter().map(Option::is_none).collect(),
+            missing: placement.stored.iter().map(Option::is_none).collect(),
         };
-        let listed = head.views.len();
-        (batch, Placement { stored, listed })
+        (batch, placement)
     }
 
     /// Whether the batch holds state for view `view` (a batch with no epoch holds none).
@@ -751,7 +775,8 @@ struct CachedIds {
 }
 
 /// `cache/view-<name>.bin`: one view's state over the records before
-/// `upto`, retention applied from bucket `cutoff`.
+/// `upto`, retention applied from bucket `cutoff`, or the snapshot that
+/// holds it.
 #[derive(Debug, Serialize, Deserialize)]
 struct CachedView<'a> {
     upto: u64,
@@ -773,10 +798,10 @@ enum CachedState<'a> {
 }
 
 /// Names one snapshot file: its epoch, and what its header says of its
-/// payload, so that a snapshot of the same epoch written since (another
-/// run, an import) is told from it.
+/// payload and when it was written, so that a snapshot of the same epoch
+/// written since (another run, an import) is told from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct SnapshotRef {
+pub struct SnapshotRef {
     epoch: u64,
     created_ms: i64,
     payload_bytes: u64,
@@ -792,24 +817,47 @@ impl SnapshotRef {
             payload_crc: meta.payload_crc,
         }
     }
+
+    /// The epoch of the snapshot it names.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch)
+    }
+
+    /// Whether the snapshot whose header says `meta` is the one it names.
+    pub fn names(&self, meta: &SnapshotMeta) -> bool {
+        *self == SnapshotRef::of(meta)
+    }
 }
 
-/// The snapshot (its epoch and payload crc) that holds the state of the
-/// batch cache's view file at `path`: `None` when the file holds the state
-/// itself. For `tandem inspect`, which checks that the snapshot is there.
+/// A view's cache file up to where its state is, for a reader that does
+/// not need the state itself ([`snapshot_holding`]): [`CachedView`]'s
+/// fields in order, the state's variant read without its contents.
+#[derive(Deserialize)]
+struct CachedViewHead {
+    _upto: u64,
+    _fingerprint: String,
+    _cutoff: Option<i64>,
+    state: StateKind,
+}
+
+/// [`CachedState`]'s variants, in its order, without the state itself.
+#[derive(Deserialize)]
+enum StateKind {
+    Here,
+    InSnapshot(SnapshotRef),
+}
+
+/// The snapshot that holds the state of the batch cache's view file at
+/// `path`: `None` when the file holds the state itself, or does not exist.
+/// For `tandem inspect`, which checks that the snapshot is there.
 ///
 /// # Errors
-/// As [`store::read_cache`]; a file that does not exist or is not a view's
-/// is [`store::Error::BadCache`].
-pub fn snapshot_holding(path: &std::path::Path) -> store::Result<Option<(Epoch, u32)>> {
-    let missing = || store::Error::BadCache {
-        path: path.to_owned(),
-        problem: "missing".to_owned(),
-    };
-    let view = store::read_cache::<CachedView<'static>>(path)?.ok_or_else(missing)?;
-    Ok(match view.state {
-        CachedState::Here(_) => None,
-        CachedState::InSnapshot(named) => Some((Epoch(named.epoch), named.payload_crc)),
+/// As [`store::read_cache`] (a file that is not a view's does not decode).
+pub fn snapshot_holding(path: &std::path::Path) -> store::Result<Option<SnapshotRef>> {
+    let head = store::read_cache::<CachedViewHead>(path)?;
+    Ok(match head.map(|head| head.state) {
+        Some(StateKind::InSnapshot(named)) => Some(named),
+        Some(StateKind::Here) | None => None,
     })
 }
 
@@ -1022,9 +1070,9 @@ fn fits(spec: &ViewSpec, state: ViewState) -> Result<ViewState, String> {
 
 /// Per view, the state its cache file offered: the states that files name
 /// in a snapshot are read from it, once per snapshot. A view whose
-/// snapshot is gone, was written again since, covers other records or
-/// does not hold the view as this config specifies it is logged and left
-/// to the master dataset.
+/// snapshot is gone, damaged, was written again since, covers other
+/// records or does not hold the view as this config specifies it is logged
+/// and left to the master dataset.
 fn take_from_snapshots(
     paths: &DataPaths,
     config: &Config,
@@ -1047,84 +1095,72 @@ fn take_from_snapshots(
         let (these, others): (Vec<_>, Vec<_>) =
             named.into_iter().partition(|(_, other)| *other == snapshot);
         named = others;
-        let mut stored = match read_named(paths, snapshot, upto) {
-            Ok(stored) => stored,
+        match read_named(paths, config, snapshot, upto) {
+            Ok(mut offered) => {
+                for (view, _) in these {
+                    cached[view] = offered[view].take();
+                    if cached[view].is_none() {
+                        let why = format!(
+                            "the snapshot of epoch {} its cache names does not hold it",
+                            snapshot.epoch
+                        );
+                        recomputed(&config.views[view], &why);
+                    }
+                }
+            }
             Err(why) => {
                 for (view, _) in these {
-                    recomputed(&config.views[view], &why);
+                    let spec = &config.views[view];
+                    tracing::warn!(view = %spec.name, reason = %why, "view computed from the master dataset");
                 }
-                continue;
-            }
-        };
-        for (view, _) in these {
-            let spec = &config.views[view];
-            let at = stored.iter().position(|(name, fingerprint, state)| {
-                *name == spec.name && *fingerprint == spec_fingerprint(spec) && state.is_some()
-            });
-            match at
-                .and_then(|at| stored[at].2.take())
-                .map(|state| fits(spec, state))
-            {
-                Some(Ok(state)) => cached[view] = Some(state),
-                Some(Err(why)) => recomputed(spec, &why),
-                None => recomputed(
-                    spec,
-                    &format!(
-                        "the snapshot of epoch {} its cache names does not hold it",
-                        snapshot.epoch
-                    ),
-                ),
             }
         }
     }
     cached
 }
 
-/// The views (name, spec fingerprint, state) of the snapshot `snapshot`
-/// names, if it is still that file and covers the records before `upto`;
-/// else why not.
+/// Per configured view, its state in the snapshot `snapshot` names (`None`
+/// for one it holds no state for), if that snapshot is still the file it
+/// names and covers the records before `upto`; else why not.
 fn read_named(
     paths: &DataPaths,
+    config: &Config,
     snapshot: SnapshotRef,
     upto: u64,
-) -> Result<Vec<(String, String, Option<ViewState>)>, String> {
-    let epoch = Epoch(snapshot.epoch);
-    let path = paths.snapshot(epoch);
+) -> Result<Vec<Option<ViewState>>, String> {
+    let path = paths.snapshot(snapshot.epoch());
     let (meta, payload) = match store::read_snapshot_payload(&path) {
         Ok(read) => read,
         Err(store::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
-                "the snapshot of epoch {epoch} that holds its cached state is gone"
+                "{}, which holds its cached state, is gone",
+                path.display()
             ));
         }
         Err(err) => return Err(err.to_string()),
     };
-    if SnapshotRef::of(&meta) != snapshot {
+    if !snapshot.names(&meta) {
         return Err(format!(
-            "the snapshot of epoch {epoch} that held its cached state was written again since"
+            "{}, which held its cached state, was written again since (created at {} ms, its cache names the one of {} ms)",
+            path.display(),
+            meta.created_ms,
+            snapshot.created_ms
         ));
     }
     let undecodable = |err: postcard::Error| store::undecodable(&path, &err).to_string();
     let (head, states) = SnapshotData::decode_head(meta.version, &payload).map_err(undecodable)?;
-    if head.sealed.map(|sealed| sealed.later_from) != Some(upto) {
+    let later_from = head.sealed.map(|sealed| sealed.later_from);
+    if later_from != Some(upto) {
         return Err(format!(
-            "the snapshot of epoch {epoch} covers other records than the id cache"
+            "{} covers the records before seq {later_from:?}, the id cache those before {upto}",
+            path.display()
         ));
     }
+    let placement = Placement::of(&config.views, &head.views);
     let states = states.decode(&payload).map_err(undecodable)?;
-    if states.len() != head.views.len() {
-        return Err(format!(
-            "the snapshot of epoch {epoch} lists {} views and holds {} states",
-            head.views.len(),
-            states.len()
-        ));
-    }
-    Ok(head
-        .views
-        .into_iter()
-        .zip(states)
-        .map(|((name, fingerprint), state)| (name, fingerprint, Some(state)))
-        .collect())
+    placement
+        .offered(&config.views, states)
+        .map_err(|problem| format!("{}: {problem}", path.display()))
 }
 
 /// Whether a state pruned at bucket `cached` can be pruned to `now` and be
@@ -1201,10 +1237,18 @@ pub fn recompute(
     let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
     let writing = std::time::Instant::now();
     let (meta, indexes) = std::thread::scope(|scope| {
+        // The older snapshots go once the cache names this one: a crash
+        // between the two leaves the one the cache still names.
         let write = scope.spawn(|| {
-            let keep = config.batch.keep_snapshots;
             timed(|| {
-                store::write_snapshot(paths, sealed.epoch, sealed.next_seq.0, now, &data, keep)
+                store::write_snapshot(
+                    paths,
+                    sealed.epoch,
+                    sealed.next_seq.0,
+                    now,
+                    &data,
+                    usize::MAX,
+                )
             })
         });
         let (indexes, indexes_ms) = timed(|| build_indexes(&config.views, &states));
@@ -1219,6 +1263,7 @@ pub fn recompute(
                 write_cache(paths, config, sealed, states, &built.ids, cache);
             }
         });
+        store::keep_newest_snapshots(paths, config.batch.keep_snapshots)?;
         tracing::info!(
             epoch = %sealed.epoch,
             ms = writing.elapsed().as_millis() as u64,
@@ -1273,9 +1318,9 @@ pub struct Built {
     pub stats: BatchStats,
     /// The distinct ids of the records before `later_from`.
     pub ids: IdIndex,
-    /// The batch cache still to write from `views` (no record after
-    /// `later_from` added to them, so they are the cache's states); `None`
-    /// when it is written already.
+    /// The batch cache still to write, naming the snapshot of `views` (no
+    /// record after `later_from` added to them, so they are the cache's
+    /// states); `None` when it is written already.
     cache: Option<CacheContents>,
 }
 
@@ -1298,8 +1343,9 @@ struct CacheContents {
 /// The views' states over the records before `later_from` (which every
 /// later run covers too) are what the batch cache keeps for the next run:
 /// when records after it count, the cache is written before they are
-/// merged in; otherwise it is left to [`recompute`], which writes it while
-/// it writes the snapshot (a caller that only builds views writes none).
+/// merged in; otherwise it is left to [`recompute`], which writes it once
+/// the snapshot that holds those states is written, naming it (a caller
+/// that only builds views writes none).
 ///
 /// # Errors
 /// The master dataset cannot be read.

@@ -6,8 +6,9 @@
 //!   `upto` (retention applied as of the run that wrote it), with the
 //!   fingerprint of everything that decides it. The state is in the file
 //!   only when the snapshot of the run that wrote it holds other states;
-//!   else the file names that snapshot (its epoch, and the length and crc
-//!   of its payload), which holds the same state, so a run writes it once.
+//!   else the file names that snapshot (its epoch, when it was written, and
+//!   the length and crc of its payload), which holds the same state, so a
+//!   run writes it once.
 //!
 //! Each file is written whole or not at all (temporary name, fsync, rename,
 //! fsync the directory) and checked when read: a 32-byte header (`TNDMCACH`,

@@ -38,9 +38,9 @@ pub use segment::{
     SegmentInfo, list_segments, scan_log, scan_log_from, scan_segment,
 };
 pub use snapshot::{
-    FORMAT_VERSION, Loaded, OLDEST_READ_VERSION, SnapshotMeta, list_snapshots, load_newest,
-    map_snapshot_payload, read_snapshot, read_snapshot_payload, report_none_usable, report_refused,
-    undecodable, verify_snapshot, write_snapshot,
+    FORMAT_VERSION, Loaded, OLDEST_READ_VERSION, SnapshotMeta, keep_newest_snapshots,
+    list_snapshots, load_newest, map_snapshot_payload, read_snapshot, read_snapshot_payload,
+    report_none_usable, report_refused, undecodable, verify_snapshot, write_snapshot,
 };
 
 use crate::event::{Epoch, Seq};

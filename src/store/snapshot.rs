@@ -145,10 +145,19 @@ pub fn write_snapshot<T: Serialize>(
         },
         "snapshot.mid_write",
     )?;
+    keep_newest_snapshots(paths, keep)?;
+    Ok(meta)
+}
+
+/// Removes every snapshot but the newest `keep` (at least one).
+///
+/// # Errors
+/// I/O errors listing or removing, naming the file.
+pub fn keep_newest_snapshots(paths: &DataPaths, keep: usize) -> Result<()> {
     for (_, old) in list_snapshots(paths)?.into_iter().skip(keep.max(1)) {
         fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// Writes a header and `value` in postcard to `tmp`, fsyncs it, renames it

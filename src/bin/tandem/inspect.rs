@@ -109,7 +109,7 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
                     format_ms(meta.created_ms),
                     if i == 0 { "  (newest)" } else { "" }
                 );
-                whole.push((meta.epoch, meta.payload_crc));
+                whole.push(meta);
             }
             Err(err) => {
                 damaged += 1;
@@ -138,13 +138,14 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
                     info.upto,
                     info.payload_bytes
                 ),
-                Ok(Some(named)) if whole.contains(&named) => say!(
+                Ok(Some(named)) if whole.iter().any(|meta| named.names(meta)) => say!(
                     "  {name}  covers seq ..{}  its state in the snapshot of epoch {}  ok",
                     info.upto,
-                    named.0
+                    named.epoch()
                 ),
-                Ok(Some((epoch, _))) => say!(
-                    "  {name}  {unusable}: the snapshot of epoch {epoch} that holds its state is gone, damaged or written again since"
+                Ok(Some(named)) => say!(
+                    "  {name}  {unusable}: the snapshot of epoch {} that held its state is gone, damaged or written again since",
+                    named.epoch()
                 ),
                 Err(err) => say!("  {name}  {unusable}: {err}"),
             },

@@ -125,14 +125,33 @@ fn state_bytes(state: &ViewState, n: usize) -> usize {
         .sum()
 }
 
-/// Per key of `state` (a state of `spec`), its states over every bucket,
-/// one after another; and per metric, whether a key's value over some of
-/// its buckets never exceeds its value over all of them.
-fn rollups_of(
-    spec: &ViewSpec,
-    state: &ViewState,
-    empty: &[MetricState],
-) -> (Vec<MetricState>, Vec<bool>) {
+/// What [`rollups_of`] computes in its one pass over a state's groups.
+struct Rolled {
+    /// Per key, its states over every bucket, one after another.
+    rollups: Vec<MetricState>,
+    /// Per metric, whether a key's value over some of its buckets never
+    /// exceeds its value over all of them.
+    monotone: Vec<bool>,
+    /// Per key, the merge weight of its groups' states (what a range read
+    /// of its buckets costs: [`MetricState::merge_weight`]).
+    weights: Vec<usize>,
+}
+
+/// Every bucket start of `state`, ascending (the distinct ones gathered in
+/// a set, sorted: a view has far fewer buckets than groups).
+fn bucket_starts(state: &ViewState) -> Vec<i64> {
+    let mut seen: FxHashSet<i64> = FxHashSet::default();
+    for (_, groups) in state.keys() {
+        seen.extend(groups.buckets());
+    }
+    let mut buckets: Vec<i64> = seen.into_iter().collect();
+    buckets.sort_unstable();
+    buckets
+}
+
+/// The roll-ups of `state` (a state of `spec`), which metrics are
+/// monotone, and each key's merge weight ([`Rolled`]).
+fn rollups_of(spec: &ViewSpec, state: &ViewState, empty: &[MetricState]) -> Rolled {
     let n = empty.len();
     let mut monotone: Vec<bool> = spec
         .metrics
@@ -140,20 +159,28 @@ fn rollups_of(
         .map(|metric| metric.agg.is_monotone())
         .collect();
     let mut rollups: Vec<MetricState> = Vec::with_capacity(state.key_count() * n);
+    let mut weights: Vec<usize> = Vec::with_capacity(state.key_count());
     for (_, groups) in state.keys() {
         let start = rollups.len();
         rollups.extend(empty.iter().cloned());
+        let mut weight = 0;
         for at in 0..groups.len() {
             let states = groups.states(n, at);
             for (monotone, state) in monotone.iter_mut().zip(states) {
                 if let MetricState::Sum(sum) = state {
                     *monotone &= sum.as_i128() >= 0;
                 }
+                weight += state.merge_weight();
             }
             merge_states(&mut rollups[start..start + n], states);
         }
+        weights.push(weight);
     }
-    (rollups, monotone)
+    Rolled {
+        rollups,
+        monotone,
+        weights,
+    }
 }
 
 /// The segment tree over `buckets` (every bucket start of `state`,
@@ -333,20 +360,16 @@ impl ViewIndex {
         index_share: f64,
     ) -> ViewIndex {
         let n = spec.metrics.len();
-        let mut buckets: Vec<i64> = state
-            .keys()
-            .flat_map(|(_, groups)| groups.buckets().iter().copied())
-            .collect();
-        buckets.sort_unstable();
-        buckets.dedup();
         let empty = spec.empty_states();
-        // The roll-ups on a thread of their own while the tree is built here
-        // (or here too, when no thread can be started).
+        // The roll-ups (and the keys' merge weights) on a thread of their
+        // own while the bucket starts and the tree are found here (or here
+        // too, when no thread can be started).
         let roll = || rollups_of(spec, state, &empty);
-        let (tree, (rollups, monotone)) = std::thread::scope(|scope| {
+        let (buckets, tree, rolled) = std::thread::scope(|scope| {
             let rolling = std::thread::Builder::new()
                 .name("tandem-index".into())
                 .spawn_scoped(scope, roll);
+            let buckets = bucket_starts(state);
             let tree = tree_of(state, &buckets, n, &empty);
             let rolled = match rolling {
                 Ok(thread) => thread
@@ -354,23 +377,22 @@ impl ViewIndex {
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
                 Err(_) => roll(),
             };
-            (tree, rolled)
+            (buckets, tree, rolled)
         });
+        let Rolled {
+            rollups,
+            monotone,
+            weights,
+        } = rolled;
         // Blocks for the keys of the largest merge weight first, while the
         // index stays within its share of the state's memory.
         let unblocked = ViewIndex::bytes_without_blocks(&buckets, &tree, &rollups, n);
         let mut spare =
             ((state_bytes(state, n) as f64 * index_share) as usize).saturating_sub(unblocked);
-        let mut heaviest: Vec<(usize, u32)> = state
-            .keys()
+        let mut heaviest: Vec<(usize, u32)> = weights
+            .iter()
             .enumerate()
-            .map(|(at, (_, groups))| {
-                let weight = (0..groups.len())
-                    .flat_map(|at| groups.states(n, at))
-                    .map(MetricState::merge_weight)
-                    .sum();
-                (weight, at as u32)
-            })
+            .map(|(at, weight)| (*weight, at as u32))
             .filter(|(weight, _)| *weight >= block_weight)
             .collect();
         heaviest.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));

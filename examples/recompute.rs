@@ -228,10 +228,12 @@ fn incremental(
         first.next_seq.0,
         started.elapsed().as_secs_f64()
     );
-    // The cache and the id levels it names (a full run replaces them).
+    // The cache, the id levels and the snapshot it names (a full run
+    // replaces them).
     let dirs = [
         (paths.cache_dir(), paths.root().join("cache.saved")),
         (paths.ids_dir(), paths.root().join("ids.saved")),
+        (paths.snapshots_dir(), paths.root().join("snapshots.saved")),
     ];
     let copy = |from: &Path, to: &Path| -> std::io::Result<()> {
         std::fs::remove_dir_all(to).ok();
@@ -250,7 +252,10 @@ fn incremental(
             .map(|meta| meta.len())
             .sum::<u64>();
     }
-    println!("batch cache with its id levels: {} MiB", bytes >> 20);
+    println!(
+        "batch cache with its id levels and the snapshot it names: {} MiB",
+        bytes >> 20
+    );
     let mut ratios = Vec::with_capacity(runs);
     for run in 1..=runs {
         for (dir, saved) in &dirs {

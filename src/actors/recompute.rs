@@ -728,8 +728,8 @@ pub enum RecomputeError {
     /// A recompute worker panicked (it is restarted; the run can be retried).
     #[error("{0}")]
     Worker(String),
-    /// One of the run's own threads (writing the snapshot or the cache,
-    /// building indexes) panicked.
+    /// One of the run's own threads (writing the snapshot, building
+    /// indexes) panicked.
     #[error("a batch run's thread panicked while {0}")]
     Panicked(&'static str),
     /// The recompute workers stopped: the system is stopping.
@@ -899,7 +899,8 @@ impl Start {
     /// What the cache under `paths` offers a run over `sealed` at `now_ms`
     /// with retention `cutoffs`: each view whose file reads back whole, of
     /// the same fingerprint, over the same records as the id file, with a
-    /// retention cutoff no later than the run's. Anything else is logged and
+    /// retention cutoff no later than the run's, its state in the file or in
+    /// the snapshot the file names ([`take_from_snapshots`]). Anything else is logged and
     /// left to the master dataset; so is everything once the last run that
     /// read every record is `batch.full_run_every` old. The id levels are
     /// opened (and so checked whole) by every run: one damaged since, even
@@ -1095,7 +1096,21 @@ fn take_from_snapshots(
         let (these, others): (Vec<_>, Vec<_>) =
             named.into_iter().partition(|(_, other)| *other == snapshot);
         named = others;
-        match read_named(paths, config, snapshot, upto) {
+        // Decoded on a thread of its own, as a view's own file is: a panic
+        // (a bug) costs the views their cache, not the run.
+        let read = || read_named(paths, config, snapshot, upto);
+        let read = std::thread::scope(|scope| {
+            match std::thread::Builder::new()
+                .name("tandem-cache-load".into())
+                .spawn_scoped(scope, read)
+            {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err("decoding the snapshot that holds its cached state panicked".to_owned())
+                }),
+                Err(_) => read(),
+            }
+        });
+        match read {
             Ok(mut offered) => {
                 for (view, _) in these {
                     cached[view] = offered[view].take();
@@ -1109,10 +1124,11 @@ fn take_from_snapshots(
                 }
             }
             Err(why) => {
-                for (view, _) in these {
-                    let spec = &config.views[view];
-                    tracing::warn!(view = %spec.name, reason = %why, "view computed from the master dataset");
-                }
+                let views: Vec<&str> = these
+                    .iter()
+                    .map(|(view, _)| config.views[*view].name.as_str())
+                    .collect();
+                tracing::warn!(?views, reason = %why, "views computed from the master dataset");
             }
         }
     }
@@ -1141,20 +1157,27 @@ fn read_named(
     };
     if !snapshot.names(&meta) {
         return Err(format!(
-            "{}, which held its cached state, was written again since (created at {} ms, its cache names the one of {} ms)",
+            "{}, which held its cached state, was written again since (created at {} ms, {} bytes, crc {:08x}; the cache names the one created at {} ms, {} bytes, crc {:08x})",
             path.display(),
             meta.created_ms,
-            snapshot.created_ms
+            meta.payload_bytes,
+            meta.payload_crc,
+            snapshot.created_ms,
+            snapshot.payload_bytes,
+            snapshot.payload_crc
         ));
     }
     let undecodable = |err: postcard::Error| store::undecodable(&path, &err).to_string();
     let (head, states) = SnapshotData::decode_head(meta.version, &payload).map_err(undecodable)?;
-    let later_from = head.sealed.map(|sealed| sealed.later_from);
-    if later_from != Some(upto) {
-        return Err(format!(
-            "{} covers the records before seq {later_from:?}, the id cache those before {upto}",
-            path.display()
-        ));
+    match head.sealed.map(|sealed| sealed.later_from) {
+        Some(later_from) if later_from == upto => {}
+        Some(later_from) => {
+            return Err(format!(
+                "{} covers the records before seq {later_from}, the id cache those before {upto}",
+                path.display()
+            ));
+        }
+        None => return Err(format!("{} names no sealed epoch", path.display())),
     }
     let placement = Placement::of(&config.views, &head.views);
     let states = states.decode(&payload).map_err(undecodable)?;
@@ -1256,14 +1279,19 @@ pub fn recompute(
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the snapshot"))?;
         let meta = meta?;
-        let ((), cache_ms) = timed(|| {
-            if let Some(cache) = &built.cache {
+        let (cached, cache_ms) = timed(|| match &built.cache {
+            Some(cache) => {
                 let named = CachedState::InSnapshot(SnapshotRef::of(&meta));
                 let states = vec![named; config.views.len()];
-                write_cache(paths, config, sealed, states, &built.ids, cache);
+                write_cache(paths, config, sealed, states, &built.ids, cache)
             }
+            None => true,
         });
-        store::keep_newest_snapshots(paths, config.batch.keep_snapshots)?;
+        // A cache left naming an older snapshot keeps it until a run writes
+        // the cache again.
+        if cached {
+            store::keep_newest_snapshots(paths, config.batch.keep_snapshots)?;
+        }
         tracing::info!(
             epoch = %sealed.epoch,
             ms = writing.elapsed().as_millis() as u64,
@@ -1549,8 +1577,9 @@ fn merge_parts(
 
 /// Writes the views' states over the records before `later_from` (or the
 /// snapshot that holds them), and those records' ids, to the batch cache,
-/// and removes what no configured view uses. A failure costs the next run time, not correctness (it computes
-/// from the master dataset what it cannot read): it is logged, not raised.
+/// and removes what no configured view uses; answers whether it did. A
+/// failure costs the next run time, not correctness (it computes from the
+/// master dataset what it cannot read): it is logged, not raised.
 fn write_cache(
     paths: &DataPaths,
     config: &Config,
@@ -1558,7 +1587,7 @@ fn write_cache(
     views: Vec<CachedState<'_>>,
     ids: &IdIndex,
     cache: &CacheContents,
-) {
+) -> bool {
     let upto = sealed.later_from.0;
     let mut written = vec![paths.cache_ids()];
     let mut outcome = store::write_cache(
@@ -1582,8 +1611,12 @@ fn write_cache(
         outcome = outcome.and_then(|()| store::write_cache(&path, &view));
         written.push(path);
     }
-    if let Err(err) = outcome.and_then(|()| store::remove_stale_cache(paths, &written)) {
-        tracing::warn!(error = %err, "cannot write the batch cache: the next run computes from the master dataset what it lacks");
+    match outcome.and_then(|()| store::remove_stale_cache(paths, &written)) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot write the batch cache: the next run computes from the master dataset what it lacks");
+            false
+        }
     }
 }
 

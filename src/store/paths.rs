@@ -60,7 +60,7 @@ impl DataPaths {
         self.cache_dir().join("ids.bin")
     }
 
-    /// `cache/view-<name>.bin`: a view's cached state.
+    /// `cache/view-<name>.bin`: a view's cached state, or the snapshot that holds it.
     pub fn cache_view(&self, view: &str) -> PathBuf {
         self.cache_dir().join(format!("view-{view}.bin"))
     }

@@ -1285,7 +1285,7 @@ pub fn recompute(
                 let states = vec![named; config.views.len()];
                 write_cache(paths, config, sealed, states, &built.ids, cache)
             }
-            None => true,
+            None => built.cache_written,
         });
         // A cache left naming an older snapshot keeps it until a run writes
         // the cache again.
@@ -1350,6 +1350,9 @@ pub struct Built {
     /// record after `later_from` added to them, so they are the cache's
     /// states); `None` when it is written already.
     cache: Option<CacheContents>,
+    /// Whether the batch cache is written, or still to write (false: its
+    /// write failed).
+    cache_written: bool,
 }
 
 /// What the batch cache holds besides the states.
@@ -1498,12 +1501,13 @@ pub fn build_views(
     });
     let merged = clock.elapsed();
     let tail_counts = tails.iter().flatten().any(|state| !state.is_empty());
+    let mut cache_written = true;
     if tail_counts && let Some(cache) = cache.take() {
         let states = views
             .iter()
             .map(|state| CachedState::Here(std::borrow::Cow::Borrowed(state)))
             .collect();
-        write_cache(paths, config, sealed, states, &ids, &cache);
+        cache_written = write_cache(paths, config, sealed, states, &ids, &cache);
     }
     let cached = clock.elapsed();
     let views = merge_parts(config, views.into_iter().map(Some).collect(), tails);
@@ -1523,6 +1527,7 @@ pub fn build_views(
         stats,
         ids,
         cache,
+        cache_written,
     })
 }
 

@@ -36,6 +36,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// How often a partition drops the buckets past its views' retention.
 const RETAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How many events ahead of the one it applies a partition asks for the
+/// event's fields to be brought into cache.
+const PREFETCH_AHEAD: usize = 4;
+
 /// The partition owning `key` of a view: every key has exactly one owner.
 pub fn partition_of(key: &str, partitions: usize) -> usize {
     (hash_text(key) % partitions.max(1) as u64) as usize
@@ -56,14 +60,19 @@ pub fn owners<'a>(
     })
 }
 
-/// Durable events of one epoch for this partition: (view index, event).
+/// Durable events of one epoch for this partition.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Apply {
     /// Their epoch.
     pub epoch: Epoch,
-    /// The events, each with the view whose key routed it here.
-    pub events: Vec<(usize, Arc<ParsedEvent>)>,
+    /// A durable batch, shared by every partition it routes to.
+    pub events: Arc<[ParsedEvent]>,
+    /// Per view, in view order: the positions in `events`, ascending, of the
+    /// events whose key in that view this partition owns. A partition
+    /// applies one view's events, then the next view's: each view's state is
+    /// touched in one stretch.
+    pub picks: Vec<Vec<u32>>,
     /// Answered once they are applied (readers see them from then on).
     pub done: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -1054,8 +1063,14 @@ impl Handler<Apply> for SpeedPartition {
     type Result = ();
 
     fn handle(&mut self, msg: Apply, _: &mut Self::Context) {
-        for (view, event) in &msg.events {
-            self.state.apply(msg.epoch, *view, event, &mut self.scratch);
+        for (view, picks) in msg.picks.iter().enumerate() {
+            for (i, &at) in picks.iter().enumerate() {
+                if let Some(&ahead) = picks.get(i + PREFETCH_AHEAD) {
+                    msg.events[ahead as usize].prefetch();
+                }
+                self.state
+                    .apply(msg.epoch, view, &msg.events[at as usize], &mut self.scratch);
+            }
         }
         self.publish_size();
         if let Some(done) = msg.done {

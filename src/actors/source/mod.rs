@@ -107,7 +107,7 @@ pub struct Pending {
     received: std::time::Instant,
     reply: Option<oneshot::Receiver<Result<Durable, Arc<store::Error>>>>,
     epoch: Epoch,
-    events: Vec<Arc<ParsedEvent>>,
+    events: Vec<ParsedEvent>,
 }
 
 /// Why a batch did not become durable.
@@ -151,7 +151,7 @@ impl Pipeline {
                 event_ms: event.event_ms,
                 id_hash: event.id_hash.map_or(0, std::num::NonZeroU64::get),
             });
-            events.push(Arc::new(event));
+            events.push(event);
         }
         let (reply, rx) = oneshot::channel();
         // `do_send` enqueues now: this batch precedes this source's next barrier.
@@ -205,27 +205,30 @@ impl Pipeline {
             Err(_) => return Err(NotDurable::Stopped),
         };
         let n = pending.events.len();
-        let mut routed: Vec<Vec<(usize, Arc<ParsedEvent>)>> =
-            vec![Vec::new(); self.partitions.len()];
+        // Per partition, per view: the positions of the events it applies.
+        let mut routed: Vec<Vec<Vec<u32>>> =
+            vec![vec![Vec::new(); self.views.len()]; self.partitions.len()];
         let mut scratch = String::new();
         // A repeat is durable (the master dataset keeps every delivery) but an
         // earlier record of the log holds its id: neither layer counts it.
         let mut repeats = durable.repeats.iter().copied().peekable();
-        for (i, event) in (0u32..).zip(pending.events) {
+        for (i, event) in (0u32..).zip(&pending.events) {
             if repeats.next_if_eq(&i).is_some() {
                 continue;
             }
-            for (view, partition) in owners(&self.views, &event, routed.len(), &mut scratch) {
-                routed[partition].push((view, Arc::clone(&event)));
+            for (view, partition) in owners(&self.views, event, routed.len(), &mut scratch) {
+                routed[partition][view].push(i);
             }
         }
+        let events: Arc<[ParsedEvent]> = pending.events.into();
         let mut applied = Vec::new();
-        for (partition, events) in self.partitions.iter().zip(routed) {
-            if !events.is_empty() {
+        for (partition, picks) in self.partitions.iter().zip(routed) {
+            if picks.iter().any(|picked| !picked.is_empty()) {
                 let (done, rx) = oneshot::channel();
                 partition.do_send(Apply {
                     epoch: pending.epoch,
-                    events,
+                    events: Arc::clone(&events),
+                    picks,
                     done: Some(done),
                 });
                 applied.push(rx);

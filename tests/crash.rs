@@ -118,10 +118,11 @@ async fn crash_and_recover(events: u32, crash_at: Option<&str>, kill_after: u64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_group_commit() {
-    // The source parses its prefetched deliveries ahead of their acks, so the
-    // 100th commit may come before any ack has reached the broker: then the
-    // 99 commits before it are durable and unacknowledged, and come back.
-    crash_and_recover(30_000, Some("commit.mid_write:100"), 0).await;
+    // A busy source holds its deliveries while its batch before is on its
+    // way to the ack, up to 2,000 (its prefetch window) a batch: the 30,000
+    // messages make at least 15 commits, and the 10th comes mid-stream. The
+    // batch it writes was not acked, so it comes back.
+    crash_and_recover(30_000, Some("commit.mid_write:10"), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

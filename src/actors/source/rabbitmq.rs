@@ -3,12 +3,16 @@
 //! actix system thread.
 //!
 //! One session is one connection: the actor consumes the lapin consumer as
-//! an actor stream (deliveries that are ready together make one batch),
-//! parses each batch, publishes its dead letters (confirmed) and sends its
-//! valid events to the Recorder, and hands the batch to the session's
-//! acknowledger, a task that acks batches in order once each is durable (and
-//! routed to and applied by the speed layer) and its dead letters are
-//! confirmed. The acknowledger runs on the system thread, which only routes:
+//! an actor stream. Deliveries make one batch with those ready together,
+//! and with those that arrived while [`IN_FLIGHT_BATCHES`] batches were
+//! still on their way to being acked: an idle source sends a delivery at
+//! once, a busy one what arrived during its last batch's way to the ack, so
+//! that the threads a batch passes through wake once per tens of deliveries
+//! rather than once per few. It parses each batch, publishes its dead
+//! letters (confirmed) and sends its valid events to the Recorder, and
+//! hands the batch to the session's acknowledger, a task that acks batches
+//! in order once each is durable (and routed to and applied by the speed
+//! layer) and its dead letters are confirmed. The acknowledger runs on the system thread, which only routes:
 //! on the source's own thread it waited behind the parsing of the next
 //! batches, and the broker, its prefetch window full, behind it.
 //!
@@ -37,7 +41,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -51,6 +55,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// How long a stop waits for the broker to confirm the consumer's cancel.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// Batches of a session on their way to being acked before the deliveries
+/// that arrive are held, to be sent as one batch when one of them is acked
+/// (or once [`MAX_BATCH`] are held).
+const IN_FLIGHT_BATCHES: usize = 1;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +109,10 @@ struct Session {
     batches: mpsc::UnboundedSender<InFlight>,
     /// Set once the session acked a batch: the next failure backs off from the start.
     progressed: Arc<AtomicBool>,
+    /// Batches sent and not yet through the acknowledger.
+    in_flight: Arc<AtomicUsize>,
+    /// Deliveries held while [`IN_FLIGHT_BATCHES`] batches are in flight.
+    held: Vec<lapin::message::Delivery>,
 }
 
 /// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is
@@ -112,6 +124,13 @@ struct InFlight {
     /// The delivery tags of the dead-lettered messages.
     dead_tags: Vec<u64>,
     last_tag: u64,
+}
+
+/// A session's acknowledger is through with a batch: held deliveries may go.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Acked {
+    generation: u64,
 }
 
 /// A session's acknowledger found it broken.
@@ -199,12 +218,13 @@ impl Rabbitmq {
         } = connected;
         let (batches, queue) = mpsc::unbounded_channel();
         let progressed = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         self.acknowledgers.push(spawn_on_system(acknowledge(
             self.pipeline.clone(),
             connection,
             consume.clone(),
             queue,
-            Arc::clone(&progressed),
+            (Arc::clone(&progressed), Arc::clone(&in_flight)),
             (ctx.address(), self.generation),
         )));
         self.session = Some(Session {
@@ -213,11 +233,33 @@ impl Rabbitmq {
             tag,
             batches,
             progressed,
+            in_flight,
+            held: Vec::new(),
         });
         ctx.add_stream(consumer.ready_chunks(MAX_BATCH));
         self.pipeline.stats.connected.store(true, Ordering::Relaxed);
         self.pipeline.stats.last_error.set(None);
         tracing::info!(source = self.pipeline.index, queue = %self.config.queue, "rabbitmq source connected");
+    }
+
+    /// Holds `deliveries` behind those held already, then sends what is held
+    /// as one batch unless [`IN_FLIGHT_BATCHES`] batches are in flight and
+    /// fewer than [`MAX_BATCH`] deliveries are held; `at_once` sends it anyway.
+    fn offer(&mut self, deliveries: Vec<lapin::message::Delivery>, at_once: bool) {
+        // Without a session (stopping), deliveries go back to the queue.
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        session.held.extend(deliveries);
+        let busy = session.in_flight.load(Ordering::Acquire) >= IN_FLIGHT_BATCHES;
+        if session.held.is_empty() || (busy && session.held.len() < MAX_BATCH && !at_once) {
+            return;
+        }
+        let held = std::mem::take(&mut session.held);
+        session.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Some(session) = &self.session {
+            self.take(held, session);
+        }
     }
 
     /// Parses a batch of deliveries, publishes its dead letters and sends its
@@ -261,6 +303,7 @@ impl Rabbitmq {
     /// Stops for good: no new deliveries; every batch in flight is finished
     /// (made durable, applied and acked) before `done` is answered.
     fn stop(&mut self, done: tokio::sync::oneshot::Sender<()>, ctx: &mut Context<Self>) {
+        self.offer(Vec::new(), true);
         self.stopped = true;
         if let Some(connecting) = self.connecting.take() {
             ctx.cancel_future(connecting);
@@ -326,12 +369,7 @@ impl StreamHandler<Vec<lapin::Result<lapin::message::Delivery>>> for Rabbitmq {
         ctx: &mut Context<Self>,
     ) {
         match ready.into_iter().collect::<lapin::Result<Vec<_>>>() {
-            Ok(deliveries) => {
-                // Without a session (stopping), deliveries go back to the queue.
-                if let Some(session) = &self.session {
-                    self.take(deliveries, session);
-                }
-            }
+            Ok(deliveries) => self.offer(deliveries, false),
             // What came before the error in this batch is sent nowhere: the
             // broker delivers it again.
             Err(err) => self.lost(&err.into(), ctx),
@@ -350,13 +388,26 @@ impl Handler<Control> for Rabbitmq {
 
     fn handle(&mut self, control: Control, ctx: &mut Context<Self>) {
         match control {
-            // Every batch is sent to the Recorder as it is read, so nothing of
-            // the finished epoch is held back: the barrier goes at once, and
-            // while the broker is away too.
-            Control::Barrier(finished) => self.pipeline.barrier(finished, &mut self.epoch),
+            // The deliveries held go to the Recorder first, so nothing read
+            // before the barrier is held back from the finished epoch: the
+            // barrier goes at once, and while the broker is away too.
+            Control::Barrier(finished) => {
+                self.offer(Vec::new(), true);
+                self.pipeline.barrier(finished, &mut self.epoch);
+            }
             Control::Stop(done) => self.stop(done, ctx),
             // Only push sources keep an epoch open on request.
             Control::Hold | Control::Release => {}
+        }
+    }
+}
+
+impl Handler<Acked> for Rabbitmq {
+    type Result = ();
+
+    fn handle(&mut self, acked: Acked, _: &mut Context<Self>) {
+        if acked.generation == self.generation {
+            self.offer(Vec::new(), false);
         }
     }
 }
@@ -473,7 +524,7 @@ async fn acknowledge(
     connection: Connection,
     consume: Channel,
     mut batches: mpsc::UnboundedReceiver<InFlight>,
-    progressed: Arc<AtomicBool>,
+    (progressed, in_flight): (Arc<AtomicBool>, Arc<AtomicUsize>),
     (source, generation): (Addr<Rabbitmq>, u64),
 ) {
     let mut failed = false;
@@ -511,6 +562,8 @@ async fn acknowledge(
                 failed = true;
             }
         }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        source.do_send(Acked { generation });
     }
     connection
         .close(200, "tandem is stopping".into())

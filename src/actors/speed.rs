@@ -67,7 +67,7 @@ pub struct Apply {
     /// Their epoch.
     pub epoch: Epoch,
     /// A durable batch, shared by every partition it routes to.
-    pub events: Arc<[ParsedEvent]>,
+    pub events: Arc<Vec<ParsedEvent>>,
     /// Per view, in view order: the positions in `events`, ascending, of the
     /// events whose key in that view this partition owns. A partition
     /// applies one view's events, then the next view's: each view's state is

@@ -169,7 +169,9 @@ impl Demo {
 
     /// Sends a batch's lines in the current epoch; [`Demo::sent`] hears the outcome.
     fn send(&mut self, batch: Batch, ctx: &mut Context<Self>) {
-        let pending = self.pipeline.send(self.epoch, batch.lines.clone());
+        let pending =
+            self.pipeline
+                .send(self.epoch, batch.lines.clone(), std::time::Instant::now());
         self.batch = Some(batch);
         self.sending = true;
         let pipeline = self.pipeline.clone();

@@ -132,11 +132,17 @@ impl Pipeline {
         })
     }
 
-    /// Sends a batch of valid events of `epoch` to the recorder.
-    pub fn send(&self, epoch: Epoch, batch: Vec<(Vec<u8>, i64, ParsedEvent)>) -> Pending {
+    /// Sends a batch of valid events of `epoch`, the first received at
+    /// `received`, to the recorder.
+    pub fn send(
+        &self,
+        epoch: Epoch,
+        batch: Vec<(Vec<u8>, i64, ParsedEvent)>,
+        received: std::time::Instant,
+    ) -> Pending {
         if batch.is_empty() {
             return Pending {
-                received: std::time::Instant::now(),
+                received,
                 reply: None,
                 epoch,
                 events: Vec::new(),
@@ -162,7 +168,7 @@ impl Pipeline {
             reply,
         });
         Pending {
-            received: std::time::Instant::now(),
+            received,
             reply: Some(rx),
             epoch,
             events,
@@ -220,7 +226,7 @@ impl Pipeline {
                 routed[partition][view].push(i);
             }
         }
-        let events: Arc<[ParsedEvent]> = pending.events.into();
+        let events = Arc::new(pending.events);
         let mut applied = Vec::new();
         for (partition, picks) in self.partitions.iter().zip(routed) {
             if picks.iter().any(|picked| !picked.is_empty()) {

@@ -84,7 +84,7 @@ impl Push {
             outcomes.push((outcome, request.reply));
         }
         self.staged_messages = 0;
-        let pending = pipeline.send(self.epoch, batch);
+        let pending = pipeline.send(self.epoch, batch, std::time::Instant::now());
         let pipeline = pipeline.clone();
         self.in_flight.push(spawn_on_system(async move {
             let durable = pipeline.durable(pending).await;

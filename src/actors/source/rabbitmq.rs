@@ -42,7 +42,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -57,7 +57,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Batches of a session on their way to being acked before the deliveries
 /// that arrive are held, to be sent as one batch when one of them is acked
-/// (or once [`MAX_BATCH`] are held).
+/// (or once [`MAX_BATCH`] are held, which a prefetch window larger than
+/// that allows).
 const IN_FLIGHT_BATCHES: usize = 1;
 
 /// Why a session ended.
@@ -72,6 +73,9 @@ pub enum SessionError {
     /// The broker refused a dead letter.
     #[error("dead-letter publish was not confirmed")]
     DeadLetterNacked,
+    /// The session's acknowledger ended before its session did.
+    #[error("the session's acknowledger ended")]
+    AcknowledgerEnded,
     /// The store refused a batch: its messages go back to the queue.
     #[error(transparent)]
     NotDurable(#[from] NotDurable),
@@ -111,8 +115,10 @@ struct Session {
     progressed: Arc<AtomicBool>,
     /// Batches sent and not yet through the acknowledger.
     in_flight: Arc<AtomicUsize>,
-    /// Deliveries held while [`IN_FLIGHT_BATCHES`] batches are in flight.
+    /// Deliveries held while [`IN_FLIGHT_BATCHES`] batches are in flight,
+    /// and when the first of them arrived.
     held: Vec<lapin::message::Delivery>,
+    held_since: Option<Instant>,
 }
 
 /// A batch waiting to be acked: ack `last_tag` (multiple) once `pending` is
@@ -235,6 +241,7 @@ impl Rabbitmq {
             progressed,
             in_flight,
             held: Vec::new(),
+            held_since: None,
         });
         ctx.add_stream(consumer.ready_chunks(MAX_BATCH));
         self.pipeline.stats.connected.store(true, Ordering::Relaxed);
@@ -243,32 +250,67 @@ impl Rabbitmq {
     }
 
     /// Holds `deliveries` behind those held already, then sends what is held
-    /// as one batch unless [`IN_FLIGHT_BATCHES`] batches are in flight and
-    /// fewer than [`MAX_BATCH`] deliveries are held; `at_once` sends it anyway.
-    fn offer(&mut self, deliveries: Vec<lapin::message::Delivery>, at_once: bool) {
+    /// in batches of at most [`MAX_BATCH`], unless [`IN_FLIGHT_BATCHES`]
+    /// batches are in flight and fewer than [`MAX_BATCH`] deliveries are
+    /// held; `at_once` sends them anyway. A session whose acknowledger is
+    /// gone (it panicked) is lost instead: nothing of it would be acked.
+    fn offer(
+        &mut self,
+        deliveries: Vec<lapin::message::Delivery>,
+        at_once: bool,
+        ctx: &mut Context<Self>,
+    ) {
         // Without a session (stopping), deliveries go back to the queue.
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        session.held.extend(deliveries);
-        let busy = session.in_flight.load(Ordering::Acquire) >= IN_FLIGHT_BATCHES;
-        if session.held.is_empty() || (busy && session.held.len() < MAX_BATCH && !at_once) {
-            return;
+        if session.batches.is_closed() {
+            return self.lost(&SessionError::AcknowledgerEnded, ctx);
         }
-        let held = std::mem::take(&mut session.held);
-        session.in_flight.fetch_add(1, Ordering::AcqRel);
-        if let Some(session) = &self.session {
-            self.take(held, session);
+        if session.held.is_empty() && !deliveries.is_empty() {
+            session.held_since = Some(Instant::now());
+        }
+        session.held.extend(deliveries);
+        while !session.held.is_empty() {
+            let busy = session.in_flight.load(Ordering::Acquire) >= IN_FLIGHT_BATCHES;
+            if busy && session.held.len() < MAX_BATCH && !at_once {
+                return;
+            }
+            let n = session.held.len().min(MAX_BATCH);
+            let batch: Vec<_> = session.held.drain(..n).collect();
+            let received = session.held_since.unwrap_or_else(Instant::now);
+            if session.held.is_empty() {
+                session.held_since = None;
+            }
+            session.in_flight.fetch_add(1, Ordering::AcqRel);
+            let sent = Self::take(
+                &self.pipeline,
+                &self.config,
+                self.epoch,
+                (batch, received),
+                session,
+            );
+            if !sent {
+                session.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return self.lost(&SessionError::AcknowledgerEnded, ctx);
+            }
         }
     }
 
-    /// Parses a batch of deliveries, publishes its dead letters and sends its
-    /// valid events to the Recorder, then hands it to the acknowledger.
-    fn take(&self, deliveries: Vec<lapin::message::Delivery>, session: &Session) {
+    /// Parses a batch of deliveries (the first received at `received`),
+    /// publishes its dead letters and sends its valid events to the Recorder
+    /// in `epoch`, then hands it to the acknowledger; answers whether the
+    /// acknowledger took it.
+    fn take(
+        pipeline: &Pipeline,
+        config: &RabbitmqSource,
+        epoch: Epoch,
+        (deliveries, received): (Vec<lapin::message::Delivery>, Instant),
+        session: &Session,
+    ) -> bool {
         let Some(last_tag) = deliveries.last().map(|delivery| delivery.delivery_tag) else {
-            return;
+            return true;
         };
-        let pipeline = &self.pipeline;
         let ingest_ms = crate::now_ms();
         let mut batch = Vec::with_capacity(deliveries.len());
         let mut dead = Vec::new();
@@ -282,13 +324,14 @@ impl Rabbitmq {
         let dead = (!dead.is_empty()).then(|| {
             actix::spawn(dead_letter(
                 session.dead_letters.clone(),
-                self.config.dead_letter_queue.clone(),
+                config.dead_letter_queue.clone(),
                 Arc::clone(&pipeline.schema),
                 dead,
             ))
         });
-        let pending = pipeline.send(self.epoch, batch);
-        // The acknowledger ends only when this sender is dropped.
+        let pending = pipeline.send(epoch, batch, received);
+        // The acknowledger ends only when this sender is dropped, or if it
+        // panicked.
         session
             .batches
             .send(InFlight {
@@ -297,14 +340,15 @@ impl Rabbitmq {
                 dead_tags,
                 last_tag,
             })
-            .ok();
+            .is_ok()
     }
 
     /// Stops for good: no new deliveries; every batch in flight is finished
     /// (made durable, applied and acked) before `done` is answered.
     fn stop(&mut self, done: tokio::sync::oneshot::Sender<()>, ctx: &mut Context<Self>) {
-        self.offer(Vec::new(), true);
+        // Stopped first: a session found broken now is not restarted.
         self.stopped = true;
+        self.offer(Vec::new(), true, ctx);
         if let Some(connecting) = self.connecting.take() {
             ctx.cancel_future(connecting);
         }
@@ -369,7 +413,7 @@ impl StreamHandler<Vec<lapin::Result<lapin::message::Delivery>>> for Rabbitmq {
         ctx: &mut Context<Self>,
     ) {
         match ready.into_iter().collect::<lapin::Result<Vec<_>>>() {
-            Ok(deliveries) => self.offer(deliveries, false),
+            Ok(deliveries) => self.offer(deliveries, false, ctx),
             // What came before the error in this batch is sent nowhere: the
             // broker delivers it again.
             Err(err) => self.lost(&err.into(), ctx),
@@ -392,7 +436,7 @@ impl Handler<Control> for Rabbitmq {
             // before the barrier is held back from the finished epoch: the
             // barrier goes at once, and while the broker is away too.
             Control::Barrier(finished) => {
-                self.offer(Vec::new(), true);
+                self.offer(Vec::new(), true, ctx);
                 self.pipeline.barrier(finished, &mut self.epoch);
             }
             Control::Stop(done) => self.stop(done, ctx),
@@ -405,9 +449,9 @@ impl Handler<Control> for Rabbitmq {
 impl Handler<Acked> for Rabbitmq {
     type Result = ();
 
-    fn handle(&mut self, acked: Acked, _: &mut Context<Self>) {
+    fn handle(&mut self, acked: Acked, ctx: &mut Context<Self>) {
         if acked.generation == self.generation {
-            self.offer(Vec::new(), false);
+            self.offer(Vec::new(), false, ctx);
         }
     }
 }

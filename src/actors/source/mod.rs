@@ -34,7 +34,8 @@ pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub use push::Push;
 pub use rabbitmq::{FIELD_HEADER, REASON_HEADER, Rabbitmq};
 
-/// Most events in one batch.
+/// The most deliveries in a RabbitMQ batch or lines in a demo tick; a push
+/// source flushes once this many messages are staged.
 pub(crate) const MAX_BATCH: usize = 2_000;
 
 /// Control messages to a source.
@@ -103,7 +104,7 @@ pub struct Pipeline {
 
 /// A batch on its way to being durable.
 pub struct Pending {
-    /// When the batch arrived.
+    /// When the batch arrived (a RabbitMQ batch: its first delivery).
     received: std::time::Instant,
     reply: Option<oneshot::Receiver<Result<Durable, Arc<store::Error>>>>,
     epoch: Epoch,

@@ -1,6 +1,7 @@
 //! A push source (an in-process feed, or the HTTP source): an actor on a
 //! thread of its own that takes [`IngestRequest`]s as messages. Requests
-//! queued together share one durable batch, up to [`MAX_BATCH`] messages:
+//! queued together share one durable batch, flushed once [`MAX_BATCH`]
+//! messages are staged:
 //! the first one staged schedules a flush with `ctx.notify`, which actix runs
 //! after every message already in the mailbox. Each request is answered once
 //! its batch is durable and applied; that wait runs on the system thread, so

@@ -3,28 +3,30 @@
 //! actix system thread.
 //!
 //! One session is one connection: the actor consumes the lapin consumer as
-//! an actor stream. Deliveries make one batch with those ready together,
-//! and with those that arrived while [`IN_FLIGHT_BATCHES`] batches were
-//! still on their way to being acked: an idle source sends a delivery at
-//! once, a busy one what arrived during its last batch's way to the ack, so
-//! that the threads a batch passes through wake once per tens of deliveries
-//! rather than once per few. It parses each batch, publishes its dead
-//! letters (confirmed) and sends its valid events to the Recorder, and
-//! hands the batch to the session's acknowledger, a task that acks batches
-//! in order once each is durable (and routed to and applied by the speed
-//! layer) and its dead letters are confirmed. The acknowledger runs on the system thread, which only routes:
-//! on the source's own thread it waited behind the parsing of the next
-//! batches, and the broker, its prefetch window full, behind it.
+//! an actor stream. Deliveries make one batch, at most [`MAX_BATCH`], with
+//! those ready together and those that arrived while [`IN_FLIGHT_BATCHES`]
+//! batches were on their way to being acked: an idle source sends a
+//! delivery at once, a busy one what arrived during its last batch's way to
+//! the ack, so that the threads a batch passes through wake once per tens
+//! of deliveries rather than once per few. It parses each batch, publishes
+//! its dead letters (confirmed) and sends its valid events to the Recorder,
+//! and hands the batch to the session's acknowledger, a task that acks
+//! batches in order once each is durable (and routed to and applied by the
+//! speed layer) and its dead letters are confirmed. The acknowledger runs
+//! on the system thread, which only routes: on the source's own thread it
+//! waited behind the parsing of the next batches, and the broker, its
+//! prefetch window full, behind it.
 //!
-//! A lost connection (or a batch the store refused, or a dead letter the
-//! broker refused) ends the session: the actor stops and the supervisor
-//! restarts it, which connects again after a backoff. What a restart keeps is
-//! in the actor: its epoch (barriers are messages, handled while the broker
-//! is away) and the acknowledgers of earlier sessions, which still hand their
-//! durable batches to the speed layer; once their session failed (or its
-//! channel is gone) they ack nothing more, the broker delivers those messages
-//! again, and with an `event.id` the Recorder finds their ids in the log and
-//! neither layer counts them twice.
+//! A lost connection (or a batch the store refused, a dead letter the
+//! broker refused, or an acknowledger found gone) ends the session: the
+//! actor stops and the supervisor restarts it, which connects again after a
+//! backoff. What a restart keeps is in the actor: its epoch (barriers are
+//! messages, handled while the broker is away) and the acknowledgers of
+//! earlier sessions, which still hand their durable batches to the speed
+//! layer; once their session failed (or its channel is gone) they ack
+//! nothing more, the broker delivers those messages again, and with an
+//! `event.id` the Recorder finds their ids in the log and neither layer
+//! counts them twice.
 
 use super::{Control, InFlightTasks, MAX_BATCH, NotDurable, Pending, Pipeline, spawn_on_system};
 use crate::config::RabbitmqSource;
@@ -267,8 +269,9 @@ impl Rabbitmq {
         if session.batches.is_closed() {
             return self.lost(&SessionError::AcknowledgerEnded, ctx);
         }
+        let now = Instant::now();
         if session.held.is_empty() && !deliveries.is_empty() {
-            session.held_since = Some(Instant::now());
+            session.held_since = Some(now);
         }
         session.held.extend(deliveries);
         while !session.held.is_empty() {
@@ -278,10 +281,9 @@ impl Rabbitmq {
             }
             let n = session.held.len().min(MAX_BATCH);
             let batch: Vec<_> = session.held.drain(..n).collect();
-            let received = session.held_since.unwrap_or_else(Instant::now);
-            if session.held.is_empty() {
-                session.held_since = None;
-            }
+            let received = session.held_since.unwrap_or(now);
+            // What is left arrived with this call's deliveries.
+            session.held_since = (!session.held.is_empty()).then_some(now);
             session.in_flight.fetch_add(1, Ordering::AcqRel);
             let sent = Self::take(
                 &self.pipeline,
@@ -308,6 +310,9 @@ impl Rabbitmq {
         (deliveries, received): (Vec<lapin::message::Delivery>, Instant),
         session: &Session,
     ) -> bool {
+        if session.batches.is_closed() {
+            return false;
+        }
         let Some(last_tag) = deliveries.last().map(|delivery| delivery.delivery_tag) else {
             return true;
         };
@@ -331,16 +336,24 @@ impl Rabbitmq {
         });
         let pending = pipeline.send(epoch, batch, received);
         // The acknowledger ends only when this sender is dropped, or if it
-        // panicked.
-        session
-            .batches
-            .send(InFlight {
-                pending,
-                dead,
-                dead_tags,
-                last_tag,
-            })
-            .is_ok()
+        // panicked (or the system is stopping) since the check above.
+        let refused = session.batches.send(InFlight {
+            pending,
+            dead,
+            dead_tags,
+            last_tag,
+        });
+        if let Err(mpsc::error::SendError(batch)) = refused {
+            // Sent to the Recorder already: it still goes to the speed
+            // layer once durable, as an ended session's batches do, and its
+            // deliveries, not acked, come back as repeats.
+            let pipeline = pipeline.clone();
+            spawn_on_system(async move {
+                pipeline.durable(batch.pending).await.ok();
+            });
+            return false;
+        }
+        true
     }
 
     /// Stops for good: no new deliveries; every batch in flight is finished

@@ -1096,19 +1096,13 @@ fn take_from_snapshots(
         let (these, others): (Vec<_>, Vec<_>) =
             named.into_iter().partition(|(_, other)| *other == snapshot);
         named = others;
-        // Decoded on a thread of its own, as a view's own file is: a panic
-        // (a bug) costs the views their cache, not the run.
-        let read = || read_named(paths, config, snapshot, upto);
-        let read = std::thread::scope(|scope| {
-            match std::thread::Builder::new()
-                .name("tandem-cache-load".into())
-                .spawn_scoped(scope, read)
-            {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
-                    Err("decoding the snapshot that holds its cached state panicked".to_owned())
-                }),
-                Err(_) => read(),
-            }
+        // A panic while decoding (a bug) costs the views their cache, not
+        // the run.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_named(paths, config, snapshot, upto)
+        }))
+        .unwrap_or_else(|_| {
+            Err("decoding the snapshot that holds its cached state panicked".to_owned())
         });
         match read {
             Ok(mut offered) => {

@@ -43,7 +43,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -115,8 +115,9 @@ struct Session {
     batches: mpsc::UnboundedSender<InFlight>,
     /// Set once the session acked a batch: the next failure backs off from the start.
     progressed: Arc<AtomicBool>,
-    /// Batches sent and not yet through the acknowledger.
-    in_flight: Arc<AtomicUsize>,
+    /// Batches sent and not yet through the acknowledger (each told by an
+    /// [`Acked`]).
+    in_flight: usize,
     /// Deliveries held while [`IN_FLIGHT_BATCHES`] batches are in flight,
     /// and when the first of them arrived.
     held: Vec<lapin::message::Delivery>,
@@ -226,13 +227,12 @@ impl Rabbitmq {
         } = connected;
         let (batches, queue) = mpsc::unbounded_channel();
         let progressed = Arc::new(AtomicBool::new(false));
-        let in_flight = Arc::new(AtomicUsize::new(0));
         self.acknowledgers.push(spawn_on_system(acknowledge(
             self.pipeline.clone(),
             connection,
             consume.clone(),
             queue,
-            (Arc::clone(&progressed), Arc::clone(&in_flight)),
+            Arc::clone(&progressed),
             (ctx.address(), self.generation),
         )));
         self.session = Some(Session {
@@ -241,7 +241,7 @@ impl Rabbitmq {
             tag,
             batches,
             progressed,
-            in_flight,
+            in_flight: 0,
             held: Vec::new(),
             held_since: None,
         });
@@ -275,7 +275,7 @@ impl Rabbitmq {
         }
         session.held.extend(deliveries);
         while !session.held.is_empty() {
-            let busy = session.in_flight.load(Ordering::Acquire) >= IN_FLIGHT_BATCHES;
+            let busy = session.in_flight >= IN_FLIGHT_BATCHES;
             if busy && session.held.len() < MAX_BATCH && !at_once {
                 return;
             }
@@ -284,7 +284,7 @@ impl Rabbitmq {
             let received = session.held_since.unwrap_or(now);
             // What is left arrived with this call's deliveries.
             session.held_since = (!session.held.is_empty()).then_some(now);
-            session.in_flight.fetch_add(1, Ordering::AcqRel);
+            session.in_flight += 1;
             let sent = Self::take(
                 &self.pipeline,
                 &self.config,
@@ -293,7 +293,7 @@ impl Rabbitmq {
                 session,
             );
             if !sent {
-                session.in_flight.fetch_sub(1, Ordering::AcqRel);
+                session.in_flight -= 1;
                 return self.lost(&SessionError::AcknowledgerEnded, ctx);
             }
         }
@@ -310,9 +310,6 @@ impl Rabbitmq {
         (deliveries, received): (Vec<lapin::message::Delivery>, Instant),
         session: &Session,
     ) -> bool {
-        if session.batches.is_closed() {
-            return false;
-        }
         let Some(last_tag) = deliveries.last().map(|delivery| delivery.delivery_tag) else {
             return true;
         };
@@ -336,7 +333,7 @@ impl Rabbitmq {
         });
         let pending = pipeline.send(epoch, batch, received);
         // The acknowledger ends only when this sender is dropped, or if it
-        // panicked (or the system is stopping) since the check above.
+        // panicked (or the system is stopping) since `offer` looked.
         let refused = session.batches.send(InFlight {
             pending,
             dead,
@@ -464,6 +461,9 @@ impl Handler<Acked> for Rabbitmq {
 
     fn handle(&mut self, acked: Acked, ctx: &mut Context<Self>) {
         if acked.generation == self.generation {
+            if let Some(session) = self.session.as_mut() {
+                session.in_flight = session.in_flight.saturating_sub(1);
+            }
             self.offer(Vec::new(), false, ctx);
         }
     }
@@ -581,7 +581,7 @@ async fn acknowledge(
     connection: Connection,
     consume: Channel,
     mut batches: mpsc::UnboundedReceiver<InFlight>,
-    (progressed, in_flight): (Arc<AtomicBool>, Arc<AtomicUsize>),
+    progressed: Arc<AtomicBool>,
     (source, generation): (Addr<Rabbitmq>, u64),
 ) {
     let mut failed = false;
@@ -619,7 +619,6 @@ async fn acknowledge(
                 failed = true;
             }
         }
-        in_flight.fetch_sub(1, Ordering::AcqRel);
         source.do_send(Acked { generation });
     }
     connection

@@ -4,8 +4,8 @@
 //! dataset, and both equal an oracle computed here from the records, across
 //! many runs with duplicates whose copies lie segments apart, late events in
 //! old buckets, records of the next epoch logged before the seal, malformed
-//! records, a view added and a view changed mid-history, and cache files
-//! deleted or damaged.
+//! records, a view added and a view changed mid-history, cache files
+//! deleted or damaged, and a cache that cannot be written.
 //!
 //! Two data_dirs get the same records: one only ever runs incrementally, the
 //! other only ever runs in full, so a wrong cache cannot be repaired by a
@@ -591,6 +591,57 @@ fn a_deleted_or_damaged_cache_file_is_recomputed_never_read_wrongly() {
     assert_eq!(sources, (0, 2), "the snapshot was written again, later");
     let (_, sources) = twin.epoch(&config, 21, 1_500);
     assert_eq!(sources, (2, 0), "the cache names the new snapshot");
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_keeps_the_snapshot_it_names_and_no_other_old_one() {
+    let mut twin = Twin::new(29);
+    let config = config(&[BY_PRODUCT, BY_COUNTRY], twin.incremental.dir.path());
+    twin.epoch(&config, 1, 1_500);
+    let paths = twin.incremental.paths();
+    let snapshots = || -> Vec<u64> {
+        let mut epochs: Vec<u64> = tandem::store::list_snapshots(&paths)
+            .expect("snapshots")
+            .into_iter()
+            .map(|(epoch, _)| epoch.0)
+            .collect();
+        epochs.sort_unstable();
+        epochs
+    };
+    // The id file cannot be written: its temporary name is a directory.
+    let mut blocked = paths.cache_ids().into_os_string();
+    blocked.push(".tmp");
+    let blocked = std::path::PathBuf::from(blocked);
+    std::fs::create_dir_all(blocked.join("taken")).expect("block");
+    for epoch in 2..=6 {
+        let (_, sources) = twin.epoch(&config, epoch, 900);
+        assert_eq!(
+            sources,
+            (2, 0),
+            "epoch {epoch}: both views from the cache epoch 1's run left"
+        );
+        let holding =
+            snapshot_holding(&paths.cache_view("by_product")).expect("the view's cache file");
+        assert_eq!(
+            holding.map(|named| named.epoch()),
+            Some(Epoch(1)),
+            "epoch {epoch}"
+        );
+        let kept: Vec<u64> = [1, epoch - 1, epoch]
+            .into_iter()
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            snapshots(),
+            kept,
+            "epoch {epoch}: the newest two, and the one the cache names"
+        );
+    }
+    std::fs::remove_dir_all(&blocked).expect("unblock");
+    let (_, sources) = twin.epoch(&config, 7, 900);
+    assert_eq!(sources, (2, 0));
+    assert_eq!(snapshots(), vec![6, 7], "the cache names the newest again");
 }
 
 /// Asserts that `tandem inspect` reports, of the data_dir, a line (its

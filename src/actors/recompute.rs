@@ -861,6 +861,22 @@ pub fn snapshot_holding(path: &std::path::Path) -> store::Result<Option<Snapshot
     })
 }
 
+/// The epochs of the snapshots that the batch cache's files of the
+/// configured views name; a file that cannot be read names none (no run
+/// uses it).
+fn named_by_cache(paths: &DataPaths, config: &Config) -> Vec<Epoch> {
+    config
+        .views
+        .iter()
+        .filter_map(|spec| {
+            snapshot_holding(&paths.cache_view(&spec.name))
+                .ok()
+                .flatten()
+        })
+        .map(|named| named.epoch())
+        .collect()
+}
+
 /// What a view's cache file offers, before a snapshot it names is read.
 enum Found {
     State(ViewState),
@@ -1281,11 +1297,15 @@ pub fn recompute(
             }
             None => built.cache_written,
         });
-        // A cache left naming an older snapshot keeps it until a run writes
-        // the cache again.
-        if cached {
-            store::keep_newest_snapshots(paths, config.batch.keep_snapshots)?;
-        }
+        // A cache whose writing failed may still name older snapshots (its
+        // view files are written one by one): those are kept beside the
+        // newest, and only those, so failing writes do not pile them up.
+        let named = if cached {
+            Vec::new()
+        } else {
+            named_by_cache(paths, config)
+        };
+        store::keep_newest_snapshots(paths, config.batch.keep_snapshots, &named)?;
         tracing::info!(
             epoch = %sealed.epoch,
             ms = writing.elapsed().as_millis() as u64,

@@ -145,17 +145,20 @@ pub fn write_snapshot<T: Serialize>(
         },
         "snapshot.mid_write",
     )?;
-    keep_newest_snapshots(paths, keep)?;
+    keep_newest_snapshots(paths, keep, &[])?;
     Ok(meta)
 }
 
-/// Removes every snapshot but the newest `keep` (at least one).
+/// Removes every snapshot but the newest `keep` (at least one) and those of
+/// the epochs in `also` (the ones a batch cache file still names).
 ///
 /// # Errors
 /// I/O errors listing or removing, naming the file.
-pub fn keep_newest_snapshots(paths: &DataPaths, keep: usize) -> Result<()> {
-    for (_, old) in list_snapshots(paths)?.into_iter().skip(keep.max(1)) {
-        fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
+pub fn keep_newest_snapshots(paths: &DataPaths, keep: usize, also: &[Epoch]) -> Result<()> {
+    for (epoch, old) in list_snapshots(paths)?.into_iter().skip(keep.max(1)) {
+        if !also.contains(&epoch) {
+            fs::remove_file(&old).map_err(|source| Error::io("remove", &old, source))?;
+        }
     }
     Ok(())
 }

@@ -17,9 +17,11 @@
 //!
 //! With `TANDEM_PANIC_AT=NAME:N` the thread that reaches panic point NAME
 //! for the Nth time panics there (`NAME:N+`: the Nth time and every time
-//! after), as a bug would. The point:
+//! after), as a bug would. The points:
 //!
-//! - `recompute.worker`: a recompute worker is handed a batch of records.
+//! - `recompute.worker`: a recompute worker is handed a batch of records;
+//! - `rabbitmq.acknowledger`: a RabbitMQ session's acknowledger has a batch
+//!   durable and in the speed layer, not yet acked.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

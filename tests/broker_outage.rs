@@ -180,25 +180,7 @@ fn the_broker_closing_the_sources_connection_twenty_times_in_a_minute_costs_noth
     // The batches in flight when a connection closed reached the speed layer
     // (their redeliveries are repeats of ids in the log): before any batch
     // run, the speed layer alone holds every product exactly.
-    let orders_expected: u64 = expect.products.values().map(|(orders, _)| orders).sum();
-    common::poll_until(
-        Duration::from_secs(60),
-        "the speed layer holds every order",
-        || {
-            let (_, totals) = common::http(
-                "GET",
-                &format!("{}/v1/views/by_product/totals?layer=speed", daemon.base),
-                None,
-            );
-            let held = common::orders(&totals);
-            if held == orders_expected {
-                Ok(())
-            } else {
-                Err(format!("{held} of {orders_expected}"))
-            }
-        },
-    );
-    common::assert_products(&daemon, &expect, "speed");
+    common::assert_speed_layer_holds(&daemon, &expect);
     common::assert_every_product(&daemon, &expect);
     case.runtime
         .block_on(common::assert_dead_letters(&case.dead, &expect));

@@ -1,8 +1,9 @@
 //! RabbitMQ in, exact answers out: a generated stream with duplicates and
 //! malformed messages, consumed from a real broker. Every product's count and
 //! revenue after a batch run equals an oracle computed here; the dead-letter
-//! queue holds exactly the malformed messages, each with its reason; and a
-//! restart in the middle of the stream loses nothing and counts nothing twice.
+//! queue holds exactly the malformed messages, each with its reason; a
+//! restart in the middle of the stream loses nothing and counts nothing
+//! twice; and neither does a session whose acknowledger panics.
 
 mod common;
 
@@ -242,4 +243,44 @@ fn a_restart_in_the_middle_of_the_stream_loses_nothing_and_counts_nothing_twice(
         handle.stop().await;
         common::delete_queues(&[&queue, &dead]).await;
     });
+}
+
+/// A bug that panics the acknowledger of the source's session fails that
+/// session at once, though nothing else would tell (one delivery fills the
+/// prefetch window, and no barrier comes for an hour); the session the
+/// supervisor starts next takes the stream on: before any batch run, the
+/// speed layer holds every acked message once.
+#[test]
+fn an_acknowledger_that_panics_costs_its_session_and_nothing_else() {
+    let Some(case) = common::broker_case("panicked", "1h") else {
+        return;
+    };
+    let jsonl = workload::dirty(600, 17, 40, &[]);
+    let lines = workload::lines(&jsonl);
+    let expect = common::expected(&lines);
+    case.runtime.block_on(common::publish(&case.queue, &lines));
+    let source_end = format!("dead_letter_queue = \"{}\"\n", case.dead);
+    let config = case
+        .config
+        .replace(&source_end, &format!("{source_end}prefetch = 1\n"));
+    assert_ne!(config, case.config, "the source's prefetch is set");
+    let daemon = common::Daemon::start(
+        &config,
+        case.dir.path(),
+        &[("TANDEM_PANIC_AT", "rabbitmq.acknowledger:50")],
+    );
+    case.runtime
+        .block_on(common::drained(&case.queue, Duration::from_secs(60)));
+    common::assert_speed_layer_holds(&daemon, &expect);
+    case.runtime
+        .block_on(common::assert_dead_letters(&case.dead, &expect));
+    let source = common::source_entry(&daemon.status(), "orders");
+    assert_eq!(source["restarts"], 1, "{source}");
+    let logs = daemon.logs();
+    assert!(
+        logs.contains(
+            "the session's acknowledger panicked: panic point rabbitmq.acknowledger reached"
+        ),
+        "{logs}"
+    );
 }

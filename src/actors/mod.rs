@@ -670,11 +670,7 @@ fn replay(
             return Ok(Err(store::Error::BadSnapshot { path, problem }));
         }
         Some(Err(panic)) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|reason| (*reason).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let reason = crate::panic_text(&*panic);
             return Ok(Err(store::Error::BadSnapshot {
                 path,
                 problem: format!("decoding its states panicked: {reason}"),

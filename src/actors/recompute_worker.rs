@@ -360,11 +360,7 @@ impl RecomputeWorker {
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(index, running)));
         if let Err(panic) = outcome {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|text| (*text).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_owned());
+            let what = crate::panic_text(&*panic);
             let why = format!("recompute worker {index} panicked: {what}");
             tracing::error!(worker = index, panic = %what, "recompute worker panicked; it is restarted and the run fails");
             running.plan.fail(why);

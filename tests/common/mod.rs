@@ -674,6 +674,31 @@ pub fn assert_every_product(daemon: &Daemon, expect: &Expected) {
     }
 }
 
+/// Waits until the speed layer's totals hold every order of the oracle, then
+/// checks every product in it: what reached the speed layer, before any
+/// batch run, is exact.
+pub fn assert_speed_layer_holds(daemon: &Daemon, expect: &Expected) {
+    let orders_expected: u64 = expect.products.values().map(|(orders, _)| orders).sum();
+    poll_until(
+        Duration::from_secs(60),
+        "the speed layer holds every order",
+        || {
+            let (_, totals) = http(
+                "GET",
+                &format!("{}/v1/views/by_product/totals?layer=speed", daemon.base),
+                None,
+            );
+            let held = orders(&totals);
+            if held == orders_expected {
+                Ok(())
+            } else {
+                Err(format!("{held} of {orders_expected}"))
+            }
+        },
+    );
+    assert_products(daemon, expect, "speed");
+}
+
 /// Every product of `expect` (orders, revenue), answered from `layer`.
 pub fn assert_products(daemon: &Daemon, expect: &Expected, layer: &str) {
     for (product, expected) in &expect.products {

@@ -35,7 +35,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
     SpawnHandle, StreamHandler, Supervised, WrapFuture,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -78,6 +78,9 @@ pub enum SessionError {
     /// The session's acknowledger ended before its session did.
     #[error("the session's acknowledger ended")]
     AcknowledgerEnded,
+    /// The session's acknowledger panicked (a bug) while it settled a batch.
+    #[error("the session's acknowledger panicked: {0}")]
+    AcknowledgerPanicked(String),
     /// The store refused a batch: its messages go back to the queue.
     #[error(transparent)]
     NotDurable(#[from] NotDurable),
@@ -574,8 +577,10 @@ fn dead_letter_properties(schema: &Schema, reject: &Reject) -> BasicProperties {
 /// is acked. After a failure (told to the actor as [`Lost`]) nothing more is
 /// acked but the dead letters confirmed in their queue (so they are not
 /// dead-lettered again on every retry while the store fails); durable batches
-/// still reach the speed layer. Once the actor drops the session, the
-/// connection is closed: the broker delivers again what was not acked.
+/// still reach the speed layer. A panic while settling a batch (a bug) is
+/// such a failure: the actor hears of it at once, not only once it next has
+/// a batch to send. Once the actor drops the session, the connection is
+/// closed: the broker delivers again what was not acked.
 async fn acknowledge(
     pipeline: Pipeline,
     connection: Connection,
@@ -586,29 +591,15 @@ async fn acknowledge(
 ) {
     let mut failed = false;
     while let Some(batch) = batches.recv().await {
-        let confirmed = match batch.dead {
-            Some(task) => task.await.unwrap_or(Err(SessionError::Publisher)),
-            None => Ok(()),
-        };
-        let durable = pipeline.durable(batch.pending).await;
-        let outcome = match (confirmed, durable) {
-            (Ok(()), Ok(_)) if !failed => consume
-                .basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
-                .await
-                .map_err(SessionError::from),
-            (Ok(()), durable) => {
-                // Not acked with their batch: the dead letters, confirmed in
-                // their queue, are acked alone.
-                for tag in batch.dead_tags {
-                    consume
-                        .basic_ack(tag, BasicAckOptions { multiple: false })
-                        .await
-                        .ok();
-                }
-                durable.map(drop).map_err(SessionError::from)
-            }
-            (Err(err), _) => Err(err),
-        };
+        let settling = settle(&pipeline, &consume, batch, failed);
+        let outcome = std::panic::AssertUnwindSafe(settling)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(SessionError::AcknowledgerPanicked(crate::panic_text(
+                    &*panic,
+                )))
+            });
         match outcome {
             Ok(()) if !failed => progressed.store(true, Ordering::Relaxed),
             Ok(()) => {}
@@ -625,4 +616,40 @@ async fn acknowledge(
         .close(200, "tandem is stopping".into())
         .await
         .ok();
+}
+
+/// Settles one batch once its dead letters are confirmed and it is durable
+/// (and so in the speed layer): acks every delivery up to its last, or, in a
+/// session that `failed` already or when the batch failed, only its
+/// confirmed dead letters.
+async fn settle(
+    pipeline: &Pipeline,
+    consume: &Channel,
+    batch: InFlight,
+    failed: bool,
+) -> Result<(), SessionError> {
+    let confirmed = match batch.dead {
+        Some(task) => task.await.unwrap_or(Err(SessionError::Publisher)),
+        None => Ok(()),
+    };
+    let durable = pipeline.durable(batch.pending).await;
+    crate::faults::panic_point("rabbitmq.acknowledger");
+    match (confirmed, durable) {
+        (Ok(()), Ok(_)) if !failed => consume
+            .basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
+            .await
+            .map_err(SessionError::from),
+        (Ok(()), durable) => {
+            // Not acked with their batch: the dead letters, confirmed in
+            // their queue, are acked alone.
+            for tag in batch.dead_tags {
+                consume
+                    .basic_ack(tag, BasicAckOptions { multiple: false })
+                    .await
+                    .ok();
+            }
+            durable.map(drop).map_err(SessionError::from)
+        }
+        (Err(err), _) => Err(err),
+    }
 }

@@ -225,7 +225,7 @@ fn a_poison_flood_costs_only_its_own_rejections() {
 
     let mut rates = BTreeMap::new();
     let mut peaks = BTreeMap::new();
-    for (run, messages) in [("clean", valid.clone()), ("poisoned", mixed)] {
+    for (run, messages) in [("clean", valid.clone()), ("poisoned", mixed.clone())] {
         let Some(case) = common::broker_case(&format!("poison-{run}"), "5s") else {
             return;
         };
@@ -279,6 +279,19 @@ fn a_poison_flood_costs_only_its_own_rejections() {
         peaks["poisoned"],
         peaks["clean"]
     );
+    // What the broker allows any consumer that dead-letters, on the same
+    // two streams: what is left of the ratio is not tandem's.
+    let bad_bodies: std::collections::HashSet<&[u8]> =
+        bad.iter().map(|(body, _)| body.as_slice()).collect();
+    let is_bad = |body: &[u8]| bad_bodies.contains(body);
+    let bare_clean = valid.len() as f64 / bare_dead_lettering(&valid, is_bad);
+    let bare_poisoned = valid.len() as f64 / bare_dead_lettering(&mixed, is_bad);
+    println!(
+        "poison flood, a bare client that only dead-letters: valid events/s {bare_poisoned:.0} poisoned vs {bare_clean:.0} clean (ratio {:.2}); tandem's rates are {:.2} and {:.2} of the bare client's",
+        bare_poisoned / bare_clean,
+        rates["poisoned"] / bare_poisoned,
+        rates["clean"] / bare_clean
+    );
     // Memory: the poison may cost its own messages in flight, nothing that grows.
     assert!(
         peaks["poisoned"] < peaks["clean"] * 1.5 + 128.0,
@@ -302,6 +315,109 @@ fn a_poison_flood_costs_only_its_own_rejections() {
         "poison flood over HTTP: valid events/s {poisoned:.0} poisoned vs {clean:.0} clean (ratio {:.2})",
         poisoned / clean
     );
+}
+
+/// What the broker allows any consumer of `messages` that dead-letters: a
+/// bare lapin client publishes each message `is_bad` accepts to a
+/// dead-letter queue (persistent, with publisher confirms, a delivery
+/// batch's all at once, as tandem publishes them) and acks every message
+/// once the dead letters up to it are confirmed; it parses and stores
+/// nothing. Answers the seconds it took to drain `messages` from a full queue.
+fn bare_dead_lettering(messages: &[&[u8]], is_bad: impl Fn(&[u8]) -> bool) -> f64 {
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    let case = common::broker_case("poison-bare", "5s").expect("the broker is up");
+    case.runtime
+        .block_on(common::publish_bodies(&case.queue, messages));
+    case.runtime.block_on(async {
+        let connection =
+            lapin::Connection::connect(&common::amqp_uri(), lapin::ConnectionProperties::default())
+                .await
+                .expect("connect");
+        let consume = connection.create_channel().await.expect("channel");
+        let publish = connection.create_channel().await.expect("channel");
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        consume
+            .basic_qos(2_000, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        consume
+            .queue_declare(
+                case.dead.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+        let started = Instant::now();
+        let mut deliveries = consume
+            .basic_consume(
+                case.queue.as_str().into(),
+                "bare".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume")
+            .ready_chunks(2_000);
+        // Batches are acked in order, each once its dead letters are confirmed.
+        let (batches, mut queue) = tokio::sync::mpsc::unbounded_channel::<(
+            Vec<lapin::PublisherConfirm>,
+            lapin::message::Delivery,
+        )>();
+        let acker = tokio::spawn(async move {
+            while let Some((confirms, last)) = queue.recv().await {
+                for confirm in confirms {
+                    assert!(
+                        confirm.await.expect("confirm").is_ack(),
+                        "a dead letter nacked"
+                    );
+                }
+                last.ack(BasicAckOptions { multiple: true })
+                    .await
+                    .expect("ack");
+            }
+        });
+        let mut seen = 0;
+        while seen < messages.len() {
+            let chunk = deliveries.next().await.expect("the consumer ended");
+            let chunk: Vec<_> = chunk.into_iter().map(|d| d.expect("delivery")).collect();
+            let confirms = futures_util::future::try_join_all(
+                chunk
+                    .iter()
+                    .filter(|delivery| is_bad(&delivery.data))
+                    .map(|delivery| {
+                        publish.basic_publish(
+                            "".into(),
+                            case.dead.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &delivery.data,
+                            lapin::BasicProperties::default().with_delivery_mode(2),
+                        )
+                    }),
+            )
+            .await
+            .expect("publish");
+            seen += chunk.len();
+            if let Some(last) = chunk.into_iter().last() {
+                batches
+                    .send((confirms, last))
+                    .expect("the acker is running");
+            }
+        }
+        drop(batches);
+        acker.await.expect("acker");
+        let elapsed = started.elapsed().as_secs_f64();
+        connection.close(200, "done".into()).await.ok();
+        elapsed
+    })
 }
 
 /// Pushes `lines` over HTTP in requests of 1,000 lines to a fresh daemon and

@@ -1,6 +1,7 @@
 //! RabbitMQ in, exact answers out: a generated stream with duplicates and
 //! malformed messages, consumed from a real broker. Every product's count and
-//! revenue after a batch run equals an oracle computed here; the dead-letter
+//! revenue after a batch run equals an oracle computed here (also with a
+//! prefetch window larger than a batch); the dead-letter
 //! queue holds exactly the malformed messages, each with its reason; a
 //! restart in the middle of the stream loses nothing and counts nothing
 //! twice; and neither does a session whose acknowledger panics.
@@ -13,14 +14,14 @@ use std::time::Duration;
 use tandem::aggregate::{Body, MetricValue};
 use tandem::{Handle, Layer, Options, Query, Question};
 
-fn config_text(queue: &str, dead: &str) -> String {
+fn config_text(queue: &str, dead: &str, prefetch: u16) -> String {
     format!(
         r#"
 data_dir = "unused"
 [event]
 id = "order_id"
 time = "ts"
-{source}prefetch = 500
+{source}prefetch = {prefetch}
 [[view]]
 name = "by_product"
 key = ["product_id"]
@@ -73,11 +74,28 @@ fn handled(handle: &Handle) -> u64 {
 
 #[test]
 fn counts_match_the_oracle_and_dead_letters_carry_their_reason() {
+    counts_match(500, 3_000, 11);
+}
+
+/// With a prefetch window larger than a batch (2,000 deliveries), more
+/// deliveries than a batch takes are held while one is in flight: they go
+/// in several batches, none lost, none twice.
+#[test]
+fn a_prefetch_window_larger_than_a_batch_loses_and_repeats_nothing() {
+    counts_match(6_000, 12_000, 23);
+}
+
+/// `events` generated with `seed`, consumed with `prefetch`: after a batch
+/// run, every product equals the oracle in the merged answer and the batch
+/// layer, and the dead-letter queue holds each malformed message with its
+/// reason.
+fn counts_match(prefetch: u16, events: u64, seed: u64) {
+    let (events, seed) = (events.to_string(), seed.to_string());
     let jsonl = workload::generate(&[
         "--events",
-        "3000",
+        &events,
         "--seed",
-        "11",
+        &seed,
         "--products",
         "300",
         "--dup-frac",
@@ -90,7 +108,7 @@ fn counts_match_the_oracle_and_dead_letters_carry_their_reason() {
     assert!(expect.dead.len() > 50, "the workload has malformed lines");
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, dead) = (common::unique_queue("orders"), common::unique_queue("dead"));
-    let config = common::config(&config_text(&queue, &dead), dir.path());
+    let config = common::config(&config_text(&queue, &dead, prefetch), dir.path());
     actix::System::new().block_on(async move {
         if !common::broker_available().await {
             return;
@@ -163,7 +181,7 @@ fn a_restart_in_the_middle_of_the_stream_loses_nothing_and_counts_nothing_twice(
     let expect = common::expected(&lines);
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, dead) = (common::unique_queue("orders"), common::unique_queue("dead"));
-    let text = config_text(&queue, &dead);
+    let text = config_text(&queue, &dead, 500);
 
     let first = common::config(&text, dir.path());
     let published = actix::System::new().block_on(async {

@@ -855,10 +855,30 @@ enum StateKind {
 /// As [`store::read_cache`] (a file that is not a view's does not decode).
 pub fn snapshot_holding(path: &std::path::Path) -> store::Result<Option<SnapshotRef>> {
     let head = store::read_cache::<CachedViewHead>(path)?;
-    Ok(match head.map(|head| head.state) {
-        Some(StateKind::InSnapshot(named)) => Some(named),
-        Some(StateKind::Here) | None => None,
-    })
+    Ok(head.and_then(CachedViewHead::named))
+}
+
+/// A view's cache file checked (as [`store::verify_cache`]) and the
+/// snapshot that holds its state (as [`snapshot_holding`]), in one read.
+/// For `tandem inspect`.
+///
+/// # Errors
+/// As [`store::verify_cache`].
+pub fn verify_view_cache(
+    path: &std::path::Path,
+) -> store::Result<(store::CacheInfo, Option<SnapshotRef>)> {
+    let (info, head) = store::verify_cache_as::<CachedViewHead>(path)?;
+    Ok((info, head.named()))
+}
+
+impl CachedViewHead {
+    /// The snapshot it names; `None` when the file holds the state itself.
+    fn named(self) -> Option<SnapshotRef> {
+        match self.state {
+            StateKind::InSnapshot(named) => Some(named),
+            StateKind::Here => None,
+        }
+    }
 }
 
 /// The epochs of the snapshots that the batch cache's files of the

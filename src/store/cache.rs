@@ -84,17 +84,29 @@ pub struct CacheInfo {
 /// # Errors
 /// As [`read_cache`]; a file that does not exist is [`Error::BadCache`] too.
 pub fn verify_cache(path: &Path) -> Result<CacheInfo> {
-    let bad = |problem: &str| Error::BadCache {
+    verify_cache_as::<()>(path).map(|(info, ())| info)
+}
+
+/// As [`verify_cache`], in the same read, and the start of the payload
+/// decoded as `T` (a type whose fields are the first of what the file holds).
+///
+/// # Errors
+/// As [`verify_cache`]; also a payload whose start is not a `T`.
+pub fn verify_cache_as<T: DeserializeOwned>(path: &Path) -> Result<(CacheInfo, T)> {
+    let bad = |problem: String| Error::BadCache {
         path: path.to_owned(),
-        problem: problem.to_owned(),
+        problem,
     };
-    let payload = read_checked(path)?.ok_or_else(|| bad("missing"))?;
+    let payload = read_checked(path)?.ok_or_else(|| bad("missing".to_owned()))?;
     let (upto, _) = postcard::take_from_bytes::<u64>(&payload)
-        .map_err(|_| bad("payload does not start with the records it covers"))?;
-    Ok(CacheInfo {
+        .map_err(|_| bad("payload does not start with the records it covers".to_owned()))?;
+    let head = postcard::from_bytes(&payload)
+        .map_err(|err| bad(format!("payload does not decode: {err}")))?;
+    let info = CacheInfo {
         payload_bytes: payload.len() as u64,
         upto,
-    })
+    };
+    Ok((info, head))
 }
 
 /// The payload of a cache file, its header and checksum checked; `None` when

@@ -23,7 +23,7 @@ mod snapshot;
 
 pub use cache::{
     CACHE_FORMAT_VERSION, CacheInfo, list_cache, read_cache, remove_stale_cache, verify_cache,
-    write_cache,
+    verify_cache_as, write_cache,
 };
 pub use copies::{Copies, PARTITION_ENTRIES, find_copies};
 pub use counters::{Counters, load_counters, save_counters};

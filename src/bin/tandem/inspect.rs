@@ -125,30 +125,33 @@ pub fn run(data: &Path) -> anyhow::Result<ExitCode> {
     for path in &cache {
         let name = file_name(path);
         let unusable = "unusable, recomputed by the next batch run";
-        match store::verify_cache(path) {
-            Ok(info) if path == &paths.cache_ids() => say!(
-                "  {name}  covers seq ..{}  {} bytes  ok",
-                info.upto,
-                info.payload_bytes
-            ),
-            // A view's state is in the file, or in a snapshot it names.
-            Ok(info) => match recompute::snapshot_holding(path) {
-                Ok(None) => say!(
-                    "  {name}  covers seq ..{}  {} bytes, its state in it  ok",
+        if path == &paths.cache_ids() {
+            match store::verify_cache(path) {
+                Ok(info) => say!(
+                    "  {name}  covers seq ..{}  {} bytes  ok",
                     info.upto,
                     info.payload_bytes
                 ),
-                Ok(Some(named)) if whole.iter().any(|meta| named.names(meta)) => say!(
-                    "  {name}  covers seq ..{}  its state in the snapshot of epoch {}  ok",
-                    info.upto,
-                    named.epoch()
-                ),
-                Ok(Some(named)) => say!(
-                    "  {name}  {unusable}: the snapshot of epoch {} that held its state is gone, damaged or written again since",
-                    named.epoch()
-                ),
                 Err(err) => say!("  {name}  {unusable}: {err}"),
-            },
+            }
+            continue;
+        }
+        // A view's state is in the file, or in a snapshot it names.
+        match recompute::verify_view_cache(path) {
+            Ok((info, None)) => say!(
+                "  {name}  covers seq ..{}  {} bytes, its state in it  ok",
+                info.upto,
+                info.payload_bytes
+            ),
+            Ok((info, Some(named))) if whole.iter().any(|meta| named.names(meta)) => say!(
+                "  {name}  covers seq ..{}  its state in the snapshot of epoch {}  ok",
+                info.upto,
+                named.epoch()
+            ),
+            Ok((_, Some(named))) => say!(
+                "  {name}  {unusable}: the snapshot of epoch {} that held its state is gone, damaged or written again since",
+                named.epoch()
+            ),
             Err(err) => say!("  {name}  {unusable}: {err}"),
         }
     }

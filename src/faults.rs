@@ -20,8 +20,9 @@
 //! after), as a bug would. The points:
 //!
 //! - `recompute.worker`: a recompute worker is handed a batch of records;
-//! - `rabbitmq.acknowledger`: a RabbitMQ session's acknowledger has a batch
-//!   durable and in the speed layer, not yet acked.
+//! - `rabbitmq.acknowledger`: a RabbitMQ session's acknowledger has the
+//!   store's answer for a batch (a durable batch is then in the speed
+//!   layer), before it acks the batch.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -387,7 +387,10 @@ fn bare_dead_lettering(messages: &[&[u8]], is_bad: impl Fn(&[u8]) -> bool) -> f6
         });
         let mut seen = 0;
         while seen < messages.len() {
-            let chunk = deliveries.next().await.expect("the consumer ended");
+            let chunk = tokio::time::timeout(Duration::from_secs(120), deliveries.next())
+                .await
+                .unwrap_or_else(|_| panic!("{seen} of {} messages in 120 s", messages.len()))
+                .expect("the consumer ended");
             let chunk: Vec<_> = chunk.into_iter().map(|d| d.expect("delivery")).collect();
             let confirms = futures_util::future::try_join_all(
                 chunk

@@ -847,14 +847,16 @@ enum StateKind {
     InSnapshot(SnapshotRef),
 }
 
-/// The snapshot that holds the state of the batch cache's view file at
-/// `path`: `None` when the file holds the state itself, or does not exist.
-/// For `tandem inspect`, which checks that the snapshot is there.
+/// The snapshot that the batch cache's view file at `path` names as
+/// holding its state: `None` when the file holds the state itself, or does
+/// not exist. It reads only the file's start, its payload's crc unchecked:
+/// what a run would use is checked when the run reads it
+/// ([`verify_view_cache`] checks it whole).
 ///
 /// # Errors
-/// As [`store::read_cache`] (a file that is not a view's does not decode).
+/// As [`store::read_cache_head`] (a file that is not a view's does not decode).
 pub fn snapshot_holding(path: &std::path::Path) -> store::Result<Option<SnapshotRef>> {
-    let head = store::read_cache::<CachedViewHead>(path)?;
+    let head = store::read_cache_head::<CachedViewHead>(path)?;
     Ok(head.and_then(CachedViewHead::named))
 }
 
@@ -882,14 +884,17 @@ impl CachedViewHead {
 }
 
 /// The epochs of the snapshots that the batch cache's files of the
-/// configured views name; a file that cannot be read names none (no run
-/// uses it).
+/// configured views name (each file names at most one); a file that cannot
+/// be read names none (no run would use it).
 fn named_by_cache(paths: &DataPaths, config: &Config) -> Vec<Epoch> {
     config
         .views
         .iter()
         .filter_map(|spec| {
             snapshot_holding(&paths.cache_view(&spec.name))
+                .inspect_err(|err| {
+                    tracing::debug!(error = %err, "a batch cache file names no snapshot");
+                })
                 .ok()
                 .flatten()
         })

@@ -23,6 +23,7 @@ use super::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TNDMCACH";
@@ -63,10 +64,7 @@ pub fn read_cache<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     };
     postcard::from_bytes(&payload)
         .map(Some)
-        .map_err(|err| Error::BadCache {
-            path: path.to_owned(),
-            problem: format!("payload does not decode: {err}"),
-        })
+        .map_err(|err| bad_cache(path)(format!("payload does not decode: {err}")))
 }
 
 /// What `tandem inspect` shows of a cache file.
@@ -93,10 +91,7 @@ pub fn verify_cache(path: &Path) -> Result<CacheInfo> {
 /// # Errors
 /// As [`verify_cache`]; also a payload whose start is not a `T`.
 pub fn verify_cache_as<T: DeserializeOwned>(path: &Path) -> Result<(CacheInfo, T)> {
-    let bad = |problem: String| Error::BadCache {
-        path: path.to_owned(),
-        problem,
-    };
+    let bad = bad_cache(path);
     let payload = read_checked(path)?.ok_or_else(|| bad("missing".to_owned()))?;
     let (upto, _) = postcard::take_from_bytes::<u64>(&payload)
         .map_err(|_| bad("payload does not start with the records it covers".to_owned()))?;
@@ -112,35 +107,84 @@ pub fn verify_cache_as<T: DeserializeOwned>(path: &Path) -> Result<(CacheInfo, T
 /// The payload of a cache file, its header and checksum checked; `None` when
 /// the file does not exist.
 fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
-    let bad = |problem: String| Error::BadCache {
+    let bad = bad_cache(path);
+    let Some(file) = open_if_there(path)? else {
+        return Ok(None);
+    };
+    let header = |header: &[u8; HEADER_BYTES]| check_header(header, &bad);
+    read_framed(file, path, bad, header, read_rest).map(|((), payload)| Some(payload))
+}
+
+/// An [`Error::BadCache`] of `path`, saying `problem`.
+fn bad_cache(path: &Path) -> impl Fn(String) -> Error + Copy + '_ {
+    move |problem| Error::BadCache {
         path: path.to_owned(),
         problem,
+    }
+}
+
+/// `path` opened for reading; `None` when it does not exist.
+fn open_if_there(path: &Path) -> Result<Option<fs::File>> {
+    match fs::File::open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::io("open", path, source)),
+    }
+}
+
+/// Checks a cache file's header: answers the payload's length and crc.
+fn check_header(
+    header: &[u8; HEADER_BYTES],
+    bad: &impl Fn(String) -> Error,
+) -> Result<((), u64, u32)> {
+    let u32_at =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    if &header[0..8] != MAGIC {
+        return Err(bad("not a tandem cache file (bad magic)".into()));
+    }
+    if crc32c::crc32c(&header[..28]) != u32_at(28) {
+        return Err(bad("header crc mismatch".into()));
+    }
+    let version = u32_at(8);
+    if version != CACHE_FORMAT_VERSION {
+        return Err(bad(format!(
+            "format version {version}, this build reads version {CACHE_FORMAT_VERSION}"
+        )));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[12..20]);
+    Ok(((), u64::from_le_bytes(len), u32_at(20)))
+}
+
+/// How much of a payload [`read_cache_head`] reads.
+const HEAD_BYTES: u64 = 4096;
+
+/// The start of a cache file's payload decoded as `T` (a type whose fields
+/// are the first of what the file holds), reading at most [`HEAD_BYTES`] of
+/// it: its header is checked, its payload's crc is not, so what it answers
+/// is a hint (which snapshot a view's file names), never a state. `Ok(None)`
+/// when the file does not exist.
+///
+/// # Errors
+/// I/O errors, a damaged header, another format, or a payload that does not
+/// start with a `T`.
+pub fn read_cache_head<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let bad = bad_cache(path);
+    let Some(file) = open_if_there(path)? else {
+        return Ok(None);
     };
-    let file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(Error::io("open", path, source)),
-    };
-    let header = |header: &[u8; HEADER_BYTES]| {
-        let u32_at =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        if &header[0..8] != MAGIC {
-            return Err(bad("not a tandem cache file (bad magic)".into()));
-        }
-        if crc32c::crc32c(&header[..28]) != u32_at(28) {
-            return Err(bad("header crc mismatch".into()));
-        }
-        let version = u32_at(8);
-        if version != CACHE_FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {version}, this build reads version {CACHE_FORMAT_VERSION}"
-            )));
-        }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&header[12..20]);
-        Ok(((), u64::from_le_bytes(len), u32_at(20)))
-    };
-    read_framed(file, path, bad, header, read_rest).map(|((), payload)| Some(payload))
+    let mut bytes = Vec::new();
+    file.take(HEADER_BYTES as u64 + HEAD_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|source| Error::io("read", path, source))?;
+    let header: &[u8; HEADER_BYTES] = bytes
+        .get(..HEADER_BYTES)
+        .and_then(|header| header.try_into().ok())
+        .ok_or_else(|| bad("shorter than its header".into()))?;
+    check_header(header, &bad)?;
+    postcard::take_from_bytes(&bytes[HEADER_BYTES..])
+        .map(|(head, _)| Some(head))
+        .map_err(|err| bad(format!("payload does not start as it should: {err}")))
 }
 
 /// The files under `cache/`, by name (temporary files left out).
@@ -170,4 +214,49 @@ pub fn remove_stale_cache(paths: &DataPaths, keep: &[PathBuf]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's first fields, as a reader of its head declares them.
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Head {
+        upto: u64,
+        name: String,
+    }
+
+    #[test]
+    fn a_head_is_read_from_the_start_of_a_payload_of_any_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("view-x.bin");
+        assert!(read_cache_head::<Head>(&path).expect("read").is_none());
+        // Far longer than the part of it that is read.
+        let tail = vec![7u64; 100_000];
+        write_cache(&path, &(42u64, "x".to_owned(), &tail)).expect("write");
+        let head = read_cache_head::<Head>(&path).expect("read");
+        assert_eq!(
+            head,
+            Some(Head {
+                upto: 42,
+                name: "x".to_owned()
+            })
+        );
+        let (info, head) = verify_cache_as::<Head>(&path).expect("verify");
+        assert_eq!((info.upto, head.name.as_str()), (42, "x"));
+
+        // A damaged header is refused; the payload's crc is not what a head read checks.
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[9] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        let refused = read_cache_head::<Head>(&path).expect_err("a damaged header");
+        assert!(refused.to_string().contains("header crc"), "{refused}");
+        bytes[9] ^= 1;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        assert!(read_cache_head::<Head>(&path).expect("read").is_some());
+        assert!(verify_cache(&path).is_err(), "a whole read checks the crc");
+    }
 }

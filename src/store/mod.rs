@@ -2,7 +2,7 @@
 //!
 //! - `master/segment-NNNNNNNNNN.log`: framed records `[len][!len][crc32c][header][raw]`.
 //! - `master/epochs`: the sealed epochs and their log positions.
-//! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, the newest `batch.keep_snapshots` kept.
+//! - `snapshots/snapshot-NNNNNNNNNNNNNNNNNNNN.snap`: one per batch run, the newest `batch.keep_snapshots` kept (and older ones the batch cache still names).
 //! - `ids/<from>-<upto>.ids`: the distinct ids first seen in a stretch of the log, sorted
 //!   (the id levels a snapshot and the batch cache name).
 //! - `cache/ids.bin`, `cache/view-<name>.bin`: what an incremental batch run starts from;
@@ -22,8 +22,8 @@ mod segment;
 mod snapshot;
 
 pub use cache::{
-    CACHE_FORMAT_VERSION, CacheInfo, list_cache, read_cache, remove_stale_cache, verify_cache,
-    verify_cache_as, write_cache,
+    CACHE_FORMAT_VERSION, CacheInfo, list_cache, read_cache, read_cache_head, remove_stale_cache,
+    verify_cache, verify_cache_as, write_cache,
 };
 pub use copies::{Copies, PARTITION_ENTRIES, find_copies};
 pub use counters::{Counters, load_counters, save_counters};

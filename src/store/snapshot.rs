@@ -1,6 +1,6 @@
 //! Snapshots: one file per batch run under `snapshots/`, written atomically
 //! (temporary file, fsync, rename, fsync the directory), the newest `keep`
-//! (`batch.keep_snapshots`) kept.
+//! (`batch.keep_snapshots`) kept, and older ones the batch cache still names.
 //!
 //! Layout: a 56-byte header (`TNDMSNAP`, format version, epoch, records covered,
 //! creation time, payload length, payload crc32c, header crc32c), then the

@@ -780,21 +780,41 @@ pub async fn publish_bodies<B: AsRef<[u8]>>(queue: &str, bodies: impl IntoIterat
     connection.close(200, "done".into()).await.ok();
 }
 
-/// Every malformed message reached the dead-letter queue with its reason (a
-/// crash between a dead letter's confirm and the delivery's ack may add a copy).
-pub async fn assert_dead_letters(dead: &str, expect: &Expected) {
-    let letters = drain(dead).await;
-    let found: std::collections::BTreeSet<(Vec<u8>, String)> = letters
+/// Takes every message from the dead-letter queue `dead`: (body, reason).
+async fn dead_letters(dead: &str) -> Vec<(Vec<u8>, String)> {
+    drain(dead)
+        .await
         .into_iter()
         .map(|(body, headers)| {
             let reason = headers.get("x-tandem-reason").cloned().unwrap_or_default();
             (body, reason)
         })
-        .collect();
+        .collect()
+}
+
+/// Every malformed message reached the dead-letter queue with its reason (a
+/// crash between a dead letter's confirm and the delivery's ack may add a copy).
+pub async fn assert_dead_letters(dead: &str, expect: &Expected) {
+    let found: std::collections::BTreeSet<(Vec<u8>, String)> =
+        dead_letters(dead).await.into_iter().collect();
     let wanted: std::collections::BTreeSet<(Vec<u8>, String)> =
         expect.dead.iter().cloned().collect();
     assert_eq!(found.len(), wanted.len(), "dead letters");
     assert!(found == wanted, "dead letters differ from the oracle's");
+}
+
+/// `dead` holds each malformed message of `expect`, unchanged, with its
+/// reason, as many times as it was published: none dead-lettered twice.
+pub async fn assert_dead_lettered_once(dead: &str, expect: &Expected) {
+    let mut got = dead_letters(dead).await;
+    let mut want = expect.dead.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "dead letters");
+    assert!(
+        got == want,
+        "each malformed message, unchanged, with its reason"
+    );
 }
 
 /// A process's resident set and its peak, in KiB, from /proc.

@@ -18,7 +18,8 @@
 //! prefetch window full, behind it.
 //!
 //! A lost connection (or a batch the store refused, a dead letter the
-//! broker refused, or an acknowledger found gone) ends the session: the
+//! broker refused, an acknowledger that panicked settling a batch, or one
+//! found gone) ends the session: the
 //! actor stops and the supervisor restarts it, which connects again after a
 //! backoff. What a restart keeps is in the actor: its epoch (barriers are
 //! messages, handled while the broker is away) and the acknowledgers of
@@ -258,7 +259,8 @@ impl Rabbitmq {
     /// in batches of at most [`MAX_BATCH`], unless [`IN_FLIGHT_BATCHES`]
     /// batches are in flight and fewer than [`MAX_BATCH`] deliveries are
     /// held; `at_once` sends them anyway. A session whose acknowledger is
-    /// gone (it panicked) is lost instead: nothing of it would be acked.
+    /// gone (the system is stopping, or it panicked outside a batch's
+    /// settling) is lost instead: nothing of it would be acked.
     fn offer(
         &mut self,
         deliveries: Vec<lapin::message::Delivery>,
@@ -335,8 +337,9 @@ impl Rabbitmq {
             ))
         });
         let pending = pipeline.send(epoch, batch, received);
-        // The acknowledger ends only when this sender is dropped, or if it
-        // panicked (or the system is stopping) since `offer` looked.
+        // The acknowledger ends only when this sender is dropped, or if the
+        // system is stopping (or it panicked outside a batch's settling)
+        // since `offer` looked.
         let refused = session.batches.send(InFlight {
             pending,
             dead,
@@ -577,10 +580,14 @@ fn dead_letter_properties(schema: &Schema, reject: &Reject) -> BasicProperties {
 /// is acked. After a failure (told to the actor as [`Lost`]) nothing more is
 /// acked but the dead letters confirmed in their queue (so they are not
 /// dead-lettered again on every retry while the store fails); durable batches
-/// still reach the speed layer. A panic while settling a batch (a bug) is
-/// such a failure: the actor hears of it at once, not only once it next has
-/// a batch to send. Once the actor drops the session, the connection is
-/// closed: the broker delivers again what was not acked.
+/// still reach the speed layer. A panic (a bug) while a batch is made
+/// durable, handed to the speed layer or acked is such a failure: the actor
+/// hears of it at once, not only once it next has a batch to send, and the
+/// batch's dead letters, once confirmed, are still acked. (A panic before the
+/// speed layer has the batch leaves it to the next batch run: its
+/// redelivery is a repeat of ids in the log, which neither layer counts.)
+/// Once the actor drops the session, the connection is closed: the broker
+/// delivers again what was not acked.
 async fn acknowledge(
     pipeline: Pipeline,
     connection: Connection,
@@ -591,8 +598,13 @@ async fn acknowledge(
 ) {
     let mut failed = false;
     while let Some(batch) = batches.recv().await {
-        let settling = settle(&pipeline, &consume, batch, failed);
-        let outcome = std::panic::AssertUnwindSafe(settling)
+        let confirmed = match batch.dead {
+            Some(task) => task.await.unwrap_or(Err(SessionError::Publisher)),
+            None => Ok(()),
+        };
+        let ack_upto = (confirmed.is_ok() && !failed).then_some(batch.last_tag);
+        let settling = settle(&pipeline, &consume, batch.pending, ack_upto);
+        let settled = std::panic::AssertUnwindSafe(settling)
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -600,6 +612,22 @@ async fn acknowledge(
                     &*panic,
                 )))
             });
+        let outcome = match (confirmed, settled) {
+            (Ok(()), Ok(true)) => Ok(()),
+            (Ok(()), settled) => {
+                // Not acked with their batch: the dead letters, confirmed in
+                // their queue, are acked alone (so they are not
+                // dead-lettered again).
+                for tag in batch.dead_tags {
+                    consume
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await
+                        .ok();
+                }
+                settled.map(drop)
+            }
+            (Err(err), _) => Err(err),
+        };
         match outcome {
             Ok(()) if !failed => progressed.store(true, Ordering::Relaxed),
             Ok(()) => {}
@@ -618,38 +646,23 @@ async fn acknowledge(
         .ok();
 }
 
-/// Settles one batch once its dead letters are confirmed and it is durable
-/// (and so in the speed layer): acks every delivery up to its last, or, in a
-/// session that `failed` already or when the batch failed, only its
-/// confirmed dead letters.
+/// Makes a batch durable and hands it to the speed layer, then, when it is
+/// durable and `ack_upto` names its last delivery, acks every delivery up
+/// to it. Answers whether it acked them.
 async fn settle(
     pipeline: &Pipeline,
     consume: &Channel,
-    batch: InFlight,
-    failed: bool,
-) -> Result<(), SessionError> {
-    let confirmed = match batch.dead {
-        Some(task) => task.await.unwrap_or(Err(SessionError::Publisher)),
-        None => Ok(()),
-    };
-    let durable = pipeline.durable(batch.pending).await;
+    pending: Pending,
+    ack_upto: Option<u64>,
+) -> Result<bool, SessionError> {
+    let durable = pipeline.durable(pending).await;
     crate::faults::panic_point("rabbitmq.acknowledger");
-    match (confirmed, durable) {
-        (Ok(()), Ok(_)) if !failed => consume
-            .basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
+    match (durable, ack_upto) {
+        (Ok(_), Some(last_tag)) => consume
+            .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await
+            .map(|()| true)
             .map_err(SessionError::from),
-        (Ok(()), durable) => {
-            // Not acked with their batch: the dead letters, confirmed in
-            // their queue, are acked alone.
-            for tag in batch.dead_tags {
-                consume
-                    .basic_ack(tag, BasicAckOptions { multiple: false })
-                    .await
-                    .ok();
-            }
-            durable.map(drop).map_err(SessionError::from)
-        }
-        (Err(err), _) => Err(err),
+        (durable, _) => durable.map(|_| false).map_err(SessionError::from),
     }
 }

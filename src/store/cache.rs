@@ -156,33 +156,42 @@ fn check_header(
     Ok(((), u64::from_le_bytes(len), u32_at(20)))
 }
 
-/// How much of a payload [`read_cache_head`] reads.
+/// How much of a payload [`read_cache_head`] reads first.
 const HEAD_BYTES: u64 = 4096;
 
 /// The start of a cache file's payload decoded as `T` (a type whose fields
-/// are the first of what the file holds), reading at most [`HEAD_BYTES`] of
-/// it: its header is checked, its payload's crc is not, so what it answers
-/// is a hint (which snapshot a view's file names), never a state. `Ok(None)`
-/// when the file does not exist.
+/// are the first of what the file holds), reading the first [`HEAD_BYTES`]
+/// of it, and the rest only if `T` is longer (a long fingerprint): its header
+/// is checked, its payload's crc is not, so what it answers is a hint (which
+/// snapshot a view's file names), never a state. `Ok(None)` when the file
+/// does not exist.
 ///
 /// # Errors
 /// I/O errors, a damaged header, another format, or a payload that does not
 /// start with a `T`.
 pub fn read_cache_head<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     let bad = bad_cache(path);
-    let Some(file) = open_if_there(path)? else {
+    let Some(mut file) = open_if_there(path)? else {
         return Ok(None);
     };
-    let mut bytes = Vec::new();
-    file.take(HEADER_BYTES as u64 + HEAD_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|source| Error::io("read", path, source))?;
-    let header: &[u8; HEADER_BYTES] = bytes
-        .get(..HEADER_BYTES)
-        .and_then(|header| header.try_into().ok())
-        .ok_or_else(|| bad("shorter than its header".into()))?;
-    check_header(header, &bad)?;
-    postcard::take_from_bytes(&bytes[HEADER_BYTES..])
+    let io = |source| Error::io("read", path, source);
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact(&mut header)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
+            _ => io(err),
+        })?;
+    let ((), len, _) = check_header(&header, &bad)?;
+    let mut payload = Vec::new();
+    (&mut file)
+        .take(HEAD_BYTES.min(len))
+        .read_to_end(&mut payload)
+        .map_err(io)?;
+    if let Ok((head, _)) = postcard::take_from_bytes(&payload) {
+        return Ok(Some(head));
+    }
+    file.read_to_end(&mut payload).map_err(io)?;
+    postcard::take_from_bytes(&payload)
         .map(|(head, _)| Some(head))
         .map_err(|err| bad(format!("payload does not start as it should: {err}")))
 }
@@ -258,5 +267,13 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         assert!(read_cache_head::<Head>(&path).expect("read").is_some());
         assert!(verify_cache(&path).is_err(), "a whole read checks the crc");
+
+        // A head longer than the part read first is read whole all the same.
+        let long = "n".repeat(3 * HEAD_BYTES as usize);
+        write_cache(&path, &(7u64, &long, &tail)).expect("write");
+        let head = read_cache_head::<Head>(&path)
+            .expect("read")
+            .expect("a head");
+        assert_eq!((head.upto, head.name.len()), (7, long.len()));
     }
 }

@@ -803,9 +803,24 @@ pub async fn assert_dead_letters(dead: &str, expect: &Expected) {
     assert!(found == wanted, "dead letters differ from the oracle's");
 }
 
+/// Waits until the dead-letter queue `dead` holds at least `n` messages (the
+/// last ones may still await their confirms).
+pub async fn dead_letters_published(dead: &str, n: usize) {
+    eventually(
+        Duration::from_secs(60),
+        "every malformed message dead-lettered",
+        async || {
+            let held = ready_count(dead).await as usize;
+            if held >= n { Ok(()) } else { Err(held) }
+        },
+    )
+    .await;
+}
+
 /// `dead` holds each malformed message of `expect`, unchanged, with its
 /// reason, as many times as it was published: none dead-lettered twice.
 pub async fn assert_dead_lettered_once(dead: &str, expect: &Expected) {
+    dead_letters_published(dead, expect.dead.len()).await;
     let mut got = dead_letters(dead).await;
     let mut want = expect.dead.clone();
     got.sort();

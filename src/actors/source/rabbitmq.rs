@@ -581,8 +581,8 @@ fn dead_letter_properties(schema: &Schema, reject: &Reject) -> BasicProperties {
 /// acked but the dead letters confirmed in their queue (so they are not
 /// dead-lettered again on every retry while the store fails); durable batches
 /// still reach the speed layer. A panic (a bug) while a batch is made
-/// durable, handed to the speed layer or acked is such a failure: the actor
-/// hears of it at once, not only once it next has a batch to send, and the
+/// durable and handed to the speed layer is such a failure: the actor hears
+/// of it at once, not only once it next has a batch to send, and the
 /// batch's dead letters, once confirmed, are still acked. (A panic before the
 /// speed layer has the batch leaves it to the next batch run: its
 /// redelivery is a repeat of ids in the log, which neither layer counts.)
@@ -602,19 +602,20 @@ async fn acknowledge(
             Some(task) => task.await.unwrap_or(Err(SessionError::Publisher)),
             None => Ok(()),
         };
-        let ack_upto = (confirmed.is_ok() && !failed).then_some(batch.last_tag);
-        let settling = settle(&pipeline, &consume, batch.pending, ack_upto);
-        let settled = std::panic::AssertUnwindSafe(settling)
+        let durable = std::panic::AssertUnwindSafe(make_durable(&pipeline, batch.pending))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
-                Err(SessionError::AcknowledgerPanicked(crate::panic_text(
-                    &*panic,
-                )))
+                let text = crate::panic_text(&*panic);
+                tracing::error!(panic = %text, "a RabbitMQ session's acknowledger panicked settling a batch");
+                Err(SessionError::AcknowledgerPanicked(text))
             });
-        let outcome = match (confirmed, settled) {
-            (Ok(()), Ok(true)) => Ok(()),
-            (Ok(()), settled) => {
+        let outcome = match (confirmed, durable) {
+            (Ok(()), Ok(())) if !failed => consume
+                .basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(SessionError::from),
+            (Ok(()), durable) => {
                 // Not acked with their batch: the dead letters, confirmed in
                 // their queue, are acked alone (so they are not
                 // dead-lettered again).
@@ -624,7 +625,7 @@ async fn acknowledge(
                         .await
                         .ok();
                 }
-                settled.map(drop)
+                durable
             }
             (Err(err), _) => Err(err),
         };
@@ -646,23 +647,9 @@ async fn acknowledge(
         .ok();
 }
 
-/// Makes a batch durable and hands it to the speed layer, then, when it is
-/// durable and `ack_upto` names its last delivery, acks every delivery up
-/// to it. Answers whether it acked them.
-async fn settle(
-    pipeline: &Pipeline,
-    consume: &Channel,
-    pending: Pending,
-    ack_upto: Option<u64>,
-) -> Result<bool, SessionError> {
+/// Waits until a batch is durable and hands it to the speed layer.
+async fn make_durable(pipeline: &Pipeline, pending: Pending) -> Result<(), SessionError> {
     let durable = pipeline.durable(pending).await;
     crate::faults::panic_point("rabbitmq.acknowledger");
-    match (durable, ack_upto) {
-        (Ok(_), Some(last_tag)) => consume
-            .basic_ack(last_tag, BasicAckOptions { multiple: true })
-            .await
-            .map(|()| true)
-            .map_err(SessionError::from),
-        (durable, _) => durable.map(|_| false).map_err(SessionError::from),
-    }
+    durable.map(drop).map_err(SessionError::from)
 }

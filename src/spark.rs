@@ -21,7 +21,7 @@
 use crate::Config;
 use crate::actors::recompute::{
     Batch, BatchStats, SealedEpochData, SnapshotData, SnapshotView, StoredIds, build_indexes,
-    open_ids, remove_unused_levels, spec_fingerprint, view_fingerprint,
+    open_ids, prune_snapshots, remove_unused_levels, spec_fingerprint, view_fingerprint,
 };
 use crate::aggregate::{
     Agg, DISTINCT_EXACT_LIMIT, Distinct, MetricState, Micros, QUANTILE_EXACT_LIMIT, Quantiles,
@@ -283,14 +283,8 @@ fn read_and_write(
     let ids = open_ids(&paths, upto, &data.ids)?;
     let levels = ids.names();
     data.ids = StoredIds::Levels(levels.clone());
-    let meta = store::write_snapshot(
-        &paths,
-        epoch,
-        records,
-        crate::now_ms(),
-        &data,
-        config.batch.keep_snapshots,
-    )?;
+    let meta = store::write_snapshot(&paths, epoch, records, crate::now_ms(), &data, usize::MAX)?;
+    prune_snapshots(&paths, config)?;
     remove_unused_levels(&paths, &levels);
     Ok((meta, data, groups, ids))
 }

@@ -883,6 +883,18 @@ impl CachedViewHead {
     }
 }
 
+/// Removes every snapshot but the newest `batch.keep_snapshots` and those
+/// the batch cache's view files name (at most one a view; older ones when a
+/// write of the cache failed, or when batch runs were imported from Spark
+/// since the cache was written), which the next incremental run reads.
+///
+/// # Errors
+/// I/O errors listing or removing, naming the file.
+pub fn prune_snapshots(paths: &DataPaths, config: &Config) -> store::Result<()> {
+    let named = named_by_cache(paths, config);
+    store::keep_newest_snapshots(paths, config.batch.keep_snapshots, &named)
+}
+
 /// The epochs of the snapshots that the batch cache's files of the
 /// configured views name (each file names at most one); a file that cannot
 /// be read names none (no run would use it).
@@ -1295,8 +1307,8 @@ pub fn recompute(
     let states: Vec<&ViewState> = data.views.iter().map(|(_, view)| &view.state).collect();
     let writing = std::time::Instant::now();
     let (meta, indexes) = std::thread::scope(|scope| {
-        // The older snapshots go once the cache names this one: a crash
-        // between the two leaves the one the cache still names.
+        // Older snapshots are pruned only once the cache is written (naming
+        // this one): a crash between the two leaves the one it still names.
         let write = scope.spawn(|| {
             timed(|| {
                 store::write_snapshot(
@@ -1314,23 +1326,14 @@ pub fn recompute(
             .join()
             .map_err(|_| RecomputeError::Panicked("writing the snapshot"))?;
         let meta = meta?;
-        let (cached, cache_ms) = timed(|| match &built.cache {
-            Some(cache) => {
+        let ((), cache_ms) = timed(|| {
+            if let Some(cache) = &built.cache {
                 let named = CachedState::InSnapshot(SnapshotRef::of(&meta));
                 let states = vec![named; config.views.len()];
-                write_cache(paths, config, sealed, states, &built.ids, cache)
+                write_cache(paths, config, sealed, states, &built.ids, cache);
             }
-            None => built.cache_written,
         });
-        // A cache whose writing failed may still name older snapshots (its
-        // view files are written one by one): those are kept beside the
-        // newest, and only those, so failing writes do not pile them up.
-        let named = if cached {
-            Vec::new()
-        } else {
-            named_by_cache(paths, config)
-        };
-        store::keep_newest_snapshots(paths, config.batch.keep_snapshots, &named)?;
+        prune_snapshots(paths, config)?;
         tracing::info!(
             epoch = %sealed.epoch,
             ms = writing.elapsed().as_millis() as u64,
@@ -1389,9 +1392,6 @@ pub struct Built {
     /// record after `later_from` added to them, so they are the cache's
     /// states); `None` when it is written already.
     cache: Option<CacheContents>,
-    /// Whether the batch cache is written, or still to write (false: its
-    /// write failed).
-    cache_written: bool,
 }
 
 /// What the batch cache holds besides the states.
@@ -1540,13 +1540,12 @@ pub fn build_views(
     });
     let merged = clock.elapsed();
     let tail_counts = tails.iter().flatten().any(|state| !state.is_empty());
-    let mut cache_written = true;
     if tail_counts && let Some(cache) = cache.take() {
         let states = views
             .iter()
             .map(|state| CachedState::Here(std::borrow::Cow::Borrowed(state)))
             .collect();
-        cache_written = write_cache(paths, config, sealed, states, &ids, &cache);
+        write_cache(paths, config, sealed, states, &ids, &cache);
     }
     let cached = clock.elapsed();
     let views = merge_parts(config, views.into_iter().map(Some).collect(), tails);
@@ -1566,7 +1565,6 @@ pub fn build_views(
         stats,
         ids,
         cache,
-        cache_written,
     })
 }
 
@@ -1621,8 +1619,7 @@ fn merge_parts(
 
 /// Writes the views' states over the records before `later_from` (or the
 /// snapshot that holds them), and those records' ids, to the batch cache,
-/// and removes what no configured view uses; answers whether it did. A
-/// failure costs the next run time, not correctness (it computes from the
+/// and removes what no configured view uses. A failure costs the next run time, not correctness (it computes from the
 /// master dataset what it cannot read): it is logged, not raised.
 fn write_cache(
     paths: &DataPaths,
@@ -1631,7 +1628,7 @@ fn write_cache(
     views: Vec<CachedState<'_>>,
     ids: &IdIndex,
     cache: &CacheContents,
-) -> bool {
+) {
     let upto = sealed.later_from.0;
     let mut written = vec![paths.cache_ids()];
     let mut outcome = store::write_cache(
@@ -1655,12 +1652,8 @@ fn write_cache(
         outcome = outcome.and_then(|()| store::write_cache(&path, &view));
         written.push(path);
     }
-    match outcome.and_then(|()| store::remove_stale_cache(paths, &written)) {
-        Ok(()) => true,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot write the batch cache: the next run computes from the master dataset what it lacks");
-            false
-        }
+    if let Err(err) = outcome.and_then(|()| store::remove_stale_cache(paths, &written)) {
+        tracing::warn!(error = %err, "cannot write the batch cache: the next run computes from the master dataset what it lacks");
     }
 }
 

@@ -18,8 +18,8 @@
 //! prefetch window full, behind it.
 //!
 //! A lost connection (or a batch the store refused, a dead letter the
-//! broker refused, an acknowledger that panicked settling a batch, or one
-//! found gone) ends the session: the
+//! broker refused, an acknowledger that panicked while a batch was made
+//! durable, or one found gone) ends the session: the
 //! actor stops and the supervisor restarts it, which connects again after a
 //! backoff. What a restart keeps is in the actor: its epoch (barriers are
 //! messages, handled while the broker is away) and the acknowledgers of
@@ -79,7 +79,8 @@ pub enum SessionError {
     /// The session's acknowledger ended before its session did.
     #[error("the session's acknowledger ended")]
     AcknowledgerEnded,
-    /// The session's acknowledger panicked (a bug) while it settled a batch.
+    /// The session's acknowledger panicked (a bug) while a batch was made
+    /// durable and handed to the speed layer.
     #[error("the session's acknowledger panicked: {0}")]
     AcknowledgerPanicked(String),
     /// The store refused a batch: its messages go back to the queue.
@@ -259,8 +260,8 @@ impl Rabbitmq {
     /// in batches of at most [`MAX_BATCH`], unless [`IN_FLIGHT_BATCHES`]
     /// batches are in flight and fewer than [`MAX_BATCH`] deliveries are
     /// held; `at_once` sends them anyway. A session whose acknowledger is
-    /// gone (the system is stopping, or it panicked outside a batch's
-    /// settling) is lost instead: nothing of it would be acked.
+    /// gone (the system is stopping, or it panicked other than while a
+    /// batch was made durable) is lost instead: nothing of it would be acked.
     fn offer(
         &mut self,
         deliveries: Vec<lapin::message::Delivery>,
@@ -338,8 +339,8 @@ impl Rabbitmq {
         });
         let pending = pipeline.send(epoch, batch, received);
         // The acknowledger ends only when this sender is dropped, or if the
-        // system is stopping (or it panicked outside a batch's settling)
-        // since `offer` looked.
+        // system is stopping (or it panicked other than while a batch was
+        // made durable) since `offer` looked.
         let refused = session.batches.send(InFlight {
             pending,
             dead,
@@ -607,7 +608,7 @@ async fn acknowledge(
             .await
             .unwrap_or_else(|panic| {
                 let text = crate::panic_text(&*panic);
-                tracing::error!(panic = %text, "a RabbitMQ session's acknowledger panicked settling a batch");
+                tracing::error!(panic = %text, "a RabbitMQ session's acknowledger panicked while a batch was made durable");
                 Err(SessionError::AcknowledgerPanicked(text))
             });
         let outcome = match (confirmed, durable) {

@@ -1619,8 +1619,9 @@ fn merge_parts(
 
 /// Writes the views' states over the records before `later_from` (or the
 /// snapshot that holds them), and those records' ids, to the batch cache,
-/// and removes what no configured view uses. A failure costs the next run time, not correctness (it computes from the
-/// master dataset what it cannot read): it is logged, not raised.
+/// and removes what no configured view uses. A failure costs the next run
+/// time, not correctness (it computes from the master dataset what it
+/// cannot read): it is logged, not raised.
 fn write_cache(
     paths: &DataPaths,
     config: &Config,

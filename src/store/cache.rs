@@ -18,7 +18,7 @@
 //! the master dataset. The cache only ever saves work; it is never the truth.
 
 use super::paths::{self, DataPaths};
-use super::snapshot::{read_framed, read_rest, remove_leftovers, write_atomically};
+use super::snapshot::{read_framed, read_header, read_rest, remove_leftovers, write_atomically};
 use super::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -175,12 +175,7 @@ pub fn read_cache_head<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         return Ok(None);
     };
     let io = |source| Error::io("read", path, source);
-    let mut header = [0u8; HEADER_BYTES];
-    file.read_exact(&mut header)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
-            _ => io(err),
-        })?;
+    let header = read_header::<HEADER_BYTES>(&mut file, path, bad)?;
     let ((), len, _) = check_header(&header, &bad)?;
     let mut payload = Vec::new();
     (&mut file)

@@ -464,12 +464,7 @@ pub(super) fn read_framed<const N: usize, H, P: std::ops::Deref<Target = [u8]>>(
     decode: impl FnOnce(&[u8; N]) -> Result<(H, u64, u32)>,
     payload: impl FnOnce(&mut File, u64) -> std::io::Result<P>,
 ) -> Result<(H, P)> {
-    let mut header = [0u8; N];
-    file.read_exact(&mut header)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
-            _ => Error::io("read", path, err),
-        })?;
+    let header = read_header::<N>(&mut file, path, &bad)?;
     let (said, len, crc) = decode(&header)?;
     let payload = payload(&mut file, len).map_err(|source| Error::io("read", path, source))?;
     if payload.len() as u64 != len {
@@ -482,6 +477,21 @@ pub(super) fn read_framed<const N: usize, H, P: std::ops::Deref<Target = [u8]>>(
         return Err(bad("payload crc mismatch".into()));
     }
     Ok((said, payload))
+}
+
+/// The first `N` bytes of `file`, a framed file's header.
+pub(super) fn read_header<const N: usize>(
+    file: &mut File,
+    path: &Path,
+    bad: impl Fn(String) -> Error,
+) -> Result<[u8; N]> {
+    let mut header = [0u8; N];
+    file.read_exact(&mut header)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad("shorter than its header".into()),
+            _ => Error::io("read", path, err),
+        })?;
+    Ok(header)
 }
 
 /// The rest of `file`, of about `len` bytes: a [`read_framed`] payload.
